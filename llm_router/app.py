@@ -1,0 +1,187 @@
+"""The aiohttp application: middlewares, routes and lifecycle.
+
+Middlewares, outermost first:
+
+* ``_edge``: request id, in-flight count, the one access-log line and the request
+  metrics, and the single place where errors become OpenAI-shaped (or, on
+  ``/v1/messages``, Anthropic-shaped) JSON. Nothing else renders an error.
+* ``_auth``: the caller behind ``Authorization: Bearer`` / ``x-api-key``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .accounting import ANONYMOUS, extract_key
+from .errors import BadRequest, ModelNotFound, PayloadTooLarge, RouterError, error_body
+from .handlers import CALLER, STATE, routes
+from .proxy import Exchange, new_request_id
+from .state import RouterState
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("llm_router")
+access_log = logging.getLogger("llm_router.access")
+
+_PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def _error_response(err: RouterError, request: web.Request) -> web.Response:
+    anthropic = request.path.startswith("/v1/messages")
+    resp = web.Response(status=err.status, body=error_body(err, anthropic=anthropic),
+                        content_type="application/json", headers=err.headers())
+    return resp
+
+
+def _http_error(exc: web.HTTPException) -> RouterError:
+    """aiohttp's own 404/405/413 in our shape."""
+    if exc.status == 404:
+        return ModelNotFound("Unknown route; see the OpenAI API reference for the paths this "
+                             "router serves.", code="not_found")
+    if exc.status == 413:
+        return PayloadTooLarge("Request body too large.")
+    err = BadRequest(exc.reason or "Bad request", code=f"http_{exc.status}")
+    err.status = exc.status  # type: ignore[misc]
+    return err
+
+
+def _make_edge(log_format: str) -> Middleware:
+    @web.middleware
+    async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        state = request.app[STATE]
+        rid = new_request_id(request.headers.get("X-Request-Id"))
+        request["request_id"] = rid
+        state.inflight += 1
+        state.metrics.inflight.inc()
+        t0 = time.perf_counter()
+        ex: Exchange | None = None
+        if request.path not in _PUBLIC:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            ex = request["exchange"] = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
+        resp: web.StreamResponse
+        try:
+            try:
+                resp = await handler(request)
+            except RouterError as err:
+                resp = _error_response(err, request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                resp = _error_response(_http_error(exc), request)
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                raise
+            except Exception:
+                log.exception("unhandled error serving %s %s (request %s)", request.method,
+                              request.path, rid)
+                resp = _error_response(RouterError("The router failed to handle this request; "
+                                                   "it has been logged.", code="internal_error"),
+                                       request)
+            if not resp.prepared:
+                resp.headers["X-Request-Id"] = rid
+            if ex is not None and not ex.status:
+                ex.status = resp.status
+            return resp
+        finally:
+            state.inflight -= 1
+            state.metrics.inflight.dec()
+            if ex is not None:
+                _observe(state, ex, t0, log_format)
+
+    return _edge
+
+
+def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str) -> None:
+    """Request metrics and the one access line, from the finished :class:`Exchange`."""
+    if not ex.status:
+        ex.status = 499  # cancelled: the client went away before an answer
+    elapsed = time.perf_counter() - t0
+    m = state.metrics
+    m.child(m.requests, ex.route, ex.group, ex.provider, ex.model, str(ex.status)).inc()
+    m.child(m.duration, ex.route, ex.group, ex.provider).observe(elapsed)
+    if ex.attempts:
+        m.child(m.overhead, ex.route).observe(max(0.0, elapsed - ex.upstream_s))
+    if access_log.isEnabledFor(logging.INFO):
+        line = ex.log_line()
+        if log_format == "json":
+            access_log.info(orjson.dumps(line).decode())
+        else:
+            access_log.info(" ".join(f"{k}={v}" for k, v in line.items() if v is not None))
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in _PUBLIC:
+        return await handler(request)
+    state = request.app[STATE]
+    key = extract_key(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    caller = request[CALLER] = state.keys.authenticate(key)
+    request["exchange"].caller = caller
+    return await handler(request)
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    """One shared upstream session with a sized pool, closed at shutdown."""
+    state = app[STATE]
+    connector = aiohttp.TCPConnector(limit=2048, limit_per_host=0, ttl_dns_cache=300,
+                                     keepalive_timeout=30)
+    state.session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                          trust_env=False)
+    yield
+    await state.session.close()
+
+
+def create_app(state: RouterState, *, log_format: str = "json") -> web.Application:
+    """The router application around ``state``."""
+    middlewares: list[Any] = [_make_edge(log_format), _auth]
+    app = web.Application(middlewares=middlewares,
+                          handler_args={"max_field_size": 65536})
+    app[STATE] = state
+    app.router.add_routes(routes())
+    app.cleanup_ctx.append(_client_session)
+    return app
+
+
+async def run_server(state: RouterState, host: str, port: int, *, log_format: str = "json",
+                     ready: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests and
+    streams finish within ``shutdown_grace_s``, run the cleanup (final snapshot), return."""
+    import asyncio
+    import signal
+
+    app = create_app(state, log_format=log_format)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=state.config.shutdown_grace_s)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        bound = server.sockets[0].getsockname()[1]
+    log.info("llm-router listening on http://%s:%d (%s)", host, bound, state.config.summary())
+    if ready is not None:
+        ready(bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        state.draining = True
+        log.info("draining: no new connections; waiting up to %.0f s for %d in-flight requests",
+                 state.config.shutdown_grace_s, state.inflight)
+        await runner.cleanup()
+        log.info("stopped")

@@ -1,0 +1,131 @@
+"""The ``llm-router`` command: serve | check | hash-key | gen-key | fake-upstream."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, load_config, sha256_hex
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm-router",
+                                description="Self-hosted, OpenAI-compatible LLM gateway.")
+    p.add_argument("--version", action="version", version=f"llm-router {__version__}")
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("serve", help="run the router (the default)")
+    _serve_args(s)
+    c = sub.add_parser("check", help="validate a config file")
+    c.add_argument("path")
+    h = sub.add_parser("hash-key", help="print the sha256 of a key (stdin without KEY)")
+    h.add_argument("key", nargs="?")
+    sub.add_parser("gen-key", help="print a new random key and its sha256")
+    f = sub.add_parser("fake-upstream", help="run an OpenAI/Anthropic-compatible fake server")
+    f.add_argument("--host", default="127.0.0.1")
+    f.add_argument("--port", type=int, default=9000)
+    f.add_argument("--latency-ms", type=float, default=0.0)
+    f.add_argument("--tokens-per-second", type=float, default=0.0)
+    return p
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config file (default: $LLM_ROUTER_CONFIG or config.yaml)")
+    p.add_argument("--host", help="listen address (default: the config's host)")
+    p.add_argument("--port", type=int, help="listen port (default: the config's port)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="json", choices=["json", "text"])
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="serve without any client key when the config defines none")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    commands = {"serve", "check", "hash-key", "gen-key", "fake-upstream"}
+    if not any(a in commands for a in args_list[:1]) and not {"-h", "--help", "--version"} & set(
+            args_list[:1]):
+        args_list.insert(0, "serve")  # no sub-command means serve
+    args = _parser().parse_args(args_list)
+    if args.command == "check":
+        return _check(args.path)
+    if args.command == "hash-key":
+        key = args.key if args.key is not None else sys.stdin.readline().rstrip("\r\n")
+        if not key:
+            print("llm-router hash-key: no key given", file=sys.stderr)
+            return 2
+        print(sha256_hex(key))
+        return 0
+    if args.command == "gen-key":
+        key = "sk-lr-" + secrets.token_urlsafe(32)
+        print(f"key:    {key}\nsha256: {sha256_hex(key)}")
+        return 0
+    if args.command == "fake-upstream":
+        from .fake_upstream import serve_fake_upstream
+        _run(serve_fake_upstream(args.host, args.port, args.latency_ms, args.tokens_per_second))
+        return 0
+    return _serve(args)
+
+
+def _check(path: str) -> int:
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK: {cfg.summary()}")
+    return 0
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where the platform has it."""
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        pass
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("llm_router.access").propagate = False
+    access = logging.getLogger("llm_router.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(args.log_level)
+    path = args.config or os.environ.get("LLM_ROUTER_CONFIG") or "config.yaml"
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"llm-router: cannot start: {path} has {len(exc.problems)} problem(s):",
+              file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    if not cfg.users and not cfg.api_key and not args.insecure_no_auth:
+        print("llm-router: refusing to start: the config defines no 'users' and no 'api_key', "
+              "so anyone could use your upstream keys. Add one, or pass --insecure-no-auth "
+              "to serve without authentication.", file=sys.stderr)
+        return 2
+    from .app import run_server
+    from .state import RouterState
+
+    state = RouterState(cfg, insecure_no_auth=args.insecure_no_auth, config_path=path)
+    _run(run_server(state, args.host or cfg.host, args.port if args.port is not None
+                    else cfg.port, log_format=args.log_format))
+    return 0

@@ -1,0 +1,166 @@
+"""Typed errors and their one mapping to OpenAI- or Anthropic-shaped JSON.
+
+    RouterError                      status, type, code, param, headers
+    ├── BadRequest                   400 invalid_request_error
+    ├── Unauthorized                 401 authentication_error
+    ├── BudgetExhausted              402 insufficient_quota
+    ├── Forbidden                    403 permission_error
+    ├── ModelNotFound                404 model_not_found
+    ├── PayloadTooLarge              413 request_too_large
+    ├── RateLimited                  429 rate_limit_exceeded (Retry-After)
+    ├── UpstreamError                502 upstream_error (the upstream failed or answered nonsense)
+    ├── UpstreamTimeout              504 upstream_timeout
+    └── Unavailable                  503 no_candidate_available (Retry-After)
+
+Handlers raise these; the error middleware in ``app.py`` renders them with
+:func:`error_body` in the caller's dialect. Messages are written for the client and
+never carry a secret or a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import orjson
+
+__all__ = [
+    "BadRequest",
+    "BudgetExhausted",
+    "Forbidden",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RouterError",
+    "Unauthorized",
+    "Unavailable",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "anthropic_error_type",
+    "error_body",
+]
+
+
+class RouterError(Exception):
+    """A failure with an HTTP status that the client is told about."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        # Retry-After takes whole seconds; round up so a client never retries early.
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class BadRequest(RouterError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(RouterError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class BudgetExhausted(RouterError):
+    status = 402
+    type = "insufficient_quota"
+    default_code = "budget_exhausted"
+
+
+class Forbidden(RouterError):
+    status = 403
+    type = "permission_error"
+    default_code = "model_not_allowed"
+
+
+class ModelNotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class PayloadTooLarge(RouterError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(RouterError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamError(RouterError):
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class UpstreamTimeout(RouterError):
+    status = 504
+    type = "upstream_error"
+    default_code = "upstream_timeout"
+
+
+class Unavailable(RouterError):
+    status = 503
+    type = "service_unavailable"
+    default_code = "no_candidate_available"
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status."""
+    return _ANTHROPIC_TYPES.get(status, "api_error")
+
+
+def error_body(err: RouterError, *, anthropic: bool = False) -> bytes:
+    """The JSON body for ``err``: OpenAI's shape, or Anthropic's on ``/v1/messages``."""
+    payload: dict[str, Any]
+    if anthropic:
+        payload = {
+            "type": "error",
+            "error": {"type": anthropic_error_type(err.status), "message": err.message},
+        }
+    else:
+        payload = {
+            "error": {
+                "message": err.message,
+                "type": err.type,
+                "param": err.param,
+                "code": err.code,
+            }
+        }
+    return orjson.dumps(payload)

@@ -1,0 +1,129 @@
+"""One function per route; thin. The work happens in ``proxy.py``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import anthropic_in
+from .accounting import Caller
+from .errors import RouterError
+from .proxy import Exchange, forward, read_json
+from .routing import Target, resolve_target
+from .state import RouterState
+
+__all__ = ["CALLER", "STATE", "routes"]
+
+STATE: Final = web.AppKey("state", RouterState)
+CALLER: Final = "llm_router.caller"  # request-scoped Caller, set by the auth middleware
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status,
+                        content_type="application/json")
+
+
+def _model_route(kind: str, client: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        ex: Exchange = request["exchange"]
+        ex.kind, ex.client = kind, client
+        if kind == "count_tokens":
+            local = await _count_tokens_locally(request, state, ex)
+            if local is not None:
+                return local
+        return await forward(request, state, ex)
+
+    handler.__name__ = f"{kind}_handler"
+    return handler
+
+
+async def _count_tokens_locally(request: web.Request, state: RouterState,
+                                ex: Exchange) -> web.Response | None:
+    """Answer count_tokens with the documented estimate unless an Anthropic-speaking
+    member could count exactly; the body is kept for ``forward`` to reuse."""
+    cfg = state.config
+    body = await read_json(request, cfg.max_body_bytes)
+    request["parsed_body"] = body
+    model = body.get("model")
+    if not isinstance(model, str):
+        return None  # forward() reports the missing model
+    target = resolve_target(cfg, model)
+    ex.caller.check(target)
+    if any(cfg.providers[m.provider].type in ("anthropic", "mock")
+           for m in target.group.members):
+        return None
+    ex.group, ex.status = target.name, 200
+    return _json({"input_tokens": anthropic_in.estimate_input_tokens(body)})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """Groups, then ``provider/model`` ids, that the caller may use."""
+    state = request.app[STATE]
+    cfg = state.config
+    caller: Caller = request[CALLER]
+    created = int(state.started)
+    data: list[dict[str, object]] = []
+    seen: set[str] = set()
+    for name, group in cfg.groups.items():
+        if caller.may_use(Target(name, group)):
+            data.append({"id": name, "object": "model", "created": created,
+                         "owned_by": "llm-router"})
+            seen.add(name)
+    for name, group in cfg.groups.items():
+        for m in group.members:
+            mid = f"{m.provider}/{m.model}"
+            if mid in seen:
+                continue
+            seen.add(mid)
+            try:
+                target = resolve_target(cfg, mid)
+            except RouterError:
+                continue
+            if caller.may_use(target):
+                data.append({"id": mid, "object": "model", "created": created,
+                             "owned_by": m.provider})
+        del name
+    return _json({"object": "list", "data": data})
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return _json({"status": "draining" if state.draining else "ok",
+                  "uptime_s": round(time.time() - state.started, 1)})
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    ok = state.ready
+    return _json({"ready": ok, "draining": state.draining,
+                  "config": state.config.source or "loaded"}, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.metrics.inflight.set(state.inflight)
+    return web.Response(body=generate_latest(state.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/chat/completions", _model_route("chat", "openai")),
+        web.post("/v1/completions", _model_route("completions", "openai")),
+        web.post("/v1/embeddings", _model_route("embeddings", "openai")),
+        web.post("/v1/messages", _model_route("messages", "anthropic")),
+        web.post("/v1/messages/count_tokens",
+                 _model_route("count_tokens", "anthropic")),
+        web.get("/v1/models", list_models),
+        web.get("/health", health),
+        web.get("/health/live", health),
+        web.get("/health/ready", ready),
+        web.get("/metrics", metrics),
+    ]
+

@@ -1,0 +1,177 @@
+"""Passive key health: cooldowns after 429s, a circuit breaker over recent failures.
+
+State is keyed by (provider name, key label), outside the config, so it survives a
+reload. Only upstream faults count — connect errors, timeouts, 5xx, 429 — never a
+client's bad request. A key the upstream rejects with 401/403 is marked bad until the
+config changes (its secret was probably rotated).
+
+States of one key::
+
+    closed ──(failure share ≥ rate over window)──► open ──(open_s)──► half-open
+      ▲                                                                 │ one probe
+      └──────────────── probe succeeds (window cleared) ◄───────────────┘
+                        probe fails → open again
+
+A 429 (or a 503 with ``Retry-After``) additionally puts the key in *cooldown* until the
+upstream's ``Retry-After``, or an escalating default (base, tripled each time, capped).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+from .config import CircuitSettings
+
+__all__ = ["KeyHealth", "KeyState", "parse_retry_after"]
+
+log = logging.getLogger("llm_router.health")
+
+_CLOSED: Final = "closed"
+_OPEN: Final = "open"
+_HALF_OPEN: Final = "half_open"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` (delta seconds or HTTP date); None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+@dataclass(slots=True)
+class KeyState:
+    circuit: str = _CLOSED
+    opened_until: float = 0.0  # monotonic; while open
+    cooldown_until: float = 0.0  # monotonic; after a 429
+    cooldown_streak: int = 0  # escalates the default cooldown
+    probing: bool = False  # half-open: one probe in flight
+    bad_generation: int | None = None  # 401/403: bad while this config generation lasts
+    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (when, ok)
+
+    def label(self, now: float, generation: int) -> str:
+        """What ops see: ok | cooldown | open | half_open | bad."""
+        if self.bad_generation == generation:
+            return "bad"
+        if self.circuit == _OPEN and now < self.opened_until:
+            return "open"
+        if self.circuit != _CLOSED:
+            return "half_open"
+        if now < self.cooldown_until:
+            return "cooldown"
+        return "ok"
+
+
+class KeyHealth:
+    """Per-key cooldown and circuit state, read by candidate selection."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], KeyState] = {}
+        self.generation = 0  # bumped on every config swap: clears 'bad' marks
+
+    def state(self, provider: str, key: str) -> KeyState:
+        st = self._keys.get((provider, key))
+        if st is None:
+            st = self._keys[(provider, key)] = KeyState()
+        return st
+
+    def snapshot(self) -> dict[tuple[str, str], str]:
+        now = time.monotonic()
+        return {k: st.label(now, self.generation) for k, st in self._keys.items()}
+
+    def available_at(self, provider: str, key: str, now: float) -> float:
+        """0.0 when the key may take a request now, else the monotonic time it recovers.
+
+        ``inf`` for a key marked bad: only a config change brings it back.
+        """
+        st = self._keys.get((provider, key))
+        if st is None:
+            return 0.0
+        if st.bad_generation == self.generation:
+            return float("inf")
+        until = st.cooldown_until if now < st.cooldown_until else 0.0
+        if st.circuit == _OPEN:
+            if now < st.opened_until:
+                until = max(until, st.opened_until)
+            else:
+                st.circuit = _HALF_OPEN
+                st.probing = False
+        if st.circuit == _HALF_OPEN and st.probing:
+            # One probe at a time; others wait for its verdict.
+            until = max(until, now + 1.0)
+        return until
+
+    def begin(self, provider: str, key: str) -> None:
+        """An attempt is about to use this key (claims the half-open probe)."""
+        st = self._keys.get((provider, key))
+        if st is not None and st.circuit == _HALF_OPEN:
+            st.probing = True
+
+    def record_success(self, provider: str, key: str) -> None:
+        st = self._keys.get((provider, key))
+        if st is None:
+            return
+        now = time.monotonic()
+        st.cooldown_streak = 0
+        if st.circuit != _CLOSED:
+            st.circuit = _CLOSED
+            st.probing = False
+            st.outcomes.clear()
+            log.info("circuit closed for %s key %s", provider, key)
+            return
+        st.outcomes.append((now, True))
+        self._trim(st, now, None)
+
+    def record_failure(self, provider: str, key: str, settings: CircuitSettings, *,
+                       retry_after: float | None = None, rate_limited: bool = False) -> None:
+        """Count an upstream fault; a 429 also starts a cooldown."""
+        now = time.monotonic()
+        st = self.state(provider, key)
+        if rate_limited or retry_after is not None:
+            if retry_after is None:
+                retry_after = min(settings.cooldown_max_s,
+                                  settings.cooldown_base_s * (3 ** st.cooldown_streak))
+                st.cooldown_streak += 1
+            st.cooldown_until = max(st.cooldown_until, now + retry_after)
+        if st.circuit == _HALF_OPEN:
+            st.circuit = _OPEN
+            st.probing = False
+            st.opened_until = now + settings.open_s
+            log.warning("probe failed; circuit re-opened for %s key %s", provider, key)
+            return
+        st.outcomes.append((now, False))
+        self._trim(st, now, settings)
+        failures = sum(1 for _, ok in st.outcomes if not ok)
+        if (len(st.outcomes) >= settings.min_requests
+                and failures / len(st.outcomes) >= settings.failure_rate):
+            st.circuit = _OPEN
+            st.opened_until = now + settings.open_s
+            st.outcomes.clear()
+            log.warning("circuit opened for %s key %s: %d of the last attempts failed",
+                        provider, key, failures)
+
+    def mark_bad(self, provider: str, key: str, status: int) -> None:
+        st = self.state(provider, key)
+        if st.bad_generation != self.generation:
+            st.bad_generation = self.generation
+            log.error("upstream rejected %s key %s with %d; not using it until the config "
+                      "changes", provider, key, status)
+
+    def _trim(self, st: KeyState, now: float, settings: CircuitSettings | None) -> None:
+        window = settings.window if settings else 20
+        window_s = settings.window_s if settings else 60.0
+        while st.outcomes and (len(st.outcomes) > window or st.outcomes[0][0] < now - window_s):
+            st.outcomes.popleft()

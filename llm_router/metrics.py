@@ -1,0 +1,107 @@
+"""Every Prometheus metric, defined once (CONTRACT §5), on a registry passed in.
+
+Label children are cached per label tuple, so the hot path does one dict lookup per
+metric instead of prometheus-client's locked ``labels()`` resolution. The selection
+counters (``key_tokens``) and key health (``key_state``) are read at scrape time by a
+collector, costing the request path nothing. Labels never carry a secret: keys appear
+as their label (name or sha256 prefix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["Metrics"]
+
+_P: Final = "llm_router_"
+
+# LLM calls range from ~50 ms (cached embeddings) to minutes (long reasoning streams).
+_DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+_TTFT_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
+# The router's own cost is sub-millisecond when healthy.
+_OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                            0.1, 0.5)
+
+
+class _StateCollector(Collector):
+    """Reads selection counters and key health at scrape time."""
+
+    def __init__(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],
+                                                Iterable[tuple[tuple[str, str], str]]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        tokens, states = self._read()
+        kt = GaugeMetricFamily(_P + "key_tokens",
+                               "Tokens counted per provider key and model: the selection counters",
+                               labels=["provider", "key", "model"])
+        for (provider, key, model), n in tokens:
+            kt.add_metric([provider, key, model], float(n))
+        yield kt
+        ks = GaugeMetricFamily(_P + "key_state",
+                               "Provider key health: 1 for the state the key is in",
+                               labels=["provider", "key", "state"])
+        for (provider, key), state in states:
+            ks.add_metric([provider, key, state], 1.0)
+        yield ks
+
+
+class Metrics:
+    """The router's metrics on one registry (a fresh one per app, so tests stay isolated)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(_P + "requests_total", "Requests answered",
+                                ["route", "group", "provider", "model", "status"], registry=r)
+        self.duration = Histogram(_P + "request_duration_seconds",
+                                  "Time from request to the end of the response",
+                                  ["route", "group", "provider"], buckets=_DURATION_BUCKETS,
+                                  registry=r)
+        self.ttft = Histogram(_P + "time_to_first_token_seconds",
+                              "Time from request to the first streamed token",
+                              ["group", "provider", "model"], buckets=_TTFT_BUCKETS, registry=r)
+        self.tokens = Counter(_P + "tokens_total", "Tokens used, as reported by the upstream",
+                              ["provider", "model", "key", "user", "kind"], registry=r)
+        self.cost = Counter(_P + "cost_usd_total", "Cost in USD by the pricing table",
+                            ["user", "provider", "model"], registry=r)
+        self.upstream_errors = Counter(_P + "upstream_errors_total",
+                                       "Failed upstream attempts by reason",
+                                       ["provider", "key", "reason"], registry=r)
+        self.overhead = Histogram(_P + "overhead_seconds",
+                                  "Time spent in the router itself, upstream time excluded",
+                                  ["route"], buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.ratelimit_remaining = Gauge(_P + "upstream_ratelimit_remaining",
+                                         "Upstream x-ratelimit-remaining-* as last seen",
+                                         ["provider", "key", "kind"], registry=r)
+        self.fallbacks = Counter(_P + "fallbacks_total",
+                                 "Requests that needed more than one attempt", ["group"],
+                                 registry=r)
+        self.inflight = Gauge(_P + "inflight_requests", "Requests being served now", registry=r)
+        self.config_reloads = Counter(_P + "config_reloads_total", "Config reloads by result",
+                                      ["result"], registry=r)
+        self.config_last_reload = Gauge(_P + "config_last_reload_timestamp_seconds",
+                                        "Unix time of the last successful config load",
+                                        registry=r)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def watch_state(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],
+                                                   Iterable[tuple[tuple[str, str], str]]]]
+                    ) -> None:
+        """Expose selection counters and key health, read by ``read`` at scrape time."""
+        self.registry.register(_StateCollector(read))
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached."""
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c

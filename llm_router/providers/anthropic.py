@@ -1,0 +1,22 @@
+"""``type: anthropic``: Anthropic's Messages API at ``{base_url}/v1/messages``."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from . import UpstreamCall
+from .http import HTTPResponse, post
+
+__all__ = ["send"]
+
+
+async def send(session: aiohttp.ClientSession, call: UpstreamCall) -> HTTPResponse:
+    """POST ``{base_url}/v1/{path}`` with ``x-api-key`` and ``anthropic-version``."""
+    headers = {
+        **call.provider.headers,
+        "x-api-key": call.key.secret,
+        "anthropic-version": call.provider.anthropic_version,
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream" if call.stream else "application/json",
+    }
+    return await post(session, call, f"{call.provider.base_url}/v1/{call.path}", headers)

@@ -1,0 +1,553 @@
+"""One request's way through the router: read, resolve, attempt loop, relay, account.
+
+The attempt loop is a plain loop. Each turn collects the eligible candidates, picks one,
+sends, and on failure asks one question — :func:`_try_again` — before going round.
+Nothing is retried once a byte went to the client: a stream is only committed (headers
+sent) when its first upstream event arrives, or when a keepalive comment must be sent
+during a long wait; after that an upstream failure ends the stream in-band.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from . import relay as rl
+from .accounting import Caller, cost_usd
+from .compression import MIN_COMPRESS_BYTES, StreamEncoder, compress_body, negotiate
+from .config import Config
+from .errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RateLimited,
+    RouterError,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    error_body,
+)
+from .health import parse_retry_after
+from .providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_from_exception
+from .providers import anthropic as anthropic_provider
+from .providers import mock as mock_provider
+from .providers import openai as openai_provider
+from .routing import (
+    Candidate,
+    PickContext,
+    Preferences,
+    Target,
+    collect_candidates,
+    is_retryable,
+    pick_candidate,
+    resolve_target,
+)
+from .sse import SSEParser
+from .state import RouterState
+
+__all__ = ["Exchange", "forward", "new_request_id", "read_json"]
+
+log = logging.getLogger("llm_router.access")
+
+_SENDERS: Final[dict[str, Callable[..., Awaitable[UpstreamResponse]]]] = {
+    "openai": openai_provider.send,
+    "anthropic": anthropic_provider.send,
+    "mock": mock_provider.send,
+}
+_REQUIRED: Final = {
+    "chat": ("messages", list),
+    "messages": ("messages", list),
+    "count_tokens": ("messages", list),
+    "completions": ("prompt", (str, list)),
+    "embeddings": ("input", (str, list)),
+}
+_MAX_ERROR_BODY: Final = 64 * 1024
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did: the access-log line and the metrics are made from it."""
+
+    route: str
+    request_id: str
+    caller: Caller
+    kind: str = ""  # chat | completions | embeddings | messages | count_tokens
+    client: str = "openai"  # the caller's dialect: openai | anthropic
+    t0: float = field(default_factory=time.perf_counter)
+    group: str = ""
+    provider: str = ""
+    model: str = ""
+    key: str = ""
+    status: int = 0
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    ttft: float | None = None
+    upstream_s: float = 0.0  # time spent waiting on upstreams: excluded from overhead
+    bytes_out: int = 0
+    stream: bool = False
+    error: str | None = None
+
+    def log_line(self) -> dict[str, Any]:
+        now = time.perf_counter()
+        return {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": self.request_id, "user": self.caller.user, "user_key": self.caller.key,
+            "route": self.route, "group": self.group, "provider": self.provider,
+            "model": self.model, "key": self.key, "status": self.status,
+            "stream": self.stream, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "cost_usd": self.cost,
+            "latency_ms": round((now - self.t0) * 1000, 2),
+            "ttft_ms": round(self.ttft * 1000, 2) if self.ttft is not None else None,
+            "attempts": self.attempts, "bytes": self.bytes_out, "error": self.error,
+        }
+
+
+async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object: 413 past ``max_bytes``, 400 if not an object."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"Request body is {request.content_length} bytes; the limit is "
+                              f"{max_bytes}.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.")
+        chunks.append(chunk)
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if not raw:
+        raise BadRequest("Request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc.msg} at position {exc.pos}.",
+                         code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _validate(kind: str, body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required: a group name or provider/model.", param="model",
+                         code="missing_required_parameter")
+    field_name, types = _REQUIRED[kind]
+    if not isinstance(body.get(field_name), types):  # type: ignore[arg-type]
+        raise BadRequest(f"'{field_name}' is required.", param=field_name,
+                         code="missing_required_parameter")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false.", param="stream")
+    return model
+
+
+def _seconds_to_utc_midnight() -> float:
+    now = datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - now).total_seconds()
+
+
+async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web.StreamResponse:
+    """Serve one model request end to end; raises :class:`RouterError` before any byte."""
+    cfg = state.config  # this request keeps this config even if a reload swaps it
+    body = request.get("parsed_body") or await read_json(request, cfg.max_body_bytes)
+    model = _validate(ex.kind, body)
+    target = resolve_target(cfg, model)
+    ex.group = target.name
+    ex.caller.check(target)
+    prefs = Preferences.from_headers(request.headers, cfg)
+    stream = body.get("stream") is True and ex.kind in ("chat", "completions", "messages")
+    ex.stream = stream
+    opts = body.get("stream_options")
+    include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    coding = negotiate(request.headers.get("Accept-Encoding"))
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    estimate = state.counters.estimate(
+        model, (request.content_length or 0) // 4,
+        max_tokens if isinstance(max_tokens, int) else None)
+    return await _attempt_loop(request, state, cfg, ex, target, prefs, body, stream,
+                               include_usage, coding, estimate)
+
+
+async def _attempt_loop(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
+                        target: Target, prefs: Preferences, body: dict[str, Any], stream: bool,
+                        include_usage: bool, coding: str | None,
+                        estimate: int) -> web.StreamResponse:
+    group = target.group
+    tried: set[tuple[str, str, str]] = set()
+    ctx = PickContext(state.counters, cfg.pricing, state.latency, state.round_robin, group.name)
+    last: AttemptFailure | None = None
+    max_attempts: int | None = group.max_attempts
+    wait_until = time.monotonic() + group.max_wait_s
+    while True:
+        cands = collect_candidates(cfg, target, ex.kind, state.health, state.counters, prefs,
+                                   tried)
+        if max_attempts is None:
+            max_attempts = max(1, min(3, cands.total))
+        cand = pick_candidate(cands.eligible, group.strategy, ctx, prefs)
+        if cand is None:
+            now = time.monotonic()
+            if cands.soonest_recovery is not None and cands.soonest_recovery <= wait_until:
+                await asyncio.sleep(max(0.0, cands.soonest_recovery - now) + 0.001)
+                continue
+            raise _exhausted(last, cands.total, cands.soonest_recovery, now, ex)
+        ex.attempts += 1
+        if ex.attempts > 1:
+            state.metrics.child(state.metrics.fallbacks, group.name).inc()
+        try:
+            return await _attempt(request, state, cfg, ex, cand, body, stream, include_usage,
+                                  coding, estimate)
+        except AttemptFailure as failure:
+            last = failure
+            tried.add(cand.counter_key)
+            if failure.status is not None and not is_retryable(failure.status):
+                return _upstream_client_error(ex, cand, failure)
+            if not prefs.allow_fallbacks or ex.attempts >= max_attempts:
+                raise _exhausted(last, 0, None, time.monotonic(), ex) from None
+
+
+def _exhausted(last: AttemptFailure | None, total: int, soonest: float | None, now: float,
+               ex: Exchange) -> RouterError:
+    """The error for a request no candidate could serve."""
+    if last is not None:
+        ex.error = last.reason
+        if last.status == 429:
+            return RateLimited(f"{last.message}; every candidate is rate limited upstream.",
+                               retry_after=parse_retry_after(last.retry_after) or 1.0)
+        if last.reason == "timeout":
+            return UpstreamTimeout(last.message)
+        return UpstreamError(last.message)
+    if soonest is not None:
+        return Unavailable("Every upstream for this model is cooling down; retry later.",
+                           retry_after=max(1.0, soonest - now))
+    if total:
+        return RateLimited("Every upstream key for this model has used its daily request quota.",
+                           code="quota_exceeded", retry_after=_seconds_to_utc_midnight())
+    return Unavailable("No upstream can serve this model right now.", retry_after=1.0)
+
+
+def _upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailure
+                           ) -> web.Response:
+    """An upstream 4xx that is the client's fault: pass it on in the client's dialect."""
+    assert failure.status is not None
+    ex.status = failure.status
+    ex.error = failure.reason
+    up = rl.provider_dialect(cand.provider, ex.client)
+    body = failure.body
+    try:
+        orjson.loads(body)
+        translated = rl.translate_error(ex.client, up, failure.status, body)
+        body = translated if translated is not None else body
+    except orjson.JSONDecodeError:
+        err = BadRequest(failure.message)
+        body = error_body(err, anthropic=ex.client == "anthropic")
+    resp = web.Response(status=failure.status, body=body, content_type="application/json")
+    _router_headers(resp, ex, cand)
+    return resp
+
+
+def _router_headers(resp: web.StreamResponse, ex: Exchange, cand: Candidate) -> None:
+    h = resp.headers
+    h["X-Router-Group"] = ex.group
+    h["X-Router-Provider"] = cand.provider.name
+    h["X-Router-Model"] = cand.member.model
+    h["X-Router-Key"] = cand.key.label
+    h["X-Router-Attempts"] = str(ex.attempts)
+
+
+async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
+                   cand: Candidate, body: dict[str, Any], stream: bool, include_usage: bool,
+                   coding: str | None, estimate: int) -> web.StreamResponse:
+    provider, key = cand.provider, cand.key
+    ex.provider, ex.model, ex.key = provider.name, cand.member.model, key.label
+    up = rl.provider_dialect(provider, ex.client)
+    path, up_body = rl.upstream_request(ex.client, ex.kind, provider, body, cand.member.model,
+                                        stream)
+    call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, stream)
+    reservation = state.counters.reserve(cand.counter_key, estimate)
+    state.health.begin(provider.name, key.label)
+    sent = time.perf_counter()
+    resp: UpstreamResponse | None = None
+    try:
+        assert state.session is not None
+        try:
+            async with asyncio.timeout(provider.timeouts.connect + provider.timeouts.first_byte):
+                resp = await _SENDERS[provider.type](state.session, call)
+        except (Exception, TimeoutError) as exc:
+            raise failure_from_exception(exc, provider.name) from None
+        state.observe_latency(cand.counter_key, time.perf_counter() - sent)
+        _ratelimit_gauges(state, cand, resp)
+        if resp.status >= 400:
+            raise await _status_failure(state, cfg, cand, resp)
+        if stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
+            out = await _relay_stream(request, state, cfg, ex, cand, resp, up, include_usage,
+                                      coding, sent, reservation)
+        else:
+            out = await _relay_body(state, cfg, ex, cand, resp, up, coding, sent, reservation)
+        return out
+    except AttemptFailure as failure:
+        ex.upstream_s += time.perf_counter() - sent
+        state.counters.settle(reservation, 0, 0, cfg.error_penalty)
+        if failure.status is None or failure.status >= 500 or failure.status == 429:
+            state.health.record_failure(provider.name, key.label, cfg.circuit,
+                                        rate_limited=failure.status == 429,
+                                        retry_after=_retry_after_s(failure))
+        state.metrics.child(state.metrics.upstream_errors, provider.name, key.label,
+                            failure.reason).inc()
+        raise
+    finally:
+        # Settles at an estimate if nothing better is known (client gone, cancelled).
+        state.counters.settle(reservation, 0, 0)
+        if resp is not None:
+            resp.close()
+
+
+def _retry_after_s(failure: AttemptFailure) -> float | None:
+    return parse_retry_after(failure.retry_after)
+
+
+async def _status_failure(state: RouterState, cfg: Config, cand: Candidate,
+                          resp: UpstreamResponse) -> AttemptFailure:
+    status = resp.status
+    try:
+        async with asyncio.timeout(cand.provider.timeouts.idle):
+            body = (await resp.read())[:_MAX_ERROR_BODY]
+    except (Exception, TimeoutError):
+        body = b""
+    if status in (401, 403):
+        state.health.mark_bad(cand.provider.name, cand.key.label, status)
+    reason = "status_429" if status == 429 else f"status_{status // 100}xx"
+    return AttemptFailure(reason, f"upstream '{cand.provider.name}' answered {status}",
+                          status=status, retry_after=resp.headers.get("Retry-After"), body=body)
+
+
+def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamResponse) -> None:
+    for kind in ("requests", "tokens"):
+        value = resp.headers.get(f"x-ratelimit-remaining-{kind}")
+        if value is not None:
+            with suppress(ValueError):
+                state.metrics.child(state.metrics.ratelimit_remaining, cand.provider.name,
+                                    cand.key.label, kind).set(float(value))
+
+
+def _account(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
+             usage: rl.Usage, reservation: Any) -> None:
+    state.counters.settle(reservation, usage.prompt, usage.completion, cfg.request_penalty)
+    state.health.record_success(cand.provider.name, cand.key.label)
+    ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
+    ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
+                       usage.cached)
+    m = state.metrics
+    user = ex.caller.user
+    if usage.prompt:
+        m.child(m.tokens, cand.provider.name, cand.member.model, cand.key.label, user,
+                "prompt").inc(usage.prompt)
+    if usage.completion:
+        m.child(m.tokens, cand.provider.name, cand.member.model, cand.key.label, user,
+                "completion").inc(usage.completion)
+    m.child(m.cost, user, cand.provider.name, cand.member.model).inc(ex.cost or 0.0)
+
+
+async def _relay_body(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
+                      resp: UpstreamResponse, up: str, coding: str | None, sent: float,
+                      reservation: Any) -> web.Response:
+    try:
+        async with asyncio.timeout(cand.provider.timeouts.total):
+            raw = await resp.read()
+    except (Exception, TimeoutError) as exc:
+        raise failure_from_exception(exc, cand.provider.name) from None
+    ex.upstream_s += time.perf_counter() - sent
+    try:
+        doc = orjson.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError
+        out = rl.translate_body(ex.client, up, doc, ex.group)
+    except (ValueError, KeyError, TypeError):
+        raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
+                             "answer that is not a valid JSON response") from None
+    _account(state, cfg, ex, cand, rl.body_usage(up, doc), reservation)
+    payload = raw if out is None else out
+    ex.status = 200
+    resp_out = web.Response(status=200, body=payload, content_type="application/json")
+    if coding is not None and len(payload) >= MIN_COMPRESS_BYTES:
+        resp_out.body = compress_body(coding, payload)
+        resp_out.headers["Content-Encoding"] = coding
+        resp_out.headers["Vary"] = "Accept-Encoding"
+    _router_headers(resp_out, ex, cand)
+    elapsed = time.perf_counter() - ex.t0
+    resp_out.headers["X-Router-Latency-Ms"] = f"{elapsed * 1000:.1f}"
+    resp_out.headers["X-Router-Overhead-Ms"] = f"{max(0.0, elapsed - ex.upstream_s) * 1000:.3f}"
+    resp_out.headers["X-Router-Cost-USD"] = f"{ex.cost or 0.0:.8f}"
+    ex.bytes_out = len(resp_out.body) if isinstance(resp_out.body, bytes) else len(payload)
+    return resp_out
+
+
+async def _events(resp: UpstreamResponse, idle: float) -> AsyncIterator[bytes]:
+    """Raw SSE events from the upstream, each read bounded by the idle timeout."""
+    parser = SSEParser()
+    chunks = resp.chunks().__aiter__()
+    while True:
+        async with asyncio.timeout(idle):
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+        for event in parser.feed(chunk):
+            yield event
+    tail = parser.tail()
+    if tail.strip():
+        yield tail + b"\n\n"
+
+
+async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
+                        cand: Candidate, resp: UpstreamResponse, up: str, include_usage: bool,
+                        coding: str | None, sent: float, reservation: Any
+                        ) -> web.StreamResponse:
+    provider = cand.provider
+    relay = rl.make_relay(ex.client, up, ex.group, include_usage)
+    events = _events(resp, provider.timeouts.idle).__aiter__()
+    out = web.StreamResponse(status=200)
+    out.headers["Content-Type"] = "text/event-stream; charset=utf-8"
+    out.headers["Cache-Control"] = "no-cache"
+    out.headers["X-Accel-Buffering"] = "no"
+    encoder = StreamEncoder(coding) if coding else None
+    if coding:
+        out.headers["Content-Encoding"] = coding
+        out.headers["Vary"] = "Accept-Encoding"
+    _router_headers(out, ex, cand)
+    deadline = sent + provider.timeouts.total
+    seen = 0
+
+    async def send(data: bytes) -> None:
+        if encoder is not None:
+            data = encoder.encode(data)
+        ex.bytes_out += len(data)
+        await out.write(data)
+
+    # Wait for the first event before committing, so a failure here can still fail over;
+    # a long wait commits early to send keepalive comments through idle-timeout proxies.
+    first = asyncio.ensure_future(events.__anext__())
+    try:
+        while True:
+            keepalive = min(cfg.keepalive_s, max(0.0, deadline - time.perf_counter()))
+            done, _ = await asyncio.wait({first}, timeout=keepalive or None)
+            if done:
+                break
+            if time.perf_counter() >= deadline:
+                raise AttemptFailure("timeout", f"upstream '{provider.name}' timed out")
+            if not out.prepared:
+                ex.status = 200
+                await out.prepare(request)
+            await send(b": keepalive\n\n")
+        try:
+            raw = first.result()
+        except StopAsyncIteration:
+            raise AttemptFailure("closed", f"upstream '{provider.name}' closed the stream "
+                                 "before sending anything") from None
+        except (Exception, TimeoutError) as exc:
+            raise failure_from_exception(exc, provider.name) from None
+    except AttemptFailure:
+        if not out.prepared:
+            raise
+        # Committed by keepalives: the failure can only be reported in-band.
+        await send(relay.fail(f"upstream '{provider.name}' failed before answering"))
+        await _finish_stream(out, encoder, ex)
+        state.metrics.child(state.metrics.upstream_errors, provider.name, cand.key.label,
+                            "timeout").inc()
+        return out
+    finally:
+        if not first.done():
+            first.cancel()
+            with suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await first
+    ex.ttft = time.perf_counter() - ex.t0
+    ex.upstream_s += time.perf_counter() - sent
+    state.metrics.child(state.metrics.ttft, ex.group, provider.name, cand.member.model).observe(
+        ex.ttft)
+    failure: str | None = None
+    try:
+        if not out.prepared:
+            ex.status = 200
+            await out.prepare(request)
+        while True:
+            seen += 1
+            data = relay.feed(raw)
+            if data:
+                await send(data)
+            if time.perf_counter() >= deadline:
+                raise TimeoutError
+            waited = time.perf_counter()
+            try:
+                raw = await events.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                ex.upstream_s += time.perf_counter() - waited
+        if not relay.done:
+            failure = "closed"
+    except (ConnectionError, asyncio.CancelledError):
+        # The client went away (or the server is cutting streams at the end of its grace
+        # period): stop the upstream at once and count what was used so far.
+        ex.status = 499
+        ex.error = "client_disconnected"
+        _account_partial(state, cfg, ex, cand, relay.usage, seen, reservation)
+        raise
+    except (Exception, TimeoutError) as exc:
+        failure = failure_from_exception(exc, provider.name).reason
+    if failure is not None:
+        ex.error = failure
+        state.metrics.child(state.metrics.upstream_errors, provider.name, cand.key.label,
+                            failure).inc()
+        state.health.record_failure(provider.name, cand.key.label, cfg.circuit)
+        with suppress(ConnectionError):
+            await send(relay.fail(f"upstream '{provider.name}' stream was interrupted "
+                                  f"({failure})"))
+        _account_partial(state, cfg, ex, cand, relay.usage, seen, reservation)
+    else:
+        _account(state, cfg, ex, cand, relay.usage, reservation)
+    with suppress(ConnectionError):
+        await _finish_stream(out, encoder, ex)
+    return out
+
+
+def _account_partial(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
+                     usage: rl.Usage, events_seen: int, reservation: Any) -> None:
+    """A stream that ended early: count what it reported, or estimate from what was sent."""
+    if not usage.prompt and not usage.completion:
+        usage = rl.Usage(reservation.estimate, events_seen)
+    state.counters.settle(reservation, usage.prompt, usage.completion, cfg.request_penalty)
+    ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
+    ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion)
+    m = state.metrics
+    for kind, n in (("prompt", usage.prompt), ("completion", usage.completion)):
+        if n:
+            m.child(m.tokens, cand.provider.name, cand.member.model, cand.key.label,
+                    ex.caller.user, kind).inc(n)
+    m.child(m.cost, ex.caller.user, cand.provider.name, cand.member.model).inc(ex.cost or 0.0)
+
+
+async def _finish_stream(out: web.StreamResponse, encoder: StreamEncoder | None,
+                         ex: Exchange) -> None:
+    if encoder is not None:
+        tail = encoder.finish()
+        ex.bytes_out += len(tail)
+        await out.write(tail)
+    await out.write_eof()
+
+
+def new_request_id(header: str | None) -> str:
+    if header and len(header) <= 128 and header.isprintable():
+        return header
+    return uuid.uuid4().hex

@@ -1,0 +1,274 @@
+"""Which upstream serves a request: targets, candidates, strategies, the retry decision.
+
+For a request naming group G the candidates are every eligible (member, provider key)
+pair of G. The default strategy, ``inverse-weight``, picks the candidate with the lowest
+``tokens x weight`` over the per-(provider, key, model) counters, in-flight estimates
+included, ties broken at random (CONTRACT §3). Every strategy is a small function
+``(candidates, ctx) -> Candidate`` registered by name in :data:`STRATEGIES`; strategies
+read only a candidate's fields and ``ctx``, never health internals.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from .config import Config, Group, Member, Price, Provider, ProviderKey
+from .errors import BadRequest, ModelNotFound
+from .health import KeyHealth
+from .usage import CounterKey, UsageCounters
+
+__all__ = [
+    "STRATEGIES",
+    "Candidate",
+    "CandidateSet",
+    "PickContext",
+    "Preferences",
+    "Target",
+    "collect_candidates",
+    "is_retryable",
+    "pick_candidate",
+    "resolve_target",
+]
+
+# Which provider types can serve which route kind (anthropic speaks Messages only;
+# chat is translated both ways, so it also serves chat completions).
+_SERVES: Final = {
+    "openai": frozenset({"chat", "completions", "embeddings", "messages"}),
+    "mock": frozenset({"chat", "completions", "embeddings", "messages", "count_tokens"}),
+    "anthropic": frozenset({"chat", "messages", "count_tokens"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the client's ``model`` names: a group, or one ``provider/model``."""
+
+    name: str
+    group: Group
+
+    @property
+    def is_direct(self) -> bool:
+        return "/" in self.name and len(self.group.members) == 1
+
+
+def resolve_target(cfg: Config, model: str) -> Target:
+    """Map the client's ``model`` to a group; ``provider/model`` makes a one-member group."""
+    group = cfg.groups.get(model)
+    if group is not None:
+        return Target(model, group)
+    prov_name, sep, upstream_model = model.partition("/")
+    if sep and upstream_model and prov_name in cfg.providers:
+        return Target(model, Group(name=model, members=(Member(prov_name, upstream_model),)))
+    raise ModelNotFound(f"The model '{model}' does not exist or is not served by this router. "
+                        "GET /v1/models lists what you may use.", param="model")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    member: Member
+    provider: Provider
+    key: ProviderKey
+    order: int  # member position in the group (priority strategy)
+
+    @property
+    def counter_key(self) -> CounterKey:
+        return (self.provider.name, self.key.label, self.member.model)
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """Per-request provider preferences from the ``X-Router-*`` request headers."""
+
+    only: frozenset[str] | None = None
+    ignore: frozenset[str] = frozenset()
+    order: tuple[str, ...] = ()
+    allow_fallbacks: bool = True
+    sort: str | None = None  # latency | price
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str] | object, cfg: Config) -> Preferences:
+        get = getattr(headers, "get", None)
+        assert get is not None
+
+        def names(header: str) -> tuple[str, ...]:
+            raw = get(header)
+            if not raw:
+                return ()
+            items = tuple(p.strip() for p in str(raw).split(",") if p.strip())
+            unknown = [p for p in items if p not in cfg.providers]
+            if unknown:
+                raise BadRequest(f"{header} names unknown provider(s): {', '.join(unknown)} "
+                                 f"(known: {', '.join(cfg.providers)})", code="unknown_provider")
+            return items
+
+        only = names("X-Router-Provider-Only")
+        ignore = names("X-Router-Provider-Ignore")
+        order = names("X-Router-Provider-Order")
+        fallbacks = str(get("X-Router-Allow-Fallbacks") or "true").strip().lower()
+        if fallbacks not in ("true", "false", "1", "0", "yes", "no"):
+            raise BadRequest("X-Router-Allow-Fallbacks must be true or false")
+        sort = get("X-Router-Sort")
+        if sort is not None and sort not in ("latency", "price"):
+            raise BadRequest("X-Router-Sort must be 'latency' or 'price'")
+        if not (only or ignore or order or sort) and fallbacks in ("true", "1", "yes"):
+            return _NO_PREFERENCES
+        return cls(
+            only=frozenset(only) if only else None,
+            ignore=frozenset(ignore),
+            order=order,
+            allow_fallbacks=fallbacks in ("true", "1", "yes"),
+            sort=sort,
+        )
+
+
+_NO_PREFERENCES: Final = Preferences()
+
+
+@dataclass(slots=True)
+class CandidateSet:
+    """Eligible candidates, plus when the soonest ineligible-for-now one recovers."""
+
+    eligible: list[Candidate]
+    soonest_recovery: float | None = None  # monotonic time; None if nothing is cooling
+    total: int = 0  # candidates before health and quota filtering
+
+
+def collect_candidates(
+    cfg: Config, target: Target, kind: str, health: KeyHealth, counters: UsageCounters,
+    prefs: Preferences, exclude: set[CounterKey] | None = None,
+) -> CandidateSet:
+    """Every (member, key) pair of the target that may serve ``kind`` now."""
+    now = time.monotonic()
+    out = CandidateSet([])
+    for order, member in enumerate(target.group.members):
+        provider = cfg.providers[member.provider]
+        if kind not in _SERVES[provider.type]:
+            continue
+        if prefs.only is not None and provider.name not in prefs.only:
+            continue
+        if provider.name in prefs.ignore:
+            continue
+        for key in provider.keys:
+            if not key.serves(member.model):
+                continue
+            cand = Candidate(member, provider, key, order)
+            if exclude and cand.counter_key in exclude:
+                continue
+            out.total += 1
+            if (key.daily_request_limit is not None
+                    and counters.requests_today(provider.name, key.label)
+                    >= key.daily_request_limit):
+                continue
+            ready = health.available_at(provider.name, key.label, now)
+            if ready > now:
+                if ready != float("inf") and (out.soonest_recovery is None
+                                              or ready < out.soonest_recovery):
+                    out.soonest_recovery = ready
+                continue
+            out.eligible.append(cand)
+    return out
+
+
+@dataclass(slots=True)
+class PickContext:
+    """What strategies may read besides the candidates themselves."""
+
+    counters: UsageCounters
+    pricing: dict[str, Price] | object = field(default_factory=dict)
+    latency: dict[CounterKey, float] = field(default_factory=dict)  # EWMA seconds
+    round_robin: dict[str, int] = field(default_factory=dict)
+    group: str = ""
+    rng: random.Random = field(default_factory=random.Random)
+
+
+Strategy = Callable[[Sequence[Candidate], PickContext], Candidate]
+
+
+def _lowest(cands: Sequence[Candidate], ctx: PickContext,
+            score: Callable[[Candidate], float]) -> Candidate:
+    best: list[Candidate] = []
+    best_score = float("inf")
+    for c in cands:
+        s = score(c)
+        if s < best_score:
+            best_score, best = s, [c]
+        elif s == best_score:
+            best.append(c)
+    return best[0] if len(best) == 1 else ctx.rng.choice(best)
+
+
+def _weighted_load(c: Candidate, ctx: PickContext) -> float:
+    # weight 0 → always preferred; among several weight-0 candidates, spread by load.
+    w = c.member.weight
+    load = ctx.counters.load(c.counter_key)
+    return load * w if w > 0 else -1.0 / (1.0 + load)
+
+
+def inverse_weight(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    return _lowest(cands, ctx, lambda c: _weighted_load(c, ctx))
+
+
+def priority(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    first = min(c.order for c in cands)
+    return inverse_weight([c for c in cands if c.order == first], ctx)
+
+
+def round_robin(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    n = ctx.round_robin.get(ctx.group, 0)
+    ctx.round_robin[ctx.group] = n + 1
+    ordered = sorted(cands, key=lambda c: (c.order, c.key.label))
+    return ordered[n % len(ordered)]
+
+
+def lowest_latency(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    # Unmeasured candidates score 0 so each gets tried once and measured.
+    return _lowest(cands, ctx, lambda c: ctx.latency.get(c.counter_key, 0.0))
+
+
+def cheapest(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    pricing = ctx.pricing if isinstance(ctx.pricing, dict) else dict(ctx.pricing)  # type: ignore[call-overload]
+
+    def cost(c: Candidate) -> float:
+        p = pricing.get(c.member.model)
+        return float("inf") if p is None else p.input + p.output
+
+    best = min(cost(c) for c in cands)
+    return inverse_weight([c for c in cands if cost(c) == best], ctx)
+
+
+STRATEGIES: Final[dict[str, Strategy]] = {
+    "inverse-weight": inverse_weight,
+    "priority": priority,
+    "round-robin": round_robin,
+    "latency": lowest_latency,
+    "price": cheapest,
+}
+
+
+def pick_candidate(cands: Sequence[Candidate], strategy: str, ctx: PickContext,
+                   prefs: Preferences = _NO_PREFERENCES) -> Candidate | None:
+    """The candidate to try next, or None if there is none."""
+    if not cands:
+        return None
+    if prefs.order:
+        # Providers named in X-Router-Provider-Order go first, in that order.
+        rank = {name: i for i, name in enumerate(prefs.order)}
+        first = min(rank.get(c.provider.name, len(rank)) for c in cands)
+        cands = [c for c in cands if rank.get(c.provider.name, len(rank)) == first]
+    if prefs.sort is not None:
+        strategy = "latency" if prefs.sort == "latency" else "price"
+    return STRATEGIES[strategy](cands, ctx)
+
+
+# Upstream statuses worth another candidate: rate limits, server faults, timeouts and
+# conflicts. 401/403 mean *our key* is bad, not the client's request.
+_RETRYABLE_STATUS: Final = frozenset({401, 403, 408, 409, 429})
+
+
+def is_retryable(status: int | None) -> bool:
+    """Whether an attempt that failed this way (None = no HTTP answer) may go elsewhere."""
+    return status is None or status >= 500 or status in _RETRYABLE_STATUS

@@ -1,0 +1,78 @@
+"""The process-wide state: one object, one current config, everything else keyed by identity.
+
+A reload builds and validates a new :class:`Config` elsewhere and calls
+:meth:`RouterState.swap_config`; requests in flight keep the ``Config`` they captured
+at their start. Counters, key health, latency averages and limit windows live here,
+keyed by provider name, key label and model, so they carry over a swap untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .accounting import KeyIndex
+from .config import Config
+from .health import KeyHealth
+from .metrics import Metrics
+from .usage import CounterKey, SnapshotStore, UsageCounters
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["RouterState"]
+
+_LATENCY_ALPHA = 0.3
+
+
+class RouterState:
+    """Everything that lives as long as the process."""
+
+    def __init__(self, cfg: Config, metrics: Metrics | None = None, *,
+                 insecure_no_auth: bool = False, config_path: str | None = None) -> None:
+        self.config = cfg
+        self.config_path = config_path
+        self.insecure_no_auth = insecure_no_auth
+        self.keys = KeyIndex(cfg, insecure_no_auth)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.counters = UsageCounters()
+        self.health = KeyHealth()
+        self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
+        self.round_robin: dict[str, int] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self.snapshot: SnapshotStore | None = None
+        self.draining = False
+        self.inflight = 0
+        self.started = time.time()
+        self.metrics.config_last_reload.set(time.time())
+        self.metrics.watch_state(self._scrape_state)
+
+    def swap_config(self, cfg: Config) -> None:
+        """Make ``cfg`` current; state keyed by identity carries over."""
+        self.keys = KeyIndex(cfg, self.insecure_no_auth)
+        self.config = cfg
+        self.health.generation += 1  # keys marked bad get another chance
+        self.metrics.config_last_reload.set(time.time())
+
+    def observe_latency(self, key: CounterKey, seconds: float) -> None:
+        prev = self.latency.get(key)
+        self.latency[key] = seconds if prev is None else prev + _LATENCY_ALPHA * (seconds - prev)
+
+    @property
+    def ready(self) -> bool:
+        """Config loaded, not draining, and at least one provider key not cooling or bad."""
+        if self.draining:
+            return False
+        now = time.monotonic()
+        return any(
+            self.health.available_at(p.name, k.label, now) <= now
+            for p in self.config.providers.values() for k in p.keys
+        )
+
+    def _scrape_state(self) -> tuple[list[tuple[CounterKey, int]],
+                                     list[tuple[tuple[str, str], str]]]:
+        cfg = self.config
+        states = self.health.snapshot()
+        keys = [((p.name, k.label), states.get((p.name, k.label), "ok"))
+                for p in cfg.providers.values() for k in p.keys]
+        return list(self.counters.tokens.items()), keys
