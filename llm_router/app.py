@@ -10,7 +10,9 @@ Middlewares, outermost first:
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
@@ -21,11 +23,11 @@ from aiohttp import web
 
 from .accounting import ANONYMOUS, extract_key
 from .errors import BadRequest, ModelNotFound, PayloadTooLarge, RouterError, error_body
-from .handlers import CALLER, STATE, routes
-from .proxy import Exchange, new_request_id
+from .handlers import STATE, routes
+from .proxy import EXCHANGE, Exchange, new_request_id
 from .state import RouterState
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "run_server", "start_server"]
 
 log = logging.getLogger("llm_router")
 access_log = logging.getLogger("llm_router.access")
@@ -59,7 +61,6 @@ def _make_edge(log_format: str) -> Middleware:
     async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         state = request.app[STATE]
         rid = new_request_id(request.headers.get("X-Request-Id"))
-        request["request_id"] = rid
         state.inflight += 1
         state.metrics.inflight.inc()
         t0 = time.perf_counter()
@@ -67,7 +68,7 @@ def _make_edge(log_format: str) -> Middleware:
         if request.path not in _PUBLIC:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
-            ex = request["exchange"] = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
+            ex = request[EXCHANGE] = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
         resp: web.StreamResponse
         try:
             try:
@@ -124,8 +125,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     state = request.app[STATE]
     key = extract_key(request.headers.get("Authorization"), request.headers.get("x-api-key"))
-    caller = request[CALLER] = state.keys.authenticate(key)
-    request["exchange"].caller = caller
+    request[EXCHANGE].caller = state.keys.authenticate(key)
     return await handler(request)
 
 
@@ -151,26 +151,28 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
     return app
 
 
-async def run_server(state: RouterState, host: str, port: int, *, log_format: str = "json",
-                     ready: Callable[[int], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests and
-    streams finish within ``shutdown_grace_s``, run the cleanup (final snapshot), return."""
-    import asyncio
-    import signal
-
+async def start_server(state: RouterState, host: str, port: int, *,
+                       log_format: str = "json") -> tuple[web.AppRunner, int]:
+    """Start serving ``state`` on ``host:port`` (0 picks a free port); returns the runner
+    and the bound port. ``runner.cleanup()`` drains and stops it."""
     app = create_app(state, log_format=log_format)
+    # handler_cancellation: a client that disconnects cancels its handler at once, which
+    # closes the upstream request and releases its in-flight estimate.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=state.config.shutdown_grace_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    bound = port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        bound = server.sockets[0].getsockname()[1]
+    bound = runner.addresses[-1][1] if runner.addresses else port
+    return runner, int(bound)
+
+
+async def run_server(state: RouterState, host: str, port: int, *,
+                     log_format: str = "json") -> None:
+    """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests and
+    streams finish within ``shutdown_grace_s``, run the cleanup (final snapshot), return."""
+    runner, bound = await start_server(state, host, port, log_format=log_format)
     log.info("llm-router listening on http://%s:%d (%s)", host, bound, state.config.summary())
-    if ready is not None:
-        ready(bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

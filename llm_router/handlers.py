@@ -11,16 +11,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import anthropic_in
-from .accounting import Caller
 from .errors import RouterError
-from .proxy import Exchange, forward, read_json
+from .proxy import EXCHANGE, Exchange, forward, read_json
 from .routing import Target, resolve_target
 from .state import RouterState
 
-__all__ = ["CALLER", "STATE", "routes"]
+__all__ = ["STATE", "routes"]
 
 STATE: Final = web.AppKey("state", RouterState)
-CALLER: Final = "llm_router.caller"  # request-scoped Caller, set by the auth middleware
 
 
 def _json(payload: object, status: int = 200) -> web.Response:
@@ -31,7 +29,7 @@ def _json(payload: object, status: int = 200) -> web.Response:
 def _model_route(kind: str, client: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
-        ex: Exchange = request["exchange"]
+        ex = request[EXCHANGE]
         ex.kind, ex.client = kind, client
         if kind == "count_tokens":
             local = await _count_tokens_locally(request, state, ex)
@@ -49,7 +47,7 @@ async def _count_tokens_locally(request: web.Request, state: RouterState,
     member could count exactly; the body is kept for ``forward`` to reuse."""
     cfg = state.config
     body = await read_json(request, cfg.max_body_bytes)
-    request["parsed_body"] = body
+    ex.body = body
     model = body.get("model")
     if not isinstance(model, str):
         return None  # forward() reports the missing model
@@ -66,7 +64,7 @@ async def list_models(request: web.Request) -> web.Response:
     """Groups, then ``provider/model`` ids, that the caller may use."""
     state = request.app[STATE]
     cfg = state.config
-    caller: Caller = request[CALLER]
+    caller = request[EXCHANGE].caller
     created = int(state.started)
     data: list[dict[str, object]] = []
     seen: set[str] = set()

@@ -54,7 +54,7 @@ from .routing import (
 from .sse import SSEParser
 from .state import RouterState
 
-__all__ = ["Exchange", "forward", "new_request_id", "read_json"]
+__all__ = ["EXCHANGE", "Exchange", "forward", "new_request_id", "read_json"]
 
 log = logging.getLogger("llm_router.access")
 
@@ -97,6 +97,7 @@ class Exchange:
     bytes_out: int = 0
     stream: bool = False
     error: str | None = None
+    body: dict[str, Any] | None = None  # parsed once, if a handler needed it early
 
     def log_line(self) -> dict[str, Any]:
         now = time.perf_counter()
@@ -111,6 +112,9 @@ class Exchange:
             "ttft_ms": round(self.ttft * 1000, 2) if self.ttft is not None else None,
             "attempts": self.attempts, "bytes": self.bytes_out, "error": self.error,
         }
+
+
+EXCHANGE: Final = web.RequestKey("exchange", Exchange)
 
 
 async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
@@ -162,7 +166,7 @@ def _seconds_to_utc_midnight() -> float:
 async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web.StreamResponse:
     """Serve one model request end to end; raises :class:`RouterError` before any byte."""
     cfg = state.config  # this request keeps this config even if a reload swaps it
-    body = request.get("parsed_body") or await read_json(request, cfg.max_body_bytes)
+    body = ex.body if ex.body is not None else await read_json(request, cfg.max_body_bytes)
     model = _validate(ex.kind, body)
     target = resolve_target(cfg, model)
     ex.group = target.name

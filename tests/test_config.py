@@ -1,0 +1,167 @@
+"""Config loading and validation, as `llm-router check` and the daemon see it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm_router.config import ConfigError, load_config, parse_config
+
+EXAMPLES = Path(__file__).resolve().parent.parent
+
+GO_CONFIG = """
+port: 8080
+api_key: "your-api-key-here"
+groups:
+  - name: "gpt-4-turbo"
+    models:
+      - weight: 1
+        provider: "openai"
+        name: "gpt-4-turbo-preview"
+      - weight: 2
+        provider: "openai"
+        name: "gpt-4"
+providers:
+  - name: "openai"
+    base_url: "https://api.openai.com/v1"
+    api_keys:
+      - "sk-your-openai-key-here"
+"""
+
+
+def problems(text: str, env: dict[str, str] | None = None, fmt: str = "yaml") -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, fmt=fmt, env=env or {})
+    return exc.value.problems
+
+
+def test_go_router_config_loads_unchanged() -> None:
+    cfg = parse_config(GO_CONFIG, env={})
+    assert cfg.port == 8080 and cfg.api_key == "your-api-key-here"
+    group = cfg.groups["gpt-4-turbo"]
+    assert [(m.provider, m.model, m.weight) for m in group.members] == [
+        ("openai", "gpt-4-turbo-preview", 1.0), ("openai", "gpt-4", 2.0)]
+    (key,) = cfg.providers["openai"].keys
+    assert key.secret == "sk-your-openai-key-here"
+    assert len(key.label) == 8 and key.label not in key.secret
+
+
+def test_go_router_penalties_are_accepted() -> None:
+    cfg = parse_config(GO_CONFIG + "error_penalty: 10000\nrequest_penalty: 500\n", env={})
+    assert (cfg.error_penalty, cfg.request_penalty) == (10000, 500)
+
+
+def test_env_expansion_with_default_and_set_variable() -> None:
+    text = GO_CONFIG.replace('"sk-your-openai-key-here"', '"${KEY_A}"').replace(
+        '"your-api-key-here"', '"${ROUTER_KEY:-fallback}"')
+    cfg = parse_config(text, env={"KEY_A": "sk-from-env"})
+    assert cfg.providers["openai"].keys[0].secret == "sk-from-env"
+    assert cfg.api_key == "fallback"
+
+
+def test_unset_variable_is_an_error_naming_its_location() -> None:
+    text = GO_CONFIG.replace('"sk-your-openai-key-here"', '"${MISSING_KEY}"')
+    assert problems(text) == [
+        "providers[0].api_keys[0]: environment variable MISSING_KEY is not set "
+        "(write ${MISSING_KEY:-default} to give a default)"]
+
+
+def test_every_problem_is_reported_with_its_location() -> None:
+    text = """
+port: 8080
+api_key: k
+groups:
+  - name: g
+    models:
+      - {provider: opnai, name: m, wieght: 2}
+      - {provider: local}
+    strategy: fastest
+providers:
+  - name: openai
+    base_url: https://x/v1
+    api_keys: ["a"]
+  - name: local
+    type: mock
+pricnig: {}
+"""
+    assert problems(text) == [
+        "pricnig: unknown key (did you mean 'pricing'?)",
+        "groups[0].models[0].wieght: unknown key (did you mean 'weight'?)",
+        "groups[0].models[0].provider: unknown provider 'opnai' (did you mean 'openai'?) "
+        "(known: openai, local)",
+        "groups[0].models[1].name: required",
+        "groups[0].strategy: unknown strategy 'fastest' (known: inverse-weight, priority, "
+        "round-robin, latency, price)",
+    ]
+
+
+def test_wrong_types_are_named() -> None:
+    text = GO_CONFIG + "max_body_bytes: lots\nusage: {snapshot_interval_s: -1}\n"
+    assert sorted(problems(text)) == [
+        "max_body_bytes: expected a whole number, got a string",
+        "usage.snapshot_interval_s: must be >= 0.1",
+    ]
+
+
+def test_syntax_errors_name_the_line() -> None:
+    (line,) = problems("port: 8080\ngroups: [\n")
+    assert "invalid YAML (line 3" in line
+    (line,) = problems('{"port": 8080,', fmt="json")
+    assert "invalid JSON" in line
+
+
+def test_users_keys_must_be_sha256_or_key() -> None:
+    text = GO_CONFIG + """
+users:
+  - name: alice
+    keys: [{sha256: "abc"}, {name: nokey}]
+    models: [gpt-4-turbo, "openai/*", gtp-4-turbo]
+    budget: {usd: 5, period: yearly}
+"""
+    assert problems(text) == [
+        "users[0].keys[0].sha256: expected 64 hex digits (llm-router hash-key KEY prints it)",
+        "users[0].keys[1]: a key needs 'sha256' (preferred) or 'key'",
+        "users[0].models[2]: unknown group 'gtp-4-turbo' (did you mean 'gpt-4-turbo'?)",
+        "users[0].budget.period: unknown period 'yearly' (known: daily, weekly, monthly, total)",
+    ]
+
+
+def test_example_configs_are_valid_and_the_same() -> None:
+    env = {"ROUTER_API_KEY": "x", "OPENAI_API_KEY": "sk-x"}
+    y = load_config(EXAMPLES / "config.example.yaml", env=env)
+    j = load_config(EXAMPLES / "config.example.json", env=env)
+    assert y.providers == j.providers and y.groups == j.groups and y.pricing == j.pricing
+    assert y.usage == j.usage and y.api_key == j.api_key
+    assert y.providers[y.groups["fast"].members[0].provider].type == "mock"
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GO_CONFIG)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GO_CONFIG.replace('provider: "openai"\n        name: "gpt-4"\n',
+                                     'provider: "opnai"\n        name: "gpt-4"\n'))
+    ok = subprocess.run([sys.executable, "-m", "llm_router", "check", str(good)],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and "OK: 1 providers (1 keys), 1 groups" in ok.stdout
+    fail = subprocess.run([sys.executable, "-m", "llm_router", "check", str(bad)],
+                          capture_output=True, text=True, check=False)
+    assert fail.returncode == 1
+    assert "groups[0].models[1].provider: unknown provider 'opnai'" in fail.stderr
+
+
+def test_hash_key_and_gen_key_agree() -> None:
+    out = subprocess.run([sys.executable, "-m", "llm_router", "gen-key"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    key, digest = out[1], out[3]
+    by_arg = subprocess.run([sys.executable, "-m", "llm_router", "hash-key", key],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    by_stdin = subprocess.run([sys.executable, "-m", "llm_router", "hash-key"], input=key + "\n",
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert by_arg == by_stdin == digest
+    known = subprocess.run([sys.executable, "-m", "llm_router", "hash-key", "test"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert known == "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
