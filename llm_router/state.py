@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .accounting import KeyIndex
 from .config import Config
 from .health import KeyHealth
+from .limits import Ledger
 from .metrics import Metrics
 from .usage import CounterKey, SnapshotStore, UsageCounters
 
@@ -36,6 +37,7 @@ class RouterState:
         self.keys = KeyIndex(cfg, insecure_no_auth)
         self.metrics = metrics if metrics is not None else Metrics()
         self.counters = UsageCounters()
+        self.ledger = Ledger()  # per-user / per-key limits and spend
         self.health = KeyHealth()
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
