@@ -1,0 +1,140 @@
+"""Observability: /metrics after real traffic, health endpoints, the access log line."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llm_router.fake_upstream import Fault
+
+from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def _config(up: Upstream) -> dict[str, Any]:
+    return {
+        "providers": [openai_provider("up", up, ["sk-secret-one", {"key": "sk-secret-two",
+                                                                   "name": "two"}])],
+        "groups": [{"name": "g", "models": [{"provider": "up", "name": "m"}]}],
+        "pricing": {"m": {"input": 1.0, "output": 2.0}},
+    }
+
+
+async def _scrape(http: aiohttp.ClientSession, url: str) -> tuple[str, dict[str, float]]:
+    async with http.get(url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    return text, samples
+
+
+def _total(samples: dict[str, float], name: str, **labels: str) -> float:
+    want = [f"{k}={v}" for k, v in labels.items()]
+    return sum(v for k, v in samples.items()
+               if k.startswith(name + "{") and all(w in k for w in want))
+
+
+async def test_metrics_after_real_traffic(start_router: StartRouter, upstream: Upstream,
+                                          http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream))
+    client = router.openai()
+    usages = []
+    for _ in range(3):
+        r = await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+        assert r.usage is not None
+        usages.append((r.usage.prompt_tokens, r.usage.completion_tokens))
+    for _ in range(2):
+        chunks = [c async for c in await client.chat.completions.create(
+            model="g", messages=HELLO, stream=True, max_tokens=4,  # type: ignore[arg-type]
+            stream_options={"include_usage": True})]
+        u = chunks[-1].usage
+        assert u is not None
+        usages.append((u.prompt_tokens, u.completion_tokens))
+    upstream.fake.add_fault(Fault(status=503, times=3))
+    with pytest.raises(Exception):
+        await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+
+    text, s = await _scrape(http, router.url)
+    route = "/v1/chat/completions"
+    assert _total(s, "llm_router_requests_total", route=route, status="200") == 5
+    assert _total(s, "llm_router_requests_total", route=route, status="502") == 1
+    assert _total(s, "llm_router_tokens_total", kind="prompt") == sum(p for p, _ in usages)
+    assert _total(s, "llm_router_tokens_total", kind="completion") == sum(c for _, c in usages)
+    assert _total(s, "llm_router_time_to_first_token_seconds_count", group="g") == 2
+    assert _total(s, "llm_router_request_duration_seconds_count", route=route) == 6
+    assert _total(s, "llm_router_overhead_seconds_count", route=route) == 6
+    assert _total(s, "llm_router_upstream_errors_total", reason="status_5xx") == 2
+    assert _total(s, "llm_router_fallbacks_total", group="g") == 1
+    expected_cost = sum(p * 1.0 + c * 2.0 for p, c in usages) / 1e6
+    assert _total(s, "llm_router_cost_usd_total") == pytest.approx(expected_cost)
+    assert _total(s, "llm_router_key_tokens") == sum(router.state.counters.tokens.values())
+    assert _total(s, "llm_router_upstream_ratelimit_remaining", kind="requests") > 0
+    assert s["llm_router_inflight_requests{}"] == 1  # this scrape itself
+    assert _total(s, "llm_router_config_reloads_total", result="success") == 0
+    assert s["llm_router_config_last_reload_timestamp_seconds{}"] > 0
+    assert "sk-secret" not in text and ROUTER_KEY not in text
+    assert 'key="two"' in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+async def test_promtool_accepts_the_exposition(start_router: StartRouter, upstream: Upstream,
+                                               http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream))
+    await router.openai().chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    text, _ = await _scrape(http, router.url)
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_health_endpoints_need_no_key(start_router: StartRouter, upstream: Upstream,
+                                            http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream))
+    for path in ("/health", "/health/live"):
+        async with http.get(router.url + path) as resp:
+            assert resp.status == 200 and (await resp.json())["status"] == "ok"
+    async with http.get(router.url + "/health/ready") as resp:
+        assert resp.status == 200 and (await resp.json())["ready"] is True
+    router.state.draining = True
+    async with http.get(router.url + "/health/ready") as resp:
+        assert resp.status == 503 and (await resp.json())["ready"] is False
+
+
+async def test_one_access_line_per_request_without_secrets(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    router = await start_router(_config(upstream))
+    caplog.set_level(logging.INFO, logger="llm_router.access")
+    secret_prompt = "my very private prompt"
+    body = {"model": "g", "messages": [{"role": "user", "content": secret_prompt}]}
+    async with http.post(router.url + "/v1/chat/completions", json=body,
+                         headers={**AUTH, "X-Request-Id": "req-123"}) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Request-Id"] == "req-123"
+    async with http.post(router.url + "/v1/chat/completions", json=body,
+                         headers={"Authorization": "Bearer nope"}) as resp:
+        assert resp.status == 401
+        generated = resp.headers["X-Request-Id"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "llm_router.access"]
+    assert len(lines) == 2
+    first, second = (orjson.loads(line) for line in lines)
+    assert first["request_id"] == "req-123" and first["status"] == 200
+    assert first["group"] == "g" and first["provider"] == "up" and first["model"] == "m"
+    assert first["prompt_tokens"] > 0 and first["completion_tokens"] == 16
+    assert first["attempts"] == 1 and first["latency_ms"] > 0 and first["bytes"] > 0
+    assert second["request_id"] == generated and second["status"] == 401
+    joined = "\n".join(lines)
+    assert secret_prompt not in joined and "sk-secret" not in joined and "nope" not in joined
