@@ -19,10 +19,9 @@ import hashlib
 import math
 import os
 import struct
-import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -113,7 +112,7 @@ def count_prompt_tokens(body: _Body) -> int:
     if isinstance(messages, list) or "system" in body:
         total = sum(
             _estimate(_chars(m.get("content"))) + 3
-            for m in messages or ()
+            for m in (messages if isinstance(messages, list) else ())
             if isinstance(m, dict)
         )
         if body.get("system"):
@@ -438,6 +437,7 @@ _ROUTES: dict[str, tuple[_Answer, _Answer | None, str | None]] = {
     "/v1/embeddings": (embeddings, None, "input"),
     "/v1/messages": (messages_response, messages_events, "messages"),
     "/v1/messages/count_tokens": (lambda body, _model: count_tokens(body), None, "messages"),
+    "/v1/models": (lambda _body, _model: models_list(), None, None),  # GET
 }
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
                  403: "permission_error", 404: "invalid_request_error", 429: "requests"}
@@ -492,21 +492,29 @@ def _api_key(request: web.Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+_FAULT_FIELD_TYPES: dict[str, Any] = {
+    "status": int, "times": int | None, "key": str | None, "retry_after": str | None,
+    "hang_s": int | float, "cut_after_chunks": int | None, "body": bytes | None,
+    "path": str | None,
+}
+
+
 def _fault_from_json(data: Any) -> Fault:
+    """A :class:`Fault` from the control route's JSON (``body`` as text)."""
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object of Fault fields")
-    known = {f.name for f in fields(Fault)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown Fault fields: {', '.join(unknown)}")
     if isinstance(data.get("body"), str):
         data["body"] = data["body"].encode()
-    fault = Fault(**data)
-    numbers_ok = (isinstance(fault.status, int) and isinstance(fault.hang_s, int | float)
-                  and all(isinstance(v, int | None) for v in (fault.times, fault.cut_after_chunks)))
-    if not numbers_ok:
-        raise ValueError("status, times and cut_after_chunks take integers, hang_s a number")
-    return fault
+    if isinstance(data.get("retry_after"), int | float):
+        data["retry_after"] = str(data["retry_after"])
+    for name, value in data.items():
+        expected = _FAULT_FIELD_TYPES.get(name)
+        if expected is None:
+            known = ", ".join(_FAULT_FIELD_TYPES)
+            raise ValueError(f"unknown Fault field {name!r} (known: {known})")
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ValueError(f"Fault field {name!r} has the wrong type")
+    return Fault(**data)
 
 
 class FakeUpstream:
@@ -542,8 +550,8 @@ class FakeUpstream:
         app.on_shutdown.append(_wake_sleepers)
         app.on_response_prepare.append(self._stamp_headers)
         for path in _ROUTES:
-            app.router.add_post(path, self._model_route)
-        app.router.add_get("/v1/models", self._models)
+            add = app.router.add_get if path == "/v1/models" else app.router.add_post
+            add(path, self._model_route)
         app.router.add_post("/_fake/faults", self._post_fault)
         app.router.add_delete("/_fake/faults", self._delete_faults)
         app.router.add_get("/_fake/requests", self._get_requests)
@@ -615,6 +623,8 @@ class FakeUpstream:
                 return _error(fault.status, f"injected fault ({fault.status})", anthropic,
                               headers)
 
+        if request.method == "GET":
+            return _json(models_list())
         if body is None:
             message = "invalid JSON body" if parsed is None else "body must be a JSON object"
             return _error(400, message, anthropic)
@@ -669,10 +679,6 @@ class FakeUpstream:
             pass  # the client went away mid-stream: routine, nothing to report
         return response
 
-    async def _models(self, request: web.Request) -> web.StreamResponse:
-        self._record(request, _api_key(request), None, False, 0)
-        return _json(models_list())
-
     async def _post_fault(self, request: web.Request) -> web.StreamResponse:
         try:
             fault = _fault_from_json(orjson.loads(await request.read()))
@@ -718,7 +724,6 @@ async def serve_fake_upstream(host: str, port: int, latency_ms: float = 0.0,
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         print(f"fake-upstream listening on http://{host}:{bound}", flush=True)
-        sys.stdout.flush()
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
