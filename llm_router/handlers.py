@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import anthropic_in
-from .errors import RouterError
+from .errors import Forbidden, RouterError
 from .proxy import EXCHANGE, Exchange, forward, read_json
 from .routing import Target, resolve_target
 from .state import RouterState
@@ -90,6 +90,38 @@ async def list_models(request: web.Request) -> web.Response:
     return _json({"object": "list", "data": data})
 
 
+async def own_usage(request: web.Request) -> web.Response:
+    """The caller's own spend, tokens and requests per model and period, and limits left."""
+    state = request.app[STATE]
+    return _json(state.ledger.usage(request[EXCHANGE].caller))
+
+
+async def admin_usage(request: web.Request) -> web.Response:
+    """Every user and key, plus the provider keys' counters and health; admins only."""
+    state = request.app[STATE]
+    if not request[EXCHANGE].caller.is_admin:
+        raise Forbidden("Only users with role 'admin' may read /admin/usage; "
+                        "GET /v1/usage shows your own.", code="admin_only")
+    report = state.ledger.admin_usage(state.config)
+    report["provider_keys"] = _provider_keys(state)
+    return _json(report)
+
+
+def _provider_keys(state: RouterState) -> list[dict[str, object]]:
+    health = state.health.snapshot()
+    out: list[dict[str, object]] = []
+    for p in state.config.providers.values():
+        for k in p.keys:
+            tokens = {m: n for (prov, key, m), n in sorted(state.counters.tokens.items())
+                      if prov == p.name and key == k.label}
+            out.append({"provider": p.name, "key": k.label,
+                        "state": health.get((p.name, k.label), "ok"),
+                        "requests_today": state.counters.requests_today(p.name, k.label),
+                        "daily_request_limit": k.daily_request_limit,
+                        "tokens": tokens})
+    return out
+
+
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return _json({"status": "draining" if state.draining else "ok",
@@ -123,5 +155,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/health/live", health),
         web.get("/health/ready", ready),
         web.get("/metrics", metrics),
+        web.get("/v1/usage", own_usage),
+        web.get("/admin/usage", admin_usage),
     ]
 
