@@ -25,6 +25,8 @@ from .accounting import ANONYMOUS, extract_key
 from .errors import BadRequest, ModelNotFound, PayloadTooLarge, RouterError, error_body
 from .handlers import STATE, routes
 from .proxy import EXCHANGE, Exchange, new_request_id
+from .reload import RELOADER, ConfigReloader, config_watcher
+from .snapshots import usage_snapshots
 from .state import RouterState
 
 __all__ = ["create_app", "run_server", "start_server"]
@@ -61,11 +63,13 @@ def _make_edge(log_format: str) -> Middleware:
     async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         state = request.app[STATE]
         rid = new_request_id(request.headers.get("X-Request-Id"))
-        state.inflight += 1
-        state.metrics.inflight.inc()
         t0 = time.perf_counter()
         ex: Exchange | None = None
         if request.path not in _PUBLIC:
+            # Only API requests are "in flight": a /metrics scrape must not count itself.
+            state.inflight += 1
+            state.metrics.inflight.inc()
+            state.request_tasks.add(request.task)  # what a shutdown cuts after its grace
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
             ex = request[EXCHANGE] = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
@@ -93,9 +97,10 @@ def _make_edge(log_format: str) -> Middleware:
                 ex.status = resp.status
             return resp
         finally:
-            state.inflight -= 1
-            state.metrics.inflight.dec()
             if ex is not None:
+                state.inflight -= 1
+                state.metrics.inflight.dec()
+                state.request_tasks.discard(request.task)
                 _observe(state, ex, t0, log_format)
 
     return _edge
@@ -148,6 +153,12 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
     app[STATE] = state
     app.router.add_routes(routes())
     app.cleanup_ctx.append(_client_session)
+    # Exits run in reverse after draining: the watcher stops, the final snapshot is
+    # written, then the upstream session closes.
+    app.cleanup_ctx.append(usage_snapshots)
+    if state.config_path is not None:
+        app[RELOADER] = ConfigReloader(state, state.config_path)
+        app.cleanup_ctx.append(config_watcher)
     return app
 
 
@@ -175,15 +186,63 @@ async def run_server(state: RouterState, host: str, port: int, *,
     log.info("llm-router listening on http://%s:%d (%s)", host, bound, state.config.summary())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_stop(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: already draining; requests still in flight are cut when "
+                        "the grace period ends", sig.name)
+            return
+        log.info("%s received: shutting down", sig.name)
+        state.draining = True  # /health/ready answers 503 from now on
+        stop.set()
+
+    # The handlers stay installed while draining, so a second signal cannot kill the
+    # process before the final snapshot is written.
+    signals = [signal.SIGTERM, signal.SIGINT]
+    for sig in signals:
+        loop.add_signal_handler(sig, on_stop, sig)
+    reloader = runner.app.get(RELOADER)
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.request, "SIGHUP")
+        signals.append(signal.SIGHUP)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         state.draining = True
-        log.info("draining: no new connections; waiting up to %.0f s for %d in-flight requests",
-                 state.config.shutdown_grace_s, state.inflight)
-        await runner.cleanup()
+        await _drain(runner, state)
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+async def _drain(runner: web.AppRunner, state: RouterState) -> None:
+    """Optionally keep accepting while readiness is 503, then stop accepting and let
+    in-flight requests finish within ``shutdown_grace_s``; aiohttp then cuts the rest and
+    runs the cleanup (final snapshot)."""
+    cfg = state.config  # the latest reload's values apply
+    if cfg.shutdown_delay_s > 0:
+        log.info("draining in %.1f s: /health/ready answers 503, still accepting so load "
+                 "balancers can move traffic away", cfg.shutdown_delay_s)
+        await asyncio.sleep(cfg.shutdown_delay_s)
+    log.info("draining: no new connections; waiting up to %g s for %d in-flight requests",
+             cfg.shutdown_grace_s, state.inflight)
+    # aiohttp waits up to its timeout, then cancels only the request's payload and waits
+    # that long *again* before cancelling the handler: twice the grace, past a container
+    # runtime's kill deadline. So we cut at the grace ourselves, and leave aiohttp's
+    # timeout (no public setter; the runner was built with the start-up value) as a
+    # backstop.
+    runner._shutdown_timeout = cfg.shutdown_grace_s + 1.0
+
+    async def cut() -> None:
+        await asyncio.sleep(cfg.shutdown_grace_s)
+        if state.request_tasks:
+            log.warning("grace period of %g s over: cutting %d request(s) still in flight",
+                        cfg.shutdown_grace_s, len(state.request_tasks))
+            for task in list(state.request_tasks):
+                task.cancel()
+
+    watchdog = asyncio.create_task(cut())
+    try:
+        await runner.cleanup()
+    finally:
+        watchdog.cancel()

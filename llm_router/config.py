@@ -76,9 +76,11 @@ class Timeouts:
     """Per-provider upstream timeouts, in seconds."""
 
     connect: float = 10.0  # TCP + TLS connect
-    first_byte: float = 120.0  # request sent → response headers (reasoning models think)
-    idle: float = 120.0  # longest gap between two stream chunks
-    total: float = 600.0  # the whole exchange, stream included
+    # attempt start (connecting included) → response headers, and for a stream its first
+    # event (reasoning models think)
+    first_byte: float = 120.0
+    idle: float = 120.0  # longest gap between two stream chunks after the first event
+    total: float = 600.0  # one attempt from start to last byte, stream included
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +201,10 @@ class Config:
     pricing: Mapping[str, Price] = field(default_factory=lambda: MappingProxyType({}))
     usage: UsageSettings = field(default_factory=UsageSettings)
     circuit: CircuitSettings = field(default_factory=CircuitSettings)
-    shutdown_grace_s: float = 30.0
+    shutdown_grace_s: float = 30.0  # SIGTERM: how long in-flight requests may finish
+    # SIGTERM: keep accepting this long with /health/ready at 503 before draining, so load
+    # balancers take the instance out of rotation first (kube-apiserver's shutdown delay).
+    shutdown_delay_s: float = 0.0
     keepalive_s: float = 15.0
     request_penalty: int = 0  # Go llm-router: tokens charged to a key per request
     error_penalty: int = 0  # Go llm-router: tokens charged to a key per failed request
@@ -378,7 +383,7 @@ class _Validator:
     def config(self, raw: Any, source: str) -> Config | None:
         top = self.obj(raw, "", (
             "host", "port", "api_key", "max_body_bytes", "providers", "groups", "users",
-            "pricing", "usage", "circuit", "shutdown_grace_s", "keepalive_s",
+            "pricing", "usage", "circuit", "shutdown_grace_s", "shutdown_delay_s", "keepalive_s",
             "request_penalty", "error_penalty",
         ))
         if top is None:
@@ -443,6 +448,7 @@ class _Validator:
             usage=usage,
             circuit=circuit,
             shutdown_grace_s=self.number(top, "shutdown_grace_s", "", 30.0),
+            shutdown_delay_s=self.number(top, "shutdown_delay_s", "", 0.0),
             keepalive_s=self.number(top, "keepalive_s", "", 15.0),
             request_penalty=self.number(top, "request_penalty", "", 0, integer=True),
             error_penalty=self.number(top, "error_penalty", "", 0, integer=True),
@@ -468,6 +474,11 @@ class _Validator:
                 self.fail(_at(path, "base_url"), "required")
             elif base_url and not re.match(r"^https?://[^/\s]+", base_url):
                 self.fail(_at(path, "base_url"), "must be an http:// or https:// URL")
+            elif ptype == "anthropic" and base_url.rstrip("/").endswith("/v1"):
+                # The router appends /v1/messages, as the anthropic SDK does.
+                self.fail(_at(path, "base_url"), "an anthropic base_url is the API root "
+                          f"without /v1 (e.g. {_DEFAULT_BASE_URLS['anthropic']}); the router "
+                          "posts to {base_url}/v1/messages")
         keys: list[ProviderKey] = []
         for _, item, p in self.items(d, "api_keys", path):
             key = self.provider_key(item, p)

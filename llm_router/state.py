@@ -8,7 +8,9 @@ keyed by provider name, key label and model, so they carry over a swap untouched
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .accounting import KeyIndex
@@ -45,16 +47,23 @@ class RouterState:
         self.snapshot: SnapshotStore | None = None
         self.draining = False
         self.inflight = 0
+        self.request_tasks: set[asyncio.Task[None]] = set()  # API requests being served
+        # Called as listener(old, new) after every swap, on the loop thread (snapshots
+        # follow a changed usage.snapshot_path this way).
+        self.swap_listeners: list[Callable[[Config, Config], None]] = []
         self.started = time.time()
         self.metrics.config_last_reload.set(time.time())
         self.metrics.watch_state(self._scrape_state)
 
     def swap_config(self, cfg: Config) -> None:
         """Make ``cfg`` current; state keyed by identity carries over."""
+        old = self.config
         self.keys = KeyIndex(cfg, self.insecure_no_auth)
         self.config = cfg
         self.health.generation += 1  # keys marked bad get another chance
         self.metrics.config_last_reload.set(time.time())
+        for listener in self.swap_listeners:
+            listener(old, cfg)
 
     def observe_latency(self, key: CounterKey, seconds: float) -> None:
         prev = self.latency.get(key)

@@ -179,7 +179,9 @@ class SnapshotStore:
             for name, (_, restore) in self._sections.items():
                 if name in sections:
                     restore(sections[name])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # JSON of the wrong shape (a list where a section expects a mapping) surfaces
+            # as any of these from a section's restore; all mean "not a snapshot we read".
             aside = self.path.with_name(
                 f"{self.path.name}.corrupt-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
             )
@@ -192,12 +194,20 @@ class SnapshotStore:
 
     def save(self) -> None:
         """Write every section: temp file, fsync, rename. Never leaves a half-written file."""
+        self.write(self.render())
+
+    def render(self) -> bytes:
+        """Every section, serialised now. Call on the event loop thread: the dumps read
+        live state; the bytes can then be written from another thread with :meth:`write`."""
         doc = {
             "version": SNAPSHOT_VERSION,
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "sections": {name: dump() for name, (dump, _) in self._sections.items()},
         }
-        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+    def write(self, data: bytes) -> None:
+        """Replace the file with ``data`` atomically (blocking: run it off the loop)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:

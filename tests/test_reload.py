@@ -1,0 +1,265 @@
+"""Hot reload (CONTRACT §2): edits to the watched file take effect without a restart,
+refused edits leave the previous config serving, counters carry over."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import yaml
+
+from .conftest import AUTH, ROUTER_KEY, Router, StartRouter, Upstream, openai_provider
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def _config(up: Upstream, groups: list[str], keys: list[Any] | None = None,
+            **extra: Any) -> dict[str, Any]:
+    return {
+        "api_key": ROUTER_KEY,
+        "providers": [openai_provider("up", up, keys if keys is not None
+                                      else [{"key": "sk-one", "name": "one"}])],
+        "groups": [{"name": g, "models": [{"provider": "up", "name": f"m-{g}"}]}
+                   for g in groups],
+        **extra,
+    }
+
+
+def save_by_rename(path: Path, config: dict[str, Any] | str) -> None:
+    """How vim, VS Code and most tools save: write a temp file, rename it over the old."""
+    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def chat_status(http: aiohttp.ClientSession, router: Router, model: str) -> int:
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": model, "messages": HELLO}) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """``/metrics`` samples of the router at ``url``, by full name with labels."""
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def key_tokens(samples: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in samples.items() if k.startswith("llm_router_key_tokens{")}
+
+
+RELOAD_OK = 'llm_router_config_reloads_total{result="success"}'
+RELOAD_FAILED = 'llm_router_config_reloads_total{result="failure"}'
+
+
+async def test_group_added_to_the_file_is_served_without_restart(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream, ["a"]))
+    assert await chat_status(http, router, "b") == 404
+    save_by_rename(router.config_path, _config(upstream, ["a", "b"]))
+
+    async def b_served() -> bool:
+        return await chat_status(http, router, "b") == 200
+
+    await eventually(b_served)
+    assert upstream.fake.requests[-1].model == "m-b"
+    assert await chat_status(http, router, "a") == 200
+    samples = await scrape(http, router.url)
+    assert samples[RELOAD_OK] == 1 and samples[RELOAD_FAILED] == 0
+
+
+async def test_invalid_edit_keeps_old_config_serving(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    router = await start_router(_config(upstream, ["a"]))
+    bad = _config(upstream, ["a", "b"])
+    bad["groups"][1]["models"][0]["provider"] = "upp"  # a typo
+    with caplog.at_level(logging.WARNING, logger="llm_router.reload"):
+        save_by_rename(router.config_path, bad)
+
+        async def refused() -> bool:
+            return (await scrape(http, router.url))[RELOAD_FAILED] == 1
+
+        await eventually(refused)
+    problems = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("groups[1].models[0].provider: unknown provider 'upp'" in p for p in problems)
+    assert await chat_status(http, router, "a") == 200
+    assert await chat_status(http, router, "b") == 404
+    assert (await scrape(http, router.url))[RELOAD_OK] == 0
+
+
+async def test_fixing_a_refused_edit_is_picked_up(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream, ["a"]))
+    save_by_rename(router.config_path, "groups: [unclosed\n")
+
+    async def refused() -> bool:
+        return (await scrape(http, router.url))[RELOAD_FAILED] == 1
+
+    await eventually(refused)
+    save_by_rename(router.config_path, _config(upstream, ["a", "b"]))
+
+    async def b_served() -> bool:
+        return await chat_status(http, router, "b") == 200
+
+    await eventually(b_served)
+    samples = await scrape(http, router.url)
+    assert samples[RELOAD_OK] == 1 and samples[RELOAD_FAILED] == 1
+
+
+async def test_half_written_file_is_refused_until_complete(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """An editor that truncates and rewrites in place is caught mid-write here on purpose."""
+    router = await start_router(_config(upstream, ["a"]))
+    text = yaml.safe_dump(_config(upstream, ["a", "b"]), sort_keys=False)
+    cut = text.index("- name: b") + len("- name: b")
+    with open(router.config_path, "w") as fh:  # truncates: the file is empty for a moment
+        fh.write(text[:cut])
+        fh.flush()
+
+        async def refused() -> bool:
+            return (await scrape(http, router.url))[RELOAD_FAILED] >= 1
+
+        await eventually(refused)
+        assert await chat_status(http, router, "a") == 200  # never a half config
+        fh.write(text[cut:])
+
+    async def b_served() -> bool:
+        return await chat_status(http, router, "b") == 200
+
+    await eventually(b_served)
+    assert await chat_status(http, router, "a") == 200
+
+
+async def test_slow_in_place_write_never_serves_a_cut_off_config(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """Cut after the first group, the file is valid YAML and a valid config that has lost
+    group b: it must not be swapped in while the writer is still busy."""
+    router = await start_router(_config(upstream, ["a", "b"]))
+    text = yaml.safe_dump(_config(upstream, ["a", "b", "c"]), sort_keys=False)
+    cut = text.index("- name: b")
+    statuses: list[int] = []
+    with open(router.config_path, "w") as fh:
+        fh.write(text[:cut])
+        fh.flush()
+        for _ in range(10):  # ~0.3 s with the writer paused mid-file
+            statuses.append(await chat_status(http, router, "b"))
+            await asyncio.sleep(0.03)
+        fh.write(text[cut:])
+
+    async def c_served() -> bool:
+        statuses.append(await chat_status(http, router, "b"))
+        return await chat_status(http, router, "c") == 200
+
+    await eventually(c_served)
+    assert set(statuses) == {200}
+    samples = await scrape(http, router.url)
+    assert samples[RELOAD_OK] == 1 and samples[RELOAD_FAILED] == 0
+
+
+async def test_counters_survive_a_reload_exactly(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    keys = [{"key": "sk-one", "name": "one"}, "sk-two"]
+    router = await start_router(_config(upstream, ["a"], keys))
+    client = router.openai()
+    for _ in range(6):
+        await client.chat.completions.create(model="a", messages=HELLO)  # type: ignore[arg-type]
+    before = key_tokens(await scrape(http, router.url))
+    assert len(before) == 2 and all(v > 0 for v in before.values())
+    # Keys reordered and a new one put first: counters follow the key, not its position.
+    save_by_rename(router.config_path,
+                   _config(upstream, ["a", "b"], [{"key": "sk-new", "name": "new"},
+                                                  "sk-two", {"key": "sk-one", "name": "one"}]))
+
+    async def reloaded() -> bool:
+        return (await scrape(http, router.url))[RELOAD_OK] == 1
+
+    await eventually(reloaded)
+    assert key_tokens(await scrape(http, router.url)) == before
+    # The new key starts from zero and is preferred (lowest count) by the next request.
+    await client.chat.completions.create(model="a", messages=HELLO)  # type: ignore[arg-type]
+    assert upstream.fake.requests[-1].api_key == "sk-new"
+
+
+async def test_content_unchanged_is_no_reload(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream, ["a"]))
+
+    async def reloads(n: int) -> None:
+        async def done() -> bool:
+            return (await scrape(http, router.url))[RELOAD_OK] >= n
+
+        await eventually(done)
+
+    save_by_rename(router.config_path, _config(upstream, ["a", "b"]))
+    await reloads(1)  # the watch is live
+    os.utime(router.config_path)  # a touch: an event, but nothing to load
+    save_by_rename(router.config_path, router.config_path.read_text())  # same bytes, new inode
+    await asyncio.sleep(0.3)  # well past the watcher's quiet period
+    save_by_rename(router.config_path, _config(upstream, ["a"]))
+
+    async def b_gone() -> bool:
+        return await chat_status(http, router, "b") == 404
+
+    await eventually(b_gone)
+    assert (await scrape(http, router.url))[RELOAD_OK] == 2
+
+
+async def test_listen_address_change_is_logged_as_needing_restart(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    router = await start_router(_config(upstream, ["a"], port=8080))
+    with caplog.at_level(logging.WARNING, logger="llm_router.reload"):
+        save_by_rename(router.config_path, _config(upstream, ["a"], port=9999))
+
+        async def reloaded() -> bool:
+            return (await scrape(http, router.url))[RELOAD_OK] == 1
+
+        await eventually(reloaded)
+    assert any("8080" in r.getMessage() and "9999" in r.getMessage()
+               and "restart" in r.getMessage() for r in caplog.records)
+    assert await chat_status(http, router, "a") == 200  # still on the old listener
+
+
+async def test_new_snapshot_path_is_written_on_reload(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    router = await start_router(_config(upstream, ["a"]))
+    client = router.openai()
+    await client.chat.completions.create(model="a", messages=HELLO)  # type: ignore[arg-type]
+    target = tmp_path / "state" / "usage.json"
+    save_by_rename(router.config_path, _config(
+        upstream, ["a"], usage={"snapshot_path": str(target), "snapshot_interval_s": 60}))
+
+    async def written() -> bool:
+        return target.exists()
+
+    await eventually(written)
+    doc = orjson.loads(target.read_bytes())
+    rows = doc["sections"]["counters"]["key_tokens"]
+    assert [(r["provider"], r["key"], r["model"]) for r in rows] == [("up", "one", "m-a")]
+    assert rows[0]["tokens"] == router.state.counters.tokens[("up", "one", "m-a")]

@@ -1,0 +1,242 @@
+"""Snapshots and graceful shutdown (CONTRACT §1): SIGTERM drains in-flight streams,
+writes the usage snapshot and exits 0; counters survive a restart; a corrupt snapshot
+never stops start-up. The router runs as a real ``python -m llm_router serve`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from .conftest import (
+    AUTH,
+    ROUTER_KEY,
+    MakeUpstream,
+    StartRouter,
+    Upstream,
+    openai_provider,
+    write_config,
+)
+from .test_reload import HELLO, eventually, key_tokens, scrape
+
+_LISTENING = re.compile(rb"listening on http://[^:]+:(\d+)")
+
+
+class RouterProcess:
+    """``python -m llm_router serve`` on a free loopback port, logs in files."""
+
+    def __init__(self, config_path: Path, log_dir: Path) -> None:
+        self.config_path = config_path
+        self.log_dir = log_dir
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.runs = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> str:
+        return (self.log_dir / f"router-{self.runs}.err").read_text()
+
+    async def start(self) -> None:
+        self.runs += 1
+        err = self.log_dir / f"router-{self.runs}.err"
+        with open(err, "wb") as err_fh, open(self.log_dir / f"router-{self.runs}.out",
+                                             "wb") as out_fh:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "llm_router", "serve", "--config", str(self.config_path),
+                "--host", "127.0.0.1", "--port", "0", "--log-format", "text",
+                stdout=out_fh, stderr=err_fh)
+        deadline = asyncio.get_running_loop().time() + 15
+        while not (m := _LISTENING.search(err.read_bytes())):
+            if self.proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"router did not start:\n{err.read_text()}")
+            await asyncio.sleep(0.02)
+        self.port = int(m.group(1))
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@pytest.fixture
+async def router_process(tmp_path: Path) -> AsyncIterator[Callable[..., RouterProcess]]:
+    made: list[RouterProcess] = []
+
+    def make(config: dict[str, Any]) -> RouterProcess:
+        path = tmp_path / "config.yaml"
+        write_config(path, {"api_key": ROUTER_KEY, **config})
+        rp = RouterProcess(path, tmp_path)
+        made.append(rp)
+        return rp
+
+    yield make
+    for rp in made:
+        await rp.kill()
+
+
+def _config(up: Upstream, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "providers": [openai_provider("up", up, [{"key": "sk-one", "name": "one"}, "sk-two"])],
+        "groups": [{"name": "g", "models": [{"provider": "up", "name": "m"}]}],
+        "usage": {"snapshot_path": str(tmp_path / "usage.json"), "snapshot_interval_s": 60},
+        **extra,
+    }
+
+
+async def test_counters_survive_sigterm_and_restart_exactly(
+        router_process: Callable[..., RouterProcess], upstream: Upstream, tmp_path: Path,
+        http: aiohttp.ClientSession) -> None:
+    rp = router_process(_config(upstream, tmp_path))
+    await rp.start()
+    for n in range(5):
+        async with http.post(rp.url + "/v1/chat/completions", headers=AUTH,
+                             json={"model": "g", "messages": HELLO, "max_tokens": 3 + n}) as r:
+            assert r.status == 200
+    before = key_tokens(await scrape(http, rp.url))
+    assert len(before) == 2 and all(v > 0 for v in before.values())
+    rp.signal(signal.SIGTERM)
+    assert await rp.wait() == 0
+    assert "usage snapshot written" in rp.log
+    await rp.start()
+    assert key_tokens(await scrape(http, rp.url)) == before
+
+
+async def test_sighup_reloads_the_config(
+        router_process: Callable[..., RouterProcess], upstream: Upstream, tmp_path: Path,
+        http: aiohttp.ClientSession) -> None:
+    rp = router_process(_config(upstream, tmp_path))
+    await rp.start()
+    rp.signal(signal.SIGHUP)  # the file is unchanged: only the signal can cause this reload
+
+    async def reloaded() -> bool:
+        samples = await scrape(http, rp.url)
+        return samples['llm_router_config_reloads_total{result="success"}'] == 1
+
+    await eventually(reloaded)
+    assert "config reloaded (SIGHUP)" in rp.log
+    rp.signal(signal.SIGTERM)
+    assert await rp.wait() == 0
+
+
+async def _stream_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async for line in resp.content:
+        if line.strip():
+            yield line.strip()
+
+
+async def test_stream_started_before_sigterm_completes_with_done(
+        router_process: Callable[..., RouterProcess], make_upstream: MakeUpstream,
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    slow = await make_upstream(tokens_per_second=20)
+    rp = router_process(_config(slow, tmp_path, shutdown_delay_s=0.3, shutdown_grace_s=10))
+    await rp.start()
+    body = {"model": "g", "messages": HELLO, "max_tokens": 30, "stream": True,
+            "stream_options": {"include_usage": True}}
+    events: list[bytes] = []
+    async with http.post(rp.url + "/v1/chat/completions", json=body,
+                         headers={**AUTH, "Accept-Encoding": "identity"}) as resp:
+        assert resp.status == 200
+        lines = _stream_lines(resp)
+        events.append(await anext(lines))  # the stream is under way
+        rp.signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as probe:  # a fresh connection, as a balancer's
+
+            async def not_ready() -> bool:
+                async with probe.get(rp.url + "/health/ready") as r:
+                    return r.status == 503
+
+            await eventually(not_ready, timeout=2)
+
+            async def refused() -> bool:
+                try:
+                    async with probe.get(rp.url + "/health/live"):
+                        return False
+                except aiohttp.ClientConnectionError:
+                    return True
+
+            await eventually(refused, timeout=3)  # stopped accepting after the delay …
+        assert rp.proc is not None and rp.proc.returncode is None  # … but still streaming
+        events.extend([line async for line in lines])
+    assert events[-1] == b"data: [DONE]"
+    usage = orjson.loads(events[-2].removeprefix(b"data: "))["usage"]
+    assert usage["completion_tokens"] == 30
+    assert await rp.wait() == 0
+    # The final snapshot was written after the stream finished, so it counts it.
+    doc = orjson.loads((tmp_path / "usage.json").read_bytes())
+    rows = doc["sections"]["counters"]["key_tokens"]
+    assert sum(r["tokens"] for r in rows) == usage["total_tokens"]
+
+
+async def test_stream_outliving_the_grace_period_is_cut(
+        router_process: Callable[..., RouterProcess], make_upstream: MakeUpstream,
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    slow = await make_upstream(tokens_per_second=20)
+    rp = router_process(_config(slow, tmp_path, shutdown_grace_s=0.3))
+    await rp.start()
+    body = {"model": "g", "messages": HELLO, "max_tokens": 200, "stream": True}  # ~10 s
+    events: list[bytes] = []
+    async with http.post(rp.url + "/v1/chat/completions", json=body,
+                         headers={**AUTH, "Accept-Encoding": "identity"}) as resp:
+        lines = _stream_lines(resp)
+        events.append(await anext(lines))
+        rp.signal(signal.SIGTERM)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            events.extend([line async for line in lines])
+    assert b"data: [DONE]" not in events and len(events) < 50
+    assert await rp.wait() == 0
+    assert "cutting 1 request(s)" in rp.log
+    assert (tmp_path / "usage.json").exists()
+
+
+@pytest.mark.parametrize("content", [
+    b"\x00\x01 not json at all",
+    b'{"version": 1, "sections": {"counters": []}}',  # JSON of the wrong shape
+    b'{"version": 99, "sections": {}}',  # written by a newer router
+])
+async def test_corrupt_snapshot_is_moved_aside_and_startup_continues(
+        start_router: StartRouter, upstream: Upstream, tmp_path: Path,
+        http: aiohttp.ClientSession, content: bytes) -> None:
+    snapshot = tmp_path / "usage.json"
+    snapshot.write_bytes(content)
+    router = await start_router(_config(upstream, tmp_path))
+    assert [p.read_bytes() for p in tmp_path.glob("usage.json.corrupt-*")] == [content]
+    assert not snapshot.exists()
+    async with http.get(router.url + "/health/ready") as r:
+        assert r.status == 200
+    client = router.openai()
+    await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    assert sum(router.state.counters.tokens.values()) > 0  # counting from zero
+
+
+async def test_snapshot_restores_counters_of_keys_that_still_match(
+        start_router: StartRouter, upstream: Upstream, tmp_path: Path) -> None:
+    rows = [{"provider": "up", "key": "one", "model": "m", "tokens": 1234},
+            {"provider": "gone", "key": "old", "model": "m", "tokens": 99}]
+    (tmp_path / "usage.json").write_bytes(orjson.dumps(
+        {"version": 1, "sections": {"counters": {"key_tokens": rows}}}))
+    router = await start_router(_config(upstream, tmp_path))
+    assert router.state.counters.tokens[("up", "one", "m")] == 1234
+    client = router.openai()
+    for _ in range(2):  # key "one" is far ahead, so both go to the other key
+        await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    assert [r.api_key for r in upstream.fake.requests] == ["sk-two", "sk-two"]
