@@ -12,13 +12,16 @@ States of one key::
       └──────────────── probe succeeds (window cleared) ◄───────────────┘
                         probe fails → open again
 
-A 429 (or a 503 with ``Retry-After``) additionally puts the key in *cooldown* until the
-upstream's ``Retry-After``, or an escalating default (base, tripled each time, capped).
+A probe that ends without a verdict (the client went away, a 4xx) is released so the
+next request probes instead. A 429 (or a 503 with ``Retry-After``) additionally puts the
+key in *cooldown* until the upstream's ``Retry-After``, or an escalating default (base,
+tripled each time, capped; reset by a success). docs/resilience.md is the operator's view.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ log = logging.getLogger("llm_router.health")
 _CLOSED: Final = "closed"
 _OPEN: Final = "open"
 _HALF_OPEN: Final = "half_open"
+_DEFAULT_SETTINGS: Final = CircuitSettings()
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -42,9 +46,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None  # "inf", "nan"
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -114,16 +120,36 @@ class KeyHealth:
             until = max(until, now + 1.0)
         return until
 
-    def begin(self, provider: str, key: str) -> None:
-        """An attempt is about to use this key (claims the half-open probe)."""
+    def label(self, provider: str, key: str) -> str:
+        """The key's state as ops see it (metrics, access log): ok | cooldown | open |
+        half_open | bad."""
+        st = self._keys.get((provider, key))
+        return "ok" if st is None else st.label(time.monotonic(), self.generation)
+
+    def begin(self, provider: str, key: str) -> bool:
+        """An attempt is about to use this key; True if it is the half-open probe.
+
+        The probe must end in :meth:`record_success`, :meth:`record_failure` or
+        :meth:`release`, else the key would wait for a verdict forever.
+        """
+        st = self._keys.get((provider, key))
+        if st is not None and st.circuit == _HALF_OPEN and not st.probing:
+            st.probing = True
+            return True
+        return False
+
+    def release(self, provider: str, key: str) -> None:
+        """A probe ended without a verdict (client error, client gone): let another probe."""
         st = self._keys.get((provider, key))
         if st is not None and st.circuit == _HALF_OPEN:
-            st.probing = True
+            st.probing = False
 
-    def record_success(self, provider: str, key: str) -> None:
+    def record_success(self, provider: str, key: str,
+                       settings: CircuitSettings | None = None) -> None:
+        """The key served a request: a half-open circuit closes with its window cleared."""
         st = self._keys.get((provider, key))
         if st is None:
-            return
+            return  # never failed: nothing to track
         now = time.monotonic()
         st.cooldown_streak = 0
         if st.circuit != _CLOSED:
@@ -133,7 +159,7 @@ class KeyHealth:
             log.info("circuit closed for %s key %s", provider, key)
             return
         st.outcomes.append((now, True))
-        self._trim(st, now, None)
+        self._trim(st, now, settings)
 
     def record_failure(self, provider: str, key: str, settings: CircuitSettings, *,
                        retry_after: float | None = None, rate_limited: bool = False) -> None:
@@ -152,6 +178,8 @@ class KeyHealth:
             st.opened_until = now + settings.open_s
             log.warning("probe failed; circuit re-opened for %s key %s", provider, key)
             return
+        if st.circuit == _OPEN:
+            return  # an attempt from before it opened: already judged
         st.outcomes.append((now, False))
         self._trim(st, now, settings)
         failures = sum(1 for _, ok in st.outcomes if not ok)
@@ -171,7 +199,8 @@ class KeyHealth:
                       "changes", provider, key, status)
 
     def _trim(self, st: KeyState, now: float, settings: CircuitSettings | None) -> None:
-        window = settings.window if settings else 20
-        window_s = settings.window_s if settings else 60.0
+        if settings is None:
+            settings = _DEFAULT_SETTINGS
+        window, window_s = settings.window, settings.window_s
         while st.outcomes and (len(st.outcomes) > window or st.outcomes[0][0] < now - window_s):
             st.outcomes.popleft()

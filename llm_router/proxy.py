@@ -4,7 +4,8 @@ The attempt loop is a plain loop. Each turn collects the eligible candidates, pi
 sends, and on failure asks one question — :func:`_try_again` — before going round.
 Nothing is retried once a byte went to the client: a stream is only committed (headers
 sent) when its first upstream event arrives, or when a keepalive comment must be sent
-during a long wait; after that an upstream failure ends the stream in-band.
+during a long wait (:mod:`downstream`); after that an upstream failure ends the stream
+in-band. docs/resilience.md describes the rules for operators.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from aiohttp import web
 
 from . import relay as rl
 from .accounting import Caller, cost_usd
-from .compression import MIN_COMPRESS_BYTES, StreamEncoder, compress_body, negotiate
+from .compression import MIN_COMPRESS_BYTES, compress_body, negotiate
 from .config import Config
+from .downstream import Downstream
 from .errors import (
     BadRequest,
     PayloadTooLarge,
@@ -37,6 +39,7 @@ from .errors import (
     error_body,
 )
 from .health import parse_retry_after
+from .limits import Admission
 from .providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_from_exception
 from .providers import anthropic as anthropic_provider
 from .providers import mock as mock_provider
@@ -46,6 +49,7 @@ from .routing import (
     PickContext,
     Preferences,
     Target,
+    can_serve,
     collect_candidates,
     is_retryable,
     pick_candidate,
@@ -53,6 +57,7 @@ from .routing import (
 )
 from .sse import SSEParser
 from .state import RouterState
+from .usage import CounterKey
 
 __all__ = ["EXCHANGE", "Exchange", "forward", "new_request_id", "read_json"]
 
@@ -97,7 +102,10 @@ class Exchange:
     bytes_out: int = 0
     stream: bool = False
     error: str | None = None
+    failures: list[str] = field(default_factory=list)  # failed attempts: provider/key:reason
+    key_state: str = ""  # health of the last key tried, after the attempt (KeyHealth.label)
     body: dict[str, Any] | None = None  # parsed once, if a handler needed it early
+    admission: Admission | None = None  # the caller's limits and spend (limits.Ledger)
 
     def log_line(self) -> dict[str, Any]:
         now = time.perf_counter()
@@ -110,7 +118,8 @@ class Exchange:
             "completion_tokens": self.completion_tokens, "cost_usd": self.cost,
             "latency_ms": round((now - self.t0) * 1000, 2),
             "ttft_ms": round(self.ttft * 1000, 2) if self.ttft is not None else None,
-            "attempts": self.attempts, "bytes": self.bytes_out, "error": self.error,
+            "attempts": self.attempts, "failures": self.failures or None,
+            "key_state": self.key_state or None, "bytes": self.bytes_out, "error": self.error,
         }
 
 
@@ -171,6 +180,10 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     target = resolve_target(cfg, model)
     ex.group = target.name
     ex.caller.check(target)
+    if not can_serve(cfg, target, ex.kind):
+        raise BadRequest(f"The model '{target.name}' cannot serve {request.path}: none of its "
+                         "providers offers it (anthropic providers serve chat and messages "
+                         "only).", param="model", code="unsupported_route")
     prefs = Preferences.from_headers(request.headers, cfg)
     stream = body.get("stream") is True and ex.kind in ("chat", "completions", "messages")
     ex.stream = stream
@@ -181,61 +194,122 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     estimate = state.counters.estimate(
         model, (request.content_length or 0) // 4,
         max_tokens if isinstance(max_tokens, int) else None)
-    return await _attempt_loop(request, state, cfg, ex, target, prefs, body, stream,
-                               include_usage, coding, estimate)
+    # Budgets and per-user/per-key limits are checked here, before anything is sent.
+    ex.admission = state.ledger.admit(ex.caller, estimate)
+    try:
+        return await _attempt_loop(request, state, cfg, ex, target, prefs, body, stream,
+                                   include_usage, coding, estimate)
+    finally:
+        state.ledger.release(ex.admission)
 
 
 async def _attempt_loop(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
                         target: Target, prefs: Preferences, body: dict[str, Any], stream: bool,
                         include_usage: bool, coding: str | None,
                         estimate: int) -> web.StreamResponse:
+    down = Downstream(request, coding, cfg.keepalive_s) if stream else None
+    try:
+        return await _attempts(request, state, cfg, ex, target, prefs, body, include_usage,
+                               coding, estimate, down)
+    except RouterError as err:
+        if down is None or down.out is None:
+            raise
+        # Keepalives committed the stream while the router waited: only in-band now.
+        ex.error = ex.error or err.code
+        return await _end_in_band(ex, down, err.message)
+
+
+async def _attempts(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
+                    target: Target, prefs: Preferences, body: dict[str, Any],
+                    include_usage: bool, coding: str | None, estimate: int,
+                    down: Downstream | None) -> web.StreamResponse:
     group = target.group
-    tried: set[tuple[str, str, str]] = set()
+    tried: set[CounterKey] = set()
     ctx = PickContext(state.counters, cfg.pricing, state.latency, state.round_robin, group.name)
     last: AttemptFailure | None = None
     max_attempts: int | None = group.max_attempts
-    wait_until = time.monotonic() + group.max_wait_s
+    start = time.monotonic()
+    # No attempt starts after the group's longest total timeout has passed.
+    deadline = start + max(cfg.providers[m.provider].timeouts.total for m in group.members)
+    wait_until = min(start + group.max_wait_s, deadline)
     while True:
         cands = collect_candidates(cfg, target, ex.kind, state.health, state.counters, prefs,
                                    tried)
         if max_attempts is None:
             max_attempts = max(1, min(3, cands.total))
+        if not cands.total and last is None and cands.excluded:
+            raise BadRequest(f"The X-Router-Provider-* headers exclude every provider of "
+                             f"'{target.name}' (its providers: "
+                             f"{', '.join(sorted(cands.excluded))}).",
+                             code="no_provider_allowed")
         cand = pick_candidate(cands.eligible, group.strategy, ctx, prefs)
         if cand is None:
             now = time.monotonic()
             if cands.soonest_recovery is not None and cands.soonest_recovery <= wait_until:
-                await asyncio.sleep(max(0.0, cands.soonest_recovery - now) + 0.001)
+                await _wait(ex, down, cands.soonest_recovery - now + 0.001)
                 continue
             raise _exhausted(last, cands.total, cands.soonest_recovery, now, ex)
         ex.attempts += 1
-        if ex.attempts > 1:
+        if ex.attempts == 2:
             state.metrics.child(state.metrics.fallbacks, group.name).inc()
         try:
-            return await _attempt(request, state, cfg, ex, cand, body, stream, include_usage,
-                                  coding, estimate)
+            return await _attempt(request, state, cfg, ex, cand, body, down is not None,
+                                  include_usage, coding, estimate, down)
         except AttemptFailure as failure:
             last = failure
             tried.add(cand.counter_key)
+            ex.failures.append(f"{cand.provider.name}/{cand.key.label}:{failure.reason}")
             if failure.status is not None and not is_retryable(failure.status):
                 return _upstream_client_error(ex, cand, failure)
-            if not prefs.allow_fallbacks or ex.attempts >= max_attempts:
-                raise _exhausted(last, 0, None, time.monotonic(), ex) from None
+            if not _try_again(ex.attempts, max_attempts, prefs, deadline):
+                # Tell the client when the soonest candidate recovers, tried ones included.
+                every = collect_candidates(cfg, target, ex.kind, state.health, state.counters,
+                                           prefs)
+                raise _exhausted(last, 0, every.soonest_recovery, time.monotonic(),
+                                 ex) from None
+
+
+def _try_again(attempts: int, max_attempts: int, prefs: Preferences, deadline: float) -> bool:
+    """The one retry decision after a retryable failure: the client allows fallbacks, the
+    group's ``max_attempts`` are not used up and the request's deadline has not passed."""
+    return prefs.allow_fallbacks and attempts < max_attempts and time.monotonic() < deadline
+
+
+async def _wait(ex: Exchange, down: Downstream | None, seconds: float) -> None:
+    """Wait for a cooling candidate (``max_wait_s``); a stream gets keepalives meanwhile."""
+    if down is None:
+        await asyncio.sleep(seconds)
+        return
+    async with down.keepalive(ex, lambda out: _router_headers(out, ex, None)):
+        await asyncio.sleep(seconds)
+
+
+async def _end_in_band(ex: Exchange, down: Downstream, message: str) -> web.StreamResponse:
+    """End a committed stream with an error event in the client's dialect."""
+    assert down.out is not None
+    event = rl.make_relay(ex.client, ex.client, ex.group, False).fail(message)
+    with suppress(ConnectionError):
+        await down.write(ex, event)
+        await down.finish(ex)
+    return down.out
 
 
 def _exhausted(last: AttemptFailure | None, total: int, soonest: float | None, now: float,
                ex: Exchange) -> RouterError:
     """The error for a request no candidate could serve."""
+    wait = max(1.0, soonest - now) if soonest is not None else None
     if last is not None:
         ex.error = last.reason
         if last.status == 429:
             return RateLimited(f"{last.message}; every candidate is rate limited upstream.",
-                               retry_after=parse_retry_after(last.retry_after) or 1.0)
+                               retry_after=parse_retry_after(last.retry_after) or wait or 1.0)
         if last.reason == "timeout":
             return UpstreamTimeout(last.message)
         return UpstreamError(last.message)
-    if soonest is not None:
+    if wait is not None:
+        ex.error = "cooling_down"
         return Unavailable("Every upstream for this model is cooling down; retry later.",
-                           retry_after=max(1.0, soonest - now))
+                           retry_after=wait)
     if total:
         return RateLimited("Every upstream key for this model has used its daily request quota.",
                            code="quota_exceeded", retry_after=_seconds_to_utc_midnight())
@@ -262,45 +336,55 @@ def _upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailur
     return resp
 
 
-def _router_headers(resp: web.StreamResponse, ex: Exchange, cand: Candidate) -> None:
+def _router_headers(resp: web.StreamResponse, ex: Exchange, cand: Candidate | None) -> None:
     h = resp.headers
     h["X-Router-Group"] = ex.group
-    h["X-Router-Provider"] = cand.provider.name
-    h["X-Router-Model"] = cand.member.model
-    h["X-Router-Key"] = cand.key.label
+    if cand is not None:
+        h["X-Router-Provider"] = cand.provider.name
+        h["X-Router-Model"] = cand.member.model
+        h["X-Router-Key"] = cand.key.label
     h["X-Router-Attempts"] = str(ex.attempts)
 
 
 async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
                    cand: Candidate, body: dict[str, Any], stream: bool, include_usage: bool,
-                   coding: str | None, estimate: int) -> web.StreamResponse:
+                   coding: str | None, estimate: int,
+                   down: Downstream | None = None) -> web.StreamResponse:
     provider, key = cand.provider, cand.key
     ex.provider, ex.model, ex.key = provider.name, cand.member.model, key.label
     up = rl.provider_dialect(provider, ex.client)
     path, up_body = rl.upstream_request(ex.client, ex.kind, provider, body, cand.member.model,
                                         stream)
-    call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, stream)
+    call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, stream,
+                        rl.passthrough_headers(ex.client, provider, request.headers))
     reservation = state.counters.reserve(cand.counter_key, estimate)
-    state.health.begin(provider.name, key.label)
+    probe = state.health.begin(provider.name, key.label)
     sent = time.perf_counter()
+    t = provider.timeouts
     resp: UpstreamResponse | None = None
     try:
         assert state.session is not None
         try:
-            async with asyncio.timeout(provider.timeouts.connect + provider.timeouts.first_byte):
-                resp = await _SENDERS[provider.type](state.session, call)
+            # Connecting is bounded separately (sock_connect) and counts toward first_byte.
+            async with asyncio.timeout(min(t.first_byte, t.total)):
+                if down is None:
+                    resp = await _SENDERS[provider.type](state.session, call)
+                else:
+                    async with down.keepalive(ex, lambda out: _router_headers(out, ex, cand)):
+                        resp = await _SENDERS[provider.type](state.session, call)
         except (Exception, TimeoutError) as exc:
             raise failure_from_exception(exc, provider.name) from None
         state.observe_latency(cand.counter_key, time.perf_counter() - sent)
         _ratelimit_gauges(state, cand, resp)
         if resp.status >= 400:
             raise await _status_failure(state, cfg, cand, resp)
-        if stream and "text/event-stream" in resp.headers.get("Content-Type", ""):
-            out = await _relay_stream(request, state, cfg, ex, cand, resp, up, include_usage,
-                                      coding, sent, reservation)
-        else:
-            out = await _relay_body(state, cfg, ex, cand, resp, up, coding, sent, reservation)
-        return out
+        if down is not None and "text/event-stream" in resp.headers.get("Content-Type", ""):
+            return await _relay_stream(request, state, cfg, ex, cand, resp, up, include_usage,
+                                       down, sent, reservation)
+        if down is not None and down.committed:
+            raise AttemptFailure("bad_response", f"upstream '{provider.name}' answered a "
+                                 "stream request without a stream")
+        return await _relay_body(state, cfg, ex, cand, resp, up, coding, sent, reservation)
     except AttemptFailure as failure:
         ex.upstream_s += time.perf_counter() - sent
         state.counters.settle(reservation, 0, 0, cfg.error_penalty)
@@ -310,10 +394,18 @@ async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Ex
                                         retry_after=_retry_after_s(failure))
         state.metrics.child(state.metrics.upstream_errors, provider.name, key.label,
                             failure.reason).inc()
-        raise
+        if down is None or not down.committed:
+            raise
+        # Committed by keepalives: the failure can only be reported in-band.
+        ex.error = failure.reason
+        ex.failures.append(f"{provider.name}/{key.label}:{failure.reason}")
+        return await _end_in_band(ex, down, f"{failure.message} before answering")
     finally:
         # Settles at an estimate if nothing better is known (client gone, cancelled).
         state.counters.settle(reservation, 0, 0)
+        if probe:
+            state.health.release(provider.name, key.label)  # no-op once judged
+        ex.key_state = state.health.label(provider.name, key.label)
         if resp is not None:
             resp.close()
 
@@ -349,7 +441,7 @@ def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamRespons
 def _account(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
              usage: rl.Usage, reservation: Any) -> None:
     state.counters.settle(reservation, usage.prompt, usage.completion, cfg.request_penalty)
-    state.health.record_success(cand.provider.name, cand.key.label)
+    state.health.record_success(cand.provider.name, cand.key.label, cfg.circuit)
     ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
     ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
                        usage.cached)
@@ -362,13 +454,17 @@ def _account(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
         m.child(m.tokens, cand.provider.name, cand.member.model, cand.key.label, user,
                 "completion").inc(usage.completion)
     m.child(m.cost, user, cand.provider.name, cand.member.model).inc(ex.cost or 0.0)
+    if ex.admission is not None:
+        state.ledger.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
+                            usage.completion, ex.cost)
 
 
 async def _relay_body(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
                       resp: UpstreamResponse, up: str, coding: str | None, sent: float,
                       reservation: Any) -> web.Response:
     try:
-        async with asyncio.timeout(cand.provider.timeouts.total):
+        # total counts from the attempt's start, the wait for headers included.
+        async with asyncio.timeout(cand.provider.timeouts.total - (time.perf_counter() - sent)):
             raw = await resp.read()
     except (Exception, TimeoutError) as exc:
         raise failure_from_exception(exc, cand.provider.name) from None
@@ -398,17 +494,24 @@ async def _relay_body(state: RouterState, cfg: Config, ex: Exchange, cand: Candi
     return resp_out
 
 
-async def _events(resp: UpstreamResponse, idle: float) -> AsyncIterator[bytes]:
-    """Raw SSE events from the upstream, each read bounded by the idle timeout."""
+async def _events(resp: UpstreamResponse, first_due: float, idle: float,
+                  deadline: float) -> AsyncIterator[bytes]:
+    """Raw SSE events from the upstream: the first by ``first_due``, then no gap between
+    chunks longer than ``idle``, all by ``deadline`` (``perf_counter`` times)."""
     parser = SSEParser()
     chunks = resp.chunks().__aiter__()
+    started = False
     while True:
-        async with asyncio.timeout(idle):
+        # The idle clock starts when the router asks for more, so a slow client's
+        # backpressure is not blamed on the upstream.
+        due = time.perf_counter() + idle if started else first_due
+        async with asyncio.timeout(min(due, deadline) - time.perf_counter()):
             try:
                 chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 break
         for event in parser.feed(chunk):
+            started = True
             yield event
     tail = parser.tail()
     if tail.strip():
@@ -417,81 +520,39 @@ async def _events(resp: UpstreamResponse, idle: float) -> AsyncIterator[bytes]:
 
 async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
                         cand: Candidate, resp: UpstreamResponse, up: str, include_usage: bool,
-                        coding: str | None, sent: float, reservation: Any
+                        down: Downstream, sent: float, reservation: Any
                         ) -> web.StreamResponse:
     provider = cand.provider
+    t = provider.timeouts
     relay = rl.make_relay(ex.client, up, ex.group, include_usage)
-    events = _events(resp, provider.timeouts.idle).__aiter__()
-    out = web.StreamResponse(status=200)
-    out.headers["Content-Type"] = "text/event-stream; charset=utf-8"
-    out.headers["Cache-Control"] = "no-cache"
-    out.headers["X-Accel-Buffering"] = "no"
-    encoder = StreamEncoder(coding) if coding else None
-    if coding:
-        out.headers["Content-Encoding"] = coding
-        out.headers["Vary"] = "Accept-Encoding"
-    _router_headers(out, ex, cand)
-    deadline = sent + provider.timeouts.total
-    seen = 0
+    events = _events(resp, sent + t.first_byte, t.idle, sent + t.total).__aiter__()
 
-    async def send(data: bytes) -> None:
-        if encoder is not None:
-            data = encoder.encode(data)
-        ex.bytes_out += len(data)
-        await out.write(data)
+    def headers(out: web.StreamResponse) -> None:
+        _router_headers(out, ex, cand)
 
     # Wait for the first event before committing, so a failure here can still fail over;
     # a long wait commits early to send keepalive comments through idle-timeout proxies.
-    first = asyncio.ensure_future(events.__anext__())
     try:
-        while True:
-            keepalive = min(cfg.keepalive_s, max(0.0, deadline - time.perf_counter()))
-            done, _ = await asyncio.wait({first}, timeout=keepalive or None)
-            if done:
-                break
-            if time.perf_counter() >= deadline:
-                raise AttemptFailure("timeout", f"upstream '{provider.name}' timed out")
-            if not out.prepared:
-                ex.status = 200
-                await out.prepare(request)
-            await send(b": keepalive\n\n")
-        try:
-            raw = first.result()
-        except StopAsyncIteration:
-            raise AttemptFailure("closed", f"upstream '{provider.name}' closed the stream "
-                                 "before sending anything") from None
-        except (Exception, TimeoutError) as exc:
-            raise failure_from_exception(exc, provider.name) from None
-    except AttemptFailure:
-        if not out.prepared:
-            raise
-        # Committed by keepalives: the failure can only be reported in-band.
-        await send(relay.fail(f"upstream '{provider.name}' failed before answering"))
-        await _finish_stream(out, encoder, ex)
-        state.metrics.child(state.metrics.upstream_errors, provider.name, cand.key.label,
-                            "timeout").inc()
-        return out
-    finally:
-        if not first.done():
-            first.cancel()
-            with suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                await first
+        async with down.keepalive(ex, headers):
+            raw = await events.__anext__()
+    except StopAsyncIteration:
+        raise AttemptFailure("closed", f"upstream '{provider.name}' closed the stream "
+                             "before sending anything") from None
+    except (Exception, TimeoutError) as exc:
+        raise failure_from_exception(exc, provider.name) from None
     ex.ttft = time.perf_counter() - ex.t0
     ex.upstream_s += time.perf_counter() - sent
     state.metrics.child(state.metrics.ttft, ex.group, provider.name, cand.member.model).observe(
         ex.ttft)
+    seen = 0
     failure: str | None = None
     try:
-        if not out.prepared:
-            ex.status = 200
-            await out.prepare(request)
+        await down.commit(ex, headers)
         while True:
             seen += 1
             data = relay.feed(raw)
             if data:
-                await send(data)
-            if time.perf_counter() >= deadline:
-                raise TimeoutError
+                await down.write(ex, data)
             waited = time.perf_counter()
             try:
                 raw = await events.__anext__()
@@ -500,7 +561,7 @@ async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, e
             finally:
                 ex.upstream_s += time.perf_counter() - waited
         if not relay.done:
-            failure = "closed"
+            failure = relay.failure or "closed"
     except (ConnectionError, asyncio.CancelledError):
         # The client went away (or the server is cutting streams at the end of its grace
         # period): stop the upstream at once and count what was used so far.
@@ -515,15 +576,18 @@ async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, e
         state.metrics.child(state.metrics.upstream_errors, provider.name, cand.key.label,
                             failure).inc()
         state.health.record_failure(provider.name, cand.key.label, cfg.circuit)
-        with suppress(ConnectionError):
-            await send(relay.fail(f"upstream '{provider.name}' stream was interrupted "
-                                  f"({failure})"))
+        # b"" when the upstream's own error event already ended the client's stream.
+        event = relay.fail(f"upstream '{provider.name}' stream was interrupted ({failure})")
+        if event:
+            with suppress(ConnectionError):
+                await down.write(ex, event)
         _account_partial(state, cfg, ex, cand, relay.usage, seen, reservation)
     else:
         _account(state, cfg, ex, cand, relay.usage, reservation)
     with suppress(ConnectionError):
-        await _finish_stream(out, encoder, ex)
-    return out
+        await down.finish(ex)
+    assert down.out is not None
+    return down.out
 
 
 def _account_partial(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
@@ -533,22 +597,17 @@ def _account_partial(state: RouterState, cfg: Config, ex: Exchange, cand: Candid
         usage = rl.Usage(reservation.estimate, events_seen)
     state.counters.settle(reservation, usage.prompt, usage.completion, cfg.request_penalty)
     ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
-    ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion)
+    ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
+                       usage.cached)
     m = state.metrics
     for kind, n in (("prompt", usage.prompt), ("completion", usage.completion)):
         if n:
             m.child(m.tokens, cand.provider.name, cand.member.model, cand.key.label,
                     ex.caller.user, kind).inc(n)
     m.child(m.cost, ex.caller.user, cand.provider.name, cand.member.model).inc(ex.cost or 0.0)
-
-
-async def _finish_stream(out: web.StreamResponse, encoder: StreamEncoder | None,
-                         ex: Exchange) -> None:
-    if encoder is not None:
-        tail = encoder.finish()
-        ex.bytes_out += len(tail)
-        await out.write(tail)
-    await out.write_eof()
+    if ex.admission is not None:
+        state.ledger.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
+                            usage.completion, ex.cost)
 
 
 def new_request_id(header: str | None) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -28,6 +28,7 @@ __all__ = [
     "PickContext",
     "Preferences",
     "Target",
+    "can_serve",
     "collect_candidates",
     "is_retryable",
     "pick_candidate",
@@ -65,6 +66,12 @@ def resolve_target(cfg: Config, model: str) -> Target:
         return Target(model, Group(name=model, members=(Member(prov_name, upstream_model),)))
     raise ModelNotFound(f"The model '{model}' does not exist or is not served by this router. "
                         "GET /v1/models lists what you may use.", param="model")
+
+
+def can_serve(cfg: Config, target: Target, kind: str) -> bool:
+    """Whether any member's provider type serves this route kind at all (an anthropic
+    provider has no embeddings or legacy completions): if not, no wait will help."""
+    return any(kind in _SERVES[cfg.providers[m.provider].type] for m in target.group.members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,7 @@ class CandidateSet:
     eligible: list[Candidate]
     soonest_recovery: float | None = None  # monotonic time; None if nothing is cooling
     total: int = 0  # candidates before health and quota filtering
+    excluded: set[str] = field(default_factory=set)  # providers the preferences left out
 
 
 def collect_candidates(
@@ -148,9 +156,9 @@ def collect_candidates(
         provider = cfg.providers[member.provider]
         if kind not in _SERVES[provider.type]:
             continue
-        if prefs.only is not None and provider.name not in prefs.only:
-            continue
-        if provider.name in prefs.ignore:
+        if (prefs.only is not None and provider.name not in prefs.only) \
+                or provider.name in prefs.ignore:
+            out.excluded.add(provider.name)
             continue
         for key in provider.keys:
             if not key.serves(member.model):
@@ -178,7 +186,7 @@ class PickContext:
     """What strategies may read besides the candidates themselves."""
 
     counters: UsageCounters
-    pricing: dict[str, Price] | object = field(default_factory=dict)
+    pricing: Mapping[str, Price] = field(default_factory=dict)
     latency: dict[CounterKey, float] = field(default_factory=dict)  # EWMA seconds
     round_robin: dict[str, int] = field(default_factory=dict)
     group: str = ""
@@ -209,15 +217,19 @@ def _weighted_load(c: Candidate, ctx: PickContext) -> float:
 
 
 def inverse_weight(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """Lowest ``tokens x weight`` (in-flight estimates included); ties at random."""
     return _lowest(cands, ctx, lambda c: _weighted_load(c, ctx))
 
 
 def priority(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """The first member (in group order) that has a usable key: a later member serves
+    only while every earlier one is cooling, failing or excluded (exhaust-first)."""
     first = min(c.order for c in cands)
     return inverse_weight([c for c in cands if c.order == first], ctx)
 
 
 def round_robin(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """Each (member, key) in turn, in group order then key label."""
     n = ctx.round_robin.get(ctx.group, 0)
     ctx.round_robin[ctx.group] = n + 1
     ordered = sorted(cands, key=lambda c: (c.order, c.key.label))
@@ -225,15 +237,16 @@ def round_robin(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
 
 
 def lowest_latency(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """Lowest recent time to first byte (EWMA per provider, key and model)."""
     # Unmeasured candidates score 0 so each gets tried once and measured.
     return _lowest(cands, ctx, lambda c: ctx.latency.get(c.counter_key, 0.0))
 
 
 def cheapest(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
-    pricing = ctx.pricing if isinstance(ctx.pricing, dict) else dict(ctx.pricing)  # type: ignore[call-overload]
-
+    """Lowest input + output price per 1M tokens from ``pricing``; ties by inverse weight."""
     def cost(c: Candidate) -> float:
-        p = pricing.get(c.member.model)
+        # Unpriced models sort last: "cheapest" must not mean "we do not know".
+        p = ctx.pricing.get(c.member.model)
         return float("inf") if p is None else p.input + p.output
 
     best = min(cost(c) for c in cands)

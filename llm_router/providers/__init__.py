@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -36,6 +36,9 @@ class UpstreamCall:
     body: bytes
     parsed: dict[str, Any]  # the same body, parsed (the mock answers from it)
     stream: bool
+    # Client headers kept for this upstream (relay.passthrough_headers); they override
+    # the provider's configured headers of the same name.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class UpstreamResponse(Protocol):
@@ -69,6 +72,8 @@ class AttemptFailure(Exception):
 
 def failure_from_exception(exc: BaseException, provider: str) -> AttemptFailure:
     """Translate aiohttp/asyncio errors into an :class:`AttemptFailure` (no secrets)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return AttemptFailure("timeout", f"timed out connecting to upstream '{provider}'")
     if isinstance(exc, TimeoutError | asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return AttemptFailure("timeout", f"upstream '{provider}' timed out")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError):

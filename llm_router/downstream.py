@@ -1,0 +1,124 @@
+"""The client's side of a streamed answer: committed late, kept alive, ended cleanly.
+
+A stream is *committed* (status and headers sent) only when it must be: when the first
+upstream event is ready, or when ``keepalive_s`` pass without a byte to the client while
+the router waits — for the upstream's headers, its first event, or a cooling key. Until
+then a failed attempt can still fail over or become an error status. After it, a failure
+can only end the stream in-band (an error event in the client's dialect), never a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .compression import StreamEncoder
+
+if TYPE_CHECKING:
+    from .proxy import Exchange
+
+__all__ = ["KEEPALIVE", "Downstream"]
+
+KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients ignore it, idle timers reset
+
+
+class Downstream:
+    """One request's client stream, created before the first attempt and shared by all."""
+
+    __slots__ = ("_request", "coding", "encoder", "keepalive_s", "last_write", "out")
+
+    def __init__(self, request: web.Request, coding: str | None, keepalive_s: float) -> None:
+        self._request = request
+        self.coding = coding
+        self.encoder = StreamEncoder(coding) if coding else None
+        self.keepalive_s = keepalive_s  # 0 disables keepalive comments
+        self.last_write = time.monotonic()
+        self.out: web.StreamResponse | None = None
+
+    @property
+    def committed(self) -> bool:
+        """Whether the status line went out: from here on nothing can be retried."""
+        return self.out is not None
+
+    async def commit(self, ex: Exchange, headers: Callable[[web.StreamResponse], None]
+                     ) -> web.StreamResponse:
+        """Send status 200 and the SSE headers (once); ``headers`` adds the router's own."""
+        if self.out is None:
+            out = web.StreamResponse(status=200)
+            out.headers["Content-Type"] = "text/event-stream; charset=utf-8"
+            out.headers["Cache-Control"] = "no-cache"
+            out.headers["X-Accel-Buffering"] = "no"  # nginx: flush every event
+            if self.coding:
+                out.headers["Content-Encoding"] = self.coding
+                out.headers["Vary"] = "Accept-Encoding"
+            headers(out)
+            ex.status = 200
+            self.out = out
+            self.last_write = time.monotonic()
+            await out.prepare(self._request)
+        return self.out
+
+    async def write(self, ex: Exchange, data: bytes) -> None:
+        """Send bytes (compressed and flushed per call when a coding was negotiated)."""
+        assert self.out is not None
+        if self.encoder is not None:
+            data = self.encoder.encode(data)
+        ex.bytes_out += len(data)
+        self.last_write = time.monotonic()
+        await self.out.write(data)
+
+    async def finish(self, ex: Exchange) -> None:
+        """End the stream: the encoder's tail, then the chunked terminator."""
+        assert self.out is not None
+        if self.encoder is not None:
+            tail = self.encoder.finish()
+            ex.bytes_out += len(tail)
+            await self.out.write(tail)
+        await self.out.write_eof()
+
+    @asynccontextmanager
+    async def keepalive(self, ex: Exchange, headers: Callable[[web.StreamResponse], None]
+                        ) -> AsyncIterator[None]:
+        """While the body waits, send ``: keepalive`` whenever ``keepalive_s`` pass
+        without a write, committing the stream at the first one.
+
+        The body must not write itself; the comments stop before it returns.
+        """
+        if self.keepalive_s <= 0:
+            yield
+            return
+        stop = asyncio.Event()
+        beat = asyncio.create_task(self._beat(stop, ex, headers))
+        # If this request is cancelled while waiting below, the beat still ends by itself
+        # (stop is set); its outcome is collected here so nothing is left unretrieved.
+        beat.add_done_callback(_collect)
+        try:
+            yield
+        finally:
+            stop.set()
+            # Let a comment being written finish rather than cut it in half. A client that
+            # went away is noticed by the next write of the request itself.
+            with suppress(ConnectionError):
+                await beat
+
+    async def _beat(self, stop: asyncio.Event, ex: Exchange,
+                    headers: Callable[[web.StreamResponse], None]) -> None:
+        while not stop.is_set():
+            delay = self.last_write + self.keepalive_s - time.monotonic()
+            if delay > 0:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                continue
+            await self.commit(ex, headers)
+            await self.write(ex, KEEPALIVE)
+
+
+def _collect(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
