@@ -10,6 +10,7 @@ passed on as the upstream's exact bytes. Otherwise the translators in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 import orjson
@@ -20,10 +21,12 @@ from .sse import DONE, event_fields, frame, openai_chunk_usage
 
 __all__ = [
     "ROUTE_PATHS",
+    "STREAM_ERROR",
     "Relay",
     "Usage",
     "body_usage",
     "make_relay",
+    "passthrough_headers",
     "provider_dialect",
     "translate_body",
     "translate_error",
@@ -94,6 +97,32 @@ def upstream_request(client: str, kind: str, provider: Provider, body: dict[str,
     return "chat/completions", anthropic_in.messages_to_chat(body, upstream_model)
 
 
+def passthrough_headers(client: str, provider: Provider,
+                        request_headers: Mapping[str, str]) -> dict[str, str]:
+    """Client headers a native Anthropic passthrough keeps: ``anthropic-version`` and
+    ``anthropic-beta``.
+
+    Both change what a Messages body may contain (Claude Code requires a gateway to
+    forward them), so an Anthropic client talking to an Anthropic provider keeps its
+    own; its betas are merged with any the provider's ``headers`` configure. Translated
+    requests (OpenAI clients) use the provider's ``anthropic_version`` and headers.
+    """
+    if client != "anthropic" or provider.type != "anthropic":
+        return {}
+    out: dict[str, str] = {}
+    version = request_headers.get("anthropic-version")
+    if version:
+        out["anthropic-version"] = version
+    asked = request_headers.get("anthropic-beta")
+    if asked:
+        configured = [v for k, v in provider.headers.items() if k.lower() == "anthropic-beta"]
+        names = dict.fromkeys(n.strip() for v in (*configured, asked) for n in v.split(","))
+        names.pop("", None)
+        if names:
+            out["anthropic-beta"] = ",".join(names)
+    return out
+
+
 def body_usage(dialect: str, body: dict[str, Any]) -> Usage:
     u = body.get("usage")
     if not isinstance(u, dict):
@@ -127,15 +156,21 @@ def translate_error(client: str, upstream: str, status: int, body: bytes) -> byt
 anthropic_error_to_openai = anthropic_out.anthropic_error_to_openai
 
 
+# Metric reason for an upstream that reported an error inside its stream.
+STREAM_ERROR: Final = "stream_error"
+
+
 class Relay(Protocol):
     usage: Usage
-    done: bool  # the upstream's terminal event was seen
+    done: bool  # the upstream's terminal success event was seen
+    failure: str | None  # STREAM_ERROR once the upstream reported an error in-band
 
     def feed(self, raw: bytes) -> bytes:
         """Bytes to send the client for one raw upstream event (may be empty)."""
 
     def fail(self, message: str) -> bytes:
-        """In-band error ending the client's stream (after the stream has started)."""
+        """In-band error ending the client's stream (after the stream has started);
+        b"" when an error already ended it, so the client never sees two."""
 
 
 def _openai_error_event(message: str) -> bytes:
@@ -145,12 +180,13 @@ def _openai_error_event(message: str) -> bytes:
 
 
 class _OpenAIPassthrough:
-    __slots__ = ("done", "include_usage", "usage")
+    __slots__ = ("done", "failure", "include_usage", "usage")
 
     def __init__(self, include_usage: bool) -> None:
         self.include_usage = include_usage
         self.usage = Usage()
         self.done = False
+        self.failure: str | None = None
 
     def feed(self, raw: bytes) -> bytes:
         _, data = event_fields(raw)
@@ -169,15 +205,21 @@ class _OpenAIPassthrough:
 
 
 class _AnthropicPassthrough:
-    __slots__ = ("done", "usage")
+    __slots__ = ("done", "failure", "usage")
 
     def __init__(self) -> None:
         self.usage = Usage()
         self.done = False
+        self.failure: str | None = None
 
     def feed(self, raw: bytes) -> bytes:
+        if self.failure is not None:
+            return b""  # nothing may follow an error event
         event, data = event_fields(raw)
-        if event == "message_start" or event == "message_delta":
+        if event == "error":
+            # e.g. overloaded_error mid-stream: the client gets it as sent, and only it.
+            self.failure = STREAM_ERROR
+        elif event == "message_start" or event == "message_delta":
             try:
                 doc = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -191,6 +233,9 @@ class _AnthropicPassthrough:
         return raw
 
     def fail(self, message: str) -> bytes:
+        if self.failure is not None:
+            return b""
+        self.failure = STREAM_ERROR
         err = {"type": "error", "error": {"type": "api_error", "message": message}}
         return frame(orjson.dumps(err), "error")
 
@@ -198,17 +243,21 @@ class _AnthropicPassthrough:
 class _ChatToMessages:
     """OpenAI upstream stream → Anthropic client stream."""
 
-    __slots__ = ("_t", "done", "usage")
+    __slots__ = ("_ended", "_t", "done", "failure", "usage")
 
     def __init__(self, requested_model: str) -> None:
         self._t = anthropic_in.ChatStreamToMessages(requested_model)
         self.usage = Usage()
         self.done = False
+        self.failure: str | None = None
+        self._ended = False  # message_stop or an error event went to the client
 
     def feed(self, raw: bytes) -> bytes:
+        if self._ended:
+            return b""
         _, data = event_fields(raw)
         if data == b"[DONE]":
-            self.done = True
+            self._ended = self.done = True
             self.usage = Usage(*self._t.usage)
             return self._t.finish()
         try:
@@ -219,25 +268,32 @@ class _ChatToMessages:
             return b""
         out = self._t.feed(chunk)
         self.usage = Usage(*self._t.usage)
+        if chunk.get("error"):  # the translator turned it into an error event
+            self._ended = True
+            self.failure = STREAM_ERROR
         return out
 
     def fail(self, message: str) -> bytes:
+        if self._ended:
+            return b""
+        self._ended = True
         return self._t.error(message)
 
 
 class _MessagesToChat:
     """Anthropic upstream stream → OpenAI client stream."""
 
-    __slots__ = ("_t", "done", "usage")
+    __slots__ = ("_t", "done", "failure", "usage")
 
     def __init__(self, requested_model: str, include_usage: bool) -> None:
         self._t = anthropic_out.MessagesStreamToChat(requested_model, include_usage)
         self.usage = Usage()
         self.done = False
+        self.failure: str | None = None
 
     def feed(self, raw: bytes) -> bytes:
         event, data = event_fields(raw)
-        if not event:
+        if not event or self._t.done:
             return b""
         try:
             doc = orjson.loads(data) if data else {}
@@ -245,10 +301,16 @@ class _MessagesToChat:
             return b""
         out = self._t.feed(event, doc if isinstance(doc, dict) else {})
         self.usage = Usage(*self._t.usage)
-        self.done = self._t.done
+        if event == "error":
+            self.failure = STREAM_ERROR  # the translator sent it on as an error chunk
+        else:
+            self.done = self._t.done
         return out
 
     def fail(self, message: str) -> bytes:
+        if self._t.done:
+            return b""
+        self._t.done = True
         return _openai_error_event(message)
 
 

@@ -11,11 +11,14 @@ __all__ = ["send"]
 
 
 async def send(session: aiohttp.ClientSession, call: UpstreamCall) -> HTTPResponse:
-    """POST ``{base_url}/v1/{path}`` with ``x-api-key`` and ``anthropic-version``."""
+    """POST ``{base_url}/v1/{path}`` with ``x-api-key`` and ``anthropic-version`` (the
+    provider's, unless the call carries the client's own)."""
+    kept = {name.lower() for name in call.headers}
     headers = {
-        **call.provider.headers,
-        "x-api-key": call.key.secret,
+        **{k: v for k, v in call.provider.headers.items() if k.lower() not in kept},
         "anthropic-version": call.provider.anthropic_version,
+        **call.headers,  # a passthrough client's own anthropic-version / anthropic-beta
+        "x-api-key": call.key.secret,
         "Content-Type": "application/json",
         "Accept": "text/event-stream" if call.stream else "application/json",
     }

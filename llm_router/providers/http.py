@@ -27,7 +27,16 @@ class HTTPResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._resp.content
         while True:
-            data = await content.readany()
+            try:
+                data = await content.readany()
+            except aiohttp.ClientError:
+                # aiohttp raises a lost connection before handing over bytes that arrived
+                # ahead of it (aio-libs/aiohttp#3026): pass those on first, so a cut stream
+                # keeps every event the upstream did send, however the reads were timed.
+                rest = _buffered(content)
+                if rest:
+                    yield rest
+                raise
             if not data:
                 return
             yield data
@@ -36,6 +45,19 @@ class HTTPResponse:
         # release() would drain a stream we no longer want; close() drops the connection.
         if not self._resp.closed:
             self._resp.close()
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """Bytes received but not yet read; the public read methods raise a pending error
+    first. Private aiohttp API, so a version without it just loses the tail, as before."""
+    read_nowait = getattr(content, "_read_nowait", None)
+    if read_nowait is None:
+        return b""
+    try:
+        data = read_nowait(-1)
+    except (TypeError, ValueError):  # an internal API that changed shape: as before
+        return b""
+    return data if isinstance(data, bytes) else b""
 
 
 async def post(session: aiohttp.ClientSession, call: UpstreamCall, url: str,
