@@ -51,6 +51,7 @@ __all__ = [
     "ChatStreamToMessages",
     "chat_to_message",
     "estimate_input_tokens",
+    "joined_text",
     "messages_to_chat",
     "tool_input_from_arguments",
 ]
@@ -104,7 +105,7 @@ def tool_input_from_arguments(arguments: Any) -> dict[str, Any]:
 def messages_to_chat(body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
     """The chat-completions request equivalent to an Anthropic Messages request."""
     messages: list[dict[str, Any]] = []
-    system = _joined_text(body.get("system"))
+    system = joined_text(body.get("system"))
     if system:
         messages.append({"role": "system", "content": system})
     for msg in body.get("messages") or []:
@@ -136,8 +137,9 @@ def messages_to_chat(body: dict[str, Any], upstream_model: str) -> dict[str, Any
     return out
 
 
-def _joined_text(content: Any) -> str:
-    """A string, or the text blocks of a block list joined with newlines."""
+def joined_text(content: Any) -> str:
+    """A string, or the text blocks (Anthropic) / text parts (OpenAI) of a list, joined
+    with newlines: both dialects spell a text item ``{"type": "text", "text": ...}``."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -203,7 +205,7 @@ def _chat_messages(msg: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _tool_result(block: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     content = block.get("content")
-    text = _joined_text(content)
+    text = joined_text(content)
     images = [p for b in content if isinstance(b, dict) and b.get("type") == "image"
               and (p := _image_part(b)) is not None] if isinstance(content, list) else []
     if block.get("is_error"):

@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import orjson
 
-from .anthropic_in import tool_input_from_arguments
+from .anthropic_in import joined_text, tool_input_from_arguments
 from .errors import anthropic_error_type
 from .sse import DONE, frame
 
@@ -91,7 +91,7 @@ def chat_to_messages(body: dict[str, Any], upstream_model: str,
             continue
         role = msg.get("role")
         if role in ("system", "developer"):
-            text = _joined_text(msg.get("content"))
+            text = joined_text(msg.get("content"))
             if text:
                 system.append(text)
             continue
@@ -146,16 +146,6 @@ def chat_to_messages(body: dict[str, Any], upstream_model: str,
     return out
 
 
-def _joined_text(content: Any) -> str:
-    """A string, or the text parts of a content-part list joined with newlines."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return ""
-    return "\n".join(p.get("text") or "" for p in content
-                     if isinstance(p, dict) and p.get("type") == "text")
-
-
 def _image_block(url: str) -> dict[str, Any] | None:
     if url.startswith("data:"):
         header, sep, data = url[5:].partition(",")
@@ -190,7 +180,7 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
 
 def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    text = _joined_text(msg.get("content"))
+    text = joined_text(msg.get("content"))
     if text:
         blocks.append({"type": "text", "text": text})
     for call in msg.get("tool_calls") or []:
@@ -206,7 +196,7 @@ def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _tool_result(msg: dict[str, Any]) -> dict[str, Any]:
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": msg.get("tool_call_id") or ""}
-    text = _joined_text(msg.get("content"))
+    text = joined_text(msg.get("content"))
     if text:
         block["content"] = text
     return block

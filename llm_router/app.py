@@ -93,6 +93,10 @@ def _make_edge(log_format: str) -> Middleware:
                                        request)
             if not resp.prepared:
                 resp.headers["X-Request-Id"] = rid
+                if ex is not None and ex.attempts:
+                    # Failed after trying upstreams: say how hard the router tried.
+                    resp.headers.setdefault("X-Router-Group", ex.group)
+                    resp.headers.setdefault("X-Router-Attempts", str(ex.attempts))
             if ex is not None and not ex.status:
                 ex.status = resp.status
             return resp

@@ -12,13 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
 
 _P: Final = "llm_router_"
+
+# *_created series double the exposition for no use here (process start is known).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # LLM calls range from ~50 ms (cached embeddings) to minutes (long reasoning streams).
 _DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)

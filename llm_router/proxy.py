@@ -105,6 +105,7 @@ class Exchange:
     failures: list[str] = field(default_factory=list)  # failed attempts: provider/key:reason
     key_state: str = ""  # health of the last key tried, after the attempt (KeyHealth.label)
     body: dict[str, Any] | None = None  # parsed once, if a handler needed it early
+    prompt_estimate: int = 0  # ~bytes/4 of the request: a cut stream's prompt if unreported
     admission: Admission | None = None  # the caller's limits and spend (limits.Ledger)
 
     def log_line(self) -> dict[str, Any]:
@@ -191,9 +192,9 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
     coding = negotiate(request.headers.get("Accept-Encoding"))
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    ex.prompt_estimate = (request.content_length or 0) // 4
     estimate = state.counters.estimate(
-        model, (request.content_length or 0) // 4,
-        max_tokens if isinstance(max_tokens, int) else None)
+        target.name, ex.prompt_estimate, max_tokens if isinstance(max_tokens, int) else None)
     # Budgets and per-user/per-key limits are checked here, before anything is sent.
     ex.admission = state.ledger.admit(ex.caller, estimate)
     try:
@@ -357,7 +358,7 @@ async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Ex
                                         stream)
     call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, stream,
                         rl.passthrough_headers(ex.client, provider, request.headers))
-    reservation = state.counters.reserve(cand.counter_key, estimate)
+    reservation = state.counters.reserve(cand.counter_key, estimate, ex.group)
     probe = state.health.begin(provider.name, key.label)
     sent = time.perf_counter()
     t = provider.timeouts
@@ -511,11 +512,19 @@ async def _events(resp: UpstreamResponse, first_due: float, idle: float,
             except StopAsyncIteration:
                 break
         for event in parser.feed(chunk):
+            if _is_comment(event):
+                # Upstream keepalives (": OPENROUTER PROCESSING") are not an answer: they
+                # must not commit the stream, and the router sends its own keepalives.
+                continue
             started = True
             yield event
     tail = parser.tail()
     if tail.strip():
         yield tail + b"\n\n"
+
+
+def _is_comment(event: bytes) -> bool:
+    return all(line.startswith(b":") for line in event.split(b"\n") if line)
 
 
 async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
@@ -594,7 +603,7 @@ def _account_partial(state: RouterState, cfg: Config, ex: Exchange, cand: Candid
                      usage: rl.Usage, events_seen: int, reservation: Any) -> None:
     """A stream that ended early: count what it reported, or estimate from what was sent."""
     if not usage.prompt and not usage.completion:
-        usage = rl.Usage(reservation.estimate, events_seen)
+        usage = rl.Usage(ex.prompt_estimate, events_seen)
     state.counters.settle(reservation, usage.prompt, usage.completion, cfg.request_penalty)
     ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
     ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,

@@ -37,6 +37,7 @@ CounterKey = tuple[str, str, str]  # (provider, key label, upstream model)
 
 _DEFAULT_COMPLETION_ESTIMATE: Final = 64.0
 _EWMA_ALPHA: Final = 0.2
+_MAX_LEARNT: Final = 4096
 
 
 def utc_day(now: float | None = None) -> str:
@@ -50,6 +51,7 @@ class Reservation:
 
     key: CounterKey
     estimate: int
+    group: str = ""  # what the client asked for: completion lengths are learnt per group
     settled: bool = False
 
 
@@ -64,7 +66,7 @@ class UsageCounters:
         self.inflight: dict[CounterKey, int] = {}
         self._day = utc_day()
         self._requests_today: dict[tuple[str, str], int] = {}
-        self._completion_ewma: dict[str, float] = {}  # per upstream model
+        self._completion_ewma: dict[str, float] = {}  # per requested group or provider/model
 
     # -- selection reads
     def load(self, key: CounterKey) -> int:
@@ -76,20 +78,21 @@ class UsageCounters:
         return self._requests_today.get((provider, key_label), 0)
 
     # -- request lifecycle
-    def estimate(self, model: str, prompt_estimate: int, max_tokens: int | None) -> int:
-        """Tokens a request will probably use: its prompt plus a learnt completion length."""
-        completion = self._completion_ewma.get(model, _DEFAULT_COMPLETION_ESTIMATE)
+    def estimate(self, group: str, prompt_estimate: int, max_tokens: int | None) -> int:
+        """Tokens a request will probably use: its prompt plus the completion length
+        learnt for its group (the pick is not made yet, so the group is what is known)."""
+        completion = self._completion_ewma.get(group, _DEFAULT_COMPLETION_ESTIMATE)
         if max_tokens is not None:
             completion = min(completion, float(max_tokens))
         return max(1, prompt_estimate + int(completion))
 
-    def reserve(self, key: CounterKey, estimate: int) -> Reservation:
+    def reserve(self, key: CounterKey, estimate: int, group: str = "") -> Reservation:
         """Count a request about to be sent; also charges the key's daily request quota."""
         self.inflight[key] = self.inflight.get(key, 0) + estimate
         self._roll_day()
         pk = (key[0], key[1])
         self._requests_today[pk] = self._requests_today.get(pk, 0) + 1
-        return Reservation(key, estimate)
+        return Reservation(key, estimate, group)
 
     def settle(self, res: Reservation, prompt_tokens: int, completion_tokens: int,
                penalty: int = 0) -> None:
@@ -106,9 +109,11 @@ class UsageCounters:
         if used:
             self.tokens[res.key] = self.tokens.get(res.key, 0) + used
         if completion_tokens > 0:
-            model = res.key[2]
-            prev = self._completion_ewma.get(model)
-            self._completion_ewma[model] = (
+            group = res.group or res.key[2]
+            prev = self._completion_ewma.get(group)
+            if prev is None and len(self._completion_ewma) >= _MAX_LEARNT:
+                return  # provider/model names come from clients: keep this bounded
+            self._completion_ewma[group] = (
                 float(completion_tokens) if prev is None
                 else prev + _EWMA_ALPHA * (completion_tokens - prev)
             )

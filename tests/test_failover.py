@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpServer
 
 from llm_router.config import key_label
-from llm_router.fake_upstream import Fault
+from llm_router.fake_upstream import FakeUpstream, Fault
 
 from .conftest import AUTH, MakeUpstream, Router, StartRouter, Upstream, openai_provider
 
@@ -576,3 +576,63 @@ async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(
     assert samples["llm_router_inflight_requests{}"] == 0
     assert router.state.counters.inflight == {}
     assert sum(router.state.counters.tokens.values()) > 0  # counted for what it used
+
+
+async def test_exhausted_attempts_are_reported_on_the_error(
+        start_router: StartRouter, make_upstream: MakeUpstream,
+        http: aiohttp.ClientSession) -> None:
+    up = await make_upstream()
+    up.fake.add_fault(Fault(status=500, times=None))
+    router = await start_router({
+        "providers": [openai_provider("a", up, ["sk-1", "sk-2"])],
+        "groups": [{"name": "g", "models": [{"provider": "a", "name": "m"}]}],
+    })
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": "g", "messages": HELLO}) as resp:
+        assert resp.status == 502
+        assert resp.headers["X-Router-Attempts"] == "2"
+        assert resp.headers["X-Router-Group"] == "g"
+
+
+async def test_upstream_comment_lines_do_not_commit_the_stream(
+        start_router: StartRouter, http: aiohttp.ClientSession) -> None:
+    # An upstream that sends an SSE comment, then fails: the router can still fail over.
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b": PROCESSING\n\n")
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", flaky)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    good = FakeUpstream()
+    good_runner = web.AppRunner(good.app())
+    await good_runner.setup()
+    await web.TCPSite(good_runner, "127.0.0.1", 0).start()
+    good_port = good_runner.addresses[0][1]
+    try:
+        router = await start_router({
+            "providers": [
+                {"name": "flaky", "base_url": f"http://127.0.0.1:{port}/v1", "api_keys": ["k"]},
+                {"name": "good", "base_url": f"http://127.0.0.1:{good_port}/v1",
+                 "api_keys": ["k"]}],
+            "groups": [{"name": "g", "strategy": "priority", "models": [
+                {"provider": "flaky", "name": "m"}, {"provider": "good", "name": "m"}]}],
+        })
+        body = {"model": "g", "messages": HELLO, "stream": True}
+        async with http.post(router.url + "/v1/chat/completions", json=body,
+                             headers={**AUTH, "Accept-Encoding": "identity"}) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Router-Provider"] == "good"
+            text = await resp.text()
+        assert ": PROCESSING" not in text and text.endswith("data: [DONE]\n\n")
+    finally:
+        await runner.cleanup()
+        await good_runner.cleanup()
