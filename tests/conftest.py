@@ -131,3 +131,19 @@ def openai_provider(name: str, up: Upstream, keys: list[Any] | None = None,
 
 
 AUTH = {"Authorization": f"Bearer {ROUTER_KEY}"}
+
+
+async def scrape_metrics(url: str) -> tuple[str, dict[str, float]]:
+    """GET ``url``/metrics: the exposition text and every sample as ``name{k=v,...}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return text, samples

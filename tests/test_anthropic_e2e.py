@@ -17,13 +17,12 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from llm_router import anthropic_in
 from llm_router.config import ConfigError, parse_config
 from llm_router.fake_upstream import Fault, count_prompt_tokens
 
-from .conftest import ROUTER_KEY, StartRouter, Upstream, openai_provider
+from .conftest import ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
 
 PRICE = {"input": 3.0, "output": 15.0}  # USD per 1M tokens
 WEATHER_TOOL = {
@@ -60,14 +59,7 @@ def via_anthropic(up: Upstream, **extra: Any) -> dict[str, Any]:
 
 
 async def scrape(url: str) -> dict[str, float]:
-    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as resp:
-        text = await resp.text()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}"] = sample.value
-    return out
+    return (await scrape_metrics(url))[1]
 
 
 def total(samples: dict[str, float], name: str, **labels: str) -> float:

@@ -22,13 +22,20 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpServer
 
 from llm_router.config import key_label
 from llm_router.fake_upstream import FakeUpstream, Fault
 
-from .conftest import AUTH, MakeUpstream, Router, StartRouter, Upstream, openai_provider
+from .conftest import (
+    AUTH,
+    MakeUpstream,
+    Router,
+    StartRouter,
+    Upstream,
+    openai_provider,
+    scrape_metrics,
+)
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -51,14 +58,8 @@ async def _chat(router: Router, **kw: Any) -> Any:
 
 
 async def _samples(http: aiohttp.ClientSession, router: Router) -> dict[str, float]:
-    async with http.get(router.url + "/metrics") as resp:
-        text = await resp.text()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}"] = s.value
-    return out
+    del http
+    return (await scrape_metrics(router.url))[1]
 
 
 def _events(raw: bytes) -> list[Any]:

@@ -11,11 +11,10 @@ import aiohttp
 import openai
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from llm_router.fake_upstream import Fault
 
-from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider
+from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -30,16 +29,8 @@ def _config(up: Upstream) -> dict[str, Any]:
 
 
 async def _scrape(http: aiohttp.ClientSession, url: str) -> tuple[str, dict[str, float]]:
-    async with http.get(url + "/metrics") as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain")
-        text = await resp.text()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}"] = s.value
-    return text, samples
+    del http
+    return await scrape_metrics(url)
 
 
 def _total(samples: dict[str, float], name: str, **labels: str) -> float:
