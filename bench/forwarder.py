@@ -67,7 +67,7 @@ async def _serve(host: str, port: int, upstream: str) -> None:
     runner = web.AppRunner(_app(upstream), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()  # default backlog, as the router
+        await web.TCPSite(runner, host, port, backlog=1024).start()  # as the router
         print(f"forwarder listening on http://{host}:{port} -> {upstream}", flush=True)
         await asyncio.Event().wait()
     finally:

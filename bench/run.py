@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     try:
         litellm = ensure_litellm(_BENCH / ".venv-litellm") if args.with_litellm else None
-        kinds = {_KINDS[x] for x in chosen} | ({"fast"} if args.profile else set())
+        kinds = {_KINDS[x] for x in chosen} | ({"fast", "stream"} if args.profile else set())
         stack = Stack(children, kinds, litellm)
         print(f"starting fake upstreams {sorted(kinds)}, bare hops"
               + (", LiteLLM" if litellm else "") + " ...", flush=True)

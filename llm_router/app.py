@@ -34,6 +34,7 @@ __all__ = ["create_app", "run_server", "start_server"]
 log = logging.getLogger("llm_router")
 access_log = logging.getLogger("llm_router.access")
 
+_BACKLOG: Final = 1024
 _PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -176,7 +177,9 @@ async def start_server(state: RouterState, host: str, port: int, *,
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=state.config.shutdown_grace_s)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    # aiohttp's default backlog of 128 drops SYNs when many clients connect at once
+    # (1,000 streams in bench/): they retry after 1-7 s. The kernel caps it at somaxconn.
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=_BACKLOG)
     await site.start()
     bound = runner.addresses[-1][1] if runner.addresses else port
     return runner, int(bound)

@@ -92,19 +92,32 @@ class Downstream:
         if self.keepalive_s <= 0:
             yield
             return
+        # Most waits end long before the first comment is due, so only a timer is set
+        # up front; the task that writes comments starts only if it fires (a task and
+        # an Event for every wait of every stream showed in profiles).
         stop = asyncio.Event()
-        beat = asyncio.create_task(self._beat(stop, ex, headers))
-        # If this request is cancelled while waiting below, the beat still ends by itself
-        # (stop is set); its outcome is collected here so nothing is left unretrieved.
-        beat.add_done_callback(_collect)
+        beat: asyncio.Task[None] | None = None
+
+        def start() -> None:
+            nonlocal beat
+            beat = asyncio.create_task(self._beat(stop, ex, headers))
+            # If this request is cancelled while waiting below, the beat still ends by
+            # itself (stop is set); its outcome is collected here so nothing is left
+            # unretrieved.
+            beat.add_done_callback(_collect)
+
+        delay = self.last_write + self.keepalive_s - time.monotonic()
+        timer = asyncio.get_running_loop().call_later(max(0.0, delay), start)
         try:
             yield
         finally:
+            timer.cancel()
             stop.set()
-            # Let a comment being written finish rather than cut it in half. A client that
-            # went away is noticed by the next write of the request itself.
-            with suppress(ConnectionError):
-                await beat
+            if beat is not None:
+                # Let a comment being written finish rather than cut it in half. A client
+                # that went away is noticed by the next write of the request itself.
+                with suppress(ConnectionError):
+                    await beat
 
     async def _beat(self, stop: asyncio.Event, ex: Exchange,
                     headers: Callable[[web.StreamResponse], None]) -> None:

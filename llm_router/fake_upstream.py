@@ -720,7 +720,9 @@ async def serve_fake_upstream(host: str, port: int, latency_ms: float = 0.0,
     runner = web.AppRunner(FakeUpstream(latency_ms, tokens_per_second).app(), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        # As the router's (app.start_server): bench/ opens 1,000 streams at once, and the
+        # default backlog of 128 would drop SYNs.
+        site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         print(f"fake-upstream listening on http://{host}:{bound}", flush=True)

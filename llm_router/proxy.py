@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,8 +55,8 @@ from .routing import (
     pick_candidate,
     resolve_target,
 )
-from .sse import SSEParser
 from .state import RouterState
+from .upstream_events import upstream_events
 from .usage import CounterKey
 
 __all__ = ["EXCHANGE", "Exchange", "forward", "new_request_id", "read_json"]
@@ -76,6 +76,7 @@ _REQUIRED: Final = {
     "embeddings": ("input", (str, list)),
 }
 _MAX_ERROR_BODY: Final = 64 * 1024
+_IDS: Final = random.Random()  # request ids (new_request_id)
 
 
 @dataclass(slots=True)
@@ -132,14 +133,12 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"Request body is {request.content_length} bytes; the limit is "
                               f"{max_bytes}.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.")
-        chunks.append(chunk)
-    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if request.content_length is not None:
+        # Bounded by the check above (aiohttp stops at Content-Length): one read, not a
+        # chunk loop; request.read() would apply aiohttp's own client_max_size instead.
+        raw = await request.content.read()
+    else:
+        raw = await _read_bounded(request, max_bytes)
     if not raw:
         raise BadRequest("Request body is empty; expected a JSON object.")
     try:
@@ -150,6 +149,18 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object.", code="invalid_json")
     return body
+
+
+async def _read_bounded(request: web.Request, max_bytes: int) -> bytes:
+    """A body without Content-Length (chunked), read until ``max_bytes`` are passed."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _validate(kind: str, body: dict[str, Any]) -> str:
@@ -226,7 +237,8 @@ async def _attempts(request: web.Request, state: RouterState, cfg: Config, ex: E
                     down: Downstream | None) -> web.StreamResponse:
     group = target.group
     tried: set[CounterKey] = set()
-    ctx = PickContext(state.counters, cfg.pricing, state.latency, state.round_robin, group.name)
+    ctx = PickContext(state.counters, cfg.pricing, state.latency, state.round_robin, group.name,
+                      state.rng)
     last: AttemptFailure | None = None
     max_attempts: int | None = group.max_attempts
     start = time.monotonic()
@@ -470,15 +482,20 @@ async def _relay_body(state: RouterState, cfg: Config, ex: Exchange, cand: Candi
     except (Exception, TimeoutError) as exc:
         raise failure_from_exception(exc, cand.provider.name) from None
     ex.upstream_s += time.perf_counter() - sent
-    try:
-        doc = orjson.loads(raw)
-        if not isinstance(doc, dict):
-            raise ValueError
-        out = rl.translate_body(ex.client, up, doc, ex.group)
-    except (ValueError, KeyError, TypeError):
-        raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
-                             "answer that is not a valid JSON response") from None
-    _account(state, cfg, ex, cand, rl.body_usage(up, doc), reservation)
+    # Passed on untouched: read only its usage if that is cheap (rl.passthrough_usage).
+    usage = rl.passthrough_usage(up, raw) if ex.client == up else None
+    out: bytes | None = None
+    if usage is None:
+        try:
+            doc = orjson.loads(raw)
+            if not isinstance(doc, dict):
+                raise ValueError
+            out = rl.translate_body(ex.client, up, doc, ex.group)
+        except (ValueError, KeyError, TypeError):
+            raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
+                                 "answer that is not a valid JSON response") from None
+        usage = rl.body_usage(up, doc)
+    _account(state, cfg, ex, cand, usage, reservation)
     payload = raw if out is None else out
     ex.status = 200
     resp_out = web.Response(status=200, body=payload, content_type="application/json")
@@ -495,38 +512,6 @@ async def _relay_body(state: RouterState, cfg: Config, ex: Exchange, cand: Candi
     return resp_out
 
 
-async def _events(resp: UpstreamResponse, first_due: float, idle: float,
-                  deadline: float) -> AsyncIterator[bytes]:
-    """Raw SSE events from the upstream: the first by ``first_due``, then no gap between
-    chunks longer than ``idle``, all by ``deadline`` (``perf_counter`` times)."""
-    parser = SSEParser()
-    chunks = resp.chunks().__aiter__()
-    started = False
-    while True:
-        # The idle clock starts when the router asks for more, so a slow client's
-        # backpressure is not blamed on the upstream.
-        due = time.perf_counter() + idle if started else first_due
-        async with asyncio.timeout(min(due, deadline) - time.perf_counter()):
-            try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-        for event in parser.feed(chunk):
-            if _is_comment(event):
-                # Upstream keepalives (": OPENROUTER PROCESSING") are not an answer: they
-                # must not commit the stream, and the router sends its own keepalives.
-                continue
-            started = True
-            yield event
-    tail = parser.tail()
-    if tail.strip():
-        yield tail + b"\n\n"
-
-
-def _is_comment(event: bytes) -> bool:
-    return all(line.startswith(b":") for line in event.split(b"\n") if line)
-
-
 async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
                         cand: Candidate, resp: UpstreamResponse, up: str, include_usage: bool,
                         down: Downstream, sent: float, reservation: Any
@@ -534,7 +519,19 @@ async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, e
     provider = cand.provider
     t = provider.timeouts
     relay = rl.make_relay(ex.client, up, ex.group, include_usage)
-    events = _events(resp, sent + t.first_byte, t.idle, sent + t.total).__aiter__()
+    events = upstream_events(resp, sent + t.first_byte, t.idle, sent + t.total)
+    try:
+        return await _relay_events(state, cfg, ex, cand, relay, events, down, sent,
+                                   reservation)
+    finally:
+        await events.aclose()  # stops its watchdog now, even if the client went away
+
+
+async def _relay_events(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
+                        relay: rl.Relay, events: AsyncGenerator[list[bytes], None],
+                        down: Downstream, sent: float, reservation: Any
+                        ) -> web.StreamResponse:
+    provider = cand.provider
 
     def headers(out: web.StreamResponse) -> None:
         _router_headers(out, ex, cand)
@@ -543,7 +540,7 @@ async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, e
     # a long wait commits early to send keepalive comments through idle-timeout proxies.
     try:
         async with down.keepalive(ex, headers):
-            raw = await events.__anext__()
+            batch = await events.__anext__()
     except StopAsyncIteration:
         raise AttemptFailure("closed", f"upstream '{provider.name}' closed the stream "
                              "before sending anything") from None
@@ -558,13 +555,17 @@ async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, e
     try:
         await down.commit(ex, headers)
         while True:
-            seen += 1
-            data = relay.feed(raw)
-            if data:
-                await down.write(ex, data)
+            parts: list[bytes] = []
+            for raw in batch:
+                seen += 1
+                data = relay.feed(raw)
+                if data:
+                    parts.append(data)
+            if parts:  # one write (one flush) for the events of one upstream read
+                await down.write(ex, parts[0] if len(parts) == 1 else b"".join(parts))
             waited = time.perf_counter()
             try:
-                raw = await events.__anext__()
+                batch = await events.__anext__()
             except StopAsyncIteration:
                 break
             finally:
@@ -622,4 +623,7 @@ def _account_partial(state: RouterState, cfg: Config, ex: Exchange, cand: Candid
 def new_request_id(header: str | None) -> str:
     if header and len(header) <= 128 and header.isprintable():
         return header
-    return uuid.uuid4().hex
+    # 128 bits as 32 hex digits, like uuid4().hex. An id only correlates log lines, so it
+    # needs uniqueness, not secrecy: a seeded PRNG spares a getrandom() syscall per
+    # request (uuid4 and os.urandom both showed in profiles).
+    return f"{_IDS.getrandbits(128):032x}"

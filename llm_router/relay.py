@@ -27,6 +27,7 @@ __all__ = [
     "body_usage",
     "make_relay",
     "passthrough_headers",
+    "passthrough_usage",
     "provider_dialect",
     "translate_body",
     "translate_error",
@@ -132,6 +133,46 @@ def body_usage(dialect: str, body: dict[str, Any]) -> Usage:
         usage.add_anthropic(u)
         return usage
     return Usage.from_openai(u)
+
+
+_MAX_USAGE_BYTES: Final = 4096  # a usage object is a few hundred bytes
+
+
+def passthrough_usage(dialect: str, raw: bytes) -> Usage | None:
+    """The usage of an answer passed on untouched, without parsing all of it; None when
+    this cheap path cannot tell, and the caller must parse the whole body.
+
+    Parsing an 800-byte answer only to read its usage was a visible share of the request
+    path. This finds the last ``"usage":`` key (inside a JSON string its quotes would be
+    escaped) and parses only the object after it, like :func:`sse.openai_chunk_usage`.
+    The body itself is only checked to look like a JSON object (first byte ``{``, last
+    ``}``): anything else, or no usage object found, falls back to the full parse, so a
+    200 answer that is plainly not JSON still fails the attempt as ``bad_response``.
+    """
+    raw = raw.strip()  # the same object when there is nothing to strip
+    if raw[:1] != b"{" or raw[-1:] != b"}":
+        return None
+    at = raw.rfind(b'"usage":')
+    if at < 0:
+        return None
+    start = raw.find(b"{", at + 8, at + 8 + 16)
+    if start < 0 or raw[at + 8:start].strip():
+        return None  # "usage": null, or something other than an object
+    end = start
+    limit = start + _MAX_USAGE_BYTES
+    while True:
+        end = raw.find(b"}", end + 1, limit)
+        if end < 0:
+            return None
+        # Balanced braces mark the object's end (unless a string inside holds a brace:
+        # then the parse below fails and the full parse decides).
+        if raw.count(b"{", start, end) == raw.count(b"}", start, end + 1):
+            break
+    try:
+        u = orjson.loads(raw[start:end + 1])
+    except orjson.JSONDecodeError:
+        return None
+    return body_usage(dialect, {"usage": u})
 
 
 def translate_body(client: str, upstream: str, body: dict[str, Any],

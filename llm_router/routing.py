@@ -181,6 +181,9 @@ def collect_candidates(
     return out
 
 
+_RNG: Final = random.Random()
+
+
 @dataclass(slots=True)
 class PickContext:
     """What strategies may read besides the candidates themselves."""
@@ -190,7 +193,9 @@ class PickContext:
     latency: dict[CounterKey, float] = field(default_factory=dict)  # EWMA seconds
     round_robin: dict[str, int] = field(default_factory=dict)
     group: str = ""
-    rng: random.Random = field(default_factory=random.Random)
+    # Shared, not one per request: random.Random() seeds itself from os.urandom, which
+    # showed in profiles of the request path. RouterState holds the router's instance.
+    rng: random.Random = field(default_factory=lambda: _RNG)
 
 
 Strategy = Callable[[Sequence[Candidate], PickContext], Candidate]

@@ -50,6 +50,10 @@ class SSEParser:
 
 def event_fields(raw: bytes) -> tuple[str | None, bytes]:
     """The ``event:`` type (or None) and the joined ``data:`` lines of one raw event."""
+    if raw.startswith(b"data: ") and raw.find(b"\n") == len(raw) - 2:
+        # The usual OpenAI event, one "data: ..." line and its blank line: nothing to
+        # split or join (this runs for every event of every stream).
+        return None, raw[6:-2]
     event: str | None = None
     data: list[bytes] = []
     for line in raw.split(b"\n"):

@@ -9,6 +9,7 @@ keyed by provider name, key label and model, so they carry over a swap untouched
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -43,6 +44,7 @@ class RouterState:
         self.health = KeyHealth()
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
+        self.rng = random.Random()  # ties between candidates; seeded once, not per request
         self.session: aiohttp.ClientSession | None = None
         self.snapshot: SnapshotStore | None = None
         self.draining = False

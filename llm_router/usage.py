@@ -45,6 +45,11 @@ def utc_day(now: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y-%m-%d")
 
 
+def _next_midnight(now: float) -> float:
+    """Unix time of the UTC midnight after ``now`` (days are 86,400 s in Unix time)."""
+    return (now // 86400 + 1) * 86400
+
+
 @dataclass(slots=True)
 class Reservation:
     """An in-flight request counted toward its candidate at an estimate until it settles."""
@@ -64,7 +69,11 @@ class UsageCounters:
     def __init__(self) -> None:
         self.tokens: dict[CounterKey, int] = {}
         self.inflight: dict[CounterKey, int] = {}
-        self._day = utc_day()
+        now = time.time()
+        self._day = utc_day(now)
+        # Until then the day cannot change: _roll_day runs on every request, and a
+        # datetime plus strftime each time showed in profiles.
+        self._day_ends = _next_midnight(now)
         self._requests_today: dict[tuple[str, str], int] = {}
         self._completion_ewma: dict[str, float] = {}  # per requested group or provider/model
 
@@ -119,7 +128,11 @@ class UsageCounters:
             )
 
     def _roll_day(self) -> None:
-        today = utc_day()
+        now = time.time()
+        if now < self._day_ends:
+            return
+        self._day_ends = _next_midnight(now)
+        today = utc_day(now)
         if today != self._day:
             self._day = today
             self._requests_today.clear()

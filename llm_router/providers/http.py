@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Final
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from ..config import Provider, ProviderKey
 from . import UpstreamCall
 
-__all__ = ["HTTPResponse", "post"]
+__all__ = ["HTTPResponse", "fixed_headers", "post"]
+
+# What every request to one provider (and key) sends the same is built once, not per
+# request: profiles of the request path showed the dicts and the ClientTimeout. Entries
+# are keyed by object identity and hold the objects, so an id cannot be reused while
+# cached; a config swap brings new Provider objects, and the old entries, never looked
+# up again, go when the cache outgrows any real config and is emptied.
+_MAX_CACHED: Final = 1024
+_TIMEOUTS: dict[int, tuple[Provider, aiohttp.ClientTimeout]] = {}
+_HEADERS: dict[tuple[int, int, bool],
+               tuple[Provider, ProviderKey, CIMultiDictProxy[str]]] = {}
 
 
 class HTTPResponse:
@@ -60,11 +73,39 @@ def _buffered(content: aiohttp.StreamReader) -> bytes:
     return data if isinstance(data, bytes) else b""
 
 
+def fixed_headers(call: UpstreamCall,
+                  build: Callable[[UpstreamCall], Mapping[str, str]]) -> Mapping[str, str]:
+    """``build(call)``, made once per (provider, key, stream): for headers that depend on
+    nothing else. The result is read-only, since every request shares it."""
+    ident = (id(call.provider), id(call.key), call.stream)
+    hit = _HEADERS.get(ident)
+    if hit is not None and hit[0] is call.provider and hit[1] is call.key:
+        return hit[2]
+    if len(_HEADERS) >= _MAX_CACHED:
+        _HEADERS.clear()
+    headers = CIMultiDictProxy(CIMultiDict(build(call)))
+    _HEADERS[ident] = (call.provider, call.key, headers)
+    return headers
+
+
+def _timeout(provider: Provider) -> aiohttp.ClientTimeout:
+    hit = _TIMEOUTS.get(id(provider))
+    if hit is not None and hit[0] is provider:
+        return hit[1]
+    if len(_TIMEOUTS) >= _MAX_CACHED:
+        _TIMEOUTS.clear()
+    t = provider.timeouts
+    # Connecting is bounded here; the wait for headers and the body are bounded by the
+    # caller (first_byte, idle, total), which knows when a stream is waiting on whom.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=None)
+    _TIMEOUTS[id(provider)] = (provider, timeout)
+    return timeout
+
+
 async def post(session: aiohttp.ClientSession, call: UpstreamCall, url: str,
                headers: Mapping[str, str]) -> HTTPResponse:
     """POST the call's body; returns once the upstream's status line and headers arrive."""
-    t = call.provider.timeouts
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=None)
-    resp = await session.post(url, data=call.body, headers=headers, timeout=timeout,
-                              allow_redirects=False, auto_decompress=True)
+    resp = await session.post(url, data=call.body, headers=headers,
+                              timeout=_timeout(call.provider), allow_redirects=False,
+                              auto_decompress=True)
     return HTTPResponse(resp)

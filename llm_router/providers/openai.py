@@ -5,17 +5,21 @@ from __future__ import annotations
 import aiohttp
 
 from . import UpstreamCall
-from .http import HTTPResponse, post
+from .http import HTTPResponse, fixed_headers, post
 
 __all__ = ["send"]
 
 
 async def send(session: aiohttp.ClientSession, call: UpstreamCall) -> HTTPResponse:
     """POST ``{base_url}/{path}`` with the key as a Bearer token plus configured headers."""
-    headers = {
+    return await post(session, call, f"{call.provider.base_url}/{call.path}",
+                      fixed_headers(call, _headers))
+
+
+def _headers(call: UpstreamCall) -> dict[str, str]:
+    return {
         **call.provider.headers,
         "Authorization": f"Bearer {call.key.secret}",
         "Content-Type": "application/json",
         "Accept": "text/event-stream" if call.stream else "application/json",
     }
-    return await post(session, call, f"{call.provider.base_url}/{call.path}", headers)

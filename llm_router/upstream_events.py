@@ -1,0 +1,135 @@
+"""An upstream's SSE answer as batches of raw events, under one watchdog per stream.
+
+Two costs measured on the stream path (bench/README.md) shaped this module. Events that
+arrive in one socket read are yielded together, so the relay sends them in one write
+(one syscall, one compress flush) instead of one per event: they were ready at the same
+instant, so no event waits for another. And the waits for upstream bytes are bounded by
+one re-armed timer per stream instead of an ``asyncio.timeout`` per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from types import TracebackType
+
+from .providers import UpstreamResponse
+from .sse import SSEParser
+
+__all__ = ["upstream_events"]
+
+
+class _Watchdog:
+    """Bounds every wait for upstream bytes of one stream, from one timer.
+
+    Used as ``with dog: await read()``. A wait may last until the first event is due
+    (before any event came), else ``idle`` from the wait's start, and never past the
+    stream's ``deadline``. The timer is not moved on every read: when it fires early
+    (the stream made progress meanwhile) it re-arms itself for the current wait, so a
+    busy stream costs one timer per ``idle`` period. When a wait is really overdue it
+    cancels the task, and the ``with`` turns that cancellation into ``TimeoutError``,
+    exactly as ``asyncio.timeout`` does (a cancellation from elsewhere, such as the
+    client going away, stays a cancellation).
+    """
+
+    __slots__ = ("_armed_at", "_cancelling", "_deadline", "_due", "_expired", "_first_due",
+                 "_handle", "_idle", "_loop", "_task", "_waiting", "started")
+
+    def __init__(self, first_due: float, idle: float, deadline: float) -> None:
+        """``first_due`` and ``deadline`` are ``time.perf_counter()`` times."""
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        # The loop's clock may differ from perf_counter (uvloop keeps its own).
+        shift = self._loop.time() - time.perf_counter()
+        self._first_due = first_due + shift
+        self._deadline = deadline + shift
+        self._idle = idle
+        self._due = 0.0
+        self._waiting = False
+        self._expired = False
+        self.started = False  # an event came: from now on waits are bounded by idle
+        self._armed_at = float("inf")
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> None:
+        # The idle clock starts when the router asks for more, so a slow client's
+        # backpressure is not blamed on the upstream.
+        due = self._loop.time() + self._idle if self.started else self._first_due
+        self._due = min(due, self._deadline)
+        self._waiting = True
+        if self._due < self._armed_at:
+            self._arm(self._due)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._waiting = False
+        if self._expired:
+            self._expired = False
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._armed_at = float("inf")
+        if self._task.done():
+            return
+        now = self._loop.time()
+        if not self._waiting:
+            # Between reads: the next wait cannot end sooner than idle from now (and
+            # __enter__ re-arms sooner if the deadline says so).
+            self._arm(now + self._idle)
+        elif now < self._due:
+            self._arm(self._due)  # progress since the timer was set: wait on
+        else:
+            self._expired = True
+            self._task.cancel()
+
+
+async def upstream_events(resp: UpstreamResponse, first_due: float, idle: float,
+                          deadline: float) -> AsyncGenerator[list[bytes], None]:
+    """Raw SSE events from the upstream, those of one read together (never an empty
+    batch): the first by ``first_due``, then no wait for more longer than ``idle``, all
+    by ``deadline`` (``perf_counter`` times); past any of these, ``TimeoutError``."""
+    parser = SSEParser()
+    chunks = resp.chunks().__aiter__()
+    dog = _Watchdog(first_due, idle, deadline)
+    try:
+        while True:
+            with dog:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+            # Upstream keepalives (": OPENROUTER PROCESSING") are not an answer: they
+            # must not commit the stream, and the router sends its own keepalives.
+            batch = [event for event in parser.feed(chunk) if not _is_comment(event)]
+            if batch:
+                dog.started = True
+                yield batch
+        tail = parser.tail()
+        if tail.strip():
+            yield [tail + b"\n\n"]
+    finally:
+        dog.close()
+
+
+def _is_comment(event: bytes) -> bool:
+    """Whether every line of the event is a comment (``: ...``)."""
+    if event[:1] not in (b":", b"\n"):
+        return False  # the usual event: its first line is a field, so not all comments
+    return all(line.startswith(b":") for line in event.split(b"\n") if line)

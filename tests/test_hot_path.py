@@ -1,0 +1,121 @@
+"""The shortcuts of the request path keep their promises (bench/README.md, issue 5).
+
+Each shortcut replaced a general mechanism: the usage of an untouched answer is read
+without parsing all of it, a request body is read in one go, a stream's waits share one
+watchdog, and its events are relayed a read at a time. These tests pin what must not
+change: malformed answers still fail over, usage is still counted, over-long bodies are
+still refused, and a stream is cut for idleness only when it really idles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from llm_router.config import key_label
+from llm_router.fake_upstream import Fault
+from llm_router.relay import passthrough_usage
+
+from .conftest import AUTH, MakeUpstream, StartRouter, Upstream, openai_provider, scrape_metrics
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def _group(*providers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "providers": list(providers),
+        "groups": [{"name": "g", "strategy": "priority",
+                    "models": [{"provider": p["name"], "name": f"m-{p['name']}"}
+                               for p in providers]}],
+    }
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"choices": [tru', b"[1, 2]", b""])
+async def test_a_200_answer_that_is_not_a_json_object_fails_over(
+        start_router: StartRouter, make_upstream: MakeUpstream, http: aiohttp.ClientSession,
+        body: bytes) -> None:
+    a, b = await make_upstream(), await make_upstream()
+    router = await start_router(_group(openai_provider("a", a), openai_provider("b", b)))
+    a.fake.add_fault(Fault(status=200, body=body))
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": "g", "messages": HELLO}) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Router-Provider"] == "b"
+        assert resp.headers["X-Router-Attempts"] == "2"
+        assert (await resp.json())["choices"]
+    _, samples = await scrape_metrics(router.url)
+    assert samples[f"llm_router_upstream_errors_total{{key={key_label('sk-a')},provider=a,"
+                   "reason=bad_response}"] == 1
+
+
+async def test_usage_of_an_untouched_answer_is_counted_wherever_it_sits(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    # As OpenAI answers: usage (with nested details) followed by more top-level fields.
+    answer = {"id": "x", "object": "chat.completion", "model": "m-a",
+              "choices": [{"index": 0, "finish_reason": "stop",
+                           "message": {"role": "assistant", "content": 'a "usage": {}'}}],
+              "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+                        "prompt_tokens_details": {"cached_tokens": 0}},
+              "service_tier": "default", "system_fingerprint": "fp_1"}
+    router = await start_router(_group(openai_provider("a", upstream)))
+    upstream.fake.add_fault(Fault(status=200, body=orjson.dumps(answer)))
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": "g", "messages": HELLO}) as resp:
+        assert resp.status == 200
+        assert await resp.read() == orjson.dumps(answer)  # passed on byte for byte
+    _, samples = await scrape_metrics(router.url)
+    tokens = {k: v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")}
+    assert sum(v for k, v in tokens.items() if "kind=prompt" in k) == 11
+    assert sum(v for k, v in tokens.items() if "kind=completion" in k) == 7
+
+
+def test_passthrough_usage_declines_what_it_cannot_read_cheaply() -> None:
+    # None sends the caller to the full parse, which decides.
+    assert passthrough_usage("openai", b'{"usage": null}') is None
+    assert passthrough_usage("openai", b'{"choices": [tru') is None
+    assert passthrough_usage("openai", b'{"usage": {"note": "}"}}') is None  # brace in a string
+    usage = passthrough_usage("anthropic", b' {"usage": {"input_tokens": 5, '
+                                           b'"output_tokens": 2}}\n')
+    assert usage is not None and (usage.prompt, usage.completion) == (5, 2)
+
+
+async def test_a_chunked_body_over_the_limit_is_refused(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router({**_group(openai_provider("a", upstream)),
+                                 "max_body_bytes": 2048})
+
+    async def body(size: int) -> AsyncIterator[bytes]:  # no Content-Length: chunked
+        doc = orjson.dumps({"model": "g", "messages": [{"role": "user", "content": "x" * size}]})
+        for i in range(0, len(doc), 500):
+            yield doc[i:i + 500]
+
+    url = router.url + "/v1/chat/completions"
+    async with http.post(url, data=body(4096), headers=AUTH) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["error"]["code"] == "request_too_large"
+    async with http.post(url, data=body(100), headers=AUTH) as resp:
+        assert resp.status == 200
+    assert len(upstream.fake.requests) == 1
+
+
+async def test_a_stream_longer_than_idle_but_never_idle_is_not_cut(
+        start_router: StartRouter, make_upstream: MakeUpstream,
+        http: aiohttp.ClientSession) -> None:
+    # 16 tokens at 20/s: about 0.8 s of stream, gaps of 0.05 s, idle 0.3 s. The watchdog
+    # set for the first wait fires while the stream is still flowing and must re-arm.
+    up = await make_upstream(tokens_per_second=20)
+    router = await start_router(_group(openai_provider("a", up, timeouts={"idle": 0.3})))
+    payload = {"model": "g", "messages": HELLO, "stream": True, "max_tokens": 16}
+    async with http.post(router.url + "/v1/chat/completions", json=payload,
+                         headers={**AUTH, "Accept-Encoding": "identity"}) as resp:
+        assert resp.status == 200
+        raw = await resp.read()
+    events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]"
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    assert not any("error" in c for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
