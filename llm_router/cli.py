@@ -100,11 +100,16 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .app import AccessLogHandler, run_server
+
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("llm_router.access").propagate = False
     access = logging.getLogger("llm_router.access")
-    handler = logging.StreamHandler(sys.stdout)
+    # Its own buffer on stdout, even under PYTHONUNBUFFERED: flushed every half second.
+    stream = open(sys.stdout.fileno(), "w", buffering=1 << 16, encoding="utf-8",  # noqa: SIM115
+                  closefd=False)  # lives as long as the process
+    handler = AccessLogHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.setLevel(args.log_level)
@@ -122,7 +127,6 @@ def _serve(args: argparse.Namespace) -> int:
               "so anyone could use your upstream keys. Add one, or pass --insecure-no-auth "
               "to serve without authentication.", file=sys.stderr)
         return 2
-    from .app import run_server
     from .state import RouterState
 
     state = RouterState(cfg, insecure_no_auth=args.insecure_no_auth, config_path=path)

@@ -53,8 +53,10 @@ class StreamEncoder:
         self._br: brotli.Compressor | None = None
         self._z: zlib._Compress | None = None
         if coding == "br":
-            # Quality 4 keeps per-event CPU low; SSE deltas are small and repetitive anyway.
-            self._br = brotli.Compressor(quality=4, lgwin=18)
+            # Per flushed SSE chunk (176 bytes, measured with brotli 1.2): quality 3 takes
+            # 2.4 µs and emits 11 bytes; quality 4 emits the same 11 bytes in 5 µs; 2 is
+            # faster but doubles the bytes; 1 keeps no context across flushes (156 bytes).
+            self._br = brotli.Compressor(quality=3, lgwin=18)
         else:
             self._z = zlib.compressobj(6, zlib.DEFLATED, 31 if coding == "gzip" else 15)
 

@@ -273,21 +273,22 @@ class Ledger:
         (naming the limit, with ``Retry-After``) when a limit would be passed."""
         now = self.clock()
         user, key = self._user(caller.user), self._key(caller.user, caller.key)
-        subjects = ((user, f"user '{caller.user}'", caller.limits, caller.budget),
-                    (key, f"key '{caller.key}' of user '{caller.user}'", caller.key_limits,
-                     caller.key_budget))
-        for acc, who, _, budget in subjects:
+        # Subjects are named (for the error) only when one is refused.
+        subjects = ((user, False, caller.limits, caller.budget),
+                    (key, True, caller.key_limits, caller.key_budget))
+        for acc, is_key, _, budget in subjects:
             if budget is not None:
-                _check_budget(acc, who, budget, now)
-        worst: tuple[float, str, str, int] | None = None  # (wait, who, limit, value)
-        for acc, who, limits, _ in subjects:
+                _check_budget(acc, caller, is_key, budget, now)
+        worst: tuple[float, bool, str, int] | None = None  # (wait, is_key, limit, value)
+        for acc, is_key, limits, _ in subjects:
             if limits is None:
                 continue
             for name, wait, value in _violations(acc, limits, estimate_tokens, now):
                 if worst is None or wait > worst[0]:
-                    worst = (wait, who, name, value)
+                    worst = (wait, is_key, name, value)
         if worst is not None:
-            wait, who, name, value = worst
+            wait, is_key, name, value = worst
+            who = _who(caller, is_key)
             raise RateLimited(f"Rate limit reached for {who} on {_LIMIT_NAMES[name]}: limit "
                               f"{value}. Try again in {max(1, math.ceil(wait))} s.",
                               retry_after=max(1.0, wait))
@@ -421,11 +422,19 @@ class Ledger:
             _load_account(self._key(str(row["user"]), str(row["key"])), row)
 
 
-def _check_budget(acc: _Account, who: str, budget: Budget, now: float) -> None:
+def _who(caller: Caller, is_key: bool) -> str:
+    if is_key:
+        return f"key '{caller.key}' of user '{caller.user}'"
+    return f"user '{caller.user}'"
+
+
+def _check_budget(acc: _Account, caller: Caller, is_key: bool, budget: Budget,
+                  now: float) -> None:
     period = acc.period(budget.period, now)
     spent = period.totals.cost
     if spent < budget.usd:
         return
+    who = _who(caller, is_key)
     end = period_end(budget.period, now)
     when = (f"It renews at {_iso(end)}." if end is not None
             else "It does not renew; ask an admin to raise it.")

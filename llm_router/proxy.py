@@ -373,16 +373,18 @@ async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Ex
     reservation = state.counters.reserve(cand.counter_key, estimate, ex.group)
     probe = state.health.begin(provider.name, key.label)
     sent = time.perf_counter()
+    sent_loop = asyncio.get_running_loop().time()  # deadlines run on the loop's clock
     t = provider.timeouts
     resp: UpstreamResponse | None = None
     try:
         assert state.session is not None
         try:
             # Connecting is bounded separately (sock_connect) and counts toward first_byte.
-            async with asyncio.timeout(min(t.first_byte, t.total)):
-                if down is None:
+            if down is None:
+                with state.deadlines.guard(sent_loop + min(t.first_byte, t.total)):
                     resp = await _SENDERS[provider.type](state.session, call)
-                else:
+            else:
+                async with asyncio.timeout(min(t.first_byte, t.total)):
                     async with down.keepalive(ex, lambda out: _router_headers(out, ex, cand)):
                         resp = await _SENDERS[provider.type](state.session, call)
         except (Exception, TimeoutError) as exc:
@@ -397,7 +399,8 @@ async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Ex
         if down is not None and down.committed:
             raise AttemptFailure("bad_response", f"upstream '{provider.name}' answered a "
                                  "stream request without a stream")
-        return await _relay_body(state, cfg, ex, cand, resp, up, coding, sent, reservation)
+        return await _relay_body(state, cfg, ex, cand, resp, up, coding, sent, sent_loop,
+                                 reservation)
     except AttemptFailure as failure:
         ex.upstream_s += time.perf_counter() - sent
         state.counters.settle(reservation, 0, 0, cfg.error_penalty)
@@ -442,13 +445,25 @@ async def _status_failure(state: RouterState, cfg: Config, cand: Candidate,
                           status=status, retry_after=resp.headers.get("Retry-After"), body=body)
 
 
+_RATELIMIT_HEADERS: Final = (("requests", "x-ratelimit-remaining-requests"),
+                             ("tokens", "x-ratelimit-remaining-tokens"))
+
+
 def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamResponse) -> None:
-    for kind in ("requests", "tokens"):
-        value = resp.headers.get(f"x-ratelimit-remaining-{kind}")
-        if value is not None:
-            with suppress(ValueError):
-                state.metrics.child(state.metrics.ratelimit_remaining, cand.provider.name,
-                                    cand.key.label, kind).set(float(value))
+    seen = state.ratelimit_seen
+    for kind, header in _RATELIMIT_HEADERS:
+        value = resp.headers.get(header)
+        if value is None:
+            continue
+        ident = (cand.provider.name, cand.key.label, kind)  # the gauge's labels
+        if seen.get(ident) == value:
+            continue  # the gauge already shows it: no label lookup, no lock
+        with suppress(ValueError):
+            state.metrics.child(state.metrics.ratelimit_remaining, cand.provider.name,
+                                cand.key.label, kind).set(float(value))
+            if len(seen) >= 4096:
+                seen.clear()
+            seen[ident] = value
 
 
 def _account(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
@@ -474,10 +489,10 @@ def _account(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
 
 async def _relay_body(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
                       resp: UpstreamResponse, up: str, coding: str | None, sent: float,
-                      reservation: Any) -> web.Response:
+                      sent_loop: float, reservation: Any) -> web.Response:
     try:
         # total counts from the attempt's start, the wait for headers included.
-        async with asyncio.timeout(cand.provider.timeouts.total - (time.perf_counter() - sent)):
+        with state.deadlines.guard(sent_loop + cand.provider.timeouts.total):
             raw = await resp.read()
     except (Exception, TimeoutError) as exc:
         raise failure_from_exception(exc, cand.provider.name) from None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .accounting import KeyIndex
 from .config import Config
+from .deadlines import Deadlines
 from .health import KeyHealth
 from .limits import Ledger
 from .metrics import Metrics
@@ -42,8 +43,11 @@ class RouterState:
         self.counters = UsageCounters()
         self.ledger = Ledger()  # per-user / per-key limits and spend
         self.health = KeyHealth()
+        self.deadlines = Deadlines()  # bounds the waits of non-streamed attempts
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
+        # The x-ratelimit-remaining-* value each gauge last showed: (provider, key, kind).
+        self.ratelimit_seen: dict[tuple[str, str, str], str] = {}
         self.rng = random.Random()  # ties between candidates; seeded once, not per request
         self.session: aiohttp.ClientSession | None = None
         self.snapshot: SnapshotStore | None = None

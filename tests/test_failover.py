@@ -390,6 +390,39 @@ async def test_total_timeout_bounds_the_wait_for_headers(start_router: StartRout
     assert exc.value.status_code == 504
 
 
+async def test_total_timeout_bounds_a_body_that_stalls_and_fails_over(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # Headers and half the body at once, then nothing: only total can end the wait.
+    async def stall(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = 200
+        await resp.prepare(request)
+        await resp.write(b'{"id": "x", "choices": [')
+        await asyncio.sleep(30)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", stall)
+    server = await aiohttp_server(app)
+    stalled = _timeouts(upstream, first_byte=5, total=0.4)
+    stalled["base_url"] = str(server.make_url("/v1"))
+    router = await start_router(_group(stalled, openai_provider("b", upstream)))
+    started = time.monotonic()
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": "g", "messages": HELLO}) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Router-Provider"] == "b"
+        assert resp.headers["X-Router-Attempts"] == "2"
+        assert (await resp.json())["choices"]
+    assert time.monotonic() - started < 10  # total ended it, not the 30 s stall
+    samples = await _samples(http, router)
+    assert samples[f"llm_router_upstream_errors_total{{key={key_label('sk-a')},provider=a,"
+                   "reason=timeout}"] == 1
+    assert len(router.state.deadlines) == 0  # no wait left registered
+
+
 async def test_total_timeout_ends_a_long_stream_in_band(
         start_router: StartRouter, make_upstream: MakeUpstream,
         http: aiohttp.ClientSession) -> None:

@@ -2,13 +2,16 @@
 
 Each shortcut replaced a general mechanism: the usage of an untouched answer is read
 without parsing all of it, a request body is read in one go, a stream's waits share one
-watchdog, and its events are relayed a read at a time. These tests pin what must not
-change: malformed answers still fail over, usage is still counted, over-long bodies are
-still refused, and a stream is cut for idleness only when it really idles.
+watchdog, a non-streamed request's waits share one clock tick (deadlines), and its
+events are relayed a read at a time. These tests pin what must not change: malformed
+answers still fail over, usage is still counted, over-long bodies are still refused, a
+stream is cut for idleness only when it really idles, and a deadline ends only a wait
+that outlived it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +20,7 @@ import orjson
 import pytest
 
 from llm_router.config import key_label
+from llm_router.deadlines import Deadlines
 from llm_router.fake_upstream import Fault
 from llm_router.relay import passthrough_usage
 
@@ -119,3 +123,25 @@ async def test_a_stream_longer_than_idle_but_never_idle_is_not_cut(
     chunks = [orjson.loads(e) for e in events[:-1]]
     assert not any("error" in c for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+async def test_deadlines_end_overdue_waits_and_leave_other_cancels_alone() -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError), deadlines.guard(loop.time() + 0.1):
+        await asyncio.sleep(5)
+    # Moved later before it was due: the wait completes.
+    with deadlines.guard(loop.time() + 0.05) as guard:
+        guard.move(loop.time() + 5)
+        await asyncio.sleep(0.2)
+    # A cancellation from elsewhere (the client went away) stays a cancellation.
+    async def waits() -> None:
+        with deadlines.guard(loop.time() + 5):
+            await asyncio.sleep(5)
+
+    task = loop.create_task(waits())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(deadlines) == 0

@@ -1,0 +1,117 @@
+"""Deadlines for many short waits, checked on one shared clock tick.
+
+A non-streamed request waits twice on its upstream: for the headers (``first_byte``)
+and for the body (``total``). With ``asyncio.timeout`` every wait starts and cancels
+an event-loop timer; under uvloop each is a libuv handle, and the profile of the
+request path (bench/README.md) showed the two costing more than any other piece of
+router logic. Here a wait only enters a bucket of a coarse timer wheel, and one task
+walks the buckets every :data:`TICK` seconds while any wait is registered.
+
+A deadline may fire up to one tick late. Timeouts are seconds to minutes, so that is
+well inside what they promise; a wait that outlives its deadline ends exactly as with
+``asyncio.timeout``: the task is cancelled and the ``with`` raises ``TimeoutError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from types import TracebackType
+from typing import Final
+
+__all__ = ["TICK", "Deadlines", "Guard"]
+
+TICK: Final = 0.05  # seconds between checks: the most a deadline fires late
+
+
+class Guard:
+    """One bounded wait: ``with deadlines.guard(when): await ...``; ``when`` is
+    ``loop.time()`` based. :meth:`move` changes the deadline of the wait in progress."""
+
+    __slots__ = ("_bucket", "_cancelling", "_expired", "_owner", "_task", "when")
+
+    def __init__(self, owner: Deadlines, when: float) -> None:
+        self._owner = owner
+        self.when = when
+        self._bucket = -1
+        self._expired = False
+        self._task: asyncio.Task[object] | None = None
+        self._cancelling = 0
+
+    def __enter__(self) -> Guard:
+        task = asyncio.current_task()
+        assert task is not None, "a deadline bounds a task's wait"
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._owner._add(self)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._owner._discard(self)
+        if self._expired:
+            self._expired = False
+            assert self._task is not None
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc
+
+    def move(self, when: float) -> None:
+        """A new deadline for this wait (the body's, once the headers came)."""
+        if self._bucket < 0:
+            self.when = when
+            return
+        self._owner._discard(self)
+        self.when = when
+        self._owner._add(self)
+
+    def _expire(self) -> None:
+        assert self._task is not None
+        if not self._task.done():
+            self._expired = True
+            self._task.cancel()
+
+
+class Deadlines:
+    """The wheel: buckets of waits by the tick their deadline falls in."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, set[Guard]] = {}
+        self._ticker: asyncio.Task[None] | None = None
+
+    def guard(self, when: float) -> Guard:
+        return Guard(self, when)
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+    def _add(self, guard: Guard) -> None:
+        slot = math.ceil(guard.when / TICK)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = set()
+        bucket.add(guard)
+        guard._bucket = slot
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    def _discard(self, guard: Guard) -> None:
+        bucket = self._buckets.get(guard._bucket)
+        if bucket is not None:
+            bucket.discard(guard)
+            if not bucket:
+                del self._buckets[guard._bucket]
+        guard._bucket = -1
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._buckets:
+                await asyncio.sleep(TICK)
+                now = loop.time()
+                due = [slot for slot in self._buckets if slot * TICK <= now]
+                for slot in due:
+                    for guard in self._buckets.pop(slot, ()):
+                        guard._bucket = -1
+                        guard._expire()
+        finally:
+            self._ticker = None
