@@ -450,20 +450,12 @@ _RATELIMIT_HEADERS: Final = (("requests", "x-ratelimit-remaining-requests"),
 
 
 def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamResponse) -> None:
-    seen = state.ratelimit_seen
     for kind, header in _RATELIMIT_HEADERS:
         value = resp.headers.get(header)
-        if value is None:
-            continue
-        ident = (cand.provider.name, cand.key.label, kind)  # the gauge's labels
-        if seen.get(ident) == value:
-            continue  # the gauge already shows it: no label lookup, no lock
-        with suppress(ValueError):
-            state.metrics.child(state.metrics.ratelimit_remaining, cand.provider.name,
-                                cand.key.label, kind).set(float(value))
-            if len(seen) >= 4096:
-                seen.clear()
-            seen[ident] = value
+        if value is not None:
+            with suppress(ValueError):
+                state.metrics.child(state.metrics.ratelimit_remaining, cand.provider.name,
+                                    cand.key.label, kind).set(float(value))
 
 
 def _account(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,

@@ -46,8 +46,6 @@ class RouterState:
         self.deadlines = Deadlines()  # bounds the waits of non-streamed attempts
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
-        # The x-ratelimit-remaining-* value each gauge last showed: (provider, key, kind).
-        self.ratelimit_seen: dict[tuple[str, str, str], str] = {}
         self.rng = random.Random()  # ties between candidates; seeded once, not per request
         self.session: aiohttp.ClientSession | None = None
         self.snapshot: SnapshotStore | None = None
