@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from procs import ClientRun, rss_mb
+from procs import ClientRun, cpu_seconds, rss_mb
 from stack import ROUTER_KEY, Stack, Target
 from stats import median
 
@@ -56,8 +56,32 @@ def _interleave(targets: list[Target], rounds: int, fn: Callable[[Target, int], 
     runs: dict[str, list[Run]] = {t.name: [] for t in targets}
     for r in range(rounds):
         for t in (targets if r % 2 == 0 else list(reversed(targets))):
-            runs[t.name].append(fn(t, r))
+            run = fn(t, r)
+            run["settle_s"] = _settle(t)
+            runs[t.name].append(run)
     return runs
+
+
+def _settle(t: Target, idle_pct: float = 5.0, limit_s: float = 120.0) -> float:
+    """Wait until ``t`` and its fake are idle again; returns the seconds waited.
+
+    A target past its capacity keeps working on its backlog after the client stops (in
+    the first full run LiteLLM, 10 s behind at 200 req/s, was still busy during the
+    router's next round and showed up as the router's stalls). The next target's figures
+    must not pay for that.
+    """
+    pids = [p for p in (t.pid, t.upstream_pid) if p is not None]
+    start = time.monotonic()
+    window = 0.3
+    while time.monotonic() - start < limit_s:
+        before = sum(cpu_seconds(p) for p in pids)
+        time.sleep(window)
+        if (sum(cpu_seconds(p) for p in pids) - before) / window * 100 < idle_pct:
+            break
+    waited = time.monotonic() - start
+    if waited > 2 * window:
+        print(f"  waited {waited:.1f} s for {t.name} to go idle", flush=True)
+    return round(waited, 2)
 
 
 def _med(runs: list[Run], key: str, ndigits: int = 3) -> float | None:
