@@ -133,6 +133,22 @@ def openai_provider(name: str, up: Upstream, keys: list[Any] | None = None,
 AUTH = {"Authorization": f"Bearer {ROUTER_KEY}"}
 
 
+async def chat_served_by(http: aiohttp.ClientSession, router: Router, provider: str,
+                         attempts: int, model: str = "g") -> dict[str, Any]:
+    """POST a small chat to ``model``; assert ``provider`` answered it 200 on attempt
+    ``attempts`` (the failover tests' question). Returns the answer."""
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": model,
+                               "messages": [{"role": "user", "content": "hello there"}]}
+                         ) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Router-Provider"] == provider
+        assert resp.headers["X-Router-Attempts"] == str(attempts)
+        answer: dict[str, Any] = await resp.json()
+    assert answer["choices"]
+    return answer
+
+
 async def scrape_metrics(url: str) -> tuple[str, dict[str, float]]:
     """GET ``url``/metrics: the exposition text and every sample as ``name{k=v,...}``."""
     from prometheus_client.parser import text_string_to_metric_families

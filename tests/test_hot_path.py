@@ -24,7 +24,15 @@ from llm_router.deadlines import Deadlines
 from llm_router.fake_upstream import Fault
 from llm_router.relay import passthrough_usage
 
-from .conftest import AUTH, MakeUpstream, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import (
+    AUTH,
+    MakeUpstream,
+    StartRouter,
+    Upstream,
+    chat_served_by,
+    openai_provider,
+    scrape_metrics,
+)
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -45,12 +53,7 @@ async def test_a_200_answer_that_is_not_a_json_object_fails_over(
     a, b = await make_upstream(), await make_upstream()
     router = await start_router(_group(openai_provider("a", a), openai_provider("b", b)))
     a.fake.add_fault(Fault(status=200, body=body))
-    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
-                         json={"model": "g", "messages": HELLO}) as resp:
-        assert resp.status == 200
-        assert resp.headers["X-Router-Provider"] == "b"
-        assert resp.headers["X-Router-Attempts"] == "2"
-        assert (await resp.json())["choices"]
+    await chat_served_by(http, router, "b", attempts=2)
     _, samples = await scrape_metrics(router.url)
     assert samples[f"llm_router_upstream_errors_total{{key={key_label('sk-a')},provider=a,"
                    "reason=bad_response}"] == 1
