@@ -22,7 +22,14 @@ import orjson
 from aiohttp import web
 
 from .accounting import ANONYMOUS, extract_key
-from .errors import BadRequest, ModelNotFound, PayloadTooLarge, RouterError, error_body
+from .errors import (
+    BadRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    RouterError,
+    Unavailable,
+    error_body,
+)
 from .handlers import STATE, routes
 from .proxy import EXCHANGE, Exchange, new_request_id
 from .reload import RELOADER, ConfigReloader, config_watcher
@@ -85,6 +92,19 @@ def _make_edge(log_format: str) -> Middleware:
                 resp = _error_response(_http_error(exc), request)
             except (ConnectionError, aiohttp.ClientConnectionResetError):
                 raise
+            except asyncio.CancelledError:
+                if not (state.draining and ex is not None and not ex.status
+                        and request.transport is not None
+                        and not request.transport.is_closing()):
+                    raise
+                # Cut at the end of the shutdown grace before any byte went out, with
+                # the client still connected: a retryable answer, not a dropped line.
+                ex.error = "shutdown"
+                resp = _error_response(Unavailable(
+                    "The router is shutting down and cut this request at the end of its "
+                    "grace period; retry it.", code="shutting_down", retry_after=1.0),
+                    request)
+                resp.force_close()
             except Exception:
                 log.exception("unhandled error serving %s %s (request %s)", request.method,
                               request.path, rid)

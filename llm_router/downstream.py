@@ -63,6 +63,12 @@ class Downstream:
             await out.prepare(self._request)
         return self.out
 
+    @property
+    def client_gone(self) -> bool:
+        """Whether the client's connection is closed (or closing)."""
+        transport = self._request.transport
+        return transport is None or transport.is_closing()
+
     async def write(self, ex: Exchange, data: bytes) -> None:
         """Send bytes (compressed and flushed per call when a coding was negotiated)."""
         assert self.out is not None

@@ -76,6 +76,7 @@ _REQUIRED: Final = {
     "embeddings": ("input", (str, list)),
 }
 _MAX_ERROR_BODY: Final = 64 * 1024
+_CUT_NOTICE_S: Final = 1.0  # how long a stream cut at shutdown may take to say so
 _IDS: Final = random.Random()  # request ids (new_request_id)
 
 
@@ -579,12 +580,16 @@ async def _relay_events(state: RouterState, cfg: Config, ex: Exchange, cand: Can
                 ex.upstream_s += time.perf_counter() - waited
         if not relay.done:
             failure = relay.failure or "closed"
-    except (ConnectionError, asyncio.CancelledError):
-        # The client went away (or the server is cutting streams at the end of its grace
-        # period): stop the upstream at once and count what was used so far.
-        ex.status = 499
-        ex.error = "client_disconnected"
+    except (ConnectionError, asyncio.CancelledError) as exc:
+        # The client went away, or the server is cutting streams at the end of its grace
+        # period: stop the upstream at once and count what was used so far.
         _account_partial(state, cfg, ex, cand, relay.usage, seen, reservation)
+        if isinstance(exc, asyncio.CancelledError) and state.draining and not down.client_gone:
+            ex.error = "shutdown"  # the client is still there: tell it why its stream ends
+            await _end_cut_stream(ex, down, relay)
+        else:
+            ex.status = 499
+            ex.error = "client_disconnected"
         raise
     except (Exception, TimeoutError) as exc:
         failure = failure_from_exception(exc, provider.name).reason
@@ -605,6 +610,19 @@ async def _relay_events(state: RouterState, cfg: Config, ex: Exchange, cand: Can
         await down.finish(ex)
     assert down.out is not None
     return down.out
+
+
+async def _end_cut_stream(ex: Exchange, down: Downstream, relay: rl.Relay) -> None:
+    """An in-band error for a stream cut by shutdown, then its proper end, so the client
+    sees why it stopped rather than a dropped connection. Bounded: the process is
+    exiting."""
+    event = relay.fail("The router is shutting down and cut this stream at the end of its "
+                       "grace period; retry the request.")
+    with suppress(ConnectionError, TimeoutError):
+        async with asyncio.timeout(_CUT_NOTICE_S):
+            if event:
+                await down.write(ex, event)
+            await down.finish(ex)
 
 
 def _account_partial(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,

@@ -16,6 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
+from llm_router.fake_upstream import Fault
+
 from .conftest import (
     AUTH,
     ROUTER_KEY,
@@ -187,7 +189,7 @@ async def test_stream_started_before_sigterm_completes_with_done(
     assert sum(r["tokens"] for r in rows) == usage["total_tokens"]
 
 
-async def test_stream_outliving_the_grace_period_is_cut(
+async def test_stream_outliving_the_grace_period_is_cut_with_an_in_band_error(
         router_process: Callable[..., RouterProcess], make_upstream: MakeUpstream,
         tmp_path: Path, http: aiohttp.ClientSession) -> None:
     slow = await make_upstream(tokens_per_second=20)
@@ -200,12 +202,43 @@ async def test_stream_outliving_the_grace_period_is_cut(
         lines = _stream_lines(resp)
         events.append(await anext(lines))
         rp.signal(signal.SIGTERM)
-        with pytest.raises(aiohttp.ClientPayloadError):
-            events.extend([line async for line in lines])
-    assert b"data: [DONE]" not in events and len(events) < 50
+        events.extend([line async for line in lines])  # ends cleanly, not cut mid-frame
+    assert len(events) < 50  # cut long before its 200 tokens
+    # The client is told why: an OpenAI-shaped error event, then the usual end.
+    assert events[-1] == b"data: [DONE]"
+    error = orjson.loads(events[-2].removeprefix(b"data: "))["error"]
+    assert "shutting down" in error["message"]
     assert await rp.wait() == 0
     assert "cutting 1 request(s)" in rp.log
     assert (tmp_path / "usage.json").exists()
+    access = (tmp_path / f"router-{rp.runs}.out").read_text()
+    assert "status=200" in access and "error=shutdown" in access
+
+
+async def test_request_still_waiting_at_the_end_of_the_grace_gets_a_503(
+        router_process: Callable[..., RouterProcess], upstream: Upstream,
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    upstream.fake.add_fault(Fault(status=0, hang_s=30, times=None))
+    rp = router_process(_config(upstream, tmp_path, shutdown_grace_s=0.3))
+    await rp.start()
+    for stream in (False, True):  # a stream that has not started is the same case
+        if stream:
+            await rp.wait()
+            await rp.start()
+        request = asyncio.create_task(http.post(
+            rp.url + "/v1/chat/completions", headers=AUTH,
+            json={"model": "g", "messages": HELLO, "stream": stream}))
+
+        async def waiting(expected: int = 2 if stream else 1) -> bool:
+            return len(upstream.fake.requests) == expected
+
+        await eventually(waiting, timeout=5)
+        rp.signal(signal.SIGTERM)
+        async with await request as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "1"
+            assert (await resp.json())["error"]["code"] == "shutting_down"
+    assert await rp.wait() == 0
 
 
 @pytest.mark.parametrize("content", [
