@@ -10,6 +10,7 @@ read only a candidate's fields and ``ctx``, never health internals.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +31,9 @@ __all__ = [
     "Target",
     "can_serve",
     "collect_candidates",
+    "counter_keys",
     "is_retryable",
+    "level_new_keys",
     "pick_candidate",
     "resolve_target",
 ]
@@ -219,6 +222,50 @@ def _weighted_load(c: Candidate, ctx: PickContext) -> float:
     w = c.member.weight
     load = ctx.counters.load(c.counter_key)
     return load * w if w > 0 else -1.0 / (1.0 + load)
+
+
+def counter_keys(cfg: Config) -> set[CounterKey]:
+    """Every (provider, key, model) counter the config's groups can select."""
+    keys: set[CounterKey] = set()
+    for group in cfg.groups.values():
+        for m in group.members:
+            for k in cfg.providers[m.provider].keys:
+                if k.serves(m.model):
+                    keys.add((m.provider, k.label, m.model))
+    return keys
+
+
+def level_new_keys(cfg: Config, counters: UsageCounters, new: set[CounterKey]
+                   ) -> list[tuple[str, CounterKey, int]]:
+    """Start each counter in ``new`` level with the least-loaded established candidate
+    of its group, so a key added to a busy group shares its traffic at once. Left at
+    zero it would take every request of the group until it had served as many tokens as
+    the others (days, for a key joining a month of history). Returns what was set, as
+    (group, counter, tokens).
+
+    Level means equal ``tokens x weight``; weight-0 candidates are always preferred
+    anyway and are left alone. A counter above the level (a key that comes back) keeps
+    its own count.
+    """
+    levelled: list[tuple[str, CounterKey, int]] = []
+    for group in cfg.groups.values():
+        scored: list[tuple[CounterKey, float]] = []
+        for m in group.members:
+            for k in cfg.providers[m.provider].keys:
+                if k.serves(m.model):
+                    scored.append(((m.provider, k.label, m.model), m.weight))
+        established = [counters.tokens.get(key, 0) * w for key, w in scored
+                       if key not in new and w > 0 and key in counters.tokens]
+        if not established:
+            continue  # a new group, or one with no history yet: all start at zero
+        level = min(established)
+        for key, w in scored:
+            if key in new and w > 0:
+                tokens = math.ceil(level / w)
+                if tokens > counters.tokens.get(key, 0):
+                    counters.tokens[key] = tokens
+                    levelled.append((group.name, key, tokens))
+    return levelled
 
 
 def inverse_weight(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:

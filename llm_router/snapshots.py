@@ -23,6 +23,7 @@ from aiohttp import web
 
 from .config import Config
 from .handlers import STATE
+from .routing import counter_keys
 from .state import RouterState
 from .usage import SnapshotStore
 
@@ -57,6 +58,9 @@ class UsageSnapshots:
         if store is not None and store.load():
             log.info("usage snapshot restored from %s (%d counters)", store.path,
                      len(self.state.counters.tokens))
+            # Keys added to the config while the router was down join level too.
+            state = self.state
+            state.level_new_keys(counter_keys(state.config) - state.counters.tokens.keys())
 
     def follow(self, old: Config, new: Config) -> None:
         """Swap listener: adopt changed ``usage`` settings from a reload."""

@@ -9,6 +9,7 @@ keyed by provider name, key label and model, so they carry over a swap untouched
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -20,12 +21,15 @@ from .deadlines import Deadlines
 from .health import KeyHealth
 from .limits import Ledger
 from .metrics import Metrics
+from .routing import counter_keys, level_new_keys
 from .usage import CounterKey, SnapshotStore, UsageCounters
 
 if TYPE_CHECKING:
     import aiohttp
 
 __all__ = ["RouterState"]
+
+log = logging.getLogger("llm_router")
 
 _LATENCY_ALPHA = 0.3
 
@@ -60,14 +64,26 @@ class RouterState:
         self.metrics.watch_state(self._scrape_state)
 
     def swap_config(self, cfg: Config) -> None:
-        """Make ``cfg`` current; state keyed by identity carries over."""
+        """Make ``cfg`` current; state keyed by identity carries over, and keys new to
+        a group join it level with their peers (:meth:`level_new_keys`)."""
         old = self.config
         self.keys = KeyIndex(cfg, self.insecure_no_auth)
         self.config = cfg
+        self.level_new_keys(counter_keys(cfg) - counter_keys(old))
         self.health.generation += 1  # keys marked bad get another chance
         self.metrics.config_last_reload.set(time.time())
         for listener in self.swap_listeners:
             listener(old, cfg)
+
+    def level_new_keys(self, new: set[CounterKey]) -> None:
+        """Start these counters level with their group (routing.level_new_keys)."""
+        if not new:
+            return
+        for group, (provider, key, model), tokens in level_new_keys(self.config,
+                                                                    self.counters, new):
+            log.info("key '%s' of provider '%s' (model '%s') joins group '%s' level with its "
+                     "least-loaded peer: its selection counter starts at %d tokens", key,
+                     provider, model, group, tokens)
 
     def observe_latency(self, key: CounterKey, seconds: float) -> None:
         prev = self.latency.get(key)
