@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from .accounting import ANONYMOUS, extract_key
+from .downstream import client_connected
 from .errors import (
     BadRequest,
     ModelNotFound,
@@ -94,8 +95,7 @@ def _make_edge(log_format: str) -> Middleware:
                 raise
             except asyncio.CancelledError:
                 if not (state.draining and ex is not None and not ex.status
-                        and request.transport is not None
-                        and not request.transport.is_closing()):
+                        and client_connected(request)):
                     raise
                 # Cut at the end of the shutdown grace before any byte went out, with
                 # the client still connected: a retryable answer, not a dropped line.

@@ -22,9 +22,15 @@ from .compression import StreamEncoder
 if TYPE_CHECKING:
     from .proxy import Exchange
 
-__all__ = ["KEEPALIVE", "Downstream"]
+__all__ = ["KEEPALIVE", "Downstream", "client_connected"]
 
 KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients ignore it, idle timers reset
+
+
+def client_connected(request: web.Request) -> bool:
+    """Whether the client's connection is still open (not closed, not closing)."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 class Downstream:
@@ -65,9 +71,7 @@ class Downstream:
 
     @property
     def client_gone(self) -> bool:
-        """Whether the client's connection is closed (or closing)."""
-        transport = self._request.transport
-        return transport is None or transport.is_closing()
+        return not client_connected(self._request)
 
     async def write(self, ex: Exchange, data: bytes) -> None:
         """Send bytes (compressed and flushed per call when a coding was negotiated)."""
