@@ -230,6 +230,18 @@ async def _attempt_loop(request: web.Request, state: RouterState, cfg: Config, e
         # Keepalives committed the stream while the router waited: only in-band now.
         ex.error = ex.error or err.code
         return await _end_in_band(ex, down, err.message)
+    except asyncio.CancelledError:
+        if down is not None and down.out is not None and state.draining \
+                and not down.client_gone:
+            # Cut at the end of the shutdown grace, with the client still there (a stream
+            # under way, or one keepalives committed): say why instead of just dropping.
+            ex.status, ex.error = 200, "shutdown"
+            with suppress(TimeoutError):
+                async with asyncio.timeout(_CUT_NOTICE_S):  # the process is exiting
+                    await _end_in_band(ex, down, "The router is shutting down and cut this "
+                                       "stream at the end of its grace period; retry the "
+                                       "request.")
+        raise
 
 
 async def _attempts(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
@@ -580,16 +592,13 @@ async def _relay_events(state: RouterState, cfg: Config, ex: Exchange, cand: Can
                 ex.upstream_s += time.perf_counter() - waited
         if not relay.done:
             failure = relay.failure or "closed"
-    except (ConnectionError, asyncio.CancelledError) as exc:
+    except (ConnectionError, asyncio.CancelledError):
         # The client went away, or the server is cutting streams at the end of its grace
-        # period: stop the upstream at once and count what was used so far.
+        # period (then _attempt_loop tells a client still there why): stop the upstream
+        # at once and count what was used so far.
+        ex.status = 499
+        ex.error = "client_disconnected"
         _account_partial(state, cfg, ex, cand, relay.usage, seen, reservation)
-        if isinstance(exc, asyncio.CancelledError) and state.draining and not down.client_gone:
-            ex.error = "shutdown"  # the client is still there: tell it why its stream ends
-            await _end_cut_stream(ex, down, relay)
-        else:
-            ex.status = 499
-            ex.error = "client_disconnected"
         raise
     except (Exception, TimeoutError) as exc:
         failure = failure_from_exception(exc, provider.name).reason
@@ -610,19 +619,6 @@ async def _relay_events(state: RouterState, cfg: Config, ex: Exchange, cand: Can
         await down.finish(ex)
     assert down.out is not None
     return down.out
-
-
-async def _end_cut_stream(ex: Exchange, down: Downstream, relay: rl.Relay) -> None:
-    """An in-band error for a stream cut by shutdown, then its proper end, so the client
-    sees why it stopped rather than a dropped connection. Bounded: the process is
-    exiting."""
-    event = relay.fail("The router is shutting down and cut this stream at the end of its "
-                       "grace period; retry the request.")
-    with suppress(ConnectionError, TimeoutError):
-        async with asyncio.timeout(_CUT_NOTICE_S):
-            if event:
-                await down.write(ex, event)
-            await down.finish(ex)
 
 
 def _account_partial(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,

@@ -216,6 +216,27 @@ async def test_stream_outliving_the_grace_period_is_cut_with_an_in_band_error(
     assert "status=200" in access and "error=shutdown" in access
 
 
+async def test_stream_kept_alive_at_the_end_of_the_grace_gets_an_in_band_error(
+        router_process: Callable[..., RouterProcess], upstream: Upstream,
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    # The upstream never answers; keepalive comments commit the stream meanwhile, so a
+    # 503 is no longer possible when the grace runs out: the error goes in-band.
+    upstream.fake.add_fault(Fault(status=0, hang_s=30, times=None))
+    rp = router_process(_config(upstream, tmp_path, shutdown_grace_s=0.3, keepalive_s=0.1))
+    await rp.start()
+    async with http.post(rp.url + "/v1/chat/completions", json={
+            "model": "g", "messages": HELLO, "stream": True},
+            headers={**AUTH, "Accept-Encoding": "identity"}) as resp:
+        assert resp.status == 200
+        lines = _stream_lines(resp)
+        assert await anext(lines) == b": keepalive"
+        rp.signal(signal.SIGTERM)
+        rest = [line async for line in lines if line != b": keepalive"]
+    assert rest[-1] == b"data: [DONE]"
+    assert "shutting down" in orjson.loads(rest[-2].removeprefix(b"data: "))["error"]["message"]
+    assert await rp.wait() == 0
+
+
 async def test_request_still_waiting_at_the_end_of_the_grace_gets_a_503(
         router_process: Callable[..., RouterProcess], upstream: Upstream,
         tmp_path: Path, http: aiohttp.ClientSession) -> None:
