@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import anthropic_in
-from .errors import Forbidden, RouterError
+from .errors import Forbidden, RouterError, Unavailable, UpstreamError, UpstreamTimeout
 from .proxy import EXCHANGE, Exchange, forward, read_json
 from .routing import Target, resolve_target
 from .state import RouterState
@@ -35,6 +35,15 @@ def _model_route(kind: str, client: str) -> Callable[[web.Request], Awaitable[we
             local = await _count_tokens_locally(request, state, ex)
             if local is not None:
                 return local
+            try:
+                return await forward(request, state, ex)
+            except (UpstreamError, UpstreamTimeout, Unavailable) as err:
+                # Counting is advisory: when no member can count (failing, timing out,
+                # cooling down), the estimate serves better than an error. The failure
+                # stays in the access line; the header says the answer is an estimate.
+                assert ex.body is not None
+                ex.error = ex.error or err.code
+                return _estimate(ex, ex.body)
         return await forward(request, state, ex)
 
     handler.__name__ = f"{kind}_handler"
@@ -56,8 +65,16 @@ async def _count_tokens_locally(request: web.Request, state: RouterState,
     if any(cfg.providers[m.provider].type in ("anthropic", "mock")
            for m in target.group.members):
         return None
-    ex.group, ex.status = target.name, 200
-    return _json({"input_tokens": anthropic_in.estimate_input_tokens(body)})
+    ex.group = target.name
+    return _estimate(ex, body)
+
+
+def _estimate(ex: Exchange, body: dict[str, Any]) -> web.Response:
+    """count_tokens answered by the router's documented estimate (docs/anthropic.md)."""
+    ex.status = 200
+    resp = _json({"input_tokens": anthropic_in.estimate_input_tokens(body)})
+    resp.headers["X-Router-Count"] = "estimate"
+    return resp
 
 
 async def list_models(request: web.Request) -> web.Response:

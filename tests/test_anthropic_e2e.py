@@ -371,10 +371,29 @@ async def test_count_tokens_estimates_for_an_openai_upstream(start_router: Start
     router = await start_router(via_openai(upstream))
     body: Any = {"model": "g", "system": "Be terse.", "tools": [WEATHER_TOOL],
                  "messages": [{"role": "user", "content": "x" * 400}]}
-    counted = await router.anthropic().messages.count_tokens(**body)
+    raw = await router.anthropic().messages.with_raw_response.count_tokens(**body)
+    counted = await raw.parse()
     assert counted.input_tokens == anthropic_in.estimate_input_tokens(body)
     assert counted.input_tokens > 100
+    assert raw.headers["X-Router-Count"] == "estimate"
     assert upstream.fake.requests == []
+
+
+async def test_count_tokens_estimates_when_the_anthropic_upstream_fails(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(via_anthropic(upstream))
+    upstream.fake.add_fault(Fault(status=500, times=None))
+    body: Any = {"model": "g", "messages": HELLO}
+    raw = await router.anthropic().messages.with_raw_response.count_tokens(**body)
+    assert (await raw.parse()).input_tokens == anthropic_in.estimate_input_tokens(body)
+    assert raw.headers["X-Router-Count"] == "estimate"
+    assert len(upstream.fake.requests) >= 1  # it did ask first
+    _, samples = await scrape_metrics(router.url)
+    assert sum(v for k, v in samples.items()
+               if k.startswith("llm_router_upstream_errors_total{")) >= 1
+    # A caller's own mistake is still an error, not an estimate.
+    with pytest.raises(anthropic.NotFoundError):
+        await router.anthropic().messages.count_tokens(model="nope", messages=HELLO)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------- errors in the caller's shape
