@@ -250,8 +250,7 @@ async def _attempts(request: web.Request, state: RouterState, cfg: Config, ex: E
                     down: Downstream | None) -> web.StreamResponse:
     group = target.group
     tried: set[CounterKey] = set()
-    ctx = PickContext(state.counters, cfg.pricing, state.latency, state.round_robin, group.name,
-                      state.rng)
+    ctx = PickContext(state.counters, cfg.pricing, state.latency, state.round_robin, group.name)
     last: AttemptFailure | None = None
     max_attempts: int | None = group.max_attempts
     start = time.monotonic()

@@ -197,7 +197,7 @@ class PickContext:
     round_robin: dict[str, int] = field(default_factory=dict)
     group: str = ""
     # Shared, not one per request: random.Random() seeds itself from os.urandom, which
-    # showed in profiles of the request path. RouterState holds the router's instance.
+    # showed in profiles of the request path.
     rng: random.Random = field(default_factory=lambda: _RNG)
 
 
@@ -224,15 +224,15 @@ def _weighted_load(c: Candidate, ctx: PickContext) -> float:
     return load * w if w > 0 else -1.0 / (1.0 + load)
 
 
+def _group_counters(cfg: Config, group: Group) -> list[tuple[CounterKey, float]]:
+    """The (provider, key, model) counters ``group`` can select, with their weights."""
+    return [((m.provider, k.label, m.model), m.weight) for m in group.members
+            for k in cfg.providers[m.provider].keys if k.serves(m.model)]
+
+
 def counter_keys(cfg: Config) -> set[CounterKey]:
     """Every (provider, key, model) counter the config's groups can select."""
-    keys: set[CounterKey] = set()
-    for group in cfg.groups.values():
-        for m in group.members:
-            for k in cfg.providers[m.provider].keys:
-                if k.serves(m.model):
-                    keys.add((m.provider, k.label, m.model))
-    return keys
+    return {key for group in cfg.groups.values() for key, _ in _group_counters(cfg, group)}
 
 
 def level_new_keys(cfg: Config, counters: UsageCounters, new: set[CounterKey]
@@ -249,11 +249,7 @@ def level_new_keys(cfg: Config, counters: UsageCounters, new: set[CounterKey]
     """
     levelled: list[tuple[str, CounterKey, int]] = []
     for group in cfg.groups.values():
-        scored: list[tuple[CounterKey, float]] = []
-        for m in group.members:
-            for k in cfg.providers[m.provider].keys:
-                if k.serves(m.model):
-                    scored.append(((m.provider, k.label, m.model), m.weight))
+        scored = _group_counters(cfg, group)
         established = [counters.tokens.get(key, 0) * w for key, w in scored
                        if key not in new and w > 0 and key in counters.tokens]
         if not established:

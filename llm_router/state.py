@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -50,7 +49,6 @@ class RouterState:
         self.deadlines = Deadlines()  # bounds the waits of non-streamed attempts
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
-        self.rng = random.Random()  # ties between candidates; seeded once, not per request
         self.session: aiohttp.ClientSession | None = None
         self.snapshot: SnapshotStore | None = None
         self.draining = False
