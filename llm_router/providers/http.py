@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Final
+from typing import Final, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ..config import Provider, ProviderKey
+from ..config import Provider
 from . import UpstreamCall
 
 __all__ = ["HTTPResponse", "fixed_headers", "post"]
@@ -19,9 +19,24 @@ __all__ = ["HTTPResponse", "fixed_headers", "post"]
 # cached; a config swap brings new Provider objects, and the old entries, never looked
 # up again, go when the cache outgrows any real config and is emptied.
 _MAX_CACHED: Final = 1024
-_TIMEOUTS: dict[int, tuple[Provider, aiohttp.ClientTimeout]] = {}
-_HEADERS: dict[tuple[int, int, bool],
-               tuple[Provider, ProviderKey, CIMultiDictProxy[str]]] = {}
+_T = TypeVar("_T")
+_TIMEOUTS: dict[tuple[int, ...], tuple[tuple[object, ...], aiohttp.ClientTimeout]] = {}
+_HEADERS: dict[tuple[int, ...], tuple[tuple[object, ...], CIMultiDictProxy[str]]] = {}
+
+
+def _per_objects(cache: dict[tuple[int, ...], tuple[tuple[object, ...], _T]],
+                 ident: tuple[int, ...], owners: tuple[object, ...],
+                 build: Callable[[], _T]) -> _T:
+    """``build()``, made once per ``ident`` (the ids of ``owners``, plus any flag). The
+    entry holds the owners, so none of those ids can be reused while it is cached."""
+    hit = cache.get(ident)
+    if hit is not None:
+        return hit[1]
+    if len(cache) >= _MAX_CACHED:
+        cache.clear()
+    value = build()
+    cache[ident] = (owners, value)
+    return value
 
 
 class HTTPResponse:
@@ -77,29 +92,16 @@ def fixed_headers(call: UpstreamCall,
                   build: Callable[[UpstreamCall], Mapping[str, str]]) -> Mapping[str, str]:
     """``build(call)``, made once per (provider, key, stream): for headers that depend on
     nothing else. The result is read-only, since every request shares it."""
-    ident = (id(call.provider), id(call.key), call.stream)
-    hit = _HEADERS.get(ident)
-    if hit is not None and hit[0] is call.provider and hit[1] is call.key:
-        return hit[2]
-    if len(_HEADERS) >= _MAX_CACHED:
-        _HEADERS.clear()
-    headers = CIMultiDictProxy(CIMultiDict(build(call)))
-    _HEADERS[ident] = (call.provider, call.key, headers)
-    return headers
+    return _per_objects(_HEADERS, (id(call.provider), id(call.key), call.stream),
+                        (call.provider, call.key),
+                        lambda: CIMultiDictProxy(CIMultiDict(build(call))))
 
 
 def _timeout(provider: Provider) -> aiohttp.ClientTimeout:
-    hit = _TIMEOUTS.get(id(provider))
-    if hit is not None and hit[0] is provider:
-        return hit[1]
-    if len(_TIMEOUTS) >= _MAX_CACHED:
-        _TIMEOUTS.clear()
-    t = provider.timeouts
     # Connecting is bounded here; the wait for headers and the body are bounded by the
     # caller (first_byte, idle, total), which knows when a stream is waiting on whom.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=None)
-    _TIMEOUTS[id(provider)] = (provider, timeout)
-    return timeout
+    return _per_objects(_TIMEOUTS, (id(provider),), (provider,), lambda: aiohttp.ClientTimeout(
+        total=None, sock_connect=provider.timeouts.connect, sock_read=None))
 
 
 async def post(session: aiohttp.ClientSession, call: UpstreamCall, url: str,
