@@ -19,41 +19,60 @@ import math
 from types import TracebackType
 from typing import Final
 
-__all__ = ["TICK", "Deadlines", "Guard"]
+__all__ = ["TICK", "Deadlines", "Guard", "TaskBound"]
 
 TICK: Final = 0.05  # seconds between checks: the most a deadline fires late
 
 
-class Guard:
+class TaskBound:
+    """What a bound on a task's wait shares with ``asyncio.timeout``: when the wait is
+    overdue the task is cancelled, and on leaving the wait that cancellation (and only
+    that one: a cancel from elsewhere, such as the client going away, stays a
+    cancellation) becomes ``TimeoutError``. Used by :class:`Guard` and by the stream
+    watchdog in ``upstream_events``."""
+
+    __slots__ = ("_cancelling", "_expired", "_task")
+
+    def _bind(self) -> asyncio.Task[object]:
+        task = asyncio.current_task()
+        assert task is not None, "a deadline bounds a task's wait"
+        self._task: asyncio.Task[object] = task
+        self._cancelling = task.cancelling()
+        self._expired = False
+        return task
+
+    def _expire(self) -> None:
+        if not self._task.done():
+            self._expired = True
+            self._task.cancel()
+
+    def _end(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
+        if self._expired:
+            self._expired = False
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc
+
+
+class Guard(TaskBound):
     """One bounded wait: ``with deadlines.guard(when): await ...``; ``when`` is
     ``loop.time()`` based. :meth:`move` changes the deadline of the wait in progress."""
 
-    __slots__ = ("_bucket", "_cancelling", "_expired", "_owner", "_task", "when")
+    __slots__ = ("_bucket", "_owner", "when")
 
     def __init__(self, owner: Deadlines, when: float) -> None:
         self._owner = owner
         self.when = when
         self._bucket = -1
-        self._expired = False
-        self._task: asyncio.Task[object] | None = None
-        self._cancelling = 0
 
     def __enter__(self) -> Guard:
-        task = asyncio.current_task()
-        assert task is not None, "a deadline bounds a task's wait"
-        self._task = task
-        self._cancelling = task.cancelling()
+        self._bind()
         self._owner._add(self)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._owner._discard(self)
-        if self._expired:
-            self._expired = False
-            assert self._task is not None
-            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-                raise TimeoutError from exc
+        self._end(exc_type, exc)
 
     def move(self, when: float) -> None:
         """A new deadline for this wait (the body's, once the headers came)."""
@@ -63,12 +82,6 @@ class Guard:
         self._owner._discard(self)
         self.when = when
         self._owner._add(self)
-
-    def _expire(self) -> None:
-        assert self._task is not None
-        if not self._task.done():
-            self._expired = True
-            self._task.cancel()
 
 
 class Deadlines:

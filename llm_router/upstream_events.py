@@ -14,35 +14,33 @@ import time
 from collections.abc import AsyncGenerator
 from types import TracebackType
 
+from .deadlines import TaskBound
 from .providers import UpstreamResponse
 from .sse import SSEParser
 
 __all__ = ["upstream_events"]
 
 
-class _Watchdog:
+class _Watchdog(TaskBound):
     """Bounds every wait for upstream bytes of one stream, from one timer.
 
     Used as ``with dog: await read()``. A wait may last until the first event is due
     (before any event came), else ``idle`` from the wait's start, and never past the
     stream's ``deadline``. The timer is not moved on every read: when it fires early
     (the stream made progress meanwhile) it re-arms itself for the current wait, so a
-    busy stream costs one timer per ``idle`` period. When a wait is really overdue it
-    cancels the task, and the ``with`` turns that cancellation into ``TimeoutError``,
-    exactly as ``asyncio.timeout`` does (a cancellation from elsewhere, such as the
-    client going away, stays a cancellation).
+    busy stream costs one timer per ``idle`` period. An overdue wait ends as with
+    ``asyncio.timeout`` (:class:`deadlines.TaskBound`). The shared tick of
+    :mod:`deadlines` would cost a bucket move per read here, where reads come by the
+    tens of thousands a second.
     """
 
-    __slots__ = ("_armed_at", "_cancelling", "_deadline", "_due", "_expired", "_first_due",
-                 "_handle", "_idle", "_loop", "_task", "_waiting", "started")
+    __slots__ = ("_armed_at", "_deadline", "_due", "_first_due", "_handle", "_idle",
+                 "_loop", "_waiting", "started")
 
     def __init__(self, first_due: float, idle: float, deadline: float) -> None:
         """``first_due`` and ``deadline`` are ``time.perf_counter()`` times."""
         self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._cancelling = task.cancelling()
+        self._bind()
         # The loop's clock may differ from perf_counter (uvloop keeps its own).
         shift = self._loop.time() - time.perf_counter()
         self._first_due = first_due + shift
@@ -50,7 +48,6 @@ class _Watchdog:
         self._idle = idle
         self._due = 0.0
         self._waiting = False
-        self._expired = False
         self.started = False  # an event came: from now on waits are bounded by idle
         self._armed_at = float("inf")
         self._handle: asyncio.TimerHandle | None = None
@@ -67,10 +64,7 @@ class _Watchdog:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._waiting = False
-        if self._expired:
-            self._expired = False
-            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-                raise TimeoutError from exc
+        self._end(exc_type, exc)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -96,8 +90,7 @@ class _Watchdog:
         elif now < self._due:
             self._arm(self._due)  # progress since the timer was set: wait on
         else:
-            self._expired = True
-            self._task.cancel()
+            self._expire()
 
 
 async def upstream_events(resp: UpstreamResponse, first_due: float, idle: float,
