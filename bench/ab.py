@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Two builds of the router, one run: CPU microseconds per request, A B A B.
+
+A change on the request path says what it costs per request. This script answers that
+question for two git revisions (or a revision and the working tree) in the same run, on
+the same fake upstream, with the same client, interleaved round by round so machine
+noise falls on both sides alike:
+
+    python bench/ab.py --base main                      # main vs this working tree
+    python bench/ab.py --base HEAD~3 --head HEAD --scenario stream
+    python bench/ab.py --base main --scenario limits --rounds 8 --requests 4000
+
+Each build runs as ``python -m llm_router serve`` with ``PYTHONPATH`` set to its own
+source tree (an exported copy for a revision), so one venv serves both. The figure is the
+router process's time on CPU (every thread's ``/proc/<pid>/task/*/schedstat``, in
+nanoseconds) divided by the requests of the round; the first round of each build is a
+warm-up and is not counted. The report gives every round and the medians;
+``bench/results/ab-<stamp>.json`` keeps the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from procs import Children, free_port
+
+_BENCH = Path(__file__).resolve().parent
+_REPO = _BENCH.parent
+_KEY = "sk-bench-ab"
+_USER_KEY = "sk-bench-ab-user"
+_BODY = {"model": "ab", "messages": [{"role": "user", "content": "Say something short."}],
+         "max_tokens": 16}
+# What each scenario sends, and the config lines it needs beyond the provider and group.
+_SCENARIOS: dict[str, tuple[dict[str, object], list[str]]] = {
+    "chat": (_BODY, [f"api_key: {_KEY}"]),
+    "stream": ({**_BODY, "stream": True, "stream_options": {"include_usage": True}},
+               [f"api_key: {_KEY}"]),
+    # A caller with limits and a budget: the admission and settlement path runs.
+    "limits": (_BODY, [
+        "users:", "  - name: bench", "    role: user",
+        f"    keys: [{{key: {_USER_KEY}}}]",
+        "    limits: {rpm: 100000000, tpm: 1000000000, daily_requests: 100000000}",
+        "    budget: {usd: 1000000.0, period: monthly}",
+        "pricing:", "  fake-gpt: {input: 0.15, output: 0.6}"]),
+}
+
+
+@dataclass
+class Build:
+    name: str  # A | B
+    rev: str  # the revision, or "working tree"
+    tree: Path
+    port: int = 0
+    pid: int = 0
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+
+def _cpu_ns(pid: int) -> int:
+    """Nanoseconds on CPU of every thread of ``pid`` (schedstat): finer than clock ticks."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        # A thread may end between the listing and the read.
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def _export(rev: str, into: Path) -> Path:
+    """The files of ``rev`` (only what git tracks) under ``into``."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(_REPO), "archive", "--format=tar", rev],
+                             check=True, capture_output=True).stdout
+    tar_path = into.with_suffix(".tar")
+    tar_path.write_bytes(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(into, filter="data")
+    tar_path.unlink()
+    return into
+
+
+def _config(path: Path, upstream: str, scenario: str) -> None:
+    lines = ["host: 127.0.0.1", "port: 8080", "shutdown_grace_s: 1",
+             *_SCENARIOS[scenario][1],
+             "providers:", "  - name: fake", "    type: openai", f"    base_url: {upstream}/v1",
+             "    api_keys: [sk-upstream-ab]",
+             "groups:", "  - name: ab", "    models: [{provider: fake, name: fake-gpt}]"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _env(tree: Path) -> dict[str, str]:
+    return {"PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _check_import(tree: Path, cwd: Path) -> None:
+    """Refuse to measure the wrong code: the tree's llm_router must be the one imported."""
+    out = subprocess.run([sys.executable, "-c", "import llm_router; print(llm_router.__file__)"],
+                         env={**os.environ, **_env(tree)}, capture_output=True, text=True,
+                         check=True, cwd=cwd).stdout.strip()
+    if not Path(out).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"{tree}: python imports llm_router from {out}, not from the tree")
+
+
+async def _load(url: str, key: str, body: dict[str, object], n: int, concurrency: int,
+                stream: bool) -> tuple[int, float]:
+    """Send ``n`` requests, ``concurrency`` at a time: (failures, wall seconds)."""
+    failures = 0
+    todo = iter(range(n))
+    headers = {"Authorization": f"Bearer {key}"}
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        async def worker() -> None:
+            nonlocal failures
+            for _ in todo:
+                async with session.post(url, json=body, headers=headers) as resp:
+                    if stream:
+                        async for _chunk in resp.content.iter_any():
+                            pass
+                    else:
+                        await resp.read()
+                    if resp.status != 200:
+                        failures += 1
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return failures, time.perf_counter() - t0
+
+
+def _round(build: Build, args: argparse.Namespace, key: str) -> dict[str, float]:
+    body, _ = _SCENARIOS[args.scenario]
+    url = f"http://127.0.0.1:{build.port}/v1/chat/completions"
+    cpu0 = _cpu_ns(build.pid)
+    failures, wall = asyncio.run(_load(url, key, body, args.requests, args.concurrency,
+                                       args.scenario == "stream"))
+    cpu = (_cpu_ns(build.pid) - cpu0) / 1e9
+    if failures:
+        raise SystemExit(f"build {build.name} ({build.rev}): {failures} of {args.requests} "
+                         "requests failed; see the logs under bench/results/")
+    return {"cpu_us": cpu / args.requests * 1e6, "rps": args.requests / wall}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", required=True, help="revision A (e.g. main, HEAD~1)")
+    ap.add_argument("--head", default=None, help="revision B (default: the working tree)")
+    ap.add_argument("--scenario", choices=sorted(_SCENARIOS), default="chat")
+    ap.add_argument("--rounds", type=int, default=6, help="counted rounds per build")
+    ap.add_argument("--requests", type=int, default=3000, help="requests per round")
+    ap.add_argument("--concurrency", type=int, default=16)
+    args = ap.parse_args()
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results = _BENCH / "results"
+    children = Children(results / f"ab-{stamp}-logs")
+    with tempfile.TemporaryDirectory(prefix="llm-router-ab-") as tmp:
+        work = Path(tmp)
+        builds = [Build("A", args.base, _export(args.base, work / "a")),
+                  Build("B", args.head or "working tree",
+                        _export(args.head, work / "b") if args.head else _REPO)]
+        try:
+            # Children run in the temp dir: python puts its cwd first on sys.path, and a
+            # checkout's own llm_router/ there would shadow PYTHONPATH.
+            for b in builds:
+                _check_import(b.tree, work)
+            fake_port = free_port()
+            fake = children.start("fake", [
+                sys.executable, "-m", "llm_router", "fake-upstream", "--host", "127.0.0.1",
+                "--port", str(fake_port)], env=_env(builds[1].tree), cwd=work)
+            children.wait_ready("fake", fake, f"http://127.0.0.1:{fake_port}/v1/models")
+            cfg = work / "ab.yaml"
+            _config(cfg, f"http://127.0.0.1:{fake_port}", args.scenario)
+            for b in builds:
+                b.port = free_port()
+                proc = children.start(f"router-{b.name}", [
+                    sys.executable, "-m", "llm_router", "serve", "--config", str(cfg),
+                    "--host", "127.0.0.1", "--port", str(b.port), "--log-level", "WARNING"],
+                    env=_env(b.tree), cwd=work)
+                children.wait_ready(f"router-{b.name}", proc,
+                                    f"http://127.0.0.1:{b.port}/health")
+                b.pid = proc.pid
+            key = _USER_KEY if args.scenario == "limits" else _KEY
+            for b in builds:  # warm-up: imports, pools, caches; not counted
+                _round(b, args, key)
+            for r in range(args.rounds):
+                order = builds if r % 2 == 0 else builds[::-1]
+                for b in order:
+                    b.rounds.append(_round(b, args, key))
+                    print(f"round {r + 1} {b.name}: {b.rounds[-1]['cpu_us']:7.1f} µs CPU/req "
+                          f"{b.rounds[-1]['rps']:7.0f} req/s", flush=True)
+        finally:
+            children.stop_all()
+    return _report(builds, args, results / f"ab-{stamp}.json")
+
+
+def _report(builds: list[Build], args: argparse.Namespace, out: Path) -> int:
+    med = {b.name: statistics.median(r["cpu_us"] for r in b.rounds) for b in builds}
+    rps = {b.name: statistics.median(r["rps"] for r in b.rounds) for b in builds}
+    delta = med["B"] - med["A"]
+    print(f"\nscenario {args.scenario}: {args.rounds} rounds x {args.requests} requests, "
+          f"concurrency {args.concurrency}, interleaved")
+    print("| build | revision | CPU µs/request (median) | req/s (median) |")
+    print("|---|---|---|---|")
+    for b in builds:
+        print(f"| {b.name} | {b.rev} | {med[b.name]:.1f} | {rps[b.name]:.0f} |")
+    print(f"\nB - A = {delta:+.1f} µs per request ({delta / med['A'] * 100:+.1f} %)")
+    spread = {b.name: (min(r["cpu_us"] for r in b.rounds), max(r["cpu_us"] for r in b.rounds))
+              for b in builds}
+    print("round spread: " + ", ".join(f"{n} {lo:.0f}-{hi:.0f}" for n, (lo, hi) in
+                                         spread.items()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"scenario": args.scenario, "requests": args.requests,
+                               "concurrency": args.concurrency,
+                               "builds": [{"name": b.name, "rev": b.rev, "rounds": b.rounds}
+                                          for b in builds],
+                               "median_cpu_us": med, "median_rps": rps}, indent=2))
+    print(f"raw figures: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
