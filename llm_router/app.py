@@ -25,13 +25,18 @@ from .accounting import ANONYMOUS, extract_key
 from .downstream import client_connected
 from .errors import (
     BadRequest,
+    BudgetExhausted,
+    Forbidden,
     ModelNotFound,
     PayloadTooLarge,
+    RateLimited,
     RouterError,
+    Unauthorized,
     Unavailable,
     error_body,
 )
 from .handlers import STATE, routes
+from .metrics import REJECTION_REASONS, status_class
 from .proxy import EXCHANGE, Exchange, new_request_id
 from .reload import RELOADER, ConfigReloader, config_watcher
 from .snapshots import usage_snapshots
@@ -74,6 +79,7 @@ def _make_edge(log_format: str) -> Middleware:
         rid = new_request_id(request.headers.get("X-Request-Id"))
         t0 = time.perf_counter()
         ex: Exchange | None = None
+        rejected: str | None = None  # why the router itself refused, if it did
         if request.path not in _PUBLIC:
             # Only API requests are "in flight": a /metrics scrape must not count itself.
             state.inflight += 1  # the gauge is set from this at scrape time
@@ -87,6 +93,7 @@ def _make_edge(log_format: str) -> Middleware:
                 resp = await handler(request)
             except RouterError as err:
                 resp = _error_response(err, request)
+                rejected = _rejection_reason(err, ex)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
@@ -124,19 +131,44 @@ def _make_edge(log_format: str) -> Middleware:
             if ex is not None:
                 state.inflight -= 1
                 state.request_tasks.discard(request.task)
-                _observe(state, ex, t0, log_format)
+                _observe(state, ex, t0, log_format, rejected)
 
     return _edge
 
 
-def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str) -> None:
+def _rejection_reason(err: RouterError, ex: Exchange | None) -> str | None:
+    """rejections_total's reason for an error the router raised itself, or None when it
+    is not a refusal (bad input, upstream failures)."""
+    if ex is None:
+        return None
+    if err.reason in REJECTION_REASONS:
+        return err.reason  # the ledger names the limit
+    if isinstance(err, Unauthorized):
+        return "auth"
+    if isinstance(err, BudgetExhausted) or err.code == "model_not_priced":
+        return "budget"
+    if isinstance(err, Forbidden):
+        return "model_not_allowed" if err.code == "model_not_allowed" else "auth"
+    if isinstance(err, RateLimited) and err.code == "quota_exceeded":
+        return "quota"
+    if isinstance(err, Unavailable) and ex.error == "cooling_down":
+        return "cooling_down"
+    return None
+
+
+def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
+             rejected: str | None = None) -> None:
     """Request metrics and the one access line, from the finished :class:`Exchange`."""
     if not ex.status:
         ex.status = 499  # cancelled: the client went away before an answer
     elapsed = time.perf_counter() - t0
     m = state.metrics
-    m.child(m.requests, ex.route, ex.group, ex.provider, ex.model, str(ex.status)).inc()
-    m.child(m.duration, ex.route, ex.group, ex.provider).observe(elapsed)
+    user = ex.caller.user
+    m.child(m.requests, ex.route, ex.group, ex.provider, ex.model, str(ex.status), user).inc()
+    m.child(m.duration, ex.route, ex.group, ex.provider, ex.model,
+            status_class(ex.status)).observe(elapsed)
+    if rejected is not None:
+        m.child(m.rejections, ex.route, ex.group, user, rejected).inc()
     if ex.attempts:
         m.child(m.overhead, ex.route).observe(max(0.0, elapsed - ex.upstream_s))
     if access_log.isEnabledFor(logging.INFO):

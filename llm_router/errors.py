@@ -55,9 +55,12 @@ class RouterError(Exception):
         code: str | None = None,
         param: str | None = None,
         retry_after: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        # Why the router refused, for rejections_total{reason}; never shown to the client.
+        self.reason = reason
         self.code = code if code is not None else self.default_code
         self.param = param
         self.retry_after = retry_after

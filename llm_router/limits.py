@@ -291,7 +291,7 @@ class Ledger:
             who = _who(caller, is_key)
             raise RateLimited(f"Rate limit reached for {who} on {_LIMIT_NAMES[name]}: limit "
                               f"{value}. Try again in {max(1, math.ceil(wait))} s.",
-                              retry_after=max(1.0, wait))
+                              retry_after=max(1.0, wait), reason=name)
         for acc in (user, key):
             acc.concurrent += 1
             acc.requests_today(now)

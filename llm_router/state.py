@@ -12,14 +12,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from .accounting import KeyIndex
 from .config import Config
 from .deadlines import Deadlines
 from .health import KeyHealth
 from .limits import Ledger
-from .metrics import Metrics
+from .metrics import LIMIT_NAMES, Metrics, UserGauges
 from .routing import counter_keys, level_new_keys
 from .usage import CounterKey, SnapshotStore, UsageCounters
 
@@ -60,6 +61,7 @@ class RouterState:
         self.started = time.time()
         self.metrics.config_last_reload.set(time.time())
         self.metrics.watch_state(self._scrape_state)
+        self.metrics.watch_users(self._scrape_users)
 
     def swap_config(self, cfg: Config) -> None:
         """Make ``cfg`` current; state keyed by identity carries over, and keys new to
@@ -105,3 +107,27 @@ class RouterState:
         keys = [((p.name, k.label), states.get((p.name, k.label), "ok"))
                 for p in cfg.providers.values() for k in p.keys]
         return list(self.counters.tokens.items()), keys
+
+    def _scrape_users(self) -> list[UserGauges]:
+        """Budget and limits left for each configured user, from the ledger's own report
+        (the numbers ``GET /admin/usage`` shows), so both always agree."""
+        out: list[UserGauges] = []
+        for row in self.ledger.admin_usage(self.config)["users"]:
+            if not row.get("configured"):
+                continue  # only names from the config become labels
+            out.append(_user_gauges(row))
+        return out
+
+
+def _user_gauges(row: dict[str, Any]) -> UserGauges:
+    budget = row.get("budget")
+    limits = row.get("limits") or {}
+    left = tuple((name, float(limits[name]["remaining"])) for name in LIMIT_NAMES
+                 if name in limits)
+    if not budget:
+        return UserGauges(row["name"], limits_remaining=left)
+    resets = budget.get("resets_at")
+    reset_ts = (datetime.fromisoformat(resets.replace("Z", "+00:00")).timestamp()
+                if resets else None)
+    return UserGauges(row["name"], float(budget["usd"]), float(budget["remaining_usd"]),
+                      reset_ts, left)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import platform
 import shutil
 import subprocess
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -12,9 +15,18 @@ import openai
 import orjson
 import pytest
 
+from llm_router import __version__
 from llm_router.fake_upstream import Fault
 
-from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import (
+    AUTH,
+    ROUTER_KEY,
+    Router,
+    StartRouter,
+    Upstream,
+    openai_provider,
+    scrape_metrics,
+)
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -130,3 +142,97 @@ async def test_one_access_line_per_request_without_secrets(
     assert second["request_id"] == generated and second["status"] == 401
     joined = "\n".join(lines)
     assert secret_prompt not in joined and "sk-secret" not in joined and "nope" not in joined
+
+
+def _team_config(up: Upstream) -> dict[str, Any]:
+    """bob: rpm 1; carol: a tiny budget and only group g; dave: no budget, no limits."""
+    return {
+        "providers": [openai_provider("up", up, ["sk-secret-one"]),
+                      openai_provider("cool", up, ["sk-secret-cool"])],
+        "groups": [{"name": "g", "models": [{"provider": "up", "name": "m"}]},
+                   {"name": "h", "models": [{"provider": "up", "name": "m"}]},
+                   {"name": "c", "models": [{"provider": "cool", "name": "m"}]}],
+        "users": [
+            {"name": "bob", "keys": [{"key": "sk-bob", "name": "laptop"}],
+             "limits": {"rpm": 1, "tpm": 100000, "daily_requests": 50}},
+            {"name": "carol", "keys": [{"key": "sk-carol", "name": "ci"}], "models": ["g", "c"],
+             "budget": {"usd": 0.00001, "period": "monthly"}},
+            {"name": "dave", "keys": [{"key": "sk-dave", "name": "box"}]},
+        ],
+        "pricing": {"m": {"input": 1.0, "output": 2.0}},
+    }
+
+
+async def _status(http: aiohttp.ClientSession, router: Router, key: str, model: str) -> int:
+    async with http.post(router.url + "/v1/chat/completions",
+                         headers={"Authorization": f"Bearer {key}"},
+                         json={"model": model, "messages": HELLO}) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_refusals_are_counted_by_reason_and_user(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_team_config(upstream))
+    assert await _status(http, router, "sk-bob", "g") == 200
+    assert await _status(http, router, "sk-bob", "g") == 429  # rpm 1
+    assert await _status(http, router, "sk-carol", "g") == 200  # spends past the budget
+    assert await _status(http, router, "sk-carol", "g") == 402
+    assert await _status(http, router, "sk-carol", "h") == 403  # not in her allowlist
+    assert await _status(http, router, "sk-nobody", "g") == 401
+    upstream.fake.add_fault(Fault(status=429, retry_after="30", key="sk-secret-cool"))
+    assert await _status(http, router, "sk-dave", "c") == 429  # upstream 429: not a refusal
+    assert await _status(http, router, "sk-dave", "c") == 503  # the only key cools down
+
+    _, s = await scrape_metrics(router.url)
+    rej = "llm_router_rejections_total"
+    assert _total(s, rej, user="bob", reason="rpm", group="g") == 1
+    assert _total(s, rej, user="carol", reason="budget") == 1
+    assert _total(s, rej, user="carol", reason="model_not_allowed", group="h") == 1
+    assert _total(s, rej, user="anonymous", reason="auth") == 1
+    assert _total(s, rej, user="dave", reason="cooling_down", group="c") == 1
+    assert _total(s, rej) == 5  # nothing else, and never the upstream's own 429
+    req = "llm_router_requests_total"
+    assert _total(s, req, user="bob", status="200") == 1
+    assert _total(s, req, user="bob", status="429") == 1
+    assert _total(s, req, user="carol", status="402") == 1
+    # Served and refused requests land in different duration series.
+    dur = "llm_router_request_duration_seconds_count"
+    assert _total(s, dur, group="g", model="m", status="2xx") == 2
+    assert _total(s, dur, group="g", status="4xx") == 2  # bob's 429, carol's 402
+    assert _total(s, dur, status="4xx") == 5  # the 403, the 401 (no group yet), the 429
+    assert _total(s, dur, group="c", status="5xx") == 1
+
+
+async def test_budgets_and_limits_left_are_gauges_per_user(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_team_config(upstream))
+    assert await _status(http, router, "sk-bob", "g") == 200
+    assert await _status(http, router, "sk-carol", "g") == 200
+    _, s = await scrape_metrics(router.url)
+    report = router.state.ledger.admin_usage(router.state.config)
+    carol = next(u for u in report["users"] if u["name"] == "carol")
+    assert s["llm_router_budget_usd{user=carol}"] == 0.00001
+    assert s["llm_router_budget_remaining_usd{user=carol}"] == carol["budget"]["remaining_usd"]
+    assert s["llm_router_budget_remaining_usd{user=carol}"] == 0.0  # spent past it
+    reset = s["llm_router_budget_reset_timestamp_seconds{user=carol}"]
+    assert datetime.fromtimestamp(reset, UTC).day == 1  # a monthly budget renews on the 1st
+    assert reset > time.time()
+    assert s["llm_router_limit_remaining{limit=rpm,user=bob}"] == 0
+    assert s["llm_router_limit_remaining{limit=daily_requests,user=bob}"] == 49
+    assert 0 < s["llm_router_limit_remaining{limit=tpm,user=bob}"] < 100000
+    assert not any(k.startswith("llm_router_budget_usd{user=bob") for k in s)  # no budget
+    assert not any("user=dave" in k and k.startswith("llm_router_limit_remaining") for k in s)
+
+
+async def test_build_info_and_process_collectors(start_router: StartRouter, upstream: Upstream
+                                                 ) -> None:
+    router = await start_router(_config(upstream))
+    _, s = await scrape_metrics(router.url)
+    build = [k for k in s if k.startswith("llm_router_build_info{")]
+    assert build == [f"llm_router_build_info{{python={platform.python_version()},"
+                     f"version={__version__}}}"]
+    assert s["process_resident_memory_bytes{}"] > 0
+    assert s["process_cpu_seconds_total{}"] > 0
+    assert any(k.startswith("python_info{") for k in s)
+    assert any(k.startswith("python_gc_collections_total{") for k in s)
