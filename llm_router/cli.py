@@ -101,9 +101,9 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from .app import AccessLogHandler, run_server
+    from .logs import setup_stderr_logging
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_stderr_logging(args.log_level, args.log_format)
     logging.getLogger("llm_router.access").propagate = False
     access = logging.getLogger("llm_router.access")
     # Its own buffer on stdout, even under PYTHONUNBUFFERED: flushed every half second.
