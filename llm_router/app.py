@@ -35,9 +35,10 @@ from .errors import (
     Unavailable,
     error_body,
 )
+from .exchange import EXCHANGE, Exchange
 from .handlers import STATE, routes
 from .metrics import REJECTION_REASONS, status_class
-from .proxy import EXCHANGE, Exchange, new_request_id
+from .proxy import new_request_id
 from .reload import RELOADER, ConfigReloader, config_watcher
 from .snapshots import usage_snapshots
 from .state import RouterState

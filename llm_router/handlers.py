@@ -12,7 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import anthropic_in
 from .errors import Forbidden, RouterError, Unavailable, UpstreamError, UpstreamTimeout
-from .proxy import EXCHANGE, Exchange, forward, read_json
+from .exchange import EXCHANGE, Exchange
+from .proxy import forward, read_json
 from .routing import Target, resolve_target
 from .state import RouterState
 

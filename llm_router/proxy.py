@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -24,9 +24,8 @@ import orjson
 from aiohttp import web
 
 from . import relay as rl
-from .accounting import Caller, cost_usd
+from .accounting import cost_usd
 from .compression import MIN_COMPRESS_BYTES, compress_body, negotiate
-from .config import Config
 from .downstream import Downstream
 from .errors import (
     BadRequest,
@@ -38,8 +37,9 @@ from .errors import (
     UpstreamTimeout,
     error_body,
 )
+from .exchange import Exchange
 from .health import parse_retry_after
-from .limits import Admission
+from .model_request import ModelRequest
 from .providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_from_exception
 from .providers import anthropic as anthropic_provider
 from .providers import mock as mock_provider
@@ -48,7 +48,6 @@ from .routing import (
     Candidate,
     PickContext,
     Preferences,
-    Target,
     can_serve,
     collect_candidates,
     is_retryable,
@@ -59,7 +58,7 @@ from .state import RouterState
 from .upstream_events import upstream_events
 from .usage import CounterKey
 
-__all__ = ["EXCHANGE", "Exchange", "forward", "new_request_id", "read_json"]
+__all__ = ["forward", "new_request_id", "read_json"]
 
 log = logging.getLogger("llm_router.access")
 
@@ -78,55 +77,6 @@ _REQUIRED: Final = {
 _MAX_ERROR_BODY: Final = 64 * 1024
 _CUT_NOTICE_S: Final = 1.0  # how long a stream cut at shutdown may take to say so
 _IDS: Final = random.Random()  # request ids (new_request_id)
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What one request did: the access-log line and the metrics are made from it."""
-
-    route: str
-    request_id: str
-    caller: Caller
-    kind: str = ""  # chat | completions | embeddings | messages | count_tokens
-    client: str = "openai"  # the caller's dialect: openai | anthropic
-    t0: float = field(default_factory=time.perf_counter)
-    group: str = ""
-    provider: str = ""
-    model: str = ""
-    key: str = ""
-    status: int = 0
-    attempts: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float | None = None
-    ttft: float | None = None
-    upstream_s: float = 0.0  # time spent waiting on upstreams: excluded from overhead
-    bytes_out: int = 0
-    stream: bool = False
-    error: str | None = None
-    failures: list[str] = field(default_factory=list)  # failed attempts: provider/key:reason
-    key_state: str = ""  # health of the last key tried, after the attempt (KeyHealth.label)
-    body: dict[str, Any] | None = None  # parsed once, if a handler needed it early
-    prompt_estimate: int = 0  # ~bytes/4 of the request: a cut stream's prompt if unreported
-    admission: Admission | None = None  # the caller's limits and spend (limits.Ledger)
-
-    def log_line(self) -> dict[str, Any]:
-        now = time.perf_counter()
-        return {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "request_id": self.request_id, "user": self.caller.user, "user_key": self.caller.key,
-            "route": self.route, "group": self.group, "provider": self.provider,
-            "model": self.model, "key": self.key, "status": self.status,
-            "stream": self.stream, "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens, "cost_usd": self.cost,
-            "latency_ms": round((now - self.t0) * 1000, 2),
-            "ttft_ms": round(self.ttft * 1000, 2) if self.ttft is not None else None,
-            "attempts": self.attempts, "failures": self.failures or None,
-            "key_state": self.key_state or None, "bytes": self.bytes_out, "error": self.error,
-        }
-
-
-EXCHANGE: Final = web.RequestKey("exchange", Exchange)
 
 
 async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
@@ -209,21 +159,30 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         target.name, ex.prompt_estimate, max_tokens if isinstance(max_tokens, int) else None)
     # Budgets and per-user/per-key limits are checked here, before anything is sent.
     ex.admission = state.ledger.admit(ex.caller, estimate)
+    down = Downstream(request, coding, cfg.keepalive_s) if stream else None
+    req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
+                       estimate, down)
     try:
-        return await _attempt_loop(request, state, cfg, ex, target, prefs, body, stream,
-                                   include_usage, coding, estimate)
+        return await _attempt_loop(req)
     finally:
         state.ledger.release(ex.admission)
 
 
-async def _attempt_loop(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
-                        target: Target, prefs: Preferences, body: dict[str, Any], stream: bool,
-                        include_usage: bool, coding: str | None,
-                        estimate: int) -> web.StreamResponse:
-    down = Downstream(request, coding, cfg.keepalive_s) if stream else None
+@dataclass(slots=True)
+class _Attempt:
+    """One try at one candidate: what the relays and the accounting need about it."""
+
+    cand: Candidate
+    up: str  # the provider's dialect for this request (relay.provider_dialect)
+    sent: float = 0.0  # perf_counter when the upstream request went out
+    sent_loop: float = 0.0  # the same moment on the loop's clock (deadlines run on it)
+    reservation: Any = None  # the in-flight estimate on the candidate's counter
+
+
+async def _attempt_loop(req: ModelRequest) -> web.StreamResponse:
+    ex, down = req.ex, req.down
     try:
-        return await _attempts(request, state, cfg, ex, target, prefs, body, include_usage,
-                               coding, estimate, down)
+        return await _attempts(req)
     except RouterError as err:
         if down is None or down.out is None:
             raise
@@ -231,7 +190,7 @@ async def _attempt_loop(request: web.Request, state: RouterState, cfg: Config, e
         ex.error = ex.error or err.code
         return await _end_in_band(ex, down, err.message)
     except asyncio.CancelledError:
-        if down is not None and down.out is not None and state.draining \
+        if down is not None and down.out is not None and req.state.draining \
                 and not down.client_gone:
             # Cut at the end of the shutdown grace, with the client still there (a stream
             # under way, or one keepalives committed): say why instead of just dropping.
@@ -244,10 +203,8 @@ async def _attempt_loop(request: web.Request, state: RouterState, cfg: Config, e
         raise
 
 
-async def _attempts(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
-                    target: Target, prefs: Preferences, body: dict[str, Any],
-                    include_usage: bool, coding: str | None, estimate: int,
-                    down: Downstream | None) -> web.StreamResponse:
+async def _attempts(req: ModelRequest) -> web.StreamResponse:
+    state, cfg, ex, target, prefs = req.state, req.cfg, req.ex, req.target, req.prefs
     group = target.group
     tried: set[CounterKey] = set()
     ctx = PickContext(state.counters, cfg.pricing, state.latency, state.round_robin, group.name)
@@ -271,15 +228,14 @@ async def _attempts(request: web.Request, state: RouterState, cfg: Config, ex: E
         if cand is None:
             now = time.monotonic()
             if cands.soonest_recovery is not None and cands.soonest_recovery <= wait_until:
-                await _wait(ex, down, cands.soonest_recovery - now + 0.001)
+                await _wait(ex, req.down, cands.soonest_recovery - now + 0.001)
                 continue
             raise _exhausted(last, cands.total, cands.soonest_recovery, now, ex)
         ex.attempts += 1
         if ex.attempts == 2:
             state.metrics.child(state.metrics.fallbacks, group.name).inc()
         try:
-            return await _attempt(request, state, cfg, ex, cand, body, down is not None,
-                                  include_usage, coding, estimate, down)
+            return await _attempt(req, cand)
         except AttemptFailure as failure:
             last = failure
             tried.add(cand.counter_key)
@@ -371,21 +327,19 @@ def _router_headers(resp: web.StreamResponse, ex: Exchange, cand: Candidate | No
     h["X-Router-Attempts"] = str(ex.attempts)
 
 
-async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
-                   cand: Candidate, body: dict[str, Any], stream: bool, include_usage: bool,
-                   coding: str | None, estimate: int,
-                   down: Downstream | None = None) -> web.StreamResponse:
+async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
+    state, cfg, ex, down = req.state, req.cfg, req.ex, req.down
     provider, key = cand.provider, cand.key
     ex.provider, ex.model, ex.key = provider.name, cand.member.model, key.label
-    up = rl.provider_dialect(provider, ex.client)
-    path, up_body = rl.upstream_request(ex.client, ex.kind, provider, body, cand.member.model,
-                                        stream)
-    call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, stream,
-                        rl.passthrough_headers(ex.client, provider, request.headers))
-    reservation = state.counters.reserve(cand.counter_key, estimate, ex.group)
+    att = _Attempt(cand, rl.provider_dialect(provider, ex.client))
+    path, up_body = rl.upstream_request(ex.client, ex.kind, provider, req.body,
+                                        cand.member.model, req.stream)
+    call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, req.stream,
+                        rl.passthrough_headers(ex.client, provider, req.http.headers))
+    att.reservation = state.counters.reserve(cand.counter_key, req.estimate, ex.group)
     probe = state.health.begin(provider.name, key.label)
-    sent = time.perf_counter()
-    sent_loop = asyncio.get_running_loop().time()  # deadlines run on the loop's clock
+    att.sent = time.perf_counter()
+    att.sent_loop = asyncio.get_running_loop().time()  # deadlines run on the loop's clock
     t = provider.timeouts
     resp: UpstreamResponse | None = None
     try:
@@ -393,7 +347,7 @@ async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Ex
         try:
             # Connecting is bounded separately (sock_connect) and counts toward first_byte.
             if down is None:
-                with state.deadlines.guard(sent_loop + min(t.first_byte, t.total)):
+                with state.deadlines.guard(att.sent_loop + min(t.first_byte, t.total)):
                     resp = await _SENDERS[provider.type](state.session, call)
             else:
                 async with asyncio.timeout(min(t.first_byte, t.total)):
@@ -401,21 +355,19 @@ async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Ex
                         resp = await _SENDERS[provider.type](state.session, call)
         except (Exception, TimeoutError) as exc:
             raise failure_from_exception(exc, provider.name) from None
-        state.observe_latency(cand.counter_key, time.perf_counter() - sent)
+        state.observe_latency(cand.counter_key, time.perf_counter() - att.sent)
         _ratelimit_gauges(state, cand, resp)
         if resp.status >= 400:
-            raise await _status_failure(state, cfg, cand, resp)
+            raise await _status_failure(state, cand, resp)
         if down is not None and "text/event-stream" in resp.headers.get("Content-Type", ""):
-            return await _relay_stream(request, state, cfg, ex, cand, resp, up, include_usage,
-                                       down, sent, reservation)
+            return await _relay_stream(req, att, resp, down)
         if down is not None and down.committed:
             raise AttemptFailure("bad_response", f"upstream '{provider.name}' answered a "
                                  "stream request without a stream")
-        return await _relay_body(state, cfg, ex, cand, resp, up, coding, sent, sent_loop,
-                                 reservation)
+        return await _relay_body(req, att, resp)
     except AttemptFailure as failure:
-        ex.upstream_s += time.perf_counter() - sent
-        state.counters.settle(reservation, 0, 0, cfg.error_penalty)
+        ex.upstream_s += time.perf_counter() - att.sent
+        state.counters.settle(att.reservation, 0, 0, cfg.error_penalty)
         if failure.status is None or failure.status >= 500 or failure.status == 429:
             state.health.record_failure(provider.name, key.label, cfg.circuit,
                                         rate_limited=failure.status == 429,
@@ -430,7 +382,7 @@ async def _attempt(request: web.Request, state: RouterState, cfg: Config, ex: Ex
         return await _end_in_band(ex, down, f"{failure.message} before answering")
     finally:
         # Settles at an estimate if nothing better is known (client gone, cancelled).
-        state.counters.settle(reservation, 0, 0)
+        state.counters.settle(att.reservation, 0, 0)
         if probe:
             state.health.release(provider.name, key.label)  # no-op once judged
         ex.key_state = state.health.label(provider.name, key.label)
@@ -442,7 +394,7 @@ def _retry_after_s(failure: AttemptFailure) -> float | None:
     return parse_retry_after(failure.retry_after)
 
 
-async def _status_failure(state: RouterState, cfg: Config, cand: Candidate,
+async def _status_failure(state: RouterState, cand: Candidate,
                           resp: UpstreamResponse) -> AttemptFailure:
     status = resp.status
     try:
@@ -470,9 +422,9 @@ def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamRespons
                                     cand.key.label, kind).set(float(value))
 
 
-def _account(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
-             usage: rl.Usage, reservation: Any) -> None:
-    state.counters.settle(reservation, usage.prompt, usage.completion, cfg.request_penalty)
+def _account(req: ModelRequest, att: _Attempt, usage: rl.Usage) -> None:
+    state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
+    state.counters.settle(att.reservation, usage.prompt, usage.completion, cfg.request_penalty)
     state.health.record_success(cand.provider.name, cand.key.label, cfg.circuit)
     ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
     ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
@@ -491,16 +443,16 @@ def _account(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
                             usage.completion, ex.cost)
 
 
-async def _relay_body(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
-                      resp: UpstreamResponse, up: str, coding: str | None, sent: float,
-                      sent_loop: float, reservation: Any) -> web.Response:
+async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
+                      ) -> web.Response:
+    state, ex, cand, up = req.state, req.ex, att.cand, att.up
     try:
         # total counts from the attempt's start, the wait for headers included.
-        with state.deadlines.guard(sent_loop + cand.provider.timeouts.total):
+        with state.deadlines.guard(att.sent_loop + cand.provider.timeouts.total):
             raw = await resp.read()
     except (Exception, TimeoutError) as exc:
         raise failure_from_exception(exc, cand.provider.name) from None
-    ex.upstream_s += time.perf_counter() - sent
+    ex.upstream_s += time.perf_counter() - att.sent
     # Passed on untouched: read only its usage if that is cheap (rl.passthrough_usage).
     usage = rl.passthrough_usage(up, raw) if ex.client == up else None
     out: bytes | None = None
@@ -514,10 +466,11 @@ async def _relay_body(state: RouterState, cfg: Config, ex: Exchange, cand: Candi
             raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
                                  "answer that is not a valid JSON response") from None
         usage = rl.body_usage(up, doc)
-    _account(state, cfg, ex, cand, usage, reservation)
+    _account(req, att, usage)
     payload = raw if out is None else out
     ex.status = 200
     resp_out = web.Response(status=200, body=payload, content_type="application/json")
+    coding = req.coding
     if coding is not None and len(payload) >= MIN_COMPRESS_BYTES:
         resp_out.body = compress_body(coding, payload)
         resp_out.headers["Content-Encoding"] = coding
@@ -531,25 +484,21 @@ async def _relay_body(state: RouterState, cfg: Config, ex: Exchange, cand: Candi
     return resp_out
 
 
-async def _relay_stream(request: web.Request, state: RouterState, cfg: Config, ex: Exchange,
-                        cand: Candidate, resp: UpstreamResponse, up: str, include_usage: bool,
-                        down: Downstream, sent: float, reservation: Any
-                        ) -> web.StreamResponse:
-    provider = cand.provider
-    t = provider.timeouts
-    relay = rl.make_relay(ex.client, up, ex.group, include_usage)
-    events = upstream_events(resp, sent + t.first_byte, t.idle, sent + t.total)
+async def _relay_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResponse,
+                        down: Downstream) -> web.StreamResponse:
+    t = att.cand.provider.timeouts
+    relay = rl.make_relay(req.ex.client, att.up, req.ex.group, req.include_usage)
+    events = upstream_events(resp, att.sent + t.first_byte, t.idle, att.sent + t.total)
     try:
-        return await _relay_events(state, cfg, ex, cand, relay, events, down, sent,
-                                   reservation)
+        return await _relay_events(req, att, relay, events, down)
     finally:
         await events.aclose()  # stops its watchdog now, even if the client went away
 
 
-async def _relay_events(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
-                        relay: rl.Relay, events: AsyncGenerator[list[bytes], None],
-                        down: Downstream, sent: float, reservation: Any
+async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
+                        events: AsyncGenerator[list[bytes], None], down: Downstream
                         ) -> web.StreamResponse:
+    state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
     provider = cand.provider
 
     def headers(out: web.StreamResponse) -> None:
@@ -566,7 +515,7 @@ async def _relay_events(state: RouterState, cfg: Config, ex: Exchange, cand: Can
     except (Exception, TimeoutError) as exc:
         raise failure_from_exception(exc, provider.name) from None
     ex.ttft = time.perf_counter() - ex.t0
-    ex.upstream_s += time.perf_counter() - sent
+    ex.upstream_s += time.perf_counter() - att.sent
     state.metrics.child(state.metrics.ttft, ex.group, provider.name, cand.member.model).observe(
         ex.ttft)
     seen = 0
@@ -597,7 +546,7 @@ async def _relay_events(state: RouterState, cfg: Config, ex: Exchange, cand: Can
         # at once and count what was used so far.
         ex.status = 499
         ex.error = "client_disconnected"
-        _account_partial(state, cfg, ex, cand, relay.usage, seen, reservation)
+        _account_partial(req, att, relay.usage, seen)
         raise
     except (Exception, TimeoutError) as exc:
         failure = failure_from_exception(exc, provider.name).reason
@@ -611,21 +560,22 @@ async def _relay_events(state: RouterState, cfg: Config, ex: Exchange, cand: Can
         if event:
             with suppress(ConnectionError):
                 await down.write(ex, event)
-        _account_partial(state, cfg, ex, cand, relay.usage, seen, reservation)
+        _account_partial(req, att, relay.usage, seen)
     else:
-        _account(state, cfg, ex, cand, relay.usage, reservation)
+        _account(req, att, relay.usage)
     with suppress(ConnectionError):
         await down.finish(ex)
     assert down.out is not None
     return down.out
 
 
-def _account_partial(state: RouterState, cfg: Config, ex: Exchange, cand: Candidate,
-                     usage: rl.Usage, events_seen: int, reservation: Any) -> None:
+def _account_partial(req: ModelRequest, att: _Attempt, usage: rl.Usage,
+                     events_seen: int) -> None:
     """A stream that ended early: count what it reported, or estimate from what was sent."""
+    state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
     if not usage.prompt and not usage.completion:
         usage = rl.Usage(ex.prompt_estimate, events_seen)
-    state.counters.settle(reservation, usage.prompt, usage.completion, cfg.request_penalty)
+    state.counters.settle(att.reservation, usage.prompt, usage.completion, cfg.request_penalty)
     ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
     ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
                        usage.cached)

@@ -1,0 +1,46 @@
+"""One model request, as the attempt loop sees it: everything fixed before the first attempt.
+
+``proxy.forward`` reads and checks the request once, then builds one
+:class:`ModelRequest`; every later step (attempts, relays, in-band errors) takes it
+instead of a row of parameters. A new client dialect or a new per-request fact adds a
+field here, not a parameter to each function of the attempt path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .config import Config
+from .downstream import Downstream
+from .exchange import Exchange
+from .routing import Preferences, Target
+from .state import RouterState
+
+__all__ = ["ModelRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """What one request brings to its attempts; set once, shared by all of them.
+
+    What the request *did* (attempts, usage, status) is written to ``ex``, not here.
+    """
+
+    http: web.Request
+    state: RouterState
+    cfg: Config  # the config this request started with, even if a reload swaps it
+    ex: Exchange
+    target: Target
+    prefs: Preferences
+    body: dict[str, Any]  # parsed once; forwarded untouched but for the router's fields
+    include_usage: bool  # the client asked for a usage chunk (stream_options)
+    coding: str | None  # negotiated Content-Encoding of the answer, None for identity
+    estimate: int  # tokens reserved on a candidate until the real usage is known
+    down: Downstream | None  # the client's stream; None for a non-streamed answer
+
+    @property
+    def stream(self) -> bool:
+        return self.down is not None
