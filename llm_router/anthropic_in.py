@@ -301,7 +301,7 @@ class ChatStreamToMessages:
 
     __slots__ = ("_closed", "_completion", "_id", "_model", "_next_index", "_open",
                  "_open_is_text", "_prompt", "_started", "_stop_reason", "_tool_blocks",
-                 "_tool_ids")
+                 "_tool_ids", "cached")
 
     def __init__(self, requested_model: str, message_id: str | None = None) -> None:
         self._model = requested_model
@@ -316,6 +316,7 @@ class ChatStreamToMessages:
         self._stop_reason: str | None = None
         self._prompt = 0
         self._completion = 0
+        self.cached = 0  # of the prompt tokens, those the upstream read from its cache
 
     @property
     def usage(self) -> tuple[int, int]:
@@ -338,6 +339,9 @@ class ChatStreamToMessages:
         if isinstance(usage, dict):
             self._prompt = int(usage.get("prompt_tokens") or 0)
             self._completion = int(usage.get("completion_tokens") or 0)
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict):
+                self.cached = int(details.get("cached_tokens") or 0)
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or (choice.get("index") or 0) != 0:
                 continue

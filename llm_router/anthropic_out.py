@@ -297,6 +297,11 @@ class MessagesStreamToChat:
         """(prompt, completion) tokens so far; prompt includes cache reads and writes."""
         return sum(self._input.values()), self._output
 
+    @property
+    def cached(self) -> int:
+        """Of the prompt tokens, those read from the upstream's cache."""
+        return self._input.get("cache_read_input_tokens", 0)
+
     def feed(self, event_type: str, data: dict[str, Any]) -> bytes:
         """The OpenAI SSE bytes to send now for one Anthropic event (maybe b"")."""
         if self.done:

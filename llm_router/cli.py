@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--port", type=int, default=9000)
     f.add_argument("--latency-ms", type=float, default=0.0)
     f.add_argument("--tokens-per-second", type=float, default=0.0)
+    f.add_argument("--prompt-cache-ttl-s", type=float, default=0.0, metavar="S",
+                   help="per-API-key prompt cache: chat and Messages answers report as "
+                        "cached (usage.prompt_tokens_details.cached_tokens; Anthropic "
+                        "cache_read_input_tokens) the tokens of the longest run of whole "
+                        "leading messages (tools and system first) that the same key sent "
+                        "for the same model within S seconds; 0 (default) = off")
     return p
 
 
@@ -70,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "fake-upstream":
         from .fake_upstream import serve_fake_upstream
-        _run(serve_fake_upstream(args.host, args.port, args.latency_ms, args.tokens_per_second))
+        _run(serve_fake_upstream(args.host, args.port, args.latency_ms, args.tokens_per_second,
+                                 args.prompt_cache_ttl_s))
         return 0
     return _serve(args)
 

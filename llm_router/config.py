@@ -23,6 +23,7 @@ import orjson
 import yaml
 
 __all__ = [
+    "Affinity",
     "Budget",
     "CircuitSettings",
     "Config",
@@ -45,6 +46,7 @@ __all__ = [
 
 PROVIDER_TYPES: Final = ("openai", "anthropic", "mock")
 STRATEGIES: Final = ("inverse-weight", "priority", "round-robin", "latency", "price")
+AFFINITY_MODES: Final = ("auto", "session", "off")
 BUDGET_PERIODS: Final = ("daily", "weekly", "monthly", "total")
 ROLES: Final = ("admin", "user")
 _DEFAULT_BASE_URLS: Final = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
@@ -120,12 +122,23 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class Affinity:
+    """Prompt-cache affinity of a group (docs/affinity.md explains the defaults)."""
+
+    mode: str = "auto"  # auto: explicit keys, else the prefix hash | session: explicit only | off
+    slack: float = 0.25  # a pin holds while its tokens x weight <= (1 + slack) x the lowest
+    ttl_s: float = 900.0  # a pin lapses this long after its last use
+    prefix_bytes: int = 8192  # at most this much prompt text is hashed per request
+
+
+@dataclass(frozen=True, slots=True)
 class Group:
     name: str
     members: tuple[Member, ...]
     strategy: str = "inverse-weight"
     max_attempts: int | None = None  # default: number of candidates, at most 3
     max_wait_s: float = 0.0  # wait this long for a cooling key before answering 503
+    affinity: Affinity = field(default_factory=Affinity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,7 +563,8 @@ class _Validator:
         )
 
     def group(self, node: Any, path: str, providers: Mapping[str, Provider]) -> Group | None:
-        d = self.obj(node, path, ("name", "models", "strategy", "max_attempts", "max_wait_s"))
+        d = self.obj(node, path, ("name", "models", "strategy", "max_attempts", "max_wait_s",
+                                  "affinity"))
         if d is None:
             return None
         name = self.string(d, "name", path, required=True)
@@ -579,6 +593,29 @@ class _Validator:
             strategy=strategy,
             max_attempts=self.number(d, "max_attempts", path, None, minimum=1, integer=True),
             max_wait_s=self.number(d, "max_wait_s", path, 0.0),
+            affinity=self.affinity(d.get("affinity"), _at(path, "affinity")),
+        )
+
+    def affinity(self, node: Any, path: str) -> Affinity:
+        base = Affinity()
+        if node is None:
+            return base
+        if node == "off" or node is False:  # YAML reads a bare off as false
+            return Affinity(mode="off")
+        d = self.obj(node, path, Affinity.__slots__)
+        if d is None:
+            return base
+        if d.get("mode") is False:  # mode: off, read by YAML 1.1 as false
+            d = {**d, "mode": "off"}
+        mode = self.string(d, "mode", path, base.mode)
+        if mode not in AFFINITY_MODES:
+            self.fail(_at(path, "mode"), _unknown("mode", mode, AFFINITY_MODES))
+        return Affinity(
+            mode=mode,
+            slack=self.number(d, "slack", path, base.slack),
+            ttl_s=self.number(d, "ttl_s", path, base.ttl_s, minimum=1.0),
+            prefix_bytes=self.number(d, "prefix_bytes", path, base.prefix_bytes, minimum=64,
+                                     integer=True),
         )
 
     def limits(self, node: Any, path: str) -> Limits | None:

@@ -27,6 +27,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .fake_prompt_cache import PromptCache, report_cached
+
 __all__ = [
     "FakeUpstream",
     "Fault",
@@ -98,6 +100,11 @@ def _items(value: Any) -> list[Any]:
 
 def _item_tokens(item: Any) -> int:
     return len(item) if isinstance(item, list) else _estimate(_chars(item))
+
+
+def _block_tokens(content: Any) -> int:
+    """Tokens of one message content (or Anthropic ``system``), as counted below."""
+    return _estimate(_chars(content)) + 3
 
 
 def count_prompt_tokens(body: _Body) -> int:
@@ -522,12 +529,17 @@ class FakeUpstream:
 
     ``latency_ms`` delays every answer (for streams: the first event, after the
     headers); ``tokens_per_second`` paces stream events (0 = as fast as possible).
-    Both may be changed while serving.
+    Both may be changed while serving. ``prompt_cache_ttl_s`` > 0 turns on a per-key
+    prompt cache (:mod:`fake_prompt_cache`): chat and Messages answers then report the
+    cached part of each prompt, as OpenAI and Anthropic do.
     """
 
-    def __init__(self, latency_ms: float = 0.0, tokens_per_second: float = 0.0) -> None:
+    def __init__(self, latency_ms: float = 0.0, tokens_per_second: float = 0.0,
+                 prompt_cache_ttl_s: float = 0.0) -> None:
         self.latency_ms = latency_ms
         self.tokens_per_second = tokens_per_second
+        self.prompt_cache = (PromptCache(prompt_cache_ttl_s, _block_tokens)
+                             if prompt_cache_ttl_s > 0 else None)
         self.requests: list[RecordedRequest] = []  # the last ~10,000 model-route requests
         self.total_requests = 0
         self._faults: list[_ArmedFault] = []
@@ -634,12 +646,21 @@ class FakeUpstream:
         if required is not None and not isinstance(body.get(required), list | str):
             return _error(400, f"missing required parameter: '{required}'", anthropic)
 
+        cached = (self.prompt_cache.use(key, body)
+                  if self.prompt_cache is not None and required == "messages" else None)
         if stream and stream_answer is not None:
             cut = fault.cut_after_chunks if fault is not None else None
-            return await self._stream(request, stream_answer(body, model), anthropic, cut)
+            events = stream_answer(body, model)
+            if cached is not None:
+                for event in events:
+                    report_cached(event[1] if anthropic else event, anthropic, cached)
+            return await self._stream(request, events, anthropic, cut)
         if self.latency_ms > 0:
             await _pause(request, self.latency_ms / 1000)
-        return _json(answer(body, model))
+        result = answer(body, model)
+        if cached is not None:
+            report_cached(result, anthropic, cached)
+        return _json(result)
 
     async def _stream(self, request: web.Request, events: list[Any], anthropic: bool,
                       cut: int | None) -> web.StreamResponse:
@@ -711,13 +732,15 @@ class FakeUpstream:
 
 
 async def serve_fake_upstream(host: str, port: int, latency_ms: float = 0.0,
-                              tokens_per_second: float = 0.0) -> None:
+                              tokens_per_second: float = 0.0,
+                              prompt_cache_ttl_s: float = 0.0) -> None:
     """Serve a :class:`FakeUpstream` on ``host:port`` until cancelled.
 
     Prints ``fake-upstream listening on http://host:port`` once accepting (the real
     port when ``port`` is 0).
     """
-    runner = web.AppRunner(FakeUpstream(latency_ms, tokens_per_second).app(), access_log=None)
+    fake = FakeUpstream(latency_ms, tokens_per_second, prompt_cache_ttl_s)
+    runner = web.AppRunner(fake.app(), access_log=None)
     await runner.setup()
     try:
         # As the router's (app.start_server): bench/ opens 1,000 streams at once, and the

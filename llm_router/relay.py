@@ -299,7 +299,7 @@ class _ChatToMessages:
         _, data = event_fields(raw)
         if data == b"[DONE]":
             self._ended = self.done = True
-            self.usage = Usage(*self._t.usage)
+            self.usage = Usage(*self._t.usage, self._t.cached)
             return self._t.finish()
         try:
             chunk = orjson.loads(data)
@@ -308,7 +308,7 @@ class _ChatToMessages:
         if not isinstance(chunk, dict):
             return b""
         out = self._t.feed(chunk)
-        self.usage = Usage(*self._t.usage)
+        self.usage = Usage(*self._t.usage, self._t.cached)
         if chunk.get("error"):  # the translator turned it into an error event
             self._ended = True
             self.failure = STREAM_ERROR
@@ -341,7 +341,7 @@ class _MessagesToChat:
         except orjson.JSONDecodeError:
             return b""
         out = self._t.feed(event, doc if isinstance(doc, dict) else {})
-        self.usage = Usage(*self._t.usage)
+        self.usage = Usage(*self._t.usage, self._t.cached)
         if event == "error":
             self.failure = STREAM_ERROR  # the translator sent it on as an error chunk
         else:

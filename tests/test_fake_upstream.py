@@ -486,3 +486,72 @@ async def test_serve_fake_upstream_announces_its_address(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# ---------------------------------------------------------------- per-key prompt cache
+
+
+async def _chat_usage(client: Client, key: str, messages: list[dict[str, Any]],
+                      stream: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "m", "messages": messages}
+    headers = {"Authorization": f"Bearer {key}"}
+    if not stream:
+        resp = await client.post(CHAT, json=body, headers=headers)
+        usage: dict[str, Any] = (await resp.json())["usage"]
+        return usage
+    resp = await client.post(CHAT, headers=headers, json={
+        **body, "stream": True, "stream_options": {"include_usage": True}})
+    datas = sse_data(await resp.text())
+    last: dict[str, Any] = orjson.loads(datas[-2])["usage"]
+    return last
+
+
+async def test_prompt_cache_reports_the_prefix_the_same_key_sent_before(
+        aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(FakeUpstream(prompt_cache_ttl_s=60).app())
+    turn1 = [{"role": "system", "content": "s" * 400}, {"role": "user", "content": "q" * 40}]
+    first = await _chat_usage(client, "sk-a", turn1)
+    assert first["prompt_tokens_details"] == {"cached_tokens": 0}
+    turn2 = [*turn1, {"role": "assistant", "content": "a" * 40},
+             {"role": "user", "content": "r" * 40}]
+    second = await _chat_usage(client, "sk-a", turn2, stream=True)
+    # All of turn 1 (103 + 13 tokens) is cached; the two new messages are not.
+    assert second["prompt_tokens_details"] == {"cached_tokens": 116}
+    assert second["prompt_tokens"] == 116 + 13 + 13
+    # Another key has its own cache, and so does the same key once the prefix changes.
+    assert (await _chat_usage(client, "sk-b", turn2))["prompt_tokens_details"] == {
+        "cached_tokens": 0}
+    edited = [{"role": "system", "content": "t" * 400}, *turn2[1:]]
+    assert (await _chat_usage(client, "sk-a", edited))["prompt_tokens_details"] == {
+        "cached_tokens": 0}
+
+
+async def test_prompt_cache_entries_expire_after_the_ttl(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(FakeUpstream(prompt_cache_ttl_s=0.05).app())
+    turn = [{"role": "user", "content": "q" * 40}]
+    await _chat_usage(client, "sk-a", turn)
+    await asyncio.sleep(0.2)
+    assert (await _chat_usage(client, "sk-a", turn))["prompt_tokens_details"] == {
+        "cached_tokens": 0}
+
+
+async def test_prompt_cache_in_anthropic_usage(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(FakeUpstream(prompt_cache_ttl_s=60).app())
+    body = {"model": "m", "max_tokens": 5, "system": "s" * 400,
+            "messages": [{"role": "user", "content": "q" * 40}]}
+    headers = {"x-api-key": "sk-a"}
+    await client.post("/v1/messages", json=body, headers=headers)
+    body["messages"] = [*body["messages"], {"role": "assistant", "content": "a"},
+                        {"role": "user", "content": "more"}]
+    resp = await client.post("/v1/messages", json=body, headers=headers)
+    usage = (await resp.json())["usage"]
+    # Anthropic's input_tokens leaves out the cache read.
+    assert usage == {"input_tokens": 8, "cache_read_input_tokens": 116, "output_tokens": 5}
+    resp = await client.post("/v1/messages", json={**body, "stream": True}, headers=headers)
+    start = orjson.loads(sse_data(await resp.text())[0].split("data: ", 1)[1])
+    assert start["message"]["usage"]["cache_read_input_tokens"] == 124
+
+
+async def test_prompt_cache_is_off_unless_asked(client: Client) -> None:
+    usage = await _chat_usage(client, "sk-a", HELLO["messages"])
+    assert "prompt_tokens_details" not in usage

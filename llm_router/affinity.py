@@ -1,0 +1,271 @@
+"""Prompt-cache affinity: a conversation's turns go back to the key that holds its cache.
+
+Providers cache prompt prefixes per organisation or API key, so inverse weight alone,
+which sends each turn to the least-loaded key, throws the cache away on most turns of a
+multi-key group. Here every request to a group gets an *affinity key* (:func:`affinity_key`),
+the router remembers which (provider, key, model) served it last (:class:`AffinityStore`),
+and :func:`pick_with_affinity` sends the request back there while that candidate is
+eligible and its ``tokens x weight`` is within ``slack`` of the group's lowest; otherwise
+inverse weight picks as always and the new candidate is pinned. docs/affinity.md has
+the rules for operators.
+
+The store is the seam for shared state: :class:`MemoryAffinityStore` serves one process;
+a store that replicas share (Redis) implements the same two coroutines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Any, Final, Protocol
+
+from .config import Affinity
+from .routing import Candidate, PickContext, inverse_weight
+from .usage import CounterKey
+
+__all__ = [
+    "AFFINITY_KINDS",
+    "RESULTS",
+    "AffinityKey",
+    "AffinityStore",
+    "MemoryAffinityStore",
+    "affinity_key",
+    "derived_cache_key",
+    "pick_with_affinity",
+    "prefix_digest",
+    "within_slack",
+]
+
+# Route kinds whose prompts providers cache. Embeddings and count_tokens have no cache
+# to keep; legacy completions repeat no structure a prefix hash could follow.
+AFFINITY_KINDS: Final = frozenset({"chat", "messages", "responses"})
+# affinity_total{result}: hit = the pinned candidate served; new = nothing was pinned;
+# moved = the pin was not eligible or beyond the slack; off = affinity did not apply.
+RESULTS: Final = ("hit", "new", "moved", "off")
+SESSION_HEADER: Final = "X-Router-Session"
+# Explicit keys longer than this are hashed all the same; the cap only bounds the work.
+_MAX_EXPLICIT: Final = 1024
+_PERSON: Final = b"llm-router-aff"  # blake2b personalisation: our digests, not anyone's
+
+
+@dataclass(frozen=True, slots=True)
+class AffinityKey:
+    """What a request is remembered by: a 16-byte digest scoped to its group."""
+
+    digest: bytes
+    source: str  # prompt_cache_key | session | previous_response_id | user_id | prefix
+
+
+def _explicit(group: str, source: str, value: str) -> AffinityKey:
+    h = blake2b(digest_size=16, person=_PERSON)
+    h.update(group.encode())
+    h.update(b"\0" + source.encode() + b"\0")
+    h.update(value[:_MAX_EXPLICIT].encode())
+    return AffinityKey(h.digest(), source)
+
+
+def affinity_key(body: Mapping[str, Any], headers: Mapping[str, str], group: str,
+                 settings: Affinity) -> AffinityKey | None:
+    """The request's affinity key, first found of: the body's ``prompt_cache_key``, the
+    ``X-Router-Session`` header, ``previous_response_id``, Anthropic
+    ``metadata.user_id``, and (mode ``auto`` only) the digest of the cacheable prefix.
+    None when there is none (mode ``session`` without an explicit key, or a body with
+    nothing to hash)."""
+    value = body.get("prompt_cache_key")
+    if isinstance(value, str) and value:
+        return _explicit(group, "prompt_cache_key", value)
+    value = headers.get(SESSION_HEADER)
+    if value:
+        return _explicit(group, "session", value)
+    value = body.get("previous_response_id")
+    if isinstance(value, str) and value:
+        return _explicit(group, "previous_response_id", value)
+    meta = body.get("metadata")
+    if isinstance(meta, dict):
+        value = meta.get("user_id")
+        if isinstance(value, str) and value:
+            return _explicit(group, "user_id", value)
+    if settings.mode != "auto":
+        return None
+    digest = prefix_digest(body, group, settings.prefix_bytes)
+    return None if digest is None else AffinityKey(digest, "prefix")
+
+
+class _Budgeted:
+    """Feeds text into a hash until ``budget`` bytes have gone in."""
+
+    __slots__ = ("fed", "h", "left")
+
+    def __init__(self, group: str, budget: int) -> None:
+        self.h = blake2b(digest_size=16, person=_PERSON)
+        self.h.update(group.encode() + b"\0prefix\0")
+        self.left = budget
+        self.fed = False
+
+    def feed(self, tag: bytes, text: str) -> bool:
+        """Hash ``tag`` and ``text``; False once the budget is spent (stop walking)."""
+        if self.left <= 0:
+            return False
+        # A character is at least one byte: slicing first keeps a huge text cheap.
+        data = text[:self.left].encode()[:self.left]
+        self.left -= len(data)
+        self.h.update(tag)
+        self.h.update(data)
+        self.fed = True
+        return self.left > 0
+
+
+def _text(content: Any) -> str:
+    """The text of a message content or system field: a string, or the text of its parts
+    (other parts count by their type, so an image-only turn still hashes)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    parts: list[str] = []
+    for part in content:
+        if isinstance(part, dict):
+            text = part.get("text")
+            parts.append(text if isinstance(text, str) else str(part.get("type", "")))
+        elif isinstance(part, str):
+            parts.append(part)
+    return "\n".join(parts)
+
+
+def _tool_name(tool: Any) -> str:
+    if not isinstance(tool, dict):
+        return ""
+    fn = tool.get("function")  # OpenAI chat; Anthropic and Responses name it at the top
+    name = fn.get("name") if isinstance(fn, dict) else tool.get("name")
+    return name if isinstance(name, str) else str(tool.get("type", ""))
+
+
+def prefix_digest(body: Mapping[str, Any], group: str, prefix_bytes: int) -> bytes | None:
+    """Digest of the prefix every turn of a conversation repeats: the tool names, the
+    system prompt, and the messages up to and including the first user message, at most
+    ``prefix_bytes`` bytes of their text. OpenAI chat (leading system/developer messages),
+    Anthropic Messages (``system``) and Responses (``instructions``, ``input``) bodies
+    are read the same way, so a conversation hashes alike whichever dialect it speaks.
+    None when the body has no such prefix."""
+    acc = _Budgeted(group, prefix_bytes)
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        # Names only: schemas are long, and a tool set differing in schema alone is rare.
+        acc.feed(b"\x01", "\x1f".join(_tool_name(t) for t in tools))
+    for field in ("system", "instructions"):
+        system = body.get(field)
+        if system and not acc.feed(b"\x02", _text(system)):
+            return acc.h.digest()
+    messages = body.get("messages")
+    if messages is None:
+        messages = body.get("input")
+        if isinstance(messages, str):  # Responses: a bare string is the user's turn
+            acc.feed(b"\x03user\0", messages)
+            return acc.h.digest()
+    if isinstance(messages, list):
+        for msg in messages:
+            if not isinstance(msg, dict):
+                continue
+            role = msg.get("role")
+            role = role if isinstance(role, str) else str(msg.get("type", ""))
+            tag = b"\x02" if role in ("system", "developer") else b"\x03" + role.encode() + b"\0"
+            if not acc.feed(tag, _text(msg.get("content"))) or role == "user":
+                break
+    return acc.h.digest() if acc.fed else None
+
+
+def derived_cache_key(key: AffinityKey) -> str:
+    """A ``prompt_cache_key`` for the upstream when the client sent none: the affinity
+    digest, so the provider's own cache routing groups what ours groups. Not secret: it
+    is a hash of the prompt's opening, already sent in full to the same upstream."""
+    return "llmr-" + key.digest.hex()
+
+
+def within_slack(pinned: Candidate, cands: Sequence[Candidate], ctx: PickContext,
+                 slack: float) -> bool:
+    """Whether the pinned candidate's ``tokens x weight`` (in-flight included) is within
+    ``slack`` of the lowest among ``cands``: at most ``(1 + slack)`` times it. A weight-0
+    candidate is always preferred (CONTRACT §3): a pinned one is always within, and any
+    eligible one puts a weighted pin beyond."""
+    load = ctx.counters.load
+    w = pinned.member.weight
+    if w <= 0:
+        return True
+    if any(c.member.weight <= 0 for c in cands):
+        return False
+    mine = load(pinned.counter_key) * w
+    lowest = min(load(c.counter_key) * c.member.weight for c in cands)
+    return mine <= lowest * (1.0 + slack)
+
+
+def pick_with_affinity(cands: Sequence[Candidate], pinned: CounterKey | None,
+                       ctx: PickContext, slack: float) -> tuple[Candidate, str]:
+    """The candidate for a request whose affinity key points at ``pinned`` (None: no
+    pin), and the result for ``affinity_total``: the pin when it is eligible and within
+    the slack (``hit``), else inverse weight (``new`` or ``moved``). ``cands`` must not
+    be empty."""
+    if pinned is None:
+        return inverse_weight(cands, ctx), "new"
+    for c in cands:
+        if c.counter_key == pinned:
+            if within_slack(c, cands, ctx, slack):
+                return c, "hit"
+            break
+    return inverse_weight(cands, ctx), "moved"
+
+
+class AffinityStore(Protocol):
+    """Where pins live: affinity digest -> (provider, key label, model), each for ``ttl_s``
+    after its last use. One process (:class:`MemoryAffinityStore`) or shared."""
+
+    async def lookup(self, digest: bytes) -> CounterKey | None:
+        """The pin for ``digest``, or None if there is none or it expired."""
+
+    async def remember(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
+        """Pin ``digest`` to ``pin`` (again) for ``ttl_s`` seconds from now."""
+
+
+# 65,536 pins take about 13 MiB (a 16-byte digest, an entry, a shared key tuple each).
+DEFAULT_MAX_PINS: Final = 65_536
+
+
+class MemoryAffinityStore:
+    """Pins in this process: an LRU of at most ``max_pins`` entries with a TTL each.
+
+    A hit refreshes its entry's expiry and moves it to the young end, as a provider's
+    cache is refreshed by use. Eviction takes the least recently used entry; expired
+    entries are dropped when met (lookups) and from the old end on every insert, so
+    memory is bounded by ``max_pins`` whatever the clients send.
+    """
+
+    def __init__(self, max_pins: int = DEFAULT_MAX_PINS) -> None:
+        self.max_pins = max_pins
+        self._pins: OrderedDict[bytes, tuple[CounterKey, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pins)
+
+    async def lookup(self, digest: bytes) -> CounterKey | None:
+        entry = self._pins.get(digest)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._pins[digest]
+            return None
+        return entry[0]
+
+    async def remember(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
+        now = time.monotonic()
+        pins = self._pins
+        pins[digest] = (pin, now + ttl_s)
+        pins.move_to_end(digest)
+        # Groups may differ in ttl_s, so the old end is only roughly the soonest to expire:
+        # drop what has, then whatever is over the bound.
+        while pins:
+            oldest = next(iter(pins.values()))
+            if oldest[1] > now and len(pins) <= self.max_pins:
+                break
+            pins.popitem(last=False)

@@ -1,0 +1,183 @@
+"""Prompt-cache affinity: which key a request is remembered by, the pin store, the pick rule.
+
+The end-to-end behaviour (real SDKs, real sockets) is in tests/test_affinity_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llm_router.affinity import (
+    MemoryAffinityStore,
+    affinity_key,
+    derived_cache_key,
+    pick_with_affinity,
+    prefix_digest,
+)
+from llm_router.config import Affinity, Member, Provider, ProviderKey
+from llm_router.routing import Candidate, PickContext
+from llm_router.usage import UsageCounters
+
+AUTO = Affinity()
+SESSION = Affinity(mode="session")
+SYSTEM = "You are a careful assistant. " * 20
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+
+
+def _chat_turns() -> list[dict[str, Any]]:
+    """Three turns of one OpenAI chat conversation, as a client sends them."""
+    history: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM},
+                                     {"role": "user", "content": "Plan a trip to Lyon."}]
+    turns = [{"model": "g", "tools": TOOLS, "messages": list(history)}]
+    for n in range(2):
+        history += [{"role": "assistant", "content": f"answer {n}"},
+                    {"role": "user", "content": f"follow-up {n}"}]
+        turns.append({"model": "g", "tools": TOOLS, "messages": list(history)})
+    return turns
+
+
+def test_turns_of_one_conversation_share_a_key() -> None:
+    keys = {affinity_key(body, {}, "g", AUTO) for body in _chat_turns()}
+    assert len(keys) == 1
+    (key,) = keys
+    assert key is not None and key.source == "prefix" and len(key.digest) == 16
+
+
+def test_openai_and_anthropic_forms_of_a_conversation_hash_alike() -> None:
+    openai_body = _chat_turns()[1]
+    anthropic_body = {
+        "model": "g", "max_tokens": 100, "system": [{"type": "text", "text": SYSTEM,
+                                                     "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": [{"type": "text",
+                                                   "text": "Plan a trip to Lyon."}]},
+                     {"role": "assistant", "content": "answer 0"},
+                     {"role": "user", "content": "follow-up 0"}]}
+    assert prefix_digest(openai_body, "g", 8192) == prefix_digest(anthropic_body, "g", 8192)
+
+
+def test_another_opening_system_or_group_gives_another_key() -> None:
+    base = _chat_turns()[0]
+    other_question = {**base, "messages": [base["messages"][0],
+                                           {"role": "user", "content": "Plan a trip to Nice."}]}
+    other_system = {**base, "messages": [{"role": "system", "content": "Be terse."},
+                                         base["messages"][1]]}
+    digests = {prefix_digest(b, "g", 8192) for b in (base, other_question, other_system)}
+    assert len(digests) == 3
+    assert prefix_digest(base, "g", 8192) != prefix_digest(base, "h", 8192)
+
+
+def test_only_prefix_bytes_of_text_are_hashed() -> None:
+    long_a = {"messages": [{"role": "system", "content": "x" * 5000 + "A"},
+                           {"role": "user", "content": "hi"}]}
+    long_b = {"messages": [{"role": "system", "content": "x" * 5000 + "B"},
+                           {"role": "user", "content": "hi"}]}
+    assert prefix_digest(long_a, "g", 4096) == prefix_digest(long_b, "g", 4096)
+    assert prefix_digest(long_a, "g", 8192) != prefix_digest(long_b, "g", 8192)
+
+
+def test_explicit_keys_beat_the_hash_in_their_order() -> None:
+    body: dict[str, Any] = {**_chat_turns()[0], "prompt_cache_key": "pck",
+                            "previous_response_id": "resp_1", "metadata": {"user_id": "u1"}}
+    headers = {"X-Router-Session": "sess"}
+    order = []
+    while True:
+        key = affinity_key(body, headers, "g", AUTO)
+        assert key is not None
+        order.append(key.source)
+        if key.source == "prompt_cache_key":
+            del body["prompt_cache_key"]
+        elif key.source == "session":
+            headers = {}
+        elif key.source == "previous_response_id":
+            del body["previous_response_id"]
+        elif key.source == "user_id":
+            del body["metadata"]
+        else:
+            break
+    assert order == ["prompt_cache_key", "session", "previous_response_id", "user_id", "prefix"]
+
+
+def test_session_mode_uses_explicit_keys_only() -> None:
+    body = _chat_turns()[0]
+    assert affinity_key(body, {}, "g", SESSION) is None
+    key = affinity_key(body, {"X-Router-Session": "s1"}, "g", SESSION)
+    assert key is not None and key.source == "session"
+    assert key == affinity_key({"messages": []}, {"X-Router-Session": "s1"}, "g", SESSION)
+
+
+def test_a_body_with_nothing_to_hash_has_no_key() -> None:
+    assert affinity_key({"model": "g", "messages": []}, {}, "g", AUTO) is None
+
+
+def test_derived_cache_key_names_the_digest_not_the_prompt() -> None:
+    key = affinity_key(_chat_turns()[0], {}, "g", AUTO)
+    assert key is not None
+    derived = derived_cache_key(key)
+    assert derived == "llmr-" + key.digest.hex() and "Lyon" not in derived
+
+
+async def test_store_forgets_a_pin_after_its_ttl() -> None:
+    store = MemoryAffinityStore()
+    await store.remember(b"k", ("p", "key", "m"), ttl_s=0.05)
+    assert await store.lookup(b"k") == ("p", "key", "m")
+    await asyncio.sleep(0.2)
+    assert await store.lookup(b"k") is None
+    assert len(store) == 0
+
+
+async def test_store_is_bounded_and_evicts_the_least_recently_pinned() -> None:
+    store = MemoryAffinityStore(max_pins=2)
+    for name in (b"a", b"b", b"c"):
+        await store.remember(name, ("p", name.decode(), "m"), ttl_s=60)
+    assert len(store) == 2
+    assert await store.lookup(b"a") is None
+    await store.remember(b"b", ("p", "b", "m"), ttl_s=60)  # used again: now the youngest
+    await store.remember(b"d", ("p", "d", "m"), ttl_s=60)
+    assert await store.lookup(b"b") == ("p", "b", "m") and await store.lookup(b"c") is None
+
+
+# ---------------------------------------------------------------- the pick rule
+
+def _candidates(*weights: float) -> list[Candidate]:
+    provider = Provider("p", "openai", "http://x", tuple(
+        ProviderKey(f"sk-{i}", f"k{i}") for i in range(len(weights))))
+    return [Candidate(Member("p", "m", w), provider, provider.keys[i], 0)
+            for i, w in enumerate(weights)]
+
+
+def _ctx(tokens: dict[int, int], cands: list[Candidate]) -> PickContext:
+    counters = UsageCounters()
+    for i, n in tokens.items():
+        counters.tokens[cands[i].counter_key] = n
+    return PickContext(counters)
+
+
+def test_pin_within_slack_of_the_lowest_is_kept() -> None:
+    cands = _candidates(1, 1, 2)
+    # tokens x weight: 1,250 / 1,000 / 1,200: the pin is at 1.25x the lowest.
+    ctx = _ctx({0: 1250, 1: 1000, 2: 600}, cands)
+    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25) == (cands[0], "hit")
+    assert pick_with_affinity(cands, cands[2].counter_key, ctx, 0.25) == (cands[2], "hit")
+
+
+def test_pin_beyond_slack_moves_to_the_lowest() -> None:
+    cands = _candidates(1, 1, 2)
+    ctx = _ctx({0: 1300, 1: 1000, 2: 600}, cands)
+    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25) == (cands[1], "moved")
+    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.5) == (cands[0], "hit")
+
+
+def test_pin_that_is_not_a_candidate_moves_and_no_pin_is_new() -> None:
+    cands = _candidates(1, 1)
+    ctx = _ctx({0: 10, 1: 5}, cands)
+    assert pick_with_affinity(cands, ("p", "gone", "m"), ctx, 0.25) == (cands[1], "moved")
+    assert pick_with_affinity(cands, None, ctx, 0.25) == (cands[1], "new")
+
+
+def test_weight_zero_stays_preferred() -> None:
+    cands = _candidates(0, 1)
+    ctx = _ctx({0: 10_000, 1: 0}, cands)
+    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.0) == (cands[0], "hit")
+    assert pick_with_affinity(cands, cands[1].counter_key, ctx, 10.0) == (cands[0], "moved")
