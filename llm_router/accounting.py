@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Final
 
-from .config import Budget, Config, Limits, Price, User, UserKey, sha256_hex
+from .config import Budget, Config, Limits, Member, Price, User, UserKey, sha256_hex
 from .errors import Forbidden, Unauthorized
 from .routing import Target
 
 __all__ = [
     "ANONYMOUS",
+    "DEFAULT_PRICE",
     "Caller",
     "KeyIndex",
     "cost_usd",
+    "estimate_cost",
     "extract_key",
+    "price_for",
+    "priced_target",
+    "unpriced_reach",
 ]
+
+DEFAULT_PRICE: Final = "default"  # the pricing entry for models the table does not name
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,10 @@ class Caller:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def has_budget(self) -> bool:
+        return self.budget is not None or self.key_budget is not None
 
     def may_use(self, target: Target) -> bool:
         """Whether both allowlists admit the target (a group name or provider/model)."""
@@ -103,10 +114,16 @@ class KeyIndex:
         raise Unauthorized("Invalid API key.")
 
 
+def price_for(pricing: Mapping[str, Price], model: str) -> Price | None:
+    """The model's price, else ``pricing.default``; None when neither exists."""
+    price = pricing.get(model)
+    return price if price is not None else pricing.get(DEFAULT_PRICE)
+
+
 def cost_usd(pricing: Mapping[str, Price], model: str, prompt_tokens: int,
              completion_tokens: int, cached_tokens: int = 0) -> float | None:
     """USD for one response by the pricing table; None when the model has no price."""
-    price = pricing.get(model)
+    price = price_for(pricing, model)
     if price is None:
         return None
     cached = min(max(cached_tokens, 0), prompt_tokens) if price.cached_input is not None else 0
@@ -115,3 +132,65 @@ def cost_usd(pricing: Mapping[str, Price], model: str, prompt_tokens: int,
     if cached:
         total += cached * (price.cached_input or 0.0)
     return total / 1_000_000
+
+
+def estimate_cost(pricing: Mapping[str, Price], members: Sequence[Member], prompt_tokens: int,
+                  completion_tokens: int) -> float:
+    """What a request is reserved at before the pick: its estimated tokens priced at the
+    dearest member it could land on (unpriced members count 0; budgeted callers never
+    reach them, see :func:`priced_target`)."""
+    worst = 0.0
+    for m in members:
+        cost = cost_usd(pricing, m.model, prompt_tokens, completion_tokens)
+        if cost is not None and cost > worst:
+            worst = cost
+    return worst
+
+
+def priced_target(pricing: Mapping[str, Price], target: Target) -> Target:
+    """The target a budgeted caller may reach: only members with a price, so every call
+    is charged. 403 ``model_not_priced`` when no member has one."""
+    members = target.group.members
+    priced = tuple(m for m in members if price_for(pricing, m.model) is not None)
+    if len(priced) == len(members):
+        return target
+    if not priced:
+        names = ", ".join(sorted({f"'{m.model}'" for m in members}))
+        raise Forbidden(f"The model '{target.name}' has no price ({names} not in 'pricing') "
+                        "and your key has a budget, so its calls could not be charged; ask "
+                        "an admin to price it or add 'pricing.default'.", param="model",
+                        code="model_not_priced")
+    # A group with some unpriced members: a budgeted caller is served by the others.
+    return Target(target.name, replace(target.group, members=priced))
+
+
+def unpriced_reach(cfg: Config) -> list[str]:
+    """Warnings for ``check``: budgeted users who could ask for a model without a price
+    (those requests get 403 ``model_not_priced``)."""
+    if DEFAULT_PRICE in cfg.pricing:
+        return []
+    out: list[str] = []
+    for i, user in enumerate(cfg.users):
+        budgeted = user.budget is not None or any(k.budget is not None for k in user.keys)
+        if not budgeted:
+            continue
+        reach: list[str] = []
+        for name, group in cfg.groups.items():
+            if not _allowed(user.models, Target(name, group)):
+                continue
+            reach += [f"group '{name}' member '{m.provider}/{m.model}'"
+                      for m in group.members if price_for(cfg.pricing, m.model) is None]
+        direct = [p for p in (user.models or ("*/*",)) if "/" in p and p not in cfg.groups]
+        if any(_is_glob(p) or price_for(cfg.pricing, p.partition("/")[2]) is None
+               for p in direct):
+            reach.append("provider/model names that 'pricing' does not list ("
+                         + ", ".join(f"'{p}'" for p in direct) + ")")
+        if reach:
+            out.append(f"users[{i}] '{user.name}' has a budget but may ask for models "
+                       f"without a price: {'; '.join(reach)}. Those requests get 403 "
+                       "model_not_priced; price them or add 'pricing.default'.")
+    return out
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")

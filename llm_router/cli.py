@@ -91,6 +91,10 @@ def _check(path: str) -> int:
             print(f"  {line}", file=sys.stderr)
         return 1
     print(f"{path}: OK: {cfg.summary()}")
+    from .accounting import unpriced_reach
+
+    for warning in unpriced_reach(cfg):  # valid, but probably not what was meant
+        print(f"  warning: {warning}", file=sys.stderr)
     return 0
 
 

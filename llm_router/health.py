@@ -15,7 +15,10 @@ States of one key::
 A probe that ends without a verdict (the client went away, a 4xx) is released so the
 next request probes instead. A 429 (or a 503 with ``Retry-After``) additionally puts the
 key in *cooldown* until the upstream's ``Retry-After``, or an escalating default (base,
-tripled each time, capped; reset by a success). docs/resilience.md is the operator's view.
+tripled each time, capped; reset by a success). Either way the cooldown is capped at
+``circuit.cooldown_max_s``: one answer cannot take a key out for longer. A reload that
+changes a key's secret or removes it forgets its state (:meth:`KeyHealth.forget`).
+docs/resilience.md is the operator's view.
 """
 
 from __future__ import annotations
@@ -168,10 +171,10 @@ class KeyHealth:
         st = self.state(provider, key)
         if rate_limited or retry_after is not None:
             if retry_after is None:
-                retry_after = min(settings.cooldown_max_s,
-                                  settings.cooldown_base_s * (3 ** st.cooldown_streak))
+                retry_after = settings.cooldown_base_s * (3 ** st.cooldown_streak)
                 st.cooldown_streak += 1
-            st.cooldown_until = max(st.cooldown_until, now + retry_after)
+            st.cooldown_until = max(st.cooldown_until,
+                                    now + min(retry_after, settings.cooldown_max_s))
         if st.circuit == _HALF_OPEN:
             st.circuit = _OPEN
             st.probing = False
@@ -191,12 +194,18 @@ class KeyHealth:
             log.warning("circuit opened for %s key %s: %d of the last attempts failed",
                         provider, key, failures)
 
+    def forget(self, provider: str, key: str) -> bool:
+        """Drop everything known about a key (its secret changed or it was removed):
+        cooldown, circuit and 'bad' mark. True if there was anything to drop."""
+        return self._keys.pop((provider, key), None) is not None
+
     def mark_bad(self, provider: str, key: str, status: int) -> None:
         st = self.state(provider, key)
         if st.bad_generation != self.generation:
             st.bad_generation = self.generation
-            log.error("upstream rejected %s key %s with %d; not using it until the config "
-                      "changes", provider, key, status)
+            log.error("upstream rejected key '%s' of provider '%s' with %d: marked bad, not "
+                      "used until a reload (state 'bad' in llm_router_key_state)", key,
+                      provider, status)
 
     def _trim(self, st: KeyState, now: float, settings: CircuitSettings | None) -> None:
         if settings is None:

@@ -3,12 +3,19 @@
 Every authenticated caller is two *accounts*: its user and its client key (the key's
 limits and budget narrow the user's). Around each model request the proxy calls
 
-* :meth:`Ledger.admit` before forwarding: raises :class:`BudgetExhausted` (402) when a
-  budget is spent, or :class:`RateLimited` (429, ``Retry-After``) when a limit would be
-  passed; otherwise counts the request and returns an :class:`Admission`;
-* :meth:`Ledger.record` once the upstream reported usage (streams and cut streams too);
+* :meth:`Ledger.admit` before forwarding, with the request's estimated tokens and cost:
+  raises :class:`BudgetExhausted` (402) when a budget is spent *or reserved* by requests
+  in flight, or :class:`RateLimited` (429, ``Retry-After``) when a limit would be passed;
+  otherwise counts the request, reserves its estimates and returns an :class:`Admission`;
+* :meth:`Ledger.record` once the upstream reported usage (streams and cut streams too):
+  the reservation is replaced by the real tokens and cost;
 * :meth:`Ledger.release` always, in a ``finally`` (it frees the ``max_concurrent`` slot
-  and refunds the token estimate of a request that never recorded usage).
+  and refunds the estimates of a request that never recorded usage).
+
+Reservations are what keep a burst from outrunning a budget: a request is admitted while
+``spent + reserved < budget``, so concurrent requests see each other's estimated cost and
+the spend ends at most about one request's cost over the budget (exactly one when the
+estimates hold; docs/teams.md). ``tpm`` works the same way with estimated tokens.
 
 Windows (documented in docs/teams.md):
 
@@ -208,7 +215,7 @@ class _Period:
 class _Account:
     """The counters of one user or one client key."""
 
-    __slots__ = ("concurrent", "day", "day_requests", "periods", "rpm", "tpm")
+    __slots__ = ("concurrent", "day", "day_requests", "periods", "reserved_usd", "rpm", "tpm")
 
     def __init__(self) -> None:
         self.rpm = _Window()
@@ -216,7 +223,12 @@ class _Account:
         self.day = ""
         self.day_requests = 0
         self.concurrent = 0
+        self.reserved_usd = 0.0  # estimated cost of admitted requests not yet recorded
         self.periods: dict[str, _Period] = {}
+
+    def unreserve(self, usd: float) -> None:
+        # Float sums drift: with nothing in flight the reservation is exactly zero.
+        self.reserved_usd = max(0.0, self.reserved_usd - usd) if self.concurrent else 0.0
 
     def requests_today(self, now: float) -> int:
         today = period_id("daily", now)
@@ -238,6 +250,7 @@ class Admission:
 
     accounts: tuple[_Account, ...]
     estimate: int  # tokens counted toward tpm at admission
+    cost_estimate: float = 0.0  # USD reserved against budgets at admission
     recorded: bool = False
     released: bool = False
 
@@ -268,9 +281,12 @@ class Ledger:
             acc = self._keys[(user, key)] = _Account()
         return acc
 
-    def admit(self, caller: Caller, estimate_tokens: int) -> Admission:
-        """Count one request of ``caller`` or refuse it: 402 when a budget is spent, 429
-        (naming the limit, with ``Retry-After``) when a limit would be passed."""
+    def admit(self, caller: Caller, estimate_tokens: int,
+              estimate_cost: float = 0.0) -> Admission:
+        """Count one request of ``caller`` or refuse it: 402 when a budget is spent or
+        reserved by requests in flight, 429 (naming the limit, with ``Retry-After``) when a
+        limit would be passed. Reserves ``estimate_tokens`` (tpm) and ``estimate_cost``
+        (budgets) until :meth:`record` or :meth:`release` settles them."""
         now = self.clock()
         user, key = self._user(caller.user), self._key(caller.user, caller.key)
         # Subjects are named (for the error) only when one is refused.
@@ -298,7 +314,8 @@ class Ledger:
             acc.day_requests += 1
             acc.rpm.add(now, 1)
             acc.tpm.add(now, estimate_tokens)
-        return Admission((user, key), estimate_tokens)
+            acc.reserved_usd += estimate_cost
+        return Admission((user, key), estimate_tokens, estimate_cost)
 
     def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
                completion_tokens: int, cost: float | None) -> None:
@@ -313,6 +330,7 @@ class Ledger:
         used = max(0, prompt_tokens) + max(0, completion_tokens)
         for acc in adm.accounts:
             acc.tpm.add(now, used - adm.estimate)
+            acc.unreserve(adm.cost_estimate)
             for period in PERIODS:
                 acc.period(period, now).add(name, prompt_tokens, completion_tokens, cost or 0.0)
 
@@ -327,6 +345,9 @@ class Ledger:
             acc.concurrent = max(0, acc.concurrent - 1)
             if not adm.recorded:
                 acc.tpm.add(now, -adm.estimate)
+                acc.unreserve(adm.cost_estimate)
+            elif not acc.concurrent:
+                acc.reserved_usd = 0.0
 
     def _warn_unpriced(self, provider: str, model: str) -> None:
         if model in self._unpriced or len(self._unpriced) >= _MAX_UNPRICED:
@@ -391,6 +412,7 @@ class Ledger:
             end = period_end(budget.period, now)
             out["budget"] = {"usd": budget.usd, "period": budget.period,
                              "period_id": period_id(budget.period, now), "spent_usd": spent,
+                             "in_flight_usd": acc.reserved_usd,
                              "remaining_usd": max(0.0, budget.usd - spent),
                              "exhausted": spent >= budget.usd,
                              "resets_at": _iso(end) if end is not None else None}
@@ -432,13 +454,19 @@ def _check_budget(acc: _Account, caller: Caller, is_key: bool, budget: Budget,
                   now: float) -> None:
     period = acc.period(budget.period, now)
     spent = period.totals.cost
-    if spent < budget.usd:
+    if spent + acc.reserved_usd < budget.usd:
         return
     who = _who(caller, is_key)
+    span = "total" if budget.period == "total" else f"{budget.period} ({period.id})"
+    if spent < budget.usd:
+        # Not spent yet, but requests in flight are expected to spend the rest.
+        raise BudgetExhausted(
+            f"Budget exhausted for {who}: spent {_usd(spent)} of its {_usd(budget.usd)} "
+            f"{span} budget, and requests in flight are expected to spend the remaining "
+            f"{_usd(budget.usd - spent)}. Retry when they have finished.")
     end = period_end(budget.period, now)
     when = (f"It renews at {_iso(end)}." if end is not None
             else "It does not renew; ask an admin to raise it.")
-    span = "total" if budget.period == "total" else f"{budget.period} ({period.id})"
     raise BudgetExhausted(f"Budget exhausted for {who}: spent {_usd(spent)} of its "
                           f"{_usd(budget.usd)} {span} budget. {when}")
 

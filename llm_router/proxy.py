@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from . import relay as rl
-from .accounting import cost_usd
+from .accounting import cost_usd, estimate_cost, priced_target
 from .compression import MIN_COMPRESS_BYTES, compress_body, negotiate
 from .downstream import Downstream
 from .errors import (
@@ -46,6 +46,7 @@ from .providers import mock as mock_provider
 from .providers import openai as openai_provider
 from .routing import (
     Candidate,
+    CandidateSet,
     PickContext,
     Preferences,
     can_serve,
@@ -77,6 +78,7 @@ _REQUIRED: Final = {
 _MAX_ERROR_BODY: Final = 64 * 1024
 _CUT_NOTICE_S: Final = 1.0  # how long a stream cut at shutdown may take to say so
 _IDS: Final = random.Random()  # request ids (new_request_id)
+_AUTH_RETRY_AFTER_S: Final = 30.0  # every key rejected: until an admin reloads fixed keys
 
 
 async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
@@ -143,6 +145,8 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     target = resolve_target(cfg, model)
     ex.group = target.name
     ex.caller.check(target)
+    if ex.caller.has_budget:  # every call it can reach must be charged
+        target = priced_target(cfg.pricing, target)
     if not can_serve(cfg, target, ex.kind):
         raise BadRequest(f"The model '{target.name}' cannot serve {request.path}: none of its "
                          "providers offers it (anthropic providers serve chat and messages "
@@ -157,8 +161,11 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     ex.prompt_estimate = (request.content_length or 0) // 4
     estimate = state.counters.estimate(
         target.name, ex.prompt_estimate, max_tokens if isinstance(max_tokens, int) else None)
-    # Budgets and per-user/per-key limits are checked here, before anything is sent.
-    ex.admission = state.ledger.admit(ex.caller, estimate)
+    # Budgets and per-user/per-key limits are checked here, before anything is sent; the
+    # estimates are reserved so that concurrent requests see each other.
+    cost = (estimate_cost(cfg.pricing, target.group.members, ex.prompt_estimate,
+                          estimate - ex.prompt_estimate) if ex.caller.has_budget else 0.0)
+    ex.admission = state.ledger.admit(ex.caller, estimate, cost)
     down = Downstream(request, coding, cfg.keepalive_s) if stream else None
     req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
                        estimate, down)
@@ -230,7 +237,7 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
             if cands.soonest_recovery is not None and cands.soonest_recovery <= wait_until:
                 await _wait(ex, req.down, cands.soonest_recovery - now + 0.001)
                 continue
-            raise _exhausted(last, cands.total, cands.soonest_recovery, now, ex)
+            raise _exhausted(last, cands, now, ex)
         ex.attempts += 1
         if ex.attempts == 2:
             state.metrics.child(state.metrics.fallbacks, group.name).inc()
@@ -246,8 +253,7 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
                 # Tell the client when the soonest candidate recovers, tried ones included.
                 every = collect_candidates(cfg, target, ex.kind, state.health, state.counters,
                                            prefs)
-                raise _exhausted(last, 0, every.soonest_recovery, time.monotonic(),
-                                 ex) from None
+                raise _exhausted(last, every, time.monotonic(), ex) from None
 
 
 def _try_again(attempts: int, max_attempts: int, prefs: Preferences, deadline: float) -> bool:
@@ -275,12 +281,15 @@ async def _end_in_band(ex: Exchange, down: Downstream, message: str) -> web.Stre
     return down.out
 
 
-def _exhausted(last: AttemptFailure | None, total: int, soonest: float | None, now: float,
+def _exhausted(last: AttemptFailure | None, cands: CandidateSet, now: float,
                ex: Exchange) -> RouterError:
     """The error for a request no candidate could serve."""
+    soonest = cands.soonest_recovery
     wait = max(1.0, soonest - now) if soonest is not None else None
     if last is not None:
         ex.error = last.reason
+        if last.status in (401, 403):
+            return _auth_failed(ex)
         if last.status == 429:
             return RateLimited(f"{last.message}; every candidate is rate limited upstream.",
                                retry_after=parse_retry_after(last.retry_after) or wait or 1.0)
@@ -291,10 +300,21 @@ def _exhausted(last: AttemptFailure | None, total: int, soonest: float | None, n
         ex.error = "cooling_down"
         return Unavailable("Every upstream for this model is cooling down; retry later.",
                            retry_after=wait)
-    if total:
+    if cands.over_quota:
         return RateLimited("Every upstream key for this model has used its daily request quota.",
                            code="quota_exceeded", retry_after=_seconds_to_utc_midnight())
+    if cands.bad:
+        return _auth_failed(ex)
     return Unavailable("No upstream can serve this model right now.", retry_after=1.0)
+
+
+def _auth_failed(ex: Exchange) -> RouterError:
+    # The operator must fix the keys (a reload clears 'bad'): nothing the client did, and
+    # no quota. A short Retry-After lets well-behaved clients come back after a fix.
+    ex.error = "upstream_auth_failed"
+    return UpstreamError("Every upstream key for this model was rejected by its provider "
+                         "(401/403); an admin must fix the router's keys.",
+                         code="upstream_auth_failed", retry_after=_AUTH_RETRY_AFTER_S)
 
 
 def _upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailure
@@ -405,8 +425,15 @@ async def _status_failure(state: RouterState, cand: Candidate,
     if status in (401, 403):
         state.health.mark_bad(cand.provider.name, cand.key.label, status)
     reason = "status_429" if status == 429 else f"status_{status // 100}xx"
+    # An upstream's Retry-After is capped (circuit.cooldown_max_s): one answer must not
+    # take a key out for longer than the operator allows.
+    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+    if retry_after is not None:
+        retry_after = min(retry_after, state.config.circuit.cooldown_max_s)
     return AttemptFailure(reason, f"upstream '{cand.provider.name}' answered {status}",
-                          status=status, retry_after=resp.headers.get("Retry-After"), body=body)
+                          status=status,
+                          retry_after=f"{retry_after:g}" if retry_after is not None else None,
+                          body=body)
 
 
 _RATELIMIT_HEADERS: Final = (("requests", "x-ratelimit-remaining-requests"),

@@ -145,6 +145,8 @@ class CandidateSet:
     eligible: list[Candidate]
     soonest_recovery: float | None = None  # monotonic time; None if nothing is cooling
     total: int = 0  # candidates before health and quota filtering
+    over_quota: int = 0  # of those, keys past their daily_request_limit
+    bad: int = 0  # of those, keys the upstream rejected (401/403) until a reload
     excluded: set[str] = field(default_factory=set)  # providers the preferences left out
 
 
@@ -173,11 +175,13 @@ def collect_candidates(
             if (key.daily_request_limit is not None
                     and counters.requests_today(provider.name, key.label)
                     >= key.daily_request_limit):
+                out.over_quota += 1
                 continue
             ready = health.available_at(provider.name, key.label, now)
             if ready > now:
-                if ready != float("inf") and (out.soonest_recovery is None
-                                              or ready < out.soonest_recovery):
+                if ready == math.inf:
+                    out.bad += 1
+                elif out.soonest_recovery is None or ready < out.soonest_recovery:
                     out.soonest_recovery = ready
                 continue
             out.eligible.append(cand)

@@ -71,6 +71,11 @@ class RouterState:
         self.config = cfg
         self.level_new_keys(counter_keys(cfg) - counter_keys(old))
         self.health.generation += 1  # keys marked bad get another chance
+        for provider, key in _changed_keys(old, cfg):
+            # A new secret (or none) makes what the old one earned meaningless.
+            if self.health.forget(provider, key):
+                log.info("key '%s' of provider '%s' changed or was removed: its cooldown and "
+                         "circuit state are cleared", key, provider)
         self.metrics.config_last_reload.set(time.time())
         for listener in self.swap_listeners:
             listener(old, cfg)
@@ -131,3 +136,10 @@ def _user_gauges(row: dict[str, Any]) -> UserGauges:
                 if resets else None)
     return UserGauges(row["name"], float(budget["usd"]), float(budget["remaining_usd"]),
                       reset_ts, left)
+
+
+def _changed_keys(old: Config, new: Config) -> set[tuple[str, str]]:
+    """(provider, key label) of keys whose secret a swap changed or removed."""
+    after = {(p.name, k.label): k.secret for p in new.providers.values() for k in p.keys}
+    return {(p.name, k.label) for p in old.providers.values() for k in p.keys
+            if after.get((p.name, k.label)) != k.secret}

@@ -327,7 +327,7 @@ async def test_budget_blocks_with_402_and_stays_blocked_across_a_restart(
 
 async def test_key_budget_in_the_total_period_never_renews(start_router: StartRouter,
                                                            upstream: Upstream) -> None:
-    cfg = team(upstream, ci={"budget": {"usd": 0.0, "period": "total"}})
+    cfg = team(upstream, ci={"budget": {"usd": 0.0, "period": "total"}}, pricing=PRICES)
     router = await start_router(cfg)
     with pytest.raises(openai.APIStatusError) as info:
         await chat(router, BOB_CI)
