@@ -590,10 +590,22 @@ async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
         _account_partial(req, att, relay.usage, seen)
     else:
         _account(req, att, relay.usage)
+        _observe_decoding(req, att, ex.completion_tokens)
     with suppress(ConnectionError):
         await down.finish(ex)
     assert down.out is not None
     return down.out
+
+
+def _observe_decoding(req: ModelRequest, att: _Attempt, completion_tokens: int) -> None:
+    """time_per_output_token_seconds: the stream's time after its first event, per token
+    after the first (the first token's wait is TTFT's)."""
+    ex = req.ex
+    if completion_tokens > 1 and ex.ttft is not None:
+        decoding = time.perf_counter() - ex.t0 - ex.ttft
+        m = req.state.metrics
+        m.child(m.tpot, ex.group, att.cand.provider.name, att.cand.member.model).observe(
+            decoding / (completion_tokens - 1))
 
 
 def _account_partial(req: ModelRequest, att: _Attempt, usage: rl.Usage,

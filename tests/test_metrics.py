@@ -21,6 +21,7 @@ from llm_router.fake_upstream import Fault
 from .conftest import (
     AUTH,
     ROUTER_KEY,
+    MakeUpstream,
     Router,
     StartRouter,
     Upstream,
@@ -236,3 +237,21 @@ async def test_build_info_and_process_collectors(start_router: StartRouter, upst
     assert s["process_cpu_seconds_total{}"] > 0
     assert any(k.startswith("python_info{") for k in s)
     assert any(k.startswith("python_gc_collections_total{") for k in s)
+
+
+async def test_time_per_output_token_of_streams(start_router: StartRouter,
+                                                make_upstream: MakeUpstream) -> None:
+    paced = await make_upstream(tokens_per_second=100)  # an event every 10 ms
+    router = await start_router(_config(paced))
+    client = router.openai()
+    for _ in range(2):
+        chunks = [c async for c in await client.chat.completions.create(
+            model="g", messages=HELLO, stream=True, max_tokens=4)]  # type: ignore[arg-type]
+        assert chunks
+    await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    _, s = await scrape_metrics(router.url)
+    labels = "group=g,model=m,provider=up"
+    count = s[f"llm_router_time_per_output_token_seconds_count{{{labels}}}"]
+    assert count == 2  # streams only
+    mean = s[f"llm_router_time_per_output_token_seconds_sum{{{labels}}}"] / count
+    assert mean >= 0.01  # never faster than the upstream paced its tokens
