@@ -102,6 +102,8 @@ class ConfigReloader:
             m.config_reloads.labels("success").inc()
             log.info("config reloaded (%s) from %s: %s%s", reason, self._source, cfg.summary(),
                      _changes(old, cfg))
+            for warning in cfg.warnings:
+                log.warning("config %s: %s", self._source, warning)
             if (old.host, old.port) != (cfg.host, cfg.port):
                 log.warning("config reload: listen address changed from %s:%d to %s:%d in the "
                             "file; the listener cannot move without a restart (a --host/--port "

@@ -90,11 +90,12 @@ pricnig: {}
     assert problems(text) == [
         "pricnig: unknown key (did you mean 'pricing'?)",
         "groups[0].models[0].wieght: unknown key (did you mean 'weight'?)",
-        "groups[0].models[0].provider: unknown provider 'opnai' (did you mean 'openai'?) "
-        "(known: openai, local)",
         "groups[0].models[1].name: required",
         "groups[0].strategy: unknown strategy 'fastest' (known: inverse-weight, priority, "
         "round-robin, latency, price)",
+        # names that refer to other keys are checked once every key has been read
+        "groups[0].models[0].provider: unknown provider 'opnai' (did you mean 'openai'?) "
+        "(known: openai, local)",
     ]
 
 
@@ -124,8 +125,8 @@ users:
     assert problems(text) == [
         "users[0].keys[0].sha256: expected 64 hex digits (llm-router hash-key KEY prints it)",
         "users[0].keys[1]: a key needs 'sha256' (preferred) or 'key'",
-        "users[0].models[2]: unknown group 'gtp-4-turbo' (did you mean 'gpt-4-turbo'?)",
         "users[0].budget.period: unknown period 'yearly' (known: daily, weekly, monthly, total)",
+        "users[0].models[2]: unknown group 'gtp-4-turbo' (did you mean 'gpt-4-turbo'?)",
     ]
 
 
@@ -165,3 +166,68 @@ def test_hash_key_and_gen_key_agree() -> None:
     known = subprocess.run([sys.executable, "-m", "llm_router", "hash-key", "test"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert known == "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+# ---------------------------------------------------------------- checks across keys
+
+RESTRICTED = """
+providers:
+  - name: openai
+    base_url: https://api.openai.com/v1
+    api_keys: [{key: k1, name: a, models: [gpt-4o-mini]}]
+groups:
+  - name: big
+    models: [{provider: openai, name: gpt-4o}]
+  - name: mixed
+    models: [{provider: openai, name: gpt-4o-mini}, {provider: openai, name: o3}]
+"""
+
+
+def test_config_that_can_never_serve_is_an_error() -> None:
+    assert problems(RESTRICTED) == [
+        "groups[0]: group 'big' has no member that can be served, so every request for it "
+        "would fail: models[0]: no key of provider 'openai' may serve the model 'gpt-4o' "
+        "(its keys are restricted to: gpt-4o-mini)",
+        "groups[1].models[1]: no key of provider 'openai' may serve the model 'o3' (its keys "
+        "are restricted to: gpt-4o-mini)",
+    ]
+
+
+def test_duplicate_names_and_shared_keys_are_errors() -> None:
+    text = GO_CONFIG + """
+  - name: openai
+    type: mock
+users:
+  - {name: bob, keys: [{key: one}, {key: one}]}
+  - {name: bob, keys: [{key: two}]}
+  - {name: eve, keys: [{key: two}], models: ["gpt-*", "*/x", "nope/*"]}
+"""
+    assert problems(text) == [
+        "providers[1].name: duplicate provider 'openai'",
+        "users[0].keys[1]: duplicate key (the same key is listed twice)",
+        "users[1].name: duplicate user 'bob'",
+        "users[2].keys[0]: key '3fc4ccfe' is also a key of user 'bob'",
+        "users[2].models[2]: 'nope/*' matches no group and no provider/model (groups: "
+        "gpt-4-turbo; providers: openai)",
+    ]
+
+
+def test_warnings_do_not_stop_the_config() -> None:
+    text = GO_CONFIG.replace("weight: 1", "weight: 0").replace("weight: 2", "weight: 0") + """
+pricing:
+  gpt-4: {input: 30, output: 60}
+  gpt4-turbo-preview: {input: 10, output: 30}
+shutdown_grace_s: 120
+"""
+    cfg = parse_config(text, env={})
+    assert list(cfg.warnings) == [
+        "groups[0]: every member has weight 0 (always preferred), so requests are spread at "
+        "random, not by tokens; give weights above 0 to balance",
+        "pricing.gpt4-turbo-preview: no group member has the model 'gpt4-turbo-preview'; this "
+        "price applies only to direct provider/model requests (did you mean "
+        "'gpt-4-turbo-preview'?)",
+        "shutdown_grace_s: shutdown_delay_s + shutdown_grace_s is 120 s, longer than the 30 s "
+        "an orchestrator typically waits after SIGTERM (Kubernetes' default "
+        "terminationGracePeriodSeconds; docker stop waits 10 s): raise that timeout too, or "
+        "streams are cut off by SIGKILL",
+    ]
