@@ -186,7 +186,7 @@ def unpriced_reach(cfg: Config) -> list[str]:
             reach.append("provider/model names that 'pricing' does not list ("
                          + ", ".join(f"'{p}'" for p in direct) + ")")
         if reach:
-            out.append(f"users[{i}] '{user.name}' has a budget but may ask for models "
+            out.append(f"users[{i}]: user '{user.name}' has a budget but may ask for models "
                        f"without a price: {'; '.join(reach)}. Those requests get 403 "
                        "model_not_priced; price them or add 'pricing.default'.")
     return out

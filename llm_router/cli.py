@@ -1,9 +1,10 @@
-"""The ``llm-router`` command: serve | check | hash-key | gen-key | fake-upstream."""
+"""The ``llm-router`` command: serve | check | schema | hash-key | gen-key | fake-upstream."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -12,7 +13,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import __version__
-from .config import ConfigError, load_config, sha256_hex
+from .config import ConfigError, config_json_schema, load_config, sha256_hex
 
 __all__ = ["main"]
 
@@ -24,8 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("serve", help="run the router (the default)")
     _serve_args(s)
-    c = sub.add_parser("check", help="validate a config file")
+    c = sub.add_parser("check", help="validate a config file (exit 1 on errors, 0 with "
+                                     "warnings only)")
     c.add_argument("path")
+    c.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout, for CI pipelines")
+    sub.add_parser("schema", help="print the config file's JSON Schema")
     h = sub.add_parser("hash-key", help="print the sha256 of a key (stdin without KEY)")
     h.add_argument("key", nargs="?")
     sub.add_parser("gen-key", help="print a new random key and its sha256")
@@ -56,13 +61,16 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "check", "hash-key", "gen-key", "fake-upstream"}
+    commands = {"serve", "check", "schema", "hash-key", "gen-key", "fake-upstream"}
     if not any(a in commands for a in args_list[:1]) and not {"-h", "--help", "--version"} & set(
             args_list[:1]):
         args_list.insert(0, "serve")  # no sub-command means serve
     args = _parser().parse_args(args_list)
     if args.command == "check":
-        return _check(args.path)
+        return _check_json(args.path) if args.json else _check(args.path)
+    if args.command == "schema":
+        print(json.dumps(config_json_schema(), indent=2))
+        return 0
     if args.command == "hash-key":
         key = args.key if args.key is not None else sys.stdin.readline().rstrip("\r\n")
         if not key:
@@ -89,13 +97,35 @@ def _check(path: str) -> int:
         print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
+        for line in exc.warnings:
+            print(f"  warning: {line}", file=sys.stderr)
         return 1
-    print(f"{path}: OK: {cfg.summary()}")
-    from .accounting import unpriced_reach
-
-    for warning in unpriced_reach(cfg):  # valid, but probably not what was meant
-        print(f"  warning: {warning}", file=sys.stderr)
+    note = f" ({len(cfg.warnings)} warning(s))" if cfg.warnings else ""
+    print(f"{path}: OK{note}: {cfg.summary()}")
+    for line in cfg.warnings:
+        print(f"  warning: {line}", file=sys.stderr)
     return 0
+
+
+def _check_json(path: str) -> int:
+    """``check --json``: one JSON object on stdout, the exit code as without --json."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        errors, warnings, summary = exc.problems, exc.warnings, None
+    else:
+        errors, warnings, summary = [], list(cfg.warnings), cfg.summary()
+    print(json.dumps({
+        "path": path, "ok": not errors, "summary": summary,
+        "errors": [_located(line) for line in errors],
+        "warnings": [_located(line) for line in warnings],
+    }, indent=2))
+    return 1 if errors else 0
+
+
+def _located(line: str) -> dict[str, str]:
+    location, _, message = line.partition(": ")
+    return {"location": location, "message": message}
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
@@ -138,6 +168,8 @@ def _serve(args: argparse.Namespace) -> int:
               "so anyone could use your upstream keys. Add one, or pass --insecure-no-auth "
               "to serve without authentication.", file=sys.stderr)
         return 2
+    for line in cfg.warnings:
+        logging.getLogger("llm_router.config").warning("config %s: %s", path, line)
     from .state import RouterState
 
     state = RouterState(cfg, insecure_no_auth=args.insecure_no_auth, config_path=path)

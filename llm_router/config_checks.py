@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Final
 
+from .accounting import unpriced_reach
 from .config import Config, Group, Member, User, UserKey
 from .schema import Reader, at, did_you_mean, unknown_choice
 
@@ -38,6 +39,7 @@ def check_config(cfg: Config, r: Reader) -> list[str]:
             warnings.append(f"pricing.{model}: no group member has the model '{model}'; this "
                             "price applies only to direct provider/model requests"
                             f"{did_you_mean(model, sorted(used))}")
+    warnings += unpriced_reach(cfg)
     linger = cfg.shutdown_delay_s + cfg.shutdown_grace_s
     if linger > KILL_TIMEOUT_S:
         warnings.append(
