@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
-from .config import Budget, Config, Limits, Member, Price, User, UserKey, sha256_hex
+from .config import DEFAULT_PRICE, Budget, Config, Limits, Member, Price, User, UserKey, sha256_hex
 from .errors import Forbidden, Unauthorized
 from .routing import Target
 
@@ -27,10 +27,8 @@ __all__ = [
     "extract_key",
     "price_for",
     "priced_target",
-    "unpriced_reach",
 ]
 
-DEFAULT_PRICE: Final = "default"  # the pricing entry for models the table does not name
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,35 +160,3 @@ def priced_target(pricing: Mapping[str, Price], target: Target) -> Target:
                         code="model_not_priced")
     # A group with some unpriced members: a budgeted caller is served by the others.
     return Target(target.name, replace(target.group, members=priced))
-
-
-def unpriced_reach(cfg: Config) -> list[str]:
-    """Warnings for ``check``: budgeted users who could ask for a model without a price
-    (those requests get 403 ``model_not_priced``)."""
-    if DEFAULT_PRICE in cfg.pricing:
-        return []
-    out: list[str] = []
-    for i, user in enumerate(cfg.users):
-        budgeted = user.budget is not None or any(k.budget is not None for k in user.keys)
-        if not budgeted:
-            continue
-        reach: list[str] = []
-        for name, group in cfg.groups.items():
-            if not _allowed(user.models, Target(name, group)):
-                continue
-            reach += [f"group '{name}' member '{m.provider}/{m.model}'"
-                      for m in group.members if price_for(cfg.pricing, m.model) is None]
-        direct = [p for p in (user.models or ("*/*",)) if "/" in p and p not in cfg.groups]
-        if any(_is_glob(p) or price_for(cfg.pricing, p.partition("/")[2]) is None
-               for p in direct):
-            reach.append("provider/model names that 'pricing' does not list ("
-                         + ", ".join(f"'{p}'" for p in direct) + ")")
-        if reach:
-            out.append(f"users[{i}]: user '{user.name}' has a budget but may ask for models "
-                       f"without a price: {'; '.join(reach)}. Those requests get 403 "
-                       "model_not_priced; price them or add 'pricing.default'.")
-    return out
-
-
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")

@@ -16,8 +16,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Final
 
-from .accounting import unpriced_reach
-from .config import Config, Group, Member, User, UserKey
+from .config_model import DEFAULT_PRICE, Config, Group, Member, User, UserKey
 from .schema import Reader, at, did_you_mean, unknown_choice
 
 __all__ = ["KILL_TIMEOUT_S", "check_config"]
@@ -39,7 +38,7 @@ def check_config(cfg: Config, r: Reader) -> list[str]:
             warnings.append(f"pricing.{model}: no group member has the model '{model}'; this "
                             "price applies only to direct provider/model requests"
                             f"{did_you_mean(model, sorted(used))}")
-    warnings += unpriced_reach(cfg)
+    warnings += _unpriced_reach(cfg)
     linger = cfg.shutdown_delay_s + cfg.shutdown_grace_s
     if linger > KILL_TIMEOUT_S:
         warnings.append(
@@ -136,6 +135,35 @@ def _check_provider_keys(cfg: Config, r: Reader) -> None:
                 r.fail(r.where(key), f"duplicate key (label '{key.label}'); give each key a "
                                      "distinct name")
             labels.add(key.label)
+
+
+def _unpriced_reach(cfg: Config) -> list[str]:
+    """Budgeted users who could ask for a model without a price (those requests get 403
+    ``model_not_priced``; accounting.price_for is the rule: the model's entry, else
+    ``pricing.default``)."""
+    if DEFAULT_PRICE in cfg.pricing:
+        return []
+    out: list[str] = []
+    for i, user in enumerate(cfg.users):
+        budgeted = user.budget is not None or any(k.budget is not None for k in user.keys)
+        if not budgeted:
+            continue
+        reach: list[str] = []
+        for name, group in cfg.groups.items():
+            if user.models is not None and not any(fnmatch.fnmatchcase(name, p)
+                                                   for p in user.models):
+                continue
+            reach += [f"group '{name}' member '{m.provider}/{m.model}'"
+                      for m in group.members if m.model not in cfg.pricing]
+        direct = [p for p in (user.models or ("*/*",)) if "/" in p and p not in cfg.groups]
+        if any(_is_glob(p) or p.partition("/")[2] not in cfg.pricing for p in direct):
+            reach.append("provider/model names that 'pricing' does not list ("
+                         + ", ".join(f"'{p}'" for p in direct) + ")")
+        if reach:
+            out.append(f"users[{i}]: user '{user.name}' has a budget but may ask for models "
+                       f"without a price: {'; '.join(reach)}. Those requests get 403 "
+                       "model_not_priced; price them or add 'pricing.default'.")
+    return out
 
 
 def _is_glob(pattern: str) -> bool:
