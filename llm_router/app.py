@@ -49,7 +49,9 @@ log = logging.getLogger("llm_router")
 access_log = logging.getLogger("llm_router.access")
 
 _BACKLOG: Final = 1024
-_PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+# No key needed, not counted in flight. /ui is only the page: it asks for an admin key
+# and sends it with each call to /admin/status.
+_PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics", "/ui"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
@@ -172,6 +174,7 @@ def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
         m.child(m.rejections, ex.route, ex.group, user, rejected).inc()
     if ex.attempts:
         m.child(m.overhead, ex.route).observe(max(0.0, elapsed - ex.upstream_s))
+    state.traffic.record(ex, elapsed)
     if access_log.isEnabledFor(logging.INFO):
         line = ex.log_line()
         if log_format == "json":

@@ -14,8 +14,10 @@ from . import anthropic_in
 from .errors import Forbidden, RouterError, Unavailable, UpstreamError, UpstreamTimeout
 from .exchange import EXCHANGE, Exchange
 from .proxy import forward, read_json
+from .reload import RELOADER
 from .routing import Target, resolve_target
 from .state import RouterState
+from .status import build_status, status_page
 
 __all__ = ["STATE", "routes"]
 
@@ -140,6 +142,29 @@ def _provider_keys(state: RouterState) -> list[dict[str, object]]:
     return out
 
 
+async def admin_status(request: web.Request) -> web.Response:
+    """The status page's data (README: ``GET /admin/status``); admins only."""
+    state = request.app[STATE]
+    caller = request[EXCHANGE].caller
+    if not caller.is_admin:
+        raise Forbidden(f"The key of user '{caller.user}' is not an admin key: /admin/status "
+                        "and the status page need a key of a user with role 'admin'.",
+                        code="admin_only")
+    resp = _json(build_status(state, request.app.get(RELOADER), exclude_inflight=1))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+async def status_ui(request: web.Request) -> web.Response:
+    """The read-only status page: one self-contained document, nothing loaded from
+    elsewhere (its Content-Security-Policy forbids it)."""
+    del request
+    body, csp = status_page()
+    return web.Response(body=body, content_type="text/html", charset="utf-8", headers={
+        "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
+
+
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return _json({"status": "draining" if state.draining else "ok",
@@ -175,5 +200,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/metrics", metrics),
         web.get("/v1/usage", own_usage),
         web.get("/admin/usage", admin_usage),
+        web.get("/admin/status", admin_status),
+        web.get("/ui", status_ui),
     ]
 

@@ -23,7 +23,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -33,7 +35,7 @@ from watchfiles import Change, awatch
 from .config import Config, ConfigError, parse_config
 from .state import RouterState
 
-__all__ = ["RELOADER", "ConfigReloader", "config_watcher"]
+__all__ = ["RELOADER", "ConfigReloader", "ReloadOutcome", "config_watcher"]
 
 log = logging.getLogger("llm_router.reload")
 
@@ -42,6 +44,16 @@ _MAX_BATCH_MS: Final = 1000  # … or after this long, whichever comes first
 _SETTLE_S: Final = 0.5  # an invalid or shrinking file must hold still this long
 _CATCH_UP_S: Final = 0.5  # after starting a watch, compare the file with what was loaded
 _RESTART_WATCH_S: Final = 5.0  # the watcher failed (directory gone?): try again after this
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """The last reload that did something, for the status page (``GET /admin/status``)."""
+
+    at: float  # Unix time
+    accepted: bool
+    reason: str  # what asked for it: "file changed", "SIGHUP", ...
+    problems: tuple[str, ...] = ()  # why it was refused (each with its location)
 
 
 class ConfigReloader:
@@ -54,6 +66,8 @@ class ConfigReloader:
         self._lock = asyncio.Lock()
         self._digest: bytes | None = None
         self._requested: set[asyncio.Task[bool | None]] = set()
+        self.last: ReloadOutcome | None = None
+        self.loaded_at = state.started  # when the serving config was read (start-up, reload)
 
     async def prime(self) -> None:
         """Remember the file's current content, so an event that changes nothing is ignored."""
@@ -96,10 +110,13 @@ class ConfigReloader:
                             "the previous config", reason, self._source, len(problems))
                 for problem in problems:
                     log.warning("config reload refused: %s", problem)
+                self.last = ReloadOutcome(time.time(), False, reason, tuple(problems))
                 return False
             old = self.state.config
             self.state.swap_config(cfg)
             m.config_reloads.labels("success").inc()
+            self.loaded_at = time.time()
+            self.last = ReloadOutcome(self.loaded_at, True, reason)
             log.info("config reloaded (%s) from %s: %s%s", reason, self._source, cfg.summary(),
                      _changes(old, cfg))
             for warning in cfg.warnings:

@@ -22,6 +22,7 @@ from .health import KeyHealth
 from .limits import Ledger
 from .metrics import LIMIT_NAMES, Metrics, UserGauges
 from .routing import counter_keys, level_new_keys
+from .traffic import Traffic
 from .usage import CounterKey, SnapshotStore, UsageCounters
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class RouterState:
         self.deadlines = Deadlines()  # bounds the waits of non-streamed attempts
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
+        self.traffic = Traffic()  # the last minute, for GET /admin/status
         self.session: aiohttp.ClientSession | None = None
         self.snapshot: SnapshotStore | None = None
         self.draining = False

@@ -1,0 +1,212 @@
+"""Recent traffic in memory, for the status page: the router's last minute, each key's last
+five minutes.
+
+Prometheus keeps the long history; this answers "what is happening right now" without
+one. Recording is on the request path, so it is O(1) per request and allocates nothing
+in the steady state: each ring is a fixed number of time slots indexed by
+``int(now // width) % slots``; a slot whose stamp is stale is zeroed when it is reused.
+Reading (a status request) sums the slots still inside the window.
+
+What the figures mean, and how far they can be off (README, ``GET /admin/status``):
+
+* Router: requests, errors (status >= 400) and latency over the 60 *complete* seconds
+  before the read, so a figure never includes a partial second. Latency is the time to
+  the end of the response, streams included, kept as a histogram with buckets 20 %
+  apart; a percentile is reported as its bucket's geometric midpoint, within 10 % of
+  the true value (and exact in rank).
+* Provider keys: attempts and failed attempts in ten 30-second slots, the current one
+  included, so "the last five minutes" spans between 4.5 and 5 minutes.
+
+Only API routes (``/v1/...``) are recorded: the status page's own polling is not traffic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+__all__ = ["Finished", "KeyActivity", "RouterActivity", "Traffic"]
+
+_SECOND_SLOTS: Final = 61  # the 60 complete seconds shown, plus the one being filled
+_WINDOW_S: Final = 60
+_KEY_SLOTS: Final = 10
+_KEY_SLOT_S: Final = 30.0
+# Latency histogram: bucket 0 holds everything up to _LAT_MIN, bucket b >= 1 holds
+# (_LAT_MIN x G^(b-1), _LAT_MIN x G^b]; the last one is open-ended (about 11 min and up).
+_LAT_MIN: Final = 1e-4  # 0.1 ms
+_LAT_GROWTH: Final = 1.2
+_LAT_BUCKETS: Final = 90
+_INV_LOG_GROWTH: Final = 1.0 / math.log(_LAT_GROWTH)
+
+Clock = Callable[[], float]
+
+
+class Finished(Protocol):
+    """What a finished request tells the ring (``proxy.Exchange`` has these)."""
+
+    route: str
+    status: int
+    attempts: int
+    provider: str
+    key: str
+    failures: list[str]  # "provider/key:reason" per failed attempt
+
+
+def _latency_bucket(seconds: float) -> int:
+    if seconds <= _LAT_MIN:
+        return 0
+    return min(_LAT_BUCKETS - 1, int(math.log(seconds / _LAT_MIN) * _INV_LOG_GROWTH) + 1)
+
+
+def _bucket_midpoint(b: int) -> float:
+    """The geometric middle of bucket ``b``, in seconds."""
+    if b == 0:
+        return _LAT_MIN
+    return float(_LAT_MIN * _LAT_GROWTH ** (b - 0.5))
+
+
+@dataclass(frozen=True, slots=True)
+class RouterActivity:
+    """The router's last minute, as read."""
+
+    window_s: int  # seconds covered: 60, or less while the process is younger
+    requests: int
+    errors: int
+    p50_s: float | None
+    p95_s: float | None
+    per_second: tuple[tuple[int, int], ...]  # (requests, errors), oldest first, 60 entries
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.window_s if self.window_s else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyActivity:
+    """One provider key's last five minutes, as read."""
+
+    attempts: int
+    failures: int
+    last_failure: str | None  # reason of the most recent failed attempt, e.g. status_429
+    last_failure_at: float | None  # Unix time
+
+
+class _KeyRing:
+    __slots__ = ("attempts", "failures", "last_failure", "last_failure_at", "stamp")
+
+    def __init__(self) -> None:
+        self.stamp = [-1] * _KEY_SLOTS
+        self.attempts = [0] * _KEY_SLOTS
+        self.failures = [0] * _KEY_SLOTS
+        self.last_failure: str | None = None
+        self.last_failure_at: float | None = None
+
+    def add(self, slot: int, failed: bool) -> None:
+        i = slot % _KEY_SLOTS
+        if self.stamp[i] != slot:
+            self.stamp[i], self.attempts[i], self.failures[i] = slot, 0, 0
+        self.attempts[i] += 1
+        if failed:
+            self.failures[i] += 1
+
+
+class Traffic:
+    """The rings; one per process, on the event loop thread (plain lists suffice).
+
+    ``clock`` is monotonic seconds (slots), ``wall`` Unix seconds (timestamps shown);
+    tests may replace both.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
+        self._clock = clock
+        self._wall = wall
+        self._started = clock()
+        n = _SECOND_SLOTS
+        self._stamp = [-1] * n
+        self._requests = [0] * n
+        self._errors = [0] * n
+        self._latency: list[dict[int, int]] = [{} for _ in range(n)]
+        self._keys: dict[tuple[str, str], _KeyRing] = {}
+
+    # -- the request path
+    def record(self, ex: Finished, seconds: float) -> None:
+        """Count one finished request: O(1), plus one step per failed attempt."""
+        if not ex.route.startswith("/v1/"):
+            return
+        now = self._clock()
+        sec = int(now)
+        i = sec % _SECOND_SLOTS
+        if self._stamp[i] != sec:
+            self._stamp[i], self._requests[i], self._errors[i] = sec, 0, 0
+            self._latency[i].clear()
+        self._requests[i] += 1
+        if ex.status >= 400:
+            self._errors[i] += 1
+        hist = self._latency[i]
+        b = _latency_bucket(seconds)
+        hist[b] = hist.get(b, 0) + 1
+        if not ex.attempts:
+            return
+        slot = int(now // _KEY_SLOT_S)
+        for failure in ex.failures:
+            head, _, reason = failure.rpartition(":")  # reasons never contain ':'
+            provider, _, key = head.partition("/")  # provider names never contain '/'
+            ring = self._ring(provider, key)
+            ring.add(slot, True)
+            ring.last_failure, ring.last_failure_at = reason, self._wall()
+        if ex.attempts > len(ex.failures):  # the last attempt answered
+            self._ring(ex.provider, ex.key).add(slot, False)
+
+    def _ring(self, provider: str, key: str) -> _KeyRing:
+        ring = self._keys.get((provider, key))
+        if ring is None:
+            # Bounded: provider names and key labels come from the config, never a client.
+            ring = self._keys[(provider, key)] = _KeyRing()
+        return ring
+
+    # -- reads
+    def router(self) -> RouterActivity:
+        """The 60 complete seconds before now (fewer while the process is younger)."""
+        sec = int(self._clock())
+        per_second: list[tuple[int, int]] = []
+        merged: dict[int, int] = {}
+        for s in range(sec - _WINDOW_S, sec):
+            i = s % _SECOND_SLOTS
+            if self._stamp[i] != s:
+                per_second.append((0, 0))
+                continue
+            per_second.append((self._requests[i], self._errors[i]))
+            for b, n in self._latency[i].items():
+                merged[b] = merged.get(b, 0) + n
+        requests = sum(r for r, _ in per_second)
+        errors = sum(e for _, e in per_second)
+        window = max(1, min(_WINDOW_S, sec - int(self._started)))
+        return RouterActivity(window, requests, errors, _percentile(merged, requests, 0.50),
+                              _percentile(merged, requests, 0.95), tuple(per_second))
+
+    def key(self, provider: str, key: str) -> KeyActivity:
+        """Attempts and failures of one provider key over the last 4.5 to 5 minutes."""
+        ring = self._keys.get((provider, key))
+        if ring is None:
+            return KeyActivity(0, 0, None, None)
+        slot = int(self._clock() // _KEY_SLOT_S)
+        live = [i for i in range(_KEY_SLOTS) if slot - _KEY_SLOTS < ring.stamp[i] <= slot]
+        return KeyActivity(sum(ring.attempts[i] for i in live),
+                           sum(ring.failures[i] for i in live), ring.last_failure,
+                           ring.last_failure_at)
+
+
+def _percentile(hist: dict[int, int], total: int, q: float) -> float | None:
+    """The bucket midpoint holding the ``q`` quantile (nearest rank) of ``hist``."""
+    if total <= 0:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen >= rank:
+            return _bucket_midpoint(b)
+    return None  # unreachable while total matches hist
