@@ -7,13 +7,16 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import ConfigError, config_json_schema, load_config, sha256_hex
+from .config_yaml import key_positions
 
 __all__ = ["main"]
 
@@ -91,20 +94,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(path: str) -> int:
+    """``check``: errors (exit 1) and warnings, each located, in the file's order."""
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        for line in exc.warnings:
-            print(f"  warning: {line}", file=sys.stderr)
-        return 1
-    note = f" ({len(cfg.warnings)} warning(s))" if cfg.warnings else ""
-    print(f"{path}: OK{note}: {cfg.summary()}")
-    for line in cfg.warnings:
-        print(f"  warning: {line}", file=sys.stderr)
-    return 0
+        errors, warnings = exc.problems, exc.warnings
+    else:
+        errors, warnings = [], list(cfg.warnings)
+        print(f"{path}: OK: {cfg.summary()}")
+    at = _positions(path) if errors or warnings else {}
+    for what, lines in (("problem", errors), ("warning", warnings)):
+        if lines:
+            print(f"{path}: {len(lines)} {what}(s)", file=sys.stderr)
+        for item in sorted((_located(line, at) for line in lines), key=_file_order):
+            located = "line" in item and not _FILE_POSITION.match(item["location"])
+            where = f"line {item['line']}: " if located else ""
+            print(f"  {where}{item['text']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _file_order(item: dict[str, Any]) -> tuple[int, int]:
+    return item.get("line", 0), item.get("column", 0)
 
 
 def _check_json(path: str) -> int:
@@ -115,17 +125,50 @@ def _check_json(path: str) -> int:
         errors, warnings, summary = exc.problems, exc.warnings, None
     else:
         errors, warnings, summary = [], list(cfg.warnings), cfg.summary()
-    print(json.dumps({
-        "path": path, "ok": not errors, "summary": summary,
-        "errors": [_located(line) for line in errors],
-        "warnings": [_located(line) for line in warnings],
-    }, indent=2))
+    at = _positions(path) if errors or warnings else {}
+    def listed(lines: list[str]) -> list[dict[str, Any]]:
+        items = sorted((_located(line, at) for line in lines), key=_file_order)
+        return [{k: v for k, v in item.items() if k != "text"} for item in items]
+
+    print(json.dumps({"path": path, "ok": not errors, "summary": summary,
+                      "errors": listed(errors), "warnings": listed(warnings)}, indent=2))
     return 1 if errors else 0
 
 
-def _located(line: str) -> dict[str, str]:
+_FILE_POSITION = re.compile(r"^(.*):(\d+):(\d+)$")
+
+
+def _positions(path: str) -> dict[str, tuple[int, int]]:
+    """Line and column of every key in the file, to point at each problem."""
+    try:
+        return key_positions(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def _located(line: str, at: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """``{location, message, line?, column?}`` of one ``location: message`` line."""
     location, _, message = line.partition(": ")
-    return {"location": location, "message": message}
+    out: dict[str, Any] = {"location": location, "message": message.split("\n", 1)[0],
+                           "text": line}
+    m = _FILE_POSITION.match(location)
+    position = (int(m[2]), int(m[3])) if m else _nearest(location, at)
+    if position is not None:
+        out["line"], out["column"] = position
+    return out
+
+
+def _nearest(location: str, at: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+    """The position of ``location``, or of its nearest enclosing key (a missing key's
+    problem is located at the object that lacks it)."""
+    while location:
+        if location in at:
+            return at[location]
+        shorter = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", location)
+        if shorter == location:
+            return None
+        location = shorter
+    return None
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:

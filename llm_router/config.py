@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
 from .config_checks import check_config
 from .config_model import (
@@ -51,6 +50,7 @@ from .config_model import (
     key_label,
     sha256_hex,
 )
+from .config_yaml import describe_json_error, load_yaml
 from .schema import Reader, at
 
 __all__ = [
@@ -108,18 +108,22 @@ def parse_config(
     Problems that stop it serving raise :class:`ConfigError`; the others are in
     ``Config.warnings``.
     """
+    where = source or "config"
+    duplicates: list[str] = []
     try:
-        raw: Any = orjson.loads(text) if fmt == "json" else yaml.safe_load(text)
+        if fmt == "json":
+            raw: Any = orjson.loads(text)
+        else:
+            raw, duplicates = load_yaml(text, where)
     except orjson.JSONDecodeError as exc:
-        raise ConfigError([f"{source or 'config'}: invalid JSON: {exc}"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError([f"{source or 'config'}: invalid YAML{where}: {problem}"]) from None
+        raise ConfigError([describe_json_error(exc.msg, exc.lineno, exc.colno, text,
+                                               where)]) from None
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
     if raw is None:
         raw = {}
     reader = Reader()
+    reader.problems += duplicates
     raw = _expand(raw, "", os.environ if env is None else env, reader)
     cfg: Config | Any = reader.read(Config, raw, "")
     if not isinstance(cfg, Config):

@@ -179,6 +179,23 @@ class _Bad:
 BAD: Final = _Bad()  # a value that failed and was reported
 
 
+def _belongs_below(cls: type, name: str) -> str:
+    """`` (a key of each entry in 'groups': indented too little?)`` when ``name`` is a key
+    of an object below ``cls``: what a key dedented out of its block looks like."""
+    for k in _keys(cls):
+        inner, _ = _optional(k.tp)
+        args = typing.get_args(inner)
+        item = args[-1] if args and typing.get_origin(inner) is not None else inner
+        if not dataclasses.is_dataclass(item) or k.spec.internal:
+            continue
+        names = [n for x in _keys(typing.cast(type, item)) if not x.spec.internal
+                 for n in (x.name, *x.spec.aliases)]
+        if name in names:
+            where = f"each entry in '{k.name}'" if item is not inner else f"'{k.name}'"
+            return f" ('{name}' is a key of {where}: is it indented too little?)"
+    return ""
+
+
 def at(path: str, key: str | int) -> str:
     """The location of ``key`` under ``path``: ``groups[0].models``."""
     if isinstance(key, int):
@@ -249,7 +266,8 @@ class Reader:
         allowed += list(extra)
         for name in node:
             if name not in allowed:
-                self.fail(at(path, str(name)), f"unknown key{did_you_mean(str(name), allowed)}")
+                hint = did_you_mean(str(name), allowed) or _belongs_below(cls, str(name))
+                self.fail(at(path, str(name)), f"unknown key{hint}")
         values: dict[str, Any] = {}
         missing = False
         for k in keys:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,9 +110,46 @@ def test_wrong_types_are_named() -> None:
 
 def test_syntax_errors_name_the_line() -> None:
     (line,) = problems("port: 8080\ngroups: [\n")
-    assert "invalid YAML (line 3" in line
-    (line,) = problems('{"port": 8080,', fmt="json")
-    assert "invalid JSON" in line
+    assert line.startswith("config:2:9: invalid YAML: the '[' opened here is not closed")
+    assert line.endswith("\n    2 | groups: [\n      |         ^")
+    (line,) = problems('{"port": 8080,\n "host": }', fmt="json")
+    assert line.startswith("config:2:10: invalid JSON: unexpected character")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("providers:\n  - name: a\n    type: mock\n  timeouts: {connect: 1}\n",
+     "config:4:3: invalid YAML: 'timeouts' is indented 2 spaces, so it falls out of the block "
+     "of 'type' (line 3, indented 4); indent it 4 spaces if it belongs there, or 0 to put it "
+     "beside 'providers' (line 1)"),
+    ("providers:\n  - name: a\n     type: mock\n",
+     "config:3:10: invalid YAML: 'type' is indented more than 'name' on line 2, so YAML reads "
+     "it as the rest of that value; line it up with 'name' (4 spaces)"),
+    ("api_key: abc: def\n", "config:1:13: invalid YAML: this value contains ': ', which YAML "
+     "reads as a new key; put the whole value in quotes"),
+    ("port 8080\nhost: x\n", "config:2:5: invalid YAML: line 1 has no ':' after its key, so "
+     "YAML reads it together with this line; write 'key: value'"),
+    ('api_key: "abc\nport: 1\n',
+     "config:1:10: invalid YAML: the quote opened here is never closed"),
+    ("port: 1\ngroups:\n\t- name: x\n",
+     "config:3:1: invalid YAML: a tab character; YAML indents with spaces only"),
+    ("api_key: @abc\n", "config:1:10: invalid YAML: a value cannot start with '@'; put the "
+     "value in quotes"),
+])
+def test_yaml_syntax_errors_in_plain_words(text: str, expected: str) -> None:
+    (line,) = problems(text)
+    assert line.split("\n")[0] == expected
+
+
+def test_duplicate_yaml_keys_are_problems_not_silently_dropped() -> None:
+    assert problems(GO_CONFIG + "port: 9090\n") == [
+        "config:18:1: duplicate key 'port' (first on line 2); YAML would keep only the last "
+        "one, so remove or rename one of them"]
+
+
+def test_key_dedented_out_of_its_block_says_where_it_belongs() -> None:
+    assert problems(GO_CONFIG + "strategy: priority\n") == [
+        "strategy: unknown key ('strategy' is a key of each entry in 'groups': is it indented "
+        "too little?)"]
 
 
 def test_users_keys_must_be_sha256_or_key() -> None:
@@ -151,7 +189,29 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     fail = subprocess.run([sys.executable, "-m", "llm_router", "check", str(bad)],
                           capture_output=True, text=True, check=False)
     assert fail.returncode == 1
-    assert "groups[0].models[1].provider: unknown provider 'opnai'" in fail.stderr
+    assert "line 11: groups[0].models[1].provider: unknown provider 'opnai'" in fail.stderr
+
+
+def test_check_warnings_exit_0_and_json_lists_everything(tmp_path: Path) -> None:
+    path = tmp_path / "warn.yaml"
+    path.write_text(GO_CONFIG + "shutdown_grace_s: 90\nerror_penalty: -1\n")
+    run = [sys.executable, "-m", "llm_router", "check"]
+    bad = subprocess.run([*run, "--json", str(path)], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 1
+    report = json.loads(bad.stdout)
+    assert report["ok"] is False and report["summary"] is None
+    assert report["errors"] == [{"location": "error_penalty", "message": "must be >= 0",
+                                 "line": 19, "column": 1}]
+    assert [w["location"] for w in report["warnings"]] == ["shutdown_grace_s"]
+    path.write_text(GO_CONFIG + "shutdown_grace_s: 90\n")
+    ok = subprocess.run([*run, str(path)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and "OK: 1 providers" in ok.stdout
+    assert "1 warning(s)\n  line 18: shutdown_grace_s: shutdown_delay_s + shutdown_grace_s " \
+           "is 90 s" in ok.stderr
+    as_json = subprocess.run([*run, "--json", str(path)], capture_output=True, text=True,
+                             check=False)
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["ok"] is True
 
 
 def test_hash_key_and_gen_key_agree() -> None:
