@@ -38,6 +38,7 @@ __all__ = [
     "Price",
     "Provider",
     "ProviderKey",
+    "ResponsesSettings",
     "Timeouts",
     "UsageSettings",
     "User",
@@ -148,6 +149,10 @@ class Provider:
                                                        "header.")
     max_tokens_default: int = setting(4096, ge=1, doc=(
         "anthropic only: max_tokens when a client omits it (Messages requires it)."))
+    responses: str = setting("chat", choices=("chat", "native"), doc=(
+        "How POST /v1/responses reaches this provider. native: its own /responses endpoint, "
+        "the body passed through untouched (OpenAI, Azure's v1 API, vLLM); chat: translated "
+        "to Chat Completions (and on to Messages for anthropic). See docs/responses.md."))
 
     @staticmethod
     def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
@@ -163,6 +168,9 @@ class Provider:
                    f"(e.g. {_DEFAULT_BASE_URLS['anthropic']}); the router posts to "
                    "{base_url}/v1/messages")
         values["base_url"] = url.rstrip("/")
+        if ptype == "anthropic" and values.get("responses") == "native":
+            r.fail(f"{path}.responses", "anthropic providers have no Responses API; use "
+                   "'chat' (the router translates to Messages)")
         keys = values.get("keys", ())
         if not keys and not any(p.startswith(f"{path}.api_keys") for p in r.failed):
             if ptype == "mock":
@@ -313,6 +321,19 @@ class UsageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesSettings:
+    """The store behind previous_response_id and GET/DELETE /v1/responses/{id}."""
+
+    store_max_entries: int = setting(10_000, doc=(
+        "Most responses kept; past it the least recently used go first (0 keeps none)."))
+    store_max_bytes: int = setting(64 * 1024 * 1024, doc=(
+        "Bound on the kept responses' JSON, summed: memory stays within it (plus ~200 bytes "
+        "per entry) whatever the traffic. A single larger response is not kept."))
+    store_ttl_s: float = setting(3600.0, gt=0, doc=(
+        "A response is forgotten this many seconds after it was created."))
+
+
+@dataclass(frozen=True, slots=True)
 class CircuitSettings:
     """Passive health: when a key's recent upstream failures open its circuit."""
 
@@ -349,6 +370,8 @@ class Config:
     pricing: Mapping[str, Price] = setting(MappingProxyType({}), doc=(
         "USD per 1M tokens, keyed by upstream model name."))
     usage: UsageSettings = setting(UsageSettings(), doc="Usage counters and their snapshot.")
+    responses: ResponsesSettings = setting(ResponsesSettings(), doc=(
+        "POST /v1/responses: the store that keeps answers for previous_response_id."))
     circuit: CircuitSettings = setting(CircuitSettings(), doc=(
         "Passive health per provider key (see docs/resilience.md)."))
     shutdown_grace_s: float = setting(30.0, doc="SIGTERM: how long in-flight requests and "

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import fake_responses
 from .fake_prompt_cache import PromptCache, report_cached
 
 __all__ = [
@@ -445,7 +446,9 @@ _ROUTES: dict[str, tuple[_Answer, _Answer | None, str | None]] = {
     "/v1/messages": (messages_response, messages_events, "messages"),
     "/v1/messages/count_tokens": (lambda body, _model: count_tokens(body), None, "messages"),
     "/v1/models": (lambda _body, _model: models_list(), None, None),  # GET
+    "/v1/responses": (fake_responses.response_object, fake_responses.response_events, "input"),
 }
+_ISSUED_CAP = 10_000  # response ids remembered for previous_response_id
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
                  403: "permission_error", 404: "invalid_request_error", 429: "requests"}
 _OPENAI_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
@@ -545,6 +548,9 @@ class FakeUpstream:
         self._faults: list[_ArmedFault] = []
         self._remaining_requests = _RATE_REQUESTS
         self._remaining_tokens = _RATE_TOKENS
+        # Responses this fake issued (store not false) → the API key that created them:
+        # previous_response_id works only with that key, as upstream state is per account.
+        self.issued: dict[str, str | None] = {}
 
     def add_fault(self, fault: Fault) -> None:
         """Arm ``fault``; faults are tried in the order they were added."""
@@ -648,23 +654,49 @@ class FakeUpstream:
 
         cached = (self.prompt_cache.use(key, body)
                   if self.prompt_cache is not None and required == "messages" else None)
+        if request.path == "/v1/responses":
+            unknown = self._unknown_previous(body, key)
+            if unknown is not None:
+                return unknown
         if stream and stream_answer is not None:
             cut = fault.cut_after_chunks if fault is not None else None
             events = stream_answer(body, model)
             if cached is not None:
                 for event in events:
                     report_cached(event[1] if anthropic else event, anthropic, cached)
-            return await self._stream(request, events, anthropic, cut)
+            if request.path == "/v1/responses":
+                self._issue(body, events[0][1]["response"]["id"], key)
+            named = anthropic or request.path == "/v1/responses"
+            return await self._stream(request, events, named, cut)
         if self.latency_ms > 0:
             await _pause(request, self.latency_ms / 1000)
         result = answer(body, model)
         if cached is not None:
             report_cached(result, anthropic, cached)
+        if request.path == "/v1/responses":
+            self._issue(body, result["id"], key)
         return _json(result)
 
-    async def _stream(self, request: web.Request, events: list[Any], anthropic: bool,
+    def _unknown_previous(self, body: _Body, key: str | None) -> web.Response | None:
+        previous = body.get("previous_response_id")
+        if previous is None or (previous in self.issued and self.issued[previous] == key):
+            return None
+        err = {"message": f"Previous response with id '{previous}' not found.",
+               "type": "invalid_request_error", "param": "previous_response_id",
+               "code": "previous_response_not_found"}
+        return web.Response(status=400, body=orjson.dumps({"error": err}),
+                            content_type="application/json")
+
+    def _issue(self, body: _Body, response_id: str, key: str | None) -> None:
+        if body.get("store") is False:
+            return
+        self.issued[response_id] = key
+        if len(self.issued) > _ISSUED_CAP:
+            del self.issued[next(iter(self.issued))]
+
+    async def _stream(self, request: web.Request, events: list[Any], named: bool,
                       cut: int | None) -> web.StreamResponse:
-        if anthropic:
+        if named:  # Anthropic and Responses events: "event: <type>", no [DONE]
             frames = [b"event: %b\ndata: %b\n\n" % (name.encode(), orjson.dumps(data))
                       for name, data in events]
         else:

@@ -11,7 +11,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import anthropic_in
-from .errors import Forbidden, RouterError, Unavailable, UpstreamError, UpstreamTimeout
+from .errors import (
+    Forbidden,
+    ModelNotFound,
+    RouterError,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from .exchange import EXCHANGE, Exchange
 from .proxy import forward, read_json
 from .reload import RELOADER
@@ -110,6 +117,49 @@ async def list_models(request: web.Request) -> web.Response:
     return _json({"object": "list", "data": data})
 
 
+async def get_model(request: web.Request) -> web.Response:
+    """One model the caller may use (``models.retrieve``): a group or ``provider/model``."""
+    state = request.app[STATE]
+    cfg = state.config
+    caller = request[EXCHANGE].caller
+    model_id = request.match_info["model"]
+    try:
+        target = resolve_target(cfg, model_id)
+    except RouterError:
+        target = None
+    if target is None or not caller.may_use(target):
+        raise ModelNotFound(f"The model '{model_id}' does not exist or you may not use it; "
+                            "GET /v1/models lists what you may use.", param="model")
+    owner = "llm-router" if target.name in cfg.groups else model_id.partition("/")[0]
+    return _json({"id": model_id, "object": "model", "created": int(state.started),
+                  "owned_by": owner})
+
+
+async def _held_response(request: web.Request) -> tuple[RouterState, str, object]:
+    state = request.app[STATE]
+    response_id = request.match_info["response_id"]
+    entry = await state.responses.get(response_id)
+    if entry is None or entry.owner != request[EXCHANGE].caller.user:
+        raise ModelNotFound(f"No response with id '{response_id}': the router keeps "
+                            "responses for a limited time, and none created with "
+                            "store: false.", param="response_id", code="response_not_found")
+    return state, response_id, entry.response
+
+
+async def get_response(request: web.Request) -> web.Response:
+    """A response the router still holds (``responses.retrieve``)."""
+    _, _, response = await _held_response(request)
+    request[EXCHANGE].status = 200
+    return _json(response)
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    """Forget a held response (``responses.delete``): it can no longer be continued."""
+    state, response_id, _ = await _held_response(request)
+    await state.responses.delete(response_id)
+    return _json({"id": response_id, "object": "response", "deleted": True})
+
+
 async def own_usage(request: web.Request) -> web.Response:
     """The caller's own spend, tokens and requests per model and period, and limits left."""
     state = request.app[STATE]
@@ -193,7 +243,11 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/messages", _model_route("messages", "anthropic")),
         web.post("/v1/messages/count_tokens",
                  _model_route("count_tokens", "anthropic")),
+        web.post("/v1/responses", _model_route("responses", "responses")),
+        web.get("/v1/responses/{response_id}", get_response),
+        web.delete("/v1/responses/{response_id}", delete_response),
         web.get("/v1/models", list_models),
+        web.get("/v1/models/{model:.+}", get_model),
         web.get("/health", health),
         web.get("/health/live", health),
         web.get("/health/ready", ready),

@@ -16,6 +16,7 @@ from aiohttp import web
 from .config import Config
 from .downstream import Downstream
 from .exchange import Exchange
+from .responses_turn import ResponsesTurn
 from .routing import Preferences, Target
 from .state import RouterState
 
@@ -44,6 +45,7 @@ class ModelRequest:
     coding: str | None  # negotiated Content-Encoding of the answer, None for identity
     estimate: int  # tokens reserved on a candidate until the real usage is known
     down: Downstream | None  # the client's stream; None for a non-streamed answer
+    turn: ResponsesTurn | None = None  # POST /v1/responses: its conversation and store
 
     @property
     def stream(self) -> bool:

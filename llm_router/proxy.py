@@ -44,6 +44,7 @@ from .providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_f
 from .providers import anthropic as anthropic_provider
 from .providers import mock as mock_provider
 from .providers import openai as openai_provider
+from .responses_turn import ResponsesTurn
 from .routing import (
     Candidate,
     CandidateSet,
@@ -74,7 +75,9 @@ _REQUIRED: Final = {
     "count_tokens": ("messages", list),
     "completions": ("prompt", (str, list)),
     "embeddings": ("input", (str, list)),
+    "responses": ("input", (str, list)),
 }
+_STREAMED_KINDS: Final = frozenset({"chat", "completions", "messages", "responses"})
 _MAX_ERROR_BODY: Final = 64 * 1024
 _CUT_NOTICE_S: Final = 1.0  # how long a stream cut at shutdown may take to say so
 _IDS: Final = random.Random()  # request ids (new_request_id)
@@ -147,17 +150,22 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     ex.caller.check(target)
     if ex.caller.has_budget:  # every call it can reach must be charged
         target = priced_target(cfg.pricing, target)
+    turn = None
+    if ex.kind == "responses":
+        turn = await ResponsesTurn.begin(body, target.name, state.responses, ex.caller.user)
+        turn.check_target(target, cfg.providers)
     if not can_serve(cfg, target, ex.kind):
         raise BadRequest(f"The model '{target.name}' cannot serve {request.path}: none of its "
                          "providers offers it (anthropic providers serve chat and messages "
                          "only).", param="model", code="unsupported_route")
     prefs = Preferences.from_headers(request.headers, cfg)
-    stream = body.get("stream") is True and ex.kind in ("chat", "completions", "messages")
+    stream = body.get("stream") is True and ex.kind in _STREAMED_KINDS
     ex.stream = stream
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
     coding = negotiate(request.headers.get("Accept-Encoding"))
-    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    max_tokens = (body.get("max_tokens") or body.get("max_completion_tokens")
+                  or body.get("max_output_tokens"))
     ex.prompt_estimate = (request.content_length or 0) // 4
     estimate = state.counters.estimate(
         target.name, ex.prompt_estimate, max_tokens if isinstance(max_tokens, int) else None)
@@ -168,9 +176,13 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     ex.admission = state.ledger.admit(ex.caller, estimate, cost)
     down = Downstream(request, coding, cfg.keepalive_s) if stream else None
     req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
-                       estimate, down)
+                       estimate, down, turn)
     try:
         return await _attempt_loop(req)
+    except RouterError as err:
+        if turn is not None:
+            turn.explain(err)  # a pinned conversation says why no one else could answer
+        raise
     finally:
         state.ledger.release(ex.admission)
 
@@ -195,7 +207,7 @@ async def _attempt_loop(req: ModelRequest) -> web.StreamResponse:
             raise
         # Keepalives committed the stream while the router waited: only in-band now.
         ex.error = ex.error or err.code
-        return await _end_in_band(ex, down, err.message)
+        return await _end_in_band(req, down, err.message)
     except asyncio.CancelledError:
         if down is not None and down.out is not None and req.state.draining \
                 and not down.client_gone:
@@ -204,7 +216,7 @@ async def _attempt_loop(req: ModelRequest) -> web.StreamResponse:
             ex.status, ex.error = 200, "shutdown"
             with suppress(TimeoutError):
                 async with asyncio.timeout(_CUT_NOTICE_S):  # the process is exiting
-                    await _end_in_band(ex, down, "The router is shutting down and cut this "
+                    await _end_in_band(req, down, "The router is shutting down and cut this "
                                        "stream at the end of its grace period; retry the "
                                        "request.")
         raise
@@ -224,6 +236,8 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
     while True:
         cands = collect_candidates(cfg, target, ex.kind, state.health, state.counters, prefs,
                                    tried)
+        if req.turn is not None:
+            req.turn.narrow(cands)
         if max_attempts is None:
             max_attempts = max(1, min(3, cands.total))
         if not cands.total and last is None and cands.excluded:
@@ -271,10 +285,15 @@ async def _wait(ex: Exchange, down: Downstream | None, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
 
-async def _end_in_band(ex: Exchange, down: Downstream, message: str) -> web.StreamResponse:
+async def _end_in_band(req: ModelRequest, down: Downstream, message: str
+                       ) -> web.StreamResponse:
     """End a committed stream with an error event in the client's dialect."""
     assert down.out is not None
-    event = rl.make_relay(ex.client, ex.client, ex.group, False).fail(message)
+    ex = req.ex
+    if req.turn is not None:
+        event = req.turn.fail_event(message)
+    else:
+        event = rl.make_relay(ex.client, ex.client, ex.group, False).fail(message)
     with suppress(ConnectionError):
         await down.write(ex, event)
         await down.finish(ex)
@@ -323,11 +342,13 @@ def _upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailur
     assert failure.status is not None
     ex.status = failure.status
     ex.error = failure.reason
-    up = rl.provider_dialect(cand.provider, ex.client)
+    # A Responses client reads OpenAI-shaped errors.
+    client = "openai" if ex.client == "responses" else ex.client
+    up = rl.provider_dialect(cand.provider, client)
     body = failure.body
     try:
         orjson.loads(body)
-        translated = rl.translate_error(ex.client, up, failure.status, body)
+        translated = rl.translate_error(client, up, failure.status, body)
         body = translated if translated is not None else body
     except orjson.JSONDecodeError:
         err = BadRequest(failure.message)
@@ -351,9 +372,15 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
     state, cfg, ex, down = req.state, req.cfg, req.ex, req.down
     provider, key = cand.provider, cand.key
     ex.provider, ex.model, ex.key = provider.name, cand.member.model, key.label
-    att = _Attempt(cand, rl.provider_dialect(provider, ex.client))
-    path, up_body = rl.upstream_request(ex.client, ex.kind, provider, req.body,
-                                        cand.member.model, req.stream)
+    turn = req.turn
+    if turn is None:
+        att = _Attempt(cand, rl.provider_dialect(provider, ex.client))
+        path, up_body = rl.upstream_request(ex.client, ex.kind, provider, req.body,
+                                            cand.member.model, req.stream)
+    else:
+        att = _Attempt(cand, turn.dialect(provider))
+        path, up_body = turn.upstream_request(provider, att.up, cand.member.model,
+                                              req.stream)
     call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, req.stream,
                         rl.passthrough_headers(ex.client, provider, req.http.headers))
     att.reservation = state.counters.reserve(cand.counter_key, req.estimate, ex.group)
@@ -399,7 +426,7 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
         # Committed by keepalives: the failure can only be reported in-band.
         ex.error = failure.reason
         ex.failures.append(f"{provider.name}/{key.label}:{failure.reason}")
-        return await _end_in_band(ex, down, f"{failure.message} before answering")
+        return await _end_in_band(req, down, f"{failure.message} before answering")
     finally:
         # Settles at an estimate if nothing better is known (client gone, cancelled).
         state.counters.settle(att.reservation, 0, 0)
@@ -483,7 +510,13 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
     # Passed on untouched: read only its usage if that is cheap (rl.passthrough_usage).
     usage = rl.passthrough_usage(up, raw) if ex.client == up else None
     out: bytes | None = None
-    if usage is None:
+    if req.turn is not None:
+        try:
+            out, usage = await req.turn.answer(up, raw, cand)
+        except (ValueError, KeyError, TypeError):
+            raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
+                                 "answer that is not a valid JSON response") from None
+    elif usage is None:
         try:
             doc = orjson.loads(raw)
             if not isinstance(doc, dict):
@@ -514,7 +547,8 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
 async def _relay_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResponse,
                         down: Downstream) -> web.StreamResponse:
     t = att.cand.provider.timeouts
-    relay = rl.make_relay(req.ex.client, att.up, req.ex.group, req.include_usage)
+    relay = rl.make_relay(req.ex.client, att.up, req.ex.group, req.include_usage) \
+        if req.turn is None else req.turn.relay(att.up)
     events = upstream_events(resp, att.sent + t.first_byte, t.idle, att.sent + t.total)
     try:
         return await _relay_events(req, att, relay, events, down)
@@ -556,6 +590,8 @@ async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
                 data = relay.feed(raw)
                 if data:
                     parts.append(data)
+            if req.turn is not None:
+                await req.turn.after_events(cand)  # stored before the client can follow up
             if parts:  # one write (one flush) for the events of one upstream read
                 await down.write(ex, parts[0] if len(parts) == 1 else b"".join(parts))
             waited = time.perf_counter()

@@ -41,9 +41,10 @@ __all__ = [
 # Which provider types can serve which route kind (anthropic speaks Messages only;
 # chat is translated both ways, so it also serves chat completions).
 _SERVES: Final = {
-    "openai": frozenset({"chat", "completions", "embeddings", "messages"}),
-    "mock": frozenset({"chat", "completions", "embeddings", "messages", "count_tokens"}),
-    "anthropic": frozenset({"chat", "messages", "count_tokens"}),
+    "openai": frozenset({"chat", "completions", "embeddings", "messages", "responses"}),
+    "mock": frozenset({"chat", "completions", "embeddings", "messages", "count_tokens",
+                       "responses"}),
+    "anthropic": frozenset({"chat", "messages", "count_tokens", "responses"}),
 }
 
 

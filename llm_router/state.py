@@ -21,6 +21,7 @@ from .deadlines import Deadlines
 from .health import KeyHealth
 from .limits import Ledger
 from .metrics import LIMIT_NAMES, Metrics, UserGauges
+from .responses_store import MemoryResponseStore, ResponseStore
 from .routing import counter_keys, level_new_keys
 from .traffic import Traffic
 from .usage import CounterKey, SnapshotStore, UsageCounters
@@ -61,6 +62,10 @@ class RouterState:
         # follow a changed usage.snapshot_path this way).
         self.swap_listeners: list[Callable[[Config, Config], None]] = []
         self.started = time.time()
+        r = cfg.responses
+        # previous_response_id and GET/DELETE /v1/responses/{id} (responses_store.py)
+        self.responses: ResponseStore = MemoryResponseStore(
+            r.store_max_entries, r.store_max_bytes, r.store_ttl_s)
         self.metrics.config_last_reload.set(time.time())
         self.metrics.watch_state(self._scrape_state)
         self.metrics.watch_users(self._scrape_users)
@@ -78,6 +83,8 @@ class RouterState:
             if self.health.forget(provider, key):
                 log.info("key '%s' of provider '%s' changed or was removed: its cooldown and "
                          "circuit state are cleared", key, provider)
+        r = cfg.responses
+        self.responses.configure(r.store_max_entries, r.store_max_bytes, r.store_ttl_s)
         self.metrics.config_last_reload.set(time.time())
         for listener in self.swap_listeners:
             listener(old, cfg)

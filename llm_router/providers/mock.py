@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from .. import fake_responses
 from .. import fake_upstream as gen
 from ..sse import DONE, frame
 from . import UpstreamCall
@@ -66,6 +67,11 @@ def _answer(path: str, body: dict[str, Any], stream: bool) -> tuple[bytes, list[
         if stream:
             return b"", [frame(orjson.dumps(d), t) for t, d in gen.messages_events(body, model)]
         return orjson.dumps(gen.messages_response(body, model)), None
+    if path == "responses":
+        if stream:
+            events = fake_responses.response_events(body, model)
+            return b"", [frame(orjson.dumps(d), t) for t, d in events]
+        return orjson.dumps(fake_responses.response_object(body, model)), None
     if path == "messages/count_tokens":
         return orjson.dumps({"input_tokens": gen.count_prompt_tokens(body)}), None
     raise ValueError(path)
