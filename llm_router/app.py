@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,7 +45,7 @@ from .reload import RELOADER, ConfigReloader, config_watcher
 from .snapshots import usage_snapshots
 from .state import RouterState
 
-__all__ = ["create_app", "run_server", "start_server"]
+__all__ = ["ListenError", "create_app", "run_server", "start_server"]
 
 log = logging.getLogger("llm_router")
 access_log = logging.getLogger("llm_router.access")
@@ -54,6 +56,11 @@ _BACKLOG: Final = 1024
 _PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics", "/ui"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+class ListenError(Exception):
+    """The listening socket could not be opened (port in use, address not local, no
+    permission): said in one line, without a traceback."""
 
 
 def _error_response(err: RouterError, request: web.Request) -> web.Response:
@@ -167,11 +174,13 @@ def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
     elapsed = time.perf_counter() - t0
     m = state.metrics
     user = ex.caller.user
-    m.child(m.requests, ex.route, ex.group, ex.provider, ex.model, str(ex.status), user).inc()
-    m.child(m.duration, ex.route, ex.group, ex.provider, ex.model,
+    names = state.labels  # labels carry only names from the config
+    group, model = names.group(ex.group), names.model(ex.provider, ex.model)
+    m.child(m.requests, ex.route, group, ex.provider, model, str(ex.status), user).inc()
+    m.child(m.duration, ex.route, group, ex.provider, model,
             status_class(ex.status)).observe(elapsed)
     if rejected is not None:
-        m.child(m.rejections, ex.route, ex.group, user, rejected).inc()
+        m.child(m.rejections, ex.route, group, user, rejected).inc()
     if ex.attempts:
         m.child(m.overhead, ex.route).observe(max(0.0, elapsed - ex.upstream_s))
     state.traffic.record(ex, elapsed)
@@ -180,10 +189,24 @@ def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
         if log_format == "json":
             msg = orjson.dumps(line).decode()
         else:
-            msg = " ".join(f"{k}={v}" for k, v in line.items() if v is not None)
+            msg = " ".join(f"{k}={_logfmt_value(v)}" for k, v in line.items() if v is not None)
         # As access_log.info(msg), minus the walk up the stack for a caller nobody reads.
         access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
                                                 msg, (), None))
+
+
+_BARE_VALUE: Final = re.compile(r"[\w.:/@+-]+")
+
+
+def _logfmt_value(value: object) -> str:
+    """A ``key=value`` value that cannot be mistaken for more fields: anything but a
+    plain word is JSON-quoted, so ``X-Request-Id: abc user=mallory`` stays one value."""
+    if isinstance(value, bool | int | float):
+        return str(value)
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    if text.isascii() and _BARE_VALUE.fullmatch(text):
+        return text
+    return orjson.dumps(text).decode()
 
 
 class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -274,7 +297,13 @@ async def start_server(state: RouterState, host: str, port: int, *,
     # aiohttp's default backlog of 128 drops SYNs when many clients connect at once
     # (1,000 streams in bench/): they retry after 1-7 s. The kernel caps it at somaxconn.
     site = web.TCPSite(runner, host, port, reuse_address=True, backlog=_BACKLOG)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        # asyncio's bind error names the errno only in a long message: say it plainly.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {host}:{port}: {reason.lower()}") from None
     bound = runner.addresses[-1][1] if runner.addresses else port
     return runner, int(bound)
 

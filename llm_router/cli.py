@@ -184,7 +184,7 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import AccessLogHandler, run_server
+    from .app import AccessLogHandler, ListenError, run_server
     from .logs import setup_stderr_logging
 
     setup_stderr_logging(args.log_level, args.log_format)
@@ -216,6 +216,10 @@ def _serve(args: argparse.Namespace) -> int:
     from .state import RouterState
 
     state = RouterState(cfg, insecure_no_auth=args.insecure_no_auth, config_path=path)
-    _run(run_server(state, args.host or cfg.host, args.port if args.port is not None
-                    else cfg.port, log_format=args.log_format))
+    try:
+        _run(run_server(state, args.host or cfg.host, args.port if args.port is not None
+                        else cfg.port, log_format=args.log_format))
+    except ListenError as exc:
+        print(f"llm-router: {exc}", file=sys.stderr)
+        return 1
     return 0

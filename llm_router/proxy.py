@@ -254,7 +254,8 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
             raise _exhausted(last, cands, now, ex)
         ex.attempts += 1
         if ex.attempts == 2:
-            state.metrics.child(state.metrics.fallbacks, group.name).inc()
+            state.metrics.child(state.metrics.fallbacks,
+                                state.labels.group(group.name)).inc()
         try:
             return await _attempt(req, cand)
         except AttemptFailure as failure:
@@ -485,13 +486,14 @@ def _account(req: ModelRequest, att: _Attempt, usage: rl.Usage) -> None:
                        usage.cached)
     m = state.metrics
     user = ex.caller.user
+    model = state.labels.model(cand.provider.name, cand.member.model)
     if usage.prompt:
-        m.child(m.tokens, cand.provider.name, cand.member.model, cand.key.label, user,
+        m.child(m.tokens, cand.provider.name, model, cand.key.label, user,
                 "prompt").inc(usage.prompt)
     if usage.completion:
-        m.child(m.tokens, cand.provider.name, cand.member.model, cand.key.label, user,
+        m.child(m.tokens, cand.provider.name, model, cand.key.label, user,
                 "completion").inc(usage.completion)
-    m.child(m.cost, user, cand.provider.name, cand.member.model).inc(ex.cost or 0.0)
+    m.child(m.cost, user, cand.provider.name, model).inc(ex.cost or 0.0)
     if ex.admission is not None:
         state.ledger.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
                             usage.completion, ex.cost)
@@ -577,8 +579,9 @@ async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
         raise failure_from_exception(exc, provider.name) from None
     ex.ttft = time.perf_counter() - ex.t0
     ex.upstream_s += time.perf_counter() - att.sent
-    state.metrics.child(state.metrics.ttft, ex.group, provider.name, cand.member.model).observe(
-        ex.ttft)
+    names = state.labels
+    state.metrics.child(state.metrics.ttft, names.group(ex.group), provider.name,
+                        names.model(provider.name, cand.member.model)).observe(ex.ttft)
     seen = 0
     failure: str | None = None
     try:
@@ -639,8 +642,10 @@ def _observe_decoding(req: ModelRequest, att: _Attempt, completion_tokens: int) 
     ex = req.ex
     if completion_tokens > 1 and ex.ttft is not None:
         decoding = time.perf_counter() - ex.t0 - ex.ttft
-        m = req.state.metrics
-        m.child(m.tpot, ex.group, att.cand.provider.name, att.cand.member.model).observe(
+        m, names = req.state.metrics, req.state.labels
+        provider = att.cand.provider.name
+        m.child(m.tpot, names.group(ex.group), provider,
+                names.model(provider, att.cand.member.model)).observe(
             decoding / (completion_tokens - 1))
 
 
@@ -655,11 +660,12 @@ def _account_partial(req: ModelRequest, att: _Attempt, usage: rl.Usage,
     ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
                        usage.cached)
     m = state.metrics
+    model = state.labels.model(cand.provider.name, cand.member.model)
     for kind, n in (("prompt", usage.prompt), ("completion", usage.completion)):
         if n:
-            m.child(m.tokens, cand.provider.name, cand.member.model, cand.key.label,
-                    ex.caller.user, kind).inc(n)
-    m.child(m.cost, ex.caller.user, cand.provider.name, cand.member.model).inc(ex.cost or 0.0)
+            m.child(m.tokens, cand.provider.name, model, cand.key.label, ex.caller.user,
+                    kind).inc(n)
+    m.child(m.cost, ex.caller.user, cand.provider.name, model).inc(ex.cost or 0.0)
     if ex.admission is not None:
         state.ledger.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
                             usage.completion, ex.cost)

@@ -19,6 +19,7 @@ from .accounting import KeyIndex
 from .config import Config
 from .deadlines import Deadlines
 from .health import KeyHealth
+from .labels import LabelNames
 from .limits import Ledger
 from .metrics import LIMIT_NAMES, Metrics, UserGauges
 from .responses_store import MemoryResponseStore, ResponseStore
@@ -46,6 +47,7 @@ class RouterState:
         self.insecure_no_auth = insecure_no_auth
         self.keys = KeyIndex(cfg, insecure_no_auth)
         self.metrics = metrics if metrics is not None else Metrics()
+        self.labels = LabelNames(cfg)  # what metric labels may say (labels.py)
         self.counters = UsageCounters()
         self.ledger = Ledger()  # per-user / per-key limits and spend
         self.health = KeyHealth()
@@ -75,6 +77,7 @@ class RouterState:
         a group join it level with their peers (:meth:`level_new_keys`)."""
         old = self.config
         self.keys = KeyIndex(cfg, self.insecure_no_auth)
+        self.labels = LabelNames(cfg)
         self.config = cfg
         self.level_new_keys(counter_keys(cfg) - counter_keys(old))
         self.health.generation += 1  # keys marked bad get another chance
@@ -120,7 +123,14 @@ class RouterState:
         states = self.health.snapshot()
         keys = [((p.name, k.label), states.get((p.name, k.label), "ok"))
                 for p in cfg.providers.values() for k in p.keys]
-        return list(self.counters.tokens.items()), keys
+        # Counters of models the config does not name (direct provider/model requests)
+        # are summed under "other", like every other label.
+        labels = self.labels
+        tokens: dict[CounterKey, int] = {}
+        for (provider, key, model), n in self.counters.tokens.items():
+            bounded = (provider, key, labels.model(provider, model))
+            tokens[bounded] = tokens.get(bounded, 0) + n
+        return list(tokens.items()), keys
 
     def _scrape_users(self) -> list[UserGauges]:
         """Budget and limits left for each configured user, from the ledger's own report

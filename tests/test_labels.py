@@ -1,0 +1,50 @@
+"""Metric labels carry only names from the config, whatever model names clients send."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from .conftest import AUTH, StartRouter, Upstream, openai_provider, scrape_metrics
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def _config(up: Upstream) -> dict[str, Any]:
+    return {
+        "providers": [openai_provider("p1", up)],
+        "groups": [{"name": "g", "models": [{"provider": "p1", "name": "m"}]}],
+    }
+
+
+async def _send(http: aiohttp.ClientSession, url: str, models: list[str],
+                stream: bool = False) -> None:
+    async def one(model: str) -> None:
+        async with http.post(url + "/v1/chat/completions", headers=AUTH,
+                             json={"model": model, "messages": HELLO, "stream": stream}) as r:
+            assert r.status == 200, await r.text()
+            await r.read()
+
+    for at in range(0, len(models), 50):
+        await asyncio.gather(*(one(m) for m in models[at:at + 50]))
+
+
+async def test_unique_model_names_do_not_grow_the_series(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream))
+    await _send(http, router.url, ["g", "p1/m", "p1/first-unknown"])
+    await _send(http, router.url, ["p1/first-unknown-stream"], stream=True)
+    text, before = await scrape_metrics(router.url)
+    await _send(http, router.url, [f"p1/unique-{i}" for i in range(1000)])
+    await _send(http, router.url, [f"p1/unique-stream-{i}" for i in range(20)], stream=True)
+    text, after = await scrape_metrics(router.url)
+    assert sorted(after) == sorted(before)  # the very same series, only their values grew
+    assert "unique-" not in text and "first-unknown" not in text
+    other = [v for k, v in after.items() if k.startswith("llm_router_requests_total{")
+             and "group=p1/other," in k and "model=other," in k]
+    assert sum(other) == 1022  # every unknown name, in one series (per status)
+    # Names the config gives keep their own series.
+    assert any("group=p1/m," in k and "model=m," in k for k in after)
+    assert any("group=g," in k for k in after)
