@@ -286,3 +286,32 @@ async def test_new_snapshot_path_is_written_on_reload(
     rows = doc["sections"]["counters"]["key_tokens"]
     assert [(r["provider"], r["key"], r["model"]) for r in rows] == [("up", "one", "m-a")]
     assert rows[0]["tokens"] == router.state.counters.tokens[("up", "one", "m-a")]
+
+
+async def test_unservable_group_is_refused_and_warnings_are_logged_on_reload(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    router = await start_router(_config(upstream, ["a"]))
+    # The only key may serve m-a alone, so group b could only ever answer 503.
+    restricted = _config(upstream, ["a", "b"], keys=[{"key": "sk-one", "name": "one",
+                                                      "models": ["m-a"]}])
+    with caplog.at_level(logging.WARNING, logger="llm_router.reload"):
+        save_by_rename(router.config_path, restricted)
+
+        async def refused() -> bool:
+            return (await scrape(http, router.url))[RELOAD_FAILED] == 1
+
+        await eventually(refused)
+        assert await chat_status(http, router, "b") == 404
+        unused_price = _config(upstream, ["a", "b"], pricing={"m-gone": {"input": 1,
+                                                                          "output": 2}})
+        save_by_rename(router.config_path, unused_price)
+
+        async def reloaded() -> bool:
+            return (await scrape(http, router.url))[RELOAD_OK] == 1
+
+        await eventually(reloaded)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("groups[1]: group 'b' has no member that can be served" in m for m in logged)
+    assert any("pricing.m-gone: no group member has the model 'm-gone'" in m for m in logged)
+    assert await chat_status(http, router, "b") == 200
