@@ -261,6 +261,8 @@ class _TranslatedRelay(_ResponsesRelay):
 
     def _chat_event(self, raw: bytes) -> bytes:
         _, data = event_fields(raw)
+        if self._t.ended:
+            return b""  # an in-band error already ended it; [DONE] does not undo that
         if data == b"[DONE]":
             out = self._t.finish()
             self._settle()

@@ -14,6 +14,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
 from llm_router.config import ConfigError, parse_config
 from llm_router.fake_upstream import Fault
@@ -314,3 +315,68 @@ def test_config_declares_the_responses_mode_and_the_store_limits() -> None:
             parse_config(base.replace("http://h/v1", "http://h") % (ptype, mode), env={})
         assert any(p.startswith("providers[0].responses") and fragment in p
                    for p in info.value.problems), info.value.problems
+
+
+@pytest.fixture
+async def erring_upstream(aiohttp_server: Any) -> str:
+    """Streams that report an error in-band after some text: Anthropic's ``event: error``,
+    and an OpenAI-compatible error chunk followed by ``[DONE]``."""
+    async def messages(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        start = {"type": "message_start", "message": {
+            "id": "m1", "type": "message", "role": "assistant", "model": "m", "content": [],
+            "usage": {"input_tokens": 5, "output_tokens": 1}}}
+        for name, data in [("message_start", start),
+                           ("content_block_start", {"type": "content_block_start", "index": 0,
+                                                    "content_block": {"type": "text",
+                                                                      "text": ""}}),
+                           ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                    "delta": {"type": "text_delta",
+                                                              "text": "hi"}}),
+                           ("error", {"type": "error", "error": {
+                               "type": "overloaded_error", "message": "Overloaded"}})]:
+            await resp.write(b"event: %b\ndata: %b\n\n" % (name.encode(), orjson.dumps(data)))
+        return resp
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for chunk in [{"choices": [{"index": 0, "delta": {"content": "hi"}}]},
+                      {"error": {"message": "backend crashed", "type": "server_error"}}]:
+            await resp.write(b"data: %b\n\n" % orjson.dumps(chunk))
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
+
+
+async def test_in_band_upstream_errors_end_the_stream_with_one_response_failed(
+        start_router: StartRouter, erring_upstream: str, http: aiohttp.ClientSession) -> None:
+    router = await start_router({
+        "providers": [
+            {"name": "an", "type": "anthropic", "base_url": erring_upstream, "api_keys": ["a"]},
+            {"name": "oa", "type": "openai", "base_url": erring_upstream + "/v1",
+             "api_keys": ["o"]}],
+        "groups": [{"name": "an", "models": [{"provider": "an", "name": "m"}]},
+                   {"name": "oa", "models": [{"provider": "oa", "name": "m"}]}]})
+    for group, why in (("an", "Overloaded"), ("oa", "backend crashed")):
+        async with http.post(router.url + "/v1/responses",
+                             headers={**AUTH, "Accept-Encoding": "identity"},
+                             json={"model": group, "input": "hi", "stream": True}) as resp:
+            raw = await resp.read()
+        events = [orjson.loads(line[6:]) for line in raw.split(b"\n")
+                  if line.startswith(b"data: ")]
+        kinds = [e["type"] for e in events]
+        assert kinds.count("response.failed") == 1 and kinds[-1] == "response.failed", kinds
+        assert "response.completed" not in kinds
+        assert why in events[-1]["response"]["error"]["message"]
+    _, samples = await scrape_metrics(router.url)
+    errors = sum(v for k, v in samples.items()
+                 if k.startswith("llm_router_upstream_errors_total{")
+                 and "reason=stream_error" in k)
+    assert errors == 2
