@@ -293,7 +293,13 @@ async def start_server(state: RouterState, host: str, port: int, *,
     # closes the upstream request and releases its in-flight estimate.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=state.config.shutdown_grace_s)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except Exception:
+        # A start-up step failed (an unwritable snapshot): undo the ones that ran, so the
+        # upstream session is closed rather than reported unclosed under the real error.
+        await app.cleanup()
+        raise
     # aiohttp's default backlog of 128 drops SYNs when many clients connect at once
     # (1,000 streams in bench/): they retry after 1-7 s. The kernel caps it at somaxconn.
     site = web.TCPSite(runner, host, port, reuse_address=True, backlog=_BACKLOG)

@@ -214,6 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
     for line in cfg.warnings:
         logging.getLogger("llm_router.config").warning("config %s: %s", path, line)
     from .state import RouterState
+    from .usage import SnapshotError
 
     state = RouterState(cfg, insecure_no_auth=args.insecure_no_auth, config_path=path)
     try:
@@ -222,4 +223,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ListenError as exc:
         print(f"llm-router: {exc}", file=sys.stderr)
         return 1
-    return 0
+    except SnapshotError as exc:
+        print(f"llm-router: cannot start: {exc}", file=sys.stderr)
+        return 1
+    # Counters that could not be saved are worth an alert, not a clean exit.
+    return 1 if state.final_snapshot_failed else 0

@@ -224,8 +224,11 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ok = state.ready
-    return _json({"ready": ok, "draining": state.draining,
-                  "config": state.config.source or "loaded"}, status=200 if ok else 503)
+    body = {"ready": ok, "draining": state.draining,
+            "config": state.config.source or "loaded"}
+    if state.snapshot_failing:
+        body["usage_snapshot"] = "failing"  # docs/operations.md: writes keep failing
+    return _json(body, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -34,7 +34,9 @@ Windows (documented in docs/teams.md):
 
 Everything runs on the event loop thread, so plain attributes suffice. Spend and daily
 counts are persisted through :meth:`dump`/:meth:`restore` (the ``ledger`` section of
-the usage snapshot); minute windows and in-flight counts start fresh after a restart.
+the usage snapshot, checked by :meth:`Ledger.validate` before anything is restored) and,
+in between, as journal events (``a`` on admission, ``r`` on record; :meth:`replay`).
+Minute windows, reservations and in-flight counts start fresh after a restart.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from typing import Any, Final
 from .accounting import Caller
 from .config import Budget, Config, Limits
 from .errors import BudgetExhausted, RateLimited
+from .journal import Event, Journal
+from .shapes import ShapeError, count, mapping, money, rows, text
 
 __all__ = ["PERIODS", "Admission", "Ledger", "period_end", "period_id"]
 
@@ -251,6 +255,8 @@ class Admission:
     accounts: tuple[_Account, ...]
     estimate: int  # tokens counted toward tpm at admission
     cost_estimate: float = 0.0  # USD reserved against budgets at admission
+    user: str = ""  # names of the accounts, for the journal
+    key: str = ""
     recorded: bool = False
     released: bool = False
 
@@ -267,6 +273,7 @@ class Ledger:
         self._users: dict[str, _Account] = {}
         self._keys: dict[tuple[str, str], _Account] = {}
         self._unpriced: set[str] = set()
+        self.journal: Journal | None = None  # with a snapshot path: every change goes here
 
     # -- the request path
     def _user(self, user: str) -> _Account:
@@ -315,7 +322,9 @@ class Ledger:
             acc.rpm.add(now, 1)
             acc.tpm.add(now, estimate_tokens)
             acc.reserved_usd += estimate_cost
-        return Admission((user, key), estimate_tokens, estimate_cost)
+        if self.journal is not None:
+            self.journal.append(("a", now, caller.user, caller.key))
+        return Admission((user, key), estimate_tokens, estimate_cost, caller.user, caller.key)
 
     def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
                completion_tokens: int, cost: float | None) -> None:
@@ -327,12 +336,17 @@ class Ledger:
             self._warn_unpriced(provider, model)
         now = self.clock()
         name = f"{provider}/{model}"
-        used = max(0, prompt_tokens) + max(0, completion_tokens)
+        prompt_tokens, completion_tokens = max(0, prompt_tokens), max(0, completion_tokens)
+        used = prompt_tokens + completion_tokens
         for acc in adm.accounts:
             acc.tpm.add(now, used - adm.estimate)
             acc.unreserve(adm.cost_estimate)
-            for period in PERIODS:
-                acc.period(period, now).add(name, prompt_tokens, completion_tokens, cost or 0.0)
+        # Negative or non-finite costs cannot come from a price table; 0 keeps them out.
+        usd = cost if cost is not None and 0 <= cost < math.inf else 0.0
+        _add_usage(adm.accounts, now, name, prompt_tokens, completion_tokens, usd)
+        if self.journal is not None:
+            self.journal.append(("r", now, adm.user, adm.key, name, prompt_tokens,
+                                 completion_tokens, usd))
 
     def release(self, adm: Admission) -> None:
         """End an admitted request (always, once): frees its concurrency slot, and refunds
@@ -434,14 +448,36 @@ class Ledger:
                 "keys": [{"user": u, "key": k, **account(a)}
                          for (u, k), a in sorted(self._keys.items())]}
 
+    @staticmethod
+    def validate(data: Any, where: str) -> dict[str, Any]:
+        """:meth:`dump`'s shape, every value checked (:class:`ShapeError` otherwise)."""
+        d = mapping(data, where)
+        if d.get("version") != _DUMP_VERSION:
+            raise ShapeError(f"{where}.version", f"expected {_DUMP_VERSION}, got "
+                                                 f"{str(d.get('version'))[:40]}")
+        for kind in ("users", "keys"):
+            for i, row in enumerate(rows(d.get(kind), f"{where}.{kind}")):
+                _check_account(row, f"{where}.{kind}[{i}]", kind == "keys")
+        return d
+
     def restore(self, data: dict[str, Any]) -> None:
-        """Load a :meth:`dump`; periods that have ended since are dropped on first use."""
-        if not isinstance(data, dict) or data.get("version") != _DUMP_VERSION:
-            return
-        for row in data.get("users", ()):
-            _load_account(self._user(str(row["user"])), row)
-        for row in data.get("keys", ()):
-            _load_account(self._key(str(row["user"]), str(row["key"])), row)
+        """Load a :meth:`dump` that :meth:`validate` accepted; periods that have ended
+        since are dropped on first use."""
+        for row in data["users"]:
+            _load_account(self._user(row["user"]), row)
+        for row in data["keys"]:
+            _load_account(self._key(row["user"], row["key"]), row)
+
+    def replay(self, event: Event) -> None:
+        """Apply one journal event (``a`` or ``r``) as it was applied live."""
+        tag, ts, user, key = event[:4]
+        accounts = (self._user(user), self._key(user, key))
+        if tag == "a":
+            for acc in accounts:
+                acc.requests_today(ts)
+                acc.day_requests += 1
+        elif tag == "r":
+            _add_usage(accounts, ts, *event[4:])
 
 
 def _who(caller: Caller, is_key: bool) -> str:
@@ -518,14 +554,46 @@ def _limits_report(acc: _Account, limits: Limits | None, now: float) -> dict[str
     return out
 
 
-def _load_account(acc: _Account, row: dict[str, Any]) -> None:
-    acc.day, acc.day_requests = str(row.get("day", "")), int(row.get("day_requests", 0))
-    for name, p in (row.get("periods") or {}).items():
+def _add_usage(accounts: Iterable[_Account], now: float, name: str, prompt: int,
+               completion: int, cost: float) -> None:
+    for acc in accounts:
+        for period in PERIODS:
+            acc.period(period, now).add(name, prompt, completion, cost)
+
+
+def _check_account(row: Any, where: str, is_key: bool) -> None:
+    r = mapping(row, where)
+    text(r.get("user"), f"{where}.user")
+    if is_key:
+        text(r.get("key"), f"{where}.key")
+    text(r.get("day"), f"{where}.day")
+    count(r.get("day_requests"), f"{where}.day_requests")
+    for name, p in mapping(r.get("periods"), f"{where}.periods").items():
+        at = f"{where}.periods.{name}"
         if name not in PERIODS:
-            continue
-        period = _Period(str(p["id"]))
+            raise ShapeError(at, f"unknown period (known: {', '.join(PERIODS)})")
+        period = mapping(p, at)
+        text(period.get("id"), f"{at}.id")
+        _check_totals(period.get("totals"), f"{at}.totals")
+        for model, totals in mapping(period.get("models"), f"{at}.models").items():
+            _check_totals(totals, f"{at}.models.{model}")
+
+
+def _check_totals(value: Any, where: str) -> None:
+    row = rows(value, where)
+    if len(row) != 4:
+        raise ShapeError(where, "expected [requests, prompt tokens, completion tokens, cost]")
+    for i in range(3):
+        count(row[i], f"{where}[{i}]")
+    money(row[3], f"{where}[3]")
+
+
+def _load_account(acc: _Account, row: dict[str, Any]) -> None:
+    acc.day, acc.day_requests = row["day"], row["day_requests"]
+    for name, p in row["periods"].items():
+        period = _Period(p["id"])
         period.totals = _Totals(*p["totals"])
-        period.models = {str(m): _Totals(*t) for m, t in p.get("models", {}).items()}
+        period.models = {m: _Totals(*t) for m, t in p["models"].items()}
         acc.periods[name] = period
 
 

@@ -167,6 +167,13 @@ class Metrics:
                                         registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        self.snapshot_last_success = Gauge(
+            _P + "snapshot_last_success_timestamp_seconds",
+            "Unix time the usage snapshot was last written (0: never, or no snapshot_path)",
+            registry=r)
+        self.snapshot_errors = Counter(_P + "snapshot_errors_total",
+                                       "Failed writes of the usage snapshot or its journal",
+                                       registry=r)
         self.build_info = Gauge(_P + "build_info", "Always 1: the running version",
                                 ["version", "python"], registry=r)
         self.build_info.labels(__version__, platform.python_version()).set(1)

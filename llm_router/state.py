@@ -19,6 +19,7 @@ from .accounting import KeyIndex
 from .config import Config
 from .deadlines import Deadlines
 from .health import KeyHealth
+from .journal import Journal
 from .labels import LabelNames
 from .limits import Ledger
 from .metrics import LIMIT_NAMES, Metrics, UserGauges
@@ -57,6 +58,9 @@ class RouterState:
         self.traffic = Traffic()  # the last minute, for GET /admin/status
         self.session: aiohttp.ClientSession | None = None
         self.snapshot: SnapshotStore | None = None
+        self.journal: Journal | None = None  # changes since the snapshot (snapshots.py)
+        self.snapshot_failing = False  # persistence failed repeatedly: not ready
+        self.final_snapshot_failed = False  # the process exits 1
         self.draining = False
         self.inflight = 0
         self.request_tasks: set[asyncio.Task[None]] = set()  # API requests being served
@@ -98,6 +102,8 @@ class RouterState:
             return
         for group, (provider, key, model), tokens in level_new_keys(self.config,
                                                                     self.counters, new):
+            if self.journal is not None:
+                self.journal.append(("s", provider, key, model, tokens))
             log.info("key '%s' of provider '%s' (model '%s') joins group '%s' level with its "
                      "least-loaded peer: its selection counter starts at %d tokens", key,
                      provider, model, group, tokens)
@@ -109,7 +115,7 @@ class RouterState:
     @property
     def ready(self) -> bool:
         """Config loaded, not draining, and at least one provider key not cooling or bad."""
-        if self.draining:
+        if self.draining or self.snapshot_failing:
             return False
         now = time.monotonic()
         return any(

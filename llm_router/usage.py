@@ -4,7 +4,8 @@ The counters are keyed by identity — provider name, key label, upstream model 
 by a position in the config, so a reload swaps the config and they carry over. With
 ``usage.snapshot_path`` they are written to disk (see :class:`SnapshotStore`), together
 with any other section a component registers (limits, budgets), in one versioned JSON
-document replaced atomically.
+document replaced atomically, and every change in between goes to the journal
+(:mod:`journal`). What is read back is validated whole before any of it is applied.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from typing import Any, Final
 
 import orjson
 
+from .journal import Event, Journal, journal_files, read_journals
+from .shapes import ShapeError, count, mapping, rows, text
+
 __all__ = [
     "SNAPSHOT_VERSION",
     "CounterKey",
     "Reservation",
+    "SnapshotError",
     "SnapshotStore",
     "UsageCounters",
     "utc_day",
@@ -76,6 +81,7 @@ class UsageCounters:
         self._day_ends = _next_midnight(now)
         self._requests_today: dict[tuple[str, str], int] = {}
         self._completion_ewma: dict[str, float] = {}  # per requested group or provider/model
+        self.journal: Journal | None = None  # with a snapshot path: every change goes here
 
     # -- selection reads
     def load(self, key: CounterKey) -> int:
@@ -101,6 +107,8 @@ class UsageCounters:
         self._roll_day()
         pk = (key[0], key[1])
         self._requests_today[pk] = self._requests_today.get(pk, 0) + 1
+        if self.journal is not None:
+            self.journal.append(("q", self._day, key[0], key[1]))
         return Reservation(key, estimate, group)
 
     def settle(self, res: Reservation, prompt_tokens: int, completion_tokens: int,
@@ -117,6 +125,8 @@ class UsageCounters:
         used = max(0, prompt_tokens) + max(0, completion_tokens) + max(0, penalty)
         if used:
             self.tokens[res.key] = self.tokens.get(res.key, 0) + used
+            if self.journal is not None:
+                self.journal.append(("t", *res.key, used))
         if completion_tokens > 0:
             group = res.group or res.key[2]
             prev = self._completion_ewma.get(group)
@@ -152,67 +162,145 @@ class UsageCounters:
             ],
         }
 
+    @staticmethod
+    def validate(data: Any, where: str) -> dict[str, Any]:
+        """:meth:`dump`'s shape, every value checked (:class:`ShapeError` otherwise)."""
+        d = mapping(data, where)
+        for i, row in enumerate(rows(d.get("key_tokens"), f"{where}.key_tokens")):
+            at = f"{where}.key_tokens[{i}]"
+            r = mapping(row, at)
+            for name in ("provider", "key", "model"):
+                text(r.get(name), f"{at}.{name}")
+            count(r.get("tokens"), f"{at}.tokens")
+        text(d.get("key_requests_day"), f"{where}.key_requests_day")
+        for i, row in enumerate(rows(d.get("key_requests"), f"{where}.key_requests")):
+            at = f"{where}.key_requests[{i}]"
+            r = mapping(row, at)
+            text(r.get("provider"), f"{at}.provider")
+            text(r.get("key"), f"{at}.key")
+            count(r.get("requests"), f"{at}.requests")
+        return d
+
     def restore(self, data: dict[str, Any]) -> None:
-        for row in data.get("key_tokens", ()):
-            key = (str(row["provider"]), str(row["key"]), str(row["model"]))
-            self.tokens[key] = int(row["tokens"])
-        if data.get("key_requests_day") == utc_day():
-            for row in data.get("key_requests", ()):
-                pk = (str(row["provider"]), str(row["key"]))
-                self._requests_today[pk] = int(row["requests"])
+        """Load a :meth:`dump` that :meth:`validate` accepted."""
+        for row in data["key_tokens"]:
+            self.tokens[(row["provider"], row["key"], row["model"])] = row["tokens"]
+        if data["key_requests_day"] == utc_day():
+            for row in data["key_requests"]:
+                self._requests_today[(row["provider"], row["key"])] = row["requests"]
+
+    def replay(self, event: Event) -> None:
+        """Apply one journal event (``q``, ``t`` or ``s``) as it was applied live."""
+        tag = event[0]
+        if tag == "q":
+            if event[1] == utc_day():  # yesterday's requests no longer count
+                pk = (event[2], event[3])
+                self._requests_today[pk] = self._requests_today.get(pk, 0) + 1
+        elif tag == "t":
+            key = (event[1], event[2], event[3])
+            self.tokens[key] = self.tokens.get(key, 0) + event[4]
+        elif tag == "s":
+            key = (event[1], event[2], event[3])
+            self.tokens[key] = max(self.tokens.get(key, 0), event[4])
+
+
+class SnapshotError(Exception):
+    """The snapshot cannot be written where the config says (start-up refuses to go on)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    dump: Callable[[], Any]
+    validate: Callable[[Any, str], Any]
+    restore: Callable[[Any], None]
 
 
 class SnapshotStore:
-    """One versioned JSON file holding named sections; written atomically, read leniently.
+    """One versioned JSON file holding named sections, plus its journal (:mod:`journal`).
 
-    A component registers a section with a ``dump`` and a ``restore`` callable. A
-    missing file is a fresh start; an unreadable one is moved aside with a timestamp
-    and logged, and the router starts from zero rather than refusing to start.
+    A component registers a section with ``dump``, ``validate`` and ``restore``
+    callables, and the store one ``replay`` for journal events. :meth:`load` checks the
+    file and every journal file whole before applying anything: a file of the wrong
+    shape is never half-applied. It is moved aside, with its journal, and the router
+    starts from zero, loudly.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._sections: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
+        self._sections: dict[str, _Section] = {}
+        self._replay: Callable[[Event], None] = lambda _event: None
+        self.journal_seq = 1  # the journal file that follows the snapshot in memory
 
-    def register(self, name: str, dump: Callable[[], Any], restore: Callable[[Any], None]) -> None:
-        self._sections[name] = (dump, restore)
+    def register(self, name: str, dump: Callable[[], Any], restore: Callable[[Any], None],
+                 validate: Callable[[Any, str], Any]) -> None:
+        self._sections[name] = _Section(dump, validate, restore)
+
+    def on_replay(self, replay: Callable[[Event], None]) -> None:
+        self._replay = replay
 
     def load(self) -> bool:
-        """Restore every registered section found in the file; False if nothing was loaded."""
+        """Restore the sections and replay the journal; False if nothing was loaded."""
+        files = journal_files(self.path)
+        self.journal_seq = (files[-1][0] + 1) if files else 1
         try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            log.info("no usage snapshot at %s; starting from zero", self.path)
+            doc = self._read()
+            if doc is None:
+                if not files:
+                    log.info("no usage snapshot at %s; starting from zero", self.path)
+                    return False
+                raise ShapeError(files[0][1].name, "journal without the snapshot it follows")
+            sections, seq = doc
+            events = read_journals([(n, f) for n, f in files if n >= seq])
+        except (ShapeError, OSError) as exc:
+            self._set_aside(files, exc)
             return False
-        except OSError as exc:
-            log.warning("cannot read usage snapshot %s: %s; starting from zero", self.path, exc)
-            return False
-        try:
-            doc = orjson.loads(raw)
-            if not isinstance(doc, dict) or not isinstance(doc.get("version"), int):
-                raise ValueError("not a llm-router usage snapshot")
-            if doc["version"] > SNAPSHOT_VERSION:
-                raise ValueError(f"snapshot version {doc['version']} is newer than this router")
-            sections = doc.get("sections", {})
-            for name, (_, restore) in self._sections.items():
-                if name in sections:
-                    restore(sections[name])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            # JSON of the wrong shape (a list where a section expects a mapping) surfaces
-            # as any of these from a section's restore; all mean "not a snapshot we read".
-            aside = self.path.with_name(
-                f"{self.path.name}.corrupt-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
-            )
-            with contextlib.suppress(OSError):
-                self.path.rename(aside)
-            log.error("usage snapshot %s is unreadable (%s); moved it to %s and started from "
-                      "zero", self.path, exc, aside)
-            return False
+        for name, section in self._sections.items():
+            section.restore(sections[name])
+        for event in events:
+            self._replay(event)
+        self.journal_seq = max(self.journal_seq, seq)
+        log.info("usage snapshot %s restored, and %d journal events after it", self.path,
+                 len(events))
         return True
 
-    def save(self) -> None:
-        """Write every section: temp file, fsync, rename. Never leaves a half-written file."""
-        self.write(self.render())
+    def _read(self) -> tuple[dict[str, Any], int] | None:
+        """The validated sections and the journal number that follows them."""
+        try:
+            raw = self.path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # nothing to restore; writing the first snapshot says what is wrong
+        name = self.path.name
+        try:
+            doc = mapping(orjson.loads(raw), name)
+        except orjson.JSONDecodeError as exc:
+            raise ShapeError(name, f"not JSON ({exc.msg} at {exc.pos})") from None
+        if doc.get("version") != SNAPSHOT_VERSION:
+            raise ShapeError(f"{name}.version", f"expected {SNAPSHOT_VERSION}, got "
+                                                f"{str(doc.get('version'))[:40]}")
+        raw_sections = mapping(doc.get("sections"), f"{name}.sections")
+        sections = {}
+        for section, spec in self._sections.items():
+            if section not in raw_sections:
+                raise ShapeError(f"{name}.sections", f"section '{section}' is missing")
+            sections[section] = spec.validate(raw_sections[section], f"sections.{section}")
+        seq = doc.get("journal_seq", 0)  # absent: written before the journal existed
+        return sections, count(seq, f"{name}.journal_seq")
+
+    def _set_aside(self, files: list[tuple[int, Path]], exc: Exception) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        moved: list[str] = []
+        for path in [self.path, *(f for _, f in files)]:
+            aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+            try:
+                path.rename(aside)
+                moved.append(aside.name)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                log.error("cannot move %s aside: %s", path, err)
+        log.error("usage snapshot %s is invalid: %s. Applied none of it and STARTED FROM "
+                  "ZERO: spend, budgets, daily counts and selection counters restart at 0. "
+                  "Moved aside for inspection: %s", self.path, exc, ", ".join(moved) or "none")
 
     def render(self) -> bytes:
         """Every section, serialised now. Call on the event loop thread: the dumps read
@@ -220,9 +308,14 @@ class SnapshotStore:
         doc = {
             "version": SNAPSHOT_VERSION,
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "sections": {name: dump() for name, (dump, _) in self._sections.items()},
+            "journal_seq": self.journal_seq,
+            "sections": {name: s.dump() for name, s in self._sections.items()},
         }
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+    def save(self) -> None:
+        """Write every section: temp file, fsync, rename. Never leaves a half-written file."""
+        self.write(self.render())
 
     def write(self, data: bytes) -> None:
         """Replace the file with ``data`` atomically (blocking: run it off the loop)."""

@@ -10,6 +10,7 @@ from llm_router.accounting import Caller
 from llm_router.config import Budget, Limits
 from llm_router.errors import BudgetExhausted, RateLimited
 from llm_router.limits import Ledger, period_end, period_id
+from llm_router.shapes import ShapeError
 
 
 def ts(text: str) -> float:
@@ -130,8 +131,9 @@ def test_dump_and_restore_keep_spend_and_daily_counts() -> None:
     assert restored.usage(c) == ledger.usage(c)
     with pytest.raises(BudgetExhausted):
         restored.admit(c, 1)
-    restored.restore({"version": 99})  # a future format is ignored, not misread
-    assert restored.usage(c)["key"]["usage"]["total"]["prompt_tokens"] == 3
+    with pytest.raises(ShapeError, match=r"ledger\.version: expected 1, got 99"):
+        Ledger.validate({"version": 99}, "ledger")  # a future format is refused, not misread
+    assert Ledger.validate(ledger.dump(), "ledger")  # what it writes, it reads back
 
 
 def test_models_per_period_are_bounded() -> None:

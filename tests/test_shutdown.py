@@ -275,7 +275,8 @@ async def test_corrupt_snapshot_is_moved_aside_and_startup_continues(
     snapshot.write_bytes(content)
     router = await start_router(_config(upstream, tmp_path))
     assert [p.read_bytes() for p in tmp_path.glob("usage.json.corrupt-*")] == [content]
-    assert not snapshot.exists()
+    # Replaced at once by a snapshot from zero (which also proves the directory writable).
+    assert orjson.loads(snapshot.read_bytes())["sections"]["counters"]["key_tokens"] == []
     async with http.get(router.url + "/health/ready") as r:
         assert r.status == 200
     client = router.openai()
@@ -288,7 +289,9 @@ async def test_snapshot_restores_counters_of_keys_that_still_match(
     rows = [{"provider": "up", "key": "one", "model": "m", "tokens": 1234},
             {"provider": "gone", "key": "old", "model": "m", "tokens": 99}]
     (tmp_path / "usage.json").write_bytes(orjson.dumps(
-        {"version": 1, "sections": {"counters": {"key_tokens": rows}}}))
+        {"version": 1, "sections": {
+            "counters": {"key_tokens": rows, "key_requests_day": "", "key_requests": []},
+            "ledger": {"version": 1, "users": [], "keys": []}}}))
     router = await start_router(_config(upstream, tmp_path))
     assert router.state.counters.tokens[("up", "one", "m")] == 1234
     # Key sk-two is not in the snapshot: it was added while the router was down. It joins
