@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -39,7 +40,8 @@ _KEY_SLOT_S: Final = 30.0
 _LAT_MIN: Final = 1e-4  # 0.1 ms
 _LAT_GROWTH: Final = 1.2
 _LAT_BUCKETS: Final = 90
-_INV_LOG_GROWTH: Final = 1.0 / math.log(_LAT_GROWTH)
+# Upper bounds of buckets 0 .. N-2: a bisect in C beats a log per request.
+_LAT_BOUNDS: Final = tuple(_LAT_MIN * _LAT_GROWTH ** i for i in range(_LAT_BUCKETS - 1))
 
 Clock = Callable[[], float]
 
@@ -53,12 +55,6 @@ class Finished(Protocol):
     provider: str
     key: str
     failures: list[str]  # "provider/key:reason" per failed attempt
-
-
-def _latency_bucket(seconds: float) -> int:
-    if seconds <= _LAT_MIN:
-        return 0
-    return min(_LAT_BUCKETS - 1, int(math.log(seconds / _LAT_MIN) * _INV_LOG_GROWTH) + 1)
 
 
 def _bucket_midpoint(b: int) -> float:
@@ -94,6 +90,18 @@ class KeyActivity:
     last_failure_at: float | None  # Unix time
 
 
+class _Second:
+    """One second of the router's ring."""
+
+    __slots__ = ("errors", "latency", "requests", "stamp")
+
+    def __init__(self) -> None:
+        self.stamp = -1
+        self.requests = 0
+        self.errors = 0
+        self.latency: dict[int, int] = {}  # histogram bucket -> requests
+
+
 class _KeyRing:
     __slots__ = ("attempts", "failures", "last_failure", "last_failure_at", "stamp")
 
@@ -120,15 +128,13 @@ class Traffic:
     tests may replace both.
     """
 
+    __slots__ = ("_clock", "_keys", "_seconds", "_started", "_wall")
+
     def __init__(self, clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
         self._clock = clock
         self._wall = wall
         self._started = clock()
-        n = _SECOND_SLOTS
-        self._stamp = [-1] * n
-        self._requests = [0] * n
-        self._errors = [0] * n
-        self._latency: list[dict[int, int]] = [{} for _ in range(n)]
+        self._seconds = [_Second() for _ in range(_SECOND_SLOTS)]
         self._keys: dict[tuple[str, str], _KeyRing] = {}
 
     # -- the request path
@@ -138,15 +144,15 @@ class Traffic:
             return
         now = self._clock()
         sec = int(now)
-        i = sec % _SECOND_SLOTS
-        if self._stamp[i] != sec:
-            self._stamp[i], self._requests[i], self._errors[i] = sec, 0, 0
-            self._latency[i].clear()
-        self._requests[i] += 1
+        second = self._seconds[sec % _SECOND_SLOTS]
+        if second.stamp != sec:
+            second.stamp, second.requests, second.errors = sec, 0, 0
+            second.latency.clear()
+        second.requests += 1
         if ex.status >= 400:
-            self._errors[i] += 1
-        hist = self._latency[i]
-        b = _latency_bucket(seconds)
+            second.errors += 1
+        hist = second.latency
+        b = bisect_left(_LAT_BOUNDS, seconds)  # the bucket whose (lower, upper] holds it
         hist[b] = hist.get(b, 0) + 1
         if not ex.attempts:
             return
@@ -174,12 +180,12 @@ class Traffic:
         per_second: list[tuple[int, int]] = []
         merged: dict[int, int] = {}
         for s in range(sec - _WINDOW_S, sec):
-            i = s % _SECOND_SLOTS
-            if self._stamp[i] != s:
+            second = self._seconds[s % _SECOND_SLOTS]
+            if second.stamp != s:
                 per_second.append((0, 0))
                 continue
-            per_second.append((self._requests[i], self._errors[i]))
-            for b, n in self._latency[i].items():
+            per_second.append((second.requests, second.errors))
+            for b, n in second.latency.items():
                 merged[b] = merged.get(b, 0) + n
         requests = sum(r for r, _ in per_second)
         errors = sum(e for _, e in per_second)
