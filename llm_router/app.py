@@ -53,7 +53,8 @@ access_log = logging.getLogger("llm_router.access")
 _BACKLOG: Final = 1024
 # No key needed, not counted in flight. /ui is only the page: it asks for an admin key
 # and sends it with each call to /admin/status.
-_PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics", "/ui"})
+_PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics", "/ui",
+                            "/ui/"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 

@@ -215,6 +215,12 @@ async def status_ui(request: web.Request) -> web.Response:
         "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
 
 
+async def status_ui_slash(request: web.Request) -> web.Response:
+    """``/ui/`` is a common way to type it: send the browser to the page."""
+    del request
+    raise web.HTTPPermanentRedirect("/ui")
+
+
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return _json({"status": "draining" if state.draining else "ok",
@@ -259,5 +265,6 @@ def routes() -> list[web.RouteDef]:
         web.get("/admin/usage", admin_usage),
         web.get("/admin/status", admin_status),
         web.get("/ui", status_ui),
+        web.get("/ui/", status_ui_slash),
     ]
 

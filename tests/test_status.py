@@ -183,6 +183,8 @@ async def test_ui_is_one_self_contained_page_served_without_a_key(
         assert marker not in page
     assert "sessionStorage" in page
     assert router.state.inflight == 0
+    async with http.get(router.url + "/ui/", allow_redirects=False) as resp:
+        assert resp.status == 308 and resp.headers["Location"] == "/ui"
 
 
 @dataclass

@@ -309,7 +309,7 @@
     ] : [["budget", "none"]];
     const keys = u.keys.filter((k) => k.budget || Object.keys(k.limits).length);
     return h("div", { class: "card" + (b && b.exhausted ? " key bad" : ""), "data-user": u.name },
-      h("h3", null, u.name, " ", h("span", { class: "muted" }, (u.role || "user") + (u.configured ? "" : " · not in the config"))),
+      h("h3", null, u.name, " ", h("span", { class: "muted" }, [u.role, u.configured ? null : "not a configured user"].filter(Boolean).join(" · "))),
       dl([
         ["spend today", h("span", { "data-field": "spend-today" }, usd(u.today.cost_usd) + " · " + num(u.today.requests) + " req · " + tokens(u.today.tokens))],
         ["this month", h("span", { "data-field": "spend-month" }, usd(u.month.cost_usd) + " · " + num(u.month.requests) + " req")],
