@@ -52,7 +52,7 @@ from .config_model import (
     sha256_hex,
 )
 from .config_yaml import describe_json_error, load_yaml
-from .schema import Reader, at
+from .schema import FromEnv, Reader, at
 
 __all__ = [
     "AFFINITY_MODES",
@@ -153,7 +153,7 @@ def _expand(node: Any, path: str, env: Mapping[str, str], reader: Reader) -> Any
                 return default
             return value
 
-        return _ENV.sub(sub, node)
+        return FromEnv(_ENV.sub(sub, node))
     if isinstance(node, dict):
         return {k: _expand(val, at(path, str(k)), env, reader) for k, val in node.items()}
     if isinstance(node, list):

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 __all__ = [
     "BAD",
+    "FromEnv",
     "Reader",
     "Spec",
     "at",
@@ -169,6 +170,34 @@ def _is_mapping(tp: Any) -> bool:
 
 
 # ---------------------------------------------------------------- validation
+
+
+class FromEnv(str):
+    """A string ``${VAR}`` expansion produced: a number or boolean key reads it as one,
+    so ``port: ${PORT:-8080}`` works."""
+
+    __slots__ = ()
+
+
+_WANT: Final[dict[Any, str]] = {bool: "true or false", int: "a whole number",
+                                 float: "a number"}
+_BOOLEANS: Final = {"true": True, "yes": True, "on": True,
+                    "false": False, "no": False, "off": False}
+
+
+def _typed(text: str, tp: Any) -> Any:
+    """``text`` as ``tp`` when it spells one, else ``text`` unchanged."""
+    word = text.strip()
+    if tp is bool:
+        return _BOOLEANS.get(word.lower(), text)
+    try:
+        if tp is int and re.fullmatch(r"[+-]?\d+", word):
+            return int(word)
+        if tp is float and word.lower() not in ("nan", "inf", "-inf", "+inf", "infinity"):
+            return float(word)
+    except ValueError:
+        pass
+    return text
 
 
 class _Bad:
@@ -354,6 +383,12 @@ class Reader:
         return types.MappingProxyType(out)
 
     def _scalar(self, tp: Any, spec: Spec | None, node: Any, path: str) -> Any:
+        if isinstance(node, FromEnv):
+            node = _typed(str(node), tp)
+            if isinstance(node, str) and tp is not str:
+                self.fail(path, f"expected {_WANT[tp]}, got '{node}' from an environment "
+                                "variable")
+                return BAD
         if tp is bool:
             ok, want = isinstance(node, bool), "true or false"
         elif tp is int:
@@ -485,6 +520,9 @@ def _type_schema(tp: Any, spec: Spec | None, defs: dict[str, Any]) -> dict[str, 
             out = {"type": "object", "additionalProperties": item}
     else:
         out = {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]}
+        if tp is not str:  # or a ${VAR} that expands to one
+            out["type"] = [out["type"], "string"]
+            out["pattern"] = _ENV_ONLY
         if spec is not None and tp in (int, float):
             for name, bound in (("minimum", spec.ge), ("exclusiveMinimum", spec.gt),
                                 ("maximum", spec.le)):
@@ -499,11 +537,16 @@ def _type_schema(tp: Any, spec: Spec | None, defs: dict[str, Any]) -> dict[str, 
                 # The schema sees the file before ${VAR} expansion: a variable passes.
                 out["pattern"] = f"{spec.pattern}|\\$\\{{"
     if optional:
-        if "type" in out:
+        if isinstance(out.get("type"), list):
+            out["type"] = [*out["type"], "null"]
+        elif "type" in out:
             out["type"] = [out["type"], "null"]
         else:
             out = {"anyOf": [out, {"type": "null"}]}
     return out
+
+
+_ENV_ONLY: Final = r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$"
 
 
 def _json_default(value: Any) -> Any:

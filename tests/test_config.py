@@ -63,6 +63,15 @@ def test_env_expansion_with_default_and_set_variable() -> None:
     assert cfg.api_key == "fallback"
 
 
+def test_numbers_may_come_from_environment_variables() -> None:
+    text = GO_CONFIG.replace("port: 8080", "port: ${PORT}") + "shutdown_grace_s: ${GRACE:-12.5}\n"
+    cfg = parse_config(text, env={"PORT": "9000"})
+    assert (cfg.port, cfg.shutdown_grace_s) == (9000, 12.5)
+    assert problems(text, env={"PORT": "eighty"}) == [
+        "port: expected a whole number, got 'eighty' from an environment variable"]
+    assert problems(text, env={"PORT": "-1"}) == ["port: must be >= 0"]
+
+
 def test_unset_variable_is_an_error_naming_its_location() -> None:
     text = GO_CONFIG.replace('"sk-your-openai-key-here"', '"${MISSING_KEY}"')
     assert problems(text) == [

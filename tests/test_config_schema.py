@@ -159,6 +159,11 @@ def test_schema_and_check_refuse_the_same_mistakes(bad: dict[str, Any]) -> None:
         parse_config(json.dumps(bad), fmt="json", env={})
 
 
+def test_schema_accepts_a_variable_where_a_number_goes() -> None:
+    assert not list(validator().iter_errors({"port": "${PORT:-8080}", "keepalive_s": 5}))
+    assert list(validator().iter_errors({"port": "80${X}"}))
+
+
 def test_schema_key_is_accepted() -> None:
     cfg = parse_config('{"$schema": "./config.schema.json", "port": 1}', fmt="json", env={})
     assert isinstance(cfg, Config) and cfg.port == 1
