@@ -96,6 +96,7 @@ def _check_users(cfg: Config, r: Reader) -> None:
         if user.name in names:
             r.fail(r.where(user, "name"), f"duplicate user '{user.name}'")
         names.add(user.name)
+        key_names: set[str] = set()
         for key in user.keys:
             owner = owners.get(key.sha256)
             if owner == user.name:
@@ -104,6 +105,12 @@ def _check_users(cfg: Config, r: Reader) -> None:
                 r.fail(r.where(key), f"key '{key.name}' is also a key of user '{owner}'")
             else:
                 owners[key.sha256] = user.name
+            if key.name in key_names and owner != user.name:
+                # usage, limits, budgets and metrics are kept per (user, key name)
+                r.fail(r.where(key, "name"), f"duplicate key name '{key.name}' in user "
+                                             f"'{user.name}'; usage and limits are kept "
+                                             "per key name")
+            key_names.add(key.name)
             _check_allowlist(cfg, key, r)
         _check_allowlist(cfg, user, r)
 

@@ -268,13 +268,15 @@ def test_duplicate_names_and_shared_keys_are_errors() -> None:
     type: mock
 users:
   - {name: bob, keys: [{key: one}, {key: one}]}
-  - {name: bob, keys: [{key: two}]}
+  - {name: bob, keys: [{key: two, name: x}, {key: three, name: x}]}
   - {name: eve, keys: [{key: two}], models: ["gpt-*", "*/x", "nope/*"]}
 """
     assert problems(text) == [
         "providers[1].name: duplicate provider 'openai'",
         "users[0].keys[1]: duplicate key (the same key is listed twice)",
         "users[1].name: duplicate user 'bob'",
+        "users[1].keys[1].name: duplicate key name 'x' in user 'bob'; usage and limits are "
+        "kept per key name",
         "users[2].keys[0]: key '3fc4ccfe' is also a key of user 'bob'",
         "users[2].models[2]: 'nope/*' matches no group and no provider/model (groups: "
         "gpt-4-turbo; providers: openai)",
