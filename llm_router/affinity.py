@@ -23,7 +23,7 @@ from hashlib import blake2b
 from typing import Any, Final, Protocol
 
 from .config import Affinity
-from .routing import Candidate, PickContext, inverse_weight
+from .routing import Candidate, PickContext, Preferences, Target, inverse_weight
 from .usage import CounterKey
 
 __all__ = [
@@ -33,9 +33,11 @@ __all__ = [
     "AffinityStore",
     "MemoryAffinityStore",
     "affinity_key",
+    "applies",
     "derived_cache_key",
     "pick_with_affinity",
     "prefix_digest",
+    "response_key",
     "within_slack",
 ]
 
@@ -59,12 +61,31 @@ class AffinityKey:
     source: str  # prompt_cache_key | session | previous_response_id | user_id | prefix
 
 
+def applies(target: Target, kind: str, prefs: Preferences) -> bool | None:
+    """Whether affinity may steer this request: True, False (counted as ``off``: the
+    group's mode is off, its strategy is not inverse weight, or the client's
+    ``X-Router-Provider-Order`` / ``X-Router-Sort`` decide), or None when it does not
+    concern affinity at all (a route without a prompt cache, or a ``provider/model``
+    address, which is not a group)."""
+    if kind not in AFFINITY_KINDS or target.is_direct:
+        return None
+    group = target.group
+    return (group.affinity.mode != "off" and group.strategy == "inverse-weight"
+            and not prefs.order and prefs.sort is None)
+
+
 def _explicit(group: str, source: str, value: str) -> AffinityKey:
     h = blake2b(digest_size=16, person=_PERSON)
     h.update(group.encode())
     h.update(b"\0" + source.encode() + b"\0")
     h.update(value[:_MAX_EXPLICIT].encode())
     return AffinityKey(h.digest(), source)
+
+
+def response_key(group: str, response_id: str) -> AffinityKey:
+    """The key the next turn of a Responses conversation will look up: its
+    ``previous_response_id`` is this answer's id."""
+    return _explicit(group, "previous_response_id", response_id)
 
 
 def affinity_key(body: Mapping[str, Any], headers: Mapping[str, str], group: str,
@@ -185,11 +206,14 @@ def derived_cache_key(key: AffinityKey) -> str:
 
 
 def within_slack(pinned: Candidate, cands: Sequence[Candidate], ctx: PickContext,
-                 slack: float) -> bool:
-    """Whether the pinned candidate's ``tokens x weight`` (in-flight included) is within
-    ``slack`` of the lowest among ``cands``: at most ``(1 + slack)`` times it. A weight-0
-    candidate is always preferred (CONTRACT §3): a pinned one is always within, and any
-    eligible one puts a weighted pin beyond."""
+                 slack: float, estimate: int = 0) -> bool:
+    """Whether the pinned candidate may keep the request: its ``tokens x weight``
+    (in-flight included) is at most ``(1 + slack)`` times the lowest among ``cands``,
+    plus this request's own ``estimate x weight``. That grace of one request keeps a
+    conversation together while the counters are still small (a fresh start, or little
+    traffic), where any relative bound alone would move it on every turn; it adds at
+    most one request to the spread. A weight-0 candidate is always preferred (CONTRACT
+    §3): a pinned one is always within, and any eligible one puts a weighted pin beyond."""
     load = ctx.counters.load
     w = pinned.member.weight
     if w <= 0:
@@ -198,20 +222,21 @@ def within_slack(pinned: Candidate, cands: Sequence[Candidate], ctx: PickContext
         return False
     mine = load(pinned.counter_key) * w
     lowest = min(load(c.counter_key) * c.member.weight for c in cands)
-    return mine <= lowest * (1.0 + slack)
+    return mine <= lowest * (1.0 + slack) + estimate * w
 
 
 def pick_with_affinity(cands: Sequence[Candidate], pinned: CounterKey | None,
-                       ctx: PickContext, slack: float) -> tuple[Candidate, str]:
+                       ctx: PickContext, slack: float, estimate: int = 0
+                       ) -> tuple[Candidate, str]:
     """The candidate for a request whose affinity key points at ``pinned`` (None: no
     pin), and the result for ``affinity_total``: the pin when it is eligible and within
-    the slack (``hit``), else inverse weight (``new`` or ``moved``). ``cands`` must not
-    be empty."""
+    the slack (``hit``, :func:`within_slack`), else inverse weight (``new`` or
+    ``moved``). ``cands`` must not be empty."""
     if pinned is None:
         return inverse_weight(cands, ctx), "new"
     for c in cands:
         if c.counter_key == pinned:
-            if within_slack(c, cands, ctx, slack):
+            if within_slack(c, cands, ctx, slack, estimate):
                 return c, "hit"
             break
     return inverse_weight(cands, ctx), "moved"

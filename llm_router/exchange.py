@@ -49,6 +49,7 @@ class Exchange:
     body: dict[str, Any] | None = None  # parsed once, if a handler needed it early
     prompt_estimate: int = 0  # ~bytes/4 of the request: a cut stream's prompt if unreported
     admission: Admission | None = None  # the caller's limits and spend (limits.Ledger)
+    affinity: str = ""  # hit | new | moved | off (affinity.RESULTS); "" = not a group request
 
     def log_line(self) -> dict[str, Any]:
         now = time.perf_counter()
@@ -63,6 +64,7 @@ class Exchange:
             "ttft_ms": round(self.ttft * 1000, 2) if self.ttft is not None else None,
             "attempts": self.attempts, "failures": self.failures or None,
             "key_state": self.key_state or None, "bytes": self.bytes_out, "error": self.error,
+            "affinity": self.affinity or None,
         }
 
 

@@ -143,6 +143,8 @@ class Metrics:
         self.ttft = Histogram(_P + "time_to_first_token_seconds",
                               "Time from request to the first streamed token",
                               ["group", "provider", "model"], buckets=_TTFT_BUCKETS, registry=r)
+        # kind = prompt | completion | cached (the part of prompt read from the upstream's
+        # prompt cache, also counted in prompt)
         self.tokens = Counter(_P + "tokens_total", "Tokens used, as reported by the upstream",
                               ["provider", "model", "key", "user", "kind"], registry=r)
         self.cost = Counter(_P + "cost_usd_total", "Cost in USD by the pricing table",
@@ -159,6 +161,10 @@ class Metrics:
         self.fallbacks = Counter(_P + "fallbacks_total",
                                  "Requests that needed more than one attempt", ["group"],
                                  registry=r)
+        self.affinity = Counter(_P + "affinity_total",
+                                "Group requests by prompt-cache affinity result: hit (sent "
+                                "to its pinned key), new, moved, off", ["group", "result"],
+                                registry=r)
         self.inflight = Gauge(_P + "inflight_requests", "Requests being served now", registry=r)
         self.config_reloads = Counter(_P + "config_reloads_total", "Config reloads by result",
                                       ["result"], registry=r)

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .affinity import AffinityKey
 from .config import Config
 from .downstream import Downstream
 from .exchange import Exchange
@@ -46,6 +47,7 @@ class ModelRequest:
     estimate: int  # tokens reserved on a candidate until the real usage is known
     down: Downstream | None  # the client's stream; None for a non-streamed answer
     turn: ResponsesTurn | None = None  # POST /v1/responses: its conversation and store
+    affinity: AffinityKey | None = None  # what the first pick and the pin go by (affinity.py)
 
     @property
     def stream(self) -> bool:

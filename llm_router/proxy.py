@@ -25,6 +25,14 @@ from aiohttp import web
 
 from . import relay as rl
 from .accounting import cost_usd, estimate_cost, priced_target
+from .affinity import (
+    AffinityKey,
+    affinity_key,
+    applies,
+    derived_cache_key,
+    pick_with_affinity,
+    response_key,
+)
 from .compression import MIN_COMPRESS_BYTES, compress_body, negotiate
 from .downstream import Downstream
 from .errors import (
@@ -50,6 +58,7 @@ from .routing import (
     CandidateSet,
     PickContext,
     Preferences,
+    Target,
     can_serve,
     collect_candidates,
     is_retryable,
@@ -176,7 +185,8 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     ex.admission = state.ledger.admit(ex.caller, estimate, cost)
     down = Downstream(request, coding, cfg.keepalive_s) if stream else None
     req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
-                       estimate, down, turn)
+                       estimate, down, turn,
+                       _affinity_key(request, state, ex, target, prefs, body))
     try:
         return await _attempt_loop(req)
     except RouterError as err:
@@ -185,6 +195,35 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         raise
     finally:
         state.ledger.release(ex.admission)
+
+
+def _affinity_key(request: web.Request, state: RouterState, ex: Exchange, target: Target,
+                  prefs: Preferences, body: dict[str, Any]) -> AffinityKey | None:
+    """The request's affinity key when affinity steers it; counts ``off`` when it does
+    not (the group's pick then stays plain inverse weight)."""
+    use = applies(target, ex.kind, prefs)
+    if use is None:
+        return None
+    key = affinity_key(body, request.headers, target.name, target.group.affinity) if use \
+        else None
+    if key is None:
+        ex.affinity = "off"
+        state.metrics.child(state.metrics.affinity, state.labels.group(target.name),
+                            "off").inc()
+    return key
+
+
+async def _pin_response(req: ModelRequest, cand: Candidate) -> bool:
+    """Pin a Responses answer's id once it is known, so the turn that names it as
+    ``previous_response_id`` comes back here; whether the id is known yet."""
+    turn = req.turn
+    if turn is None or turn.response_id is None:
+        return False
+    if req.affinity is not None:
+        group = req.target.group
+        await req.state.affinity.remember(response_key(group.name, turn.response_id).digest,
+                                          cand.counter_key, group.affinity.ttl_s)
+    return True
 
 
 @dataclass(slots=True)
@@ -245,7 +284,17 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
                              f"'{target.name}' (its providers: "
                              f"{', '.join(sorted(cands.excluded))}).",
                              code="no_provider_allowed")
-        cand = pick_candidate(cands.eligible, group.strategy, ctx, prefs)
+        cand: Candidate | None
+        if req.affinity is not None and not ex.attempts and cands.eligible:
+            # The first attempt only: failover ignores affinity, and the pin then
+            # follows whichever candidate answers (_attempt).
+            pinned = await state.affinity.lookup(req.affinity.digest)
+            cand, ex.affinity = pick_with_affinity(cands.eligible, pinned, ctx,
+                                                   group.affinity.slack, req.estimate)
+            state.metrics.child(state.metrics.affinity, state.labels.group(group.name),
+                                ex.affinity).inc()
+        else:
+            cand = pick_candidate(cands.eligible, group.strategy, ctx, prefs)
         if cand is None:
             now = time.monotonic()
             if cands.soonest_recovery is not None and cands.soonest_recovery <= wait_until:
@@ -382,6 +431,11 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
         att = _Attempt(cand, turn.dialect(provider))
         path, up_body = turn.upstream_request(provider, att.up, cand.member.model,
                                               req.stream)
+    if req.affinity is not None and provider.type == "openai" \
+            and "prompt_cache_key" not in up_body:
+        # So the provider's own cache routing groups requests as ours does (up_body is
+        # the router's copy: the client's body stays untouched).
+        up_body["prompt_cache_key"] = derived_cache_key(req.affinity)
     call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, req.stream,
                         rl.passthrough_headers(ex.client, provider, req.http.headers))
     att.reservation = state.counters.reserve(cand.counter_key, req.estimate, ex.group)
@@ -407,6 +461,10 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
         _ratelimit_gauges(state, cand, resp)
         if resp.status >= 400:
             raise await _status_failure(state, cand, resp)
+        if req.affinity is not None:
+            # The upstream took the prompt, so its cache now holds it: pin (or refresh).
+            await state.affinity.remember(req.affinity.digest, cand.counter_key,
+                                          req.target.group.affinity.ttl_s)
         if down is not None and "text/event-stream" in resp.headers.get("Content-Type", ""):
             return await _relay_stream(req, att, resp, down)
         if down is not None and down.committed:
@@ -493,6 +551,9 @@ def _account(req: ModelRequest, att: _Attempt, usage: rl.Usage) -> None:
     if usage.completion:
         m.child(m.tokens, cand.provider.name, model, cand.key.label, user,
                 "completion").inc(usage.completion)
+    if usage.cached:
+        m.child(m.tokens, cand.provider.name, model, cand.key.label, user,
+                "cached").inc(usage.cached)
     m.child(m.cost, user, cand.provider.name, model).inc(ex.cost or 0.0)
     if ex.admission is not None:
         state.ledger.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
@@ -515,6 +576,7 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
     if req.turn is not None:
         try:
             out, usage = await req.turn.answer(up, raw, cand)
+            await _pin_response(req, cand)
         except (ValueError, KeyError, TypeError):
             raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
                                  "answer that is not a valid JSON response") from None
@@ -583,6 +645,7 @@ async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
     state.metrics.child(state.metrics.ttft, names.group(ex.group), provider.name,
                         names.model(provider.name, cand.member.model)).observe(ex.ttft)
     seen = 0
+    answered = False  # a Responses answer was stored (and its id pinned)
     failure: str | None = None
     try:
         await down.commit(ex, headers)
@@ -593,8 +656,9 @@ async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
                 data = relay.feed(raw)
                 if data:
                     parts.append(data)
-            if req.turn is not None:
+            if req.turn is not None and not answered:
                 await req.turn.after_events(cand)  # stored before the client can follow up
+                answered = await _pin_response(req, cand)
             if parts:  # one write (one flush) for the events of one upstream read
                 await down.write(ex, parts[0] if len(parts) == 1 else b"".join(parts))
             waited = time.perf_counter()
@@ -661,7 +725,8 @@ def _account_partial(req: ModelRequest, att: _Attempt, usage: rl.Usage,
                        usage.cached)
     m = state.metrics
     model = state.labels.model(cand.provider.name, cand.member.model)
-    for kind, n in (("prompt", usage.prompt), ("completion", usage.completion)):
+    for kind, n in (("prompt", usage.prompt), ("completion", usage.completion),
+                    ("cached", usage.cached)):
         if n:
             m.child(m.tokens, cand.provider.name, model, cand.key.label, ex.caller.user,
                     kind).inc(n)

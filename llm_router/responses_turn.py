@@ -47,7 +47,7 @@ class ResponsesTurn:
     """The Responses-specific facts of one request (built once, before any attempt)."""
 
     __slots__ = ("_relay", "_remembered", "body", "frame", "history", "origin", "owner",
-                 "previous_id", "refused", "store")
+                 "previous_id", "refused", "response_id", "store")
 
     def __init__(self, body: dict[str, Any], model: str, store: ResponseStore, owner: str,
                  previous: StoredResponse | None) -> None:
@@ -61,6 +61,7 @@ class ResponsesTurn:
         self.refused = responses_in.refusal(body)  # what a chat member cannot serve
         self._relay: _ResponsesRelay | None = None
         self._remembered = False
+        self.response_id: str | None = None  # the answer's id, once known (affinity pins it)
 
     @classmethod
     async def begin(cls, body: dict[str, Any], model: str, store: ResponseStore,
@@ -195,6 +196,8 @@ class ResponsesTurn:
 
     async def _remember(self, response: dict[str, Any], cand: Candidate) -> None:
         self._remembered = True
+        rid = response.get("id")
+        self.response_id = rid if isinstance(rid, str) else None
         if self.body.get("store") is False or response.get("status") not in (
                 "completed", "incomplete"):
             return

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .accounting import KeyIndex
+from .affinity import AffinityStore, MemoryAffinityStore
 from .config import Config
 from .deadlines import Deadlines
 from .health import KeyHealth
@@ -56,6 +57,8 @@ class RouterState:
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
         self.traffic = Traffic()  # the last minute, for GET /admin/status
+        # Prompt-cache pins (affinity.py); a shared store plugs in here.
+        self.affinity: AffinityStore = MemoryAffinityStore()
         self.session: aiohttp.ClientSession | None = None
         self.snapshot: SnapshotStore | None = None
         self.journal: Journal | None = None  # changes since the snapshot (snapshots.py)

@@ -72,8 +72,9 @@ MakeUpstream = Callable[..., Awaitable[Upstream]]
 
 @pytest.fixture
 async def make_upstream(aiohttp_server: AiohttpServer) -> MakeUpstream:
-    async def make(latency_ms: float = 0.0, tokens_per_second: float = 0.0) -> Upstream:
-        fake = FakeUpstream(latency_ms, tokens_per_second)
+    async def make(latency_ms: float = 0.0, tokens_per_second: float = 0.0,
+                   prompt_cache_ttl_s: float = 0.0) -> Upstream:
+        fake = FakeUpstream(latency_ms, tokens_per_second, prompt_cache_ttl_s)
         server = await aiohttp_server(fake.app())
         root = str(server.make_url("")).rstrip("/")
         return Upstream(fake, root + "/v1", root)

@@ -94,6 +94,8 @@ async def test_anthropic_sdk_message_from_openai_upstream(start_router: StartRou
     assert msg.stop_reason == "max_tokens"
     (seen,) = upstream.fake.requests
     assert seen.path == "/v1/chat/completions" and seen.api_key == "sk-oa"
+    # The router adds a prompt_cache_key for OpenAI upstreams (docs/affinity.md).
+    assert seen.body is not None and seen.body.pop("prompt_cache_key").startswith("llmr-")
     assert seen.body == {"model": "gpt-up", "max_tokens": 5, "messages": [
         {"role": "system", "content": "Be terse."},
         {"role": "user", "content": "first part\nsecond part"}]}

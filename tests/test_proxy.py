@@ -51,6 +51,8 @@ async def test_body_is_forwarded_untouched_except_model(start_router: StartRoute
     vendor = {"x_vendor_field": {"nested": [1, 2]}}
     await router.openai().chat.completions.create(**body, extra_body=vendor)  # type: ignore[call-overload]
     (seen,) = upstream.fake.requests
+    # prompt_cache_key is the router's too when the client sent none (docs/affinity.md).
+    assert seen.body is not None and seen.body.pop("prompt_cache_key").startswith("llmr-")
     assert seen.body == {**body, **vendor, "model": "real-model"}
 
 

@@ -28,8 +28,11 @@ async def test_token_shares_converge_to_inverse_weights(start_router: StartRoute
                                                         make_upstream: MakeUpstream) -> None:
     router, a, b = await _two_providers(start_router, make_upstream)
     client = router.openai()
-    for _ in range(120):
-        await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    for n in range(120):
+        # 120 conversations: turns of one would stay on its key (prompt-cache affinity,
+        # tests/test_affinity_e2e.py), within the group's slack of these shares.
+        await client.chat.completions.create(  # type: ignore[call-overload]
+            model="g", messages=[{"role": "user", "content": f"hello {n:03}"}])
     tokens = router.state.counters.tokens
     a1, a2 = tokens[("a", _label("sk-a1"), "m-a")], tokens[("a", _label("sk-a2"), "m-a")]
     b1 = tokens[("b", _label("sk-b1"), "m-b")]

@@ -298,6 +298,7 @@ async def test_snapshot_restores_counters_of_keys_that_still_match(
     # level with "one" rather than at zero, so the two share the next requests at once.
     assert router.state.counters.tokens[("up", key_label("sk-two"), "m")] == 1234
     client = router.openai()
-    for _ in range(2):
-        await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    for n in range(2):  # two conversations: prompt-cache affinity would keep one together
+        await client.chat.completions.create(  # type: ignore[call-overload]
+            model="g", messages=[{"role": "user", "content": f"conversation {n}"}])
     assert sorted(r.api_key for r in upstream.fake.requests) == ["sk-one", "sk-two"]

@@ -1,0 +1,241 @@
+"""Prompt-cache affinity end to end: real SDKs -> router -> fake upstream with a prompt cache.
+
+The fake caches prompt prefixes per API key (fake_prompt_cache.py), as providers do, so a
+conversation that stays on its key reports cached tokens, and one that wanders does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from itertools import pairwise
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from llm_router.config import load_config
+from llm_router.fake_upstream import Fault
+
+from .conftest import MakeUpstream, Router, StartRouter, Upstream, openai_provider, scrape_metrics
+
+SYSTEM = "You plan trips. Answer in one short paragraph. " * 8
+PRICE = {"input": 1.0, "output": 2.0, "cached_input": 0.1}
+
+
+async def _cached_upstream(make_upstream: MakeUpstream) -> Upstream:
+    return await make_upstream(prompt_cache_ttl_s=600)
+
+
+def _group_config(up: Upstream, affinity: Any = None) -> dict[str, Any]:
+    """Keys a1 and a2 at weight 1 and b1 at weight 2, all on one fake."""
+    group: dict[str, Any] = {"name": "g", "models": [{"provider": "a", "name": "m", "weight": 1},
+                                                     {"provider": "b", "name": "m", "weight": 2}]}
+    if affinity is not None:
+        group["affinity"] = affinity
+    return {"providers": [openai_provider("a", up, ["sk-a1", "sk-a2"]),
+                          openai_provider("b", up, ["sk-b1"])],
+            "groups": [group], "pricing": {"m": PRICE}}
+
+
+class _Conversation:
+    """One chat, its history growing turn by turn as a client keeps it."""
+
+    def __init__(self, n: int) -> None:
+        self.messages: list[dict[str, Any]] = [
+            {"role": "system", "content": f"Trip {n}. {SYSTEM}"},  # shares no prefix
+            {"role": "user", "content": f"Plan trip {n}."}]
+
+    async def turn(self, router: Router, **extra: Any) -> Any:
+        raw = await router.openai().chat.completions.with_raw_response.create(
+            model="g", messages=self.messages, max_tokens=8, **extra)  # type: ignore[arg-type]
+        answer = raw.parse()
+        self.messages += [{"role": "assistant", "content": answer.choices[0].message.content},
+                          {"role": "user", "content": "And then?"}]
+        return raw
+
+
+async def test_turns_of_a_conversation_stay_on_one_key_and_hit_its_cache(
+        start_router: StartRouter, make_upstream: MakeUpstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    up = await _cached_upstream(make_upstream)
+    router = await start_router(_group_config(up))
+    caplog.set_level(logging.INFO, logger="llm_router.access")
+    # Five alike conversations fit weights 1, 1, 2 exactly (2 + 2 + 1 of them), so
+    # every turn after the first stays within the default slack.
+    convs = [_Conversation(n) for n in range(5)]
+    cached_seen = 0
+    for turn in range(4):
+        for conv in convs:
+            raw = await conv.turn(router)
+            usage = raw.parse().usage
+            cached = usage.prompt_tokens_details.cached_tokens
+            assert (cached > 0) == (turn > 0)
+            cached_seen += cached
+            cost = ((usage.prompt_tokens - cached) * PRICE["input"] + cached
+                    * PRICE["cached_input"] + usage.completion_tokens * PRICE["output"]) / 1e6
+            assert raw.headers["X-Router-Cost-USD"] == f"{cost:.8f}"
+    keys_of: dict[str, set[str | None]] = defaultdict(set)
+    cache_keys_of: dict[str, set[str]] = defaultdict(set)
+    for r in up.fake.requests:
+        assert r.body is not None
+        opening = r.body["messages"][1]["content"]
+        keys_of[opening].add(r.api_key)
+        cache_keys_of[opening].add(r.body["prompt_cache_key"])
+    assert all(len(keys) == 1 for keys in keys_of.values())
+    assert Counter(next(iter(k)) for k in keys_of.values()) == {"sk-a1": 2, "sk-a2": 2,
+                                                                "sk-b1": 1}
+    # The upstream is told the same prompt_cache_key for a conversation, another for each.
+    assert all(len(k) == 1 for k in cache_keys_of.values())
+    assert len(set().union(*cache_keys_of.values())) == 5
+    _, samples = await scrape_metrics(router.url)
+    assert samples["llm_router_affinity_total{group=g,result=new}"] == 5
+    assert samples["llm_router_affinity_total{group=g,result=hit}"] == 15
+    assert "llm_router_affinity_total{group=g,result=moved}" not in samples
+    cached_metric = sum(v for k, v in samples.items()
+                        if k.startswith("llm_router_tokens_total{") and "kind=cached" in k)
+    assert cached_metric == cached_seen
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records
+             if r.name == "llm_router.access"]
+    assert Counter(line["affinity"] for line in lines) == {"new": 5, "hit": 15}
+
+
+async def test_a_streamed_turn_counts_its_cached_tokens(
+        start_router: StartRouter, make_upstream: MakeUpstream) -> None:
+    up = await _cached_upstream(make_upstream)
+    router = await start_router(_group_config(up))
+    conv = _Conversation(0)
+    await conv.turn(router)
+    stream = await router.openai().chat.completions.create(
+        model="g", messages=conv.messages, max_tokens=4, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True})
+    usage = [c.usage async for c in stream if c.usage is not None][-1]
+    assert usage.prompt_tokens_details is not None
+    cached = usage.prompt_tokens_details.cached_tokens
+    assert cached and cached > 0
+    _, samples = await scrape_metrics(router.url)
+    assert sum(v for k, v in samples.items() if "kind=cached" in k) == cached
+
+
+async def _warm(router: Router) -> None:
+    """One request on each of the three keys (zero-load keys are the lowest, so three new
+    conversations take one each): a lowest of zero would leave no slack to stay within."""
+    for n in range(3):
+        await router.openai().chat.completions.create(  # type: ignore[call-overload]
+            model="g", messages=[{"role": "user", "content": f"warm-up {n} " + SYSTEM}])
+
+
+def _keys_per_turn(up: Upstream, opening: str) -> list[str | None]:
+    return [r.api_key for r in up.fake.requests if r.body is not None
+            and r.body["messages"][1:2] == [{"role": "user", "content": opening}]]
+
+
+def _moves(keys: list[str | None]) -> int:
+    return sum(1 for a, b in pairwise(keys) if a != b)
+
+
+async def test_a_pinned_key_that_cools_down_moves_the_conversation_once(
+        start_router: StartRouter, make_upstream: MakeUpstream) -> None:
+    up = await _cached_upstream(make_upstream)
+    # A wide slack: this test is about the pin following a failure, not about weights.
+    router = await start_router(_group_config(up, {"slack": 100}))
+    await _warm(router)
+    conv = _Conversation(0)
+    await conv.turn(router)
+    (pinned,) = set(_keys_per_turn(up, "Plan trip 0."))
+    assert pinned is not None
+    up.fake.add_fault(Fault(status=429, key=pinned, retry_after="60"))
+    raw = await conv.turn(router)
+    assert raw.headers["X-Router-Attempts"] == "2"  # the pin first, then another key
+    for _ in range(3):
+        await conv.turn(router)
+    keys = _keys_per_turn(up, "Plan trip 0.")
+    assert keys[:2] == [pinned, pinned] and len(set(keys[2:])) == 1 and keys[2] != pinned
+    assert _moves(keys) == 1
+    _, samples = await scrape_metrics(router.url)
+    assert samples["llm_router_affinity_total{group=g,result=hit}"] == 4
+
+
+async def test_a_pinned_key_that_leaves_the_config_moves_once_and_re_pins(
+        start_router: StartRouter, make_upstream: MakeUpstream) -> None:
+    up = await _cached_upstream(make_upstream)
+    router = await start_router(_group_config(up, {"slack": 100}))
+    await _warm(router)
+    conv = _Conversation(0)
+    await conv.turn(router)
+    await conv.turn(router)
+    (pinned,) = set(_keys_per_turn(up, "Plan trip 0."))
+    config = _group_config(up, {"slack": 100})
+    for provider in config["providers"]:
+        provider["api_keys"] = [k for k in provider["api_keys"] if k != pinned]
+    config["providers"] = [p for p in config["providers"] if p["api_keys"]]
+    config["groups"][0]["models"] = [m for m in config["groups"][0]["models"]
+                                     if m["provider"] in {p["name"] for p in config["providers"]}]
+    router.config_path.write_text(yaml.safe_dump({**config, "api_key": "sk-test-router"}))
+    router.state.swap_config(load_config(router.config_path))
+    moved = await conv.turn(router)
+    for _ in range(3):
+        await conv.turn(router)
+    keys = _keys_per_turn(up, "Plan trip 0.")
+    assert keys[:2] == [pinned, pinned] and pinned not in keys[2:]
+    assert _moves(keys) == 1
+    # The move loses the cache once; the turns after it hit the new key's cache.
+    assert moved.parse().usage.prompt_tokens_details.cached_tokens == 0
+    _, samples = await scrape_metrics(router.url)
+    assert samples["llm_router_affinity_total{group=g,result=moved}"] == 1
+    assert samples["llm_router_affinity_total{group=g,result=hit}"] == 4
+
+
+async def test_explicit_keys_beat_the_prefix_hash(
+        start_router: StartRouter, make_upstream: MakeUpstream) -> None:
+    up = await _cached_upstream(make_upstream)
+    router = await start_router(_group_config(up, {"slack": 100}))
+    await _warm(router)
+    client = router.openai()
+    one = [{"role": "user", "content": "first topic"}]
+    other = [{"role": "user", "content": "something else entirely"}]
+    for messages in (one, other, one, other):
+        await client.chat.completions.create(  # type: ignore[call-overload]
+            model="g", messages=messages, extra_headers={"X-Router-Session": "s-1"})
+    # Four bodies, two different prompts, one session: one key.
+    assert len({r.api_key for r in up.fake.requests[-4:]}) == 1
+    # The client's own prompt_cache_key is passed on as sent, and it steers too.
+    await client.chat.completions.create(  # type: ignore[call-overload]
+        model="g", messages=one, extra_body={"prompt_cache_key": "tenant-7"})
+    assert up.fake.requests[-1].body is not None
+    assert up.fake.requests[-1].body["prompt_cache_key"] == "tenant-7"
+    # Anthropic's metadata.user_id is a key too (here through the chat translation).
+    anthropic = router.anthropic()
+    for text in ("hello", "a different question", "and a third"):
+        await anthropic.messages.create(model="g", max_tokens=4, metadata={"user_id": "u-9"},
+                                        messages=[{"role": "user", "content": text}])
+    assert len({r.api_key for r in up.fake.requests[-3:]}) == 1
+    _, samples = await scrape_metrics(router.url)
+    # warm-up (3 new), s-1 (new, 3 hits), tenant-7 (new), u-9 (new, 2 hits).
+    assert samples["llm_router_affinity_total{group=g,result=new}"] == 6
+    assert samples["llm_router_affinity_total{group=g,result=hit}"] == 5
+
+
+async def test_session_mode_ignores_the_prefix_and_off_restores_inverse_weight(
+        start_router: StartRouter, make_upstream: MakeUpstream) -> None:
+    up = await _cached_upstream(make_upstream)
+    config = _group_config(up, {"mode": "off"})
+    config["groups"].append({**config["groups"][0], "name": "s",
+                             "affinity": {"mode": "session"}})
+    router = await start_router(config)
+    client = router.openai()
+    hello = [{"role": "user", "content": "hello there"}]
+    for _ in range(40):
+        await client.chat.completions.create(model="g", messages=hello)  # type: ignore[arg-type]
+    # Plain inverse weight: the same prompt 40 times splits 16 / 16 / 8 (±1 for ties),
+    # and no prompt_cache_key is invented.
+    per_key = Counter(r.api_key for r in up.fake.requests)
+    assert abs(per_key["sk-a1"] - 16) <= 1 and abs(per_key["sk-a2"] - 16) <= 1
+    assert abs(per_key["sk-b1"] - 8) <= 1
+    assert all(r.body is not None and "prompt_cache_key" not in r.body
+               for r in up.fake.requests)
+    await client.chat.completions.create(model="s", messages=hello)  # type: ignore[arg-type]
+    _, samples = await scrape_metrics(router.url)
+    assert samples["llm_router_affinity_total{group=g,result=off}"] == 40
+    assert samples["llm_router_affinity_total{group=s,result=off}"] == 1
