@@ -56,6 +56,10 @@ _SCENARIOS: dict[str, tuple[dict[str, object], list[str]]] = {
         "    budget: {usd: 1000000.0, period: monthly}",
         "pricing:", "  fake-gpt: {input: 0.15, output: 0.6}"]),
 }
+# The same caller with a usage snapshot: every request also goes to the journal. Each
+# build gets its own file ({snapshot} is replaced per build).
+_SCENARIOS["durable"] = (_BODY, [*_SCENARIOS["limits"][1], "usage:",
+                                 "  snapshot_path: {snapshot}", "  snapshot_interval_s: 30"])
 
 
 @dataclass
@@ -92,8 +96,9 @@ def _export(rev: str, into: Path) -> Path:
 
 
 def _config(path: Path, upstream: str, scenario: str) -> None:
+    snapshot = str(path.with_suffix(".usage.json"))
     lines = ["host: 127.0.0.1", "port: 8080", "shutdown_grace_s: 1",
-             *_SCENARIOS[scenario][1],
+             *(line.replace("{snapshot}", snapshot) for line in _SCENARIOS[scenario][1]),
              "providers:", "  - name: fake", "    type: openai", f"    base_url: {upstream}/v1",
              "    api_keys: [sk-upstream-ab]",
              "groups:", "  - name: ab", "    models: [{provider: fake, name: fake-gpt}]"]
@@ -178,9 +183,9 @@ def main() -> int:
                 sys.executable, "-m", "llm_router", "fake-upstream", "--host", "127.0.0.1",
                 "--port", str(fake_port)], env=_env(builds[1].tree), cwd=work)
             children.wait_ready("fake", fake, f"http://127.0.0.1:{fake_port}/v1/models")
-            cfg = work / "ab.yaml"
-            _config(cfg, f"http://127.0.0.1:{fake_port}", args.scenario)
             for b in builds:
+                cfg = work / f"ab-{b.name}.yaml"  # one each: a snapshot file is per process
+                _config(cfg, f"http://127.0.0.1:{fake_port}", args.scenario)
                 b.port = free_port()
                 proc = children.start(f"router-{b.name}", [
                     sys.executable, "-m", "llm_router", "serve", "--config", str(cfg),
@@ -189,7 +194,7 @@ def main() -> int:
                 children.wait_ready(f"router-{b.name}", proc,
                                     f"http://127.0.0.1:{b.port}/health")
                 b.pid = proc.pid
-            key = _USER_KEY if args.scenario == "limits" else _KEY
+            key = _USER_KEY if args.scenario in ("limits", "durable") else _KEY
             for b in builds:  # warm-up: imports, pools, caches; not counted
                 _round(b, args, key)
             for r in range(args.rounds):
