@@ -90,7 +90,7 @@ async def _run_once(work: Path, upstream: int, seconds: float, concurrency: int
                         told.append((time.monotonic() - t0,
                                      float(resp.headers["X-Router-Cost-USD"]),
                                      doc["usage"]["total_tokens"]))
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return  # the router is gone
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
