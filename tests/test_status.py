@@ -137,6 +137,23 @@ async def test_a_429_shows_the_key_cooling_down_with_its_reason_and_time_left(
     assert key_of(report, "up", "beta")["state"] == "ok"
 
 
+async def test_an_open_circuit_shows_with_its_time_left_and_failures(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    cfg = status_config(upstream)
+    cfg["circuit"] = {"min_requests": 2, "failure_rate": 0.5, "open_s": 60}
+    router = await start_router(cfg)
+    upstream.fake.add_fault(Fault(status=500, key=UP_B, times=None))
+    while upstream.keys_seen().count(UP_B) < 2:
+        assert await chat(http, router) == 200
+    _, report, _ = await status(http, router)
+    beta = key_of(report, "up", "beta")
+    assert beta["state"] == "open"
+    assert 50 < beta["seconds_left"] <= 60
+    assert "5xx" in beta["reason"]
+    assert (beta["errors_5m"], beta["requests_5m"]) == (2, 2)
+    assert key_of(report, "up", "alpha")["errors_5m"] == 0
+
+
 async def test_a_refused_config_edit_is_reported_with_its_problems(
         start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     router = await start_router(status_config(upstream))

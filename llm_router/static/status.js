@@ -303,7 +303,8 @@
   function renderUser(u) {
     const b = u.budget;
     const budget = b ? [
-      ["budget", h("span", { "data-field": "budget" }, usd(b.spent_usd) + " of " + usd(b.usd) + " " + b.period + " · " + usd(b.remaining_usd) + " left")],
+      ["budget", h("span", { "data-field": "budget" }, usd(b.spent_usd) + " of " + usd(b.usd) + " " + b.period + " · " + usd(b.remaining_usd) + " left" +
+        (b.in_flight_usd ? " · " + usd(b.in_flight_usd) + " reserved in flight" : ""))],
       ["", meter(b.spent_usd, b.usd)],
       ["resets", b.resets_at ? when(b.resets_at) : "never (total)"],
     ] : [["budget", "none"]];
