@@ -43,13 +43,13 @@ async def _reload(http: aiohttp.ClientSession, router: Router, config: dict[str,
 async def test_retry_after_is_capped_at_cooldown_max(
         start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     router = await start_router(_config(upstream, [{"key": "sk-a", "name": "a"}],
-                                        circuit={"cooldown_max_s": 1}))
+                                        circuit={"cooldown_max_s": 2}))
     upstream.fake.add_fault(Fault(status=429, retry_after="100000000"))  # ~3 years
     status, headers, _ = await _chat(http, router)
-    assert status == 429 and headers["Retry-After"] == "1"
+    assert status == 429 and headers["Retry-After"] == "2"
     status, headers, _ = await _chat(http, router)
-    assert status == 503 and headers["Retry-After"] == "1"  # cooling, briefly
-    await asyncio.sleep(1.1)
+    assert status == 503 and int(headers["Retry-After"]) <= 2  # cooling, briefly
+    await asyncio.sleep(2.1)
     assert (await _chat(http, router))[0] == 200
 
 
