@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,20 @@ class Stack:
 
     def fault(self, **fault: Any) -> None:
         """Arm a fault on the fake upstream through its control route."""
-        import urllib.request
-
         req = urllib.request.Request(self.upstream + "/_fake/faults",
                                      data=orjson.dumps(fault), method="POST")
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 200
+
+    def key_state(self, provider: str, key: str) -> str:
+        """The key's state as ``GET /admin/status`` reports it."""
+        req = urllib.request.Request(self.router + "/admin/status",
+                                     headers={"Authorization": f"Bearer {ADMIN}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            report = orjson.loads(resp.read())
+        (p,) = [p for p in report["providers"] if p["name"] == provider]
+        (k,) = [k for k in p["keys"] if k["key"] == key]
+        return str(k["state"])
 
     def chat(self, key: str = BOB, n: int = 1) -> None:
         with openai.OpenAI(base_url=self.router + "/v1", api_key=key, max_retries=0) as client:
@@ -196,7 +205,10 @@ def test_a_key_turns_to_cooldown_within_seconds_of_a_429(page: Page, stack: Stac
     expect(alpha).to_have_attribute("data-state", "ok")
     stack.fault(status=429, key=UP_A, retry_after="120", times=None)
     # The router fails over, so the client sees 200s; alpha is picked within a few.
-    stack.chat(n=8)
+    for _ in range(30):
+        stack.chat()
+        if stack.key_state("openai", "alpha") != "ok":
+            break
     expect(alpha).to_have_attribute("data-state", "cooldown", timeout=SEEN_WITHIN_MS)
     expect(alpha.locator("[data-field='state']")).to_have_text("cooldown")
     expect(alpha.locator("[data-field='reason']")).to_contain_text("429")
