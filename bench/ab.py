@@ -43,11 +43,18 @@ _KEY = "sk-bench-ab"
 _USER_KEY = "sk-bench-ab-user"
 _BODY = {"model": "ab", "messages": [{"role": "user", "content": "Say something short."}],
          "max_tokens": 16}
+# A conversation at its tenth turn: a 6 KB system prompt, then turns of ~400 bytes
+# (issue 17: what hashing a prompt's prefix for cache affinity costs per request).
+_CONVERSATION = {"model": "ab", "max_tokens": 16, "messages": [
+    {"role": "system", "content": "You are a careful assistant. Follow the house rules. " * 115},
+    *[{"role": role, "content": f"turn {n}: " + "some words of the conversation " * 12}
+      for n in range(19) for role in (("user",) if n % 2 == 0 else ("assistant",))]]}
 # What each scenario sends, and the config lines it needs beyond the provider and group.
 _SCENARIOS: dict[str, tuple[dict[str, object], list[str]]] = {
     "chat": (_BODY, [f"api_key: {_KEY}"]),
     "stream": ({**_BODY, "stream": True, "stream_options": {"include_usage": True}},
                [f"api_key: {_KEY}"]),
+    "conversation": (_CONVERSATION, [f"api_key: {_KEY}"]),
     # A caller with limits and a budget: the admission and settlement path runs.
     "limits": (_BODY, [
         "users:", "  - name: bench", "    role: user",

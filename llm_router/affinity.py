@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from hashlib import blake2b
+from hashlib import sha256
 from typing import Any, Final, Protocol
 
 from .config import Affinity
@@ -50,7 +50,6 @@ RESULTS: Final = ("hit", "new", "moved", "off")
 SESSION_HEADER: Final = "X-Router-Session"
 # Explicit keys longer than this are hashed all the same; the cap only bounds the work.
 _MAX_EXPLICIT: Final = 1024
-_PERSON: Final = b"llm-router-aff"  # blake2b personalisation: our digests, not anyone's
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +74,8 @@ def applies(target: Target, kind: str, prefs: Preferences) -> bool | None:
 
 
 def _explicit(group: str, source: str, value: str) -> AffinityKey:
-    h = blake2b(digest_size=16, person=_PERSON)
-    h.update(group.encode())
-    h.update(b"\0" + source.encode() + b"\0")
-    h.update(value[:_MAX_EXPLICIT].encode())
-    return AffinityKey(h.digest(), source)
+    data = b"%b\0%b\0%b" % (group.encode(), source.encode(), value[:_MAX_EXPLICIT].encode())
+    return AffinityKey(sha256(data).digest()[:16], source)
 
 
 def response_key(group: str, response_id: str) -> AffinityKey:
@@ -115,30 +111,6 @@ def affinity_key(body: Mapping[str, Any], headers: Mapping[str, str], group: str
     return None if digest is None else AffinityKey(digest, "prefix")
 
 
-class _Budgeted:
-    """Feeds text into a hash until ``budget`` bytes have gone in."""
-
-    __slots__ = ("fed", "h", "left")
-
-    def __init__(self, group: str, budget: int) -> None:
-        self.h = blake2b(digest_size=16, person=_PERSON)
-        self.h.update(group.encode() + b"\0prefix\0")
-        self.left = budget
-        self.fed = False
-
-    def feed(self, tag: bytes, text: str) -> bool:
-        """Hash ``tag`` and ``text``; False once the budget is spent (stop walking)."""
-        if self.left <= 0:
-            return False
-        # A character is at least one byte: slicing first keeps a huge text cheap.
-        data = text[:self.left].encode()[:self.left]
-        self.left -= len(data)
-        self.h.update(tag)
-        self.h.update(data)
-        self.fed = True
-        return self.left > 0
-
-
 def _text(content: Any) -> str:
     """The text of a message content or system field: a string, or the text of its parts
     (other parts count by their type, so an image-only turn still hashes)."""
@@ -164,38 +136,64 @@ def _tool_name(tool: Any) -> str:
     return name if isinstance(name, str) else str(tool.get("type", ""))
 
 
-def prefix_digest(body: Mapping[str, Any], group: str, prefix_bytes: int) -> bytes | None:
-    """Digest of the prefix every turn of a conversation repeats: the tool names, the
-    system prompt, and the messages up to and including the first user message, at most
-    ``prefix_bytes`` bytes of their text. OpenAI chat (leading system/developer messages),
-    Anthropic Messages (``system``) and Responses (``instructions``, ``input``) bodies
-    are read the same way, so a conversation hashes alike whichever dialect it speaks.
-    None when the body has no such prefix."""
-    acc = _Budgeted(group, prefix_bytes)
+def _opening(body: Mapping[str, Any]) -> list[str]:
+    """The conversation's opening as text parts, in prompt order: tool names, the system
+    prompt, then each message (role, text) up to and including the first user message."""
+    parts: list[str] = []
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
         # Names only: schemas are long, and a tool set differing in schema alone is rare.
-        acc.feed(b"\x01", "\x1f".join(_tool_name(t) for t in tools))
+        parts += ("tools", "\x1f".join(_tool_name(t) for t in tools))
     for field in ("system", "instructions"):
         system = body.get(field)
-        if system and not acc.feed(b"\x02", _text(system)):
-            return acc.h.digest()
+        if system:
+            parts += ("system", _text(system))
     messages = body.get("messages")
     if messages is None:
         messages = body.get("input")
         if isinstance(messages, str):  # Responses: a bare string is the user's turn
-            acc.feed(b"\x03user\0", messages)
-            return acc.h.digest()
+            parts += ("user", messages)
+            return parts
     if isinstance(messages, list):
         for msg in messages:
             if not isinstance(msg, dict):
                 continue
             role = msg.get("role")
             role = role if isinstance(role, str) else str(msg.get("type", ""))
-            tag = b"\x02" if role in ("system", "developer") else b"\x03" + role.encode() + b"\0"
-            if not acc.feed(tag, _text(msg.get("content"))) or role == "user":
+            parts += ("system" if role == "developer" else role, _text(msg.get("content")))
+            if role == "user":
                 break
-    return acc.h.digest() if acc.fed else None
+    return parts
+
+
+def prefix_digest(body: Mapping[str, Any], group: str, prefix_bytes: int) -> bytes | None:
+    """Digest of the opening every turn of a conversation repeats: the tool names, the
+    system prompt, and the messages up to and including the first user message. OpenAI
+    chat (leading system/developer messages), Anthropic Messages (``system``) and
+    Responses (``instructions``, ``input``) bodies are read the same way, so a
+    conversation hashes alike whichever dialect it speaks. None when there is none.
+
+    Only the last ``prefix_bytes`` bytes of the opening are hashed, with its length: the
+    tail holds what tells conversations apart (their first user message) even behind a
+    system prompt longer than the budget, and the work per request stays bounded.
+    Openings that differ only before the tail share a pin, which suits a prompt cache:
+    they share that much of their prefix.
+    """
+    parts = _opening(body)
+    if not parts:
+        return None
+    length = sum(len(p) for p in parts)
+    budget = prefix_bytes  # in characters first (cheap), in bytes after encoding
+    tail: list[str] = []
+    for part in reversed(parts):
+        if len(part) >= budget:
+            tail.append(part[len(part) - budget:])
+            break
+        tail.append(part)
+        budget -= len(part) + 1
+    text = "\0".join(reversed(tail)).encode()[-prefix_bytes:]
+    # sha256 runs on the CPU's SHA extensions where present: about twice blake2b's speed.
+    return sha256(b"%b\0prefix\0%d\0%b" % (group.encode(), length, text)).digest()[:16]
 
 
 def derived_cache_key(key: AffinityKey) -> str:

@@ -68,13 +68,19 @@ def test_another_opening_system_or_group_gives_another_key() -> None:
     assert prefix_digest(base, "g", 8192) != prefix_digest(base, "h", 8192)
 
 
-def test_only_prefix_bytes_of_text_are_hashed() -> None:
-    long_a = {"messages": [{"role": "system", "content": "x" * 5000 + "A"},
-                           {"role": "user", "content": "hi"}]}
-    long_b = {"messages": [{"role": "system", "content": "x" * 5000 + "B"},
-                           {"role": "user", "content": "hi"}]}
-    assert prefix_digest(long_a, "g", 4096) == prefix_digest(long_b, "g", 4096)
-    assert prefix_digest(long_a, "g", 8192) != prefix_digest(long_b, "g", 8192)
+def test_only_the_tail_of_a_long_opening_is_hashed() -> None:
+    def opening(system: str, question: str = "hi") -> dict[str, Any]:
+        return {"messages": [{"role": "system", "content": system},
+                             {"role": "user", "content": question}]}
+
+    # Beyond prefix_bytes from the end, a difference no longer counts (the length does)...
+    early_a, early_b = opening("A" + "x" * 5000), opening("B" + "x" * 5000)
+    assert prefix_digest(early_a, "g", 4096) == prefix_digest(early_b, "g", 4096)
+    assert prefix_digest(early_a, "g", 8192) != prefix_digest(early_b, "g", 8192)
+    assert prefix_digest(opening("x" * 5002), "g", 4096) != prefix_digest(early_a, "g", 4096)
+    # ...while the first user message, what tells conversations apart, always does.
+    assert prefix_digest(opening("x" * 50_000, "trip to Lyon"), "g", 64) != prefix_digest(
+        opening("x" * 50_000, "trip to Nice"), "g", 64)
 
 
 def test_explicit_keys_beat_the_hash_in_their_order() -> None:
