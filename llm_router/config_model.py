@@ -204,10 +204,12 @@ class Affinity:
         "auto: pin by the client's explicit session key, else by a hash of the prompt's "
         "prefix; session: explicit keys only; off: no pinning."))
     slack: float = setting(0.25, doc=(
-        "A pin holds while its candidate's tokens x weight <= (1 + slack) x the lowest."))
+        "A pin holds while its candidate's tokens x weight <= (1 + slack) x the lowest "
+        "of the group's eligible candidates, plus one request (docs/affinity.md)."))
     ttl_s: float = setting(900.0, ge=1.0, doc="A pin lapses this long after its last use.")
     prefix_bytes: int = setting(8192, ge=64, doc=(
-        "At most this much prompt text is hashed per request."))
+        "Without an explicit session key, the last this many bytes of a conversation's "
+        "opening (tools, system, first user message) are hashed into its affinity key."))
 
 
 @dataclass(frozen=True, slots=True)

@@ -531,6 +531,11 @@ def _type_schema(tp: Any, spec: Spec | None, defs: dict[str, Any]) -> dict[str, 
         if spec is not None and tp is str:
             if spec.choices is not None:
                 out["enum"] = list(spec.choices)
+                # A bare off/on is a boolean to YAML 1.1 readers; the loader takes it.
+                flags = [b for b, word in ((False, "off"), (True, "on")) if word in spec.choices]
+                if flags:
+                    out["type"] = ["string", "boolean"]
+                    out["enum"] += flags
             if spec.non_empty:
                 out["minLength"] = 1
             if spec.pattern is not None:
