@@ -125,6 +125,10 @@ class UsageSnapshots:
                          f"; {before.snapshot_path} is left as it was"
                          if before.snapshot_path else "")
                 store = self.state.snapshot = self._store(after.snapshot_path)
+                # Journal files a past run left there belong to the file about to be
+                # replaced: start after them (the save below deletes them).
+                files = journal_files(store.path)
+                store.journal_seq = files[-1][0] + 1 if files else 1
                 self._attach_journal(store)
                 self._save_now = True
         self._wake.set()  # re-arm the timer with the new interval
