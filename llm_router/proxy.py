@@ -93,6 +93,9 @@ _IDS: Final = random.Random()  # request ids (new_request_id)
 _AUTH_RETRY_AFTER_S: Final = 30.0  # every key rejected: until an admin reloads fixed keys
 
 
+BODY_SIZE: Final = web.RequestKey("body_size", int)  # bytes read_json read
+
+
 async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     """The request body as a JSON object: 413 past ``max_bytes``, 400 if not an object."""
     if request.content_length is not None and request.content_length > max_bytes:
@@ -106,6 +109,7 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
         raw = await _read_bounded(request, max_bytes)
     if not raw:
         raise BadRequest("Request body is empty; expected a JSON object.")
+    request[BODY_SIZE] = len(raw)  # a chunked body has no Content-Length to estimate from
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -175,7 +179,9 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     coding = negotiate(request.headers.get("Accept-Encoding"))
     max_tokens = (body.get("max_tokens") or body.get("max_completion_tokens")
                   or body.get("max_output_tokens"))
-    ex.prompt_estimate = (request.content_length or 0) // 4
+    # About a token per 4 bytes. From the bytes really read: a client sending its body
+    # chunked (no Content-Length) must not get its prompt reserved at zero.
+    ex.prompt_estimate = request.get(BODY_SIZE, 0) // 4
     estimate = state.counters.estimate(
         target.name, ex.prompt_estimate, max_tokens if isinstance(max_tokens, int) else None)
     # Budgets and per-user/per-key limits are checked here, before anything is sent; the

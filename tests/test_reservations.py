@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from llm_router.cli import main as cli_main
@@ -21,14 +22,21 @@ PRICE = {"input": 1000.0, "output": 1000.0}  # $0.001 a token: a few tokens are 
 BURST = 50
 
 
-async def _burst(router: Any, key: str, n: int = BURST, model: str = "g"
+async def _burst(router: Any, key: str, n: int = BURST, model: str = "g", *,
+                 content: str = "hello there", chunked: bool = False
                  ) -> list[tuple[int, float, int, str]]:
     """``n`` concurrent chats: (status, X-Router-Cost-USD, tokens, error code) each."""
-    body = {"model": model, "messages": HELLO, "max_tokens": 7}
+    raw = orjson.dumps({"model": model, "messages": [{"role": "user", "content": content}],
+                        "max_tokens": 7})
+
+    async def body() -> Any:  # an async generator: aiohttp sends it chunked
+        yield raw
 
     async def one(s: aiohttp.ClientSession) -> tuple[int, float, int, str]:
-        async with s.post(router.url + "/v1/chat/completions", json=body,
-                          headers={"Authorization": f"Bearer {key}"}) as resp:
+        async with s.post(router.url + "/v1/chat/completions",
+                          data=body() if chunked else raw,
+                          headers={"Authorization": f"Bearer {key}",
+                                   "Content-Type": "application/json"}) as resp:
             doc = await resp.json()
             if resp.status != 200:
                 return resp.status, 0.0, 0, doc["error"]["code"]
@@ -64,6 +72,19 @@ async def test_concurrent_burst_cannot_outrun_a_budget(start_router: StartRouter
     report = router.state.ledger.usage(_caller(router, BOB))["user"]["budget"]
     assert report["spent_usd"] == pytest.approx(spent, rel=1e-9)
     assert report["in_flight_usd"] == 0.0  # every reservation was settled
+
+
+async def test_chunked_bodies_are_reserved_at_their_real_size(
+        start_router: StartRouter, make_upstream: Any) -> None:
+    # A long prompt sent without Content-Length: its reservation must still count it.
+    slow = await make_upstream(latency_ms=300)
+    prompt = "word " * 800  # the fake upstream counts about 1,000 prompt tokens
+    router = await start_router(team(slow, bob={"budget": {"usd": 3.0, "period": "total"}},
+                                     pricing={"real-model": PRICE}))
+    results = await _burst(router, BOB, content=prompt, chunked=True)
+    charged = [r[1] for r in results if r[0] == 200]
+    assert charged and {r[3] for r in results if r[0] != 200} == {"budget_exhausted"}
+    assert sum(charged) <= 3.0 + max(charged)
 
 
 async def test_concurrent_burst_cannot_outrun_tpm(start_router: StartRouter,
