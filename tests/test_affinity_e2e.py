@@ -239,3 +239,44 @@ async def test_session_mode_ignores_the_prefix_and_off_restores_inverse_weight(
     _, samples = await scrape_metrics(router.url)
     assert samples["llm_router_affinity_total{group=g,result=off}"] == 40
     assert samples["llm_router_affinity_total{group=s,result=off}"] == 1
+
+
+async def test_anthropic_upstream_keeps_cache_control_and_counts_cache_reads(
+        start_router: StartRouter, make_upstream: MakeUpstream) -> None:
+    up = await _cached_upstream(make_upstream)
+    router = await start_router({
+        "providers": [{"name": "an", "type": "anthropic", "base_url": up.root,
+                       "api_keys": ["sk-an1", "sk-an2"]}],
+        "groups": [{"name": "g", "models": [{"provider": "an", "name": "claude"}]}],
+        "pricing": {"claude": PRICE}})
+    await _warm_anthropic(router)
+    system = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
+    messages: list[Any] = [{"role": "user", "content": "Plan trip 0."}]
+    client = router.anthropic()
+    first = await client.messages.create(model="g", max_tokens=4, system=system,
+                                         messages=messages)
+    messages += [{"role": "assistant", "content": first.content[0].text},  # type: ignore[union-attr]
+                 {"role": "user", "content": "And then?"}]
+    raw = await client.messages.with_raw_response.create(model="g", max_tokens=4,
+                                                         system=system, messages=messages)
+    second = await raw.parse()
+    sent = up.fake.requests[-2:]
+    assert sent[0].api_key == sent[1].api_key  # the second turn went back to the cache
+    for r in sent:
+        assert r.body is not None and r.body["system"] == system  # cache_control as sent
+        assert "prompt_cache_key" not in r.body  # an OpenAI field: not for Anthropic
+    cached = second.usage.cache_read_input_tokens
+    assert cached and cached > 0
+    prompt = second.usage.input_tokens + cached
+    cost = ((prompt - cached) * PRICE["input"] + cached * PRICE["cached_input"]
+            + second.usage.output_tokens * PRICE["output"]) / 1e6
+    assert raw.headers["X-Router-Cost-USD"] == f"{cost:.8f}"
+    _, samples = await scrape_metrics(router.url)
+    assert sum(v for k, v in samples.items() if "kind=cached" in k) == cached
+
+
+async def _warm_anthropic(router: Router) -> None:
+    for n in range(2):
+        await router.anthropic().messages.create(
+            model="g", max_tokens=4, messages=[{"role": "user", "content": f"warm-up {n} "
+                                                + SYSTEM}])
