@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
-__all__ = ["Finished", "KeyActivity", "RouterActivity", "Traffic"]
+__all__ = ["Finished", "KeyActivity", "RouterActivity", "Traffic", "merge_activity"]
 
 _SECOND_SLOTS: Final = 61  # the 60 complete seconds shown, plus the one being filled
 _WINDOW_S: Final = 60
@@ -124,13 +124,14 @@ class _KeyRing:
 class Traffic:
     """The rings; one per process, on the event loop thread (plain lists suffice).
 
-    ``clock`` is monotonic seconds (slots), ``wall`` Unix seconds (timestamps shown);
-    tests may replace both.
+    ``clock`` places requests in slots, ``wall`` stamps the last failure; both Unix
+    seconds, so the processes of a fleet agree on which second is which (a clock step
+    moves a request by a slot at most). Tests may replace both.
     """
 
     __slots__ = ("_clock", "_keys", "_seconds", "_started", "_wall")
 
-    def __init__(self, clock: Clock = time.monotonic, wall: Clock = time.time) -> None:
+    def __init__(self, clock: Clock = time.time, wall: Clock = time.time) -> None:
         self._clock = clock
         self._wall = wall
         self._started = clock()
@@ -176,22 +177,19 @@ class Traffic:
     # -- reads
     def router(self) -> RouterActivity:
         """The 60 complete seconds before now (fewer while the process is younger)."""
+        return merge_activity([self.export()], int(self._clock()))
+
+    def export(self) -> dict[str, Any]:
+        """The last minute, the current second included, as JSON-able data keyed by Unix
+        second: what :func:`merge_activity` adds up, for this process or a fleet."""
         sec = int(self._clock())
-        per_second: list[tuple[int, int]] = []
-        merged: dict[int, int] = {}
-        for s in range(sec - _WINDOW_S, sec):
+        seconds = []
+        for s in range(sec - _WINDOW_S, sec + 1):
             second = self._seconds[s % _SECOND_SLOTS]
-            if second.stamp != s:
-                per_second.append((0, 0))
-                continue
-            per_second.append((second.requests, second.errors))
-            for b, n in second.latency.items():
-                merged[b] = merged.get(b, 0) + n
-        requests = sum(r for r, _ in per_second)
-        errors = sum(e for _, e in per_second)
-        window = max(1, min(_WINDOW_S, sec - int(self._started)))
-        return RouterActivity(window, requests, errors, _percentile(merged, requests, 0.50),
-                              _percentile(merged, requests, 0.95), tuple(per_second))
+            if second.stamp == s and second.requests:
+                seconds.append([s, second.requests, second.errors,
+                                sorted(second.latency.items())])
+        return {"started": self._started, "seconds": seconds}
 
     def key(self, provider: str, key: str) -> KeyActivity:
         """Attempts and failures of one provider key over the last 4.5 to 5 minutes."""
@@ -203,6 +201,29 @@ class Traffic:
         return KeyActivity(sum(ring.attempts[i] for i in live),
                            sum(ring.failures[i] for i in live), ring.last_failure,
                            ring.last_failure_at)
+
+
+def merge_activity(exports: Iterable[dict[str, Any]], now: int) -> RouterActivity:
+    """Add up :meth:`Traffic.export` documents (one per process) over the 60 complete
+    seconds before ``now`` (a Unix second)."""
+    requests = [0] * _WINDOW_S
+    errors = [0] * _WINDOW_S
+    hist: dict[int, int] = {}
+    started = float(now)
+    first = now - _WINDOW_S
+    for doc in exports:
+        started = min(started, float(doc["started"]))
+        for s, n, e, latency in doc["seconds"]:
+            if first <= s < now:
+                requests[s - first] += n
+                errors[s - first] += e
+                for b, count in latency:
+                    hist[b] = hist.get(b, 0) + count
+    total = sum(requests)
+    window = max(1, min(_WINDOW_S, now - int(started)))
+    return RouterActivity(window, total, sum(errors), _percentile(hist, total, 0.50),
+                          _percentile(hist, total, 0.95), tuple(zip(requests, errors,
+                                                                    strict=True)))
 
 
 def _percentile(hist: dict[int, int], total: int, q: float) -> float | None:

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from llm_router.config import sha256_hex
 from llm_router.fake_upstream import Fault
-from llm_router.traffic import Traffic
+from llm_router.traffic import Traffic, merge_activity
 
 from .conftest import Router, StartRouter, Upstream, openai_provider, write_config
 from .test_reload import eventually
@@ -245,6 +246,25 @@ def test_traffic_reports_the_last_complete_minute_and_bounded_percentiles() -> N
     traffic.record(Finished(), 0.01)
     clock.t = 1162.0
     assert traffic.router().requests == 1
+
+
+def test_traffic_of_several_processes_adds_up_by_second() -> None:
+    clock = Clock(5000.5)
+    one, two = Traffic(clock, clock), Traffic(clock, clock)
+    for _ in range(3):
+        one.record(Finished(), 0.010)
+    two.record(Finished(status=429), 1.0)
+    clock.t = 5001.5
+    two.record(Finished(), 0.010)
+    clock.t = 5002.0
+    # Exports travel as JSON between processes.
+    docs = [orjson.loads(orjson.dumps(t.export())) for t in (one, two)]
+    fleet = merge_activity(docs, 5002)
+    assert (fleet.requests, fleet.errors) == (5, 1)
+    assert fleet.per_second[-2:] == ((4, 1), (1, 0))
+    assert fleet.p50_s == pytest.approx(0.010, rel=0.10)
+    assert fleet.p95_s == pytest.approx(1.0, rel=0.10)
+    assert one.router().requests == 3
 
 
 def test_traffic_counts_attempts_and_failures_per_key_over_five_minutes() -> None:
