@@ -160,20 +160,30 @@ class Journal:
         """Write and fsync what is pending (raises ``OSError``; the events are kept)."""
         if not self.pending:
             return
-        seq, events = self.seq, self.pending
-        self.pending = []
-        try:
-            await self.write(seq, events)
-        except BaseException:
-            if seq == self.seq:  # not rotated meanwhile: keep them, oldest first
-                events.extend(self.pending)
-                if len(events) > _MAX_PENDING:
-                    self._dropped += len(events) - _MAX_PENDING
-                    log.error("journal: the disk has refused writes for long; %d events "
-                              "dropped so far", self._dropped)
-                    del events[:len(events) - _MAX_PENDING]
-                self.pending = events
-            raise
+        async with self._lock:
+            # Taken under the lock: a rotation's last events for this file, written by
+            # :meth:`write`, then land after these, in the order they happened.
+            if not self.pending:
+                return
+            seq, events = self.seq, self.pending
+            self.pending = []
+            try:
+                await asyncio.to_thread(_append, self.path(seq), seq, events)
+            except BaseException:
+                self._keep(seq, events)
+                raise
+
+    def _keep(self, seq: int, events: list[Event]) -> None:
+        """Events whose write failed: kept, oldest first, unless a rotation covers them."""
+        if seq != self.seq:
+            return  # rotated meanwhile: the snapshot being written covers them
+        events.extend(self.pending)
+        if len(events) > _MAX_PENDING:
+            self._dropped += len(events) - _MAX_PENDING
+            log.error("journal: the disk has refused writes for long; %d events dropped "
+                      "so far", self._dropped)
+            del events[:len(events) - _MAX_PENDING]
+        self.pending = events
 
     async def write(self, seq: int, events: list[Event]) -> None:
         if not events:
