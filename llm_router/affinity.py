@@ -15,6 +15,8 @@ a store that replicas share (Redis) implements the same two coroutines.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -31,7 +33,9 @@ __all__ = [
     "RESULTS",
     "AffinityKey",
     "AffinityStore",
+    "KeyValue",
     "MemoryAffinityStore",
+    "SharedAffinityStore",
     "affinity_key",
     "applies",
     "derived_cache_key",
@@ -40,6 +44,8 @@ __all__ = [
     "response_key",
     "within_slack",
 ]
+
+log = logging.getLogger("llm_router.affinity")
 
 # Route kinds whose prompts providers cache. Embeddings and count_tokens have no cache
 # to keep; legacy completions repeat no structure a prefix hash could follow.
@@ -292,3 +298,49 @@ class MemoryAffinityStore:
             if oldest[1] > now and len(pins) <= self.max_pins:
                 break
             pins.popitem(last=False)
+
+
+class KeyValue(Protocol):
+    """A shared map with a TTL per entry (the state store's ``get``/``put`` hook)."""
+
+    async def get(self, name: str) -> bytes | None: ...
+
+    async def put(self, name: str, value: bytes, ttl_s: float) -> None: ...
+
+
+_PENDING_MAX: Final = 1024  # pin writes in flight at most; past it a pin is skipped
+
+
+class SharedAffinityStore:
+    """Pins in a map that replicas share (Redis, through the state store), so a
+    conversation's turns agree on its key whichever replica serves them.
+
+    A lookup waits for the map (the pick needs it); a pin is written in the background,
+    so the answer does not wait for the round trip. Pins are best effort: one lost under
+    pressure (more than 1,024 writes pending) costs one turn its cache, nothing else.
+    """
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def lookup(self, digest: bytes) -> CounterKey | None:
+        raw = await self._kv.get("affinity:" + digest.hex())
+        if raw is None:
+            return None
+        parts = raw.decode(errors="replace").split("\x1f")
+        return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
+    async def remember(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
+        if len(self._pending) >= _PENDING_MAX:
+            return
+        value = "\x1f".join(pin).encode()
+        task = asyncio.create_task(self._put("affinity:" + digest.hex(), value, ttl_s))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _put(self, name: str, value: bytes, ttl_s: float) -> None:
+        try:
+            await self._kv.put(name, value, ttl_s)
+        except Exception as exc:  # a background write: nobody else would see it fail
+            log.warning("affinity pin not written to the shared store: %r", exc)

@@ -280,3 +280,32 @@ async def _warm_anthropic(router: Router) -> None:
         await router.anthropic().messages.create(
             model="g", max_tokens=4, messages=[{"role": "user", "content": f"warm-up {n} "
                                                 + SYSTEM}])
+
+
+async def test_a_responses_chain_stays_on_one_key_by_previous_response_id(
+        start_router: StartRouter, make_upstream: MakeUpstream) -> None:
+    up = await _cached_upstream(make_upstream)
+    router = await start_router(_group_config(up, {"slack": 100}))
+    await _warm(router)
+    client = router.openai()
+    first = await client.responses.create(model="g", instructions=SYSTEM,
+                                          input="Plan trip 0.", max_output_tokens=8)
+    previous = first.id
+    cached = []
+    prompts = [first.usage.input_tokens if first.usage else 0]
+    for question in ("And then?", "And after that?", "Finally?"):
+        # Instructions do not carry over a previous_response_id: clients send them again.
+        answer = await client.responses.create(model="g", input=question,
+                                               instructions=SYSTEM,
+                                               previous_response_id=previous,
+                                               max_output_tokens=8)
+        assert answer.usage is not None
+        cached.append(answer.usage.input_tokens_details.cached_tokens)
+        prompts.append(answer.usage.input_tokens)
+        previous = answer.id
+    assert len({r.api_key for r in up.fake.requests[-4:]}) == 1
+    # Each turn finds the whole previous prompt cached: the router renders the kept
+    # history the same way every time, so the prefix matches to the token.
+    assert cached == prompts[:-1]
+    _, samples = await scrape_metrics(router.url)
+    assert samples["llm_router_affinity_total{group=g,result=hit}"] == 3
