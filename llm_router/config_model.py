@@ -39,7 +39,9 @@ __all__ = [
     "Provider",
     "ProviderKey",
     "ResponsesSettings",
+    "ServerSettings",
     "Timeouts",
+    "UpstreamLimits",
     "UsageSettings",
     "User",
     "UserKey",
@@ -336,6 +338,46 @@ class ResponsesSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The listening side's limits against idle, slow and oversized clients. Read at
+    start: a change takes a restart."""
+
+    header_timeout_s: float = setting(10.0, gt=0, doc=(
+        "A request's line and headers must arrive within this many seconds of the "
+        "connection opening, or of the request's first byte; else the connection closes."))
+    body_timeout_s: float = setting(10.0, gt=0, doc=(
+        "A request body may take this many seconds plus its size at body_min_bytes_per_s; "
+        "slower gets 408."))
+    body_min_bytes_per_s: int = setting(16384, gt=0, doc=(
+        "The slowest body upload accepted, after body_timeout_s of grace."))
+    keepalive_timeout_s: float = setting(75.0, gt=0, doc=(
+        "An idle keep-alive connection closes after this many seconds."))
+    max_connections: int = setting(10_000, ge=1, doc=(
+        "Client connections at once. At the cap the oldest idle connection is closed to "
+        "admit a new one; with none idle, new connections are refused with 503 (lowered "
+        "to fit the process's open-file limit)."))
+    reserve_connections: int = setting(32, doc=(
+        "Connections past max_connections that serve only /health/live, /health and "
+        "/metrics, so probes and scrapes answer while the router is full."))
+    max_header_bytes: int = setting(65536, ge=1024, doc=(
+        "Request line and headers, in bytes; larger gets 431."))
+    max_headers: int = setting(100, ge=8, doc="Request headers, counted; more gets 431.")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamLimits:
+    """How much of an upstream answer the router reads: past a bound the attempt fails
+    as bad_response (a 502, or in-band once a stream has started)."""
+
+    max_error_body_bytes: int = setting(64 * 1024, ge=1024, doc=(
+        "Of an upstream error answer (4xx/5xx), read and relayed at most this much."))
+    max_response_bytes: int = setting(16 * 1024 * 1024, ge=1024, doc=(
+        "A non-streamed upstream answer larger than this fails the attempt."))
+    max_event_bytes: int = setting(4 * 1024 * 1024, ge=1024, doc=(
+        "One SSE event of an upstream stream larger than this fails the attempt."))
+
+
+@dataclass(frozen=True, slots=True)
 class CircuitSettings:
     """Passive health: when a key's recent upstream failures open its circuit."""
 
@@ -376,6 +418,10 @@ class Config:
         "POST /v1/responses: the store that keeps answers for previous_response_id."))
     circuit: CircuitSettings = setting(CircuitSettings(), doc=(
         "Passive health per provider key (see docs/resilience.md)."))
+    server: ServerSettings = setting(ServerSettings(), doc=(
+        "Client connection limits and timeouts (see docs/operations.md)."))
+    upstream_limits: UpstreamLimits = setting(UpstreamLimits(), doc=(
+        "Bounds on what the router reads from an upstream answer."))
     shutdown_grace_s: float = setting(30.0, doc="SIGTERM: how long in-flight requests and "
                                                 "streams may finish.")
     shutdown_delay_s: float = setting(0.0, doc=(

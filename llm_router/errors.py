@@ -6,7 +6,9 @@
     ├── BudgetExhausted              402 insufficient_quota
     ├── Forbidden                    403 permission_error
     ├── ModelNotFound                404 model_not_found
+    ├── RequestTimeout               408 request_timeout (a body sent too slowly)
     ├── PayloadTooLarge              413 request_too_large
+    ├── HeadersTooLarge              431 headers_too_large
     ├── RateLimited                  429 rate_limit_exceeded (Retry-After)
     ├── UpstreamError                502 upstream_error (the upstream failed or answered nonsense)
     ├── UpstreamTimeout              504 upstream_timeout
@@ -28,9 +30,11 @@ __all__ = [
     "BadRequest",
     "BudgetExhausted",
     "Forbidden",
+    "HeadersTooLarge",
     "ModelNotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
     "RouterError",
     "Unauthorized",
     "Unavailable",
@@ -101,10 +105,22 @@ class ModelNotFound(RouterError):
     default_code = "model_not_found"
 
 
+class RequestTimeout(RouterError):
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class PayloadTooLarge(RouterError):
     status = 413
     type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class HeadersTooLarge(RouterError):
+    status = 431
+    type = "invalid_request_error"
+    default_code = "headers_too_large"
 
 
 class RateLimited(RouterError):
@@ -137,7 +153,9 @@ _ANTHROPIC_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     413: "request_too_large",
+    431: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
     504: "timeout_error",

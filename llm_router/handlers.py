@@ -20,8 +20,9 @@ from .errors import (
     UpstreamTimeout,
 )
 from .exchange import EXCHANGE, Exchange
-from .proxy import forward, read_json
+from .proxy import forward
 from .reload import RELOADER
+from .request_body import read_json
 from .routing import Target, resolve_target
 from .state import RouterState
 from .status import build_status, status_page
@@ -65,7 +66,7 @@ async def _count_tokens_locally(request: web.Request, state: RouterState,
     """Answer count_tokens with the documented estimate unless an Anthropic-speaking
     member could count exactly; the body is kept for ``forward`` to reuse."""
     cfg = state.config
-    body = await read_json(request, cfg.max_body_bytes)
+    body = await read_json(request, cfg)
     ex.body = body
     model = body.get("model")
     if not isinstance(model, str):

@@ -37,7 +37,6 @@ from .compression import MIN_COMPRESS_BYTES, compress_body, negotiate
 from .downstream import Downstream
 from .errors import (
     BadRequest,
-    PayloadTooLarge,
     RateLimited,
     RouterError,
     Unavailable,
@@ -52,6 +51,7 @@ from .providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_f
 from .providers import anthropic as anthropic_provider
 from .providers import mock as mock_provider
 from .providers import openai as openai_provider
+from .request_body import BODY_SIZE, read_json
 from .responses_turn import ResponsesTurn
 from .routing import (
     Candidate,
@@ -69,7 +69,7 @@ from .state import RouterState
 from .upstream_events import upstream_events
 from .usage import CounterKey
 
-__all__ = ["forward", "new_request_id", "read_json"]
+__all__ = ["forward", "new_request_id"]
 
 log = logging.getLogger("llm_router.access")
 
@@ -87,49 +87,9 @@ _REQUIRED: Final = {
     "responses": ("input", (str, list)),
 }
 _STREAMED_KINDS: Final = frozenset({"chat", "completions", "messages", "responses"})
-_MAX_ERROR_BODY: Final = 64 * 1024
 _CUT_NOTICE_S: Final = 1.0  # how long a stream cut at shutdown may take to say so
 _IDS: Final = random.Random()  # request ids (new_request_id)
 _AUTH_RETRY_AFTER_S: Final = 30.0  # every key rejected: until an admin reloads fixed keys
-
-
-BODY_SIZE: Final = web.RequestKey("body_size", int)  # bytes read_json read
-
-
-async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object: 413 past ``max_bytes``, 400 if not an object."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"Request body is {request.content_length} bytes; the limit is "
-                              f"{max_bytes}.")
-    if request.content_length is not None:
-        # Bounded by the check above (aiohttp stops at Content-Length): one read, not a
-        # chunk loop; request.read() would apply aiohttp's own client_max_size instead.
-        raw = await request.content.read()
-    else:
-        raw = await _read_bounded(request, max_bytes)
-    if not raw:
-        raise BadRequest("Request body is empty; expected a JSON object.")
-    request[BODY_SIZE] = len(raw)  # a chunked body has no Content-Length to estimate from
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"Request body is not valid JSON: {exc.msg} at position {exc.pos}.",
-                         code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("Request body must be a JSON object.", code="invalid_json")
-    return body
-
-
-async def _read_bounded(request: web.Request, max_bytes: int) -> bytes:
-    """A body without Content-Length (chunked), read until ``max_bytes`` are passed."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _validate(kind: str, body: dict[str, Any]) -> str:
@@ -156,7 +116,7 @@ def _seconds_to_utc_midnight() -> float:
 async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web.StreamResponse:
     """Serve one model request end to end; raises :class:`RouterError` before any byte."""
     cfg = state.config  # this request keeps this config even if a reload swaps it
-    body = ex.body if ex.body is not None else await read_json(request, cfg.max_body_bytes)
+    body = ex.body if ex.body is not None else await read_json(request, cfg)
     model = _validate(ex.kind, body)
     target = resolve_target(cfg, model)
     ex.group = target.name
@@ -241,6 +201,7 @@ class _Attempt:
     sent: float = 0.0  # perf_counter when the upstream request went out
     sent_loop: float = 0.0  # the same moment on the loop's clock (deadlines run on it)
     reservation: Any = None  # the in-flight estimate on the candidate's counter
+    ended: bool = False  # the upstream's terminal event was relayed: its answer is whole
 
 
 async def _attempt_loop(req: ModelRequest) -> web.StreamResponse:
@@ -499,7 +460,12 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
             state.health.release(provider.name, key.label)  # no-op once judged
         ex.key_state = state.health.label(provider.name, key.label)
         if resp is not None:
-            resp.close()
+            # A whole answer's connection may still be reusable: release() lets its EOF
+            # arrive in the background; anything else is cut.
+            if att.ended:
+                resp.release()
+            else:
+                resp.close()
 
 
 def _retry_after_s(failure: AttemptFailure) -> float | None:
@@ -511,7 +477,8 @@ async def _status_failure(state: RouterState, cand: Candidate,
     status = resp.status
     try:
         async with asyncio.timeout(cand.provider.timeouts.idle):
-            body = (await resp.read())[:_MAX_ERROR_BODY]
+            # Past the bound the body is dropped: the client gets the router's own message.
+            body = await resp.read(state.config.upstream_limits.max_error_body_bytes)
     except (Exception, TimeoutError):
         body = b""
     if status in (401, 403):
@@ -572,7 +539,7 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
     try:
         # total counts from the attempt's start, the wait for headers included.
         with state.deadlines.guard(att.sent_loop + cand.provider.timeouts.total):
-            raw = await resp.read()
+            raw = await resp.read(req.cfg.upstream_limits.max_response_bytes)
     except (Exception, TimeoutError) as exc:
         raise failure_from_exception(exc, cand.provider.name) from None
     ex.upstream_s += time.perf_counter() - att.sent
@@ -619,7 +586,8 @@ async def _relay_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
     t = att.cand.provider.timeouts
     relay = rl.make_relay(req.ex.client, att.up, req.ex.group, req.include_usage) \
         if req.turn is None else req.turn.relay(att.up)
-    events = upstream_events(resp, att.sent + t.first_byte, t.idle, att.sent + t.total)
+    events = upstream_events(resp, att.sent + t.first_byte, t.idle, att.sent + t.total,
+                             req.cfg.upstream_limits.max_event_bytes)
     try:
         return await _relay_events(req, att, relay, events, down)
     finally:
@@ -667,6 +635,12 @@ async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
                 answered = await _pin_response(req, cand)
             if parts:  # one write (one flush) for the events of one upstream read
                 await down.write(ex, parts[0] if len(parts) == 1 else b"".join(parts))
+            if relay.done or relay.failure is not None:
+                # The terminal event ([DONE], message_stop, response.completed) or an
+                # error event went out: end the client's response now, not at the
+                # upstream's EOF, which may linger (a client that left then was a 499).
+                att.ended = relay.done
+                break
             waited = time.perf_counter()
             try:
                 batch = await events.__anext__()

@@ -11,40 +11,87 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["DONE", "SSEParser", "event_fields", "frame", "openai_chunk_usage"]
+__all__ = ["DONE", "EventTooLarge", "SSEParser", "event_fields", "frame", "openai_chunk_usage"]
 
 DONE: Final = b"data: [DONE]\n\n"
 
 
+class EventTooLarge(ValueError):
+    """One upstream event grew past the splitter's ``max_event`` bytes."""
+
+
 class SSEParser:
-    """Incremental splitter: feed bytes as they arrive, get back complete raw events."""
+    """Incremental splitter: feed bytes as they arrive, get back complete raw events.
 
-    __slots__ = ("_buf",)
+    Line ends may be CR, LF or CRLF, split anywhere across reads (a CR at the end of one
+    read and its LF at the start of the next are one line end, not a blank line). Events
+    come back with LF line ends. An incomplete event is kept as a list of pieces and
+    searched only where new bytes arrived, so a large event costs linear time, and one
+    past ``max_event`` bytes raises :class:`EventTooLarge` instead of growing without end.
+    """
 
-    def __init__(self) -> None:
-        self._buf = b""
+    __slots__ = ("_cr", "_max", "_parts", "_size")
+
+    def __init__(self, max_event: int = 4 * 1024 * 1024) -> None:
+        self._parts: list[bytes] = []  # the incomplete event, LF-normalised
+        self._size = 0
+        self._cr = False  # the last read ended with a CR: an LF starting the next is its pair
+        self._max = max_event
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Complete events (each ending with its blank line) now available, in order."""
+        if self._cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
         if b"\r" in chunk:
-            # Both line endings are legal SSE; normalise once so boundaries are b"\n\n".
+            self._cr = chunk[-1:] == b"\r"
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buf = self._buf + chunk if self._buf else chunk
+        else:
+            self._cr = False
+        if not chunk:
+            return []
         events: list[bytes] = []
         start = 0
+        if self._parts and chunk[0] == 10 and self._parts[-1][-1] == 10:
+            # The blank line ending the buffered event falls across the two reads.
+            self._emit(events, b"\n")
+            start = 1
         while True:
-            end = buf.find(b"\n\n", start)
+            end = chunk.find(b"\n\n", start)
             if end < 0:
                 break
-            if end > start:
-                events.append(buf[start:end + 2])
+            self._emit(events, chunk[start:end + 2])
             start = end + 2
-        self._buf = buf[start:]
+        if start < len(chunk):
+            rest = chunk[start:] if start else chunk
+            if not self._parts and rest[0] == 10:
+                rest = rest.lstrip(b"\n")  # blank lines between events dispatch nothing
+                if not rest:
+                    return events
+            self._size += len(rest)
+            if self._size > self._max:
+                self._parts, self._size = [], 0
+                raise EventTooLarge(f"an event exceeded {self._max} bytes")
+            self._parts.append(rest)
         return events
+
+    def _emit(self, events: list[bytes], last: bytes) -> None:
+        """Close the buffered event with ``last`` (its end, blank line included)."""
+        if self._size + len(last) > self._max:
+            self._parts, self._size = [], 0
+            raise EventTooLarge(f"an event exceeded {self._max} bytes")
+        if self._parts:
+            self._parts.append(last)
+            last = b"".join(self._parts)
+            self._parts, self._size = [], 0
+        elif last[:1] == b"\n":
+            last = last.lstrip(b"\n")
+        if last:
+            events.append(last)
 
     def tail(self) -> bytes:
         """Whatever arrived after the last complete event (a cut stream leaves some)."""
-        rest, self._buf = self._buf, b""
+        rest = b"".join(self._parts)
+        self._parts, self._size = [], 0
         return rest
 
 

@@ -15,8 +15,8 @@ from collections.abc import AsyncGenerator
 from types import TracebackType
 
 from .deadlines import TaskBound
-from .providers import UpstreamResponse
-from .sse import SSEParser
+from .providers import ResponseTooLarge, UpstreamResponse
+from .sse import EventTooLarge, SSEParser
 
 __all__ = ["upstream_events"]
 
@@ -25,17 +25,19 @@ class _Watchdog(TaskBound):
     """Bounds every wait for upstream bytes of one stream, from one timer.
 
     Used as ``with dog: await read()``. A wait may last until the first event is due
-    (before any event came), else ``idle`` from the wait's start, and never past the
-    stream's ``deadline``. The timer is not moved on every read: when it fires early
-    (the stream made progress meanwhile) it re-arms itself for the current wait, so a
-    busy stream costs one timer per ``idle`` period. An overdue wait ends as with
+    (before any event came), else ``idle`` from the first wait after the last complete
+    event (:attr:`progress`), and never past the stream's ``deadline``: bytes that
+    trickle in without completing an event do not hold a stream open. The timer is not
+    moved on every read: when it fires early (the stream made progress meanwhile) it
+    re-arms itself for the current wait, so a busy stream costs one timer per ``idle``
+    period. An overdue wait ends as with
     ``asyncio.timeout`` (:class:`deadlines.TaskBound`). The shared tick of
     :mod:`deadlines` would cost a bucket move per read here, where reads come by the
     tens of thousands a second.
     """
 
     __slots__ = ("_armed_at", "_deadline", "_due", "_first_due", "_handle", "_idle",
-                 "_loop", "_waiting", "started")
+                 "_loop", "_waiting", "progress", "started")
 
     def __init__(self, first_due: float, idle: float, deadline: float) -> None:
         """``first_due`` and ``deadline`` are ``time.perf_counter()`` times."""
@@ -49,14 +51,18 @@ class _Watchdog(TaskBound):
         self._due = 0.0
         self._waiting = False
         self.started = False  # an event came: from now on waits are bounded by idle
+        self.progress = False  # an event completed since the idle clock last started
         self._armed_at = float("inf")
         self._handle: asyncio.TimerHandle | None = None
 
     def __enter__(self) -> None:
         # The idle clock starts when the router asks for more, so a slow client's
         # backpressure is not blamed on the upstream.
-        due = self._loop.time() + self._idle if self.started else self._first_due
-        self._due = min(due, self._deadline)
+        if not self.started:
+            self._due = min(self._first_due, self._deadline)
+        elif self.progress:
+            self._due = min(self._loop.time() + self._idle, self._deadline)
+            self.progress = False
         self._waiting = True
         if self._due < self._armed_at:
             self._arm(self._due)
@@ -94,11 +100,14 @@ class _Watchdog(TaskBound):
 
 
 async def upstream_events(resp: UpstreamResponse, first_due: float, idle: float,
-                          deadline: float) -> AsyncGenerator[list[bytes], None]:
+                          deadline: float, max_event: int
+                          ) -> AsyncGenerator[list[bytes], None]:
     """Raw SSE events from the upstream, those of one read together (never an empty
-    batch): the first by ``first_due``, then no wait for more longer than ``idle``, all
-    by ``deadline`` (``perf_counter`` times); past any of these, ``TimeoutError``."""
-    parser = SSEParser()
+    batch): the first by ``first_due``, then never more than ``idle`` between complete
+    events, all by ``deadline`` (``perf_counter`` times); past any of these,
+    ``TimeoutError``. An event larger than ``max_event`` bytes raises
+    :class:`ResponseTooLarge`."""
+    parser = SSEParser(max_event)
     chunks = resp.chunks().__aiter__()
     dog = _Watchdog(first_due, idle, deadline)
     try:
@@ -108,9 +117,17 @@ async def upstream_events(resp: UpstreamResponse, first_due: float, idle: float,
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
-            # Upstream keepalives (": OPENROUTER PROCESSING") are not an answer: they
-            # must not commit the stream, and the router sends its own keepalives.
-            batch = [event for event in parser.feed(chunk) if not _is_comment(event)]
+            try:
+                events = parser.feed(chunk)
+            except EventTooLarge as exc:
+                raise ResponseTooLarge(str(exc)) from None
+            if not events:
+                continue
+            # A complete comment shows the upstream alive (idle restarts), but it is not
+            # an answer: it must not commit the stream, and the router sends its own
+            # keepalives (": OPENROUTER PROCESSING").
+            dog.progress = True
+            batch = [event for event in events if not _is_comment(event)]
             if batch:
                 dog.started = True
                 yield batch

@@ -20,6 +20,7 @@ from ..config import Provider, ProviderKey
 
 __all__ = [
     "AttemptFailure",
+    "ResponseTooLarge",
     "UpstreamCall",
     "UpstreamResponse",
     "failure_from_exception",
@@ -45,11 +46,22 @@ class UpstreamResponse(Protocol):
     status: int
     headers: Mapping[str, str]
 
-    async def read(self) -> bytes: ...
+    async def read(self, limit: int) -> bytes:
+        """The whole body; :class:`ResponseTooLarge` past ``limit`` bytes (not read)."""
+        ...
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
     def close(self) -> None: ...
+
+    def release(self) -> None:
+        """Done with an answer read up to its end as the protocol defines it: keep the
+        connection if the upstream's EOF follows soon, else close it."""
+        ...
+
+
+class ResponseTooLarge(ValueError):
+    """An upstream answer, or one event of its stream, past its configured bound."""
 
 
 @dataclass(slots=True)
@@ -72,6 +84,8 @@ class AttemptFailure(Exception):
 
 def failure_from_exception(exc: BaseException, provider: str) -> AttemptFailure:
     """Translate aiohttp/asyncio errors into an :class:`AttemptFailure` (no secrets)."""
+    if isinstance(exc, ResponseTooLarge):
+        return AttemptFailure("bad_response", f"upstream '{provider}' sent {exc}")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return AttemptFailure("timeout", f"timed out connecting to upstream '{provider}'")
     if isinstance(exc, TimeoutError | asyncio.TimeoutError | aiohttp.ServerTimeoutError):

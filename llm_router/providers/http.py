@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final, TypeVar
 
@@ -9,7 +10,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..config import Provider
-from . import UpstreamCall
+from . import ResponseTooLarge, UpstreamCall
 
 __all__ = ["HTTPResponse", "fixed_headers", "post"]
 
@@ -49,8 +50,21 @@ class HTTPResponse:
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
-    async def read(self) -> bytes:
-        return await self._resp.read()
+    async def read(self, limit: int) -> bytes:
+        # A declared length says it at once; without one (chunked, or compressed, whose
+        # decoded size only reading tells) the bytes are counted as they come.
+        resp = self._resp
+        declared = resp.content_length
+        if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
+            raise ResponseTooLarge(f"an answer of {declared} bytes, over the limit of {limit}")
+        parts: list[bytes] = []
+        size = 0
+        while data := await resp.content.readany():
+            size += len(data)
+            if size > limit:
+                raise ResponseTooLarge(f"an answer larger than the limit of {limit} bytes")
+            parts.append(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._resp.content
@@ -70,9 +84,40 @@ class HTTPResponse:
             yield data
 
     def close(self) -> None:
-        # release() would drain a stream we no longer want; close() drops the connection.
+        # aiohttp's release() would drain a stream we no longer want; close() drops the
+        # connection.
         if not self._resp.closed:
             self._resp.close()
+
+    def release(self) -> None:
+        resp = self._resp
+        if resp.closed:
+            return  # its EOF came already: the connection went back to the pool
+        task = asyncio.get_running_loop().create_task(_await_eof(resp))
+        _RELEASING.add(task)
+        task.add_done_callback(_RELEASING.discard)
+
+
+# Answers whose EOF is awaited after the client's response ended (HTTPResponse.release):
+# held here so the tasks are not collected mid-wait.
+_RELEASING: set[asyncio.Task[None]] = set()
+_RELEASE_WAIT_S: Final = 1.0
+_RELEASE_MAX_BYTES: Final = 64 * 1024
+
+
+async def _await_eof(resp: aiohttp.ClientResponse) -> None:
+    """Read what follows an answer's terminal event (a chunked terminator, a stray
+    newline) so its connection returns to the pool; past a second or 64 KiB, close it."""
+    try:
+        async with asyncio.timeout(_RELEASE_WAIT_S):
+            left = _RELEASE_MAX_BYTES
+            while left > 0 and (data := await resp.content.readany()):
+                left -= len(data)
+    except (aiohttp.ClientError, TimeoutError):
+        pass  # closed below, as close() would have
+    finally:
+        if not resp.closed:
+            resp.close()
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:

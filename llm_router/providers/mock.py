@@ -17,7 +17,7 @@ import orjson
 from .. import fake_responses
 from .. import fake_upstream as gen
 from ..sse import DONE, frame
-from . import UpstreamCall
+from . import ResponseTooLarge, UpstreamCall
 
 __all__ = ["MockResponse", "send"]
 
@@ -37,7 +37,9 @@ class MockResponse:
         self._delay = delay
         self._gap = gap
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int) -> bytes:
+        if len(self._body) > limit:
+            raise ResponseTooLarge(f"an answer larger than {limit} bytes")
         return self._body
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -47,6 +49,9 @@ class MockResponse:
             yield event
 
     def close(self) -> None:
+        self._events = None
+
+    def release(self) -> None:
         self._events = None
 
 

@@ -1,0 +1,186 @@
+"""Upstreams that answer too much, too slowly or for too long, and clients that send
+what the router cannot hold: every case ends in a clear answer, never a hang or a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from .conftest import AUTH, StartRouter, Upstream, openai_provider, scrape_metrics
+
+HELLO = [{"role": "user", "content": "hello"}]
+_CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+          "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+_ANSWER = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                        "finish_reason": "stop"}],
+           "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+def _event(doc: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+async def _hostile(aiohttp_server: AiohttpServer) -> str:
+    """An OpenAI-shaped upstream whose behaviour is chosen by the request's model."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        model = body["model"]
+        if model == "huge-json":
+            return web.Response(body=b'{"pad": "' + b"x" * (1 << 20) + b'"}',
+                                content_type="application/json")
+        if model == "huge-error":
+            return web.Response(status=400, body=b'{"error": "' + b"x" * (1 << 20) + b'"}',
+                                content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if model == "huge-event":
+            await resp.write(b"data: ")
+            for _ in range(64):
+                await resp.write(b"x" * 16384)
+        elif model == "trickle":
+            await resp.write(_event(_CHUNK))
+            for _ in range(100):  # bytes, never an event boundary
+                await resp.write(b"x")
+                await asyncio.sleep(0.1)
+        elif model == "linger":
+            await resp.write(_event(_CHUNK) + b"data: [DONE]\n\n")
+            await asyncio.sleep(5)  # keeps the connection open after [DONE]
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/v1"))
+
+
+async def _router(start_router: StartRouter, hostile: str, upstream: Upstream,
+                  **extra: Any) -> Any:
+    models = ["huge-json", "huge-error", "huge-event", "trickle", "linger"]
+    return await start_router({
+        "providers": [{"name": "bad", "type": "openai", "base_url": hostile,
+                       "api_keys": ["sk-bad-key-0123456789"],
+                       "timeouts": {"idle": 1, "total": 30}},
+                      openai_provider("good", upstream)],
+        # Each bad model fails over to the good upstream.
+        "groups": [{"name": m, "strategy": "priority",
+                    "models": [{"provider": "bad", "name": m}, {"provider": "good", "name": "m"}]}
+                   for m in models],
+        "upstream_limits": {"max_error_body_bytes": 65536, "max_response_bytes": 262144,
+                            "max_event_bytes": 262144},
+        **extra,
+    })
+
+
+async def _post(http: aiohttp.ClientSession, url: str, model: str, stream: bool = False
+                ) -> tuple[int, dict[str, str], bytes]:
+    async with http.post(url + "/v1/chat/completions",
+                         headers={**AUTH, "Accept-Encoding": "identity"},
+                         json={"model": model, "messages": HELLO, "stream": stream}) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+async def test_oversized_answers_fail_over_as_bad_response(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    router = await _router(start_router, await _hostile(aiohttp_server), upstream)
+    for model, stream in (("huge-json", False), ("huge-event", True)):
+        t0 = time.perf_counter()
+        status, headers, body = await _post(http, router.url, model, stream)
+        assert status == 200, body[:200]
+        assert headers["X-Router-Provider"] == "good" and headers["X-Router-Attempts"] == "2"
+        assert time.perf_counter() - t0 < 5
+    _, samples = await scrape_metrics(router.url)
+    bad = [v for k, v in samples.items() if k.startswith("llm_router_upstream_errors_total{")
+           and "provider=bad," in k and "reason=bad_response" in k]
+    assert sum(bad) == 2
+
+
+async def test_oversized_error_body_is_not_relayed(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    router = await _router(start_router, await _hostile(aiohttp_server), upstream)
+    status, _, body = await _post(http, router.url, "huge-error")
+    assert status == 400 and len(body) < 1024
+    assert orjson.loads(body)["error"]["message"] == "upstream 'bad' answered 400"
+
+
+async def test_bytes_without_an_event_boundary_trip_the_idle_timeout(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    router = await _router(start_router, await _hostile(aiohttp_server), upstream)
+    t0 = time.perf_counter()
+    status, _, body = await _post(http, router.url, "trickle", stream=True)
+    elapsed = time.perf_counter() - t0
+    assert status == 200
+    assert b'"code":"stream_interrupted"' in body and b"(timeout)" in body
+    assert elapsed < 6  # idle is 1 s; the trickle would have lasted 10 s
+
+
+async def test_stream_ends_at_done_while_the_upstream_lingers(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer) -> None:
+    router = await _router(start_router, await _hostile(aiohttp_server), upstream)
+
+    async def one() -> float:
+        # A client that closes its connection as soon as it has [DONE], like an SDK.
+        t0 = time.perf_counter()
+        async with aiohttp.ClientSession() as s, s.post(
+                router.url + "/v1/chat/completions", headers=AUTH,
+                json={"model": "linger", "messages": HELLO, "stream": True}) as r:
+            assert r.status == 200
+            body = await r.read()  # returns once the router ends the response
+        assert body.endswith(b"data: [DONE]\n\n")
+        return time.perf_counter() - t0
+
+    took = await asyncio.gather(*(one() for _ in range(10)))
+    assert max(took) < 3  # not the upstream's 5 s linger
+    await asyncio.sleep(0.2)
+    _, samples = await scrape_metrics(router.url)
+    statuses = {k: v for k, v in samples.items() if k.startswith("llm_router_requests_total{")
+                and "group=linger," in k}
+    assert sum(v for k, v in statuses.items() if "status=200" in k) == 10
+    assert not any("status=499" in k for k in statuses)
+
+
+async def test_json_nested_too_deep_is_400_invalid_json(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router({"providers": [openai_provider("good", upstream)],
+                                 "groups": [{"name": "g", "models": [{"provider": "good",
+                                                                      "name": "m"}]}]})
+    for depth in (300, 1000, 5000):
+        raw = (b'{"model": "g", "messages": [{"role": "user", "content": "x"}], "x": '
+               + b"[" * depth + b"]" * depth + b"}")
+        async with http.post(router.url + "/v1/chat/completions", data=raw,
+                             headers={**AUTH, "Content-Type": "application/json"}) as r:
+            assert r.status == 400, depth
+            assert (await r.json())["error"]["code"] == "invalid_json"
+
+
+async def test_a_body_sent_too_slowly_gets_408(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router({"providers": [openai_provider("good", upstream)],
+                                 "groups": [{"name": "g", "models": [{"provider": "good",
+                                                                      "name": "m"}]}],
+                                 "server": {"body_timeout_s": 0.5,
+                                            "body_min_bytes_per_s": 100000}})
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: " + AUTH["Authorization"].encode() +
+                 b"\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"mo")
+    await writer.drain()
+    t0 = time.perf_counter()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 408") and b"Connection: close" in head
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    rest = await asyncio.wait_for(reader.readexactly(length), 10)
+    assert orjson.loads(rest)["error"]["code"] == "request_timeout"
+    assert time.perf_counter() - t0 < 5
+    writer.close()
