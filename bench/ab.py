@@ -62,11 +62,17 @@ _SCENARIOS: dict[str, tuple[dict[str, object], list[str]]] = {
         "    limits: {rpm: 100000000, tpm: 1000000000, daily_requests: 100000000}",
         "    budget: {usd: 1000000.0, period: monthly}",
         "pricing:", "  fake-gpt: {input: 0.15, output: 0.6}"]),
+    # POST /v1/responses translated to chat (the fake has no say in it), plain and streamed.
+    "responses": ({"model": "ab", "input": "Say something short.", "max_output_tokens": 16},
+                  [f"api_key: {_KEY}"]),
+    "responses-stream": ({"model": "ab", "input": "Say something short.",
+                          "max_output_tokens": 16, "stream": True}, [f"api_key: {_KEY}"]),
 }
 # The same caller with a usage snapshot: every request also goes to the journal. Each
 # build gets its own file ({snapshot} is replaced per build).
 _SCENARIOS["durable"] = (_BODY, [*_SCENARIOS["limits"][1], "usage:",
                                  "  snapshot_path: {snapshot}", "  snapshot_interval_s: 30"])
+_STREAMED = frozenset({"stream", "responses-stream"})
 
 
 @dataclass
@@ -151,10 +157,11 @@ async def _load(url: str, key: str, body: dict[str, object], n: int, concurrency
 
 def _round(build: Build, args: argparse.Namespace, key: str) -> dict[str, float]:
     body, _ = _SCENARIOS[args.scenario]
-    url = f"http://127.0.0.1:{build.port}/v1/chat/completions"
+    route = "responses" if args.scenario.startswith("responses") else "chat/completions"
+    url = f"http://127.0.0.1:{build.port}/v1/{route}"
     cpu0 = _cpu_ns(build.pid)
     failures, wall = asyncio.run(_load(url, key, body, args.requests, args.concurrency,
-                                       args.scenario == "stream"))
+                                       args.scenario in _STREAMED))
     cpu = (_cpu_ns(build.pid) - cpu0) / 1e9
     if failures:
         raise SystemExit(f"build {build.name} ({build.rev}): {failures} of {args.requests} "

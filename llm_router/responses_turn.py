@@ -260,7 +260,12 @@ class _TranslatedRelay(_ResponsesRelay):
             return b""
         chat = self._messages.feed(event, doc if isinstance(doc, dict) else {})
         # The Messages translator speaks chat SSE; its events go through the chat path.
-        return b"".join(self._chat_event(e + b"\n\n") for e in chat.split(b"\n\n") if e)
+        out = b"".join(self._chat_event(e + b"\n\n") for e in chat.split(b"\n\n") if e)
+        if not self.done:
+            # Anthropic reports input tokens first: a stream cut later still counts them.
+            prompt, completion = self._messages.usage
+            self.usage = Usage(prompt, completion, self.usage.cached)
+        return out
 
     def _chat_event(self, raw: bytes) -> bytes:
         _, data = event_fields(raw)
@@ -277,7 +282,8 @@ class _TranslatedRelay(_ResponsesRelay):
         if not isinstance(chunk, dict):
             return b""
         out = self._t.feed(chunk)
-        self.usage = Usage(*self._t.usage)
+        if chunk.get("usage"):  # most chunks have none, or null
+            self.usage = Usage(*self._t.usage)
         if chunk.get("error"):  # the translator turned it into response.failed
             self.failure = STREAM_ERROR
             self.final = self._t.final

@@ -380,3 +380,7 @@ async def test_in_band_upstream_errors_end_the_stream_with_one_response_failed(
                  if k.startswith("llm_router_upstream_errors_total{")
                  and "reason=stream_error" in k)
     assert errors == 2
+    # What the Anthropic stream reported before failing (5 input tokens) is counted.
+    prompt = sum(v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")
+                 and "provider=an" in k and "kind=prompt" in k)
+    assert prompt == 5
