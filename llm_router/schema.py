@@ -482,9 +482,9 @@ def _object_schema(cls: type[Any], defs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "object"}
     if doc and not doc.startswith(cls.__name__ + "("):  # not the dataclass-made docstring
         first, _, rest = doc.partition("\n\n")
-        out["title"] = " ".join(first.split())
+        out["title"] = _plain(first)
         if rest:
-            out["description"] = " ".join(rest.split())
+            out["description"] = _plain(rest)
     out["properties"] = props
     out["additionalProperties"] = False
     if required:
@@ -549,6 +549,11 @@ def _type_schema(tp: Any, spec: Spec | None, defs: dict[str, Any]) -> dict[str, 
         else:
             out = {"anyOf": [out, {"type": "null"}]}
     return out
+
+
+def _plain(docstring: str) -> str:
+    """A docstring paragraph as one line of plain text (no reST literals)."""
+    return " ".join(docstring.split()).replace("``", "`")
 
 
 _ENV_ONLY: Final = r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$"
