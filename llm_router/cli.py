@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, config_json_schema, load_config, sha256_hex
-from .config_yaml import key_positions
+from .config_yaml import key_positions, position_of
 
 __all__ = ["main"]
 
@@ -106,15 +106,13 @@ def _check(path: str) -> int:
     for what, lines in (("problem", errors), ("warning", warnings)):
         if lines:
             print(f"{path}: {len(lines)} {what}(s)", file=sys.stderr)
-        for item in sorted((_located(line, at) for line in lines), key=_file_order):
-            located = "line" in item and not _FILE_POSITION.match(item["location"])
-            where = f"line {item['line']}: " if located else ""
-            print(f"  {where}{item['text']}", file=sys.stderr)
+        for line in lines:  # already in the file's order
+            item = _located(line, at)
+            # a YAML syntax error's location is file:line:column already
+            located = "line" in item and not re.search(r":\d+:\d+$", item["location"])
+            print(f"  {'line ' + str(item['line']) + ': ' if located else ''}{line}",
+                  file=sys.stderr)
     return 1 if errors else 0
-
-
-def _file_order(item: dict[str, Any]) -> tuple[int, int]:
-    return item.get("line", 0), item.get("column", 0)
 
 
 def _check_json(path: str) -> int:
@@ -126,16 +124,10 @@ def _check_json(path: str) -> int:
     else:
         errors, warnings, summary = [], list(cfg.warnings), cfg.summary()
     at = _positions(path) if errors or warnings else {}
-    def listed(lines: list[str]) -> list[dict[str, Any]]:
-        items = sorted((_located(line, at) for line in lines), key=_file_order)
-        return [{k: v for k, v in item.items() if k != "text"} for item in items]
-
     print(json.dumps({"path": path, "ok": not errors, "summary": summary,
-                      "errors": listed(errors), "warnings": listed(warnings)}, indent=2))
+                      "errors": [_located(line, at) for line in errors],
+                      "warnings": [_located(line, at) for line in warnings]}, indent=2))
     return 1 if errors else 0
-
-
-_FILE_POSITION = re.compile(r"^(.*):(\d+):(\d+)$")
 
 
 def _positions(path: str) -> dict[str, tuple[int, int]]:
@@ -149,26 +141,11 @@ def _positions(path: str) -> dict[str, tuple[int, int]]:
 def _located(line: str, at: dict[str, tuple[int, int]]) -> dict[str, Any]:
     """``{location, message, line?, column?}`` of one ``location: message`` line."""
     location, _, message = line.partition(": ")
-    out: dict[str, Any] = {"location": location, "message": message.split("\n", 1)[0],
-                           "text": line}
-    m = _FILE_POSITION.match(location)
-    position = (int(m[2]), int(m[3])) if m else _nearest(location, at)
+    out: dict[str, Any] = {"location": location, "message": message.split("\n", 1)[0]}
+    position = position_of(location, at)
     if position is not None:
         out["line"], out["column"] = position
     return out
-
-
-def _nearest(location: str, at: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
-    """The position of ``location``, or of its nearest enclosing key (a missing key's
-    problem is located at the object that lacks it)."""
-    while location:
-        if location in at:
-            return at[location]
-        shorter = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", location)
-        if shorter == location:
-            return None
-        location = shorter
-    return None
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:

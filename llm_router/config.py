@@ -53,7 +53,7 @@ from .config_model import (
     key_label,
     sha256_hex,
 )
-from .config_yaml import describe_json_error, load_yaml
+from .config_yaml import describe_json_error, in_file_order, load_yaml
 from .schema import FromEnv, Reader, at
 
 __all__ = [
@@ -133,10 +133,10 @@ def parse_config(
     raw = _expand(raw, "", os.environ if env is None else env, reader)
     cfg: Config | Any = reader.read(Config, raw, "")
     if not isinstance(cfg, Config):
-        raise ConfigError(reader.problems)
-    warnings = check_config(cfg, reader)
+        raise ConfigError(in_file_order(reader.problems, text))
+    warnings = in_file_order(check_config(cfg, reader), text)
     if reader.problems:
-        raise ConfigError(reader.problems, warnings)
+        raise ConfigError(in_file_order(reader.problems, text), warnings)
     return dataclasses.replace(cfg, source=source, warnings=tuple(warnings))
 
 

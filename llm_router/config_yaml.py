@@ -17,7 +17,7 @@ import yaml
 from yaml.error import Mark, MarkedYAMLError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["describe_json_error", "key_positions", "load_yaml"]
+__all__ = ["describe_json_error", "in_file_order", "key_positions", "load_yaml", "position_of"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -86,6 +86,38 @@ def key_positions(text: str) -> dict[str, tuple[int, int]]:
     if root is not None:
         walk(root, "")
     return out
+
+
+_FILE_POSITION = re.compile(r"^(.*):(\d+):(\d+)$")
+
+
+def position_of(location: str, positions: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+    """(line, column) of a problem's location: ``file:line:col`` itself, else the key at
+    ``groups[0].models[1].name`` or, when that key is missing, the nearest one around it."""
+    m = _FILE_POSITION.match(location)
+    if m is not None:
+        return int(m[2]), int(m[3])
+    while location:
+        if location in positions:
+            return positions[location]
+        shorter = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", location)
+        if shorter == location:
+            return None
+        location = shorter
+    return None
+
+
+def in_file_order(problems: list[str], text: str) -> list[str]:
+    """``location: message`` lines sorted by where their locations are in ``text``
+    (those without a place in it first, in their own order)."""
+    if len(problems) < 2:
+        return problems
+    positions = key_positions(text)
+
+    def order(line: str) -> tuple[int, int]:
+        return position_of(line.partition(": ")[0], positions) or (0, 0)
+
+    return sorted(problems, key=order)
 
 
 def describe_json_error(msg: str, lineno: int, colno: int, text: str, source: str) -> str:

@@ -97,15 +97,14 @@ providers:
     type: mock
 pricnig: {}
 """
-    assert problems(text) == [
-        "pricnig: unknown key (did you mean 'pricing'?)",
+    assert problems(text) == [  # in the file's order
+        "groups[0].models[0].provider: unknown provider 'opnai' (did you mean 'openai'?) "
+        "(known: openai, local)",
         "groups[0].models[0].wieght: unknown key (did you mean 'weight'?)",
         "groups[0].models[1].name: required",
         "groups[0].strategy: unknown strategy 'fastest' (known: inverse-weight, priority, "
         "round-robin, latency, price)",
-        # names that refer to other keys are checked once every key has been read
-        "groups[0].models[0].provider: unknown provider 'opnai' (did you mean 'openai'?) "
-        "(known: openai, local)",
+        "pricnig: unknown key (did you mean 'pricing'?)",
     ]
 
 
@@ -172,8 +171,8 @@ users:
     assert problems(text) == [
         "users[0].keys[0].sha256: expected 64 hex digits (llm-router hash-key KEY prints it)",
         "users[0].keys[1]: a key needs 'sha256' (preferred) or 'key'",
-        "users[0].budget.period: unknown period 'yearly' (known: daily, weekly, monthly, total)",
         "users[0].models[2]: unknown group 'gtp-4-turbo' (did you mean 'gpt-4-turbo'?)",
+        "users[0].budget.period: unknown period 'yearly' (known: daily, weekly, monthly, total)",
     ]
 
 
