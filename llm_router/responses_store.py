@@ -19,11 +19,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
-__all__ = ["MemoryResponseStore", "ResponseStore", "StoredResponse"]
+__all__ = ["KeyValue", "MemoryResponseStore", "ResponseStore", "SharedResponseStore",
+           "StoredResponse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,61 @@ class ResponseStore(Protocol):
 
     def configure(self, max_entries: int, max_bytes: int, ttl_s: float) -> None:
         """New limits (a config reload); entries over them are dropped at once."""
+
+
+class KeyValue(Protocol):
+    """A map shared by replicas, with a TTL per entry (the state store's get/put)."""
+
+    async def get(self, name: str) -> bytes | None: ...
+
+    async def put(self, name: str, value: bytes, ttl_s: float) -> None: ...
+
+
+class SharedResponseStore:
+    """Entries in the map every replica shares (Redis, through the state store), so any
+    replica can continue a conversation another one answered.
+
+    Each entry expires ``ttl_s`` after it was written and one larger than ``max_bytes``
+    is not kept; how many entries the map holds is bounded by the backend's own memory
+    policy (Redis ``maxmemory``), not counted here. A write is awaited, so a follow-up
+    sent on the answer's last event finds it on any replica.
+    """
+
+    __slots__ = ("_kv", "_max_bytes", "_ttl_s")
+
+    _PREFIX: Final = "response:"
+
+    def __init__(self, kv: KeyValue, max_bytes: int, ttl_s: float) -> None:
+        self._kv = kv
+        self._max_bytes = max_bytes
+        self._ttl_s = ttl_s
+
+    def configure(self, max_entries: int, max_bytes: int, ttl_s: float) -> None:
+        del max_entries  # the shared backend bounds its own size
+        self._max_bytes, self._ttl_s = max_bytes, ttl_s
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        raw = await self._kv.get(self._PREFIX + response_id)
+        if not raw:  # absent, expired, or deleted (an empty tombstone)
+            return None
+        try:
+            return StoredResponse.from_json(raw)
+        except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+            return None  # written by another version; treated as gone
+
+    async def put(self, entry: StoredResponse) -> bool:
+        raw = entry.to_json()
+        if len(raw) > self._max_bytes:
+            return False
+        await self._kv.put(self._PREFIX + entry.id, raw, self._ttl_s)
+        return True
+
+    async def delete(self, response_id: str) -> bool:
+        if await self.get(response_id) is None:
+            return False
+        # The map has no delete: an empty value reads as gone, and expires soon.
+        await self._kv.put(self._PREFIX + response_id, b"", 60.0)
+        return True
 
 
 class MemoryResponseStore:
