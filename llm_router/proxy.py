@@ -142,6 +142,8 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     # About a token per 4 bytes. From the bytes really read: a client sending its body
     # chunked (no Content-Length) must not get its prompt reserved at zero.
     ex.prompt_estimate = request.get(BODY_SIZE, 0) // 4
+    if turn is not None:
+        ex.prompt_estimate += turn.history_bytes // 4  # previous_response_id's conversation
     estimate = state.counters.estimate(
         target.name, ex.prompt_estimate, max_tokens if isinstance(max_tokens, int) else None)
     # Budgets and per-user/per-key limits are checked here, before anything is sent; the

@@ -46,8 +46,8 @@ def usage_from_responses(u: Any) -> Usage:
 class ResponsesTurn:
     """The Responses-specific facts of one request (built once, before any attempt)."""
 
-    __slots__ = ("_relay", "_remembered", "body", "frame", "history", "origin", "owner",
-                 "previous_id", "refused", "response_id", "store")
+    __slots__ = ("_relay", "_remembered", "body", "frame", "history", "history_bytes",
+                 "origin", "owner", "previous_id", "refused", "response_id", "store")
 
     def __init__(self, body: dict[str, Any], model: str, store: ResponseStore, owner: str,
                  previous: StoredResponse | None) -> None:
@@ -57,6 +57,8 @@ class ResponsesTurn:
         self.owner = owner
         self.previous_id: str | None = body.get("previous_response_id")
         self.history: list[dict[str, Any]] = previous.items if previous else []
+        # Sent upstream with this turn: counts toward its prompt estimate.
+        self.history_bytes = len(orjson.dumps(self.history)) if self.history else 0
         self.origin = previous.origin if previous else None
         self.refused = responses_in.refusal(body)  # what a chat member cannot serve
         self._relay: _ResponsesRelay | None = None

@@ -384,3 +384,23 @@ async def test_in_band_upstream_errors_end_the_stream_with_one_response_failed(
     prompt = sum(v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")
                  and "provider=an" in k and "kind=prompt" in k)
     assert prompt == 5
+
+
+async def test_a_cut_follow_up_counts_its_conversation_in_the_prompt_estimate(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(chat_member(upstream))
+    first = await router.openai().responses.create(model="g", input="x" * 8000)
+
+    async def prompt_tokens() -> float:
+        _, samples = await scrape_metrics(router.url)
+        return sum(v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")
+                   and "kind=prompt" in k)
+
+    before = await prompt_tokens()
+    upstream.fake.add_fault(Fault(status=0, cut_after_chunks=2))  # cut before any usage
+    async with http.post(router.url + "/v1/responses", headers=AUTH, json={
+            "model": "g", "input": "more", "stream": True,
+            "previous_response_id": first.id}) as resp:
+        await resp.read()
+    # The 8,000 characters went upstream again with the follow-up: about 2,000 tokens.
+    assert 2000 <= await prompt_tokens() - before < 2300
