@@ -167,3 +167,62 @@ def test_schema_accepts_a_variable_where_a_number_goes() -> None:
 def test_schema_key_is_accepted() -> None:
     cfg = parse_config('{"$schema": "./config.schema.json", "port": 1}', fmt="json", env={})
     assert isinstance(cfg, Config) and cfg.port == 1
+
+
+def _resolve(node: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The object (or array/map) schema behind a $ref, a shorthand anyOf or a nullable."""
+    while True:
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        elif "anyOf" in node and "properties" not in node:
+            node = next((o for o in node["anyOf"] if "$ref" in o or "properties" in o), {})
+        else:
+            return node
+
+
+def _schema_paths(node: dict[str, Any], schema: dict[str, Any], path: str = "") -> set[str]:
+    node = _resolve(node, schema)
+    out: set[str] = set()
+    for name, prop in node.get("properties", {}).items():
+        if name == "$schema" or prop.get("description", "").startswith("Same as "):
+            continue  # the editor hint and aliases need no docs of their own
+        sub = f"{path}.{name}" if path else name
+        out |= {sub} | _schema_paths(prop, schema, sub)
+    if "items" in node:
+        out |= _schema_paths(node["items"], schema, path + "[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        out |= _schema_paths(node["additionalProperties"], schema, path + ".*")
+    return out
+
+
+def _doc_paths(data: Any, node: dict[str, Any], schema: dict[str, Any], path: str = ""
+               ) -> set[str]:
+    node = _resolve(node, schema)
+    out: set[str] = set()
+    if isinstance(data, dict):
+        for name, value in data.items():
+            if name in node.get("properties", {}):
+                sub = f"{path}.{name}" if path else str(name)
+                out |= {sub} | _doc_paths(value, node["properties"][name], schema, sub)
+            elif isinstance(node.get("additionalProperties"), dict):
+                out |= _doc_paths(value, node["additionalProperties"], schema, path + ".*")
+    elif isinstance(data, list) and "items" in node:
+        for item in data:
+            out |= _doc_paths(item, node["items"], schema, path + "[]")
+    return out
+
+
+def test_every_key_is_documented_in_a_yaml_block() -> None:
+    """Adding a key is one declaration plus its docs: a config block in README.md or
+    docs/ that shows it (with a comment saying what it does)."""
+    schema = config_json_schema()
+    shown: set[str] = set()
+    for path in EXAMPLES:
+        text = path.read_text()
+        shown |= _doc_paths(json.loads(text) if path.suffix == ".json" else yaml.safe_load(text),
+                            schema, schema)
+    for _, text in DOC_BLOCKS:
+        shown |= _doc_paths(yaml.safe_load(text), schema, schema)
+    missing = sorted(_schema_paths(schema, schema) - shown)
+    assert not missing, ("keys no example config or README/docs yaml block shows: "
+                         + ", ".join(missing))
