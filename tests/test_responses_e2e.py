@@ -167,6 +167,16 @@ async def test_native_member_gets_the_body_untouched_and_follow_ups_return_to_it
     assert upstream.fake.requests[-1].api_key == owner_key
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert final.usage is not None and final.usage.output_tokens == 16
+    # Usage is read from the native answers: the body's, and response.completed's.
+    raw = await client.responses.with_raw_response.create(model="g", input="hi")
+    usage = raw.parse().usage
+    assert usage is not None
+    assert float(raw.headers["X-Router-Cost-USD"]) == pytest.approx(
+        (usage.input_tokens * 1.0 + usage.output_tokens * 2.0) / 1e6)
+    _, samples = await scrape_metrics(router.url)
+    completion = sum(v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")
+                     and "provider=nat" in k and "kind=completion" in k)
+    assert completion == 16 * 7  # six answers and one stream of 16 tokens each
 
 
 async def test_a_pinned_native_conversation_fails_clearly_when_its_key_is_down(
