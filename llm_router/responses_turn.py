@@ -20,6 +20,7 @@ from . import anthropic_out, responses_in
 from .config import Provider
 from .errors import BadRequest, RouterError
 from .relay import STREAM_ERROR, Usage
+from .responses_check import check_body
 from .responses_in import ResponseFrame
 from .responses_store import ResponseStore, StoredResponse
 from .responses_stream import ChatStreamToResponses, EventWriter
@@ -69,14 +70,7 @@ class ResponsesTurn:
     async def begin(cls, body: dict[str, Any], model: str, store: ResponseStore,
                     owner: str) -> ResponsesTurn:
         """Check the Responses-only fields and load the conversation it continues."""
-        for name in ("instructions", "previous_response_id"):
-            if body.get(name) is not None and not isinstance(body[name], str):
-                raise BadRequest(f"'{name}' must be a string.", param=name)
-        if body.get("store") is not None and not isinstance(body["store"], bool):
-            raise BadRequest("'store' must be true or false.", param="store")
-        tools = body.get("tools")
-        if tools is not None and not isinstance(tools, list):
-            raise BadRequest("'tools' must be a list.", param="tools")
+        check_body(body)
         previous = None
         prev_id = body.get("previous_response_id")
         if prev_id:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
+from llm_router.errors import BadRequest
+from llm_router.responses_check import check_body
 from llm_router.responses_in import (
     ResponseFrame,
     chat_to_response,
@@ -221,3 +224,36 @@ def test_length_finish_ends_with_response_incomplete() -> None:
     last = _events(raw)[-1]
     assert last["type"] == "response.incomplete"
     assert last["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_malformed_fields_are_refused_naming_them_before_any_translation() -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"input": [{"role": "user", "content": 5}]}, "input[0].content"),
+        ({"input": [1]}, "input[0]"),
+        ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]},
+         "input[0].content[0].text"),
+        ({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]},
+         "input[0].arguments"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": {}}]},
+         "input[0].output"),
+        ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+        ({"input": "x", "tools": ["web_search"]}, "tools[0]"),
+        ({"input": "x", "tool_choice": ["auto"]}, "tool_choice"),
+        ({"input": "x", "tool_choice": {"type": "function"}}, "tool_choice.name"),
+        ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}},
+         "text.format"),
+        ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "x", "temperature": "hot"}, "temperature"),
+        ({"input": "x", "reasoning": {"effort": 3}}, "reasoning.effort"),
+        ({"input": "x", "store": "yes"}, "store"),
+    ]
+    for body, param in cases:
+        with pytest.raises(BadRequest) as info:
+            check_body(body)
+        assert info.value.param == param, body
+        assert param in info.value.message
+    check_body({"input": [{"type": "function_call", "call_id": "c", "name": "f",
+                           "arguments": "{}"}, {"type": "reasoning", "summary": []}],
+                "tools": [WEATHER, {"type": "web_search"}], "tool_choice": "required",
+                "text": {"format": {"type": "json_schema", "name": "n", "schema": {}}}})
