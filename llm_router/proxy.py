@@ -697,10 +697,15 @@ def _observe_decoding(req: ModelRequest, att: _Attempt, completion_tokens: int) 
 
 def _account_partial(req: ModelRequest, att: _Attempt, usage: rl.Usage,
                      events_seen: int) -> None:
-    """A stream that ended early: count what it reported, or estimate from what was sent."""
+    """A stream that ended early: count what it reported, but at least one completion
+    token per event relayed, and the prompt estimate if it reported no prompt."""
     state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
-    if not usage.prompt and not usage.completion:
-        usage = rl.Usage(ex.prompt_estimate, events_seen)
+    # Reported counts of a stream cut short can be provisional: Anthropic's message_start
+    # says output_tokens: 1 and gives the real count only at the end, so a client that
+    # read the text and left early would otherwise pay for one token.
+    if usage.completion < events_seen or not usage.prompt:
+        usage = rl.Usage(usage.prompt or ex.prompt_estimate,
+                         max(usage.completion, events_seen), usage.cached)
     state.counters.settle(att.reservation, usage.prompt, usage.completion, cfg.request_penalty)
     ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
     ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
