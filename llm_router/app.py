@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from .accounting import ANONYMOUS, extract_key
+from .compression import compress_whole_answers
 from .downstream import client_connected
 from .errors import (
     BadRequest,
@@ -271,7 +272,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(state: RouterState, *, log_format: str = "json") -> web.Application:
     """The router application around ``state``."""
-    middlewares: list[Any] = [_make_edge(log_format), _auth]
+    middlewares: list[Any] = [_make_edge(log_format), _auth, compress_whole_answers]
     app = web.Application(middlewares=middlewares,
                           handler_args={"max_field_size": 65536})
     app[STATE] = state

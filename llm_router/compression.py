@@ -8,11 +8,14 @@ reaches the client event by event.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import brotli
+from aiohttp import hdrs, web
 
-__all__ = ["MIN_COMPRESS_BYTES", "StreamEncoder", "compress_body", "negotiate"]
+__all__ = ["MIN_COMPRESS_BYTES", "StreamEncoder", "compress_body", "compress_whole_answers",
+           "negotiate"]
 
 # Below this a compressed JSON body is rarely smaller enough to be worth the CPU.
 MIN_COMPRESS_BYTES: Final = 512
@@ -81,3 +84,22 @@ def compress_body(coding: str, data: bytes) -> bytes:
         z = zlib.compressobj(6, zlib.DEFLATED, 31)
         return z.compress(data) + z.flush()
     return zlib.compress(data, 6)
+
+
+@web.middleware
+async def compress_whole_answers(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Compress a whole, not yet sent answer the client accepts compressed: /metrics, the
+    status page and the usage reports (model answers and streams compress themselves)."""
+    resp = await handler(request)
+    if (type(resp) is web.Response and not resp.prepared
+            and hdrs.CONTENT_ENCODING not in resp.headers):
+        body = resp.body
+        if isinstance(body, bytes) and len(body) >= MIN_COMPRESS_BYTES:
+            coding = negotiate(request.headers.get(hdrs.ACCEPT_ENCODING))
+            if coding is not None:
+                resp.body = compress_body(coding, body)
+                resp.headers[hdrs.CONTENT_ENCODING] = coding
+                resp.headers.add(hdrs.VARY, hdrs.ACCEPT_ENCODING)
+    return resp

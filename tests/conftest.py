@@ -121,7 +121,9 @@ async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as s:
+    # Raw bytes, uncompressed unless a test asks with its own Accept-Encoding.
+    async with aiohttp.ClientSession(auto_decompress=False,
+                                     headers={"Accept-Encoding": "identity"}) as s:
         yield s
 
 

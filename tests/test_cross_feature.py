@@ -7,13 +7,15 @@ seam no single feature's tests covered.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 from typing import Any
 
 import aiohttp
+import brotli
 import orjson
 
-from .conftest import MakeUpstream, StartRouter
+from .conftest import ROUTER_KEY, MakeUpstream, StartRouter
 
 USER_KEY = "sk-qa-user"
 
@@ -64,3 +66,33 @@ async def test_abandoned_anthropic_stream_is_charged_for_what_the_client_receive
     assert total["requests"] == 2
     assert total["completion_tokens"] >= deltas  # the fake sends one token per delta
     assert total["cost_usd"] > 0
+
+
+async def test_big_admin_and_metrics_answers_are_compressed_when_accepted(
+        start_router: StartRouter, make_upstream: MakeUpstream,
+        http: aiohttp.ClientSession) -> None:
+    # Contract: Accept-Encoding compresses responses. Model answers were; the largest
+    # ones, a /metrics scrape (100+ KB) and the status page, were not.
+    up = await make_upstream()
+    router = await start_router({
+        "providers": [{"name": "p", "type": "openai", "base_url": up.base_url,
+                       "api_keys": ["sk-p"]}],
+        "groups": [{"name": "g", "models": [{"provider": "p", "name": "m"}]}]})
+    auth = {"Authorization": f"Bearer {ROUTER_KEY}"}
+    chat = {"model": "g", "max_tokens": 200, "messages": [{"role": "user", "content": "hi"}]}
+    async with http.post(router.url + "/v1/chat/completions", json=chat,
+                         headers={**auth, "Accept-Encoding": "gzip"}) as r:
+        assert r.headers["Content-Encoding"] == "gzip"  # compressed once, not twice
+        assert orjson.loads(gzip.decompress(await r.read()))["usage"]
+    for path in ("/metrics", "/admin/status", "/v1/usage", "/ui"):
+        async with http.get(router.url + path, headers={**auth, "Accept-Encoding": "br"}) as r:
+            assert r.status == 200
+            assert r.headers.get("Content-Encoding") == "br", path
+            assert "Accept-Encoding" in r.headers.get("Vary", "")
+            plain = brotli.decompress(await r.read())
+        async with http.get(router.url + path,
+                            headers={**auth, "Accept-Encoding": "identity"}) as r:
+            assert "Content-Encoding" not in r.headers
+            assert await r.read() == plain or path in ("/metrics", "/admin/status", "/v1/usage")
+    async with http.get(router.url + "/metrics", headers={"Accept-Encoding": "gzip"}) as r:
+        assert b"llm_router_requests_total" in gzip.decompress(await r.read())
