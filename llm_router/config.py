@@ -53,8 +53,8 @@ from .config_model import (
     key_label,
     sha256_hex,
 )
+from .config_reader import FromEnv, Reader, at
 from .config_yaml import describe_json_error, in_file_order, load_yaml
-from .schema import FromEnv, Reader, at
 
 __all__ = [
     "AFFINITY_MODES",

@@ -1,14 +1,10 @@
 """Config keys declared once: a dataclass field made with :func:`setting` *is* a key.
 
-The frozen dataclasses in :mod:`llm_router.config` carry each key's description,
-default, bounds, choices and file name in their field metadata. One reading of those
-declarations serves two purposes:
-
-- :class:`Reader` validates the raw YAML/JSON tree into the dataclasses, collecting
-  every problem with its location (``groups[0].models[1].name: required``), one
-  problem per location, with "did you mean" for unknown keys and choices;
-- :func:`json_schema` emits the draft 2020-12 JSON Schema that editors use to
-  autocomplete and explain the file (``llm-router schema``).
+The frozen dataclasses in :mod:`llm_router.config_model` carry each key's description,
+default, bounds, choices and file name in their field metadata. Two readings of those
+declarations, and no other copy: :class:`~llm_router.config_reader.Reader` validates a
+raw YAML/JSON tree into the dataclasses, and :func:`json_schema` here emits the draft
+2020-12 JSON Schema that editors use (``llm-router schema``).
 
 Field types say the shape: ``str``, ``int``, ``float``, ``bool``, ``X | None``,
 ``tuple[X, ...]`` / ``frozenset[X]`` (a list in the file), ``Mapping[str, X]`` (a
@@ -16,31 +12,29 @@ mapping in the file, or with ``keyed_by`` a list of objects named by that key) a
 nested dataclasses. What a declaration cannot say (a default that depends on another
 key, a key that is one of two) a class puts in a ``_finish`` static method, which
 receives the read values and may fill or report; keys that exist only in the file
-(read by ``_finish``, not stored) are listed in a ``_file_only`` class variable.
+(read by ``_finish``, not stored) are listed in a ``_file_only`` class variable, and a
+bare-string form of an object (``api_keys: ["sk-..."]``) is a ``_shorthand``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = [
-    "BAD",
-    "FromEnv",
-    "Reader",
+    "SCHEMA_DIALECT",
+    "DeclaredKey",
     "Spec",
-    "at",
-    "did_you_mean",
+    "declared_keys",
+    "file_only_keys",
     "internal",
+    "is_mapping",
     "json_schema",
-    "kind",
     "setting",
-    "unknown_choice",
+    "unoptional",
 ]
 
 _META: Final = "llm_router.setting"
@@ -113,7 +107,9 @@ def _field(default: Any, spec: Spec, repr: bool) -> Any:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Key:
+class DeclaredKey:
+    """One key of a declared class: its attribute, its name in the file, type and rules."""
+
     attr: str
     name: str  # in the file
     tp: Any
@@ -122,10 +118,10 @@ class _Key:
     default: Any
 
 
-_KEYS: dict[type, tuple[_Key, ...]] = {}
+_KEYS: dict[type, tuple[DeclaredKey, ...]] = {}
 
 
-def _keys(cls: type) -> tuple[_Key, ...]:
+def declared_keys(cls: type) -> tuple[DeclaredKey, ...]:
     """The declared keys of dataclass ``cls``, in declaration order."""
     known = _KEYS.get(cls)
     if known is None:
@@ -133,7 +129,7 @@ def _keys(cls: type) -> tuple[_Key, ...]:
     return known
 
 
-def _read_keys(cls: type) -> tuple[_Key, ...]:
+def _read_keys(cls: type) -> tuple[DeclaredKey, ...]:
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
@@ -147,16 +143,17 @@ def _read_keys(cls: type) -> tuple[_Key, ...]:
             default = f.default_factory()
         else:
             default = dataclasses.MISSING
-        out.append(_Key(f.name, spec.key or f.name, hints[f.name], spec, required, default))
+        out.append(DeclaredKey(f.name, spec.key or f.name, hints[f.name], spec, required, default))
     return tuple(out)
 
 
-def _file_only(cls: type) -> Mapping[str, tuple[Any, Spec]]:
+def file_only_keys(cls: type) -> Mapping[str, tuple[Any, Spec]]:
+    """Keys read from the file but not stored (``_file_only``): name -> (type, spec)."""
     extra: Mapping[str, tuple[Any, Spec]] = getattr(cls, "_file_only", {})
     return extra
 
 
-def _optional(tp: Any) -> tuple[Any, bool]:
+def unoptional(tp: Any) -> tuple[Any, bool]:
     """``(X, True)`` for ``X | None``, else ``(tp, False)``."""
     if typing.get_origin(tp) in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -165,272 +162,9 @@ def _optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _is_mapping(tp: Any) -> bool:
+def is_mapping(tp: Any) -> bool:
+    """Whether ``tp`` is ``Mapping[K, V]`` (or ``dict``)."""
     return typing.get_origin(tp) in (Mapping, dict)
-
-
-# ---------------------------------------------------------------- validation
-
-
-class FromEnv(str):
-    """A string ``${VAR}`` expansion produced: a number or boolean key reads it as one,
-    so ``port: ${PORT:-8080}`` works."""
-
-    __slots__ = ()
-
-
-_WANT: Final[dict[Any, str]] = {bool: "true or false", int: "a whole number",
-                                 float: "a number"}
-_BOOLEANS: Final = {"true": True, "yes": True, "on": True,
-                    "false": False, "no": False, "off": False}
-
-
-def _typed(text: str, tp: Any) -> Any:
-    """``text`` as ``tp`` when it spells one, else ``text`` unchanged."""
-    word = text.strip()
-    if tp is bool:
-        return _BOOLEANS.get(word.lower(), text)
-    try:
-        if tp is int and re.fullmatch(r"[+-]?\d+", word):
-            return int(word)
-        if tp is float and word.lower() not in ("nan", "inf", "-inf", "+inf", "infinity"):
-            return float(word)
-    except ValueError:
-        pass
-    return text
-
-
-class _Bad:
-    def __repr__(self) -> str:
-        return "BAD"
-
-
-BAD: Final = _Bad()  # a value that failed and was reported
-
-
-def _belongs_below(cls: type, name: str) -> str:
-    """`` (a key of each entry in 'groups': indented too little?)`` when ``name`` is a key
-    of an object below ``cls``: what a key dedented out of its block looks like."""
-    for k in _keys(cls):
-        inner, _ = _optional(k.tp)
-        args = typing.get_args(inner)
-        item = args[-1] if args and typing.get_origin(inner) is not None else inner
-        if not dataclasses.is_dataclass(item) or k.spec.internal:
-            continue
-        names = [n for x in _keys(typing.cast(type, item)) if not x.spec.internal
-                 for n in (x.name, *x.spec.aliases)]
-        if name in names:
-            where = f"each entry in '{k.name}'" if item is not inner else f"'{k.name}'"
-            return f" ('{name}' is a key of {where}: is it indented too little?)"
-    return ""
-
-
-def at(path: str, key: str | int) -> str:
-    """The location of ``key`` under ``path``: ``groups[0].models``."""
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
-def kind(val: Any) -> str:
-    """What a YAML/JSON value is, in words."""
-    if val is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number"}.get(type(val), type(val).__name__)
-
-
-def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    hint = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{hint[0]}'?)" if hint else ""
-
-
-def unknown_choice(what: str, value: str, known: tuple[str, ...]) -> str:
-    """``unknown provider 'opnai' (did you mean 'openai'?) (known: openai, local)``."""
-    return (f"unknown {what} '{value}'{did_you_mean(value, known)} "
-            f"(known: {', '.join(known) or 'none defined'})")
-
-
-class Reader:
-    """Walks a raw tree into declared dataclasses; every problem lands in ``problems``.
-
-    Only the first problem at a location is kept: a variable that was not set, then the
-    empty string it left, is one problem. ``origin`` maps each built object's ``id`` to
-    its location, for checks that run on the finished config.
-    """
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self.failed: set[str] = set()
-        self.origin: dict[int, str] = {}
-
-    def fail(self, path: str, message: str) -> None:
-        if path in self.failed:
-            return
-        self.failed.add(path)
-        self.problems.append(f"{path or 'config'}: {message}")
-
-    def where(self, obj: object, attr: str | None = None) -> str:
-        """The location ``obj`` (or its key ``attr``) was read from."""
-        path = self.origin.get(id(obj), "")
-        if attr is None:
-            return path
-        name = next((k.name for k in _keys(type(obj)) if k.attr == attr), attr)
-        return at(path, name)
-
-    def read(self, cls: type[Any], node: Any, path: str) -> Any:
-        """``node`` as an instance of dataclass ``cls``, or :data:`BAD`."""
-        shorthand: tuple[str, str] | None = getattr(cls, "_shorthand", None)
-        if shorthand is not None and isinstance(node, str | bool):
-            if node == "":
-                self.fail(path, f"empty {shorthand[1]} (is its environment variable set?)")
-                return BAD
-            node = {shorthand[0]: node}
-        if not isinstance(node, dict):
-            self.fail(path, f"expected a mapping, got {kind(node)}")
-            return BAD
-        keys = _keys(cls)
-        extra = _file_only(cls)
-        allowed = [n for k in keys if not k.spec.internal for n in (k.name, *k.spec.aliases)]
-        allowed += list(extra)
-        for name in node:
-            if name not in allowed:
-                hint = did_you_mean(str(name), allowed) or _belongs_below(cls, str(name))
-                self.fail(at(path, str(name)), f"unknown key{hint}")
-        values: dict[str, Any] = {}
-        missing = False
-        for k in keys:
-            if k.spec.internal:
-                continue
-            name = next((n for n in (k.name, *k.spec.aliases) if node.get(n) is not None), None)
-            if name is None:
-                if k.required:
-                    self.fail(at(path, k.name), "required")
-                    missing = True
-                continue
-            value = self.value(k.tp, k.spec, node[name], at(path, name))
-            if value == "" and _optional(k.tp)[1]:
-                continue  # "${VAR:-}" left it empty: the same as leaving the key out
-            if value is BAD:
-                missing = missing or k.required
-            else:
-                values[k.attr] = value
-        file_only: dict[str, Any] = {}
-        for name, (tp, spec) in extra.items():
-            if node.get(name) is not None:
-                value = self.value(tp, spec, node[name], at(path, name))
-                if value is not BAD:
-                    file_only[name] = value
-        finish: Callable[..., bool | None] | None = getattr(cls, "_finish", None)
-        if finish is not None and finish(values, file_only, self, path) is False:
-            return BAD
-        if missing:
-            return BAD
-        obj = cls(**values)
-        self.origin[id(obj)] = path
-        return obj
-
-    def value(self, tp: Any, spec: Spec | None, node: Any, path: str) -> Any:
-        """``node`` read as type ``tp`` under ``spec``'s rules, or :data:`BAD`."""
-        tp, _ = _optional(tp)
-        origin = typing.get_origin(tp)
-        if dataclasses.is_dataclass(tp):
-            return self.read(typing.cast(type, tp), node, path)
-        if origin in (tuple, frozenset):
-            return self._sequence(tp, spec, node, path)
-        if _is_mapping(tp):
-            return self._mapping(tp, spec, node, path)
-        return self._scalar(tp, spec, node, path)
-
-    def _sequence(self, tp: Any, spec: Spec | None, node: Any, path: str) -> Any:
-        if not isinstance(node, list):
-            self.fail(path, f"expected a list, got {kind(node)}")
-            return BAD
-        if spec is not None and spec.non_empty and not node:
-            self.fail(path, spec.empty_hint or "must not be empty")
-            return BAD
-        item_tp = typing.get_args(tp)[0]
-        items = [self.value(item_tp, None, item, at(path, i)) for i, item in enumerate(node)]
-        good = [item for item in items if item is not BAD]
-        return frozenset(good) if typing.get_origin(tp) is frozenset else tuple(good)
-
-    def _mapping(self, tp: Any, spec: Spec | None, node: Any, path: str) -> Any:
-        value_tp = typing.get_args(tp)[1]
-        out: dict[str, Any] = {}
-        if spec is not None and spec.keyed_by:
-            name_attr = spec.keyed_by
-            noun = spec.noun or path.rsplit(".", 1)[-1].removesuffix("s")
-            if not isinstance(node, list):
-                self.fail(path, f"expected a list of {noun}s, got {kind(node)}")
-                return BAD
-            for i, item in enumerate(node):
-                obj = self.value(value_tp, None, item, at(path, i))
-                if obj is BAD:
-                    continue
-                name = getattr(obj, name_attr)
-                if name in out:
-                    self.fail(at(at(path, i), name_attr), f"duplicate {noun} '{name}'")
-                    continue
-                out[name] = obj
-        else:
-            if not isinstance(node, dict):
-                self.fail(path, f"expected a mapping, got {kind(node)}")
-                return BAD
-            for name, item in node.items():
-                val = self.value(value_tp, spec, item, at(path, str(name)))
-                if val is not BAD:
-                    out[str(name)] = val
-        return types.MappingProxyType(out)
-
-    def _scalar(self, tp: Any, spec: Spec | None, node: Any, path: str) -> Any:
-        if isinstance(node, FromEnv):
-            node = _typed(str(node), tp)
-            if isinstance(node, str) and tp is not str:
-                self.fail(path, f"expected {_WANT[tp]}, got '{node}' from an environment "
-                                "variable")
-                return BAD
-        if tp is bool:
-            ok, want = isinstance(node, bool), "true or false"
-        elif tp is int:
-            ok, want = isinstance(node, int) and not isinstance(node, bool), "a whole number"
-        elif tp is float:
-            ok = isinstance(node, int | float) and not isinstance(node, bool)
-            want = "a number"
-            node = float(node) if ok else node
-        elif tp is str:
-            if isinstance(node, bool) and spec is not None and spec.choices is not None:
-                # YAML 1.1 reads a bare off/on (no/yes) as a boolean; the choice was meant.
-                node = {False: "off", True: "on"}[node]
-            ok, want = isinstance(node, str), "a string"
-        else:  # a declaration error, found by the first test that loads a config
-            raise TypeError(f"{path}: unsupported config type {tp!r}")
-        if not ok:
-            self.fail(path, f"expected {want}, got {kind(node)}")
-            return BAD
-        if spec is None:
-            return node
-        if isinstance(node, int | float) and not isinstance(node, bool):
-            if spec.ge is not None and node < spec.ge:
-                self.fail(path, f"must be >= {spec.ge:g}")
-                return BAD
-            if spec.gt is not None and node <= spec.gt:
-                self.fail(path, f"must be > {spec.gt:g}")
-                return BAD
-            if spec.le is not None and node > spec.le:
-                self.fail(path, f"must be <= {spec.le:g}")
-                return BAD
-        if isinstance(node, str):
-            if spec.non_empty and not node:
-                self.fail(path, spec.empty_hint or "must not be empty")
-                return BAD
-            if spec.choices is not None and node not in spec.choices:
-                what = path.rsplit(".", 1)[-1]
-                self.fail(path, unknown_choice(what, node, spec.choices))
-                return BAD
-            if spec.pattern is not None and node and not re.search(spec.pattern, node):
-                self.fail(path, spec.pattern_hint or f"must match {spec.pattern}")
-                return BAD
-        return node
 
 
 # ---------------------------------------------------------------- JSON Schema
@@ -461,7 +195,7 @@ def _object_schema(cls: type[Any], defs: dict[str, Any]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     required: list[str] = []
     alternatives: list[dict[str, Any]] = []
-    for k in _keys(cls):
+    for k in declared_keys(cls):
         if k.spec.internal:
             continue
         prop = _type_schema(k.tp, k.spec, defs)
@@ -475,7 +209,7 @@ def _object_schema(cls: type[Any], defs: dict[str, Any]) -> dict[str, Any]:
             alternatives = [{"required": [n]} for n in (k.name, *k.spec.aliases)]
         elif k.required:
             required.append(k.name)
-    for name, (tp, spec) in _file_only(cls).items():
+    for name, (tp, spec) in file_only_keys(cls).items():
         props[name] = {**_type_schema(tp, spec, defs), "description": spec.doc}
         if name.startswith("$"):  # "$schema" is the first thing an editor should offer
             props = {name: props.pop(name), **props}
@@ -493,7 +227,7 @@ def _object_schema(cls: type[Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["anyOf"] = alternatives
     shorthand: tuple[str, str] | None = getattr(cls, "_shorthand", None)
     if shorthand is not None:
-        short = next(k for k in _keys(cls) if k.name == shorthand[0])
+        short = next(k for k in declared_keys(cls) if k.name == shorthand[0])
         text = {**_type_schema(short.tp, short.spec, defs), "minLength": 1,
                 "description": f"Shorthand for {{{shorthand[0]}: ...}}: the {shorthand[1]}."}
         return {"anyOf": [text, out], **{k: out[k] for k in ("title",) if k in out}}
@@ -501,7 +235,7 @@ def _object_schema(cls: type[Any], defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _type_schema(tp: Any, spec: Spec | None, defs: dict[str, Any]) -> dict[str, Any]:
-    tp, optional = _optional(tp)
+    tp, optional = unoptional(tp)
     origin = typing.get_origin(tp)
     out: dict[str, Any]
     if dataclasses.is_dataclass(tp):
@@ -510,7 +244,7 @@ def _type_schema(tp: Any, spec: Spec | None, defs: dict[str, Any]) -> dict[str, 
         out = {"type": "array", "items": _type_schema(typing.get_args(tp)[0], None, defs)}
         if spec is not None and spec.non_empty:
             out["minItems"] = 1
-    elif _is_mapping(tp):
+    elif is_mapping(tp):
         item = _type_schema(typing.get_args(tp)[1], spec if spec and not spec.keyed_by
                             and not dataclasses.is_dataclass(typing.get_args(tp)[1]) else None,
                             defs)
