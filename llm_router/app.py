@@ -25,6 +25,12 @@ from aiohttp import web
 
 from .accounting import ANONYMOUS, extract_key
 from .compression import compress_whole_answers
+from .connections import (
+    ConnectionGuard,
+    GuardedRunner,
+    connection_middleware,
+    server_handler_args,
+)
 from .downstream import client_connected
 from .errors import (
     BadRequest,
@@ -272,9 +278,12 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(state: RouterState, *, log_format: str = "json") -> web.Application:
     """The router application around ``state``."""
-    middlewares: list[Any] = [_make_edge(log_format), _auth, compress_whole_answers]
+    # connection_middleware is outermost: a reserve connection's refusal and oversized
+    # headers are answered before anything else runs.
+    middlewares: list[Any] = [connection_middleware, _make_edge(log_format), _auth,
+                              compress_whole_answers]
     app = web.Application(middlewares=middlewares,
-                          handler_args={"max_field_size": 65536})
+                          handler_args=server_handler_args(state.config.server))
     app[STATE] = state
     app.router.add_routes(routes())
     app.cleanup_ctx.append(_client_session)
@@ -295,8 +304,8 @@ async def start_server(state: RouterState, host: str, port: int, *,
     app = create_app(state, log_format=log_format)
     # handler_cancellation: a client that disconnects cancels its handler at once, which
     # closes the upstream request and releases its in-flight estimate.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=state.config.shutdown_grace_s)
+    runner = GuardedRunner(app, ConnectionGuard(state.config.server), handler_cancellation=True,
+                           access_log=None, shutdown_timeout=state.config.shutdown_grace_s)
     try:
         await runner.setup()
     except Exception:
