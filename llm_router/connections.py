@@ -81,8 +81,11 @@ def connection_limits(configured: int) -> int:
         return configured
     fits = max(64, (soft - _FDS_KEPT) // 2)
     if fits < configured:
-        log.info("server.max_connections lowered from %d to %d to fit the open-file limit "
-                 "(%d); raise it (ulimit -n) to allow more", configured, fits, soft)
+        # Said at warning level only when the operator asked for more than the default.
+        level = logging.WARNING if configured > ServerSettings().max_connections else \
+            logging.DEBUG
+        log.log(level, "server.max_connections lowered from %d to %d to fit the open-file "
+                "limit (%d); raise it (ulimit -n) to allow more", configured, fits, soft)
     return min(configured, fits)
 
 
