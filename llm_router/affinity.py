@@ -80,7 +80,9 @@ def applies(target: Target, kind: str, prefs: Preferences) -> bool | None:
 
 
 def _explicit(group: str, source: str, value: str) -> AffinityKey:
-    data = b"%b\0%b\0%b" % (group.encode(), source.encode(), value[:_MAX_EXPLICIT].encode())
+    # A header's bytes that are not UTF-8 arrive surrogate-escaped: hash them as sent.
+    raw = value[:_MAX_EXPLICIT].encode("utf-8", "surrogateescape")
+    data = b"%b\0%b\0%b" % (group.encode(), source.encode(), raw)
     return AffinityKey(sha256(data).digest()[:16], source)
 
 

@@ -6,6 +6,7 @@ conversation that stays on its key reports cached tokens, and one that wanders d
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, defaultdict
 from itertools import pairwise
@@ -309,3 +310,25 @@ async def test_a_responses_chain_stays_on_one_key_by_previous_response_id(
     assert cached == prompts[:-1]
     _, samples = await scrape_metrics(router.url)
     assert samples["llm_router_affinity_total{group=g,result=hit}"] == 3
+
+
+async def test_a_session_header_that_is_not_utf8_is_a_key_like_any_other(
+        start_router: StartRouter, make_upstream: MakeUpstream) -> None:
+    up = await _cached_upstream(make_upstream)
+    router = await start_router(_group_config(up))
+    body = orjson.dumps({"model": "g", "messages": [{"role": "user", "content": "hi"}]})
+    statuses = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer sk-test-router\r\n"
+                     b"Content-Type: application/json\r\nX-Router-Session: \xff\xfeab\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body))
+        await writer.drain()
+        statuses.append((await reader.read()).split(b" ", 2)[1])
+        writer.close()
+        await writer.wait_closed()
+    assert statuses == [b"200", b"200"]
+    _, samples = await scrape_metrics(router.url)
+    assert samples["llm_router_affinity_total{group=g,result=new}"] == 1
+    assert samples["llm_router_affinity_total{group=g,result=hit}"] == 1
