@@ -109,6 +109,37 @@ def unknown_choice(what: str, value: str, known: tuple[str, ...]) -> str:
             f"(known: {', '.join(known) or 'none defined'})")
 
 
+_SHAPES: dict[Any, tuple[str, Any]] = {}
+_ALLOWED: dict[type, list[str]] = {}
+
+
+def _shape(tp: Any) -> tuple[str, Any]:
+    """``(object | list | map | scalar, the type without None)``, worked out once a type."""
+    known = _SHAPES.get(tp)
+    if known is None:
+        inner, _ = unoptional(tp)
+        if dataclasses.is_dataclass(inner):
+            known = ("object", inner)
+        elif typing.get_origin(inner) in (tuple, frozenset):
+            known = ("list", inner)
+        elif is_mapping(inner):
+            known = ("map", inner)
+        else:
+            known = ("scalar", inner)
+        _SHAPES[tp] = known
+    return known
+
+
+def _allowed_names(cls: type) -> list[str]:
+    """Every key ``cls`` accepts in the file: declared names, aliases, file-only keys."""
+    known = _ALLOWED.get(cls)
+    if known is None:
+        known = [n for k in declared_keys(cls) if not k.spec.internal
+                 for n in (k.name, *k.spec.aliases)] + list(file_only_keys(cls))
+        _ALLOWED[cls] = known
+    return known
+
+
 class Reader:
     """Walks a raw tree into declared dataclasses; every problem lands in ``problems``.
 
@@ -149,8 +180,7 @@ class Reader:
             return BAD
         keys = declared_keys(cls)
         extra = file_only_keys(cls)
-        allowed = [n for k in keys if not k.spec.internal for n in (k.name, *k.spec.aliases)]
-        allowed += list(extra)
+        allowed = _allowed_names(cls)
         for name in node:
             if name not in allowed:
                 hint = did_you_mean(str(name), allowed) or _belongs_below(cls, str(name))
@@ -190,13 +220,12 @@ class Reader:
 
     def value(self, tp: Any, spec: Spec | None, node: Any, path: str) -> Any:
         """``node`` read as type ``tp`` under ``spec``'s rules, or :data:`BAD`."""
-        tp, _ = unoptional(tp)
-        origin = typing.get_origin(tp)
-        if dataclasses.is_dataclass(tp):
-            return self.read(typing.cast(type, tp), node, path)
-        if origin in (tuple, frozenset):
+        shape, tp = _shape(tp)
+        if shape == "object":
+            return self.read(tp, node, path)
+        if shape == "list":
             return self._sequence(tp, spec, node, path)
-        if is_mapping(tp):
+        if shape == "map":
             return self._mapping(tp, spec, node, path)
         return self._scalar(tp, spec, node, path)
 

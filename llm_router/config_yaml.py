@@ -20,24 +20,31 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 __all__ = ["describe_json_error", "in_file_order", "key_positions", "load_yaml", "position_of"]
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that notes duplicate keys instead of keeping the last one silently."""
+# libyaml parses a config about ten times faster than pure-Python PyYAML; its error
+# wording differs, so a document it refuses is parsed again in Python to describe why.
+_FAST: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.duplicates: list[tuple[str, Mark, Mark]] = []  # key, this one, the first
+
+class _DuplicateKeys:
+    """Constructor mix-in: note duplicate keys instead of keeping the last one silently."""
+
+    duplicates: list[tuple[str, Mark, Mark]]  # key, this one, the first
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         first: dict[Any, Mark] = {}
         for key_node, _ in node.value:
             if not isinstance(key_node, ScalarNode):
                 continue
-            key = self.construct_object(key_node, deep=True)
+            key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
             if key in first:
                 self.duplicates.append((str(key), key_node.start_mark, first[key]))
             else:
                 first[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[misc, no-any-return]
+
+
+class _Loader(_DuplicateKeys, _FAST):  # type: ignore[misc]
+    pass
 
 
 def load_yaml(text: str, source: str) -> tuple[Any, list[str]]:
@@ -46,12 +53,11 @@ def load_yaml(text: str, source: str) -> tuple[Any, list[str]]:
     A syntax error raises ``ValueError`` whose message is the plain-words problem.
     """
     loader = _Loader(text)
+    loader.duplicates = []
     try:
         data = loader.get_single_data()
-    except MarkedYAMLError as exc:
-        raise ValueError(_describe(exc, text, source)) from None
-    except yaml.YAMLError as exc:  # unmarked: rare (e.g. an unsupported encoding)
-        raise ValueError(f"{source}: invalid YAML: {exc}") from None
+    except yaml.YAMLError:
+        raise ValueError(_syntax_error(text, source)) from None
     finally:
         loader.dispose()
     problems = [
@@ -61,11 +67,22 @@ def load_yaml(text: str, source: str) -> tuple[Any, list[str]]:
     return data, problems
 
 
+def _syntax_error(text: str, source: str) -> str:
+    """The plain-words problem of a document libyaml refused, from PyYAML's own parse."""
+    try:
+        yaml.load(text, Loader=yaml.SafeLoader)
+    except MarkedYAMLError as exc:
+        return _describe(exc, text, source)
+    except yaml.YAMLError as exc:  # unmarked: rare (e.g. an unsupported encoding)
+        return f"{source}: invalid YAML: {exc}"
+    return f"{source}: invalid YAML (libyaml refuses it; PyYAML does not say why)"
+
+
 def key_positions(text: str) -> dict[str, tuple[int, int]]:
     """``{location: (line, column)}`` (1-based) for every key and list item of a YAML
     (or JSON) document; empty when it does not parse."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_FAST)
     except yaml.YAMLError:
         return {}
     out: dict[str, tuple[int, int]] = {}
