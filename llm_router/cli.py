@@ -190,10 +190,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     for line in cfg.warnings:
         logging.getLogger("llm_router.config").warning("config %s: %s", path, line)
+    from .redact import RedactingFilter
     from .state import RouterState
     from .usage import SnapshotError
 
     state = RouterState(cfg, insecure_no_auth=args.insecure_no_auth, config_path=path)
+    # Every log line, stderr and access alike, without the config's secrets.
+    scrub = RedactingFilter(lambda: state.redactor)
+    for log_handler in (*logging.getLogger().handlers, handler):
+        log_handler.addFilter(scrub)
     try:
         _run(run_server(state, args.host or cfg.host, args.port if args.port is not None
                         else cfg.port, log_format=args.log_format))

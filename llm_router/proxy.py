@@ -51,6 +51,7 @@ from .providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_f
 from .providers import anthropic as anthropic_provider
 from .providers import mock as mock_provider
 from .providers import openai as openai_provider
+from .redact import Redactor
 from .request_body import BODY_SIZE, read_json
 from .responses_turn import ResponsesTurn
 from .routing import (
@@ -281,7 +282,7 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
             tried.add(cand.counter_key)
             ex.failures.append(f"{cand.provider.name}/{cand.key.label}:{failure.reason}")
             if failure.status is not None and not is_retryable(failure.status):
-                return _upstream_client_error(ex, cand, failure)
+                return _upstream_client_error(ex, cand, failure, state.redactor)
             if not _try_again(ex.attempts, max_attempts, prefs, deadline):
                 # Tell the client when the soonest candidate recovers, tried ones included.
                 every = collect_candidates(cfg, target, ex.kind, state.health, state.counters,
@@ -355,9 +356,10 @@ def _auth_failed(ex: Exchange) -> RouterError:
                          code="upstream_auth_failed", retry_after=_AUTH_RETRY_AFTER_S)
 
 
-def _upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailure
-                           ) -> web.Response:
-    """An upstream 4xx that is the client's fault: pass it on in the client's dialect."""
+def _upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailure,
+                           redactor: Redactor) -> web.Response:
+    """An upstream 4xx that is the client's fault: pass it on in the client's dialect,
+    without any configured secret it may echo."""
     assert failure.status is not None
     ex.status = failure.status
     ex.error = failure.reason
@@ -372,7 +374,8 @@ def _upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailur
     except orjson.JSONDecodeError:
         err = BadRequest(failure.message)
         body = error_body(err, anthropic=ex.client == "anthropic")
-    resp = web.Response(status=failure.status, body=body, content_type="application/json")
+    resp = web.Response(status=failure.status, body=redactor.bytes(body),
+                        content_type="application/json")
     _router_headers(resp, ex, cand)
     return resp
 
@@ -566,7 +569,7 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
                                  "answer that is not a valid JSON response") from None
         usage = rl.body_usage(up, doc)
     _account(req, att, usage)
-    payload = raw if out is None else out
+    payload = state.redactor.bytes(raw if out is None else out)
     ex.status = 200
     resp_out = web.Response(status=200, body=payload, content_type="application/json")
     coding = req.coding
@@ -636,7 +639,8 @@ async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
                 await req.turn.after_events(cand)  # stored before the client can follow up
                 answered = await _pin_response(req, cand)
             if parts:  # one write (one flush) for the events of one upstream read
-                await down.write(ex, parts[0] if len(parts) == 1 else b"".join(parts))
+                await down.write(ex, state.redactor.bytes(
+                    parts[0] if len(parts) == 1 else b"".join(parts)))
             if relay.done or relay.failure is not None:
                 # The terminal event ([DONE], message_stop, response.completed) or an
                 # error event went out: end the client's response now, not at the

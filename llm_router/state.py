@@ -24,6 +24,7 @@ from .journal import Journal
 from .labels import LabelNames
 from .limits import Ledger
 from .metrics import LIMIT_NAMES, Metrics, UserGauges
+from .redact import Redactor
 from .responses_store import MemoryResponseStore, ResponseStore
 from .routing import counter_keys, level_new_keys
 from .traffic import Traffic
@@ -50,6 +51,7 @@ class RouterState:
         self.keys = KeyIndex(cfg, insecure_no_auth)
         self.metrics = metrics if metrics is not None else Metrics()
         self.labels = LabelNames(cfg)  # what metric labels may say (labels.py)
+        self.redactor = Redactor(cfg)  # secrets kept out of relayed bodies and logs
         self.counters = UsageCounters()
         self.ledger = Ledger()  # per-user / per-key limits and spend
         self.health = KeyHealth()
@@ -85,6 +87,7 @@ class RouterState:
         old = self.config
         self.keys = KeyIndex(cfg, self.insecure_no_auth)
         self.labels = LabelNames(cfg)
+        self.redactor = Redactor(cfg, self.redactor)
         self.config = cfg
         self.level_new_keys(counter_keys(cfg) - counter_keys(old))
         self.health.generation += 1  # keys marked bad get another chance

@@ -4,7 +4,10 @@ what the router cannot hold: every case ends in a clear answer, never a hang or 
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,7 +15,17 @@ import orjson
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from .conftest import AUTH, StartRouter, Upstream, openai_provider, scrape_metrics
+from llm_router.config import load_config
+from llm_router.redact import RedactingFilter, Redactor
+
+from .conftest import (
+    AUTH,
+    StartRouter,
+    Upstream,
+    openai_provider,
+    scrape_metrics,
+    write_config,
+)
 
 HELLO = [{"role": "user", "content": "hello"}]
 _CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
@@ -36,6 +49,22 @@ async def _hostile(aiohttp_server: AiohttpServer) -> str:
         if model == "huge-json":
             return web.Response(body=b'{"pad": "' + b"x" * (1 << 20) + b'"}',
                                 content_type="application/json")
+        if model == "echo-error":  # quotes the credentials it was sent, as some do
+            return web.json_response({"error": {
+                "message": f"Invalid header: Authorization: {request.headers['Authorization']}",
+                "type": "invalid_request_error"}}, status=400)
+        if model == "echo-answer":
+            answer = orjson.loads(orjson.dumps(_ANSWER))
+            answer["choices"][0]["message"]["content"] = request.headers["Authorization"]
+            if body.get("stream"):
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await resp.prepare(request)
+                chunk = orjson.loads(orjson.dumps(_CHUNK))
+                chunk["choices"][0]["delta"]["content"] = request.headers["Authorization"]
+                await resp.write(_event(chunk) + b"data: [DONE]\n\n")
+                await resp.write_eof()
+                return resp
+            return web.json_response(answer)
         if model == "huge-error":
             return web.Response(status=400, body=b'{"error": "' + b"x" * (1 << 20) + b'"}',
                                 content_type="application/json")
@@ -64,7 +93,8 @@ async def _hostile(aiohttp_server: AiohttpServer) -> str:
 
 async def _router(start_router: StartRouter, hostile: str, upstream: Upstream,
                   **extra: Any) -> Any:
-    models = ["huge-json", "huge-error", "huge-event", "trickle", "linger"]
+    models = ["huge-json", "huge-error", "huge-event", "trickle", "linger", "echo-error",
+              "echo-answer"]
     return await start_router({
         "providers": [{"name": "bad", "type": "openai", "base_url": hostile,
                        "api_keys": ["sk-bad-key-0123456789"],
@@ -184,3 +214,46 @@ async def test_a_body_sent_too_slowly_gets_408(
     assert orjson.loads(rest)["error"]["code"] == "request_timeout"
     assert time.perf_counter() - t0 < 5
     writer.close()
+
+
+async def test_configured_secrets_never_reach_the_client(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    router = await _router(start_router, await _hostile(aiohttp_server), upstream)
+    for model, stream in (("echo-error", False), ("echo-answer", False),
+                          ("echo-answer", True)):
+        status, headers, body = await _post(http, router.url, model, stream)
+        assert status == (400 if model == "echo-error" else 200)
+        assert headers["X-Router-Provider"] == "bad"
+        assert b"sk-bad-key-0123456789" not in body
+        assert b"Bearer [redacted]" in body
+
+
+def test_log_lines_lose_the_secrets_tracebacks_included(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, {"api_key": "sk-router-shared-key", "providers": [
+        {"name": "p", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
+         "api_keys": ["sk-provider-secret-1"]}], "groups": []}))
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    redactor = Redactor(cfg)
+    handler.addFilter(RedactingFilter(lambda: redactor))
+    logger = logging.getLogger("test_redact")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("upstream said %s", "bad key sk-provider-secret-1")
+        try:
+            raise ValueError("header was Bearer sk-router-shared-key")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert "sk-provider-secret-1" not in text and "sk-router-shared-key" not in text
+    assert text.count("[redacted]") >= 2 and "ValueError: header was Bearer [redacted]" in text
+
+
+def _write(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / "config.yaml"
+    write_config(path, config)
+    return path
