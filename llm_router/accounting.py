@@ -8,6 +8,7 @@ more user, named ``default``, allowed every model.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -100,7 +101,9 @@ class KeyIndex:
         if presented is None:
             raise Unauthorized("Missing API key: send 'Authorization: Bearer KEY' or "
                                "'x-api-key: KEY'.", code="missing_api_key")
-        digest = sha256_hex(presented)
+        # Header values arrive decoded with surrogateescape: hash the bytes as sent, so a
+        # key that is not UTF-8 is just a wrong key (401), not a UnicodeEncodeError (500).
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()
         found = self._by_hash.get(digest)
         if found is not None and hmac.compare_digest(found[1].sha256, digest):
             user, key = found

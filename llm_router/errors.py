@@ -185,4 +185,11 @@ def error_body(err: RouterError, *, anthropic: bool = False) -> bytes:
                 "code": err.code,
             }
         }
-    return orjson.dumps(payload)
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        # A message quoting a header whose bytes were not UTF-8 (lone surrogates): show
+        # them escaped rather than fail the error itself into a plain-text 500.
+        inner = payload["error"]
+        inner["message"] = err.message.encode("utf-8", "backslashreplace").decode()
+        return orjson.dumps(payload)

@@ -96,3 +96,39 @@ async def test_big_admin_and_metrics_answers_are_compressed_when_accepted(
             assert await r.read() == plain or path in ("/metrics", "/admin/status", "/v1/usage")
     async with http.get(router.url + "/metrics", headers={"Accept-Encoding": "gzip"}) as r:
         assert b"llm_router_requests_total" in gzip.decompress(await r.read())
+
+
+async def _raw_post(port: int, path: str, header: bytes, body: bytes) -> tuple[int, bytes]:
+    """POST with one header line as raw bytes (clients refuse to send non-UTF-8 values)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST %b HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%b\r\n"
+                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%b"
+                 % (path.encode(), header, len(body), body))
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), payload
+
+
+async def test_header_bytes_that_are_not_utf8_get_a_json_error_not_a_500(
+        start_router: StartRouter, make_upstream: MakeUpstream) -> None:
+    up = await make_upstream()
+    router = await start_router({
+        "providers": [{"name": "p", "type": "openai", "base_url": up.base_url,
+                       "api_keys": ["sk-p"]}],
+        "groups": [{"name": "g", "models": [{"provider": "p", "name": "m"}]}]})
+    chat = orjson.dumps({"model": "g", "messages": [{"role": "user", "content": "hi"}]})
+    auth = f"Authorization: Bearer {ROUTER_KEY}\r\n".encode()
+    status, body = await _raw_post(router.port, "/v1/chat/completions",
+                                   b"Authorization: Bearer \xff\xfe", chat)
+    assert status == 401
+    assert orjson.loads(body)["error"]["code"] == "invalid_api_key"
+    for path, shape in (("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")):
+        status, body = await _raw_post(router.port, path,
+                                       auth + b"X-Router-Provider-Only: \xff\xfe", chat)
+        assert status == 400, body
+        doc = orjson.loads(body)
+        message = doc["error"]["message"]
+        assert "X-Router-Provider-Only" in message
+        assert (doc["type"] == "error") if shape == "anthropic" else doc["error"]["code"]
