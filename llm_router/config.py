@@ -102,8 +102,14 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{p}: not UTF-8 text"]) from None
-    return parse_config(text, fmt="json" if p.suffix.lower() == ".json" else "yaml",
-                        env=env, source=str(p))
+    cfg = parse_config(text, fmt="json" if p.suffix.lower() == ".json" else "yaml",
+                       env=env, source=str(p))
+    snapshot = cfg.usage.snapshot_path
+    if snapshot and Path(snapshot).resolve() == p.resolve():
+        # Seen by hand: the first snapshot replaced the config, and the next start failed.
+        raise ConfigError([f"usage.snapshot_path: '{snapshot}' is this config file; the "
+                           "usage snapshot would overwrite it (use e.g. ./usage.json)"])
+    return cfg
 
 
 def parse_config(

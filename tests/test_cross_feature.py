@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -132,3 +135,18 @@ async def test_header_bytes_that_are_not_utf8_get_a_json_error_not_a_500(
         message = doc["error"]["message"]
         assert "X-Router-Provider-Only" in message
         assert (doc["type"] == "error") if shape == "anthropic" else doc["error"]["code"]
+
+
+def test_a_snapshot_path_naming_the_config_file_is_refused(tmp_path: Path) -> None:
+    # The first snapshot overwrote the config (the original moved aside as corrupt),
+    # and the router then served a file that would not load at the next start.
+    path = tmp_path / "config.yaml"
+    text = ("api_key: sk-x\nproviders: [{name: local, type: mock}]\n"
+            "groups: [{name: g, models: [{provider: local, name: m}]}]\n"
+            f"usage: {{snapshot_path: {path}}}\n")
+    path.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "llm_router", "check", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "usage.snapshot_path" in done.stdout + done.stderr
+    assert path.read_text() == text
