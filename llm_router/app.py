@@ -107,6 +107,8 @@ def _make_edge(log_format: str) -> Middleware:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
             ex = request[EXCHANGE] = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
+            if state.tracing is not None:
+                ex.span = state.tracing.start_request(request.headers, ex)
         resp: web.StreamResponse
         try:
             try:
@@ -152,6 +154,8 @@ def _make_edge(log_format: str) -> Middleware:
                 state.inflight -= 1
                 state.request_tasks.discard(request.task)
                 _observe(state, ex, t0, log_format, rejected)
+                if ex.span is not None and state.tracing is not None:
+                    state.tracing.end_request(ex.span, ex)
 
     return _edge
 
@@ -265,6 +269,26 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    """OpenTelemetry export when ``otel`` is configured (read at start-up only)."""
+    state = app[STATE]
+    settings = state.config.otel
+    if settings is not None:
+        try:
+            from .tracing import Tracing
+        except ImportError as exc:
+            log.error("otel is configured but OpenTelemetry is not installed (%s): install "
+                      "'llm-router[otel]'; serving without traces", exc)
+        else:
+            state.tracing = Tracing(settings)
+            log.info("tracing: exporting spans to %s as service '%s'", settings.endpoint,
+                     settings.service_name)
+    yield
+    if state.tracing is not None:
+        tracing, state.tracing = state.tracing, None
+        await tracing.shutdown()
+
+
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     """One shared upstream session with a sized pool, closed at shutdown."""
     state = app[STATE]
@@ -286,6 +310,7 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
                           handler_args=server_handler_args(state.config.server))
     app[STATE] = state
     app.router.add_routes(routes())
+    app.cleanup_ctx.append(_tracing)  # after the session closes: spans of the drain export
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_access_log_flusher)
     # Exits run in reverse after draining: the watcher stops, the final snapshot is

@@ -13,12 +13,13 @@ run ``llm-router schema > config.schema.json && cp config.schema.json llm_router
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
-from .config_reader import Reader
+from .config_reader import Reader, at
 from .schema import Spec, internal, json_schema, setting
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "Group",
     "Limits",
     "Member",
+    "MetricsSettings",
+    "OtelSettings",
     "Price",
     "Provider",
     "ProviderKey",
@@ -393,6 +396,54 @@ class CircuitSettings:
     cooldown_max_s: float = setting(60.0, doc="The longest such cooldown.")
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Who may read GET /metrics: anyone by default, as Prometheus expects. User names
+    appear in its labels (docs/observability.md)."""
+
+    require_key: bool = setting(False, doc=(
+        "Require a key of an admin user (or the legacy api_key) as Authorization: Bearer: "
+        "401 without a valid key, 403 for a non-admin user's key."))
+    allow_networks: tuple[str, ...] = setting((), doc=(
+        "Client addresses or CIDR networks (10.0.0.0/8, 127.0.0.1) that may read /metrics; "
+        "others get 403. Empty: any. The TCP peer is checked, never X-Forwarded-For."))
+    networks: tuple[Network, ...] = internal(())  # allow_networks, parsed
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        parsed: list[Network] = []
+        for i, raw in enumerate(values.get("allow_networks", ())):
+            try:
+                parsed.append(ipaddress.ip_network(raw, strict=False))
+            except ValueError:
+                r.fail(at(at(path, "allow_networks"), i), f"'{raw}' is not an address or "
+                       "network (write e.g. 10.0.0.0/8 or 127.0.0.1)")
+        values["networks"] = tuple(parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class OtelSettings:
+    """OpenTelemetry traces over OTLP/HTTP (needs the llm-router[otel] extra); read at
+    start-up."""
+
+    endpoint: str = setting(pattern=r"^https?://[^/\s]+", doc=(
+        "The collector's OTLP/HTTP base URL, e.g. http://localhost:4318 (/v1/traces is "
+        "appended)."), pattern_hint="must be an http:// or https:// URL (OTLP/HTTP, e.g. "
+        "http://localhost:4318)")
+    service_name: str = setting("llm-router", non_empty=True, doc="service.name of the spans.")
+    capture_content: bool = setting(False, doc=(
+        "Record prompts and answers on spans (gen_ai.input.messages, "
+        "gen_ai.output.messages). Off: never."))
+    headers: Mapping[str, str] = setting(MappingProxyType({}), doc=(
+        "Headers sent with every export, e.g. {Authorization: \"Bearer ${OTLP_TOKEN}\"}."))
+    timeout_s: float = setting(10.0, gt=0, doc="Timeout of one export request, seconds.")
+    export_interval_ms: float = setting(1000.0, ge=1, doc=(
+        "How long a finished span may wait in the batch before it is exported."))
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole config file."""
@@ -423,6 +474,10 @@ class Config:
         "Client connection limits and timeouts (see docs/operations.md)."))
     upstream_limits: UpstreamLimits = setting(UpstreamLimits(), doc=(
         "Bounds on what the router reads from an upstream answer."))
+    metrics: MetricsSettings = setting(MetricsSettings(), doc=(
+        "Who may read /metrics (default: anyone who can reach the listen address)."))
+    otel: OtelSettings | None = setting(None, doc=(
+        "OpenTelemetry trace export (docs/observability.md); absent: no traces."))
     shutdown_grace_s: float = setting(30.0, doc="SIGTERM: how long in-flight requests and "
                                                 "streams may finish.")
     shutdown_delay_s: float = setting(0.0, doc=(

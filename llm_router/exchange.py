@@ -50,6 +50,7 @@ class Exchange:
     prompt_estimate: int = 0  # ~bytes/4 of the request: a cut stream's prompt if unreported
     admission: Admission | None = None  # the caller's limits and spend (limits.Ledger)
     affinity: str = ""  # hit | new | moved | off (affinity.RESULTS); "" = not a group request
+    span: Any = None  # the request's trace span when tracing is on (tracing.Tracing)
 
     def log_line(self) -> dict[str, Any]:
         now = time.perf_counter()

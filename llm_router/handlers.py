@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -11,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import anthropic_in
+from .accounting import extract_key
 from .errors import (
     Forbidden,
     ModelNotFound,
@@ -240,9 +242,37 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    _check_scraper(request, state)
     state.metrics.inflight.set(state.inflight)
     return web.Response(body=generate_latest(state.metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _check_scraper(request: web.Request, state: RouterState) -> None:
+    """``metrics: {allow_networks, require_key}``: 403 from another network, 401 without
+    a valid key, 403 for a key of a non-admin user. Open when neither is set."""
+    settings = state.config.metrics
+    if settings.networks:
+        peer = _peer_address(request.remote)
+        if peer is None or not any(peer in net for net in settings.networks):
+            raise Forbidden("Your address may not read /metrics (metrics.allow_networks).",
+                            code="metrics_forbidden")
+    if settings.require_key:
+        key = extract_key(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+        if not state.keys.authenticate(key).is_admin:
+            raise Forbidden("Only keys of users with role 'admin' may read /metrics.",
+                            code="admin_only")
+
+
+def _peer_address(remote: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The TCP peer (X-Forwarded-For is not trusted: anyone can send it)."""
+    try:
+        ip = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return None  # a unix socket, or no peer
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:10.1.2.3 on a dual-stack socket is 10.1.2.3
+    return ip
 
 
 def routes() -> list[web.RouteDef]:

@@ -205,6 +205,7 @@ class _Attempt:
     sent_loop: float = 0.0  # the same moment on the loop's clock (deadlines run on it)
     reservation: Any = None  # the in-flight estimate on the candidate's counter
     ended: bool = False  # the upstream's terminal event was relayed: its answer is whole
+    span: Any = None  # its trace span when tracing is on (tracing.Tracing)
 
 
 async def _attempt_loop(req: ModelRequest) -> web.StreamResponse:
@@ -408,14 +409,20 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
         # So the provider's own cache routing groups requests as ours does (up_body is
         # the router's copy: the client's body stays untouched).
         up_body["prompt_cache_key"] = derived_cache_key(req.affinity)
+    headers = rl.passthrough_headers(ex.client, provider, req.http.headers)
+    tracing = state.tracing
+    if tracing is not None and ex.span is not None:  # writes traceparent into headers
+        att.span = tracing.start_attempt(ex.span, ex, provider, key.label, cand.member.model,
+                                         req.body, headers)
     call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, req.stream,
-                        rl.passthrough_headers(ex.client, provider, req.http.headers))
+                        headers)
     att.reservation = state.counters.reserve(cand.counter_key, req.estimate, ex.group)
     probe = state.health.begin(provider.name, key.label)
     att.sent = time.perf_counter()
     att.sent_loop = asyncio.get_running_loop().time()  # deadlines run on the loop's clock
     t = provider.timeouts
     resp: UpstreamResponse | None = None
+    failed: AttemptFailure | None = None
     try:
         assert state.session is not None
         try:
@@ -444,6 +451,7 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
                                  "stream request without a stream")
         return await _relay_body(req, att, resp)
     except AttemptFailure as failure:
+        failed = failure
         ex.upstream_s += time.perf_counter() - att.sent
         state.counters.settle(att.reservation, 0, 0, cfg.error_penalty)
         if failure.status is None or failure.status >= 500 or failure.status == 429:
@@ -471,6 +479,9 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
                 resp.release()
             else:
                 resp.close()
+        if att.span is not None and tracing is not None:
+            tracing.end_attempt(att.span, ex, resp.status if resp is not None else None,
+                                failed.reason if failed is not None else None)
 
 
 def _retry_after_s(failure: AttemptFailure) -> float | None:
@@ -570,6 +581,8 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
         usage = rl.body_usage(up, doc)
     _account(req, att, usage)
     payload = state.redactor.bytes(raw if out is None else out)
+    if att.span is not None and req.state.tracing is not None:
+        req.state.tracing.record_output(att.span, payload)
     ex.status = 200
     resp_out = web.Response(status=200, body=payload, content_type="application/json")
     coding = req.coding

@@ -33,6 +33,8 @@ from .usage import CounterKey, SnapshotStore, UsageCounters
 if TYPE_CHECKING:
     import aiohttp
 
+    from .tracing import Tracing
+
 __all__ = ["RouterState"]
 
 log = logging.getLogger("llm_router")
@@ -62,6 +64,7 @@ class RouterState:
         # Prompt-cache pins (affinity.py); a shared store plugs in here.
         self.affinity: AffinityStore = MemoryAffinityStore()
         self.session: aiohttp.ClientSession | None = None
+        self.tracing: Tracing | None = None  # set at start-up when otel is configured
         self.snapshot: SnapshotStore | None = None
         self.journal: Journal | None = None  # changes since the snapshot (snapshots.py)
         self.snapshot_failing = False  # persistence failed repeatedly: not ready

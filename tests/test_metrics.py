@@ -255,3 +255,60 @@ async def test_time_per_output_token_of_streams(start_router: StartRouter,
     assert count == 2  # streams only
     mean = s[f"llm_router_time_per_output_token_seconds_sum{{{labels}}}"] / count
     assert mean >= 0.01  # never faster than the upstream paced its tokens
+
+
+def _closed(up: Upstream, **metrics: Any) -> dict[str, Any]:
+    return {**_config(up), "metrics": metrics,
+            "users": [{"name": "ops", "role": "admin", "keys": [{"key": "sk-ops"}]},
+                      {"name": "dev", "keys": [{"key": "sk-dev"}]}]}
+
+
+async def _scrape_status(http: aiohttp.ClientSession, router: Router,
+                         key: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with http.get(router.url + "/metrics", headers=headers) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_metrics_can_require_an_admin_key(start_router: StartRouter, upstream: Upstream,
+                                                http: aiohttp.ClientSession) -> None:
+    router = await start_router(_closed(upstream, require_key=True))
+    status, body = await _scrape_status(http, router)
+    assert status == 401 and orjson.loads(body)["error"]["code"] == "missing_api_key"
+    assert (await _scrape_status(http, router, "sk-wrong"))[0] == 401
+    status, body = await _scrape_status(http, router, "sk-dev")  # a user, not an admin
+    assert status == 403 and orjson.loads(body)["error"]["code"] == "admin_only"
+    status, body = await _scrape_status(http, router, "sk-ops")
+    assert status == 200 and b"llm_router_requests_total" in body
+    # The rest of the router's public surface stays open.
+    async with http.get(router.url + "/health/ready") as resp:
+        assert resp.status == 200
+
+
+async def test_metrics_can_be_limited_to_client_networks(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_closed(upstream, allow_networks=["10.0.0.0/8", "fd00::/8"]))
+    status, body = await _scrape_status(http, router, "sk-ops")  # from 127.0.0.1
+    assert status == 403 and orjson.loads(body)["error"]["code"] == "metrics_forbidden"
+    router2 = await start_router(_closed(upstream, allow_networks=["127.0.0.1"]),
+                                 name="open.yaml")
+    assert (await _scrape_status(http, router2))[0] == 200  # no key needed
+
+
+def test_metrics_and_otel_settings_are_validated() -> None:
+    from llm_router.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config("metrics: {require_key: yes please, allow_networks: [10.0.0.0/33]}\n"
+                     "otel: {endpoint: collector:4318, sample: 1}\n")
+    assert info.value.problems == [
+        "metrics.require_key: expected true or false, got a string",
+        "metrics.allow_networks[0]: '10.0.0.0/33' is not an address or network (write e.g. "
+        "10.0.0.0/8 or 127.0.0.1)",
+        "otel.sample: unknown key",
+        "otel.endpoint: must be an http:// or https:// URL (OTLP/HTTP, e.g. "
+        "http://localhost:4318)",
+    ]
+    cfg = parse_config("otel: {endpoint: 'http://c:4318'}\n")
+    assert cfg.otel is not None and cfg.otel.service_name == "llm-router"
+    assert not cfg.otel.capture_content and parse_config("{}").otel is None

@@ -11,9 +11,12 @@ __all__ = ["send"]
 
 
 async def send(session: aiohttp.ClientSession, call: UpstreamCall) -> HTTPResponse:
-    """POST ``{base_url}/{path}`` with the key as a Bearer token plus configured headers."""
-    return await post(session, call, f"{call.provider.base_url}/{call.path}",
-                      fixed_headers(call, _headers))
+    """POST ``{base_url}/{path}`` with the key as a Bearer token plus configured headers
+    (and the call's own, e.g. a trace's ``traceparent``)."""
+    headers = fixed_headers(call, _headers)
+    if call.headers:
+        headers = {**headers, **call.headers}
+    return await post(session, call, f"{call.provider.base_url}/{call.path}", headers)
 
 
 def _headers(call: UpstreamCall) -> dict[str, str]:
