@@ -36,8 +36,9 @@ __all__ = ["Tracing"]
 log = logging.getLogger("llm_router.tracing")
 
 # gen_ai.operation.name per route kind (the GenAI conventions' well-known values).
-_OPERATIONS: Final = {"chat": "chat", "messages": "chat", "completions": "text_completion",
-                      "embeddings": "embeddings", "count_tokens": "count_tokens"}
+_OPERATIONS: Final = {"chat": "chat", "messages": "chat", "responses": "chat",
+                      "completions": "text_completion", "embeddings": "embeddings",
+                      "count_tokens": "count_tokens"}
 # gen_ai.provider.name: the conventions name the API, which our provider type says.
 _PROVIDER_NAMES: Final = {"openai": "openai", "anthropic": "anthropic", "mock": "llm_router.mock"}
 # Request parameters copied to gen_ai.request.* when the client sent them.
@@ -48,7 +49,7 @@ _REQUEST_PARAMS: Final = (("max_tokens", "gen_ai.request.max_tokens"),
                           ("frequency_penalty", "gen_ai.request.frequency_penalty"),
                           ("presence_penalty", "gen_ai.request.presence_penalty"),
                           ("seed", "gen_ai.request.seed"))
-_CONTENT_FIELDS: Final = ("messages", "system", "prompt", "input")
+_CONTENT_FIELDS: Final = ("messages", "system", "instructions", "prompt", "input")
 
 
 class Tracing:
