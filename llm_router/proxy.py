@@ -33,6 +33,7 @@ from .affinity import (
     pick_with_affinity,
     response_key,
 )
+from .answer_stream import AnswerStream, answer_events
 from .compression import MIN_COMPRESS_BYTES, compress_body, negotiate
 from .downstream import Downstream
 from .errors import (
@@ -446,9 +447,10 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
                                           req.target.group.affinity.ttl_s)
         if down is not None and "text/event-stream" in resp.headers.get("Content-Type", ""):
             return await _relay_stream(req, att, resp, down)
-        if down is not None and down.committed:
-            raise AttemptFailure("bad_response", f"upstream '{provider.name}' answered a "
-                                 "stream request without a stream")
+        if down is not None:
+            # A whole answer to a stream request: relayed as the stream it would have
+            # been, never as a raw JSON 200 to a stream client.
+            return await _relay_stream(req, att, await _answer_as_stream(req, att, resp), down)
         return await _relay_body(req, att, resp)
     except AttemptFailure as failure:
         failed = failure
@@ -597,6 +599,23 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
     resp_out.headers["X-Router-Cost-USD"] = f"{ex.cost or 0.0:.8f}"
     ex.bytes_out = len(resp_out.body) if isinstance(resp_out.body, bytes) else len(payload)
     return resp_out
+
+
+async def _answer_as_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
+                            ) -> UpstreamResponse:
+    """The events of a whole answer (answer_stream.py); ``bad_response`` if it is not a
+    valid completion of the kind asked for."""
+    name = att.cand.provider.name
+    try:
+        with req.state.deadlines.guard(att.sent_loop + att.cand.provider.timeouts.total):
+            raw = await resp.read(req.cfg.upstream_limits.max_response_bytes)
+    except (Exception, TimeoutError) as exc:
+        raise failure_from_exception(exc, name) from None
+    events = answer_events(att.up, req.ex.kind, raw) if req.turn is None else None
+    if events is None:
+        raise AttemptFailure("bad_response", f"upstream '{name}' answered a stream request "
+                             "without a stream, and not with a valid completion either")
+    return AnswerStream(events)
 
 
 async def _relay_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResponse,

@@ -65,6 +65,10 @@ async def _hostile(aiohttp_server: AiohttpServer) -> str:
                 await resp.write_eof()
                 return resp
             return web.json_response(answer)
+        if model == "json-to-stream":  # ignores stream: true
+            return web.json_response(_ANSWER)
+        if model == "not-a-completion":
+            return web.json_response({"object": "list", "data": []})
         if model == "huge-error":
             return web.Response(status=400, body=b'{"error": "' + b"x" * (1 << 20) + b'"}',
                                 content_type="application/json")
@@ -94,7 +98,7 @@ async def _hostile(aiohttp_server: AiohttpServer) -> str:
 async def _router(start_router: StartRouter, hostile: str, upstream: Upstream,
                   **extra: Any) -> Any:
     models = ["huge-json", "huge-error", "huge-event", "trickle", "linger", "echo-error",
-              "echo-answer"]
+              "echo-answer", "json-to-stream", "not-a-completion"]
     return await start_router({
         "providers": [{"name": "bad", "type": "openai", "base_url": hostile,
                        "api_keys": ["sk-bad-key-0123456789"],
@@ -257,3 +261,30 @@ def _write(tmp_path: Path, config: dict[str, Any]) -> Path:
     path = tmp_path / "config.yaml"
     write_config(path, config)
     return path
+
+
+async def test_a_json_answer_to_a_stream_request_becomes_a_stream(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer) -> None:
+    router = await _router(start_router, await _hostile(aiohttp_server), upstream)
+    stream = await router.openai().chat.completions.create(
+        model="json-to-stream", messages=HELLO, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hi"
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 4
+    # An Anthropic client of the same answer gets Messages events, translated.
+    async with router.anthropic().messages.stream(
+            model="json-to-stream", max_tokens=8, messages=HELLO) as s:  # type: ignore[arg-type]
+        message = await s.get_final_message()
+    assert message.content[0].text == "hi" and message.usage.output_tokens == 1  # type: ignore[union-attr]
+
+
+async def test_a_stream_request_answered_with_something_else_fails_over(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    router = await _router(start_router, await _hostile(aiohttp_server), upstream)
+    status, headers, body = await _post(http, router.url, "not-a-completion", stream=True)
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    assert headers["X-Router-Provider"] == "good" and headers["X-Router-Attempts"] == "2"
+    assert body.endswith(b"data: [DONE]\n\n")
