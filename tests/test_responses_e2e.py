@@ -414,3 +414,17 @@ async def test_a_cut_follow_up_counts_its_conversation_in_the_prompt_estimate(
         await resp.read()
     # The 8,000 characters went upstream again with the follow-up: about 2,000 tokens.
     assert 2000 <= await prompt_tokens() - before < 2300
+
+
+async def test_a_held_response_never_shows_a_configured_secret(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    config = chat_member(upstream)
+    config["providers"] = [openai_provider("oa", upstream, ["sk-upstream-secret"])]
+    router = await start_router(config)
+    made = await router.openai().responses.create(
+        model="g", input="hi", metadata={"note": "key sk-upstream-secret leaked"})
+    assert made.metadata == {"note": "key [redacted] leaked"}
+    async with http.get(router.url + f"/v1/responses/{made.id}",
+                        headers={**AUTH, "Accept-Encoding": "identity"}) as resp:
+        held = await resp.read()
+    assert b"sk-upstream-secret" not in held and b"[redacted]" in held
