@@ -300,6 +300,14 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     await state.session.close()
 
 
+async def _state_store(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: connect the state store; after draining, flush and close it."""
+    state = app[STATE]
+    await state.store.start()
+    yield
+    await state.store.close()
+
+
 def create_app(state: RouterState, *, log_format: str = "json") -> web.Application:
     """The router application around ``state``."""
     # connection_middleware is outermost: a reserve connection's refusal and oversized
@@ -313,6 +321,8 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
     app.cleanup_ctx.append(_tracing)  # after the session closes: spans of the drain export
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_access_log_flusher)
+    # Closed after the final snapshot below: what the last requests settled is flushed.
+    app.cleanup_ctx.append(_state_store)
     # Exits run in reverse after draining: the watcher stops, the final snapshot is
     # written, then the upstream session closes.
     app.cleanup_ctx.append(usage_snapshots)
@@ -322,8 +332,8 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
     return app
 
 
-async def start_server(state: RouterState, host: str, port: int, *,
-                       log_format: str = "json") -> tuple[web.AppRunner, int]:
+async def start_server(state: RouterState, host: str, port: int, *, log_format: str = "json",
+                       reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Start serving ``state`` on ``host:port`` (0 picks a free port); returns the runner
     and the bound port. ``runner.cleanup()`` drains and stops it."""
     app = create_app(state, log_format=log_format)
@@ -340,7 +350,9 @@ async def start_server(state: RouterState, host: str, port: int, *,
         raise
     # aiohttp's default backlog of 128 drops SYNs when many clients connect at once
     # (1,000 streams in bench/): they retry after 1-7 s. The kernel caps it at somaxconn.
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=_BACKLOG)
+    # reuse_port: --workers N processes bind one port; the kernel spreads connections.
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None,
+                       backlog=_BACKLOG)
     try:
         await site.start()
     except OSError as exc:
@@ -352,11 +364,12 @@ async def start_server(state: RouterState, host: str, port: int, *,
     return runner, int(bound)
 
 
-async def run_server(state: RouterState, host: str, port: int, *,
-                     log_format: str = "json") -> None:
+async def run_server(state: RouterState, host: str, port: int, *, log_format: str = "json",
+                     reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests and
     streams finish within ``shutdown_grace_s``, run the cleanup (final snapshot), return."""
-    runner, bound = await start_server(state, host, port, log_format=log_format)
+    runner, bound = await start_server(state, host, port, log_format=log_format,
+                                       reuse_port=reuse_port)
     log.info("llm-router listening on http://%s:%d (%s)", host, bound, state.config.summary())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

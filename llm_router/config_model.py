@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
 from .config_reader import Reader, at
+from .redis_url import redact_url, redis_url_problem
 from .schema import Spec, internal, json_schema, setting
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "ProviderKey",
     "ResponsesSettings",
     "ServerSettings",
+    "StateSettings",
     "Timeouts",
     "UpstreamLimits",
     "UsageSettings",
@@ -382,6 +384,35 @@ class UpstreamLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSettings:
+    """Where shared state lives (docs/scaling.md): without redis_url, in this process."""
+
+    redis_url: str | None = setting(None, repr=False, doc=(
+        "redis://[user:pass@]host:port/db, rediss:// (TLS) or unix:///path: every router "
+        "with the same redis_url and prefix shares limits, budgets, quotas, cooldowns and "
+        "selection counters. Absent: this process only. Needs llm-router[redis]."))
+    prefix: str = setting("llm-router", non_empty=True, doc=(
+        "Key namespace in Redis: routers with the same redis_url and prefix share state."))
+    sync_interval_ms: int = setting(100, ge=10, doc=(
+        "How often selection counters, key quotas and cooldowns are exchanged, in ms."))
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        url = values.get("redis_url")
+        if url:
+            problem = redis_url_problem(url)
+            if problem:
+                r.fail(f"{path}.redis_url", problem)
+        elif url == "":
+            values["redis_url"] = None  # "${REDIS_URL:-}" unset: this process only
+
+    @property
+    def redis_display(self) -> str:
+        """The URL with any password masked: for logs and messages."""
+        return redact_url(self.redis_url or "")
+
+
+@dataclass(frozen=True, slots=True)
 class CircuitSettings:
     """Passive health: when a key's recent upstream failures open its circuit."""
 
@@ -468,6 +499,8 @@ class Config:
     usage: UsageSettings = setting(UsageSettings(), doc="Usage counters and their snapshot.")
     responses: ResponsesSettings = setting(ResponsesSettings(), doc=(
         "POST /v1/responses: the store that keeps answers for previous_response_id."))
+    state: StateSettings = setting(StateSettings(), doc=(
+        "Shared state for several replicas or --workers (docs/scaling.md)."))
     circuit: CircuitSettings = setting(CircuitSettings(), doc=(
         "Passive health per provider key (see docs/resilience.md)."))
     server: ServerSettings = setting(ServerSettings(), doc=(

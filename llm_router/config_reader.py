@@ -183,7 +183,9 @@ class Reader:
         allowed = _allowed_names(cls)
         for name in node:
             if name not in allowed:
-                hint = did_you_mean(str(name), allowed) or _belongs_below(cls, str(name))
+                # An exact key of a block below beats a near miss here ('strategy' is a
+                # group's key, not a typo of 'state').
+                hint = _belongs_below(cls, str(name)) or did_you_mean(str(name), allowed)
                 self.fail(at(path, str(name)), f"unknown key{hint}")
         values: dict[str, Any] = {}
         missing = False

@@ -168,7 +168,7 @@ async def delete_response(request: web.Request) -> web.Response:
 async def own_usage(request: web.Request) -> web.Response:
     """The caller's own spend, tokens and requests per model and period, and limits left."""
     state = request.app[STATE]
-    return _json(state.ledger.usage(request[EXCHANGE].caller))
+    return _json(await state.store.usage(request[EXCHANGE].caller))
 
 
 async def admin_usage(request: web.Request) -> web.Response:
@@ -177,7 +177,7 @@ async def admin_usage(request: web.Request) -> web.Response:
     if not request[EXCHANGE].caller.is_admin:
         raise Forbidden("Only users with role 'admin' may read /admin/usage; "
                         "GET /v1/usage shows your own.", code="admin_only")
-    report = state.ledger.admin_usage(state.config)
+    report = await state.store.admin_usage(state.config)
     report["provider_keys"] = _provider_keys(state)
     return _json(report)
 
@@ -235,8 +235,10 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ok = state.ready
+    # A degraded state backend does not make the router unready: limits fall back to
+    # this replica (docs/scaling.md), and traffic keeps flowing.
     body = {"ready": ok, "draining": state.draining,
-            "config": state.config.source or "loaded"}
+            "config": state.config.source or "loaded", "state": state.store.status()}
     if state.snapshot_failing:
         body["usage_snapshot"] = "failing"  # docs/operations.md: writes keep failing
     return _json(body, status=200 if ok else 503)

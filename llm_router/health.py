@@ -101,6 +101,16 @@ class KeyHealth:
         now = time.monotonic()
         return {k: st.label(now, self.generation) for k, st in self._keys.items()}
 
+    def cooldowns(self) -> dict[tuple[str, str], float]:
+        """(provider, key) -> monotonic end of its cooldown, for keys that have one."""
+        return {k: st.cooldown_until for k, st in self._keys.items() if st.cooldown_until}
+
+    def extend_cooldown(self, provider: str, key: str, until: float) -> None:
+        """Cool the key until ``until`` (monotonic) unless it already cools longer: another
+        replica saw it rate limited (shared state)."""
+        st = self.state(provider, key)
+        st.cooldown_until = max(st.cooldown_until, until)
+
     def available_at(self, provider: str, key: str, now: float) -> float:
         """0.0 when the key may take a request now, else the monotonic time it recovers.
 

@@ -55,7 +55,15 @@ from .errors import BudgetExhausted, RateLimited
 from .journal import Event, Journal
 from .shapes import ShapeError, count, mapping, money, rows, text
 
-__all__ = ["PERIODS", "Admission", "Ledger", "period_end", "period_id"]
+__all__ = [
+    "PERIODS",
+    "Admission",
+    "Ledger",
+    "budget_exhausted",
+    "period_end",
+    "period_id",
+    "rate_limited",
+]
 
 log = logging.getLogger("llm_router.limits")
 
@@ -259,6 +267,7 @@ class Admission:
     key: str = ""
     recorded: bool = False
     released: bool = False
+    shared: object = None  # what a shared state store holds for it (store.py)
 
 
 class Ledger:
@@ -288,14 +297,30 @@ class Ledger:
             acc = self._keys[(user, key)] = _Account()
         return acc
 
-    def admit(self, caller: Caller, estimate_tokens: int,
-              estimate_cost: float = 0.0) -> Admission:
+    def admit(self, caller: Caller, estimate_tokens: int, estimate_cost: float = 0.0, *,
+              enforce: bool = True) -> Admission:
         """Count one request of ``caller`` or refuse it: 402 when a budget is spent or
         reserved by requests in flight, 429 (naming the limit, with ``Retry-After``) when a
         limit would be passed. Reserves ``estimate_tokens`` (tpm) and ``estimate_cost``
-        (budgets) until :meth:`record` or :meth:`release` settles them."""
+        (budgets) until :meth:`record` or :meth:`release` settles them. With
+        ``enforce=False`` it only counts: a shared store already decided fleet-wide."""
         now = self.clock()
         user, key = self._user(caller.user), self._key(caller.user, caller.key)
+        if enforce:
+            self._enforce(caller, user, key, estimate_tokens, now)
+        for acc in (user, key):
+            acc.concurrent += 1
+            acc.requests_today(now)
+            acc.day_requests += 1
+            acc.rpm.add(now, 1)
+            acc.tpm.add(now, estimate_tokens)
+            acc.reserved_usd += estimate_cost
+        if self.journal is not None:
+            self.journal.append(("a", now, caller.user, caller.key))
+        return Admission((user, key), estimate_tokens, estimate_cost, caller.user, caller.key)
+
+    def _enforce(self, caller: Caller, user: _Account, key: _Account, estimate_tokens: int,
+                 now: float) -> None:
         # Subjects are named (for the error) only when one is refused.
         subjects = ((user, False, caller.limits, caller.budget),
                     (key, True, caller.key_limits, caller.key_budget))
@@ -311,20 +336,7 @@ class Ledger:
                     worst = (wait, is_key, name, value)
         if worst is not None:
             wait, is_key, name, value = worst
-            who = _who(caller, is_key)
-            raise RateLimited(f"Rate limit reached for {who} on {_LIMIT_NAMES[name]}: limit "
-                              f"{value}. Try again in {max(1, math.ceil(wait))} s.",
-                              retry_after=max(1.0, wait), reason=name)
-        for acc in (user, key):
-            acc.concurrent += 1
-            acc.requests_today(now)
-            acc.day_requests += 1
-            acc.rpm.add(now, 1)
-            acc.tpm.add(now, estimate_tokens)
-            acc.reserved_usd += estimate_cost
-        if self.journal is not None:
-            self.journal.append(("a", now, caller.user, caller.key))
-        return Admission((user, key), estimate_tokens, estimate_cost, caller.user, caller.key)
+            raise rate_limited(caller, is_key, name, value, wait)
 
     def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
                completion_tokens: int, cost: float | None) -> None:
@@ -480,6 +492,14 @@ class Ledger:
             _add_usage(accounts, ts, *event[4:])
 
 
+def rate_limited(caller: Caller, is_key: bool, name: str, value: int,
+                 wait: float) -> RateLimited:
+    """The 429 for ``caller`` (its user, or its key) on limit ``name``."""
+    return RateLimited(f"Rate limit reached for {_who(caller, is_key)} on {_LIMIT_NAMES[name]}: "
+                       f"limit {value}. Try again in {max(1, math.ceil(wait))} s.",
+                       retry_after=max(1.0, wait), reason=name)
+
+
 def _who(caller: Caller, is_key: bool) -> str:
     if is_key:
         return f"key '{caller.key}' of user '{caller.user}'"
@@ -488,23 +508,29 @@ def _who(caller: Caller, is_key: bool) -> str:
 
 def _check_budget(acc: _Account, caller: Caller, is_key: bool, budget: Budget,
                   now: float) -> None:
-    period = acc.period(budget.period, now)
-    spent = period.totals.cost
-    if spent + acc.reserved_usd < budget.usd:
-        return
+    spent = acc.period(budget.period, now).totals.cost
+    if spent + acc.reserved_usd >= budget.usd:
+        raise budget_exhausted(caller, is_key, budget, spent, now)
+
+
+def budget_exhausted(caller: Caller, is_key: bool, budget: Budget, spent: float,
+                     now: float) -> BudgetExhausted:
+    """The 402 for ``caller`` (its user, or its key) whose ``budget`` is spent (``spent``)
+    or, below it, reserved by requests in flight."""
     who = _who(caller, is_key)
-    span = "total" if budget.period == "total" else f"{budget.period} ({period.id})"
+    span = ("total" if budget.period == "total"
+            else f"{budget.period} ({period_id(budget.period, now)})")
     if spent < budget.usd:
         # Not spent yet, but requests in flight are expected to spend the rest.
-        raise BudgetExhausted(
+        return BudgetExhausted(
             f"Budget exhausted for {who}: spent {_usd(spent)} of its {_usd(budget.usd)} "
             f"{span} budget, and requests in flight are expected to spend the remaining "
             f"{_usd(budget.usd - spent)}. Retry when they have finished.")
     end = period_end(budget.period, now)
     when = (f"It renews at {_iso(end)}." if end is not None
             else "It does not renew; ask an admin to raise it.")
-    raise BudgetExhausted(f"Budget exhausted for {who}: spent {_usd(spent)} of its "
-                          f"{_usd(budget.usd)} {span} budget. {when}")
+    return BudgetExhausted(f"Budget exhausted for {who}: spent {_usd(spent)} of its "
+                           f"{_usd(budget.usd)} {span} budget. {when}")
 
 
 def _usd(value: float) -> str:
@@ -590,6 +616,13 @@ def _check_totals(value: Any, where: str) -> None:
 
 def _load_account(acc: _Account, row: dict[str, Any]) -> None:
     acc.day, acc.day_requests = row["day"], row["day_requests"]
+    # Live levels appear only in a fleet view read from a shared store, never in a file.
+    for name in ("rpm", "tpm"):
+        if name in row:
+            window = getattr(acc, name)
+            window.minute, window.cur, window.prev = row[name]
+    acc.concurrent = int(row.get("concurrent", 0))
+    acc.reserved_usd = float(row.get("reserved_usd", 0.0))
     for name, p in row["periods"].items():
         period = _Period(p["id"])
         period.totals = _Totals(*p["totals"])

@@ -186,6 +186,10 @@ class Metrics:
         # The standard process_* and python_* series, on this registry too.
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(standard)
+        self.state_backend_up = Gauge(_P + "state_backend_up",
+                                      "1 while the shared state backend (Redis) answers, 0 "
+                                      "while limits fall back to this replica alone; always 1 "
+                                      "for the in-process store", registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def watch_state(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],

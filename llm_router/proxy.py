@@ -152,7 +152,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     # estimates are reserved so that concurrent requests see each other.
     cost = (estimate_cost(cfg.pricing, target.group.members, ex.prompt_estimate,
                           estimate - ex.prompt_estimate) if ex.caller.has_budget else 0.0)
-    ex.admission = state.ledger.admit(ex.caller, estimate, cost)
+    ex.admission = await state.store.admit(ex.caller, estimate, cost)
     down = Downstream(request, coding, cfg.keepalive_s) if stream else None
     req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
                        estimate, down, turn,
@@ -164,7 +164,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
             turn.explain(err)  # a pinned conversation says why no one else could answer
         raise
     finally:
-        state.ledger.release(ex.admission)
+        state.store.release(ex.admission)
 
 
 def _affinity_key(request: web.Request, state: RouterState, ex: Exchange, target: Target,
@@ -547,7 +547,7 @@ def _account(req: ModelRequest, att: _Attempt, usage: rl.Usage) -> None:
                 "cached").inc(usage.cached)
     m.child(m.cost, user, cand.provider.name, model).inc(ex.cost or 0.0)
     if ex.admission is not None:
-        state.ledger.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
+        state.store.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
                             usage.completion, ex.cost)
 
 
@@ -755,7 +755,7 @@ def _account_partial(req: ModelRequest, att: _Attempt, usage: rl.Usage,
                     kind).inc(n)
     m.child(m.cost, ex.caller.user, cand.provider.name, model).inc(ex.cost or 0.0)
     if ex.admission is not None:
-        state.ledger.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
+        state.store.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
                             usage.completion, ex.cost)
 
 

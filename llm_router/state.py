@@ -27,6 +27,7 @@ from .metrics import LIMIT_NAMES, Metrics, UserGauges
 from .redact import Redactor
 from .responses_store import MemoryResponseStore, ResponseStore
 from .routing import counter_keys, level_new_keys
+from .store import MemoryStore, StateStore
 from .traffic import Traffic
 from .usage import CounterKey, SnapshotStore, UsageCounters
 
@@ -40,6 +41,16 @@ __all__ = ["RouterState"]
 log = logging.getLogger("llm_router")
 
 _LATENCY_ALPHA = 0.3
+
+
+def open_store(cfg: Config, ledger: Ledger, counters: UsageCounters, health: KeyHealth,
+               metrics: Metrics) -> StateStore:
+    """The store the config asks for: Redis with ``state.redis_url``, else memory."""
+    if cfg.state.redis_url:
+        from .redis_store import RedisStore  # the optional extra: imported only when used
+
+        return RedisStore(cfg.state, ledger, counters, health, metrics)
+    return MemoryStore(ledger, counters, health, metrics)
 
 
 class RouterState:
@@ -57,6 +68,10 @@ class RouterState:
         self.counters = UsageCounters()
         self.ledger = Ledger()  # per-user / per-key limits and spend
         self.health = KeyHealth()
+        # The one state seam, chosen once from the config: limits, spend, counters and
+        # cooldowns reach as far as it shares them (store.py).
+        self.store: StateStore = open_store(cfg, self.ledger, self.counters, self.health,
+                                            self.metrics)
         self.deadlines = Deadlines()  # bounds the waits of non-streamed attempts
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
@@ -102,6 +117,11 @@ class RouterState:
         r = cfg.responses
         self.responses.configure(r.store_max_entries, r.store_max_bytes, r.store_ttl_s)
         self.metrics.config_last_reload.set(time.time())
+        if old.state != cfg.state:
+            log.warning("state settings changed (now %s, prefix '%s'): the state store is chosen "
+                        "at start, so this takes effect at the next restart; counters, limits "
+                        "and spend stay where they are until then (docs/scaling.md)",
+                        cfg.state.redis_display or "this process only", cfg.state.prefix)
         for listener in self.swap_listeners:
             listener(old, cfg)
 

@@ -88,6 +88,12 @@ class UsageCounters:
         """What selection weighs: tokens served plus estimates of requests in flight."""
         return self.tokens.get(key, 0) + self.inflight.get(key, 0)
 
+    def key_requests(self) -> tuple[str, dict[tuple[str, str], int]]:
+        """Today's UTC day and the live (provider, key) -> requests map behind the key
+        quotas, for a shared store to exchange with other replicas."""
+        self._roll_day()
+        return self._day, self._requests_today
+
     def requests_today(self, provider: str, key_label: str) -> int:
         self._roll_day()
         return self._requests_today.get((provider, key_label), 0)

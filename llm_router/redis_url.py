@@ -1,0 +1,52 @@
+"""Redis URLs as the config gives them: shape checks, and a form safe to show.
+
+``state.redis_url`` may carry a password (``redis://user:pass@host:6379/0``); it must
+never reach a log line, an error, a metric label or ``check`` output, so everything that
+shows the URL shows :func:`redact_url` of it.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+__all__ = ["redact_url", "redis_url_problem"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user-info part (``user:pass@``) masked."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    auth, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = auth.partition(":")
+    if not user and not colon:
+        return f"{scheme}://***@{host}"
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable Redis URL (never quoting its password), or None."""
+    shown = redact_url(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return (f"'{shown}' is not a Redis URL: expected redis://[user:pass@]host:port/db, "
+                "rediss:// (TLS) or unix:///path")
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return f"'{shown}': the port must be a number from 1 to 65535"
+    if parts.scheme == "unix":
+        return None if parts.path else f"'{shown}': a unix:// URL needs a socket path"
+    if not parts.hostname:
+        return f"'{shown}': no host (expected redis://host:port/db)"
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        return f"'{shown}': the database after the '/' must be a number, got '{db}'"
+    try:
+        import redis  # noqa: F401  (only whether the optional extra is installed)
+    except ImportError:
+        return ("needs the redis client library: pip install 'llm-router[redis]' "
+                "(or remove state.redis_url to keep state in this process)")
+    return None

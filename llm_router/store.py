@@ -1,0 +1,157 @@
+"""The one state seam: where limits, spend, selection counters and cooldowns are shared.
+
+Every replica keeps its own engine objects — the :class:`~.limits.Ledger`, the
+:class:`~.usage.UsageCounters` and the :class:`~.health.KeyHealth` — and a
+:class:`StateStore` decides how far their answers reach:
+
+* :class:`MemoryStore` (the default): this process is the whole fleet; the store is a
+  thin pass-through to the ledger and costs the request path nothing.
+* ``RedisStore`` (``redis_store.py``, with ``state.redis_url``): every replica and worker
+  sharing one Redis and prefix enforces limits and budgets fleet-wide, and exchanges
+  selection counters, key quotas and cooldowns in the background.
+
+The store is chosen once from the config (``state.open_store``); the request path calls
+the same methods whichever it has: ``await admit``, ``record``, ``release``, and the
+reports ``await usage`` / ``await admin_usage``. ``get``/``put`` is a small key-value
+hook with a TTL for other shared maps (session affinity, stored responses).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any, Final
+
+from .accounting import Caller
+from .config import Config
+from .health import KeyHealth
+from .limits import Admission, Ledger
+from .metrics import Metrics
+from .usage import UsageCounters
+
+__all__ = ["MemoryStore", "StateStore", "TTLMap"]
+
+_KV_MAX: Final = 100_000  # entries the in-process key-value hook keeps at most
+
+
+class StateStore(ABC):
+    """What limits, usage and health need from shared state; see the module docstring."""
+
+    backend: str = "memory"
+
+    def __init__(self, ledger: Ledger, counters: UsageCounters, health: KeyHealth,
+                 metrics: Metrics) -> None:
+        self.ledger = ledger
+        self.counters = counters
+        self.health = health
+        self.metrics = metrics
+
+    @property
+    def up(self) -> bool:
+        """Whether the shared backend answers (always, for the in-process store)."""
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """For readiness: which backend, and whether it is degraded."""
+        return {"backend": self.backend, "up": self.up, "degraded": not self.up}
+
+    async def start(self) -> None:
+        """Connect and start background work (on the event loop, before serving)."""
+        self.metrics.state_backend_up.set(1.0 if self.up else 0.0)
+
+    async def close(self) -> None:  # noqa: B027 (nothing to close in memory)
+        """Flush what is pending and stop background work (after draining)."""
+
+    # -- limits and spend
+    @abstractmethod
+    async def admit(self, caller: Caller, estimate_tokens: int,
+                    estimate_cost: float = 0.0) -> Admission:
+        """Count and reserve one request or refuse it (402/429), as :meth:`Ledger.admit`
+        does."""
+
+    @abstractmethod
+    def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
+               completion_tokens: int, cost: float | None) -> None:
+        """Count what an admitted request used (once), as :meth:`Ledger.record` does."""
+
+    @abstractmethod
+    def release(self, adm: Admission) -> None:
+        """End an admitted request (always, once), as :meth:`Ledger.release` does."""
+
+    @abstractmethod
+    async def usage(self, caller: Caller) -> dict[str, Any]:
+        """``GET /v1/usage`` for ``caller``: fleet-wide where the store is shared."""
+
+    @abstractmethod
+    async def admin_usage(self, cfg: Config) -> dict[str, Any]:
+        """``GET /admin/usage``: fleet-wide where the store is shared."""
+
+    # -- a small shared key-value map for other features
+    @abstractmethod
+    async def get(self, name: str) -> bytes | None:
+        """The value ``put`` under ``name`` if it has not expired, else None."""
+
+    @abstractmethod
+    async def put(self, name: str, value: bytes, ttl_s: float) -> None:
+        """Keep ``value`` under ``name`` for ``ttl_s`` seconds (best effort when shared)."""
+
+
+class MemoryStore(StateStore):
+    """This process is the fleet: a pass-through to the ledger, no extra work."""
+
+    def __init__(self, ledger: Ledger, counters: UsageCounters, health: KeyHealth,
+                 metrics: Metrics) -> None:
+        super().__init__(ledger, counters, health, metrics)
+        self._kv = TTLMap()
+
+    async def admit(self, caller: Caller, estimate_tokens: int,
+                    estimate_cost: float = 0.0) -> Admission:
+        return self.ledger.admit(caller, estimate_tokens, estimate_cost)
+
+    def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
+               completion_tokens: int, cost: float | None) -> None:
+        self.ledger.record(adm, provider, model, prompt_tokens, completion_tokens, cost)
+
+    def release(self, adm: Admission) -> None:
+        self.ledger.release(adm)
+
+    async def usage(self, caller: Caller) -> dict[str, Any]:
+        return self.ledger.usage(caller)
+
+    async def admin_usage(self, cfg: Config) -> dict[str, Any]:
+        return self.ledger.admin_usage(cfg)
+
+    async def get(self, name: str) -> bytes | None:
+        return self._kv.get(name)
+
+    async def put(self, name: str, value: bytes, ttl_s: float) -> None:
+        self._kv.put(name, value, ttl_s)
+
+
+class TTLMap:
+    """A bounded in-process map whose entries expire: the key-value hook of one process."""
+
+    def __init__(self, max_entries: int = _KV_MAX) -> None:
+        self._max = max_entries
+        self._items: dict[str, tuple[float, bytes]] = {}
+
+    def get(self, name: str) -> bytes | None:
+        hit = self._items.get(name)
+        if hit is None:
+            return None
+        if hit[0] <= time.monotonic():
+            del self._items[name]
+            return None
+        return hit[1]
+
+    def put(self, name: str, value: bytes, ttl_s: float) -> None:
+        now = time.monotonic()
+        items = self._items
+        if len(items) >= self._max and name not in items:
+            # Bounded: drop what expired, then the oldest entries (dicts keep order).
+            for k in [k for k, (until, _) in items.items() if until <= now]:
+                del items[k]
+            while len(items) >= self._max:
+                del items[next(iter(items))]
+        items.pop(name, None)
+        items[name] = (now + ttl_s, value)

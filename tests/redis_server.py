@@ -1,0 +1,91 @@
+"""A real ``redis-server`` on a free loopback port, for the shared-state tests.
+
+Started without persistence (so "restart empty" is real), stopped at the end. Faults are
+real too: SIGSTOP stalls it with its socket still accepting, a kill takes it away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+__all__ = ["RedisServer", "redis_server"]
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = Redis(port=self.port, socket_timeout=1)
+        try:
+            for _ in range(200):
+                try:
+                    await client.ping()
+                    return
+                except OSError:
+                    await asyncio.sleep(0.02)
+                except Exception:  # redis ConnectionError is not an OSError
+                    await asyncio.sleep(0.02)
+            pytest.fail("redis-server did not start")
+        finally:
+            await client.aclose()
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts connections; nothing answers."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process cannot exit
+            self.proc.kill()
+            self.proc.wait(5)
+
+    async def restart_empty(self) -> None:
+        self.stop()
+        await self.start()
+
+    def client(self) -> Redis:
+        return Redis(port=self.port, socket_timeout=2)
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    if not os.path.exists(REDIS_SERVER):
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    server = RedisServer(tmp_path)
+    await server.start()
+    yield server
+    server.stop()
