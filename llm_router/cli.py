@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ConfigError, config_json_schema, load_config, sha256_hex
+from .config import Config, ConfigError, config_json_schema, load_config, sha256_hex
 from .config_yaml import key_positions, position_of
 
 __all__ = ["main"]
@@ -60,6 +60,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", default="json", choices=["json", "text"])
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="serve without any client key when the config defines none")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N router processes on the same host:port (needs state.redis_url "
+                        "when N > 1; docs/scaling.md)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,9 +193,12 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     for line in cfg.warnings:
         logging.getLogger("llm_router.config").warning("config %s: %s", path, line)
+    if args.workers != 1:
+        return _supervise(args, cfg, path)
     from .redact import RedactingFilter
     from .state import RouterState
     from .usage import SnapshotError
+    from .workers import WORKER_ENV
 
     state = RouterState(cfg, insecure_no_auth=args.insecure_no_auth, config_path=path)
     # Every log line, stderr and access alike, without the config's secrets.
@@ -201,7 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_handler.addFilter(scrub)
     try:
         _run(run_server(state, args.host or cfg.host, args.port if args.port is not None
-                        else cfg.port, log_format=args.log_format))
+                        else cfg.port, log_format=args.log_format,
+                        reuse_port=WORKER_ENV in os.environ))
     except ListenError as exc:
         print(f"llm-router: {exc}", file=sys.stderr)
         return 1
@@ -210,3 +217,29 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     # Counters that could not be saved are worth an alert, not a clean exit.
     return 1 if state.final_snapshot_failed else 0
+
+
+def _supervise(args: argparse.Namespace, cfg: Config, path: str) -> int:
+    """``--workers N``: check the setup, then run N workers under a supervisor."""
+    if args.workers < 1:
+        print("llm-router: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if not cfg.state.redis_url:
+        print(f"llm-router: refusing to start {args.workers} workers: without state.redis_url "
+              "each worker would keep its own counters, so limits and budgets would be per "
+              "worker (rpm: 60 would allow 60 per worker). Add Redis to the config:\n"
+              "  state:\n    redis_url: redis://localhost:6379/0\n"
+              "(pip install 'llm-router[redis]'; docs/scaling.md), or run one worker.",
+              file=sys.stderr)
+        return 2
+    from .workers import supervise
+
+    serve_args = ["--config", path, "--log-level", args.log_level,
+                  "--log-format", args.log_format]
+    if args.host:
+        serve_args += ["--host", args.host]
+    if args.port is not None:
+        serve_args += ["--port", str(args.port)]
+    if args.insecure_no_auth:
+        serve_args.append("--insecure-no-auth")
+    return supervise(serve_args, args.workers)

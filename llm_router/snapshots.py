@@ -39,6 +39,7 @@ from .journal import FLUSH_S, Event, Journal, journal_files
 from .routing import counter_keys
 from .state import RouterState
 from .usage import SnapshotError, SnapshotStore
+from .workers import worker_path
 
 __all__ = ["MAX_FAILURES", "UsageSnapshots", "usage_snapshots"]
 
@@ -62,7 +63,7 @@ class UsageSnapshots:
         state.snapshot = self._store(path) if path else None
 
     def _store(self, path: str) -> SnapshotStore:
-        store = SnapshotStore(path)
+        store = SnapshotStore(worker_path(path))
         s = self.state
         # Through the state, not bound methods, so a replaced counters object is followed.
         store.register("counters", lambda: s.counters.dump(), lambda d: s.counters.restore(d),
