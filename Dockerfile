@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY llm_router ./llm_router
-RUN pip install . \
+RUN pip install ".[redis]" \
     && useradd --system --uid 10001 --home-dir /var/lib/llm-router --create-home llm-router
 
 # Relative paths in the config (usage.snapshot_path: ./usage.json) land in the data volume.
