@@ -205,7 +205,15 @@ class GuardedProtocol(web.RequestHandler):
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        """A request aiohttp could not parse, answered in JSON (never a traceback)."""
+        """A request aiohttp could not parse, answered in JSON (never a traceback); and
+        a handler's escaped error, which past the middlewares is only ever the client's
+        connection going away: debug level, where aiohttp logged an ERROR traceback."""
+        if isinstance(exc, ConnectionError):
+            log.debug("client %s went away: %s", request.remote, exc)
+        elif status == 500:
+            log.error("unhandled error serving %s", request.path, exc_info=exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response had started; nothing more can be sent")
         err: RouterError
         if isinstance(exc, LineTooLong) or (message or "").startswith("Too many headers"):
             err = HeadersTooLarge(f"Request headers too large: at most "
@@ -217,7 +225,8 @@ class GuardedProtocol(web.RequestHandler):
         else:
             err = BadRequest(f"Malformed HTTP request: {message or 'unparsable'}.",
                              code="bad_http_request")
-        log.debug("unparsable request from %s: %s", request.remote, message or exc)
+        if status != 500:
+            log.debug("unparsable request from %s: %s", request.remote, message or exc)
         anthropic = request.path.startswith("/v1/messages") if request.path else False
         resp = web.Response(status=err.status, body=error_body(err, anthropic=anthropic),
                             content_type="application/json")

@@ -4,6 +4,7 @@ starve real clients, probes answer from a reserve, oversized headers get JSON 43
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 import time
 from contextlib import suppress
@@ -172,3 +173,26 @@ async def test_oversized_headers_get_json_431(start_router: StartRouter,
     error: dict[str, Any] = orjson.loads(body)["error"]
     assert error["code"] == "headers_too_large"
     writer.close()
+
+
+async def test_client_disconnects_are_never_logged_as_errors(
+        start_router: StartRouter, caplog: pytest.LogCaptureFixture) -> None:
+    router = await start_router({
+        "providers": [{"name": "local", "type": "mock", "tokens_per_second": 400}],
+        "groups": [{"name": "g", "models": [{"provider": "local", "name": "m"}]}]})
+    caplog.set_level(logging.DEBUG)
+
+    async def leave_early(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        body = orjson.dumps({**HELLO, "stream": True, "max_tokens": 40})
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                     + AUTH["Authorization"].encode() + b"\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        with suppress(TimeoutError, ConnectionError):
+            await asyncio.wait_for(reader.read(200 + i * 7), 0.01 * (i % 12))
+        writer.transport.abort()  # a reset, mid-stream or before the answer
+
+    await asyncio.gather(*(leave_early(i) for i in range(120)))
+    await asyncio.sleep(0.5)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
