@@ -65,6 +65,9 @@ _UNSET: Final = -1
 
 Op = tuple[Any, ...]  # one write of redis_keys.APPLY, queued until the flusher sends it
 _COALESCE_S: Final = 0.005
+# get/put values up to this size are also kept in this process, for while Redis is away
+# (affinity pins are tiny; stored responses can be megabytes and stay in Redis only).
+_LOCAL_COPY_MAX: Final = 64 * 1024
 _BATCH_OPS: Final = 500  # ops per APPLY call: Redis runs a script without interruption
 
 
@@ -630,7 +633,10 @@ class RedisStore(StateStore):
         return self._kv.get(name)
 
     async def put(self, name: str, value: bytes, ttl_s: float) -> None:
-        self._kv.put(name, value, ttl_s)  # also here: it answers while Redis is away
+        if len(value) <= _LOCAL_COPY_MAX:
+            self._kv.put(name, value, ttl_s)  # also here: it answers while Redis is away
+        else:
+            self._kv.discard(name)  # an older, smaller value must not answer for it
         if self._up:
             try:
                 async with asyncio.timeout(TIMEOUT_S):

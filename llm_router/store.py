@@ -32,6 +32,7 @@ from .usage import UsageCounters
 __all__ = ["MemoryStore", "StateStore", "TTLMap"]
 
 _KV_MAX: Final = 100_000  # entries the in-process key-value hook keeps at most
+_KV_MAX_BYTES: Final = 64 * 1024 * 1024  # and bytes of values
 
 
 class StateStore(ABC):
@@ -129,10 +130,17 @@ class MemoryStore(StateStore):
 
 
 class TTLMap:
-    """A bounded in-process map whose entries expire: the key-value hook of one process."""
+    """A bounded in-process map whose entries expire: the key-value hook of one process.
 
-    def __init__(self, max_entries: int = _KV_MAX) -> None:
+    Bounded twice: at most ``max_entries`` entries and ``max_bytes`` of values; past
+    either, expired entries go first, then the oldest. A value larger than the whole
+    byte bound is not kept.
+    """
+
+    def __init__(self, max_entries: int = _KV_MAX, max_bytes: int = _KV_MAX_BYTES) -> None:
         self._max = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._items: dict[str, tuple[float, bytes]] = {}
 
     def get(self, name: str) -> bytes | None:
@@ -140,18 +148,31 @@ class TTLMap:
         if hit is None:
             return None
         if hit[0] <= time.monotonic():
-            del self._items[name]
+            self._drop(name)
             return None
         return hit[1]
 
     def put(self, name: str, value: bytes, ttl_s: float) -> None:
+        self._drop(name)
+        if len(value) > self._max_bytes:
+            return
         now = time.monotonic()
         items = self._items
-        if len(items) >= self._max and name not in items:
-            # Bounded: drop what expired, then the oldest entries (dicts keep order).
+        if len(items) >= self._max or self._bytes + len(value) > self._max_bytes:
             for k in [k for k, (until, _) in items.items() if until <= now]:
-                del items[k]
-            while len(items) >= self._max:
-                del items[next(iter(items))]
-        items.pop(name, None)
+                self._drop(k)
+            # Dicts keep insertion order: the first entry is the oldest.
+            while items and (len(items) >= self._max
+                             or self._bytes + len(value) > self._max_bytes):
+                self._drop(next(iter(items)))
         items[name] = (now + ttl_s, value)
+        self._bytes += len(value)
+
+    def discard(self, name: str) -> None:
+        """Forget ``name`` if it is here."""
+        self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        hit = self._items.pop(name, None)
+        if hit is not None:
+            self._bytes -= len(hit[1])
