@@ -155,7 +155,7 @@ def _make_edge(log_format: str) -> Middleware:
                 state.request_tasks.discard(request.task)
                 _observe(state, ex, t0, log_format, rejected)
                 if ex.span is not None and state.tracing is not None:
-                    state.tracing.end_request(ex.span, ex)
+                    state.tracing.end_request(ex.span, ex, rejected)
 
     return _edge
 

@@ -77,8 +77,10 @@ class Tracing:
                                        attributes={"http.route": ex.route,
                                                    "llm_router.request_id": ex.request_id})
 
-    def end_request(self, span: Span, ex: Exchange) -> None:
-        """Name the span ``{operation} {model}`` and record what the request did."""
+    def end_request(self, span: Span, ex: Exchange, rejected: str | None = None) -> None:
+        """Name the span ``{operation} {model}`` and record what the request did, and why
+        the router refused it if it did (``llm_router.rejection``: rejections_total's
+        reason). A refusal is the client's error (4xx), not the span's."""
         operation = _OPERATIONS.get(ex.kind)
         if operation is not None:
             span.update_name(f"{operation} {ex.group}" if ex.group else operation)
@@ -101,6 +103,8 @@ class Tracing:
             attrs["llm_router.cost_usd"] = ex.cost
         if ex.ttft is not None:
             attrs["llm_router.time_to_first_token_s"] = ex.ttft
+        if rejected is not None:
+            attrs["llm_router.rejection"] = rejected
         span.set_attributes(attrs)
         if ex.status >= 500 or ex.error:
             span.set_attribute("error.type", ex.error or str(ex.status))

@@ -203,3 +203,18 @@ async def test_without_otel_nothing_is_traced_or_forwarded(
     async with aiohttp.ClientSession() as http:
         await _chat(http, router.url)
     assert all("traceparent" not in r.headers for r in upstream.fake.requests)
+
+
+async def test_a_refusal_is_a_span_with_its_reason(
+        start_router: StartRouter, upstream: Upstream, receiver: Receiver) -> None:
+    router = await start_router({**_config(upstream, receiver),
+                                 "users": [{"name": "eve", "keys": [{"key": "sk-eve"}],
+                                            "models": ["flaky/*"]}]})
+    async with aiohttp.ClientSession() as http, http.post(
+            router.url + "/v1/chat/completions", headers={"Authorization": "Bearer sk-eve"},
+            json={"model": "g", "messages": [{"role": "user", "content": "hi"}]}) as resp:
+        assert resp.status == 403
+    (span,) = await receiver.wait_for(1)
+    assert span.attrs["llm_router.rejection"] == "model_not_allowed"
+    assert span.attrs["http.response.status_code"] == 403 and span.attrs["llm_router.user"] == "eve"
+    assert not span.error  # the client's error, not the router's
