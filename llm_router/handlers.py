@@ -247,6 +247,7 @@ async def ready(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     _check_scraper(request, state)
+    await state.refresh_user_gauges()
     state.metrics.inflight.set(state.inflight)
     return web.Response(body=generate_latest(state.metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

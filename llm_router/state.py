@@ -97,6 +97,7 @@ class RouterState:
             r.store_max_entries, r.store_max_bytes, r.store_ttl_s)
         self.metrics.config_last_reload.set(time.time())
         self.metrics.watch_state(self._scrape_state)
+        self._user_gauges: list[UserGauges] = []  # refresh_user_gauges, before a scrape
         self.metrics.watch_users(self._scrape_users)
 
     def swap_config(self, cfg: Config) -> None:
@@ -167,15 +168,17 @@ class RouterState:
             tokens[bounded] = tokens.get(bounded, 0) + n
         return list(tokens.items()), keys
 
+    async def refresh_user_gauges(self) -> None:
+        """Read budget and limits left for each configured user from the store's report
+        (what ``GET /admin/usage`` shows: fleet-wide with a shared store), for the scrape
+        that follows; the collector cannot await."""
+        report = await self.store.admin_usage(self.config)
+        # Only names from the config become labels.
+        self._user_gauges = [_user_gauges(row) for row in report["users"]
+                             if row.get("configured")]
+
     def _scrape_users(self) -> list[UserGauges]:
-        """Budget and limits left for each configured user, from the ledger's own report
-        (the numbers ``GET /admin/usage`` shows), so both always agree."""
-        out: list[UserGauges] = []
-        for row in self.ledger.admin_usage(self.config)["users"]:
-            if not row.get("configured"):
-                continue  # only names from the config become labels
-            out.append(_user_gauges(row))
-        return out
+        return self._user_gauges
 
 
 def _user_gauges(row: dict[str, Any]) -> UserGauges:

@@ -269,3 +269,23 @@ def test_check_refuses_a_bad_redis_url_without_showing_its_password(
     assert "state.redis_url" in err
     assert "hunter2" not in err
     assert "alice:***@localhost" in err
+
+
+async def test_budget_gauges_on_metrics_are_fleet_wide(
+        redis_server: RedisServer, start_router: StartRouter, upstream: Upstream,
+        http: aiohttp.ClientSession) -> None:
+    cfg = fleet_config(upstream, redis_server, alice={"budget": {"usd": 1.0, "period": "daily"},
+                                                      "limits": {"daily_requests": 10}})
+    a, b = await replicas(start_router, cfg, 2)
+    status, headers, _ = await post_chat(http, a)
+    assert status == 200
+    spent = float(headers["X-Router-Cost-USD"])
+
+    async def b_sees_it() -> bool:  # a scrape of the replica that served nothing
+        _, s = await scrape_metrics(b.url)
+        return s.get("llm_router_limit_remaining{limit=daily_requests,user=alice}") == 9
+
+    await eventually(b_sees_it, timeout=5)
+    _, s = await scrape_metrics(b.url)
+    assert s["llm_router_budget_usd{user=alice}"] == 1.0
+    assert s["llm_router_budget_remaining_usd{user=alice}"] == pytest.approx(1.0 - spent)
