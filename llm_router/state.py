@@ -25,7 +25,7 @@ from .labels import LabelNames
 from .limits import Ledger
 from .metrics import LIMIT_NAMES, Metrics, UserGauges
 from .redact import Redactor
-from .responses_store import MemoryResponseStore, ResponseStore
+from .responses_store import MemoryResponseStore, ResponseStore, SharedResponseStore
 from .routing import counter_keys, level_new_keys
 from .store import MemoryStore, StateStore
 from .traffic import Traffic
@@ -92,9 +92,12 @@ class RouterState:
         self.swap_listeners: list[Callable[[Config, Config], None]] = []
         self.started = time.time()
         r = cfg.responses
-        # previous_response_id and GET/DELETE /v1/responses/{id} (responses_store.py)
-        self.responses: ResponseStore = MemoryResponseStore(
-            r.store_max_entries, r.store_max_bytes, r.store_ttl_s)
+        # previous_response_id and GET/DELETE /v1/responses/{id} (responses_store.py): in
+        # the shared map when replicas share state, so any of them continues a conversation.
+        self.responses: ResponseStore = (
+            MemoryResponseStore(r.store_max_entries, r.store_max_bytes, r.store_ttl_s)
+            if self.store.backend == "memory"
+            else SharedResponseStore(self.store, r.store_max_bytes, r.store_ttl_s))
         self.metrics.config_last_reload.set(time.time())
         self.metrics.watch_state(self._scrape_state)
         self._user_gauges: list[UserGauges] = []  # refresh_user_gauges, before a scrape
