@@ -45,6 +45,7 @@ from .errors import (
     error_body,
 )
 from .exchange import EXCHANGE, Exchange
+from .fleet_status import share_traffic
 from .handlers import STATE, routes
 from .metrics import REJECTION_REASONS, status_class
 from .proxy import new_request_id
@@ -323,6 +324,7 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
     app.cleanup_ctx.append(_access_log_flusher)
     # Closed after the final snapshot below: what the last requests settled is flushed.
     app.cleanup_ctx.append(_state_store)
+    share_traffic(app, state)  # after the store starts, before it closes
     # Exits run in reverse after draining: the watcher stops, the final snapshot is
     # written, then the upstream session closes.
     app.cleanup_ctx.append(usage_snapshots)

@@ -22,6 +22,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .exchange import EXCHANGE, Exchange
+from .fleet_status import FLEET
 from .proxy import forward
 from .reload import RELOADER
 from .request_body import read_json
@@ -205,7 +206,8 @@ async def admin_status(request: web.Request) -> web.Response:
         raise Forbidden(f"The key of user '{caller.user}' is not an admin key: /admin/status "
                         "and the status page need a key of a user with role 'admin'.",
                         code="admin_only")
-    resp = _json(build_status(state, request.app.get(RELOADER), exclude_inflight=1))
+    resp = _json(await build_status(state, request.app.get(RELOADER),
+                                    fleet=request.app.get(FLEET), exclude_inflight=1))
     resp.headers["Cache-Control"] = "no-store"
     return resp
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import math
 import time
 from datetime import UTC, datetime
@@ -20,29 +21,47 @@ from typing import Any, Final
 
 from . import __version__
 from .config import Config, Group
+from .fleet_status import FleetTraffic
 from .reload import ConfigReloader
 from .state import RouterState
+from .traffic import RouterActivity, merge_activity
 
 __all__ = ["build_status", "status_page"]
 
 _REPORT_VERSION: Final = 1
+log = logging.getLogger("llm_router.status")
 
 
-def build_status(state: RouterState, reloader: ConfigReloader | None, *,
-                 exclude_inflight: int = 0) -> dict[str, Any]:
-    """The status document. ``exclude_inflight``: requests not to count as in flight
-    (the status request itself)."""
+async def build_status(state: RouterState, reloader: ConfigReloader | None, *,
+                       fleet: FleetTraffic | None = None,
+                       exclude_inflight: int = 0) -> dict[str, Any]:
+    """The status document. ``fleet``: the processes sharing this one's state store, if
+    any; ``exclude_inflight``: requests not to count as in flight (the status request)."""
     cfg = state.config
     now = time.time()
+    router = _router(state, now, exclude_inflight)
+    router["fleet"] = None
+    if fleet is not None:
+        fleet.inflight = router["inflight"]
+        try:
+            docs = await fleet.read()
+        except Exception as exc:  # the store's own errors; it answers locally when down
+            log.warning("status: cannot read the fleet's traffic from the state store: %s", exc)
+        else:
+            router["fleet"] = {
+                "processes": len(docs),
+                "inflight": sum(int(d.get("inflight", 0)) for d in docs),
+                **_activity(merge_activity([d["traffic"] for d in docs], int(now)))}
     return {
         "object": "router.status",
         "version": _REPORT_VERSION,
         "time": _iso(now),
-        "router": _router(state, now, exclude_inflight),
-        "config": _config(state, reloader),
+        "router": router,
+        "config": {**_config(state, reloader), "state": state.store.status()},
         "providers": _providers(state, cfg),
         "groups": [_group(state, cfg, g) for g in cfg.groups.values()],
-        "users": _users(state, cfg),
+        # Spend and limits through the store: fleet-wide when it is shared.
+        "users": _users(await state.store.admin_usage(cfg)),
     }
 
 
@@ -55,8 +74,14 @@ def _router(state: RouterState, now: float, exclude_inflight: int) -> dict[str, 
         "draining": state.draining,
         "ready": state.ready,
         "inflight": max(0, state.inflight - exclude_inflight),
-        # Figures of this process: with several workers each reports its own traffic.
+        # Figures of this process; "fleet" adds up every process sharing the store.
         "scope": "process",
+        **_activity(act),
+    }
+
+
+def _activity(act: RouterActivity) -> dict[str, Any]:
+    return {
         "window_s": act.window_s,
         "requests": act.requests,
         "errors": act.errors,
@@ -178,10 +203,10 @@ def _target_shares(group: Group, members: list[dict[str, Any]]) -> list[float]:
     return [p / total if total else 0.0 for p in pulls]
 
 
-def _users(state: RouterState, cfg: Config) -> list[dict[str, Any]]:
+def _users(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Per user: spend and requests today and in the budget's period, budget, limits."""
     out = []
-    for u in state.ledger.admin_usage(cfg)["users"]:
+    for u in report["users"]:
         out.append({"name": u["name"], "role": u.get("role"),
                     "configured": u.get("configured", True), **_account(u),
                     "keys": [{"name": k["name"], **_account(k)} for k in u.get("keys", ())]})

@@ -16,7 +16,10 @@ from llm_router.fake_upstream import Fault
 from llm_router.traffic import Traffic, merge_activity
 
 from .conftest import Router, StartRouter, Upstream, openai_provider, write_config
+from .redis_server import RedisServer, redis_server
 from .test_reload import eventually
+
+__all__ = ["redis_server"]  # the fixture, re-exported for pytest
 
 HELLO = [{"role": "user", "content": "hello there"}]
 ADMIN, BOB = "sk-status-admin", "sk-status-bob"
@@ -105,6 +108,8 @@ async def test_admin_status_shows_keys_groups_and_spend_by_label_never_a_secret(
     assert report["config"]["last_reload"] is None
     assert report["router"]["version"]
     assert report["router"]["inflight"] == 0  # the status request does not count itself
+    assert report["router"]["fleet"] is None  # no shared store: this process is the fleet
+    assert report["config"]["state"]["backend"] == "memory"
     for secret in (ADMIN, BOB, UP_A, UP_B, sha256_hex(ADMIN), sha256_hex(BOB)):
         assert secret not in text
 
@@ -287,3 +292,33 @@ def test_traffic_counts_attempts_and_failures_per_key_over_five_minutes() -> Non
     assert (gone.attempts, gone.failures) == (0, 0)
     assert gone.last_failure == "status_429"  # the last failure is remembered, with its time
 
+
+
+async def test_with_a_shared_store_the_status_adds_up_every_router_process(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        redis_server: RedisServer) -> None:
+    cfg = {**status_config(upstream),
+           "state": {"redis_url": redis_server.url, "prefix": "st", "sync_interval_ms": 50}}
+    one = await start_router(cfg, name="one.yaml")
+    two = await start_router(cfg, name="two.yaml")
+    for _ in range(3):
+        assert await chat(http, one) == 200
+    for _ in range(2):
+        assert await chat(http, two) == 200
+
+    async def whole_fleet_counted() -> bool:
+        _, report, _ = await status(http, one)
+        fleet = report["router"]["fleet"]
+        bob = next(u for u in report["users"] if u["name"] == "bob")
+        return bool(fleet is not None and fleet["processes"] == 2 and fleet["requests"] == 5
+                    and bob["today"]["requests"] == 5)
+
+    await eventually(whole_fleet_counted, timeout=15)
+    _, report, _ = await status(http, one)
+    assert report["router"]["requests"] == 3  # this process alone
+    assert report["router"]["fleet"]["latency_ms"]["p50"] is not None
+    assert report["config"]["state"]["backend"] == "redis"
+    assert report["config"]["state"]["up"] is True
+    # The other process sees the same fleet.
+    _, other, _ = await status(http, two)
+    assert other["router"]["requests"] == 2 and other["router"]["fleet"]["requests"] == 5

@@ -169,18 +169,23 @@
     return h("div", { class: "tile", "data-field": field }, h("div", { class: "v" }, value), h("div", { class: "l" }, label));
   }
   function renderRouter(r) {
+    // With a shared state store, "fleet" adds up every router process that shares it.
+    const t = r.fleet || r;
+    const scope = r.fleet ? " · fleet" : "";
     $("tiles").replaceChildren(
-      tile("requests / s (last " + r.window_s + " s)", num(r.requests_per_s, 2) + " req/s", "rps"),
-      tile("p50 latency", ms(r.latency_ms.p50), "p50"),
-      tile("p95 latency", ms(r.latency_ms.p95), "p95"),
-      tile("errors / s (status ≥ 400)", num(r.errors_per_s, 2) + " err/s", "eps"),
-      tile("in flight", num(r.inflight) + " req", "inflight"),
+      tile("requests / s (last " + t.window_s + " s)" + scope, num(t.requests_per_s, 2) + " req/s", "rps"),
+      tile("p50 latency" + scope, ms(t.latency_ms.p50), "p50"),
+      tile("p95 latency" + scope, ms(t.latency_ms.p95), "p95"),
+      tile("errors / s (status ≥ 400)" + scope, num(t.errors_per_s, 2) + " err/s", "eps"),
+      tile("in flight" + scope, num(t.inflight) + " req", "inflight"),
+      ...(r.fleet ? [tile("router processes", num(r.fleet.processes), "processes")] : []),
       tile("uptime" + (r.draining ? " · draining" : ""), duration(r.uptime_s), "uptime"));
-    $("traffic").replaceChildren(trafficChart(r.per_second));
-    const peak = Math.max(0, ...r.per_second.requests);
+    $("traffic").replaceChildren(trafficChart(t.per_second));
+    const peak = Math.max(0, ...t.per_second.requests);
     $("traffic-caption").textContent = "Requests per second over the last 60 s, errors in red (peak " +
-      num(peak) + " req/s): " + plural(r.requests, "request") + ", " + plural(r.errors, "error") +
-      ". Figures of this router process.";
+      num(peak) + " req/s): " + plural(t.requests, "request") + ", " + plural(t.errors, "error") + ". " +
+      (r.fleet ? "Figures of the whole fleet: " + num(r.fleet.processes) + (r.fleet.processes === 1 ? " router process" : " router processes") + " sharing the state store."
+        : "Figures of this router process.");
   }
   function trafficChart(perSecond) {
     const series = perSecond.requests.map((r, i) => ({ requests: r, errors: perSecond.errors[i] }));
@@ -204,6 +209,7 @@
       ["file", h("span", { class: "mono" }, c.path || "(not from a file)")],
       ["loaded", when(c.loaded_at)],
       ["serving", c.summary],
+      c.state ? ["state", c.state.backend + (c.state.backend === "memory" ? " (this process)" : c.state.up ? " (up, shared)" : " (unreachable: limits are per process until it is back)")] : null,
       ["last reload", last
         ? h("span", { "data-field": "last-reload", "data-result": last.result },
           h("span", { class: "pill " + last.result }, last.result), " ", when(last.at), " · ", last.reason)
