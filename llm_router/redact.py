@@ -12,9 +12,11 @@ per relayed body or event batch (C speed, a few hundred ns for a handful of keys
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Final
+from urllib.parse import unquote, urlsplit
 
 from .config import Config
 
@@ -34,6 +36,12 @@ def _config_secrets(cfg: Config) -> set[str]:
         found.update(value.removeprefix("Bearer ").strip()
                      for name, value in provider.headers.items()
                      if any(word in name.lower() for word in _SECRET_HEADER_WORDS))
+    if cfg.state.redis_url:  # state.redis_url's password (redis://user:PASSWORD@host)
+        with contextlib.suppress(ValueError):
+            password = urlsplit(cfg.state.redis_url).password
+            if password:
+                found.add(unquote(password))
+                found.add(password)
     return {s for s in found if len(s) >= _MIN_SECRET}
 
 

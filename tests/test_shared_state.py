@@ -289,3 +289,14 @@ async def test_budget_gauges_on_metrics_are_fleet_wide(
     _, s = await scrape_metrics(b.url)
     assert s["llm_router_budget_usd{user=alice}"] == 1.0
     assert s["llm_router_budget_remaining_usd{user=alice}"] == pytest.approx(1.0 - spent)
+
+
+def test_the_redis_password_is_scrubbed_from_logs_like_other_secrets(tmp_path: Path) -> None:
+    from llm_router.config import load_config
+    from llm_router.redact import Redactor
+
+    path = tmp_path / "config.yaml"
+    write_config(path, {"api_key": "sk-x", "state": {
+        "redis_url": "redis://alice:hunter2-long-pw@localhost:6379/0"}})
+    scrubbed = Redactor(load_config(path)).text("AUTH alice hunter2-long-pw failed")
+    assert "hunter2-long-pw" not in scrubbed
