@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .accounting import KeyIndex
-from .affinity import AffinityStore, MemoryAffinityStore
+from .affinity import AffinityStore, MemoryAffinityStore, SharedAffinityStore
 from .config import Config
 from .deadlines import Deadlines
 from .health import KeyHealth
@@ -76,8 +76,10 @@ class RouterState:
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
         self.traffic = Traffic()  # the last minute, for GET /admin/status
-        # Prompt-cache pins (affinity.py); a shared store plugs in here.
-        self.affinity: AffinityStore = MemoryAffinityStore()
+        # Prompt-cache pins (affinity.py): in Redis when the state is shared, so replicas
+        # agree on a conversation's key; else an LRU in this process.
+        self.affinity: AffinityStore = (MemoryAffinityStore() if self.store.backend == "memory"
+                                        else SharedAffinityStore(self.store))
         self.session: aiohttp.ClientSession | None = None
         self.tracing: Tracing | None = None  # set at start-up when otel is configured
         self.snapshot: SnapshotStore | None = None
