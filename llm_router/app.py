@@ -372,7 +372,6 @@ async def run_server(state: RouterState, host: str, port: int, *, log_format: st
     streams finish within ``shutdown_grace_s``, run the cleanup (final snapshot), return."""
     runner, bound = await start_server(state, host, port, log_format=log_format,
                                        reuse_port=reuse_port)
-    log.info("llm-router listening on http://%s:%d (%s)", host, bound, state.config.summary())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -394,6 +393,8 @@ async def run_server(state: RouterState, host: str, port: int, *, log_format: st
     if reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, reloader.request, "SIGHUP")
         signals.append(signal.SIGHUP)
+    # Only now: a script that waits for this line and then signals must find the handlers.
+    log.info("llm-router listening on http://%s:%d (%s)", host, bound, state.config.summary())
     try:
         await stop.wait()
     finally:

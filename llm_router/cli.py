@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -164,6 +165,10 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # SIGHUP's default action ends the process. Until run_server installs the reload
+    # handler, a reload asked too early (a deploy script, or --workers forwarding one to
+    # a worker still starting) must be a no-op, not a kill: the config is read fresh anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from .app import AccessLogHandler, ListenError, run_server
     from .logs import setup_stderr_logging
 

@@ -282,8 +282,11 @@ async def test_budget_gauges_on_metrics_are_fleet_wide(
     spent = float(headers["X-Router-Cost-USD"])
 
     async def b_sees_it() -> bool:  # a scrape of the replica that served nothing
+        # The request was counted at admission, its spend only once it settled; both reach
+        # Redis, in two writes: wait for the second as well as the first.
         _, s = await scrape_metrics(b.url)
-        return s.get("llm_router_limit_remaining{limit=daily_requests,user=alice}") == 9
+        return s.get("llm_router_limit_remaining{limit=daily_requests,user=alice}") == 9 \
+            and s.get("llm_router_budget_remaining_usd{user=alice}") == pytest.approx(1.0 - spent)
 
     await eventually(b_sees_it, timeout=5)
     _, s = await scrape_metrics(b.url)
