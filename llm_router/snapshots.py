@@ -26,9 +26,12 @@ snapshots and the journal; the last files stay on disk.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Final
 
 from aiohttp import web
@@ -59,6 +62,7 @@ class UsageSnapshots:
         self._save_now = False
         self._snapshot_failures = 0
         self._journal_failures = 0
+        self._claim: int | None = None  # the open, locked PATH.lock while we own PATH
         path = state.config.usage.snapshot_path
         state.snapshot = self._store(path) if path else None
 
@@ -90,6 +94,14 @@ class UsageSnapshots:
         store = self.state.snapshot
         if store is None:
             return
+        self._claim = _claim(store.path)
+        try:
+            self._load(store)
+        except BaseException:
+            self._release()
+            raise
+
+    def _load(self, store: SnapshotStore) -> None:
         if store.load():
             # Keys added to the config while the router was down join level too.
             state = self.state
@@ -117,6 +129,7 @@ class UsageSnapshots:
                 log.warning("usage.snapshot_path removed: counters will no longer survive a "
                             "restart; %s is left as it was", before.snapshot_path)
                 self.state.snapshot = None
+                self._release()
                 self._attach_journal(None)
                 self._snapshot_failures = self._journal_failures = 0
                 self.state.snapshot_failing = False
@@ -126,6 +139,11 @@ class UsageSnapshots:
                          f"; {before.snapshot_path} is left as it was"
                          if before.snapshot_path else "")
                 store = self.state.snapshot = self._store(after.snapshot_path)
+                self._release()
+                try:
+                    self._claim = _claim(store.path)
+                except SnapshotError as exc:  # a reload cannot be refused from here: say it
+                    log.error("%s", exc)
                 # Journal files a past run left there belong to the file about to be
                 # replaced: start after them (the save below deletes them).
                 files = journal_files(store.path)
@@ -245,6 +263,7 @@ class UsageSnapshots:
         await asyncio.gather(*tasks)
         store = self.state.snapshot
         if store is None:
+            self._release()
             return
         if await self.save():
             log.info("usage snapshot written to %s", store.path)
@@ -253,6 +272,35 @@ class UsageSnapshots:
             log.error("the final usage snapshot %s could not be written: counters since the "
                       "last good snapshot survive only in its journal, if that was written",
                       store.path)
+        self._release()
+
+    def _release(self) -> None:
+        if self._claim is not None:
+            os.close(self._claim)  # closing the descriptor drops the lock
+            self._claim = None
+
+
+def _claim(path: Path) -> int:
+    """Hold ``PATH.lock`` while this router owns the snapshot at ``PATH``: a second router
+    on the same path would overwrite the first one's spend (last writer wins) and delete
+    its journal. Refuses the start; after a reload to a taken path it is only logged."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SnapshotError(f"cannot write the usage snapshot {path} "
+                            f"(usage.snapshot_path): {exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SnapshotError(f"usage snapshot {path} is in use by another llm-router (pid "
+                            f"{holder}): give each process its own usage.snapshot_path, or "
+                            "share limits and spend through state.redis_url") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 async def usage_snapshots(app: web.Application) -> AsyncIterator[None]:

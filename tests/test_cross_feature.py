@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,25 @@ def test_a_snapshot_path_naming_the_config_file_is_refused(tmp_path: Path) -> No
     assert done.returncode == 1
     assert "usage.snapshot_path" in done.stdout + done.stderr
     assert path.read_text() == text
+
+
+async def test_a_second_router_on_the_same_usage_snapshot_refuses_to_start(
+        start_router: StartRouter, tmp_path: Path) -> None:
+    # Two routers sharing one snapshot path (two replicas on one volume) each overwrote the
+    # other's spend, last writer winning, and deleted each other's journal files.
+    snapshot = tmp_path / "usage.json"
+    config = {"providers": [{"name": "local", "type": "mock"}],
+              "groups": [{"name": "g", "models": [{"provider": "local", "name": "m"}]}],
+              "usage": {"snapshot_path": str(snapshot)}}
+    first = await start_router(config)
+    second = tmp_path / "second.yaml"
+    second.write_text(first.config_path.read_text())
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "llm_router", "serve", "--config", str(second),
+                         "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "in use by another llm-router" in done.stderr
+    assert str(os.getpid()) in done.stderr  # names the holder
+    await first.close()
+    again = await start_router(config, name="again.yaml")  # released at shutdown
+    assert again.state.snapshot is not None
