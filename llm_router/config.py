@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -142,17 +142,37 @@ def parse_config(
         raw = {}
     reader = Reader()
     reader.problems += duplicates
-    raw = _expand(raw, "", os.environ if env is None else env, reader)
+    revealed: dict[str, str] = {}
+    raw = _expand(raw, "", os.environ if env is None else env, reader, revealed)
     cfg: Config | Any = reader.read(Config, raw, "")
     if not isinstance(cfg, Config):
-        raise ConfigError(in_file_order(reader.problems, text))
-    warnings = in_file_order(check_config(cfg, reader), text)
+        raise ConfigError(_masked(in_file_order(reader.problems, text), revealed))
+    warnings = _masked(in_file_order(check_config(cfg, reader), text), revealed)
     if reader.problems:
-        raise ConfigError(in_file_order(reader.problems, text), warnings)
+        raise ConfigError(_masked(in_file_order(reader.problems, text), revealed), warnings)
     return dataclasses.replace(cfg, source=source, warnings=tuple(warnings))
 
 
-def _expand(node: Any, path: str, env: Mapping[str, str], reader: Reader) -> Any:
+_MIN_MASKED: Final = 8  # shorter values (ports, flags) say more than they could reveal
+
+
+def _masked(messages: list[str], revealed: Mapping[str, str]) -> list[str]:
+    """``messages`` with every value a ``${VAR}`` brought in shown as ``${VAR}``: problems
+    quote values, and a secret put under the wrong key would otherwise reach check's output,
+    the reload log and the status page."""
+    if not revealed:
+        return messages
+    out = []
+    for message in messages:
+        for value in sorted(revealed, key=len, reverse=True):
+            if value in message:
+                message = message.replace(value, f"${{{revealed[value]}}}")
+        out.append(message)
+    return out
+
+
+def _expand(node: Any, path: str, env: Mapping[str, str], reader: Reader,
+            revealed: dict[str, str]) -> Any:
     """``node`` with ``${VAR}`` / ``${VAR:-default}`` expanded in every string value."""
     if isinstance(node, str):
         if "${" not in node:
@@ -167,12 +187,15 @@ def _expand(node: Any, path: str, env: Mapping[str, str], reader: Reader) -> Any
                                       f"(write ${{{name}:-default}} to give a default)")
                     return ""
                 return default
+            if len(value) >= _MIN_MASKED:
+                revealed[value] = name
             return value
 
         return FromEnv(_ENV.sub(sub, node))
     if isinstance(node, dict):
-        return {k: _expand(val, at(path, str(k)), env, reader) for k, val in node.items()}
+        return {k: _expand(val, at(path, str(k)), env, reader, revealed)
+                for k, val in node.items()}
     if isinstance(node, list):
-        return [_expand(val, at(path, i), env, reader) for i, val in enumerate(node)]
+        return [_expand(val, at(path, i), env, reader, revealed) for i, val in enumerate(node)]
     return node
 

@@ -173,3 +173,22 @@ async def test_a_second_router_on_the_same_usage_snapshot_refuses_to_start(
     await first.close()
     again = await start_router(config, name="again.yaml")  # released at shutdown
     assert again.state.snapshot is not None
+
+
+def test_config_problems_never_quote_a_value_from_the_environment(tmp_path: Path) -> None:
+    # A secret put under the wrong key was quoted by check, the reload log and the
+    # status page: "expected a whole number, got 'sk-live-…' from an environment variable".
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "port: ${SECRET_KEY}\napi_key: sk-x\n"
+        "providers:\n  - name: p\n    type: ${SECRET_KEY}\n"
+        "  - name: q\n    type: openai\n    base_url: http://127.0.0.1:9/v1\n"
+        "    api_keys: [{key: k, models: ['${SECRET_KEY}']}]\n"
+        "groups: [{name: g, strategy: '${SECRET_KEY}', models: [{provider: q, name: m}]}]\n")
+    done = subprocess.run([sys.executable, "-m", "llm_router", "check", str(path)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SECRET_KEY": "sk-live-TOPSECRET123"})
+    assert done.returncode == 1
+    out = done.stdout + done.stderr
+    assert "TOPSECRET" not in out
+    assert "port: expected a whole number, got '${SECRET_KEY}'" in out
