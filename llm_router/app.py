@@ -117,10 +117,15 @@ def _make_edge(log_format: str) -> Middleware:
             except RouterError as err:
                 resp = _error_response(err, request)
                 rejected = _rejection_reason(err, ex)
+                if ex is not None:
+                    ex.refusal = err.code or err.type  # the access line says why
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
-                resp = _error_response(_http_error(exc), request)
+                mapped = _http_error(exc)
+                resp = _error_response(mapped, request)
+                if ex is not None:
+                    ex.refusal = mapped.code or mapped.type
             except (ConnectionError, aiohttp.ClientConnectionResetError):
                 raise
             except asyncio.CancelledError:

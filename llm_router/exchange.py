@@ -44,6 +44,9 @@ class Exchange:
     bytes_out: int = 0
     stream: bool = False
     error: str | None = None
+    # The code of an error the router answered itself (400, 401, 402, 404...): the access
+    # line's error when no upstream failure named one; not a failure for traces.
+    refusal: str | None = None
     failures: list[str] = field(default_factory=list)  # failed attempts: provider/key:reason
     key_state: str = ""  # health of the last key tried, after the attempt (KeyHealth.label)
     body: dict[str, Any] | None = None  # parsed once, if a handler needed it early
@@ -64,7 +67,8 @@ class Exchange:
             "latency_ms": round((now - self.t0) * 1000, 2),
             "ttft_ms": round(self.ttft * 1000, 2) if self.ttft is not None else None,
             "attempts": self.attempts, "failures": self.failures or None,
-            "key_state": self.key_state or None, "bytes": self.bytes_out, "error": self.error,
+            "key_state": self.key_state or None, "bytes": self.bytes_out,
+            "error": self.error or self.refusal,
             "affinity": self.affinity or None,
         }
 

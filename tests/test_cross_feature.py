@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import aiohttp
 import brotli
 import orjson
+import pytest
 
 from .conftest import ROUTER_KEY, MakeUpstream, StartRouter
 
@@ -192,3 +194,25 @@ def test_config_problems_never_quote_a_value_from_the_environment(tmp_path: Path
     out = done.stdout + done.stderr
     assert "TOPSECRET" not in out
     assert "port: expected a whole number, got '${SECRET_KEY}'" in out
+
+
+async def test_a_refused_request_says_why_in_its_access_line(
+        start_router: StartRouter, make_upstream: MakeUpstream,
+        http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    # The access log is where an operator greps first; refusals logged "error": null.
+    up = await make_upstream()
+    router = await start_router({
+        "providers": [{"name": "p", "type": "openai", "base_url": up.base_url,
+                       "api_keys": ["sk-p"]}],
+        "groups": [{"name": "g", "models": [{"provider": "p", "name": "m"}]}]})
+    caplog.set_level(logging.INFO, logger="llm_router.access")
+    chat = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+    for headers in ({"Authorization": "Bearer wrong"},
+                    {"Authorization": f"Bearer {ROUTER_KEY}"}):
+        async with http.post(router.url + "/v1/chat/completions", json=chat,
+                             headers=headers) as r:
+            assert r.status in (401, 404)
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records
+             if r.name == "llm_router.access"]
+    assert [(line["status"], line["error"]) for line in lines] == [
+        (401, "invalid_api_key"), (404, "model_not_found")]
