@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from procs import Children, free_port
+from procs import Children, cpu_ns, free_port
 
 _BENCH = Path(__file__).resolve().parent
 _REPO = _BENCH.parent
@@ -84,15 +83,6 @@ class Build:
     pid: int = 0
     rounds: list[dict[str, float]] = field(default_factory=list)
 
-
-def _cpu_ns(pid: int) -> int:
-    """Nanoseconds on CPU of every thread of ``pid`` (schedstat): finer than clock ticks."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        # A thread may end between the listing and the read.
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total
 
 
 def _export(rev: str, into: Path) -> Path:
@@ -159,10 +149,10 @@ def _round(build: Build, args: argparse.Namespace, key: str) -> dict[str, float]
     body, _ = _SCENARIOS[args.scenario]
     route = "responses" if args.scenario.startswith("responses") else "chat/completions"
     url = f"http://127.0.0.1:{build.port}/v1/{route}"
-    cpu0 = _cpu_ns(build.pid)
+    cpu0 = cpu_ns(build.pid)
     failures, wall = asyncio.run(_load(url, key, body, args.requests, args.concurrency,
                                        args.scenario in _STREAMED))
-    cpu = (_cpu_ns(build.pid) - cpu0) / 1e9
+    cpu = (cpu_ns(build.pid) - cpu0) / 1e9
     if failures:
         raise SystemExit(f"build {build.name} ({build.rev}): {failures} of {args.requests} "
                          "requests failed; see the logs under bench/results/")

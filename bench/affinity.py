@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
 import statistics
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from procs import Children, free_port
+from procs import Children, cpu_ns, free_port
 
 _BENCH = Path(__file__).resolve().parent
 _KEY = "sk-bench-affinity"
@@ -48,14 +47,6 @@ _MODES = {"auto": "{mode: auto, slack: %s}", "off": "off",
 _WORDS = ("route", "cache", "token", "weight", "prompt", "group", "answer", "stream", "limit",
           "budget", "key", "model", "reload", "metric", "health", "session")
 
-
-def _cpu_ns(pid: int) -> int:
-    """Nanoseconds on CPU of every thread of ``pid`` (schedstat)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total
 
 
 def _config(path: Path, upstream: str, affinity: str) -> None:
@@ -184,12 +175,12 @@ def _run(children: Children, work: Path, upstream: str, mode: str, salt: str,
         # interleaving cannot change what a conversation says next).
         convs = [_Conversation(n, salt, args.seed) for n in range(args.conversations)]
         order = _schedule(args.conversations, args.turns, args.seed)
-        cpu0 = _cpu_ns(proc.pid)
+        cpu0 = cpu_ns(proc.pid)
         t0 = time.perf_counter()
         totals = asyncio.run(_drive(base + "/v1/chat/completions", convs, order,
                                     args.concurrency))
         wall = time.perf_counter() - t0
-        cpu_us = (_cpu_ns(proc.pid) - cpu0) / 1e3 / len(order)
+        cpu_us = (cpu_ns(proc.pid) - cpu0) / 1e3 / len(order)
         keys, results = asyncio.run(_scrape(base))
     finally:
         children.stop(proc)

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Children", "ClientRun", "cpu_seconds", "free_port", "listen_overflows",
+__all__ = ["Children", "ClientRun", "cpu_ns", "cpu_seconds", "free_port", "listen_overflows",
            "machine_busy", "rss_mb"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -53,6 +53,17 @@ def cpu_seconds(pid: int) -> float:
     # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     rest = raw[raw.rindex(b")") + 2:].split()
     return (int(rest[11]) + int(rest[12])) / _TICK
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds on CPU of every thread of ``pid`` (``/proc/<pid>/task/*/schedstat``):
+    finer than :func:`cpu_seconds`' clock ticks, for per-request figures."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        # A thread may end between the listing and the read.
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:

@@ -17,7 +17,7 @@ import orjson
 
 from . import anthropic_in, anthropic_out
 from .config import Provider
-from .sse import DONE, event_fields, frame, openai_chunk_usage
+from .sse import DONE, event_fields, frame, json_object, openai_chunk_usage
 
 __all__ = [
     "ROUTE_PATHS",
@@ -301,11 +301,8 @@ class _ChatToMessages:
             self._ended = self.done = True
             self.usage = Usage(*self._t.usage, self._t.cached)
             return self._t.finish()
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(chunk, dict):
+        chunk = json_object(data)
+        if chunk is None:
             return b""
         out = self._t.feed(chunk)
         self.usage = Usage(*self._t.usage, self._t.cached)

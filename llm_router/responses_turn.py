@@ -25,7 +25,7 @@ from .responses_in import ResponseFrame
 from .responses_store import ResponseStore, StoredResponse
 from .responses_stream import ChatStreamToResponses, EventWriter
 from .routing import Candidate, CandidateSet, Target
-from .sse import event_fields
+from .sse import event_fields, json_object
 
 __all__ = ["NATIVE", "ResponsesTurn", "usage_from_responses"]
 
@@ -271,11 +271,8 @@ class _TranslatedRelay(_ResponsesRelay):
             out = self._t.finish()
             self._settle()
             return out
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(chunk, dict):
+        chunk = json_object(data)
+        if chunk is None:
             return b""
         out = self._t.feed(chunk)
         if chunk.get("usage"):  # most chunks have none, or null

@@ -11,7 +11,15 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["DONE", "EventTooLarge", "SSEParser", "event_fields", "frame", "openai_chunk_usage"]
+__all__ = [
+    "DONE",
+    "EventTooLarge",
+    "SSEParser",
+    "event_fields",
+    "frame",
+    "json_object",
+    "openai_chunk_usage",
+]
 
 DONE: Final = b"data: [DONE]\n\n"
 
@@ -119,6 +127,16 @@ def frame(data: bytes, event: str | None = None) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
+def json_object(data: bytes) -> dict[str, Any] | None:
+    """An event's data as a JSON object; None when it is not JSON or not an object (a
+    relay skips such an event rather than failing the stream)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def openai_chunk_usage(data: bytes) -> tuple[dict[str, Any] | None, bool]:
     """``(usage, usage_only)`` of an OpenAI stream chunk's data.
 
@@ -132,11 +150,7 @@ def openai_chunk_usage(data: bytes) -> tuple[dict[str, Any] | None, bool]:
     rest = data[at + 8:at + 10].lstrip()
     if not rest.startswith(b"{"):
         return None, False
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None, False
-    usage = chunk.get("usage") if isinstance(chunk, dict) else None
-    if not isinstance(usage, dict):
+    chunk = json_object(data)
+    if chunk is None or not isinstance(usage := chunk.get("usage"), dict):
         return None, False
     return usage, not chunk.get("choices")
