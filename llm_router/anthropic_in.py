@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import orjson
 
+from .chat_shape import chunk_error, first_choice
 from .sse import frame
 
 __all__ = [
@@ -235,13 +236,8 @@ def _assistant_message(blocks: list[dict[str, Any]]) -> dict[str, Any]:
 
 def chat_to_message(resp: dict[str, Any], requested_model: str) -> dict[str, Any]:
     """The Anthropic ``message`` equivalent to a ``chat.completion``."""
-    choices = resp.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
+    message, text, finish_reason = first_choice(resp)
     content: list[dict[str, Any]] = []
-    text = message.get("content")
-    if isinstance(text, list):  # some servers answer with content parts
-        text = "".join(p.get("text") or "" for p in text if isinstance(p, dict))
     text = text or message.get("refusal")
     if text:
         content.append({"type": "text", "text": text})
@@ -256,7 +252,7 @@ def chat_to_message(resp: dict[str, Any], requested_model: str) -> dict[str, Any
             "name": function.get("name") or "",
             "input": tool_input_from_arguments(function.get("arguments")),
         })
-    stop_reason = _STOP_REASONS.get(choice.get("finish_reason") or "", "end_turn")
+    stop_reason = _STOP_REASONS.get(finish_reason or "", "end_turn")
     if calls and stop_reason == "end_turn":
         stop_reason = "tool_use"  # some servers report "stop" after tool calls
     usage = resp.get("usage") or {}
@@ -330,10 +326,9 @@ class ChatStreamToMessages:
         out: list[bytes] = []
         if not self._started:
             out.append(self._start())
-        error = chunk.get("error")
-        if error:  # some servers report failures in-band, mid-stream
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            out.append(self.error(str(message or "upstream error")))
+        error = chunk_error(chunk)
+        if error is not None:
+            out.append(self.error(error))
             return b"".join(out)
         usage = chunk.get("usage")
         if isinstance(usage, dict):

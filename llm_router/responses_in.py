@@ -29,6 +29,8 @@ import secrets
 import time
 from typing import Any, Final
 
+from .chat_shape import first_choice
+
 __all__ = [
     "ResponseFrame",
     "chat_to_response",
@@ -293,13 +295,8 @@ def status_of(finish_reason: Any) -> tuple[str, str | None]:
 
 def chat_to_response(chat: dict[str, Any], frame: ResponseFrame) -> dict[str, Any]:
     """The ``response`` object equivalent to a ``chat.completion``."""
-    choices = chat.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
+    message, text, finish_reason = first_choice(chat)
     output: list[dict[str, Any]] = []
-    text = message.get("content")
-    if isinstance(text, list):  # some servers answer with content parts
-        text = "".join(str(p.get("text") or "") for p in text if isinstance(p, dict))
     parts: list[dict[str, Any]] = []
     if text:
         parts.append({"type": "output_text", "text": text, "annotations": [],
@@ -318,5 +315,5 @@ def chat_to_response(chat: dict[str, Any], frame: ResponseFrame) -> dict[str, An
                        "name": function.get("name") or "",
                        "arguments": function.get("arguments") or "",
                        "status": "completed"})
-    status, incomplete = status_of(choice.get("finish_reason"))
+    status, incomplete = status_of(finish_reason)
     return frame.response(status, output, usage_to_responses(chat.get("usage")), incomplete)

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from .chat_shape import chunk_error
 from .responses_in import ResponseFrame, new_item_id, status_of, usage_to_responses
 from .sse import frame as sse_frame
 
@@ -77,10 +78,9 @@ class ChatStreamToResponses:
         if self.final is not None:
             return b""
         out: list[bytes] = [] if self._started else [self._start()]
-        error = chunk.get("error")
-        if error:  # some servers report failures in-band, mid-stream
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            out.append(self.error(str(message or "upstream error")))
+        error = chunk_error(chunk)
+        if error is not None:
+            out.append(self.error(error))
             return b"".join(out)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
