@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import yaml
 from llm_router.fake_upstream import Fault
 
 from .conftest import Router, StartRouter, Upstream, openai_provider
+from .ports import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "llm-router.json"
@@ -85,17 +85,12 @@ def _panel_queries() -> list[tuple[str, str]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class Prometheus:
     """A real Prometheus server scraping one target every second."""
 
     def __init__(self, tmp: Path, target: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = tmp / "prometheus.yml"
         self.config.write_text(yaml.safe_dump({

@@ -11,7 +11,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from llm_router.config import sha256_hex
 from llm_router.redis_store import LEASE_S
 
 from .conftest import StartRouter, Upstream, write_config
+from .ports import free_port
 from .redis_server import RedisServer, redis_server
 from .test_reload import eventually
 from .test_shared_state import ALICE, fleet_config, post_chat
@@ -30,11 +30,6 @@ __all__ = ["redis_server"]
 
 _STARTED = re.compile(rb"worker (\d+) started \(pid (\d+)\)")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _serve(tmp_path: Path, config: dict[str, object], *args: str
@@ -65,7 +60,7 @@ def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
 async def test_workers_share_a_port_restart_when_killed_and_drain_on_sigterm(
         redis_server: RedisServer, upstream: Upstream, tmp_path: Path,
         http: aiohttp.ClientSession) -> None:
-    port = _free_port()
+    port = free_port()
     cfg = fleet_config(upstream, redis_server, alice={"limits": {"rpm": 40}})
     proc, err = await _serve(tmp_path, cfg, "--workers", "2", "--host", "127.0.0.1",
                              "--port", str(port))
