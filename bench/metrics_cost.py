@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from llm_router.metrics import Metrics, status_class
+from llm_router.observe.metrics import Metrics, status_class
 
 _N = 200_000
 _ROUNDS = 7

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, config_json_schema, load_config, sha256_hex
-from .config_yaml import key_positions, position_of
+from .config.yaml_file import key_positions, position_of
 
 __all__ = ["main"]
 
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"key:    {key}\nsha256: {sha256_hex(key)}")
         return 0
     if args.command == "fake-upstream":
-        from .fake_upstream import serve_fake_upstream
+        from .testing.upstream import serve_fake_upstream
         _run(serve_fake_upstream(args.host, args.port, args.latency_ms, args.tokens_per_second,
                                  args.prompt_cache_ttl_s))
         return 0
@@ -169,8 +169,8 @@ def _serve(args: argparse.Namespace) -> int:
     # handler, a reload asked too early (a deploy script, or --workers forwarding one to
     # a worker still starting) must be a no-op, not a kill: the config is read fresh anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from .app import AccessLogHandler, ListenError, run_server
-    from .logs import setup_stderr_logging
+    from .observe.logs import setup_stderr_logging
+    from .server.app import AccessLogHandler, ListenError, run_server
 
     setup_stderr_logging(args.log_level, args.log_format)
     logging.getLogger("llm_router.access").propagate = False
@@ -200,10 +200,10 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("llm_router.config").warning("config %s: %s", path, line)
     if args.workers != 1:
         return _supervise(args, cfg, path)
-    from .redact import RedactingFilter
-    from .state import RouterState
-    from .usage import SnapshotError
-    from .workers import WORKER_ENV
+    from .gateway.router_state import RouterState
+    from .ledger.usage import SnapshotError
+    from .observe.redact import RedactingFilter
+    from .server.workers import WORKER_ENV
 
     state = RouterState(cfg, insecure_no_auth=args.insecure_no_auth, config_path=path)
     # Every log line, stderr and access alike, without the config's secrets.
@@ -237,7 +237,7 @@ def _supervise(args: argparse.Namespace, cfg: Config, path: str) -> int:
               "(pip install 'llm-router[redis]'; docs/scaling.md), or run one worker.",
               file=sys.stderr)
         return 2
-    from .workers import supervise
+    from .server.workers import supervise
 
     serve_args = ["--config", path, "--log-level", args.log_level,
                   "--log-format", args.log_format]

@@ -20,10 +20,10 @@ import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from llm_router.app import start_server
 from llm_router.config import load_config
-from llm_router.fake_upstream import FakeUpstream
-from llm_router.state import RouterState
+from llm_router.gateway.router_state import RouterState
+from llm_router.server.app import start_server
+from llm_router.testing.upstream import FakeUpstream
 
 ROUTER_KEY = "sk-test-router"
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from llm_router.affinity import (
+from llm_router.config import Affinity, Member, Provider, ProviderKey
+from llm_router.gateway.affinity import (
     MemoryAffinityStore,
     affinity_key,
     derived_cache_key,
     pick_with_affinity,
     prefix_digest,
 )
-from llm_router.config import Affinity, Member, Provider, ProviderKey
-from llm_router.routing import Candidate, PickContext
-from llm_router.usage import UsageCounters
+from llm_router.gateway.routing import Candidate, PickContext
+from llm_router.ledger.usage import UsageCounters
 
 AUTO = Affinity()
 SESSION = Affinity(mode="session")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from llm_router.config import load_config
-from llm_router.fake_upstream import Fault
+from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream, openai_provider, scrape_metrics
 

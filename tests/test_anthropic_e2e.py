@@ -18,9 +18,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from llm_router import anthropic_in
 from llm_router.config import ConfigError, parse_config
-from llm_router.fake_upstream import Fault, count_prompt_tokens
+from llm_router.dialects import anthropic as anthropic_in
+from llm_router.testing.upstream import Fault, count_prompt_tokens
 
 from .conftest import ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
 

@@ -9,14 +9,14 @@ import httpx2
 import orjson
 import pytest
 
-from llm_router.anthropic_in import (
+from llm_router.dialects.anthropic import (
     ChatStreamToMessages,
     chat_to_message,
     estimate_input_tokens,
     messages_to_chat,
     tool_input_from_arguments,
 )
-from llm_router.sse import SSEParser, event_fields
+from llm_router.hub.sse import SSEParser, event_fields
 
 WEATHER_TOOL = {
     "name": "get_weather",

@@ -9,15 +9,15 @@ import openai
 import orjson
 import pytest
 
-from llm_router.anthropic_in import chat_to_message, messages_to_chat
-from llm_router.anthropic_out import (
+from llm_router.dialects.anthropic import chat_to_message, messages_to_chat
+from llm_router.hub.sse import SSEParser, event_fields
+from llm_router.providers.anthropic.translate import (
     MessagesStreamToChat,
     anthropic_error_to_openai,
     chat_to_messages,
     message_to_chat,
     openai_error_to_anthropic,
 )
-from llm_router.sse import SSEParser, event_fields
 
 WEATHER_FUNCTION = {
     "type": "function",

@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from llm_router.app import start_server
 from llm_router.config import load_config
-from llm_router.state import RouterState
+from llm_router.gateway.router_state import RouterState
+from llm_router.server.app import start_server
 
 from .conftest import AUTH, ROUTER_KEY, write_config
 

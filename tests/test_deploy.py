@@ -23,7 +23,7 @@ import orjson
 import pytest
 import yaml
 
-from llm_router.fake_upstream import Fault
+from llm_router.testing.upstream import Fault
 
 from .conftest import Router, StartRouter, Upstream, openai_provider
 from .ports import free_port

@@ -25,7 +25,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from llm_router.config import key_label
-from llm_router.fake_upstream import FakeUpstream, Fault
+from llm_router.testing.upstream import FakeUpstream, Fault
 
 from .conftest import (
     AUTH,

@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from llm_router import fake_upstream
-from llm_router.fake_upstream import (
+from llm_router.testing import upstream as fake_upstream
+from llm_router.testing.upstream import (
     FakeUpstream,
     Fault,
     chat_completion,

@@ -16,7 +16,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from llm_router.config import load_config
-from llm_router.redact import RedactingFilter, Redactor
+from llm_router.observe.redact import RedactingFilter, Redactor
 
 from .conftest import (
     AUTH,

@@ -20,9 +20,9 @@ import orjson
 import pytest
 
 from llm_router.config import key_label
-from llm_router.deadlines import Deadlines
-from llm_router.fake_upstream import Fault
-from llm_router.relay import passthrough_usage
+from llm_router.gateway.deadlines import Deadlines
+from llm_router.gateway.relay import passthrough_usage
+from llm_router.testing.upstream import Fault
 
 from .conftest import (
     AUTH,

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from llm_router.fake_upstream import Fault
+from llm_router.testing.upstream import Fault
 
 from .conftest import AUTH, ROUTER_KEY, Router, StartRouter, Upstream, openai_provider
 from .test_reload import RELOAD_OK, eventually, save_by_rename, scrape

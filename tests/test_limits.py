@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from llm_router.accounting import Caller
 from llm_router.config import Budget, Limits
 from llm_router.errors import BudgetExhausted, RateLimited
-from llm_router.limits import Ledger, period_end, period_id
-from llm_router.shapes import ShapeError
+from llm_router.ledger.accounting import Caller
+from llm_router.ledger.limits import Ledger, period_end, period_id
+from llm_router.ledger.shapes import ShapeError
 
 
 def ts(text: str) -> float:

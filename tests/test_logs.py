@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from llm_router.logs import JsonFormatter, setup_stderr_logging
+from llm_router.observe.logs import JsonFormatter, setup_stderr_logging
 
 from .conftest import ROUTER_KEY, write_config
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from llm_router import __version__
-from llm_router.fake_upstream import Fault
+from llm_router.testing.upstream import Fault
 
 from .conftest import (
     AUTH,

@@ -64,5 +64,5 @@ def test_package_has_no_import_cycles() -> None:
 
 
 def test_downstream_does_not_reach_back_into_proxy() -> None:
-    path = _ROOT / "downstream.py"
-    assert "llm_router.proxy" not in _imports(path, "llm_router.downstream")
+    path = _ROOT / "gateway" / "downstream.py"
+    assert "llm_router.gateway.proxy" not in _imports(path, "llm_router.gateway.downstream")

@@ -76,7 +76,7 @@ async def test_openai_sdk_stream_hides_usage_chunk_unless_asked(
 
 
 def upstream_prompt(up: Upstream) -> int:
-    from llm_router.fake_upstream import count_prompt_tokens
+    from llm_router.testing.upstream import count_prompt_tokens
     body = up.fake.requests[0].body
     assert body is not None
     return count_prompt_tokens(body)
@@ -172,7 +172,7 @@ async def test_unreachable_upstream_is_502_without_traceback(start_router: Start
 
 async def test_upstream_client_error_is_passed_on(start_router: StartRouter,
                                                   upstream: Upstream) -> None:
-    from llm_router.fake_upstream import Fault
+    from llm_router.testing.upstream import Fault
     router = await start_router(one_group(upstream))
     upstream.fake.add_fault(Fault(status=400))
     with pytest.raises(openai.BadRequestError):

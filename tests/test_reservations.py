@@ -155,6 +155,6 @@ def test_check_warns_when_a_budgeted_user_can_reach_an_unpriced_model(
 
 
 def _caller(router: Any, key: str) -> Any:
-    from llm_router.accounting import extract_key
+    from llm_router.ledger.accounting import extract_key
 
     return router.state.keys.authenticate(extract_key(f"Bearer {key}", None))

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from llm_router.config import ConfigError, parse_config
-from llm_router.fake_upstream import Fault
+from llm_router.testing.upstream import Fault
 
 from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
 

@@ -7,16 +7,16 @@ from typing import Any
 import orjson
 import pytest
 
-from llm_router.errors import BadRequest
-from llm_router.responses_check import check_body
-from llm_router.responses_in import (
+from llm_router.dialects.responses.check import check_body
+from llm_router.dialects.responses.stream import ChatStreamToResponses
+from llm_router.dialects.responses.translate import (
     ResponseFrame,
     chat_to_response,
     refusal,
     responses_to_chat,
 )
-from llm_router.responses_stream import ChatStreamToResponses
-from llm_router.sse import event_fields
+from llm_router.errors import BadRequest
+from llm_router.hub.sse import event_fields
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},

@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from llm_router.responses_store import SharedResponseStore
+from llm_router.dialects.responses.store import SharedResponseStore
 
 from .conftest import ROUTER_KEY, StartRouter, Upstream, openai_provider
 from .redis_server import RedisServer, redis_server

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llm_router.responses_store import MemoryResponseStore, StoredResponse
+from llm_router.dialects.responses.store import MemoryResponseStore, StoredResponse
 
 
 class Clock:

@@ -21,7 +21,7 @@ import pytest
 
 from llm_router.cli import main
 from llm_router.config import sha256_hex
-from llm_router.fake_upstream import Fault
+from llm_router.testing.upstream import Fault
 
 from .conftest import (
     MakeUpstream,
@@ -296,7 +296,7 @@ async def test_budget_gauges_on_metrics_are_fleet_wide(
 
 def test_the_redis_password_is_scrubbed_from_logs_like_other_secrets(tmp_path: Path) -> None:
     from llm_router.config import load_config
-    from llm_router.redact import Redactor
+    from llm_router.observe.redact import Redactor
 
     path = tmp_path / "config.yaml"
     write_config(path, {"api_key": "sk-x", "state": {

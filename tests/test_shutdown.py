@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from llm_router.config import key_label
-from llm_router.fake_upstream import Fault
+from llm_router.testing.upstream import Fault
 
 from .conftest import (
     AUTH,

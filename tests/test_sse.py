@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from llm_router.fake_upstream import chat_chunks, messages_events
-from llm_router.sse import EventTooLarge, SSEParser
+from llm_router.hub.sse import EventTooLarge, SSEParser
+from llm_router.testing.upstream import chat_chunks, messages_events
 
 from .conftest import StartRouter
 

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from llm_router.config import sha256_hex
-from llm_router.fake_upstream import Fault
-from llm_router.traffic import Traffic, merge_activity
+from llm_router.observe.traffic import Traffic, merge_activity
+from llm_router.testing.upstream import Fault
 
 from .conftest import Router, StartRouter, Upstream, openai_provider, write_config
 from .redis_server import RedisServer, redis_server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from llm_router.store import TTLMap
+from llm_router.state.store import TTLMap
 
 
 def test_ttl_map_keeps_at_most_max_entries_dropping_the_oldest() -> None:

@@ -12,7 +12,7 @@ import aiohttp
 import openai
 import pytest
 
-from llm_router.fake_upstream import Fault
+from llm_router.testing.upstream import Fault
 
 from .conftest import AUTH, MakeUpstream, Router, StartRouter, Upstream, openai_provider
 

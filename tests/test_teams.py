@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_router.config import sha256_hex
-from llm_router.fake_upstream import Fault
+from llm_router.testing.upstream import Fault
 
 from .conftest import Router, StartRouter, Upstream, openai_provider
 

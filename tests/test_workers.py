@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 
 from llm_router.config import sha256_hex
-from llm_router.redis_store import LEASE_S
+from llm_router.state.redis_store import LEASE_S
 
 from .conftest import StartRouter, Upstream, write_config
 from .ports import free_port

@@ -1,0 +1,201 @@
+"""The config file: load YAML or JSON, expand ``${ENV}``, validate completely, freeze.
+
+:func:`load_config` either returns a :class:`Config` that the rest of the router trusts
+without further checks, or raises :class:`ConfigError` listing *every* problem with its
+location (``groups[1].models[0].provider: unknown provider 'opnai' (known: openai)``).
+Problems that do not stop it serving come back in ``Config.warnings``. A config written
+for the Go llm-router (``port``, ``api_key``, ``groups``, ``providers`` with ``api_keys``
+as plain strings) loads unchanged.
+
+The keys themselves are declared in :mod:`llm_router.config_model` (re-exported here,
+where the rest of the router imports them from); checks across keys are in
+:mod:`llm_router.config_checks`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from .checks import check_config
+from .model import (
+    AFFINITY_MODES,
+    BUDGET_PERIODS,
+    DEFAULT_PRICE,
+    PROVIDER_TYPES,
+    ROLES,
+    STRATEGIES,
+    Affinity,
+    Budget,
+    CircuitSettings,
+    Config,
+    ConfigError,
+    Group,
+    Limits,
+    Member,
+    MetricsSettings,
+    OtelSettings,
+    Price,
+    Provider,
+    ProviderKey,
+    ResponsesSettings,
+    ServerSettings,
+    StateSettings,
+    Timeouts,
+    UpstreamLimits,
+    UsageSettings,
+    User,
+    UserKey,
+    config_json_schema,
+    key_label,
+    sha256_hex,
+)
+from .reader import FromEnv, Reader, at
+from .yaml_file import describe_json_error, in_file_order, load_yaml
+
+__all__ = [
+    "AFFINITY_MODES",
+    "BUDGET_PERIODS",
+    "DEFAULT_PRICE",
+    "PROVIDER_TYPES",
+    "ROLES",
+    "STRATEGIES",
+    "Affinity",
+    "Budget",
+    "CircuitSettings",
+    "Config",
+    "ConfigError",
+    "Group",
+    "Limits",
+    "Member",
+    "MetricsSettings",
+    "OtelSettings",
+    "Price",
+    "Provider",
+    "ProviderKey",
+    "ResponsesSettings",
+    "ServerSettings",
+    "StateSettings",
+    "Timeouts",
+    "UpstreamLimits",
+    "UsageSettings",
+    "User",
+    "UserKey",
+    "config_json_schema",
+    "key_label",
+    "load_config",
+    "parse_config",
+    "sha256_hex",
+]
+
+# ---------------------------------------------------------------- loading
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate ``path``; raise :class:`ConfigError` with every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not UTF-8 text"]) from None
+    cfg = parse_config(text, fmt="json" if p.suffix.lower() == ".json" else "yaml",
+                       env=env, source=str(p))
+    snapshot = cfg.usage.snapshot_path
+    if snapshot and Path(snapshot).resolve() == p.resolve():
+        # Seen by hand: the first snapshot replaced the config, and the next start failed.
+        raise ConfigError([f"usage.snapshot_path: '{snapshot}' is this config file; the "
+                           "usage snapshot would overwrite it (use e.g. ./usage.json)"])
+    return cfg
+
+
+def parse_config(
+    text: str, *, fmt: str = "yaml", env: Mapping[str, str] | None = None, source: str = ""
+) -> Config:
+    """Parse config text (``fmt`` is ``yaml`` or ``json``) into a validated :class:`Config`.
+
+    Problems that stop it serving raise :class:`ConfigError`; the others are in
+    ``Config.warnings``.
+    """
+    where = source or "config"
+    duplicates: list[str] = []
+    try:
+        if fmt == "json":
+            raw: Any = orjson.loads(text)
+        else:
+            raw, duplicates = load_yaml(text, where)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError([describe_json_error(exc.msg, exc.lineno, exc.colno, text,
+                                               where)]) from None
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    if raw is None:
+        raw = {}
+    reader = Reader()
+    reader.problems += duplicates
+    revealed: dict[str, str] = {}
+    raw = _expand(raw, "", os.environ if env is None else env, reader, revealed)
+    cfg: Config | Any = reader.read(Config, raw, "")
+    if not isinstance(cfg, Config):
+        raise ConfigError(_masked(in_file_order(reader.problems, text), revealed))
+    warnings = _masked(in_file_order(check_config(cfg, reader), text), revealed)
+    if reader.problems:
+        raise ConfigError(_masked(in_file_order(reader.problems, text), revealed), warnings)
+    return dataclasses.replace(cfg, source=source, warnings=tuple(warnings))
+
+
+_MIN_MASKED: Final = 8  # shorter values (ports, flags) say more than they could reveal
+
+
+def _masked(messages: list[str], revealed: Mapping[str, str]) -> list[str]:
+    """``messages`` with every value a ``${VAR}`` brought in shown as ``${VAR}``: problems
+    quote values, and a secret put under the wrong key would otherwise reach check's output,
+    the reload log and the status page."""
+    if not revealed:
+        return messages
+    out = []
+    for message in messages:
+        for value in sorted(revealed, key=len, reverse=True):
+            if value in message:
+                message = message.replace(value, f"${{{revealed[value]}}}")
+        out.append(message)
+    return out
+
+
+def _expand(node: Any, path: str, env: Mapping[str, str], reader: Reader,
+            revealed: dict[str, str]) -> Any:
+    """``node`` with ``${VAR}`` / ``${VAR:-default}`` expanded in every string value."""
+    if isinstance(node, str):
+        if "${" not in node:
+            return node
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            value = env.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    reader.fail(path, f"environment variable {name} is not set "
+                                      f"(write ${{{name}:-default}} to give a default)")
+                    return ""
+                return default
+            if len(value) >= _MIN_MASKED:
+                revealed[value] = name
+            return value
+
+        return FromEnv(_ENV.sub(sub, node))
+    if isinstance(node, dict):
+        return {k: _expand(val, at(path, str(k)), env, reader, revealed)
+                for k, val in node.items()}
+    if isinstance(node, list):
+        return [_expand(val, at(path, i), env, reader, revealed) for i, val in enumerate(node)]
+    return node
+

@@ -1,0 +1,539 @@
+"""Every config key, declared once: frozen dataclasses whose fields are made with
+:func:`~llm_router.schema.setting` (description, default, bounds, choices).
+
+The same declarations validate the file (:class:`~llm_router.config_reader.Reader`, run by
+:func:`llm_router.config.load_config`) and produce the JSON Schema editors use
+(:func:`config_json_schema`, ``llm-router schema``). To add a key: add one field with
+``setting(default, doc=...)`` to the right class here, document it in README.md, and
+run ``llm-router schema > config.schema.json && cp config.schema.json llm_router/``
+(tests/test_config_schema.py fails until you do). Other modules import these names from
+:mod:`llm_router.config`, which re-exports them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, Final
+
+from .reader import Reader, at
+from .redis_url import redact_url, redis_url_problem
+from .schema import Spec, internal, json_schema, setting
+
+__all__ = [
+    "AFFINITY_MODES",
+    "BUDGET_PERIODS",
+    "DEFAULT_PRICE",
+    "PROVIDER_TYPES",
+    "ROLES",
+    "STRATEGIES",
+    "Affinity",
+    "Budget",
+    "CircuitSettings",
+    "Config",
+    "ConfigError",
+    "Group",
+    "Limits",
+    "Member",
+    "MetricsSettings",
+    "OtelSettings",
+    "Price",
+    "Provider",
+    "ProviderKey",
+    "ResponsesSettings",
+    "ServerSettings",
+    "StateSettings",
+    "Timeouts",
+    "UpstreamLimits",
+    "UsageSettings",
+    "User",
+    "UserKey",
+    "config_json_schema",
+    "key_label",
+    "sha256_hex",
+]
+
+PROVIDER_TYPES: Final = ("openai", "anthropic", "mock")
+STRATEGIES: Final = ("inverse-weight", "priority", "round-robin", "latency", "price")
+AFFINITY_MODES: Final = ("auto", "session", "off")
+BUDGET_PERIODS: Final = ("daily", "weekly", "monthly", "total")
+ROLES: Final = ("admin", "user")
+DEFAULT_PRICE: Final = "default"  # the pricing entry for models the table does not name
+_DEFAULT_BASE_URLS: Final = {"openai": "https://api.openai.com/v1",
+                             "anthropic": "https://api.anthropic.com"}
+_NO_MODELS: Final[frozenset[str] | None] = None
+_NO_PATTERNS: Final[tuple[str, ...] | None] = None
+
+
+class ConfigError(Exception):
+    """The config is unusable; ``problems`` holds every ``location: message`` line."""
+
+    def __init__(self, problems: list[str], warnings: list[str] | None = None) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+        self.warnings = warnings or []  # found too, printed by check alongside
+
+
+def sha256_hex(secret: str) -> str:
+    """Hex sha256 of a key: what configs store instead of the key itself."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key_label(secret: str) -> str:
+    """The default, non-secret label of a key: the first 8 hex digits of its sha256."""
+    return sha256_hex(secret)[:8]
+
+
+# ---------------------------------------------------------------- the declared model
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Upstream timeouts, in seconds."""
+
+    connect: float = setting(10.0, gt=0, doc="TCP + TLS connect.")
+    first_byte: float = setting(120.0, gt=0, doc=(
+        "From an attempt's start (connecting included) to the response headers, and for a "
+        "stream to its first event (reasoning models think before answering)."))
+    idle: float = setting(120.0, gt=0, doc="Longest gap between two stream chunks after the "
+                                           "first event.")
+    total: float = setting(600.0, gt=0, doc="One attempt from start to last byte, stream "
+                                            "included.")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKey:
+    """One upstream API key: a bare string, or an object with a name and restrictions.
+
+    ``label`` is its stable identity in counters and metrics, never the secret.
+    """
+
+    _shorthand: ClassVar = ("key", "API key")
+
+    secret: str = setting(key="key", non_empty=True, repr=False, doc=(
+        "The API key, usually \"${SOME_ENV_VAR}\"."))
+    label: str = setting("", key="name", doc=(
+        "Label in metrics, logs and X-Router-Key; default: the first 8 hex digits of the "
+        "key's sha256."))
+    models: frozenset[str] | None = setting(_NO_MODELS, doc=(
+        "This key may only serve these upstream models (default: any)."))
+    daily_request_limit: int | None = setting(None, doc=(
+        "Quota of requests per day, reset at 00:00 UTC; an exhausted key is skipped."))
+
+    def serves(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        if not values.get("label") and "secret" in values:
+            values["label"] = key_label(values["secret"])
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """An upstream API and its keys."""
+
+    name: str = setting(non_empty=True, pattern=r"^[^/]*$", doc=(
+        "Unique name, used in groups and in provider/model ids."),
+        pattern_hint="must not contain '/' (it separates provider/model)")
+    type: str = setting("openai", choices=PROVIDER_TYPES, doc=(
+        "openai: any OpenAI-compatible API; anthropic: the Anthropic Messages API; "
+        "mock: built in, answers without network or key."))
+    base_url: str = setting("", pattern=r"^https?://[^/\s]+", doc=(
+        "API root. Default: https://api.openai.com/v1 for openai, https://api.anthropic.com "
+        "for anthropic (the router posts to {base_url}/v1/messages, so no /v1 there)."),
+        pattern_hint="must be an http:// or https:// URL")
+    keys: tuple[ProviderKey, ...] = setting((), key="api_keys", doc=(
+        "Upstream API keys (not needed for mock). The router spreads load across them."))
+    headers: Mapping[str, str] = setting(MappingProxyType({}), doc=(
+        "Extra headers sent upstream, e.g. {OpenAI-Organization: org-123}."))
+    timeouts: Timeouts = setting(Timeouts(), doc="Upstream timeouts, in seconds.")
+    latency_ms: float = setting(0.0, doc="mock only: delay before answering.")
+    tokens_per_second: float = setting(0.0, doc="mock only: streaming speed (0 = at once).")
+    anthropic_version: str = setting("2023-06-01", doc="anthropic only: anthropic-version "
+                                                       "header.")
+    max_tokens_default: int = setting(4096, ge=1, doc=(
+        "anthropic only: max_tokens when a client omits it (Messages requires it)."))
+    responses: str = setting("chat", choices=("chat", "native"), doc=(
+        "How POST /v1/responses reaches this provider. native: its own /responses endpoint, "
+        "the body passed through untouched (OpenAI, Azure's v1 API, vLLM); chat: translated "
+        "to Chat Completions (and on to Messages for anthropic). See docs/responses.md."))
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        ptype = values.get("type", "openai")
+        url = values.get("base_url", "")
+        if ptype != "mock" and not url:
+            url = _DEFAULT_BASE_URLS.get(ptype, "")
+            if not url and f"{path}.type" not in r.failed:
+                r.fail(f"{path}.base_url", "required")
+        elif ptype == "anthropic" and url.rstrip("/").endswith("/v1"):
+            # The router appends /v1/messages, as the anthropic SDK does.
+            r.fail(f"{path}.base_url", "an anthropic base_url is the API root without /v1 "
+                   f"(e.g. {_DEFAULT_BASE_URLS['anthropic']}); the router posts to "
+                   "{base_url}/v1/messages")
+        values["base_url"] = url.rstrip("/")
+        if ptype == "anthropic" and values.get("responses") == "native":
+            r.fail(f"{path}.responses", "anthropic providers have no Responses API; use "
+                   "'chat' (the router translates to Messages)")
+        keys = values.get("keys", ())
+        if not keys and not any(p.startswith(f"{path}.api_keys") for p in r.failed):
+            if ptype == "mock":
+                values["keys"] = (ProviderKey(secret="", label="mock"),)
+            else:
+                r.fail(f"{path}.api_keys", "at least one API key is required")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A group member: one upstream model on one provider."""
+
+    provider: str = setting(non_empty=True, doc="Name of a provider.")
+    model: str = setting(key="name", aliases=("model",), non_empty=True, doc=(
+        "The upstream model name sent to the provider."))
+    weight: float = setting(1.0, doc=(
+        "Inverse weight: a member of weight 2 gets about half the tokens of one of weight 1; "
+        "0 means always preferred."))
+
+
+@dataclass(frozen=True, slots=True)
+class Affinity:
+    """Prompt-cache affinity of a group (docs/affinity.md explains the defaults).
+
+    Written as a mapping, or as just the mode (affinity: off).
+    """
+
+    _shorthand: ClassVar = ("mode", "affinity mode")
+
+    mode: str = setting("auto", choices=AFFINITY_MODES, doc=(
+        "auto: pin by the client's explicit session key, else by a hash of the prompt's "
+        "prefix; session: explicit keys only; off: no pinning."))
+    slack: float = setting(0.25, doc=(
+        "A pin holds while its candidate's tokens x weight <= (1 + slack) x the lowest "
+        "of the group's eligible candidates, plus one request (docs/affinity.md)."))
+    ttl_s: float = setting(900.0, ge=1.0, doc="A pin lapses this long after its last use.")
+    prefix_bytes: int = setting(8192, ge=64, doc=(
+        "Without an explicit session key, the last this many bytes of a conversation's "
+        "opening (tools, system, first user message) are hashed into its affinity key."))
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A model name clients send, served by one or more members."""
+
+    name: str = setting(non_empty=True, doc="What clients send as \"model\".")
+    members: tuple[Member, ...] = setting(key="models", non_empty=True, doc=(
+        "The upstream models that serve this group."),
+        empty_hint="a group needs at least one model")
+    strategy: str = setting("inverse-weight", choices=STRATEGIES, doc=(
+        "How a member is picked; inverse-weight balances tokens by weight."))
+    max_attempts: int | None = setting(None, ge=1, doc=(
+        "Attempts per request across members and keys; default: the number of candidates, "
+        "at most 3."))
+    max_wait_s: float = setting(0.0, doc="Wait this long for a cooling key before answering "
+                                         "503.")
+    affinity: Affinity = setting(Affinity(), doc="Prompt-cache affinity: keep a conversation "
+                                                 "on the key that has its prompt cached.")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits; each unset one is unlimited."""
+
+    rpm: int | None = setting(None, ge=1, doc="Requests per minute.")
+    tpm: int | None = setting(None, ge=1, doc="Tokens per minute.")
+    daily_requests: int | None = setting(None, ge=1, doc="Requests per UTC day.")
+    max_concurrent: int | None = setting(None, ge=1, doc="Requests in flight at once.")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A spending cap in USD over a calendar period (UTC)."""
+
+    usd: float = setting(doc="The cap, in US dollars.")
+    period: str = setting("monthly", choices=BUDGET_PERIODS, doc=(
+        "Calendar period (UTC) the cap applies to; total never resets."))
+
+
+_ALLOWLIST_DOC: Final = ("Allowlist of group names and provider/model patterns (globs such as "
+                         "\"openai/*\"); default: everything.")
+
+
+@dataclass(frozen=True, slots=True)
+class UserKey:
+    """One client key of a user: its sha256 (preferred) or the key itself."""
+
+    _file_only: ClassVar = {"key": (str, Spec(doc=(
+        "The key itself, usually \"${SOME_ENV_VAR}\"; prefer sha256 so the file holds no "
+        "secret.")))}
+
+    sha256: str = setting("", repr=False, pattern="^[0-9a-fA-F]{64}$", doc=(
+        "Hex sha256 of the key (llm-router hash-key KEY prints it)."),
+        pattern_hint="expected 64 hex digits (llm-router hash-key KEY prints it)")
+    name: str = setting("", doc="Label in logs and metrics; default: the first 8 hex digits "
+                                "of the sha256.")
+    models: tuple[str, ...] | None = setting(_NO_PATTERNS, doc=_ALLOWLIST_DOC + (
+        " Narrows the user's allowlist."))
+    limits: Limits | None = setting(None, doc="Limits of this key alone.")
+    budget: Budget | None = setting(None, doc="Budget of this key alone.")
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader,
+                path: str) -> bool | None:
+        digest: str = values.get("sha256", "").lower()
+        secret: str | None = file_only.get("key")
+        if digest and secret:
+            r.fail(path, "give either 'sha256' or 'key', not both")
+        elif secret:
+            digest = sha256_hex(secret)
+        elif not digest:
+            if f"{path}.sha256" not in r.failed and f"{path}.key" not in r.failed:
+                r.fail(path, "a key needs 'sha256' (preferred) or 'key'")
+            return False
+        values["sha256"] = digest
+        values["name"] = values.get("name") or digest[:8]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A person or app with its own keys, allowlist, limits and budget."""
+
+    name: str = setting(non_empty=True, doc="Unique name, in logs, metrics and usage.")
+    role: str = setting("user", choices=ROLES, doc="admin may see everyone's usage.")
+    keys: tuple[UserKey, ...] = setting((), non_empty=True, doc="The user's client keys.",
+                                        empty_hint="a user needs at least one key")
+    models: tuple[str, ...] | None = setting(_NO_PATTERNS, doc=_ALLOWLIST_DOC)
+    limits: Limits | None = setting(None, doc="Limits over all the user's keys.")
+    budget: Budget | None = setting(None, doc="Budget over all the user's keys.")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens."""
+
+    input: float = setting(doc="USD per 1M prompt tokens.")
+    output: float = setting(doc="USD per 1M completion tokens.")
+    cached_input: float | None = setting(None, doc=(
+        "USD per 1M cached prompt tokens (default: the input price)."))
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSettings:
+    """Where the usage counters (selection, limits, spend) survive restarts."""
+
+    snapshot_path: str | None = setting(None, doc=(
+        "JSON file the counters are saved to and restored from; none = memory only."))
+    snapshot_interval_s: float = setting(30.0, ge=0.1, doc="Seconds between snapshots.")
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesSettings:
+    """The store behind previous_response_id and GET/DELETE /v1/responses/{id}."""
+
+    store_max_entries: int = setting(10_000, doc=(
+        "Most responses kept; past it the least recently used go first (0 keeps none)."))
+    store_max_bytes: int = setting(64 * 1024 * 1024, doc=(
+        "Bound on the kept responses' JSON, summed: memory stays within it (plus ~200 bytes "
+        "per entry) whatever the traffic. A single larger response is not kept."))
+    store_ttl_s: float = setting(3600.0, gt=0, doc=(
+        "A response is forgotten this many seconds after it was created."))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The listening side's limits against idle, slow and oversized clients. Read at
+    start: a change takes a restart."""
+
+    header_timeout_s: float = setting(10.0, gt=0, doc=(
+        "A request's line and headers must arrive within this many seconds of the "
+        "connection opening, or of the request's first byte; else the connection closes."))
+    body_timeout_s: float = setting(10.0, gt=0, doc=(
+        "A request body may take this many seconds plus its size at body_min_bytes_per_s; "
+        "slower gets 408."))
+    body_min_bytes_per_s: int = setting(16384, gt=0, doc=(
+        "The slowest body upload accepted, after body_timeout_s of grace."))
+    keepalive_timeout_s: float = setting(75.0, gt=0, doc=(
+        "An idle keep-alive connection closes after this many seconds."))
+    max_connections: int = setting(10_000, ge=1, doc=(
+        "Client connections at once. At the cap the oldest idle connection is closed to "
+        "admit a new one; with none idle, new connections are refused with 503 (lowered "
+        "to fit the process's open-file limit)."))
+    reserve_connections: int = setting(32, doc=(
+        "Connections past max_connections that serve only /health/live, /health and "
+        "/metrics, so probes and scrapes answer while the router is full."))
+    max_header_bytes: int = setting(65536, ge=1024, doc=(
+        "Request line and headers, in bytes; larger gets 431."))
+    max_headers: int = setting(100, ge=8, doc="Request headers, counted; more gets 431.")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamLimits:
+    """How much of an upstream answer the router reads: past a bound the attempt fails
+    as bad_response (a 502, or in-band once a stream has started)."""
+
+    max_error_body_bytes: int = setting(64 * 1024, ge=1024, doc=(
+        "Of an upstream error answer (4xx/5xx), read and relayed at most this much."))
+    max_response_bytes: int = setting(16 * 1024 * 1024, ge=1024, doc=(
+        "A non-streamed upstream answer larger than this fails the attempt."))
+    max_event_bytes: int = setting(4 * 1024 * 1024, ge=1024, doc=(
+        "One SSE event of an upstream stream larger than this fails the attempt."))
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    """Where shared state lives (docs/scaling.md): without redis_url, in this process."""
+
+    redis_url: str | None = setting(None, repr=False, doc=(
+        "redis://[user:pass@]host:port/db, rediss:// (TLS) or unix:///path: every router "
+        "with the same redis_url and prefix shares limits, budgets, quotas, cooldowns and "
+        "selection counters. Absent: this process only. Needs llm-router[redis]."))
+    prefix: str = setting("llm-router", non_empty=True, doc=(
+        "Key namespace in Redis: routers with the same redis_url and prefix share state."))
+    sync_interval_ms: int = setting(100, ge=10, doc=(
+        "How often selection counters, key quotas and cooldowns are exchanged, in ms."))
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        url = values.get("redis_url")
+        if url:
+            problem = redis_url_problem(url)
+            if problem:
+                r.fail(f"{path}.redis_url", problem)
+        elif url == "":
+            values["redis_url"] = None  # "${REDIS_URL:-}" unset: this process only
+
+    @property
+    def redis_display(self) -> str:
+        """The URL with any password masked: for logs and messages."""
+        return redact_url(self.redis_url or "")
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitSettings:
+    """Passive health: when a key's recent upstream failures open its circuit."""
+
+    window: int = setting(20, ge=1, doc="Look at the last N attempts of a key ...")
+    window_s: float = setting(60.0, gt=0, doc="... within this many seconds.")
+    min_requests: int = setting(5, ge=1, doc="Never judge a key on fewer attempts.")
+    failure_rate: float = setting(0.5, le=1, doc="Open the circuit at or above this share of "
+                                                 "failures (0 to 1).")
+    open_s: float = setting(30.0, doc="Stay open this long, then let one probe through.")
+    cooldown_base_s: float = setting(5.0, doc=(
+        "A 429 without Retry-After cools the key 5 s, 15 s, 45 s ... escalating from this."))
+    cooldown_max_s: float = setting(60.0, doc="The longest such cooldown.")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Who may read GET /metrics: anyone by default, as Prometheus expects. User names
+    appear in its labels (docs/observability.md)."""
+
+    require_key: bool = setting(False, doc=(
+        "Require a key of an admin user (or the legacy api_key) as Authorization: Bearer: "
+        "401 without a valid key, 403 for a non-admin user's key."))
+    allow_networks: tuple[str, ...] = setting((), doc=(
+        "Client addresses or CIDR networks (10.0.0.0/8, 127.0.0.1) that may read /metrics; "
+        "others get 403. Empty: any. The TCP peer is checked, never X-Forwarded-For."))
+    networks: tuple[Network, ...] = internal(())  # allow_networks, parsed
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        parsed: list[Network] = []
+        for i, raw in enumerate(values.get("allow_networks", ())):
+            try:
+                parsed.append(ipaddress.ip_network(raw, strict=False))
+            except ValueError:
+                r.fail(at(at(path, "allow_networks"), i), f"'{raw}' is not an address or "
+                       "network (write e.g. 10.0.0.0/8 or 127.0.0.1)")
+        values["networks"] = tuple(parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class OtelSettings:
+    """OpenTelemetry traces over OTLP/HTTP (needs the llm-router[otel] extra); read at
+    start-up."""
+
+    endpoint: str = setting(pattern=r"^https?://[^/\s]+", doc=(
+        "The collector's OTLP/HTTP base URL, e.g. http://localhost:4318 (/v1/traces is "
+        "appended)."), pattern_hint="must be an http:// or https:// URL (OTLP/HTTP, e.g. "
+        "http://localhost:4318)")
+    service_name: str = setting("llm-router", non_empty=True, doc="service.name of the spans.")
+    capture_content: bool = setting(False, doc=(
+        "Record prompts and answers on spans (gen_ai.input.messages, "
+        "gen_ai.output.messages). Off: never."))
+    headers: Mapping[str, str] = setting(MappingProxyType({}), doc=(
+        "Headers sent with every export, e.g. {Authorization: \"Bearer ${OTLP_TOKEN}\"}."))
+    timeout_s: float = setting(10.0, gt=0, doc="Timeout of one export request, seconds.")
+    export_interval_ms: float = setting(1000.0, ge=1, doc=(
+        "How long a finished span may wait in the batch before it is exported."))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole config file."""
+
+    _file_only: ClassVar = {"$schema": (str, Spec(doc=(
+        "URL or path of this JSON Schema, for editors; the router ignores it.")))}
+
+    host: str = setting("0.0.0.0", doc="Listen address (--host overrides).")
+    port: int = setting(8080, le=65535, doc="Listen port (--port overrides).")
+    api_key: str | None = setting(None, repr=False, doc=(
+        "Optional single shared client key (legacy mode); users is the richer way."))
+    max_body_bytes: int = setting(32 * 1024 * 1024, ge=1, doc=(
+        "Larger request bodies get 413."))
+    providers: Mapping[str, Provider] = setting(MappingProxyType({}), keyed_by="name", doc=(
+        "Upstream APIs and their keys."))
+    groups: Mapping[str, Group] = setting(MappingProxyType({}), keyed_by="name", doc=(
+        "The model names clients send, each served by one or more provider models."))
+    users: tuple[User, ...] = setting((), doc=(
+        "Client users and their keys; without users, api_key (if any) guards access."))
+    pricing: Mapping[str, Price] = setting(MappingProxyType({}), doc=(
+        "USD per 1M tokens, keyed by upstream model name."))
+    usage: UsageSettings = setting(UsageSettings(), doc="Usage counters and their snapshot.")
+    responses: ResponsesSettings = setting(ResponsesSettings(), doc=(
+        "POST /v1/responses: the store that keeps answers for previous_response_id."))
+    state: StateSettings = setting(StateSettings(), doc=(
+        "Shared state for several replicas or --workers (docs/scaling.md)."))
+    circuit: CircuitSettings = setting(CircuitSettings(), doc=(
+        "Passive health per provider key (see docs/resilience.md)."))
+    server: ServerSettings = setting(ServerSettings(), doc=(
+        "Client connection limits and timeouts (see docs/operations.md)."))
+    upstream_limits: UpstreamLimits = setting(UpstreamLimits(), doc=(
+        "Bounds on what the router reads from an upstream answer."))
+    metrics: MetricsSettings = setting(MetricsSettings(), doc=(
+        "Who may read /metrics (default: anyone who can reach the listen address)."))
+    otel: OtelSettings | None = setting(None, doc=(
+        "OpenTelemetry trace export (docs/observability.md); absent: no traces."))
+    shutdown_grace_s: float = setting(30.0, doc="SIGTERM: how long in-flight requests and "
+                                                "streams may finish.")
+    shutdown_delay_s: float = setting(0.0, doc=(
+        "SIGTERM: keep accepting this long with /health/ready at 503 before draining, so load "
+        "balancers take the instance out of rotation first."))
+    keepalive_s: float = setting(15.0, doc="SSE comment interval while a stream waits for "
+                                           "its first token.")
+    request_penalty: int = setting(0, doc="Go llm-router: tokens charged to a key per request.")
+    error_penalty: int = setting(0, doc="Go llm-router: tokens charged to a key per failed "
+                                        "request.")
+    source: str = internal("")  # the file it came from, for logs
+    warnings: tuple[str, ...] = internal(())  # located problems that do not stop it serving
+
+    def summary(self) -> str:
+        keys = sum(len(p.keys) for p in self.providers.values())
+        return (
+            f"{len(self.providers)} providers ({keys} keys), {len(self.groups)} groups, "
+            f"{len(self.users)} users, {len(self.pricing)} prices"
+        )
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The config file's JSON Schema (draft 2020-12), from the declarations above."""
+    return json_schema(Config, title="llm-router config", description=(
+        "Config file of llm-router, the self-hosted OpenAI-compatible LLM gateway. "
+        "${VAR} and ${VAR:-default} are expanded in every string."))

@@ -1,0 +1,319 @@
+"""OpenAI Responses clients served through Chat Completions (pure, no I/O).
+
+:func:`refusal` names the first part of a ``POST /v1/responses`` body that a chat
+member cannot serve, :func:`responses_to_chat` turns the body (and the items of the
+conversation it continues) into a chat-completions body, and :func:`chat_to_response`
+turns the upstream's ``chat.completion`` back into a ``response`` object.
+:mod:`responses_stream` does the same for streams. Anthropic providers are reached by
+chaining these with :mod:`anthropic_out`'s chat ⇄ Messages translators.
+
+docs/responses.md has the table of what is translated, passed through and refused;
+in short:
+
+- translated: ``input`` (a string, or items: messages with text and image parts,
+  ``function_call``, ``function_call_output``), ``instructions`` (a leading system
+  message), function ``tools``, ``tool_choice``, ``max_output_tokens``, ``temperature``,
+  ``top_p``, ``text.format`` → ``response_format``, ``reasoning.effort`` →
+  ``reasoning_effort``, ``metadata``, ``parallel_tool_calls``, ``user``,
+  ``service_tier``, ``prompt_cache_key``, ``safety_identifier``;
+- refused with a 400 naming the parameter: hosted tools (any tool whose type is not
+  ``function``), ``background: true``, ``prompt``, ``conversation``, input items or
+  parts chat has no way to carry (``item_reference``, hosted tool calls, files);
+- ignored: ``include``, ``truncation``, ``reasoning.summary``, ``top_logprobs``, and
+  ``reasoning`` items in the input (the summary of an earlier turn's thinking).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Final
+
+from ...hub.chat import first_choice
+
+__all__ = [
+    "ResponseFrame",
+    "chat_to_response",
+    "input_items",
+    "new_item_id",
+    "refusal",
+    "responses_to_chat",
+    "status_of",
+    "usage_to_responses",
+]
+
+# Response fields copied onto the chat body unchanged (same name, same meaning).
+_COPIED: Final = ("temperature", "top_p", "user", "metadata", "parallel_tool_calls",
+                  "service_tier", "prompt_cache_key", "safety_identifier")
+
+# Request fields a chat member cannot honour: the client gets a 400, not a silent drop.
+_REFUSED_FIELDS: Final = {
+    "background": "background responses need the upstream's own Responses API",
+    "prompt": "reusable prompts live in the upstream's own Responses API",
+    "conversation": "conversations live in the upstream's own Responses API; use "
+                    "previous_response_id",
+}
+_CHAT_ROLES: Final = {"user": "user", "assistant": "assistant", "system": "system",
+                      "developer": "system"}  # 'developer' is not known to every server
+_TEXT_PARTS: Final = frozenset({"input_text", "output_text", "text"})
+
+# finish_reason → (status, incomplete_details.reason)
+_INCOMPLETE: Final = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def new_item_id(prefix: str) -> str:
+    """An id like the Responses API's own (``resp_…``, ``msg_…``, ``fc_…``)."""
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's ``input`` as a list of items (a string is one user message)."""
+    raw = body.get("input")
+    if isinstance(raw, str):
+        return [{"type": "message", "role": "user",
+                 "content": [{"type": "input_text", "text": raw}]}]
+    return [item for item in raw or [] if isinstance(item, dict)]
+
+
+def refusal(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(parameter, why) for the first part of the request a chat member cannot serve."""
+    for name, why in _REFUSED_FIELDS.items():
+        value = body.get(name)
+        if value is not None and value is not False:
+            return name, f"'{name}' is not supported by this model's chat members: {why}."
+    for i, tool in enumerate(body.get("tools") or []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            return (f"tools[{i}]", f"The hosted tool '{kind}' is only available on members "
+                    "with 'responses: native'; this model's members speak Chat Completions, "
+                    "which offers function tools only.")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") != "function":
+        return ("tool_choice", f"tool_choice of type '{choice.get('type')}' is only "
+                "available on members with 'responses: native'.")
+    for i, item in enumerate(input_items(body)):
+        item_why = _item_refusal(item)
+        if item_why is not None:
+            return f"input[{i}]", item_why
+    return None
+
+
+def _item_refusal(item: dict[str, Any]) -> str | None:
+    kind = item.get("type", "message")
+    if kind == "message":
+        content = item.get("content")
+        for part in content if isinstance(content, list) else ():
+            ptype = part.get("type") if isinstance(part, dict) else None
+            if ptype in _TEXT_PARTS or ptype == "refusal":
+                continue
+            if ptype == "input_image" and part.get("image_url"):
+                continue
+            return (f"Content part '{ptype}' cannot be sent to a Chat Completions member "
+                    "(text and images by URL or data: URL can).")
+        return None
+    if kind in ("function_call", "function_call_output", "reasoning"):
+        return None
+    return (f"Input item '{kind}' cannot be sent to a Chat Completions member; it needs a "
+            "member with 'responses: native'.")
+
+
+def responses_to_chat(body: dict[str, Any], upstream_model: str,
+                      history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The chat-completions request equivalent to a Responses request.
+
+    ``history`` holds the items of the conversation ``previous_response_id`` continues
+    (earlier inputs and outputs, oldest first); the request's own input follows them.
+    Call :func:`refusal` first: parts it would refuse are skipped here.
+    """
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "system", "content": instructions})
+    for item in [*(history or ()), *input_items(body)]:
+        _add_item(messages, item)
+    out: dict[str, Any] = {"model": upstream_model, "messages": messages}
+    for name in _COPIED:
+        if body.get(name) is not None:
+            out[name] = body[name]
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    if effort:
+        out["reasoning_effort"] = effort
+    limit = body.get("max_output_tokens")
+    if limit is not None:
+        # Reasoning models accept only the newer name; every server accepts the older one.
+        out["max_completion_tokens" if effort else "max_tokens"] = limit
+    tools = [_chat_tool(t) for t in body.get("tools") or []
+             if isinstance(t, dict) and t.get("type") == "function"]
+    if tools:
+        out["tools"] = tools
+    choice = body.get("tool_choice")
+    if isinstance(choice, str):
+        out["tool_choice"] = choice
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if isinstance(fmt, dict):
+        if fmt.get("type") == "json_schema":
+            schema = {k: fmt[k] for k in ("name", "schema", "strict", "description")
+                      if k in fmt}
+            out["response_format"] = {"type": "json_schema", "json_schema": schema}
+        elif fmt.get("type") == "json_object":
+            out["response_format"] = {"type": "json_object"}
+    if body.get("stream") is True:
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+    return out
+
+
+def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    function = {k: tool[k] for k in ("name", "description", "parameters", "strict")
+                if tool.get(k) is not None}
+    return {"type": "function", "function": function}
+
+
+def _add_item(messages: list[dict[str, Any]], item: dict[str, Any]) -> None:
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = _CHAT_ROLES.get(str(item.get("role")))
+        if role is not None:
+            messages.append({"role": role, "content": _chat_content(item.get("content"),
+                                                                    role)})
+    elif kind == "function_call":
+        call = {"id": item.get("call_id"), "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments")
+                             or ""}}
+        last = messages[-1] if messages else None
+        # Parallel calls, and a call after the text of the same turn, form one message.
+        if last is not None and last["role"] == "assistant" and (
+                "tool_calls" in last or isinstance(last.get("content"), str)):
+            last.setdefault("tool_calls", []).append(call)
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    elif kind == "function_call_output":
+        output = item.get("output")
+        messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
+                         "content": output if isinstance(output, str)
+                         else _joined_text(output)})
+    # reasoning items: the chat upstream cannot take them back; they are left out.
+
+
+def _chat_content(content: Any, role: str) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content or []:
+        if not isinstance(part, dict):
+            continue
+        ptype = part.get("type")
+        if ptype in _TEXT_PARTS:
+            parts.append({"type": "text", "text": part.get("text") or ""})
+        elif ptype == "refusal":
+            parts.append({"type": "text", "text": part.get("refusal") or ""})
+        elif ptype == "input_image" and part.get("image_url"):
+            image: dict[str, Any] = {"url": part["image_url"]}
+            if part.get("detail"):
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+    if role != "user" or all(p["type"] == "text" for p in parts):
+        # Text only (and always for assistant/system turns): one string suits every server.
+        return "".join(p["text"] for p in parts if p["type"] == "text")
+    return parts
+
+
+def _joined_text(content: Any) -> str:
+    if not isinstance(content, list):
+        return "" if content is None else str(content)
+    return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+
+
+class ResponseFrame:
+    """What every ``response`` object of one request repeats: its id, creation time,
+    model and the request's settings (the API echoes them back)."""
+
+    __slots__ = ("created_at", "echo", "id", "model")
+
+    _ECHOED: Final = ("instructions", "max_output_tokens", "previous_response_id",
+                      "reasoning", "temperature", "top_p", "user", "truncation",
+                      "service_tier", "prompt_cache_key", "safety_identifier")
+
+    def __init__(self, body: dict[str, Any], model: str, response_id: str | None = None
+                 ) -> None:
+        self.id = response_id or new_item_id("resp")
+        self.created_at = int(time.time())
+        self.model = model
+        echo: dict[str, Any] = {k: body.get(k) for k in self._ECHOED}
+        echo["metadata"] = body.get("metadata") or {}
+        echo["parallel_tool_calls"] = body.get("parallel_tool_calls", True)
+        echo["store"] = body.get("store", True)
+        echo["text"] = body.get("text") or {"format": {"type": "text"}}
+        echo["tool_choice"] = body.get("tool_choice", "auto")
+        echo["tools"] = body.get("tools") or []
+        if echo["reasoning"] is None:
+            echo["reasoning"] = {"effort": None, "summary": None}
+        if echo["truncation"] is None:
+            echo["truncation"] = "disabled"
+        self.echo = echo
+
+    def response(self, status: str, output: list[dict[str, Any]],
+                 usage: dict[str, Any] | None = None, incomplete: str | None = None,
+                 error: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``response`` object in one of its states."""
+        return {
+            "id": self.id, "object": "response", "created_at": self.created_at,
+            "status": status, "background": False, "error": error,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "model": self.model, "output": output, **self.echo, "usage": usage,
+        }
+
+
+def usage_to_responses(usage: Any) -> dict[str, Any] | None:
+    """Chat ``usage`` in the Responses shape (cached and reasoning details kept)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    pdetails = usage.get("prompt_tokens_details")
+    cdetails = usage.get("completion_tokens_details")
+    cached = pdetails.get("cached_tokens") if isinstance(pdetails, dict) else None
+    reasoning = cdetails.get("reasoning_tokens") if isinstance(cdetails, dict) else None
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": int(cached or 0)},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": int(reasoning or 0)},
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+    }
+
+
+def status_of(finish_reason: Any) -> tuple[str, str | None]:
+    """(status, incomplete reason) for a chat ``finish_reason``."""
+    reason = _INCOMPLETE.get(finish_reason) if isinstance(finish_reason, str) else None
+    return ("incomplete", reason) if reason else ("completed", None)
+
+
+def chat_to_response(chat: dict[str, Any], frame: ResponseFrame) -> dict[str, Any]:
+    """The ``response`` object equivalent to a ``chat.completion``."""
+    message, text, finish_reason = first_choice(chat)
+    output: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    if text:
+        parts.append({"type": "output_text", "text": text, "annotations": [],
+                      "logprobs": []})
+    if message.get("refusal"):
+        parts.append({"type": "refusal", "refusal": message["refusal"]})
+    if parts:
+        output.append({"type": "message", "id": new_item_id("msg"), "status": "completed",
+                       "role": "assistant", "content": parts})
+    for call in message.get("tool_calls") or []:
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") or {}
+        output.append({"type": "function_call", "id": new_item_id("fc"),
+                       "call_id": call.get("id") or new_item_id("call"),
+                       "name": function.get("name") or "",
+                       "arguments": function.get("arguments") or "",
+                       "status": "completed"})
+    status, incomplete = status_of(finish_reason)
+    return frame.response(status, output, usage_to_responses(chat.get("usage")), incomplete)

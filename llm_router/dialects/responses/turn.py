@@ -1,0 +1,347 @@
+"""One ``POST /v1/responses`` request: its conversation, which members may serve it, and
+how its answer reaches the client and the store.
+
+The proxy's attempt loop is the same as for every route; a :class:`ResponsesTurn` (on
+``ModelRequest.turn``) answers the few questions that differ: which candidates may serve
+(a ``native`` conversation goes back to the provider and key that hold it; hosted tools
+need a ``native`` member), what to send each kind of member (the body untouched for
+``responses: native``, Chat Completions otherwise, and Messages for Anthropic through
+:mod:`anthropic_out`), how to turn the answer back (``response`` object or events), and
+what to remember (:mod:`responses_store`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from ...config import Provider
+from ...errors import BadRequest, RouterError
+from ...gateway.relay import STREAM_ERROR, Usage
+from ...gateway.routing import Candidate, CandidateSet, Target
+from ...hub.sse import event_fields, json_object
+from ...providers.anthropic import translate as anthropic_out
+from . import translate as responses_in
+from .check import check_body
+from .store import ResponseStore, StoredResponse
+from .stream import ChatStreamToResponses, EventWriter
+from .translate import ResponseFrame
+
+__all__ = ["NATIVE", "ResponsesTurn", "usage_from_responses"]
+
+NATIVE: Final = "responses"  # the provider dialect of a ``responses: native`` member
+_TERMINAL: Final = frozenset({"response.completed", "response.incomplete"})
+_FAILED: Final = frozenset({"response.failed", "error"})
+
+
+def usage_from_responses(u: Any) -> Usage:
+    """A Responses ``usage`` object as the router's token counts."""
+    if not isinstance(u, dict):
+        return Usage()
+    details = u.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return Usage(int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0),
+                 int(cached or 0))
+
+
+class ResponsesTurn:
+    """The Responses-specific facts of one request (built once, before any attempt)."""
+
+    __slots__ = ("_relay", "_remembered", "body", "frame", "history", "history_bytes",
+                 "origin", "owner", "previous_id", "refused", "response_id", "store")
+
+    def __init__(self, body: dict[str, Any], model: str, store: ResponseStore, owner: str,
+                 previous: StoredResponse | None) -> None:
+        self.body = body
+        self.frame = ResponseFrame(body, model)
+        self.store = store
+        self.owner = owner
+        self.previous_id: str | None = body.get("previous_response_id")
+        self.history: list[dict[str, Any]] = previous.items if previous else []
+        # Sent upstream with this turn: counts toward its prompt estimate.
+        self.history_bytes = len(orjson.dumps(self.history)) if self.history else 0
+        self.origin = previous.origin if previous else None
+        self.refused = responses_in.refusal(body)  # what a chat member cannot serve
+        self._relay: _ResponsesRelay | None = None
+        self._remembered = False
+        self.response_id: str | None = None  # the answer's id, once known (affinity pins it)
+
+    @classmethod
+    async def begin(cls, body: dict[str, Any], model: str, store: ResponseStore,
+                    owner: str) -> ResponsesTurn:
+        """Check the Responses-only fields and load the conversation it continues."""
+        check_body(body)
+        previous = None
+        prev_id = body.get("previous_response_id")
+        if prev_id:
+            previous = await store.get(prev_id)
+            if previous is None or previous.owner != owner:
+                raise BadRequest(f"Previous response with id '{prev_id}' not found: the "
+                                 "router keeps responses for a limited time (and not those "
+                                 "created with store: false).",
+                                 param="previous_response_id",
+                                 code="previous_response_not_found")
+        return cls(body, model, store, owner, previous)
+
+    # ------------------------------------------------------------ who may serve it
+
+    def check_target(self, target: Target, providers: dict[str, Provider] | Any) -> None:
+        """400 before any attempt when no member of the target could serve this turn."""
+        members = target.group.members
+        if self.origin is not None:
+            prov, key, model = self.origin
+            if not any(m.provider == prov and m.model == model for m in members):
+                raise BadRequest(f"previous_response_id '{self.previous_id}' was answered "
+                                 f"by '{prov}/{model}', which '{target.name}' does not "
+                                 f"include; its conversation is held there (send "
+                                 f"model '{prov}/{model}', or a group that includes it).",
+                                 param="previous_response_id",
+                                 code="previous_response_elsewhere")
+            del key
+        elif self.refused is not None and not any(
+                providers[m.provider].responses == "native" for m in members):
+            param, why = self.refused
+            raise BadRequest(why, param=param, code="unsupported_parameter")
+
+    def narrow(self, cands: CandidateSet) -> None:
+        """Leave only the candidates that may serve this turn (``total`` then counts
+        only those that are eligible now: the others were never in the running)."""
+        if self.origin is not None:
+            cands.eligible = [c for c in cands.eligible if c.counter_key == self.origin]
+        elif self.refused is not None:
+            cands.eligible = [c for c in cands.eligible if c.provider.responses == "native"]
+        else:
+            return
+        cands.total = len(cands.eligible)
+
+    def explain(self, err: RouterError) -> None:
+        """A failure of a pinned conversation says why no other member was tried."""
+        if self.origin is None:
+            return
+        prov, key, model = self.origin
+        err.message = (f"previous_response_id '{self.previous_id}' continues a conversation "
+                       f"held by provider '{prov}' (key '{key}', model '{model}'), and only "
+                       f"it can continue it; it could not answer: {err.message}")
+        err.args = (err.message,)
+
+    # ------------------------------------------------------------ what to send
+
+    @staticmethod
+    def dialect(provider: Provider) -> str:
+        if provider.responses == "native":
+            return NATIVE
+        return "anthropic" if provider.type == "anthropic" else "openai"
+
+    def upstream_request(self, provider: Provider, up: str, model: str,
+                         stream: bool) -> tuple[str, dict[str, Any]]:
+        """(path, body) for one member: the body itself, or translated."""
+        body = self.body
+        if up == NATIVE:
+            out = dict(body)
+            out["model"] = model
+            if self.history:
+                # A conversation the router kept: sent whole (without the router's item
+                # ids, which this upstream never issued) instead of by reference.
+                out.pop("previous_response_id", None)
+                out["input"] = [_without_ids(i) for i in self.history] + \
+                    responses_in.input_items(body)
+            return "responses", out
+        chat = responses_in.responses_to_chat(body, model, self.history)
+        if up == "anthropic":
+            return "messages", anthropic_out.chat_to_messages(chat, model,
+                                                              provider.max_tokens_default)
+        return "chat/completions", chat
+
+    # ------------------------------------------------------------ the answer
+
+    async def answer(self, up: str, raw: bytes, cand: Candidate) -> tuple[bytes, Usage]:
+        """The client's body and the usage for a non-streamed upstream answer; raises
+        ValueError (or KeyError/TypeError) when the upstream sent no valid answer."""
+        doc = orjson.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        if up == NATIVE:
+            await self._remember(doc, cand)
+            return raw, usage_from_responses(doc.get("usage"))
+        if up == "anthropic":
+            doc = anthropic_out.message_to_chat(doc, self.frame.model)
+        response = responses_in.chat_to_response(doc, self.frame)
+        await self._remember(response, cand)
+        return orjson.dumps(response), usage_from_responses(response.get("usage"))
+
+    def relay(self, up: str) -> _ResponsesRelay:
+        """The stream relay for a member of dialect ``up`` (kept to store its answer)."""
+        if up == NATIVE:
+            self._relay = _NativeRelay(self.frame)
+        else:
+            self._relay = _TranslatedRelay(self.frame, up == "anthropic")
+        return self._relay
+
+    def fail_event(self, message: str) -> bytes:
+        """The in-band end of a committed stream: through the relay that has been
+        writing it (its numbering and items), or a minimal created/failed pair."""
+        relay = self._relay if self._relay is not None else _NativeRelay(self.frame)
+        return relay.fail(message)
+
+    async def after_events(self, cand: Candidate) -> None:
+        """Store a streamed answer as soon as it is complete, before its last event
+        goes out, so a follow-up sent on that event finds it."""
+        relay = self._relay
+        if relay is not None and relay.final is not None and not self._remembered:
+            await self._remember(relay.final, cand)
+
+    async def _remember(self, response: dict[str, Any], cand: Candidate) -> None:
+        self._remembered = True
+        rid = response.get("id")
+        self.response_id = rid if isinstance(rid, str) else None
+        if self.body.get("store") is False or response.get("status") not in (
+                "completed", "incomplete"):
+            return
+        if cand.provider.responses == "native":
+            entry = StoredResponse(response, self.owner, [], cand.counter_key)
+        else:
+            items = [*self.history, *responses_in.input_items(self.body),
+                     *response.get("output", ())]
+            entry = StoredResponse(response, self.owner, items)
+        await self.store.put(entry)
+
+
+def _without_ids(item: dict[str, Any]) -> dict[str, Any]:
+    if item.get("type") in ("message", "function_call", None):
+        return {k: v for k, v in item.items() if k not in ("id", "status")}
+    return item
+
+
+class _ResponsesRelay:
+    """Stream relay for a Responses client (see relay.Relay); ``final`` is the complete
+    ``response`` object once the upstream finished."""
+
+    __slots__ = ("done", "failure", "final", "usage")
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self.done = False
+        self.failure: str | None = None
+        self.final: dict[str, Any] | None = None
+
+    def feed(self, raw: bytes) -> bytes:
+        raise NotImplementedError
+
+    def fail(self, message: str) -> bytes:
+        raise NotImplementedError
+
+
+class _TranslatedRelay(_ResponsesRelay):
+    """Chat (or, through anthropic_out, Messages) upstream stream → Responses events."""
+
+    __slots__ = ("_messages", "_t")
+
+    def __init__(self, frame: ResponseFrame, anthropic: bool) -> None:
+        super().__init__()
+        self._t = ChatStreamToResponses(frame)
+        self._messages = anthropic_out.MessagesStreamToChat(frame.model, True) \
+            if anthropic else None
+
+    def feed(self, raw: bytes) -> bytes:
+        if self._t.ended:
+            return b""
+        if self._messages is None:
+            return self._chat_event(raw)
+        event, data = event_fields(raw)
+        if not event:
+            return b""
+        try:
+            doc = orjson.loads(data) if data else {}
+        except orjson.JSONDecodeError:
+            return b""
+        chat = self._messages.feed(event, doc if isinstance(doc, dict) else {})
+        # The Messages translator speaks chat SSE; its events go through the chat path.
+        out = b"".join(self._chat_event(e + b"\n\n") for e in chat.split(b"\n\n") if e)
+        if not self.done:
+            # Anthropic reports input tokens first: a stream cut later still counts them.
+            prompt, completion = self._messages.usage
+            self.usage = Usage(prompt, completion, self.usage.cached)
+        return out
+
+    def _chat_event(self, raw: bytes) -> bytes:
+        _, data = event_fields(raw)
+        if self._t.ended:
+            return b""  # an in-band error already ended it; [DONE] does not undo that
+        if data == b"[DONE]":
+            out = self._t.finish()
+            self._settle()
+            return out
+        chunk = json_object(data)
+        if chunk is None:
+            return b""
+        out = self._t.feed(chunk)
+        if chunk.get("usage"):  # most chunks have none, or null
+            self.usage = Usage(*self._t.usage)
+        if chunk.get("error"):  # the translator turned it into response.failed
+            self.failure = STREAM_ERROR
+            self.final = self._t.final
+        return out
+
+    def _settle(self) -> None:
+        self.usage = Usage(*self._t.usage)
+        self.final = self._t.final
+        self.done = True
+
+    def fail(self, message: str) -> bytes:
+        out = self._t.error(message)
+        self.final = self.final or self._t.final
+        return out
+
+
+class _NativeRelay(_ResponsesRelay):
+    """A native upstream's Responses events, passed on as sent; read for usage, the
+    final object, and the numbering an in-band failure of the router's must continue."""
+
+    __slots__ = ("_frame", "_id", "_w")
+
+    def __init__(self, frame: ResponseFrame) -> None:
+        super().__init__()
+        self._frame = frame
+        self._w = EventWriter()
+        self._id: str | None = None  # the upstream's response id, from response.created
+
+    def feed(self, raw: bytes) -> bytes:
+        if self.done or self.failure is not None:
+            return b""
+        event, data = event_fields(raw)
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return raw
+        if not isinstance(doc, dict):
+            return raw
+        kind = event or doc.get("type")
+        seq = doc.get("sequence_number")
+        if isinstance(seq, int):
+            self._w.next_sequence = seq + 1
+        response = doc.get("response")
+        if isinstance(response, dict):
+            self._id = self._id or response.get("id")
+            if isinstance(response.get("usage"), dict):
+                self.usage = usage_from_responses(response["usage"])
+        if kind in _TERMINAL:
+            self.done = True
+            self.final = response if isinstance(response, dict) else None
+        elif kind in _FAILED:
+            self.failure = STREAM_ERROR
+        return raw
+
+    def fail(self, message: str) -> bytes:
+        if self.done or self.failure is not None:
+            return b""
+        self.failure = STREAM_ERROR
+        out = b""
+        if self._id is None:  # nothing went out yet: the grammar needs a created first
+            out = self._w.event("response.created",
+                                {"response": self._frame.response("in_progress", [])})
+        else:
+            self._frame.id = self._id
+        failed = self._frame.response("failed", [], error={"code": "server_error",
+                                                           "message": message})
+        return out + self._w.event("response.failed", {"response": failed})

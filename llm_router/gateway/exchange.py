@@ -1,0 +1,76 @@
+"""The record of one request: what it asked, what it did, what it cost.
+
+Every module on the request path writes into it (handlers, ``proxy``, ``downstream``),
+and the access-log line and the metrics are made from it when the request ends. It
+lives in its own module, below all of them, so none of them imports another to reach it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from aiohttp import web
+
+from ..ledger.accounting import Caller
+from ..ledger.limits import Admission
+
+__all__ = ["EXCHANGE", "Exchange"]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did: the access-log line and the metrics are made from it."""
+
+    route: str
+    request_id: str
+    caller: Caller
+    kind: str = ""  # chat | completions | embeddings | messages | count_tokens
+    client: str = "openai"  # the caller's dialect: openai | anthropic
+    t0: float = field(default_factory=time.perf_counter)
+    group: str = ""
+    provider: str = ""
+    model: str = ""
+    key: str = ""
+    status: int = 0
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    ttft: float | None = None
+    upstream_s: float = 0.0  # time spent waiting on upstreams: excluded from overhead
+    bytes_out: int = 0
+    stream: bool = False
+    error: str | None = None
+    # The code of an error the router answered itself (400, 401, 402, 404...): the access
+    # line's error when no upstream failure named one; not a failure for traces.
+    refusal: str | None = None
+    failures: list[str] = field(default_factory=list)  # failed attempts: provider/key:reason
+    key_state: str = ""  # health of the last key tried, after the attempt (KeyHealth.label)
+    body: dict[str, Any] | None = None  # parsed once, if a handler needed it early
+    prompt_estimate: int = 0  # ~bytes/4 of the request: a cut stream's prompt if unreported
+    admission: Admission | None = None  # the caller's limits and spend (limits.Ledger)
+    affinity: str = ""  # hit | new | moved | off (affinity.RESULTS); "" = not a group request
+    span: Any = None  # the request's trace span when tracing is on (tracing.Tracing)
+
+    def log_line(self) -> dict[str, Any]:
+        now = time.perf_counter()
+        return {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": self.request_id, "user": self.caller.user, "user_key": self.caller.key,
+            "route": self.route, "group": self.group, "provider": self.provider,
+            "model": self.model, "key": self.key, "status": self.status,
+            "stream": self.stream, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "cost_usd": self.cost,
+            "latency_ms": round((now - self.t0) * 1000, 2),
+            "ttft_ms": round(self.ttft * 1000, 2) if self.ttft is not None else None,
+            "attempts": self.attempts, "failures": self.failures or None,
+            "key_state": self.key_state or None, "bytes": self.bytes_out,
+            "error": self.error or self.refusal,
+            "affinity": self.affinity or None,
+        }
+
+
+EXCHANGE: Final = web.RequestKey("exchange", Exchange)

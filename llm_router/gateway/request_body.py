@@ -1,0 +1,86 @@
+"""A client's request body, read within bounds: size, time and JSON nesting.
+
+Every bound answers with an error the client can read, never a 500: 413 past
+``max_body_bytes``; 408 when the body arrives slower than ``server.body_timeout_s``
+plus its size at ``server.body_min_bytes_per_s`` (a ``Content-Length`` larger than what
+is sent held connections for minutes); 400 ``invalid_json`` for anything orjson will not
+parse, or nested deeper than it can write back (255 levels: such a body used to pass the
+parse and fail later as a 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from ..config import Config
+from ..errors import BadRequest, PayloadTooLarge, RequestTimeout
+
+__all__ = ["BODY_SIZE", "MAX_JSON_DEPTH", "read_json"]
+
+BODY_SIZE: Final = web.RequestKey("body_size", int)  # bytes read_json read
+MAX_JSON_DEPTH: Final = 254  # orjson.dumps refuses deeper; the body is re-encoded upstream
+
+
+async def read_json(request: web.Request, cfg: Config) -> dict[str, Any]:
+    """The request body as a JSON object, or the :class:`RouterError` that says why not."""
+    max_bytes = cfg.max_body_bytes
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {max_bytes}.")
+    content = request.content
+    if length is not None and content.is_eof():
+        # The usual case: the whole body came with the headers, nothing to wait for.
+        raw = await content.read()
+    else:
+        raw = await _read_slow(request, cfg)
+    if not raw:
+        raise BadRequest("Request body is empty; expected a JSON object.")
+    request[BODY_SIZE] = len(raw)  # a chunked body has no Content-Length to estimate from
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc.msg} at position {exc.pos}.",
+                         code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object.", code="invalid_json")
+    # Nesting that deep needs that many brackets: count them (fast) before checking.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(body):
+        raise BadRequest(f"Request body is nested deeper than {MAX_JSON_DEPTH} levels.",
+                         code="invalid_json")
+    return body
+
+
+def _too_deep(body: dict[str, Any]) -> bool:
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return True
+    return False
+
+
+async def _read_slow(request: web.Request, cfg: Config) -> bytes:
+    """A body still arriving: read until its end, ``max_body_bytes`` or the rate bound
+    (``body_timeout_s`` of grace, then ``body_min_bytes_per_s`` of what came so far)."""
+    max_bytes, server = cfg.max_body_bytes, cfg.server
+    grace, rate = server.body_timeout_s, server.body_min_bytes_per_s
+    chunks: list[bytes] = []
+    size = 0
+    start = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout_at(start + grace) as bound:
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {max_bytes} "
+                                          "bytes.")
+                chunks.append(chunk)
+                bound.reschedule(start + grace + size / rate)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body came too slowly: {size} bytes in "
+                             f"{asyncio.get_running_loop().time() - start:.0f} s (at least "
+                             f"{rate} bytes/s are needed after {grace:g} s).") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

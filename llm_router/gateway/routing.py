@@ -1,0 +1,340 @@
+"""Which upstream serves a request: targets, candidates, strategies, the retry decision.
+
+For a request naming group G the candidates are every eligible (member, provider key)
+pair of G. The default strategy, ``inverse-weight``, picks the candidate with the lowest
+``tokens x weight`` over the per-(provider, key, model) counters, in-flight estimates
+included, ties broken at random (CONTRACT §3). Every strategy is a small function
+``(candidates, ctx) -> Candidate`` registered by name in :data:`STRATEGIES`; strategies
+read only a candidate's fields and ``ctx``, never health internals.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from ..config import Config, Group, Member, Price, Provider, ProviderKey
+from ..errors import BadRequest, ModelNotFound
+from ..ledger.usage import CounterKey, UsageCounters
+from .health import KeyHealth
+
+__all__ = [
+    "STRATEGIES",
+    "Candidate",
+    "CandidateSet",
+    "PickContext",
+    "Preferences",
+    "Target",
+    "can_serve",
+    "collect_candidates",
+    "counter_keys",
+    "is_retryable",
+    "level_new_keys",
+    "pick_candidate",
+    "resolve_target",
+]
+
+# Which provider types can serve which route kind (anthropic speaks Messages only;
+# chat is translated both ways, so it also serves chat completions).
+_SERVES: Final = {
+    "openai": frozenset({"chat", "completions", "embeddings", "messages", "responses"}),
+    "mock": frozenset({"chat", "completions", "embeddings", "messages", "count_tokens",
+                       "responses"}),
+    "anthropic": frozenset({"chat", "messages", "count_tokens", "responses"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the client's ``model`` names: a group, or one ``provider/model``."""
+
+    name: str
+    group: Group
+
+    @property
+    def is_direct(self) -> bool:
+        return "/" in self.name and len(self.group.members) == 1
+
+
+def resolve_target(cfg: Config, model: str) -> Target:
+    """Map the client's ``model`` to a group; ``provider/model`` makes a one-member group."""
+    group = cfg.groups.get(model)
+    if group is not None:
+        return Target(model, group)
+    prov_name, sep, upstream_model = model.partition("/")
+    if sep and upstream_model and prov_name in cfg.providers:
+        return Target(model, Group(name=model, members=(Member(prov_name, upstream_model),)))
+    raise ModelNotFound(f"The model '{model}' does not exist or is not served by this router. "
+                        "GET /v1/models lists what you may use.", param="model")
+
+
+def can_serve(cfg: Config, target: Target, kind: str) -> bool:
+    """Whether any member's provider type serves this route kind at all (an anthropic
+    provider has no embeddings or legacy completions): if not, no wait will help."""
+    return any(kind in _SERVES[cfg.providers[m.provider].type] for m in target.group.members)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    member: Member
+    provider: Provider
+    key: ProviderKey
+    order: int  # member position in the group (priority strategy)
+
+    @property
+    def counter_key(self) -> CounterKey:
+        return (self.provider.name, self.key.label, self.member.model)
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """Per-request provider preferences from the ``X-Router-*`` request headers."""
+
+    only: frozenset[str] | None = None
+    ignore: frozenset[str] = frozenset()
+    order: tuple[str, ...] = ()
+    allow_fallbacks: bool = True
+    sort: str | None = None  # latency | price
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str] | object, cfg: Config) -> Preferences:
+        get = getattr(headers, "get", None)
+        assert get is not None
+
+        def names(header: str) -> tuple[str, ...]:
+            raw = get(header)
+            if not raw:
+                return ()
+            items = tuple(p.strip() for p in str(raw).split(",") if p.strip())
+            unknown = [p for p in items if p not in cfg.providers]
+            if unknown:
+                raise BadRequest(f"{header} names unknown provider(s): {', '.join(unknown)} "
+                                 f"(known: {', '.join(cfg.providers)})", code="unknown_provider")
+            return items
+
+        only = names("X-Router-Provider-Only")
+        ignore = names("X-Router-Provider-Ignore")
+        order = names("X-Router-Provider-Order")
+        fallbacks = str(get("X-Router-Allow-Fallbacks") or "true").strip().lower()
+        if fallbacks not in ("true", "false", "1", "0", "yes", "no"):
+            raise BadRequest("X-Router-Allow-Fallbacks must be true or false")
+        sort = get("X-Router-Sort")
+        if sort is not None and sort not in ("latency", "price"):
+            raise BadRequest("X-Router-Sort must be 'latency' or 'price'")
+        if not (only or ignore or order or sort) and fallbacks in ("true", "1", "yes"):
+            return _NO_PREFERENCES
+        return cls(
+            only=frozenset(only) if only else None,
+            ignore=frozenset(ignore),
+            order=order,
+            allow_fallbacks=fallbacks in ("true", "1", "yes"),
+            sort=sort,
+        )
+
+
+_NO_PREFERENCES: Final = Preferences()
+
+
+@dataclass(slots=True)
+class CandidateSet:
+    """Eligible candidates, plus when the soonest ineligible-for-now one recovers."""
+
+    eligible: list[Candidate]
+    soonest_recovery: float | None = None  # monotonic time; None if nothing is cooling
+    total: int = 0  # candidates before health and quota filtering
+    over_quota: int = 0  # of those, keys past their daily_request_limit
+    bad: int = 0  # of those, keys the upstream rejected (401/403) until a reload
+    excluded: set[str] = field(default_factory=set)  # providers the preferences left out
+
+
+def collect_candidates(
+    cfg: Config, target: Target, kind: str, health: KeyHealth, counters: UsageCounters,
+    prefs: Preferences, exclude: set[CounterKey] | None = None,
+) -> CandidateSet:
+    """Every (member, key) pair of the target that may serve ``kind`` now."""
+    now = time.monotonic()
+    out = CandidateSet([])
+    for order, member in enumerate(target.group.members):
+        provider = cfg.providers[member.provider]
+        if kind not in _SERVES[provider.type]:
+            continue
+        if (prefs.only is not None and provider.name not in prefs.only) \
+                or provider.name in prefs.ignore:
+            out.excluded.add(provider.name)
+            continue
+        for key in provider.keys:
+            if not key.serves(member.model):
+                continue
+            cand = Candidate(member, provider, key, order)
+            if exclude and cand.counter_key in exclude:
+                continue
+            out.total += 1
+            if (key.daily_request_limit is not None
+                    and counters.requests_today(provider.name, key.label)
+                    >= key.daily_request_limit):
+                out.over_quota += 1
+                continue
+            ready = health.available_at(provider.name, key.label, now)
+            if ready > now:
+                if ready == math.inf:
+                    out.bad += 1
+                elif out.soonest_recovery is None or ready < out.soonest_recovery:
+                    out.soonest_recovery = ready
+                continue
+            out.eligible.append(cand)
+    return out
+
+
+_RNG: Final = random.Random()
+
+
+@dataclass(slots=True)
+class PickContext:
+    """What strategies may read besides the candidates themselves."""
+
+    counters: UsageCounters
+    pricing: Mapping[str, Price] = field(default_factory=dict)
+    latency: dict[CounterKey, float] = field(default_factory=dict)  # EWMA seconds
+    round_robin: dict[str, int] = field(default_factory=dict)
+    group: str = ""
+    # Shared, not one per request: random.Random() seeds itself from os.urandom, which
+    # showed in profiles of the request path.
+    rng: random.Random = field(default_factory=lambda: _RNG)
+
+
+Strategy = Callable[[Sequence[Candidate], PickContext], Candidate]
+
+
+def _lowest(cands: Sequence[Candidate], ctx: PickContext,
+            score: Callable[[Candidate], float]) -> Candidate:
+    best: list[Candidate] = []
+    best_score = float("inf")
+    for c in cands:
+        s = score(c)
+        if s < best_score:
+            best_score, best = s, [c]
+        elif s == best_score:
+            best.append(c)
+    return best[0] if len(best) == 1 else ctx.rng.choice(best)
+
+
+def _weighted_load(c: Candidate, ctx: PickContext) -> float:
+    # weight 0 → always preferred; among several weight-0 candidates, spread by load.
+    w = c.member.weight
+    load = ctx.counters.load(c.counter_key)
+    return load * w if w > 0 else -1.0 / (1.0 + load)
+
+
+def _group_counters(cfg: Config, group: Group) -> list[tuple[CounterKey, float]]:
+    """The (provider, key, model) counters ``group`` can select, with their weights."""
+    return [((m.provider, k.label, m.model), m.weight) for m in group.members
+            for k in cfg.providers[m.provider].keys if k.serves(m.model)]
+
+
+def counter_keys(cfg: Config) -> set[CounterKey]:
+    """Every (provider, key, model) counter the config's groups can select."""
+    return {key for group in cfg.groups.values() for key, _ in _group_counters(cfg, group)}
+
+
+def level_new_keys(cfg: Config, counters: UsageCounters, new: set[CounterKey]
+                   ) -> list[tuple[str, CounterKey, int]]:
+    """Start each counter in ``new`` level with the least-loaded established candidate
+    of its group, so a key added to a busy group shares its traffic at once. Left at
+    zero it would take every request of the group until it had served as many tokens as
+    the others (days, for a key joining a month of history). Returns what was set, as
+    (group, counter, tokens).
+
+    Level means equal ``tokens x weight``; weight-0 candidates are always preferred
+    anyway and are left alone. A counter above the level (a key that comes back) keeps
+    its own count.
+    """
+    levelled: list[tuple[str, CounterKey, int]] = []
+    for group in cfg.groups.values():
+        scored = _group_counters(cfg, group)
+        established = [counters.tokens.get(key, 0) * w for key, w in scored
+                       if key not in new and w > 0 and key in counters.tokens]
+        if not established:
+            continue  # a new group, or one with no history yet: all start at zero
+        level = min(established)
+        for key, w in scored:
+            if key in new and w > 0:
+                tokens = math.ceil(level / w)
+                if tokens > counters.tokens.get(key, 0):
+                    counters.tokens[key] = tokens
+                    levelled.append((group.name, key, tokens))
+    return levelled
+
+
+def inverse_weight(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """Lowest ``tokens x weight`` (in-flight estimates included); ties at random."""
+    return _lowest(cands, ctx, lambda c: _weighted_load(c, ctx))
+
+
+def priority(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """The first member (in group order) that has a usable key: a later member serves
+    only while every earlier one is cooling, failing or excluded (exhaust-first)."""
+    first = min(c.order for c in cands)
+    return inverse_weight([c for c in cands if c.order == first], ctx)
+
+
+def round_robin(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """Each (member, key) in turn, in group order then key label."""
+    n = ctx.round_robin.get(ctx.group, 0)
+    ctx.round_robin[ctx.group] = n + 1
+    ordered = sorted(cands, key=lambda c: (c.order, c.key.label))
+    return ordered[n % len(ordered)]
+
+
+def lowest_latency(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """Lowest recent time to first byte (EWMA per provider, key and model)."""
+    # Unmeasured candidates score 0 so each gets tried once and measured.
+    return _lowest(cands, ctx, lambda c: ctx.latency.get(c.counter_key, 0.0))
+
+
+def cheapest(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """Lowest input + output price per 1M tokens from ``pricing``; ties by inverse weight."""
+    def cost(c: Candidate) -> float:
+        # Unpriced models sort last: "cheapest" must not mean "we do not know".
+        p = ctx.pricing.get(c.member.model)
+        return float("inf") if p is None else p.input + p.output
+
+    best = min(cost(c) for c in cands)
+    return inverse_weight([c for c in cands if cost(c) == best], ctx)
+
+
+STRATEGIES: Final[dict[str, Strategy]] = {
+    "inverse-weight": inverse_weight,
+    "priority": priority,
+    "round-robin": round_robin,
+    "latency": lowest_latency,
+    "price": cheapest,
+}
+
+
+def pick_candidate(cands: Sequence[Candidate], strategy: str, ctx: PickContext,
+                   prefs: Preferences = _NO_PREFERENCES) -> Candidate | None:
+    """The candidate to try next, or None if there is none."""
+    if not cands:
+        return None
+    if prefs.order:
+        # Providers named in X-Router-Provider-Order go first, in that order.
+        rank = {name: i for i, name in enumerate(prefs.order)}
+        first = min(rank.get(c.provider.name, len(rank)) for c in cands)
+        cands = [c for c in cands if rank.get(c.provider.name, len(rank)) == first]
+    if prefs.sort is not None:
+        strategy = "latency" if prefs.sort == "latency" else "price"
+    return STRATEGIES[strategy](cands, ctx)
+
+
+# Upstream statuses worth another candidate: rate limits, server faults, timeouts and
+# conflicts. 401/403 mean *our key* is bad, not the client's request.
+_RETRYABLE_STATUS: Final = frozenset({401, 403, 408, 409, 429})
+
+
+def is_retryable(status: int | None) -> bool:
+    """Whether an attempt that failed this way (None = no HTTP answer) may go elsewhere."""
+    return status is None or status >= 500 or status in _RETRYABLE_STATUS

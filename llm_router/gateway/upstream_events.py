@@ -1,0 +1,145 @@
+"""An upstream's SSE answer as batches of raw events, under one watchdog per stream.
+
+Two costs measured on the stream path (bench/README.md) shaped this module. Events that
+arrive in one socket read are yielded together, so the relay sends them in one write
+(one syscall, one compress flush) instead of one per event: they were ready at the same
+instant, so no event waits for another. And the waits for upstream bytes are bounded by
+one re-armed timer per stream instead of an ``asyncio.timeout`` per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from types import TracebackType
+
+from ..hub.sse import EventTooLarge, SSEParser
+from ..providers import ResponseTooLarge, UpstreamResponse
+from .deadlines import TaskBound
+
+__all__ = ["upstream_events"]
+
+
+class _Watchdog(TaskBound):
+    """Bounds every wait for upstream bytes of one stream, from one timer.
+
+    Used as ``with dog: await read()``. A wait may last until the first event is due
+    (before any event came), else ``idle`` from the first wait after the last complete
+    event (:attr:`progress`), and never past the stream's ``deadline``: bytes that
+    trickle in without completing an event do not hold a stream open. The timer is not
+    moved on every read: when it fires early (the stream made progress meanwhile) it
+    re-arms itself for the current wait, so a busy stream costs one timer per ``idle``
+    period. An overdue wait ends as with
+    ``asyncio.timeout`` (:class:`deadlines.TaskBound`). The shared tick of
+    :mod:`deadlines` would cost a bucket move per read here, where reads come by the
+    tens of thousands a second.
+    """
+
+    __slots__ = ("_armed_at", "_deadline", "_due", "_first_due", "_handle", "_idle",
+                 "_loop", "_waiting", "progress", "started")
+
+    def __init__(self, first_due: float, idle: float, deadline: float) -> None:
+        """``first_due`` and ``deadline`` are ``time.perf_counter()`` times."""
+        self._loop = asyncio.get_running_loop()
+        self._bind()
+        # The loop's clock may differ from perf_counter (uvloop keeps its own).
+        shift = self._loop.time() - time.perf_counter()
+        self._first_due = first_due + shift
+        self._deadline = deadline + shift
+        self._idle = idle
+        self._due = 0.0
+        self._waiting = False
+        self.started = False  # an event came: from now on waits are bounded by idle
+        self.progress = False  # an event completed since the idle clock last started
+        self._armed_at = float("inf")
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> None:
+        # The idle clock starts when the router asks for more, so a slow client's
+        # backpressure is not blamed on the upstream.
+        if not self.started:
+            self._due = min(self._first_due, self._deadline)
+        elif self.progress:
+            self._due = min(self._loop.time() + self._idle, self._deadline)
+            self.progress = False
+        self._waiting = True
+        if self._due < self._armed_at:
+            self._arm(self._due)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._waiting = False
+        self._end(exc_type, exc)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._armed_at = float("inf")
+        if self._task.done():
+            return
+        now = self._loop.time()
+        if not self._waiting:
+            # Between reads: the next wait cannot end sooner than idle from now (and
+            # __enter__ re-arms sooner if the deadline says so).
+            self._arm(now + self._idle)
+        elif now < self._due:
+            self._arm(self._due)  # progress since the timer was set: wait on
+        else:
+            self._expire()
+
+
+async def upstream_events(resp: UpstreamResponse, first_due: float, idle: float,
+                          deadline: float, max_event: int
+                          ) -> AsyncGenerator[list[bytes], None]:
+    """Raw SSE events from the upstream, those of one read together (never an empty
+    batch): the first by ``first_due``, then never more than ``idle`` between complete
+    events, all by ``deadline`` (``perf_counter`` times); past any of these,
+    ``TimeoutError``. An event larger than ``max_event`` bytes raises
+    :class:`ResponseTooLarge`."""
+    parser = SSEParser(max_event)
+    chunks = resp.chunks().__aiter__()
+    dog = _Watchdog(first_due, idle, deadline)
+    try:
+        while True:
+            with dog:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+            try:
+                events = parser.feed(chunk)
+            except EventTooLarge as exc:
+                raise ResponseTooLarge(str(exc)) from None
+            if not events:
+                continue
+            # A complete comment shows the upstream alive (idle restarts), but it is not
+            # an answer: it must not commit the stream, and the router sends its own
+            # keepalives (": OPENROUTER PROCESSING").
+            dog.progress = True
+            batch = [event for event in events if not _is_comment(event)]
+            if batch:
+                dog.started = True
+                yield batch
+        tail = parser.tail()
+        if tail.strip():
+            yield [tail + b"\n\n"]
+    finally:
+        dog.close()
+
+
+def _is_comment(event: bytes) -> bool:
+    """Whether every line of the event is a comment (``: ...``)."""
+    if event[:1] not in (b":", b"\n"):
+        return False  # the usual event: its first line is a field, so not all comments
+    return all(line.startswith(b":") for line in event.split(b"\n") if line)

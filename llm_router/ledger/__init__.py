@@ -1,0 +1,1 @@
+"""Who may spend what, and what was spent: limits, usage counters, accounting, the journal."""

@@ -1,0 +1,165 @@
+"""Who is calling, what they may use, and what it costs.
+
+Keys are looked up by their sha256 (the config stores hashes, never needs secrets) and
+confirmed with a constant-time comparison. The legacy top-level ``api_key`` acts as one
+more user, named ``default``, allowed every model.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Final
+
+from ..config import DEFAULT_PRICE, Budget, Config, Limits, Member, Price, User, UserKey, sha256_hex
+from ..errors import Forbidden, Unauthorized
+from ..gateway.routing import Target
+
+__all__ = [
+    "ANONYMOUS",
+    "DEFAULT_PRICE",
+    "Caller",
+    "KeyIndex",
+    "cost_usd",
+    "estimate_cost",
+    "extract_key",
+    "price_for",
+    "priced_target",
+]
+
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated client of one request."""
+
+    user: str
+    key: str  # the client key's name (never the secret)
+    role: str = "user"
+    models: tuple[str, ...] | None = None  # user allowlist
+    key_models: tuple[str, ...] | None = None  # narrower per-key allowlist
+    limits: Limits | None = None
+    key_limits: Limits | None = None
+    budget: Budget | None = None
+    key_budget: Budget | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def has_budget(self) -> bool:
+        return self.budget is not None or self.key_budget is not None
+
+    def may_use(self, target: Target) -> bool:
+        """Whether both allowlists admit the target (a group name or provider/model)."""
+        return _allowed(self.models, target) and _allowed(self.key_models, target)
+
+    def check(self, target: Target) -> None:
+        if not self.may_use(target):
+            raise Forbidden(f"Your key may not use the model '{target.name}'.", param="model")
+
+
+ANONYMOUS: Final = Caller(user="anonymous", key="none", role="admin")
+_LEGACY: Final = Caller(user="default", key="api_key", role="admin")
+
+
+def _allowed(patterns: tuple[str, ...] | None, target: Target) -> bool:
+    # Patterns match the name the client sent: a group name, or provider/model.
+    return patterns is None or any(fnmatch.fnmatchcase(target.name, p) for p in patterns)
+
+
+def extract_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key a client presented: ``Authorization: Bearer KEY`` or ``x-api-key: KEY``."""
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    if x_api_key and x_api_key.strip():
+        return x_api_key.strip()
+    return None
+
+
+class KeyIndex:
+    """Client keys of one config, indexed by sha256; built once per config load."""
+
+    def __init__(self, cfg: Config, insecure_no_auth: bool = False) -> None:
+        self._by_hash: dict[str, tuple[User, UserKey]] = {}
+        for user in cfg.users:
+            for key in user.keys:
+                self._by_hash[key.sha256] = (user, key)
+        self._legacy = sha256_hex(cfg.api_key) if cfg.api_key else None
+        self.open = not self._by_hash and self._legacy is None and insecure_no_auth
+
+    def authenticate(self, presented: str | None) -> Caller:
+        """The caller behind a presented key; :class:`Unauthorized` if there is none."""
+        if self.open:
+            return ANONYMOUS
+        if presented is None:
+            raise Unauthorized("Missing API key: send 'Authorization: Bearer KEY' or "
+                               "'x-api-key: KEY'.", code="missing_api_key")
+        # Header values arrive decoded with surrogateescape: hash the bytes as sent, so a
+        # key that is not UTF-8 is just a wrong key (401), not a UnicodeEncodeError (500).
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()
+        found = self._by_hash.get(digest)
+        if found is not None and hmac.compare_digest(found[1].sha256, digest):
+            user, key = found
+            return Caller(user=user.name, key=key.name, role=user.role, models=user.models,
+                          key_models=key.models, limits=user.limits, key_limits=key.limits,
+                          budget=user.budget, key_budget=key.budget)
+        if self._legacy is not None and hmac.compare_digest(self._legacy, digest):
+            return _LEGACY
+        raise Unauthorized("Invalid API key.")
+
+
+def price_for(pricing: Mapping[str, Price], model: str) -> Price | None:
+    """The model's price, else ``pricing.default``; None when neither exists."""
+    price = pricing.get(model)
+    return price if price is not None else pricing.get(DEFAULT_PRICE)
+
+
+def cost_usd(pricing: Mapping[str, Price], model: str, prompt_tokens: int,
+             completion_tokens: int, cached_tokens: int = 0) -> float | None:
+    """USD for one response by the pricing table; None when the model has no price."""
+    price = price_for(pricing, model)
+    if price is None:
+        return None
+    cached = min(max(cached_tokens, 0), prompt_tokens) if price.cached_input is not None else 0
+    uncached = prompt_tokens - cached
+    total = uncached * price.input + completion_tokens * price.output
+    if cached:
+        total += cached * (price.cached_input or 0.0)
+    return total / 1_000_000
+
+
+def estimate_cost(pricing: Mapping[str, Price], members: Sequence[Member], prompt_tokens: int,
+                  completion_tokens: int) -> float:
+    """What a request is reserved at before the pick: its estimated tokens priced at the
+    dearest member it could land on (unpriced members count 0; budgeted callers never
+    reach them, see :func:`priced_target`)."""
+    worst = 0.0
+    for m in members:
+        cost = cost_usd(pricing, m.model, prompt_tokens, completion_tokens)
+        if cost is not None and cost > worst:
+            worst = cost
+    return worst
+
+
+def priced_target(pricing: Mapping[str, Price], target: Target) -> Target:
+    """The target a budgeted caller may reach: only members with a price, so every call
+    is charged. 403 ``model_not_priced`` when no member has one."""
+    members = target.group.members
+    priced = tuple(m for m in members if price_for(pricing, m.model) is not None)
+    if len(priced) == len(members):
+        return target
+    if not priced:
+        names = ", ".join(sorted({f"'{m.model}'" for m in members}))
+        raise Forbidden(f"The model '{target.name}' has no price ({names} not in 'pricing') "
+                        "and your key has a budget, so its calls could not be charged; ask "
+                        "an admin to price it or add 'pricing.default'.", param="model",
+                        code="model_not_priced")
+    # A group with some unpriced members: a budgeted caller is served by the others.
+    return Target(target.name, replace(target.group, members=priced))

@@ -1,0 +1,634 @@
+"""Per-user and per-key limits, spend and budgets: the :class:`Ledger`.
+
+Every authenticated caller is two *accounts*: its user and its client key (the key's
+limits and budget narrow the user's). Around each model request the proxy calls
+
+* :meth:`Ledger.admit` before forwarding, with the request's estimated tokens and cost:
+  raises :class:`BudgetExhausted` (402) when a budget is spent *or reserved* by requests
+  in flight, or :class:`RateLimited` (429, ``Retry-After``) when a limit would be passed;
+  otherwise counts the request, reserves its estimates and returns an :class:`Admission`;
+* :meth:`Ledger.record` once the upstream reported usage (streams and cut streams too):
+  the reservation is replaced by the real tokens and cost;
+* :meth:`Ledger.release` always, in a ``finally`` (it frees the ``max_concurrent`` slot
+  and refunds the estimates of a request that never recorded usage).
+
+Reservations are what keep a burst from outrunning a budget: a request is admitted while
+``spent + reserved < budget``, so concurrent requests see each other's estimated cost and
+the spend ends at most about one request's cost over the budget (exactly one when the
+estimates hold; docs/teams.md). ``tpm`` works the same way with estimated tokens.
+
+Windows (documented in docs/teams.md):
+
+* ``rpm``/``tpm``: a two-bucket sliding window. Each account keeps the count of the
+  current wall-clock minute and of the previous one; the level is
+  ``previous x (share of the current minute still to run) + current``. O(1) time and
+  memory per account, no burst of twice the limit at a minute boundary, and a
+  ``Retry-After`` computed exactly from the two buckets. ``tpm`` counts the request's
+  token estimate on admission and corrects it to the real usage on record.
+* ``daily_requests``: requests admitted in the UTC calendar day (resets 00:00 UTC).
+* ``max_concurrent``: requests admitted and not yet released.
+* Spend, tokens and requests per model are kept per calendar period in UTC: ``daily``,
+  ``weekly`` (ISO week, from Monday), ``monthly`` and ``total``; a budget reads the
+  period it names. Each period keeps at most :data:`_MAX_MODELS` models, the rest is
+  summed under ``"other"``: memory stays bounded whatever the clients send.
+
+Everything runs on the event loop thread, so plain attributes suffice. Spend and daily
+counts are persisted through :meth:`dump`/:meth:`restore` (the ``ledger`` section of
+the usage snapshot, checked by :meth:`Ledger.validate` before anything is restored) and,
+in between, as journal events (``a`` on admission, ``r`` on record; :meth:`replay`).
+Minute windows, reservations and in-flight counts start fresh after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from ..config import Budget, Config, Limits
+from ..errors import BudgetExhausted, RateLimited
+from .accounting import Caller
+from .journal import Event, Journal
+from .shapes import ShapeError, count, mapping, money, rows, text
+
+__all__ = [
+    "PERIODS",
+    "Admission",
+    "Ledger",
+    "budget_exhausted",
+    "period_end",
+    "period_id",
+    "rate_limited",
+]
+
+log = logging.getLogger("llm_router.limits")
+
+Clock = Callable[[], float]
+PERIODS: Final = ("daily", "weekly", "monthly", "total")
+_MAX_MODELS: Final = 256  # per account and period; beyond it usage is summed as "other"
+_OTHER: Final = "other"
+_MAX_UNPRICED: Final = 1024  # models remembered as "already warned about"
+_DUMP_VERSION: Final = 1
+_LIMIT_NAMES: Final = {
+    "rpm": "requests per minute (rpm)",
+    "tpm": "tokens per minute (tpm)",
+    "daily_requests": "requests per day (daily_requests)",
+    "max_concurrent": "concurrent requests (max_concurrent)",
+}
+
+
+def _utc(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)
+
+
+# period name -> (start, end, id) of the period last asked for. Every admitted request
+# asks for each period's id several times; a datetime plus strftime each time was a
+# measurable share of the request path (bench/README.md), and the answer only changes at
+# a period boundary. A test clock that jumps around just misses the cache.
+_PERIOD_CACHE: dict[str, tuple[float, float, str]] = {}
+
+
+def period_id(period: str, now: float) -> str:
+    """The UTC calendar period of ``now``: ``2024-05-01``, ``2024-W18``, ``2024-05``, ``total``."""
+    hit = _PERIOD_CACHE.get(period)
+    if hit is not None and hit[0] <= now < hit[1]:
+        return hit[2]
+    end = period_end(period, now)
+    if end is None:  # "total": never ends, and its id never changes
+        _PERIOD_CACHE[period] = (-math.inf, math.inf, "total")
+        return "total"
+    pid = _period_id(period, now)
+    _PERIOD_CACHE[period] = (_period_start(period, now), end, pid)
+    return pid
+
+
+def _period_id(period: str, now: float) -> str:
+    d = _utc(now)
+    if period == "daily":
+        return d.strftime("%Y-%m-%d")
+    if period == "weekly":
+        iso = d.isocalendar()
+        return f"{iso.year}-W{iso.week:02d}"
+    if period == "monthly":
+        return d.strftime("%Y-%m")
+    return "total"
+
+
+def _period_start(period: str, now: float) -> float:
+    """Unix time the (daily, weekly or monthly) period containing ``now`` began."""
+    d = _utc(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "weekly":
+        d -= timedelta(days=d.weekday())
+    elif period == "monthly":
+        d = d.replace(day=1)
+    return d.timestamp()
+
+
+def period_end(period: str, now: float) -> float | None:
+    """Unix time the period containing ``now`` ends (None for ``total``)."""
+    d = _utc(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "daily":
+        return (d + timedelta(days=1)).timestamp()
+    if period == "weekly":
+        return (d + timedelta(days=7 - d.weekday())).timestamp()
+    if period == "monthly":
+        first = d.replace(day=1)
+        return (first.replace(year=first.year + 1, month=1) if first.month == 12
+                else first.replace(month=first.month + 1)).timestamp()
+    return None
+
+
+class _Window:
+    """Two-bucket sliding window over wall-clock minutes."""
+
+    __slots__ = ("cur", "minute", "prev")
+
+    def __init__(self) -> None:
+        self.minute = 0
+        self.cur = 0.0
+        self.prev = 0.0
+
+    def _roll(self, now: float) -> None:
+        m = int(now // 60)
+        if m != self.minute:
+            self.prev = self.cur if m == self.minute + 1 else 0.0
+            self.cur = 0.0
+            self.minute = m
+
+    def level(self, now: float) -> float:
+        self._roll(now)
+        return self.prev * (1.0 - (now - self.minute * 60) / 60) + self.cur
+
+    def add(self, now: float, n: float) -> None:
+        self._roll(now)
+        self.cur = max(0.0, self.cur + n)
+
+    def wait(self, now: float, need: float, limit: int) -> float:
+        """Seconds until ``need`` more fits under ``limit``; 0 if it fits now. A need
+        larger than the whole limit fits an empty window, or it could never pass."""
+        need = min(need, float(limit))
+        if self.level(now) + need <= limit:
+            return 0.0
+        elapsed = now - self.minute * 60
+        room = limit - need - self.cur
+        if room >= 0:  # the previous minute's share must fade enough, within this minute
+            return max(0.0, 60 * (1 - room / self.prev) - elapsed) if self.prev > 0 else 0.0
+        # Only once this minute is the previous one, fading: cur x (1 - t/60) <= limit - need.
+        return (60 - elapsed) + 60 * (1 - (limit - need) / self.cur)
+
+
+class _Totals:
+    __slots__ = ("completion", "cost", "prompt", "requests")
+
+    def __init__(self, requests: int = 0, prompt: int = 0, completion: int = 0,
+                 cost: float = 0.0) -> None:
+        self.requests, self.prompt, self.completion, self.cost = (requests, prompt, completion,
+                                                                  cost)
+
+    def add(self, prompt: int, completion: int, cost: float) -> None:
+        self.requests += 1
+        self.prompt += prompt
+        self.completion += completion
+        self.cost += cost
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "prompt_tokens": self.prompt,
+                "completion_tokens": self.completion,
+                "total_tokens": self.prompt + self.completion, "cost_usd": self.cost}
+
+    def as_row(self) -> list[Any]:
+        return [self.requests, self.prompt, self.completion, self.cost]
+
+
+class _Period:
+    __slots__ = ("id", "models", "totals")
+
+    def __init__(self, pid: str) -> None:
+        self.id = pid
+        self.totals = _Totals()
+        self.models: dict[str, _Totals] = {}
+
+    def add(self, model: str, prompt: int, completion: int, cost: float) -> None:
+        self.totals.add(prompt, completion, cost)
+        t = self.models.get(model)
+        if t is None:
+            if len(self.models) >= _MAX_MODELS:
+                model = _OTHER
+                t = self.models.get(model)
+            if t is None:
+                t = self.models[model] = _Totals()
+        t.add(prompt, completion, cost)
+
+
+class _Account:
+    """The counters of one user or one client key."""
+
+    __slots__ = ("concurrent", "day", "day_requests", "periods", "reserved_usd", "rpm", "tpm")
+
+    def __init__(self) -> None:
+        self.rpm = _Window()
+        self.tpm = _Window()
+        self.day = ""
+        self.day_requests = 0
+        self.concurrent = 0
+        self.reserved_usd = 0.0  # estimated cost of admitted requests not yet recorded
+        self.periods: dict[str, _Period] = {}
+
+    def unreserve(self, usd: float) -> None:
+        # Float sums drift: with nothing in flight the reservation is exactly zero.
+        self.reserved_usd = max(0.0, self.reserved_usd - usd) if self.concurrent else 0.0
+
+    def requests_today(self, now: float) -> int:
+        today = period_id("daily", now)
+        if today != self.day:
+            self.day, self.day_requests = today, 0
+        return self.day_requests
+
+    def period(self, name: str, now: float) -> _Period:
+        pid = period_id(name, now)
+        p = self.periods.get(name)
+        if p is None or p.id != pid:
+            p = self.periods[name] = _Period(pid)
+        return p
+
+
+@dataclass(slots=True)
+class Admission:
+    """One admitted request: what :meth:`Ledger.record` and :meth:`Ledger.release` settle."""
+
+    accounts: tuple[_Account, ...]
+    estimate: int  # tokens counted toward tpm at admission
+    cost_estimate: float = 0.0  # USD reserved against budgets at admission
+    user: str = ""  # names of the accounts, for the journal
+    key: str = ""
+    recorded: bool = False
+    released: bool = False
+    shared: object = None  # what a shared state store holds for it (store.py)
+
+
+class Ledger:
+    """Request, token and spend counters per user and client key; limits and budgets.
+
+    ``clock`` (Unix seconds) is the time source for windows and calendar periods; tests
+    may replace it to cross a minute or a day without waiting.
+    """
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self._users: dict[str, _Account] = {}
+        self._keys: dict[tuple[str, str], _Account] = {}
+        self._unpriced: set[str] = set()
+        self.journal: Journal | None = None  # with a snapshot path: every change goes here
+
+    # -- the request path
+    def _user(self, user: str) -> _Account:
+        acc = self._users.get(user)
+        if acc is None:
+            acc = self._users[user] = _Account()
+        return acc
+
+    def _key(self, user: str, key: str) -> _Account:
+        acc = self._keys.get((user, key))
+        if acc is None:
+            acc = self._keys[(user, key)] = _Account()
+        return acc
+
+    def admit(self, caller: Caller, estimate_tokens: int, estimate_cost: float = 0.0, *,
+              enforce: bool = True) -> Admission:
+        """Count one request of ``caller`` or refuse it: 402 when a budget is spent or
+        reserved by requests in flight, 429 (naming the limit, with ``Retry-After``) when a
+        limit would be passed. Reserves ``estimate_tokens`` (tpm) and ``estimate_cost``
+        (budgets) until :meth:`record` or :meth:`release` settles them. With
+        ``enforce=False`` it only counts: a shared store already decided fleet-wide."""
+        now = self.clock()
+        user, key = self._user(caller.user), self._key(caller.user, caller.key)
+        if enforce:
+            self._enforce(caller, user, key, estimate_tokens, now)
+        for acc in (user, key):
+            acc.concurrent += 1
+            acc.requests_today(now)
+            acc.day_requests += 1
+            acc.rpm.add(now, 1)
+            acc.tpm.add(now, estimate_tokens)
+            acc.reserved_usd += estimate_cost
+        if self.journal is not None:
+            self.journal.append(("a", now, caller.user, caller.key))
+        return Admission((user, key), estimate_tokens, estimate_cost, caller.user, caller.key)
+
+    def _enforce(self, caller: Caller, user: _Account, key: _Account, estimate_tokens: int,
+                 now: float) -> None:
+        # Subjects are named (for the error) only when one is refused.
+        subjects = ((user, False, caller.limits, caller.budget),
+                    (key, True, caller.key_limits, caller.key_budget))
+        for acc, is_key, _, budget in subjects:
+            if budget is not None:
+                _check_budget(acc, caller, is_key, budget, now)
+        worst: tuple[float, bool, str, int] | None = None  # (wait, is_key, limit, value)
+        for acc, is_key, limits, _ in subjects:
+            if limits is None:
+                continue
+            for name, wait, value in _violations(acc, limits, estimate_tokens, now):
+                if worst is None or wait > worst[0]:
+                    worst = (wait, is_key, name, value)
+        if worst is not None:
+            wait, is_key, name, value = worst
+            raise rate_limited(caller, is_key, name, value, wait)
+
+    def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
+               completion_tokens: int, cost: float | None) -> None:
+        """Count what one admitted request used (once; later calls are ignored)."""
+        if adm.recorded:
+            return
+        adm.recorded = True
+        if cost is None:
+            self._warn_unpriced(provider, model)
+        now = self.clock()
+        name = f"{provider}/{model}"
+        prompt_tokens, completion_tokens = max(0, prompt_tokens), max(0, completion_tokens)
+        used = prompt_tokens + completion_tokens
+        for acc in adm.accounts:
+            acc.tpm.add(now, used - adm.estimate)
+            acc.unreserve(adm.cost_estimate)
+        # Negative or non-finite costs cannot come from a price table; 0 keeps them out.
+        usd = cost if cost is not None and 0 <= cost < math.inf else 0.0
+        _add_usage(adm.accounts, now, name, prompt_tokens, completion_tokens, usd)
+        if self.journal is not None:
+            self.journal.append(("r", now, adm.user, adm.key, name, prompt_tokens,
+                                 completion_tokens, usd))
+
+    def release(self, adm: Admission) -> None:
+        """End an admitted request (always, once): frees its concurrency slot, and refunds
+        its token estimate if it never recorded usage."""
+        if adm.released:
+            return
+        adm.released = True
+        now = self.clock()
+        for acc in adm.accounts:
+            acc.concurrent = max(0, acc.concurrent - 1)
+            if not adm.recorded:
+                acc.tpm.add(now, -adm.estimate)
+                acc.unreserve(adm.cost_estimate)
+            elif not acc.concurrent:
+                acc.reserved_usd = 0.0
+
+    def _warn_unpriced(self, provider: str, model: str) -> None:
+        if model in self._unpriced or len(self._unpriced) >= _MAX_UNPRICED:
+            return
+        self._unpriced.add(model)
+        log.warning("model '%s' (provider '%s') has no entry in 'pricing': its calls are "
+                    "counted at cost 0 (reported once)", model, provider)
+
+    # -- reports
+    def usage(self, caller: Caller) -> dict[str, Any]:
+        """What ``GET /v1/usage`` shows the caller: its user and its key."""
+        now = self.clock()
+        return {
+            "object": "usage",
+            "time": _iso(now),
+            "periods": {p: period_id(p, now) for p in PERIODS},
+            "user": {"name": caller.user, "role": caller.role,
+                     **self._report(self._users.get(caller.user), caller.limits,
+                                    caller.budget, now)},
+            "key": {"name": caller.key,
+                    **self._report(self._keys.get((caller.user, caller.key)),
+                                   caller.key_limits, caller.key_budget, now)},
+        }
+
+    def admin_usage(self, cfg: Config) -> dict[str, Any]:
+        """Every configured user and key, then any other account with counters (the
+        legacy ``api_key`` user, users removed by a reload)."""
+        now = self.clock()
+        users: list[dict[str, Any]] = []
+        seen_users: set[str] = set()
+        seen_keys: set[tuple[str, str]] = set()
+        for u in cfg.users:
+            seen_users.add(u.name)
+            keys = []
+            for k in u.keys:
+                seen_keys.add((u.name, k.name))
+                keys.append({"name": k.name, **self._report(self._keys.get((u.name, k.name)),
+                                                            k.limits, k.budget, now)})
+            users.append({"name": u.name, "role": u.role, "configured": True,
+                          **self._report(self._users.get(u.name), u.limits, u.budget, now),
+                          "keys": keys})
+        for name in sorted(set(self._users) - seen_users):
+            keys = [{"name": k, **self._report(acc, None, None, now)}
+                    for (u, k), acc in sorted(self._keys.items()) if u == name]
+            users.append({"name": name, "configured": False,
+                          **self._report(self._users[name], None, None, now), "keys": keys})
+        return {"object": "usage", "time": _iso(now),
+                "periods": {p: period_id(p, now) for p in PERIODS}, "users": users}
+
+    def _report(self, acc: _Account | None, limits: Limits | None, budget: Budget | None,
+                now: float) -> dict[str, Any]:
+        acc = acc if acc is not None else _Account()
+        usage: dict[str, Any] = {}
+        for name in PERIODS:
+            p = acc.period(name, now)
+            usage[name] = {"period": p.id, **p.totals.as_dict(),
+                           "models": {m: t.as_dict() for m, t in sorted(p.models.items())}}
+        out: dict[str, Any] = {"usage": usage, "limits": _limits_report(acc, limits, now),
+                               "budget": None, "concurrent": acc.concurrent}
+        if budget is not None:
+            spent = acc.period(budget.period, now).totals.cost
+            end = period_end(budget.period, now)
+            out["budget"] = {"usd": budget.usd, "period": budget.period,
+                             "period_id": period_id(budget.period, now), "spent_usd": spent,
+                             "in_flight_usd": acc.reserved_usd,
+                             "remaining_usd": max(0.0, budget.usd - spent),
+                             "exhausted": spent >= budget.usd,
+                             "resets_at": _iso(end) if end is not None else None}
+        return out
+
+    # -- the usage snapshot section
+    def dump(self) -> dict[str, Any]:
+        now = self.clock()
+
+        def account(acc: _Account) -> dict[str, Any]:
+            acc.requests_today(now)
+            return {"day": acc.day, "day_requests": acc.day_requests,
+                    "periods": {name: {"id": p.id, "totals": p.totals.as_row(),
+                                       "models": {m: t.as_row() for m, t in p.models.items()}}
+                                for name, p in acc.periods.items()}}
+
+        return {"version": _DUMP_VERSION,
+                "users": [{"user": u, **account(a)} for u, a in sorted(self._users.items())],
+                "keys": [{"user": u, "key": k, **account(a)}
+                         for (u, k), a in sorted(self._keys.items())]}
+
+    @staticmethod
+    def validate(data: Any, where: str) -> dict[str, Any]:
+        """:meth:`dump`'s shape, every value checked (:class:`ShapeError` otherwise)."""
+        d = mapping(data, where)
+        if d.get("version") != _DUMP_VERSION:
+            raise ShapeError(f"{where}.version", f"expected {_DUMP_VERSION}, got "
+                                                 f"{str(d.get('version'))[:40]}")
+        for kind in ("users", "keys"):
+            for i, row in enumerate(rows(d.get(kind), f"{where}.{kind}")):
+                _check_account(row, f"{where}.{kind}[{i}]", kind == "keys")
+        return d
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Load a :meth:`dump` that :meth:`validate` accepted; periods that have ended
+        since are dropped on first use."""
+        for row in data["users"]:
+            _load_account(self._user(row["user"]), row)
+        for row in data["keys"]:
+            _load_account(self._key(row["user"], row["key"]), row)
+
+    def replay(self, event: Event) -> None:
+        """Apply one journal event (``a`` or ``r``) as it was applied live."""
+        tag, ts, user, key = event[:4]
+        accounts = (self._user(user), self._key(user, key))
+        if tag == "a":
+            for acc in accounts:
+                acc.requests_today(ts)
+                acc.day_requests += 1
+        elif tag == "r":
+            _add_usage(accounts, ts, *event[4:])
+
+
+def rate_limited(caller: Caller, is_key: bool, name: str, value: int,
+                 wait: float) -> RateLimited:
+    """The 429 for ``caller`` (its user, or its key) on limit ``name``."""
+    return RateLimited(f"Rate limit reached for {_who(caller, is_key)} on {_LIMIT_NAMES[name]}: "
+                       f"limit {value}. Try again in {max(1, math.ceil(wait))} s.",
+                       retry_after=max(1.0, wait), reason=name)
+
+
+def _who(caller: Caller, is_key: bool) -> str:
+    if is_key:
+        return f"key '{caller.key}' of user '{caller.user}'"
+    return f"user '{caller.user}'"
+
+
+def _check_budget(acc: _Account, caller: Caller, is_key: bool, budget: Budget,
+                  now: float) -> None:
+    spent = acc.period(budget.period, now).totals.cost
+    if spent + acc.reserved_usd >= budget.usd:
+        raise budget_exhausted(caller, is_key, budget, spent, now)
+
+
+def budget_exhausted(caller: Caller, is_key: bool, budget: Budget, spent: float,
+                     now: float) -> BudgetExhausted:
+    """The 402 for ``caller`` (its user, or its key) whose ``budget`` is spent (``spent``)
+    or, below it, reserved by requests in flight."""
+    who = _who(caller, is_key)
+    span = ("total" if budget.period == "total"
+            else f"{budget.period} ({period_id(budget.period, now)})")
+    if spent < budget.usd:
+        # Not spent yet, but requests in flight are expected to spend the rest.
+        return BudgetExhausted(
+            f"Budget exhausted for {who}: spent {_usd(spent)} of its {_usd(budget.usd)} "
+            f"{span} budget, and requests in flight are expected to spend the remaining "
+            f"{_usd(budget.usd - spent)}. Retry when they have finished.")
+    end = period_end(budget.period, now)
+    when = (f"It renews at {_iso(end)}." if end is not None
+            else "It does not renew; ask an admin to raise it.")
+    return BudgetExhausted(f"Budget exhausted for {who}: spent {_usd(spent)} of its "
+                           f"{_usd(budget.usd)} {span} budget. {when}")
+
+
+def _usd(value: float) -> str:
+    # Cents for real budgets; tiny ones (tests, trials) keep their significant digits.
+    if value >= 1:
+        return f"${value:,.2f}"
+    return "$" + (f"{value:.8f}".rstrip("0").rstrip(".") or "0")
+
+
+def _violations(acc: _Account, limits: Limits, estimate: int,
+                now: float) -> Iterable[tuple[str, float, int]]:
+    """(limit name, seconds to wait, limit value) for each limit this request would pass."""
+    if limits.max_concurrent is not None and acc.concurrent >= limits.max_concurrent:
+        yield "max_concurrent", 1.0, limits.max_concurrent
+    if limits.daily_requests is not None and acc.requests_today(now) >= limits.daily_requests:
+        end = period_end("daily", now)
+        assert end is not None
+        yield "daily_requests", end - now, limits.daily_requests
+    if limits.rpm is not None:
+        wait = acc.rpm.wait(now, 1, limits.rpm)
+        if wait > 0:
+            yield "rpm", wait, limits.rpm
+    if limits.tpm is not None:
+        wait = acc.tpm.wait(now, estimate, limits.tpm)
+        if wait > 0:
+            yield "tpm", wait, limits.tpm
+
+
+def _limits_report(acc: _Account, limits: Limits | None, now: float) -> dict[str, Any]:
+    if limits is None:
+        return {}
+    out: dict[str, Any] = {}
+    used: dict[str, float] = {"rpm": acc.rpm.level(now), "tpm": acc.tpm.level(now),
+                              "daily_requests": acc.requests_today(now),
+                              "max_concurrent": acc.concurrent}
+    for name, value in (("rpm", limits.rpm), ("tpm", limits.tpm),
+                        ("daily_requests", limits.daily_requests),
+                        ("max_concurrent", limits.max_concurrent)):
+        if value is None:
+            continue
+        u = used[name]
+        out[name] = {"limit": value, "used": round(u, 2),
+                     "remaining": max(0, math.floor(value - u + 1e-9))}
+    if "daily_requests" in out:
+        end = period_end("daily", now)
+        out["daily_requests"]["resets_at"] = _iso(end) if end is not None else None
+    return out
+
+
+def _add_usage(accounts: Iterable[_Account], now: float, name: str, prompt: int,
+               completion: int, cost: float) -> None:
+    for acc in accounts:
+        for period in PERIODS:
+            acc.period(period, now).add(name, prompt, completion, cost)
+
+
+def _check_account(row: Any, where: str, is_key: bool) -> None:
+    r = mapping(row, where)
+    text(r.get("user"), f"{where}.user")
+    if is_key:
+        text(r.get("key"), f"{where}.key")
+    text(r.get("day"), f"{where}.day")
+    count(r.get("day_requests"), f"{where}.day_requests")
+    for name, p in mapping(r.get("periods"), f"{where}.periods").items():
+        at = f"{where}.periods.{name}"
+        if name not in PERIODS:
+            raise ShapeError(at, f"unknown period (known: {', '.join(PERIODS)})")
+        period = mapping(p, at)
+        text(period.get("id"), f"{at}.id")
+        _check_totals(period.get("totals"), f"{at}.totals")
+        for model, totals in mapping(period.get("models"), f"{at}.models").items():
+            _check_totals(totals, f"{at}.models.{model}")
+
+
+def _check_totals(value: Any, where: str) -> None:
+    row = rows(value, where)
+    if len(row) != 4:
+        raise ShapeError(where, "expected [requests, prompt tokens, completion tokens, cost]")
+    for i in range(3):
+        count(row[i], f"{where}[{i}]")
+    money(row[3], f"{where}[3]")
+
+
+def _load_account(acc: _Account, row: dict[str, Any]) -> None:
+    acc.day, acc.day_requests = row["day"], row["day_requests"]
+    # Live levels appear only in a fleet view read from a shared store, never in a file.
+    for name in ("rpm", "tpm"):
+        if name in row:
+            window = getattr(acc, name)
+            window.minute, window.cur, window.prev = row[name]
+    acc.concurrent = int(row.get("concurrent", 0))
+    acc.reserved_usd = float(row.get("reserved_usd", 0.0))
+    for name, p in row["periods"].items():
+        period = _Period(p["id"])
+        period.totals = _Totals(*p["totals"])
+        period.models = {m: _Totals(*t) for m, t in p["models"].items()}
+        acc.periods[name] = period
+
+
+def _iso(ts: float) -> str:
+    return _utc(ts).isoformat(timespec="seconds").replace("+00:00", "Z")

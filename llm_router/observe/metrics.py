@@ -1,0 +1,211 @@
+"""Every Prometheus metric, defined once (CONTRACT §5), on a registry passed in.
+
+Label children are cached per label tuple, so the hot path does one dict lookup per
+metric instead of prometheus-client's locked ``labels()`` resolution. The selection
+counters (``key_tokens``) and key health (``key_state``), and the budgets and limits
+left per user, are read at scrape time by collectors, costing the request path nothing.
+Labels never carry a secret: keys appear as their label (name or sha256 prefix). User
+names (from the config) do appear as labels: ``/metrics`` can be closed (docs/observability.md).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .. import __version__
+
+__all__ = ["LIMIT_NAMES", "REJECTION_REASONS", "Metrics", "UserGauges", "status_class"]
+
+_P: Final = "llm_router_"
+
+# *_created series double the exposition for no use here (process start is known).
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# LLM calls range from ~50 ms (cached embeddings) to minutes (long reasoning streams).
+_DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+_TTFT_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
+# The router's own cost is sub-millisecond when healthy.
+_OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                            0.1, 0.5)
+# Decoding speed: 1 ms per token (fast small models) to 0.5 s (overloaded or huge ones).
+_TPOT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2,
+                        0.5)
+# Why the router refused a client (rejections_total{reason}); bounded by this list.
+REJECTION_REASONS: Final = ("rpm", "tpm", "daily_requests", "max_concurrent", "budget", "quota",
+                            "cooling_down", "model_not_allowed", "auth")
+LIMIT_NAMES: Final = ("rpm", "tpm", "daily_requests")  # limit_remaining{limit}
+_STATUS_CLASSES: Final = {c: f"{c}xx" for c in range(1, 6)}
+
+
+def status_class(status: int) -> str:
+    """``2xx`` | ``4xx`` | ``5xx`` (request_duration_seconds{status})."""
+    return _STATUS_CLASSES.get(status // 100, "5xx")
+
+
+@dataclass(frozen=True, slots=True)
+class UserGauges:
+    """One configured user's budget and limits left, as read at scrape time."""
+
+    user: str
+    budget_usd: float | None = None
+    budget_remaining_usd: float | None = None
+    budget_reset_timestamp: float | None = None  # None: a ``total`` budget never resets
+    limits_remaining: tuple[tuple[str, float], ...] = ()  # (rpm | tpm | daily_requests, n)
+
+
+class _StateCollector(Collector):
+    """Reads selection counters and key health at scrape time."""
+
+    def __init__(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],
+                                                Iterable[tuple[tuple[str, str], str]]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        tokens, states = self._read()
+        kt = GaugeMetricFamily(_P + "key_tokens",
+                               "Tokens counted per provider key and model: the selection counters",
+                               labels=["provider", "key", "model"])
+        for (provider, key, model), n in tokens:
+            kt.add_metric([provider, key, model], float(n))
+        yield kt
+        ks = GaugeMetricFamily(_P + "key_state",
+                               "Provider key health: 1 for the state the key is in",
+                               labels=["provider", "key", "state"])
+        for (provider, key), state in states:
+            ks.add_metric([provider, key, state], 1.0)
+        yield ks
+
+
+class _UserCollector(Collector):
+    """Budgets and limits left per configured user, computed when Prometheus scrapes."""
+
+    def __init__(self, read: Callable[[], Iterable[UserGauges]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        budget = GaugeMetricFamily(_P + "budget_usd", "The user's budget for its period, USD",
+                                   labels=["user"])
+        remaining = GaugeMetricFamily(_P + "budget_remaining_usd",
+                                      "Budget left in the current period, USD", labels=["user"])
+        reset = GaugeMetricFamily(_P + "budget_reset_timestamp_seconds",
+                                  "Unix time the user's budget period ends", labels=["user"])
+        limits = GaugeMetricFamily(_P + "limit_remaining",
+                                   "Requests or tokens the user may still send in the limit's "
+                                   "window", labels=["user", "limit"])
+        for g in self._read():
+            if g.budget_usd is not None:
+                budget.add_metric([g.user], g.budget_usd)
+            if g.budget_remaining_usd is not None:
+                remaining.add_metric([g.user], g.budget_remaining_usd)
+            if g.budget_reset_timestamp is not None:
+                reset.add_metric([g.user], g.budget_reset_timestamp)
+            for name, value in g.limits_remaining:
+                limits.add_metric([g.user, name], value)
+        yield from (budget, remaining, reset, limits)
+
+
+class Metrics:
+    """The router's metrics on one registry (a fresh one per app, so tests stay isolated)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(_P + "requests_total", "Requests answered",
+                                ["route", "group", "provider", "model", "status", "user"],
+                                registry=r)
+        self.duration = Histogram(_P + "request_duration_seconds",
+                                  "Time from request to the end of the response; status is "
+                                  "the class (2xx, 4xx, 5xx)",
+                                  ["route", "group", "provider", "model", "status"],
+                                  buckets=_DURATION_BUCKETS, registry=r)
+        self.rejections = Counter(_P + "rejections_total",
+                                  "Requests the router refused itself, by reason",
+                                  ["route", "group", "user", "reason"], registry=r)
+        self.tpot = Histogram(_P + "time_per_output_token_seconds",
+                              "Streams: time between output tokens after the first",
+                              ["group", "provider", "model"], buckets=_TPOT_BUCKETS, registry=r)
+        self.ttft = Histogram(_P + "time_to_first_token_seconds",
+                              "Time from request to the first streamed token",
+                              ["group", "provider", "model"], buckets=_TTFT_BUCKETS, registry=r)
+        # kind = prompt | completion | cached (the part of prompt read from the upstream's
+        # prompt cache, also counted in prompt)
+        self.tokens = Counter(_P + "tokens_total", "Tokens used, as reported by the upstream",
+                              ["provider", "model", "key", "user", "kind"], registry=r)
+        self.cost = Counter(_P + "cost_usd_total", "Cost in USD by the pricing table",
+                            ["user", "provider", "model"], registry=r)
+        self.upstream_errors = Counter(_P + "upstream_errors_total",
+                                       "Failed upstream attempts by reason",
+                                       ["provider", "key", "reason"], registry=r)
+        self.overhead = Histogram(_P + "overhead_seconds",
+                                  "Time spent in the router itself, upstream time excluded",
+                                  ["route"], buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.ratelimit_remaining = Gauge(_P + "upstream_ratelimit_remaining",
+                                         "Upstream x-ratelimit-remaining-* as last seen",
+                                         ["provider", "key", "kind"], registry=r)
+        self.fallbacks = Counter(_P + "fallbacks_total",
+                                 "Requests that needed more than one attempt", ["group"],
+                                 registry=r)
+        self.affinity = Counter(_P + "affinity_total",
+                                "Group requests by prompt-cache affinity result: hit (sent "
+                                "to its pinned key), new, moved, off", ["group", "result"],
+                                registry=r)
+        self.inflight = Gauge(_P + "inflight_requests", "Requests being served now", registry=r)
+        self.config_reloads = Counter(_P + "config_reloads_total", "Config reloads by result",
+                                      ["result"], registry=r)
+        self.config_last_reload = Gauge(_P + "config_last_reload_timestamp_seconds",
+                                        "Unix time of the last successful config load",
+                                        registry=r)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
+        self.snapshot_last_success = Gauge(
+            _P + "snapshot_last_success_timestamp_seconds",
+            "Unix time the usage snapshot was last written (0: never, or no snapshot_path)",
+            registry=r)
+        self.snapshot_errors = Counter(_P + "snapshot_errors_total",
+                                       "Failed writes of the usage snapshot or its journal",
+                                       registry=r)
+        self.build_info = Gauge(_P + "build_info", "Always 1: the running version",
+                                ["version", "python"], registry=r)
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        # The standard process_* and python_* series, on this registry too.
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(standard)
+        self.state_backend_up = Gauge(_P + "state_backend_up",
+                                      "1 while the shared state backend (Redis) answers, 0 "
+                                      "while limits fall back to this replica alone; always 1 "
+                                      "for the in-process store", registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def watch_state(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],
+                                                   Iterable[tuple[tuple[str, str], str]]]]
+                    ) -> None:
+        """Expose selection counters and key health, read by ``read`` at scrape time."""
+        self.registry.register(_StateCollector(read))
+
+    def watch_users(self, read: Callable[[], Iterable[UserGauges]]) -> None:
+        """Expose budgets and limits left per user, read by ``read`` at scrape time."""
+        self.registry.register(_UserCollector(read))
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached."""
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c

@@ -1,0 +1,1 @@
+"""``type: anthropic``: Anthropic's Messages API, and hub <-> Messages translation."""

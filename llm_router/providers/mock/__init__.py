@@ -1,0 +1,1 @@
+"""``type: mock``: answers in-process from the fake upstream's generators."""

@@ -1,0 +1,1 @@
+"""``type: openai``: any OpenAI-compatible API."""

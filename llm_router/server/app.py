@@ -1,0 +1,443 @@
+"""The aiohttp application: middlewares, routes and lifecycle.
+
+Middlewares, outermost first:
+
+* ``_edge``: request id, in-flight count, the one access-log line and the request
+  metrics, and the single place where errors become OpenAI-shaped (or, on
+  ``/v1/messages``, Anthropic-shaped) JSON. Nothing else renders an error.
+* ``_auth``: the caller behind ``Authorization: Bearer`` / ``x-api-key``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from ..errors import (
+    BadRequest,
+    BudgetExhausted,
+    Forbidden,
+    ModelNotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RouterError,
+    Unauthorized,
+    Unavailable,
+    error_body,
+)
+from ..gateway.compression import compress_whole_answers
+from ..gateway.downstream import client_connected
+from ..gateway.exchange import EXCHANGE, Exchange
+from ..gateway.proxy import new_request_id
+from ..gateway.router_state import RouterState
+from ..ledger.accounting import ANONYMOUS, extract_key
+from ..observe.metrics import REJECTION_REASONS, status_class
+from .connections import (
+    ConnectionGuard,
+    GuardedRunner,
+    connection_middleware,
+    server_handler_args,
+)
+from .fleet_status import share_traffic
+from .handlers import STATE, routes
+from .reload import RELOADER, ConfigReloader, config_watcher
+from .snapshots import usage_snapshots
+
+__all__ = ["ListenError", "create_app", "run_server", "start_server"]
+
+log = logging.getLogger("llm_router")
+access_log = logging.getLogger("llm_router.access")
+
+_BACKLOG: Final = 1024
+# No key needed, not counted in flight. /ui is only the page: it asks for an admin key
+# and sends it with each call to /admin/status.
+_PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics", "/ui",
+                            "/ui/"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+class ListenError(Exception):
+    """The listening socket could not be opened (port in use, address not local, no
+    permission): said in one line, without a traceback."""
+
+
+def _error_response(err: RouterError, request: web.Request) -> web.Response:
+    anthropic = request.path.startswith("/v1/messages")
+    resp = web.Response(status=err.status, body=error_body(err, anthropic=anthropic),
+                        content_type="application/json", headers=err.headers())
+    if err.status == 408:
+        resp.force_close()  # the rest of a body that came too slowly is not waited for
+    return resp
+
+
+def _http_error(exc: web.HTTPException) -> RouterError:
+    """aiohttp's own 404/405/413 in our shape."""
+    if exc.status == 404:
+        return ModelNotFound("Unknown route; see the OpenAI API reference for the paths this "
+                             "router serves.", code="not_found")
+    if exc.status == 413:
+        return PayloadTooLarge("Request body too large.")
+    err = BadRequest(exc.reason or "Bad request", code=f"http_{exc.status}")
+    err.status = exc.status  # type: ignore[misc]
+    return err
+
+
+def _make_edge(log_format: str) -> Middleware:
+    @web.middleware
+    async def _edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        state = request.app[STATE]
+        rid = new_request_id(request.headers.get("X-Request-Id"))
+        t0 = time.perf_counter()
+        ex: Exchange | None = None
+        rejected: str | None = None  # why the router itself refused, if it did
+        if request.path not in _PUBLIC:
+            # Only API requests are "in flight": a /metrics scrape must not count itself.
+            state.inflight += 1  # the gauge is set from this at scrape time
+            state.request_tasks.add(request.task)  # what a shutdown cuts after its grace
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            ex = request[EXCHANGE] = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
+            if state.tracing is not None:
+                ex.span = state.tracing.start_request(request.headers, ex)
+        resp: web.StreamResponse
+        try:
+            try:
+                resp = await handler(request)
+            except RouterError as err:
+                resp = _error_response(err, request)
+                rejected = _rejection_reason(err, ex)
+                if ex is not None:
+                    ex.refusal = err.code or err.type  # the access line says why
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                mapped = _http_error(exc)
+                resp = _error_response(mapped, request)
+                if ex is not None:
+                    ex.refusal = mapped.code or mapped.type
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                raise
+            except asyncio.CancelledError:
+                if not (state.draining and ex is not None and not ex.status
+                        and client_connected(request)):
+                    raise
+                # Cut at the end of the shutdown grace before any byte went out, with
+                # the client still connected: a retryable answer, not a dropped line.
+                ex.error = "shutdown"
+                resp = _error_response(Unavailable(
+                    "The router is shutting down and cut this request at the end of its "
+                    "grace period; retry it.", code="shutting_down", retry_after=1.0),
+                    request)
+                resp.force_close()
+            except Exception:
+                log.exception("unhandled error serving %s %s (request %s)", request.method,
+                              request.path, rid)
+                resp = _error_response(RouterError("The router failed to handle this request; "
+                                                   "it has been logged.", code="internal_error"),
+                                       request)
+            if not resp.prepared:
+                resp.headers["X-Request-Id"] = rid
+                if ex is not None and ex.attempts:
+                    # Failed after trying upstreams: say how hard the router tried.
+                    resp.headers.setdefault("X-Router-Group", ex.group)
+                    resp.headers.setdefault("X-Router-Attempts", str(ex.attempts))
+            if ex is not None and not ex.status:
+                ex.status = resp.status
+            return resp
+        finally:
+            if ex is not None:
+                state.inflight -= 1
+                state.request_tasks.discard(request.task)
+                _observe(state, ex, t0, log_format, rejected)
+                if ex.span is not None and state.tracing is not None:
+                    state.tracing.end_request(ex.span, ex, rejected)
+
+    return _edge
+
+
+def _rejection_reason(err: RouterError, ex: Exchange | None) -> str | None:
+    """rejections_total's reason for an error the router raised itself, or None when it
+    is not a refusal (bad input, upstream failures)."""
+    if ex is None:
+        return None
+    if err.reason in REJECTION_REASONS:
+        return err.reason  # the ledger names the limit
+    if isinstance(err, Unauthorized):
+        return "auth"
+    if isinstance(err, BudgetExhausted) or err.code == "model_not_priced":
+        return "budget"
+    if isinstance(err, Forbidden):
+        return "model_not_allowed" if err.code == "model_not_allowed" else "auth"
+    if isinstance(err, RateLimited) and err.code == "quota_exceeded":
+        return "quota"
+    if isinstance(err, Unavailable) and ex.error == "cooling_down":
+        return "cooling_down"
+    return None
+
+
+def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
+             rejected: str | None = None) -> None:
+    """Request metrics and the one access line, from the finished :class:`Exchange`."""
+    if not ex.status:
+        ex.status = 499  # cancelled: the client went away before an answer
+    elapsed = time.perf_counter() - t0
+    m = state.metrics
+    user = ex.caller.user
+    names = state.labels  # labels carry only names from the config
+    group, model = names.group(ex.group), names.model(ex.provider, ex.model)
+    m.child(m.requests, ex.route, group, ex.provider, model, str(ex.status), user).inc()
+    m.child(m.duration, ex.route, group, ex.provider, model,
+            status_class(ex.status)).observe(elapsed)
+    if rejected is not None:
+        m.child(m.rejections, ex.route, group, user, rejected).inc()
+    if ex.attempts:
+        m.child(m.overhead, ex.route).observe(max(0.0, elapsed - ex.upstream_s))
+    state.traffic.record(ex, elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        line = ex.log_line()
+        if log_format == "json":
+            msg = orjson.dumps(line).decode()
+        else:
+            msg = " ".join(f"{k}={_logfmt_value(v)}" for k, v in line.items() if v is not None)
+        # As access_log.info(msg), minus the walk up the stack for a caller nobody reads.
+        access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
+                                                msg, (), None))
+
+
+_BARE_VALUE: Final = re.compile(r"[\w.:/@+-]+")
+
+
+def _logfmt_value(value: object) -> str:
+    """A ``key=value`` value that cannot be mistaken for more fields: anything but a
+    plain word is JSON-quoted, so ``X-Request-Id: abc user=mallory`` stays one value."""
+    if isinstance(value, bool | int | float):
+        return str(value)
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    if text.isascii() and _BARE_VALUE.fullmatch(text):
+        return text
+    return orjson.dumps(text).decode()
+
+
+class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes access lines to its stream without a flush (a write system call) per line,
+    as ``StreamHandler`` does; :func:`_access_log_flusher` flushes every
+    :data:`ACCESS_FLUSH_S`, and logging's exit handler at the end. Lines reach a pipe in
+    batches, at most that late."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+ACCESS_FLUSH_S: Final = 0.5
+
+
+async def _access_log_flusher(app: web.Application) -> AsyncIterator[None]:
+    async def flush() -> None:
+        while True:
+            await asyncio.sleep(ACCESS_FLUSH_S)
+            _flush_access_log()
+
+    task = asyncio.get_running_loop().create_task(flush())
+    yield
+    task.cancel()
+    _flush_access_log()
+
+
+def _flush_access_log() -> None:
+    for handler in access_log.handlers:
+        if isinstance(handler, AccessLogHandler):
+            handler.flush()
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in _PUBLIC:
+        return await handler(request)
+    state = request.app[STATE]
+    key = extract_key(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    request[EXCHANGE].caller = state.keys.authenticate(key)
+    return await handler(request)
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    """OpenTelemetry export when ``otel`` is configured (read at start-up only)."""
+    state = app[STATE]
+    settings = state.config.otel
+    if settings is not None:
+        try:
+            from ..observe.tracing import Tracing
+        except ImportError as exc:
+            log.error("otel is configured but OpenTelemetry is not installed (%s): install "
+                      "'llm-router[otel]'; serving without traces", exc)
+        else:
+            state.tracing = Tracing(settings)
+            log.info("tracing: exporting spans to %s as service '%s'", settings.endpoint,
+                     settings.service_name)
+    yield
+    if state.tracing is not None:
+        tracing, state.tracing = state.tracing, None
+        await tracing.shutdown()
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    """One shared upstream session with a sized pool, closed at shutdown."""
+    state = app[STATE]
+    connector = aiohttp.TCPConnector(limit=2048, limit_per_host=0, ttl_dns_cache=300,
+                                     keepalive_timeout=30)
+    state.session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                          trust_env=False)
+    yield
+    await state.session.close()
+
+
+async def _state_store(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: connect the state store; after draining, flush and close it."""
+    state = app[STATE]
+    await state.store.start()
+    yield
+    await state.store.close()
+
+
+def create_app(state: RouterState, *, log_format: str = "json") -> web.Application:
+    """The router application around ``state``."""
+    # connection_middleware is outermost: a reserve connection's refusal and oversized
+    # headers are answered before anything else runs.
+    middlewares: list[Any] = [connection_middleware, _make_edge(log_format), _auth,
+                              compress_whole_answers]
+    app = web.Application(middlewares=middlewares,
+                          handler_args=server_handler_args(state.config.server))
+    app[STATE] = state
+    app.router.add_routes(routes())
+    app.cleanup_ctx.append(_tracing)  # after the session closes: spans of the drain export
+    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_access_log_flusher)
+    # Closed after the final snapshot below: what the last requests settled is flushed.
+    app.cleanup_ctx.append(_state_store)
+    share_traffic(app, state)  # after the store starts, before it closes
+    # Exits run in reverse after draining: the watcher stops, the final snapshot is
+    # written, then the upstream session closes.
+    app.cleanup_ctx.append(usage_snapshots)
+    if state.config_path is not None:
+        app[RELOADER] = ConfigReloader(state, state.config_path)
+        app.cleanup_ctx.append(config_watcher)
+    return app
+
+
+async def start_server(state: RouterState, host: str, port: int, *, log_format: str = "json",
+                       reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """Start serving ``state`` on ``host:port`` (0 picks a free port); returns the runner
+    and the bound port. ``runner.cleanup()`` drains and stops it."""
+    app = create_app(state, log_format=log_format)
+    # handler_cancellation: a client that disconnects cancels its handler at once, which
+    # closes the upstream request and releases its in-flight estimate.
+    runner = GuardedRunner(app, ConnectionGuard(state.config.server), handler_cancellation=True,
+                           access_log=None, shutdown_timeout=state.config.shutdown_grace_s)
+    try:
+        await runner.setup()
+    except Exception:
+        # A start-up step failed (an unwritable snapshot): undo the ones that ran, so the
+        # upstream session is closed rather than reported unclosed under the real error.
+        await app.cleanup()
+        raise
+    # aiohttp's default backlog of 128 drops SYNs when many clients connect at once
+    # (1,000 streams in bench/): they retry after 1-7 s. The kernel caps it at somaxconn.
+    # reuse_port: --workers N processes bind one port; the kernel spreads connections.
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None,
+                       backlog=_BACKLOG)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        # asyncio's bind error names the errno only in a long message: say it plainly.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {host}:{port}: {reason.lower()}") from None
+    bound = runner.addresses[-1][1] if runner.addresses else port
+    return runner, int(bound)
+
+
+async def run_server(state: RouterState, host: str, port: int, *, log_format: str = "json",
+                     reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests and
+    streams finish within ``shutdown_grace_s``, run the cleanup (final snapshot), return."""
+    runner, bound = await start_server(state, host, port, log_format=log_format,
+                                       reuse_port=reuse_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_stop(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: already draining; requests still in flight are cut when "
+                        "the grace period ends", sig.name)
+            return
+        log.info("%s received: shutting down", sig.name)
+        state.draining = True  # /health/ready answers 503 from now on
+        stop.set()
+
+    # The handlers stay installed while draining, so a second signal cannot kill the
+    # process before the final snapshot is written.
+    signals = [signal.SIGTERM, signal.SIGINT]
+    for sig in signals:
+        loop.add_signal_handler(sig, on_stop, sig)
+    reloader = runner.app.get(RELOADER)
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.request, "SIGHUP")
+        signals.append(signal.SIGHUP)
+    # Only now: a script that waits for this line and then signals must find the handlers.
+    log.info("llm-router listening on http://%s:%d (%s)", host, bound, state.config.summary())
+    try:
+        await stop.wait()
+    finally:
+        state.draining = True
+        await _drain(runner, state)
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+
+async def _drain(runner: web.AppRunner, state: RouterState) -> None:
+    """Optionally keep accepting while readiness is 503, then stop accepting and let
+    in-flight requests finish within ``shutdown_grace_s``; aiohttp then cuts the rest and
+    runs the cleanup (final snapshot)."""
+    cfg = state.config  # the latest reload's values apply
+    if cfg.shutdown_delay_s > 0:
+        log.info("draining in %.1f s: /health/ready answers 503, still accepting so load "
+                 "balancers can move traffic away", cfg.shutdown_delay_s)
+        await asyncio.sleep(cfg.shutdown_delay_s)
+    log.info("draining: no new connections; waiting up to %g s for %d in-flight requests",
+             cfg.shutdown_grace_s, state.inflight)
+    # aiohttp waits up to its timeout, then cancels only the request's payload and waits
+    # that long *again* before cancelling the handler: twice the grace, past a container
+    # runtime's kill deadline. So we cut at the grace ourselves, and leave aiohttp's
+    # timeout (no public setter; the runner was built with the start-up value) as a
+    # backstop.
+    runner._shutdown_timeout = cfg.shutdown_grace_s + 1.0
+
+    async def cut() -> None:
+        await asyncio.sleep(cfg.shutdown_grace_s)
+        if state.request_tasks:
+            log.warning("grace period of %g s over: cutting %d request(s) still in flight",
+                        cfg.shutdown_grace_s, len(state.request_tasks))
+            for task in list(state.request_tasks):
+                task.cancel()
+
+    watchdog = asyncio.create_task(cut())
+    try:
+        await runner.cleanup()
+    finally:
+        watchdog.cancel()

@@ -1,0 +1,1 @@
+"""The one state seam: where limits, spend, counters and cooldowns are shared (memory or Redis)."""

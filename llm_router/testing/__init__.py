@@ -1,0 +1,1 @@
+"""Fake upstreams: deterministic model servers speaking each wire format, written from the wire."""
