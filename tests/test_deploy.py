@@ -155,17 +155,21 @@ async def prometheus_for(tmp_path: Path) -> AsyncIterator[Any]:
             await prom.stop()
 
 
-def _fleet(up: Upstream) -> dict[str, Any]:
+def _fleet(up: Upstream, snapshot: Path) -> dict[str, Any]:
     """Enough of a deployment to light up every panel: users with budgets and limits, a
-    group that fails over, a provider whose only key cools down."""
+    group that fails over, a provider whose only key cools down, a usage snapshot."""
     return {
+        "usage": {"snapshot_path": str(snapshot), "snapshot_interval_s": 0.5},
         "providers": [openai_provider("main", up, [{"key": "sk-main", "name": "primary"}]),
                       openai_provider("spare", up, [{"key": "sk-spare", "name": "spare"}]),
                       openai_provider("cool", up, [{"key": "sk-cool", "name": "cool"}])],
         "groups": [{"name": "chat", "strategy": "priority",
                     "models": [{"provider": "main", "name": "gpt-main", "weight": 0},
                                {"provider": "spare", "name": "gpt-spare", "weight": 1}]},
-                   {"name": "cooling", "models": [{"provider": "cool", "name": "gpt-cool"}]}],
+                   {"name": "cooling", "models": [{"provider": "cool", "name": "gpt-cool"}]},
+                   # inverse weight with prompt-cache affinity: the same prompt pins, then hits
+                   {"name": "pinned", "models": [{"provider": "main", "name": "gpt-main"},
+                                                 {"provider": "spare", "name": "gpt-spare"}]}],
         "users": [
             {"name": "alice", "role": "admin", "keys": [{"key": "sk-alice", "name": "laptop"}],
              "limits": {"rpm": 1000, "tpm": 10000000, "daily_requests": 100000},
@@ -189,7 +193,7 @@ async def _drive(router: Router, up: Upstream, http: aiohttp.ClientSession) -> i
             await resp.read()
             return resp.status
 
-    statuses = []
+    statuses = [await post("sk-alice", "pinned"), await post("sk-alice", "pinned")]
     for _ in range(3):
         statuses.append(await post("sk-alice", "chat"))
         statuses.append(await post("sk-alice", "chat", stream=True, max_tokens=8))
@@ -223,10 +227,10 @@ def _has_data(result: list[dict[str, Any]]) -> bool:
 
 async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
         start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
-        prometheus_for: Any) -> None:
+        prometheus_for: Any, tmp_path: Path) -> None:
     queries = _panel_queries()
     assert len(queries) >= 25
-    router = await start_router(_fleet(upstream))
+    router = await start_router(_fleet(upstream, tmp_path / "usage.json"))
     prom, api = await prometheus_for(router)
     total = 0
     for _ in range(2):  # rates need an increase between two scrapes
@@ -249,4 +253,4 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
     async with api.get(prom.url + "/api/v1/rules") as resp:
         groups = (await resp.json())["data"]["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
+    assert len(rules) == 9 and all(r["health"] == "ok" for r in rules), rules
