@@ -56,7 +56,7 @@ __all__ = [
     "sha256_hex",
 ]
 
-PROVIDER_TYPES: Final = ("openai", "anthropic", "mock")
+PROVIDER_TYPES: Final = ("openai", "anthropic", "mock", "bedrock")
 STRATEGIES: Final = ("inverse-weight", "priority", "round-robin", "latency", "price")
 AFFINITY_MODES: Final = ("auto", "session", "off")
 BUDGET_PERIODS: Final = ("daily", "weekly", "monthly", "total")
@@ -108,26 +108,58 @@ class Timeouts:
 class ProviderKey:
     """One upstream API key: a bare string, or an object with a name and restrictions.
 
-    ``label`` is its stable identity in counters and metrics, never the secret.
+    A bedrock provider also takes AWS SigV4 credentials instead of ``key``:
+    ``access_key_id`` and ``secret_access_key`` (held as ``secret``), plus
+    ``session_token`` for temporary ones. ``label`` is its stable identity in counters
+    and metrics, never the secret.
     """
 
     _shorthand: ClassVar = ("key", "API key")
+    _file_only: ClassVar = {"secret_access_key": (str, Spec(doc=(
+        "bedrock only: the secret access key of a SigV4 key pair, usually "
+        "\"${AWS_SECRET_ACCESS_KEY}\" (give access_key_id too, and no key)."),
+        non_empty=True))}
 
-    secret: str = setting(key="key", non_empty=True, repr=False, doc=(
-        "The API key, usually \"${SOME_ENV_VAR}\"."))
+    secret: str = setting("", key="key", non_empty=True, repr=False, doc=(
+        "The API key, usually \"${SOME_ENV_VAR}\" (for bedrock: a Bedrock API key, sent as "
+        "a bearer token). Required unless access_key_id and secret_access_key are given."))
     label: str = setting("", key="name", doc=(
         "Label in metrics, logs and X-Router-Key; default: the first 8 hex digits of the "
-        "key's sha256."))
+        "key's sha256 (of access_key_id for a SigV4 key)."))
     models: frozenset[str] | None = setting(_NO_MODELS, doc=(
         "This key may only serve these upstream models (default: any)."))
     daily_request_limit: int | None = setting(None, doc=(
         "Quota of requests per day, reset at 00:00 UTC; an exhausted key is skipped."))
+    access_key_id: str = setting("", doc=(
+        "bedrock only: the AWS access key id of a SigV4 key pair, usually "
+        "\"${AWS_ACCESS_KEY_ID}\" (with secret_access_key)."))
+    session_token: str = setting("", repr=False, doc=(
+        "bedrock only: the session token of temporary (STS) credentials, sent as "
+        "x-amz-security-token; \"${AWS_SESSION_TOKEN:-}\" leaves it out when unset."))
 
     def serves(self, model: str) -> bool:
         return self.models is None or model in self.models
 
     @staticmethod
     def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        aws_secret = file_only.get("secret_access_key")
+        key_id = values.get("access_key_id", "")
+        if aws_secret is not None or key_id:
+            if values.get("secret"):
+                r.fail(path, "give either 'key' (an API key) or 'access_key_id' and "
+                       "'secret_access_key' (an AWS key pair), not both")
+            elif aws_secret is None:
+                r.fail(at(path, "secret_access_key"), "required with access_key_id")
+            elif not key_id:
+                r.fail(at(path, "access_key_id"), "required with secret_access_key")
+            else:
+                values["secret"] = aws_secret
+                values["label"] = values.get("label") or key_label(key_id)
+        elif "secret" not in values:
+            r.fail(at(path, "key"), "required")
+        elif values.get("session_token"):
+            r.fail(at(path, "session_token"), "goes with access_key_id and "
+                   "secret_access_key, not with key")
         if not values.get("label") and "secret" in values:
             values["label"] = key_label(values["secret"])
 
@@ -141,10 +173,12 @@ class Provider:
         pattern_hint="must not contain '/' (it separates provider/model)")
     type: str = setting("openai", choices=PROVIDER_TYPES, doc=(
         "openai: any OpenAI-compatible API; anthropic: the Anthropic Messages API; "
-        "mock: built in, answers without network or key."))
+        "mock: built in, answers without network or key; bedrock: AWS Bedrock's Converse "
+        "API (docs/providers.md)."))
     base_url: str = setting("", pattern=r"^https?://[^/\s]+", doc=(
         "API root. Default: https://api.openai.com/v1 for openai, https://api.anthropic.com "
-        "for anthropic (the router posts to {base_url}/v1/messages, so no /v1 there)."),
+        "for anthropic (the router posts to {base_url}/v1/messages, so no /v1 there), "
+        "https://bedrock-runtime.{region}.amazonaws.com for bedrock."),
         pattern_hint="must be an http:// or https:// URL")
     keys: tuple[ProviderKey, ...] = setting((), key="api_keys", doc=(
         "Upstream API keys (not needed for mock). The router spreads load across them."))
@@ -157,6 +191,9 @@ class Provider:
                                                        "header.")
     max_tokens_default: int = setting(4096, ge=1, doc=(
         "anthropic only: max_tokens when a client omits it (Messages requires it)."))
+    region: str = setting("", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$", doc=(
+        "bedrock only: the AWS region, e.g. us-east-1 (required for bedrock)."),
+        pattern_hint="expected an AWS region such as us-east-1")
     responses: str = setting("chat", choices=("chat", "native"), doc=(
         "How POST /v1/responses reaches this provider. native: its own /responses endpoint, "
         "the body passed through untouched (OpenAI, Azure's v1 API, vLLM); chat: translated "
@@ -166,7 +203,22 @@ class Provider:
     def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
         ptype = values.get("type", "openai")
         url = values.get("base_url", "")
-        if ptype != "mock" and not url:
+        region = values.get("region", "")
+        if ptype == "bedrock":
+            if not region and f"{path}.region" not in r.failed:
+                r.fail(f"{path}.region", "required for a bedrock provider (e.g. us-east-1)")
+            if not url and region:
+                url = f"https://bedrock-runtime.{region}.amazonaws.com"
+            if values.get("responses") == "native":
+                r.fail(f"{path}.responses", "bedrock providers have no Responses API; use "
+                       "'chat' (the router translates to Converse)")
+        elif region:
+            r.fail(f"{path}.region", "only bedrock providers take a region")
+        for i, key in enumerate(values.get("keys", ())):
+            if key.access_key_id and ptype != "bedrock":
+                r.fail(f"{path}.api_keys[{i}].access_key_id", "only bedrock providers take "
+                       "AWS key pairs; give 'key' instead")
+        if ptype not in ("mock", "bedrock") and not url:
             url = _DEFAULT_BASE_URLS.get(ptype, "")
             if not url and f"{path}.type" not in r.failed:
                 r.fail(f"{path}.base_url", "required")

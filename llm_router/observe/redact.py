@@ -3,7 +3,8 @@
 An upstream may echo what it was sent: a 401 body quoting the ``Authorization`` header
 passed a provider key to the client verbatim. So every upstream body the router relays
 (error bodies, answers, stream events) and every log line go through a
-:class:`Redactor` holding the config's secrets: provider keys, the shared ``api_key``,
+:class:`Redactor` holding the config's secrets: provider keys (with AWS secret access
+keys and session tokens), the shared ``api_key``,
 and values of provider headers whose name says key, token, secret or auth. Each is
 replaced by ``[redacted]``. Only secrets of 8 characters or more are looked for, so a
 short placeholder cannot garble answers. The cost is one substring search per secret
@@ -33,6 +34,7 @@ def _config_secrets(cfg: Config) -> set[str]:
         found.add(cfg.api_key)
     for provider in cfg.providers.values():
         found.update(key.secret for key in provider.keys)
+        found.update(key.session_token for key in provider.keys if key.session_token)
         found.update(value.removeprefix("Bearer ").strip()
                      for name, value in provider.headers.items()
                      if any(word in name.lower() for word in _SECRET_HEADER_WORDS))

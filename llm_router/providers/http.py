@@ -8,6 +8,7 @@ from typing import Final, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ..config import Provider
 from . import ResponseTooLarge, UpstreamCall
@@ -149,9 +150,11 @@ def _timeout(provider: Provider) -> aiohttp.ClientTimeout:
         total=None, sock_connect=provider.timeouts.connect, sock_read=None))
 
 
-async def post(session: aiohttp.ClientSession, call: UpstreamCall, url: str,
+async def post(session: aiohttp.ClientSession, call: UpstreamCall, url: str | URL,
                headers: Mapping[str, str]) -> HTTPResponse:
-    """POST the call's body; returns once the upstream's status line and headers arrive."""
+    """POST the call's body; returns once the upstream's status line and headers arrive.
+    A ``URL`` built with ``encoded=True`` goes out exactly as given (a string is
+    normalised, which decodes ``%3A`` in a path)."""
     resp = await session.post(url, data=call.body, headers=headers,
                               timeout=_timeout(call.provider), allow_redirects=False,
                               auto_decompress=True)
