@@ -17,6 +17,7 @@ import orjson
 
 from ..config import Provider
 from ..dialects import anthropic as anthropic_in
+from ..hub.chat import chunk_error
 from ..hub.sse import DONE, event_fields, frame, json_object, openai_chunk_usage
 from ..providers.anthropic import translate as anthropic_out
 
@@ -231,10 +232,19 @@ class _OpenAIPassthrough:
         self.failure: str | None = None
 
     def feed(self, raw: bytes) -> bytes:
+        if self.failure is not None:
+            return b""  # nothing may follow an error chunk (its [DONE] went with it)
         _, data = event_fields(raw)
         if data == b"[DONE]":
             self.done = True
             return raw
+        if b'"error"' in data:
+            chunk = json_object(data)
+            if chunk is not None and chunk_error(chunk) is not None:
+                # An error reported in-band (vLLM, OpenRouter; a Bedrock exception frame):
+                # the client gets it as sent and the stream ends, counted as failed.
+                self.failure = STREAM_ERROR
+                return raw + DONE
         usage, usage_only = openai_chunk_usage(data)
         if usage is not None:
             self.usage = Usage.from_openai(usage)
@@ -243,6 +253,8 @@ class _OpenAIPassthrough:
         return raw
 
     def fail(self, message: str) -> bytes:
+        if self.failure is not None:
+            return b""  # the upstream's own error already ended the client's stream
         return _openai_error_event(message)
 
 

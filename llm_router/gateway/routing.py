@@ -45,6 +45,7 @@ _SERVES: Final = {
     "mock": frozenset({"chat", "completions", "embeddings", "messages", "count_tokens",
                        "responses"}),
     "anthropic": frozenset({"chat", "messages", "count_tokens", "responses"}),
+    "bedrock": frozenset({"chat", "messages", "responses"}),
 }
 
 

@@ -1,4 +1,5 @@
-"""A fast, deterministic fake model server speaking the OpenAI and Anthropic APIs.
+"""A fast, deterministic fake model server speaking the OpenAI and Anthropic APIs (and,
+through :mod:`.bedrock`, AWS Bedrock's Converse).
 
 Two layers. The content generators (``chat_completion``, ``chat_chunks``,
 ``messages_events``, ...) are pure functions of a request body: the same body always
@@ -28,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from . import responses as fake_responses
+from .bedrock import FakeBedrock
 from .prompt_cache import PromptCache, report_cached
 
 __all__ = [
@@ -551,6 +553,8 @@ class FakeUpstream:
         # Responses this fake issued (store not false) → the API key that created them:
         # previous_response_id works only with that key, as upstream state is per account.
         self.issued: dict[str, str | None] = {}
+        # AWS Bedrock's Converse routes (/model/...), with the demo credentials.
+        self.bedrock = FakeBedrock()
 
     def add_fault(self, fault: Fault) -> None:
         """Arm ``fault``; faults are tried in the order they were added."""
@@ -574,6 +578,7 @@ class FakeUpstream:
         app.router.add_delete("/_fake/faults", self._delete_faults)
         app.router.add_get("/_fake/requests", self._get_requests)
         app.router.add_post("/_fake/settings", self._post_settings)
+        self.bedrock.add_routes(app)
         return app
 
     def _take_fault(self, path: str, key: str | None, stream: bool) -> Fault | None:
