@@ -10,8 +10,8 @@ import orjson
 import pytest
 from botocore.eventstream import EventStreamBuffer
 
-from llm_router.testing.bedrock import encode_event_message
 from llm_router.providers.bedrock.eventstream import FrameDecoder, FrameError
+from llm_router.testing.bedrock import encode_event_message
 
 LIMIT = 1 << 20
 

@@ -38,7 +38,7 @@ from ..ledger.usage import CounterKey
 from ..observe.redact import Redactor
 from ..providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_from_exception
 from ..providers.anthropic import api as anthropic_provider
-from ..providers.bedrock import transport as bedrock_provider
+from ..providers.bedrock import api as bedrock_provider
 from ..providers.mock import api as mock_provider
 from ..providers.openai import api as openai_provider
 from . import relay as rl
