@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hash-key", help="print the sha256 of a key (stdin without KEY)")
     h.add_argument("key", nargs="?")
     sub.add_parser("gen-key", help="print a new random key and its sha256")
-    f = sub.add_parser("fake-upstream", help="run an OpenAI/Anthropic-compatible fake server")
+    f = sub.add_parser("fake-upstream",
+                       help="run a fake model server (OpenAI, Anthropic, Gemini, Vertex AI)")
     f.add_argument("--host", default="127.0.0.1")
     f.add_argument("--port", type=int, default=9000)
     f.add_argument("--latency-ms", type=float, default=0.0)

@@ -110,12 +110,60 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError([f"{p}: not UTF-8 text"]) from None
     cfg = parse_config(text, fmt="json" if p.suffix.lower() == ".json" else "yaml",
                        env=env, source=str(p))
+    problems = credentials_problems(cfg)
+    if problems:
+        raise ConfigError(problems, list(cfg.warnings))
     snapshot = cfg.usage.snapshot_path
     if snapshot and Path(snapshot).resolve() == p.resolve():
         # Seen by hand: the first snapshot replaced the config, and the next start failed.
         raise ConfigError([f"usage.snapshot_path: '{snapshot}' is this config file; the "
                            "usage snapshot would overwrite it (use e.g. ./usage.json)"])
     return cfg
+
+
+def credentials_problems(cfg: Config) -> list[str]:
+    """Each vertex key file that cannot serve, located (``providers[1].credentials: …``)."""
+    out: list[str] = []
+    for i, provider in enumerate(cfg.providers.values()):
+        if provider.type != "vertex":
+            continue
+        for j, key in enumerate(provider.keys):
+            problem = _credentials_problem(key.secret)
+            if problem is None:
+                continue
+            if provider.credentials and j == 0:
+                out.append(f"providers[{i}].credentials: {problem}")
+            else:
+                out.append(f"providers[{i}].api_keys[{j - bool(provider.credentials)}]: "
+                           f"{problem}")
+    return out
+
+
+_SERVICE_ACCOUNT_FIELDS: Final = ("client_email", "private_key")
+
+
+def _credentials_problem(file: str) -> str | None:
+    """What is wrong with a service-account key file, or None. Never quotes its content:
+    the file holds a private key."""
+    try:
+        with open(file, "rb") as f:
+            raw = f.read(1024 * 1024)
+    except OSError as exc:
+        return f"cannot read the credentials file {file!r}: {exc.strerror or exc}"
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return f"the credentials file {file!r} is not JSON"
+    if not isinstance(doc, dict) or doc.get("type") != "service_account":
+        return (f"the credentials file {file!r} is not a service-account key (its \"type\" "
+                "must be \"service_account\"; user credentials from gcloud are not "
+                "supported)")
+    missing = [name for name in _SERVICE_ACCOUNT_FIELDS if not isinstance(doc.get(name), str)
+               or not doc.get(name)]
+    if missing:
+        return f"the credentials file {file!r} lacks {', '.join(missing)}"
+    return None
+
 
 
 def parse_config(

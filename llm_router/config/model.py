@@ -13,6 +13,7 @@ run ``llm-router schema > config.schema.json && cp config.schema.json llm_router
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,14 +57,19 @@ __all__ = [
     "sha256_hex",
 ]
 
-PROVIDER_TYPES: Final = ("openai", "anthropic", "mock", "bedrock")
+PROVIDER_TYPES: Final = ("openai", "anthropic", "gemini", "vertex", "bedrock", "mock")
 STRATEGIES: Final = ("inverse-weight", "priority", "round-robin", "latency", "price")
 AFFINITY_MODES: Final = ("auto", "session", "off")
 BUDGET_PERIODS: Final = ("daily", "weekly", "monthly", "total")
 ROLES: Final = ("admin", "user")
 DEFAULT_PRICE: Final = "default"  # the pricing entry for models the table does not name
 _DEFAULT_BASE_URLS: Final = {"openai": "https://api.openai.com/v1",
-                             "anthropic": "https://api.anthropic.com"}
+                             "anthropic": "https://api.anthropic.com",
+                             "gemini": "https://generativelanguage.googleapis.com"}
+# What a vertex provider needs that the base install lacks (RS256 signing).
+_GOOGLE_EXTRA: Final = ("vertex providers sign service-account tokens with the 'cryptography' "
+                        "package: install the google extra (pip install 'llm-router[google]')")
+
 _NO_MODELS: Final[frozenset[str] | None] = None
 _NO_PATTERNS: Final[tuple[str, ...] | None] = None
 
@@ -173,15 +179,27 @@ class Provider:
         pattern_hint="must not contain '/' (it separates provider/model)")
     type: str = setting("openai", choices=PROVIDER_TYPES, doc=(
         "openai: any OpenAI-compatible API; anthropic: the Anthropic Messages API; "
-        "mock: built in, answers without network or key; bedrock: AWS Bedrock's Converse "
-        "API (docs/providers.md)."))
+        "gemini: Google's Gemini API; vertex: Google Cloud Vertex AI (Gemini and Claude "
+        "models); bedrock: AWS Bedrock's Converse API (docs/providers.md); mock: built in, "
+        "answers without network or key."))
     base_url: str = setting("", pattern=r"^https?://[^/\s]+", doc=(
         "API root. Default: https://api.openai.com/v1 for openai, https://api.anthropic.com "
         "for anthropic (the router posts to {base_url}/v1/messages, so no /v1 there), "
+        "https://generativelanguage.googleapis.com for gemini, "
+        "https://{location}-aiplatform.googleapis.com for vertex (location global: "
+        "https://aiplatform.googleapis.com), "
         "https://bedrock-runtime.{region}.amazonaws.com for bedrock."),
         pattern_hint="must be an http:// or https:// URL")
     keys: tuple[ProviderKey, ...] = setting((), key="api_keys", doc=(
-        "Upstream API keys (not needed for mock). The router spreads load across them."))
+        "Upstream API keys (not needed for mock; for vertex, paths of service-account JSON "
+        "files). The router spreads load across them."))
+    project: str = setting("", doc="vertex only: the Google Cloud project id.")
+    location: str = setting("", pattern=r"^[a-z0-9-]+$", doc=(
+        "vertex only: the region, e.g. us-central1, or global."),
+        pattern_hint="must be a region name such as us-central1, or global")
+    credentials: str = setting("", doc=(
+        "vertex only: path to a service-account JSON key file, usually "
+        "\"${GOOGLE_APPLICATION_CREDENTIALS}\"; the same as listing it in api_keys."))
     headers: Mapping[str, str] = setting(MappingProxyType({}), doc=(
         "Extra headers sent upstream, e.g. {OpenAI-Organization: org-123}."))
     timeouts: Timeouts = setting(Timeouts(), doc="Upstream timeouts, in seconds.")
@@ -218,9 +236,16 @@ class Provider:
             if key.access_key_id and ptype != "bedrock":
                 r.fail(f"{path}.api_keys[{i}].access_key_id", "only bedrock providers take "
                        "AWS key pairs; give 'key' instead")
+        if ptype == "vertex":
+            regional = _finish_vertex(values, r, path)  # checks the rest of it too
+            url = url or regional
+        elif ptype == "gemini" and values.get("responses") == "native":
+            r.fail(f"{path}.responses", "gemini providers have no Responses API; use 'chat' "
+                   "(the router translates to generateContent)")
         if ptype not in ("mock", "bedrock") and not url:
             url = _DEFAULT_BASE_URLS.get(ptype, "")
-            if not url and f"{path}.type" not in r.failed:
+            # (a vertex provider's comes from its location, reported missing already)
+            if not url and f"{path}.type" not in r.failed and ptype != "vertex":
                 r.fail(f"{path}.base_url", "required")
         elif ptype == "anthropic" and url.rstrip("/").endswith("/v1"):
             # The router appends /v1/messages, as the anthropic SDK does.
@@ -235,8 +260,33 @@ class Provider:
         if not keys and not any(p.startswith(f"{path}.api_keys") for p in r.failed):
             if ptype == "mock":
                 values["keys"] = (ProviderKey(secret="", label="mock"),)
+            elif ptype == "vertex":
+                r.fail(f"{path}.credentials", "a service-account key file is required "
+                       "(credentials, or its path in api_keys)")
             else:
                 r.fail(f"{path}.api_keys", "at least one API key is required")
+
+
+def _finish_vertex(values: dict[str, Any], r: Reader, path: str) -> str:
+    """Check a vertex provider; returns its default base URL (from ``location``)."""
+    if importlib.util.find_spec("cryptography") is None:
+        r.fail(f"{path}.type", _GOOGLE_EXTRA)
+    for name in ("project", "location"):
+        if not values.get(name) and f"{path}.{name}" not in r.failed:
+            r.fail(f"{path}.{name}", "required for a vertex provider")
+    if values.get("responses") == "native":
+        r.fail(f"{path}.responses", "vertex providers have no Responses API; use 'chat'")
+    credentials = values.get("credentials")
+    if credentials:
+        values["keys"] = (ProviderKey(secret=credentials, label=key_label(credentials)),
+                          *values.get("keys", ()))
+    # The files themselves are read by load_config (credentials_problems): a config's
+    # text is valid wherever it is parsed, its files only where it runs.
+    location = values.get("location", "")
+    if not location:
+        return ""
+    return ("https://aiplatform.googleapis.com" if location == "global"
+            else f"https://{location}-aiplatform.googleapis.com")
 
 
 @dataclass(frozen=True, slots=True)

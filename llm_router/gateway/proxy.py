@@ -39,8 +39,10 @@ from ..observe.redact import Redactor
 from ..providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_from_exception
 from ..providers.anthropic import api as anthropic_provider
 from ..providers.bedrock import api as bedrock_provider
+from ..providers.gemini import api as gemini_provider
 from ..providers.mock import api as mock_provider
 from ..providers.openai import api as openai_provider
+from ..providers.vertex import api as vertex_provider
 from . import relay as rl
 from .affinity import (
     AffinityKey,
@@ -81,6 +83,8 @@ _SENDERS: Final[dict[str, Callable[..., Awaitable[UpstreamResponse]]]] = {
     "anthropic": anthropic_provider.send,
     "mock": mock_provider.send,
     "bedrock": bedrock_provider.send,
+    "gemini": gemini_provider.send,
+    "vertex": vertex_provider.send,
 }
 _REQUIRED: Final = {
     "chat": ("messages", list),

@@ -46,6 +46,8 @@ _SERVES: Final = {
                        "responses"}),
     "anthropic": frozenset({"chat", "messages", "count_tokens", "responses"}),
     "bedrock": frozenset({"chat", "messages", "responses"}),
+    "gemini": frozenset({"chat", "embeddings", "messages", "responses"}),
+    "vertex": frozenset({"chat", "messages", "responses"}),
 }
 
 

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from . import responses as fake_responses
 from .bedrock import FakeBedrock
+from .google import FakeHooks, GoogleFake
 from .prompt_cache import PromptCache, report_cached
 
 __all__ = [
@@ -555,6 +556,7 @@ class FakeUpstream:
         self.issued: dict[str, str | None] = {}
         # AWS Bedrock's Converse routes (/model/...), with the demo credentials.
         self.bedrock = FakeBedrock()
+        self.google = GoogleFake()  # the Gemini API, Vertex AI and Google's token endpoint
 
     def add_fault(self, fault: Fault) -> None:
         """Arm ``fault``; faults are tried in the order they were added."""
@@ -579,7 +581,19 @@ class FakeUpstream:
         app.router.add_get("/_fake/requests", self._get_requests)
         app.router.add_post("/_fake/settings", self._post_settings)
         self.bedrock.add_routes(app)
+        self.google.add_routes(app, FakeHooks(
+            self._record_as, self._take_fault, _pause, messages_response, messages_events,
+            lambda request, events, cut: self._stream(request, events, True, cut)))
         return app
+
+    def _record_as(self, request: web.Request, who: str, model: str, stream: bool,
+                   body: Any) -> None:
+        """Log a request whose model is in its URL and whose caller is ``who`` (a Gemini
+        API key, a Vertex service account's email), as :meth:`_record` logs the others."""
+        self.requests.append(RecordedRequest(request.path, who, model, stream,
+                                             body if isinstance(body, dict) else None,
+                                             request.headers))
+        self.total_requests += 1
 
     def _take_fault(self, path: str, key: str | None, stream: bool) -> Fault | None:
         for armed in self._faults:

@@ -1,0 +1,210 @@
+"""Gemini answers → hub (OpenAI chat) answers and stream chunks (pure, no I/O).
+
+:func:`chat_completion` turns a ``GenerateContentResponse`` into a ``chat.completion``;
+:class:`StreamToChat` turns the events of ``streamGenerateContent?alt=sse`` into
+``chat.completion.chunk`` s as they arrive.
+
+- Text parts are the content; parts marked ``thought: true`` (thought summaries) are
+  left out. ``functionCall`` parts become ``tool_calls`` (arguments as JSON text), each
+  with an id that carries the part's ``thoughtSignature`` (:func:`request.call_id`).
+- ``finishReason``: STOP → stop (tool_calls when the answer calls a function, since
+  Gemini says STOP then), MAX_TOKENS → length, the safety family → content_filter,
+  anything else → stop. A prompt blocked outright (``promptFeedback.blockReason``, no
+  candidates) is an empty answer with finish_reason content_filter.
+- ``usageMetadata``: prompt_tokens = promptTokenCount (cached included) +
+  toolUsePromptTokenCount; completion_tokens = candidatesTokenCount +
+  thoughtsTokenCount (leaving thoughts out would under-bill); cached_tokens =
+  cachedContentTokenCount; reasoning_tokens = thoughtsTokenCount.
+- A stream's events are each a whole response whose ``usageMetadata`` is a running
+  total: the last one counts, never the sum. The stream has no ``[DONE]``: it ends
+  with the body; :meth:`StreamToChat.finish` then gives the usage chunk and ``[DONE]``
+  if a finishReason came, else nothing (the stream was cut). An event
+  ``{"error": {...}}`` inside the 200 stream becomes an in-band error chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import orjson
+
+from .request import call_id
+
+__all__ = ["FINISH_REASONS", "StreamToChat", "chat_completion", "chat_usage"]
+
+FINISH_REASONS: Final[dict[str, str]] = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "LANGUAGE": "content_filter",
+    "RECITATION": "stop",
+    "MALFORMED_FUNCTION_CALL": "stop",
+    "OTHER": "stop",
+}
+
+
+def chat_usage(meta: Any) -> dict[str, Any]:
+    """OpenAI ``usage`` from Gemini's ``usageMetadata`` (missing counts read as 0)."""
+    m = meta if isinstance(meta, dict) else {}
+
+    def count(name: str) -> int:
+        value = m.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    prompt = count("promptTokenCount") + count("toolUsePromptTokenCount")
+    thoughts = count("thoughtsTokenCount")
+    completion = count("candidatesTokenCount") + thoughts
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": count("cachedContentTokenCount")},
+        "completion_tokens_details": {"reasoning_tokens": thoughts},
+    }
+
+
+def _finish(reason: Any, calls: bool) -> str | None:
+    if not isinstance(reason, str) or reason == "FINISH_REASON_UNSPECIFIED":
+        return None
+    mapped = FINISH_REASONS.get(reason, "stop")
+    return "tool_calls" if calls and mapped == "stop" else mapped
+
+
+def _tool_call(part: dict[str, Any]) -> dict[str, Any] | None:
+    call = part.get("functionCall")
+    if not isinstance(call, dict):
+        return None
+    args = call.get("args")
+    return {"id": call_id(part.get("thoughtSignature")), "type": "function",
+            "function": {"name": str(call.get("name") or ""),
+                         "arguments": orjson.dumps(args if isinstance(args, dict)
+                                                   else {}).decode()}}
+
+
+def _read_parts(candidate: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(text, tool calls) of one candidate's content; thought parts skipped."""
+    content = candidate.get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for part in parts if isinstance(parts, list) else []:
+        if not isinstance(part, dict) or part.get("thought") is True:
+            continue
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        call = _tool_call(part)
+        if call is not None:
+            calls.append(call)
+    return "".join(texts), calls
+
+
+def _candidates(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    found = doc.get("candidates")
+    return [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
+
+
+def _blocked(doc: dict[str, Any]) -> bool:
+    feedback = doc.get("promptFeedback")
+    return isinstance(feedback, dict) and bool(feedback.get("blockReason"))
+
+
+def _completion_id(doc: dict[str, Any]) -> str:
+    rid = doc.get("responseId")
+    return f"chatcmpl-{rid}" if isinstance(rid, str) and rid else f"chatcmpl-{time.time_ns():x}"
+
+
+def chat_completion(doc: dict[str, Any], model: str) -> dict[str, Any]:
+    """The ``chat.completion`` for a whole ``GenerateContentResponse``."""
+    choices: list[dict[str, Any]] = []
+    for i, candidate in enumerate(_candidates(doc)):
+        text, calls = _read_parts(candidate)
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            message["tool_calls"] = calls
+        index = candidate.get("index")
+        choices.append({"index": index if isinstance(index, int) else i, "message": message,
+                        "finish_reason": _finish(candidate.get("finishReason"), bool(calls))
+                        or "stop", "logprobs": None})
+    if not choices and _blocked(doc):
+        choices.append({"index": 0, "message": {"role": "assistant", "content": None},
+                        "finish_reason": "content_filter", "logprobs": None})
+    return {"id": _completion_id(doc), "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": choices, "usage": chat_usage(doc.get("usageMetadata"))}
+
+
+class StreamToChat:
+    """Gemini stream events → chat chunks, one event at a time."""
+
+    __slots__ = ("_calls", "_created", "_id", "_model", "_roles", "error", "finished",
+                 "usage")
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._id = ""
+        self._created = int(time.time())
+        self._roles: set[int] = set()  # choices whose first chunk (with the role) went out
+        self._calls: dict[int, int] = {}  # choice index -> tool calls sent so far
+        self.usage: dict[str, Any] | None = None  # the latest running total, as OpenAI usage
+        self.finished = False  # a finishReason (or a blocked prompt) was seen
+        self.error: dict[str, Any] | None = None  # an in-band error event, as sent
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                "model": self._model, "choices": choices}
+
+    def feed(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunks for one event (possibly none)."""
+        error = doc.get("error")
+        if error is not None:
+            self.error = error if isinstance(error, dict) else {"message": str(error)}
+            return [{"error": _stream_error(self.error)}]
+        if not self._id:
+            self._id = _completion_id(doc)
+        if isinstance(doc.get("usageMetadata"), dict):
+            self.usage = chat_usage(doc["usageMetadata"])  # a running total: replace
+        out: list[dict[str, Any]] = []
+        for i, candidate in enumerate(_candidates(doc)):
+            index = candidate.get("index")
+            index = index if isinstance(index, int) else i
+            text, calls = _read_parts(candidate)
+            delta: dict[str, Any] = {}
+            if index not in self._roles:
+                self._roles.add(index)
+                delta["role"] = "assistant"
+            if text:
+                delta["content"] = text
+            if calls:
+                first = self._calls.get(index, 0)
+                delta["tool_calls"] = [{"index": first + k, **call}
+                                       for k, call in enumerate(calls)]
+                self._calls[index] = first + len(calls)
+            reason = _finish(candidate.get("finishReason"), self._calls.get(index, 0) > 0)
+            if reason is not None:
+                self.finished = True
+            if delta or reason is not None:
+                out.append(self._chunk([{"index": index, "delta": delta,
+                                         "finish_reason": reason, "logprobs": None}]))
+        if not out and _blocked(doc):
+            self.finished = True
+            out.append(self._chunk([{"index": 0, "delta": {"role": "assistant"},
+                                     "finish_reason": "content_filter", "logprobs": None}]))
+        return out
+
+    def finish(self) -> list[dict[str, Any]]:
+        """At the end of the body: the usage chunk, if the stream ended properly (the
+        caller then sends ``[DONE]``); nothing for a cut or failed stream."""
+        if not self.finished or self.error is not None:
+            return []
+        return [{**self._chunk([]), "usage": self.usage or chat_usage(None)}]
+
+
+def _stream_error(error: dict[str, Any]) -> dict[str, Any]:
+    status = error.get("status")
+    return {"message": str(error.get("message") or "upstream error"), "type": "upstream_error",
+            "param": None, "code": status if isinstance(status, str) else "stream_error"}
