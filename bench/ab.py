@@ -66,6 +66,19 @@ _SCENARIOS: dict[str, tuple[dict[str, object], list[str]]] = {
                   [f"api_key: {_KEY}"]),
     "responses-stream": ({"model": "ab", "input": "Say something short.",
                           "max_output_tokens": 16, "stream": True}, [f"api_key: {_KEY}"]),
+    # POST /v1/messages translated to chat: a tool round trip, every block type the
+    # router checks at the edge (issue 23: what the check costs per request).
+    "messages": ({"model": "ab", "max_tokens": 16,
+                  "system": [{"type": "text", "text": "Be brief."}],
+                  "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+                  "messages": [
+                      {"role": "user", "content": [{"type": "text", "text": "Look it up."}]},
+                      {"role": "assistant", "content": [
+                          {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}]},
+                      {"role": "user", "content": [
+                          {"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"},
+                          {"type": "text", "text": "Say something short."}]}]},
+                 [f"api_key: {_KEY}"]),
 }
 # The same caller with a usage snapshot: every request also goes to the journal. Each
 # build gets its own file ({snapshot} is replaced per build).
@@ -147,7 +160,8 @@ async def _load(url: str, key: str, body: dict[str, object], n: int, concurrency
 
 def _round(build: Build, args: argparse.Namespace, key: str) -> dict[str, float]:
     body, _ = _SCENARIOS[args.scenario]
-    route = "responses" if args.scenario.startswith("responses") else "chat/completions"
+    route = ("responses" if args.scenario.startswith("responses")
+             else "messages" if args.scenario == "messages" else "chat/completions")
     url = f"http://127.0.0.1:{build.port}/v1/{route}"
     cpu0 = cpu_ns(build.pid)
     failures, wall = asyncio.run(_load(url, key, body, args.requests, args.concurrency,

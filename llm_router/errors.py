@@ -16,13 +16,15 @@
 
 Handlers raise these; the error middleware in ``app.py`` renders them with
 :func:`error_body` in the caller's dialect. Messages are written for the client and
-never carry a secret or a traceback.
+never carry a secret or a traceback. What they echo of the request is bounded: a value
+the client sent is quoted through :func:`echoed` (its first 200 characters), and no
+message is longer than 4,096 characters, so a 100 KB field cannot come back whole.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import orjson
 
@@ -41,8 +43,22 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "anthropic_error_type",
+    "echoed",
     "error_body",
 ]
+
+# A value the client sent, quoted in an error, is cut here: enough to recognise it.
+_ECHO_CHARS: Final = 200
+# No error message is longer: the bound on what any error echoes (an upstream's too).
+_MESSAGE_CHARS: Final = 4096
+
+
+def echoed(value: object) -> str:
+    """``value`` as text to quote in an error message, cut to :data:`_ECHO_CHARS`."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= _ECHO_CHARS:
+        return text
+    return f"{text[:_ECHO_CHARS]}... ({len(text):,} characters)"
 
 
 class RouterError(Exception):
@@ -170,16 +186,19 @@ def anthropic_error_type(status: int) -> str:
 
 def error_body(err: RouterError, *, anthropic: bool = False) -> bytes:
     """The JSON body for ``err``: OpenAI's shape, or Anthropic's on ``/v1/messages``."""
+    message = err.message
+    if len(message) > _MESSAGE_CHARS:
+        message = message[:_MESSAGE_CHARS] + "..."
     payload: dict[str, Any]
     if anthropic:
         payload = {
             "type": "error",
-            "error": {"type": anthropic_error_type(err.status), "message": err.message},
+            "error": {"type": anthropic_error_type(err.status), "message": message},
         }
     else:
         payload = {
             "error": {
-                "message": err.message,
+                "message": message,
                 "type": err.type,
                 "param": err.param,
                 "code": err.code,
@@ -191,5 +210,5 @@ def error_body(err: RouterError, *, anthropic: bool = False) -> bytes:
         # A message quoting a header whose bytes were not UTF-8 (lone surrogates): show
         # them escaped rather than fail the error itself into a plain-text 500.
         inner = payload["error"]
-        inner["message"] = err.message.encode("utf-8", "backslashreplace").decode()
+        inner["message"] = message.encode("utf-8", "backslashreplace").decode()
         return orjson.dumps(payload)

@@ -9,6 +9,7 @@ and so is the exact upstream request the fake received.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiohttp
@@ -422,6 +423,65 @@ async def test_messages_errors_are_anthropic_shaped(start_router: StartRouter,
     assert doc["type"] == "error" and doc["error"]["type"] == "invalid_request_error"
     assert "JSON" in doc["error"]["message"]
     assert upstream.fake.requests == []
+
+
+# (route, body, the field the 400 must name): issue 23's cases first, then neighbours.
+WRONGLY_TYPED = [
+    pytest.param("/v1/messages", {"messages": [{"role": "user", "content": 1.5}]},
+                 "messages[0].content", id="content-number"),
+    pytest.param("/v1/messages", {"system": [{"type": "text", "text": 1}], "messages": HELLO},
+                 "system[0].text", id="system-block-text-number"),
+    pytest.param("/v1/messages/count_tokens", {"messages": 1.5}, "messages",
+                 id="count-tokens-messages-number"),
+    pytest.param("/v1/messages", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": {"nested": "object"}}]}]},
+                 "messages[0].content[0].text", id="text-block-object"),
+    pytest.param("/v1/messages", {"max_tokens": "five", "messages": HELLO}, "max_tokens",
+                 id="max-tokens-string"),
+    pytest.param("/v1/messages/count_tokens", {"messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text",
+                                                                 "text": ["x"]}]}]}]},
+                 "messages[0].content[0].content[0].text", id="tool-result-text-list"),
+    pytest.param("/v1/messages", {"messages": [{"role": ["user"], "content": "hi"}]},
+                 "messages[0].role", id="role-list"),
+    pytest.param("/v1/messages", {"messages": HELLO, "tools": [{"name": "f",
+                                                                "input_schema": "{}"}]},
+                 "tools[0].input_schema", id="tool-schema-string"),
+    pytest.param("/v1/messages", {"messages": HELLO, "tool_choice": {"type": {}}},
+                 "tool_choice.type", id="tool-choice-type-object"),
+    pytest.param("/v1/messages", {"messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "data": 5}}]}]},
+                 "messages[0].content[0].source.media_type", id="image-source-fields"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "field"), WRONGLY_TYPED)
+async def test_wrongly_typed_fields_are_a_400_naming_the_field(
+        route: str, body: dict[str, Any], field: str, start_router: StartRouter,
+        upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+    router = await start_router(via_openai(upstream))
+    body = {"model": "g", "max_tokens": 8, **body} if route == "/v1/messages" \
+        else {"model": "g", **body}
+    async with aiohttp.ClientSession() as http, http.post(
+            router.url + route, json=body,
+            headers={"x-api-key": ROUTER_KEY, "anthropic-version": "2023-06-01"}) as resp:
+        assert resp.status == 400
+        doc = await resp.json()
+    assert doc["type"] == "error" and doc["error"]["type"] == "invalid_request_error"
+    assert doc["error"]["message"].startswith(f"'{field}' ")
+    assert upstream.fake.requests == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_the_anthropic_sdk_gets_the_field_named(start_router: StartRouter,
+                                                      upstream: Upstream) -> None:
+    router = await start_router(via_openai(upstream))
+    wrong: Any = [{"role": "user", "content": [{"type": "text", "text": 7}]}]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await router.anthropic().messages.create(model="g", max_tokens=8, messages=wrong)
+    assert info.value.body == {"type": "error", "error": {
+        "type": "invalid_request_error",
+        "message": "'messages[0].content[0].text' must be a string."}}
 
 
 async def test_upstream_errors_reach_anthropic_clients_in_their_shape(

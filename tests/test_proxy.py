@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import time
 import zlib
 from typing import Any
@@ -149,6 +150,22 @@ async def test_bad_requests_get_openai_shaped_errors_and_router_keeps_serving(
     assert upstream.fake.requests == []
     ok = await router.openai().chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
     assert ok.choices
+
+
+async def test_an_unknown_model_access_line_keeps_the_name_sent_cut_short(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    router = await start_router(one_group(upstream))
+    caplog.set_level(logging.INFO, logger="llm_router.access")
+    for model in ("gpt-typo", "nope/" + "x" * 5000):
+        async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                             json={"model": model, "messages": HELLO}) as resp:
+            assert resp.status == 404
+    short, long = [orjson.loads(r.getMessage())["group"] for r in caplog.records
+                   if r.name == "llm_router.access"]
+    assert short == "gpt-typo"
+    assert long.startswith("nope/xxx") and long.endswith("... (5,005 characters)")
+    assert len(long) < 300
 
 
 async def test_x_api_key_header_authenticates(start_router: StartRouter, upstream: Upstream,

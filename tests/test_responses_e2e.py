@@ -272,6 +272,39 @@ async def test_bad_responses_requests_get_clear_400s(
     assert not upstream.fake.requests
 
 
+async def test_a_wrongly_typed_input_is_named_with_what_is_wrong(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(chat_member(upstream))
+    wrong: Any = 5
+    with pytest.raises(openai.BadRequestError) as info:
+        await router.openai().responses.create(model="g", input=wrong)
+    assert info.value.body == {  # type: ignore[comparison-overlap]
+        "message": "'input' must be a string or a list of input items, not a number.",
+        "type": "invalid_request_error", "param": "input", "code": None}
+    with pytest.raises(openai.BadRequestError) as missing:
+        await router.openai().responses.create(model="g", input=None)  # type: ignore[arg-type]
+    assert missing.value.body["message"].startswith("'input' is required")  # type: ignore[index]
+
+
+async def test_errors_echo_a_bounded_part_of_what_was_sent(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(chat_member(upstream))
+    huge = "resp_" + "a" * 100_000
+    with pytest.raises(openai.BadRequestError) as info:
+        await router.openai().responses.create(model="g", input="x", previous_response_id=huge)
+    message = info.value.body["message"]  # type: ignore[index]
+    assert len(message) < 500 and huge[:200] in message and "100,005 characters" in message
+    for path in ("/v1/responses/" + huge[:5000], "/v1/models/" + huge[:5000]):
+        async with http.get(router.url + path, headers=AUTH) as resp:
+            assert resp.status == 404
+            assert len(await resp.read()) < 1000
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": huge, "messages": [{"role": "user", "content": "x"}]}
+                         ) as resp:
+        assert resp.status == 404
+        assert len(await resp.read()) < 1000
+
+
 async def test_models_retrieve_answers_for_usable_ids_only(
         start_router: StartRouter, upstream: Upstream) -> None:
     config = chat_member(upstream)

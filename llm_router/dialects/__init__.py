@@ -1,3 +1,4 @@
 """Inbound dialects: what clients speak, translated to and from the hub (OpenAI chat).
 
-Anthropic Messages in :mod:`.anthropic`; the Responses API in :mod:`.responses`."""
+Anthropic Messages in :mod:`.anthropic` (its bodies checked at the edge by
+:mod:`.anthropic_check`); the Responses API in :mod:`.responses`."""

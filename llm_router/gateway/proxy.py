@@ -23,6 +23,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from ..dialects import anthropic_check
 from ..dialects.responses.turn import ResponsesTurn
 from ..errors import (
     BadRequest,
@@ -31,6 +32,7 @@ from ..errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
+    echoed,
     error_body,
 )
 from ..ledger.accounting import cost_usd, estimate_cost, priced_target
@@ -74,7 +76,7 @@ from .routing import (
 )
 from .upstream_events import upstream_events
 
-__all__ = ["forward", "new_request_id"]
+__all__ = ["forward", "new_request_id", "validate_body"]
 
 log = logging.getLogger("llm_router.access")
 
@@ -86,32 +88,51 @@ _SENDERS: Final[dict[str, Callable[..., Awaitable[UpstreamResponse]]]] = {
     "gemini": gemini_provider.send,
     "vertex": vertex_provider.send,
 }
-_REQUIRED: Final = {
-    "chat": ("messages", list),
-    "messages": ("messages", list),
-    "count_tokens": ("messages", list),
-    "completions": ("prompt", (str, list)),
-    "embeddings": ("input", (str, list)),
-    "responses": ("input", (str, list)),
+# Per route: the field every request needs, its types, and what it must be.
+_REQUIRED: Final[dict[str, tuple[str, type | tuple[type, ...], str]]] = {
+    "chat": ("messages", list, "a list of messages"),
+    "messages": ("messages", list, "a list of messages"),
+    "count_tokens": ("messages", list, "a list of messages"),
+    "completions": ("prompt", (str, list), "a string or a list"),
+    "embeddings": ("input", (str, list), "a string or a list"),
+    "responses": ("input", (str, list), "a string or a list of input items"),
 }
+# Per route: the dialect's own check of the fields the router reads (Responses bodies
+# are checked by ResponsesTurn.begin, which needs the stored conversation too).
+_BODY_CHECKS: Final[dict[str, Callable[[dict[str, Any]], None]]] = {
+    "messages": anthropic_check.check_body,
+    "count_tokens": anthropic_check.check_body,
+}
+_JSON_TYPES: Final[dict[type, str]] = {
+    bool: "a boolean", int: "a number", float: "a number", str: "a string",
+    list: "a list", dict: "an object"}
 _STREAMED_KINDS: Final = frozenset({"chat", "completions", "messages", "responses"})
 _CUT_NOTICE_S: Final = 1.0  # how long a stream cut at shutdown may take to say so
 _IDS: Final = random.Random()  # request ids (new_request_id)
 _AUTH_RETRY_AFTER_S: Final = 30.0  # every key rejected: until an admin reloads fixed keys
 
 
-def _validate(kind: str, body: dict[str, Any]) -> str:
+def validate_body(kind: str, body: dict[str, Any]) -> str:
+    """The request's model, once its body has the fields its route reads, each of the
+    documented type; else :class:`BadRequest` naming the first field that does not."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required: a group name or provider/model.", param="model",
                          code="missing_required_parameter")
-    field_name, types = _REQUIRED[kind]
-    if not isinstance(body.get(field_name), types):  # type: ignore[arg-type]
-        raise BadRequest(f"'{field_name}' is required.", param=field_name,
+    field_name, types, must = _REQUIRED[kind]
+    value = body.get(field_name)
+    if value is None:
+        raise BadRequest(f"'{field_name}' is required: {must}.", param=field_name,
                          code="missing_required_parameter")
+    if not isinstance(value, types):
+        raise BadRequest(f"'{field_name}' must be {must}, not {_JSON_TYPES[type(value)]}.",
+                         param=field_name)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false.", param="stream")
+    check = _BODY_CHECKS.get(kind)
+    if check is not None:
+        check(body)
     return model
 
 
@@ -125,7 +146,8 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     """Serve one model request end to end; raises :class:`RouterError` before any byte."""
     cfg = state.config  # this request keeps this config even if a reload swaps it
     body = ex.body if ex.body is not None else await read_json(request, cfg)
-    model = _validate(ex.kind, body)
+    model = validate_body(ex.kind, body)
+    ex.group = echoed(model)  # until resolved: a 404's access line keeps the name sent
     target = resolve_target(cfg, model)
     ex.group = target.name
     ex.caller.check(target)

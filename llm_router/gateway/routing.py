@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ..config import Config, Group, Member, Price, Provider, ProviderKey
-from ..errors import BadRequest, ModelNotFound
+from ..errors import BadRequest, ModelNotFound, echoed
 from ..ledger.usage import CounterKey, UsageCounters
 from .health import KeyHealth
 
@@ -71,8 +71,8 @@ def resolve_target(cfg: Config, model: str) -> Target:
     prov_name, sep, upstream_model = model.partition("/")
     if sep and upstream_model and prov_name in cfg.providers:
         return Target(model, Group(name=model, members=(Member(prov_name, upstream_model),)))
-    raise ModelNotFound(f"The model '{model}' does not exist or is not served by this router. "
-                        "GET /v1/models lists what you may use.", param="model")
+    raise ModelNotFound(f"The model '{echoed(model)}' does not exist or is not served by "
+                        "this router. GET /v1/models lists what you may use.", param="model")
 
 
 def can_serve(cfg: Config, target: Target, kind: str) -> bool:

@@ -19,9 +19,10 @@ from ..errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
+    echoed,
 )
 from ..gateway.exchange import EXCHANGE, Exchange
-from ..gateway.proxy import forward
+from ..gateway.proxy import forward, validate_body
 from ..gateway.request_body import read_json
 from ..gateway.router_state import RouterState
 from ..gateway.routing import Target, resolve_target
@@ -71,9 +72,8 @@ async def _count_tokens_locally(request: web.Request, state: RouterState,
     cfg = state.config
     body = await read_json(request, cfg)
     ex.body = body
-    model = body.get("model")
-    if not isinstance(model, str):
-        return None  # forward() reports the missing model
+    model = validate_body(ex.kind, body)
+    ex.group = echoed(model)  # until resolved: a 404's access line keeps the name sent
     target = resolve_target(cfg, model)
     ex.caller.check(target)
     if any(cfg.providers[m.provider].type in ("anthropic", "mock")
@@ -132,7 +132,7 @@ async def get_model(request: web.Request) -> web.Response:
     except RouterError:
         target = None
     if target is None or not caller.may_use(target):
-        raise ModelNotFound(f"The model '{model_id}' does not exist or you may not use it; "
+        raise ModelNotFound(f"The model '{echoed(model_id)}' does not exist or you may not use it; "
                             "GET /v1/models lists what you may use.", param="model")
     owner = "llm-router" if target.name in cfg.groups else model_id.partition("/")[0]
     return _json({"id": model_id, "object": "model", "created": int(state.started),
@@ -144,7 +144,7 @@ async def _held_response(request: web.Request) -> tuple[RouterState, str, object
     response_id = request.match_info["response_id"]
     entry = await state.responses.get(response_id)
     if entry is None or entry.owner != request[EXCHANGE].caller.user:
-        raise ModelNotFound(f"No response with id '{response_id}': the router keeps "
+        raise ModelNotFound(f"No response with id '{echoed(response_id)}': the router keeps "
                             "responses for a limited time, and none created with "
                             "store: false.", param="response_id", code="response_not_found")
     return state, response_id, entry.response

@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 
 from ...config import Provider
-from ...errors import BadRequest, RouterError
+from ...errors import BadRequest, RouterError, echoed
 from ...gateway.relay import STREAM_ERROR, Usage
 from ...gateway.routing import Candidate, CandidateSet, Target
 from ...hub.sse import event_fields, json_object
@@ -77,7 +77,7 @@ class ResponsesTurn:
         if prev_id:
             previous = await store.get(prev_id)
             if previous is None or previous.owner != owner:
-                raise BadRequest(f"Previous response with id '{prev_id}' not found: the "
+                raise BadRequest(f"Previous response with id '{echoed(prev_id)}' not found: the "
                                  "router keeps responses for a limited time (and not those "
                                  "created with store: false).",
                                  param="previous_response_id",
