@@ -59,6 +59,7 @@ from .compression import MIN_COMPRESS_BYTES, compress_body, negotiate
 from .downstream import Downstream
 from .exchange import Exchange
 from .health import parse_retry_after
+from .labels import OTHER
 from .model_request import ModelRequest
 from .request_body import BODY_SIZE, read_json
 from .router_state import RouterState
@@ -150,6 +151,10 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     ex.group = echoed(model)  # until resolved: a 404's access line keeps the name sent
     target = resolve_target(cfg, model)
     ex.group = target.name
+    if target.is_direct:
+        member = target.group.members[0]
+        if state.labels.model(member.provider, member.model) == OTHER:
+            target = target.folded(OTHER)  # a name from the client: bounded state
     ex.caller.check(target)
     if ex.caller.has_budget:  # every call it can reach must be charged
         target = priced_target(cfg.pricing, target)
@@ -175,7 +180,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     if turn is not None:
         ex.prompt_estimate += turn.history_bytes // 4  # previous_response_id's conversation
     estimate = state.counters.estimate(
-        target.name, ex.prompt_estimate, max_tokens if isinstance(max_tokens, int) else None)
+        target.state_name, ex.prompt_estimate, max_tokens if isinstance(max_tokens, int) else None)
     # Budgets and per-user/per-key limits are checked here, before anything is sent; the
     # estimates are reserved so that concurrent requests see each other.
     cost = (estimate_cost(cfg.pricing, target.group.members, ex.prompt_estimate,
@@ -445,7 +450,8 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
                                          req.body, headers)
     call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, req.stream,
                         headers)
-    att.reservation = state.counters.reserve(cand.counter_key, req.estimate, ex.group)
+    att.reservation = state.counters.reserve(cand.counter_key, req.estimate,
+                                               req.target.state_name)
     probe = state.health.begin(provider.name, key.label)
     att.sent = time.perf_counter()
     att.sent_loop = asyncio.get_running_loop().time()  # deadlines run on the loop's clock
@@ -575,7 +581,7 @@ def _account(req: ModelRequest, att: _Attempt, usage: rl.Usage) -> None:
                 "cached").inc(usage.cached)
     m.child(m.cost, user, cand.provider.name, model).inc(ex.cost or 0.0)
     if ex.admission is not None:
-        state.store.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
+        state.store.record(ex.admission, cand.provider.name, cand.counted_model, usage.prompt,
                             usage.completion, ex.cost)
 
 
@@ -783,7 +789,7 @@ def _account_partial(req: ModelRequest, att: _Attempt, usage: rl.Usage,
                     kind).inc(n)
     m.child(m.cost, ex.caller.user, cand.provider.name, model).inc(ex.cost or 0.0)
     if ex.admission is not None:
-        state.store.record(ex.admission, cand.provider.name, cand.member.model, usage.prompt,
+        state.store.record(ex.admission, cand.provider.name, cand.counted_model, usage.prompt,
                             usage.completion, ex.cost)
 
 

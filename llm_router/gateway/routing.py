@@ -57,10 +57,26 @@ class Target:
 
     name: str
     group: Group
+    # A direct ``provider/model`` whose model the config does not name: its selection
+    # counters, learnt length and usage rows are kept under this name (``other``), so
+    # that names invented by clients cannot grow the router's state (docs/teams.md).
+    state_model: str = ""
 
     @property
     def is_direct(self) -> bool:
         return "/" in self.name and len(self.group.members) == 1
+
+    @property
+    def state_name(self) -> str:
+        """The name per-group state is kept under: ``provider/other`` for a folded
+        direct target, else the name the client sent."""
+        if not self.state_model:
+            return self.name
+        return f"{self.group.members[0].provider}/{self.state_model}"
+
+    def folded(self, state_model: str) -> Target:
+        """This direct target with its state kept under ``state_model``."""
+        return Target(self.name, self.group, state_model)
 
 
 def resolve_target(cfg: Config, model: str) -> Target:
@@ -87,10 +103,17 @@ class Candidate:
     provider: Provider
     key: ProviderKey
     order: int  # member position in the group (priority strategy)
+    state_model: str = ""  # Target.state_model: the model name the counters use
+
+    @property
+    def counted_model(self) -> str:
+        """The model name the router's counters and usage rows keep this candidate's
+        traffic under (``other`` for a name the config does not give)."""
+        return self.state_model or self.member.model
 
     @property
     def counter_key(self) -> CounterKey:
-        return (self.provider.name, self.key.label, self.member.model)
+        return (self.provider.name, self.key.label, self.state_model or self.member.model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +195,7 @@ def collect_candidates(
         for key in provider.keys:
             if not key.serves(member.model):
                 continue
-            cand = Candidate(member, provider, key, order)
+            cand = Candidate(member, provider, key, order, target.state_model)
             if exclude and cand.counter_key in exclude:
                 continue
             out.total += 1

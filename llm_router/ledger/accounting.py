@@ -162,4 +162,4 @@ def priced_target(pricing: Mapping[str, Price], target: Target) -> Target:
                         "an admin to price it or add 'pricing.default'.", param="model",
                         code="model_not_priced")
     # A group with some unpriced members: a budgeted caller is served by the others.
-    return Target(target.name, replace(target.group, members=priced))
+    return replace(target, group=replace(target.group, members=priced))

@@ -379,6 +379,11 @@ class Ledger:
         if model in self._unpriced or len(self._unpriced) >= _MAX_UNPRICED:
             return
         self._unpriced.add(model)
+        if model == _OTHER:  # names the config does not give, folded (docs/teams.md)
+            log.warning("models the config does not name (provider '%s', counted as "
+                        "'other') have no entry in 'pricing': their calls are counted at "
+                        "cost 0 (reported once)", provider)
+            return
         log.warning("model '%s' (provider '%s') has no entry in 'pricing': its calls are "
                     "counted at cost 0 (reported once)", model, provider)
 
