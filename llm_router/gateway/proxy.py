@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ..ledger.accounting import cost_usd, estimate_cost, priced_target
 from ..ledger.usage import CounterKey
+from ..observe.labels import OTHER
 from ..observe.redact import Redactor
 from ..providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_from_exception
 from ..providers.anthropic import api as anthropic_provider
@@ -59,7 +60,6 @@ from .compression import MIN_COMPRESS_BYTES, compress_body, negotiate
 from .downstream import Downstream
 from .exchange import Exchange
 from .health import parse_retry_after
-from .labels import OTHER
 from .model_request import ModelRequest
 from .request_body import BODY_SIZE, read_json
 from .router_state import RouterState
