@@ -97,6 +97,13 @@ def test_tool_round_trip_keeps_the_signature_and_finds_the_name() -> None:
     ]}
 
 
+def test_a_request_left_without_content_is_refused() -> None:
+    with pytest.raises(Refused, match="No message has content") as caught:
+        generate_request({"messages": [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": ""}]})
+    assert caught.value.param == "messages"
+
+
 def test_a_tool_result_for_no_known_call_is_refused() -> None:
     with pytest.raises(Refused, match="matches no earlier assistant tool call"):
         generate_request({"messages": [

@@ -147,6 +147,10 @@ def generate_request(body: dict[str, Any]) -> dict[str, Any]:
             turns[-1]["parts"].extend(parts)
         else:
             turns.append({"role": wire_role, "parts": parts})
+    if not turns:
+        # Gemini answers "contents is not specified"; say which request it was instead.
+        raise Refused("No message has content Gemini can take (text, images, audio, files "
+                      "or tool calls and results).", "messages")
     out: dict[str, Any] = {"contents": turns}
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
