@@ -111,13 +111,22 @@ def _export(rev: str, into: Path) -> Path:
     return into
 
 
-def _config(path: Path, upstream: str, scenario: str) -> None:
+# The upstream a build's group reaches, all on the one fake: (type, base_url suffix,
+# model). openai is a passthrough; gemini is translated both ways (hub <-> generateContent).
+_UPSTREAMS: dict[str, tuple[str, str, str]] = {
+    "openai": ("openai", "/v1", "fake-gpt"),
+    "gemini": ("gemini", "", "gemini-2.5-flash"),
+}
+
+
+def _config(path: Path, upstream: str, scenario: str, kind: str = "openai") -> None:
     snapshot = str(path.with_suffix(".usage.json"))
+    ptype, suffix, model = _UPSTREAMS[kind]
     lines = ["host: 127.0.0.1", "port: 8080", "shutdown_grace_s: 1",
              *(line.replace("{snapshot}", snapshot) for line in _SCENARIOS[scenario][1]),
-             "providers:", "  - name: fake", "    type: openai", f"    base_url: {upstream}/v1",
-             "    api_keys: [sk-upstream-ab]",
-             "groups:", "  - name: ab", "    models: [{provider: fake, name: fake-gpt}]"]
+             "providers:", "  - name: fake", f"    type: {ptype}",
+             f"    base_url: {upstream}{suffix}", "    api_keys: [sk-upstream-ab]",
+             "groups:", "  - name: ab", f"    models: [{{provider: fake, name: {model}}}]"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -181,6 +190,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6, help="counted rounds per build")
     ap.add_argument("--requests", type=int, default=3000, help="requests per round")
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--upstream-a", choices=sorted(_UPSTREAMS), default="openai",
+                    help="the upstream type build A's group reaches (default openai)")
+    ap.add_argument("--upstream-b", choices=sorted(_UPSTREAMS), default="openai",
+                    help="the same for build B: e.g. --base HEAD --head HEAD --upstream-b "
+                    "gemini measures a translated upstream against a passthrough")
     args = ap.parse_args()
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -203,7 +217,8 @@ def main() -> int:
             children.wait_ready("fake", fake, f"http://127.0.0.1:{fake_port}/v1/models")
             for b in builds:
                 cfg = work / f"ab-{b.name}.yaml"  # one each: a snapshot file is per process
-                _config(cfg, f"http://127.0.0.1:{fake_port}", args.scenario)
+                _config(cfg, f"http://127.0.0.1:{fake_port}", args.scenario,
+                        args.upstream_a if b.name == "A" else args.upstream_b)
                 b.port = free_port()
                 proc = children.start(f"router-{b.name}", [
                     sys.executable, "-m", "llm_router", "serve", "--config", str(cfg),
@@ -231,7 +246,8 @@ def _report(builds: list[Build], args: argparse.Namespace, out: Path) -> int:
     rps = {b.name: statistics.median(r["rps"] for r in b.rounds) for b in builds}
     delta = med["B"] - med["A"]
     print(f"\nscenario {args.scenario}: {args.rounds} rounds x {args.requests} requests, "
-          f"concurrency {args.concurrency}, interleaved")
+          f"concurrency {args.concurrency}, interleaved; upstreams A {args.upstream_a}, "
+          f"B {args.upstream_b}")
     print("| build | revision | CPU µs/request (median) | req/s (median) |")
     print("|---|---|---|---|")
     for b in builds:

@@ -33,7 +33,6 @@ after that many events, and ends the stream cleanly, as Google does.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -496,6 +495,13 @@ class GoogleFake:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         cut = fault.cut_after_chunks if fault is not None else None
+        if cut is None:
+            # Every event is ready at once: one write, as the OpenAI side does unpaced
+            # (so a benchmark compares the router's work, not the fake's write pattern).
+            # Vertex and Gemini streams end their lines with CRLF.
+            await response.write_eof(b"".join(b"data: " + orjson.dumps(event) + b"\r\n\r\n"
+                                              for event in events))
+            return response
         for i, event in enumerate(events):
             if cut is not None and i >= cut:
                 if fault.body is not None:  # Google's way: an error event, then the end
@@ -504,9 +510,7 @@ class GoogleFake:
                 elif request.transport is not None:
                     request.transport.close()  # truncated: no terminator
                 return response
-            # Vertex and Gemini streams end their lines with CRLF.
             await response.write(b"data: " + orjson.dumps(event) + b"\r\n\r\n")
-            await asyncio.sleep(0)
         await response.write_eof()
         return response
 
