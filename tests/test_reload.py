@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -315,3 +317,103 @@ async def test_unservable_group_is_refused_and_warnings_are_logged_on_reload(
     assert any("groups[1]: group 'b' has no member that can be served" in m for m in logged)
     assert any("pricing.m-gone: no group member has the model 'm-gone'" in m for m in logged)
     assert await chat_status(http, router, "b") == 200
+
+
+class ConfigMapVolume:
+    """A directory laid out the way the kubelet lays out a mounted ConfigMap: each file is
+    a symlink through ``..data``, itself a symlink to a timestamped directory. The file's
+    own path never changes; an update is the kubelet's atomic writer sequence."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._generation = 0
+        self._current: Path | None = None
+        root.mkdir()
+
+    def write(self, files: dict[str, str]) -> None:
+        """Publish ``files`` as the kubelet does: a new timestamped directory, a
+        ``..data_tmp`` symlink to it, renamed over ``..data``, the old directory removed."""
+        self._generation += 1
+        new = self.root / f"..2026_12_04_17_00_00.{self._generation:09d}"
+        new.mkdir()
+        for name, text in files.items():
+            (new / name).write_text(text)
+        tmp = self.root / "..data_tmp"
+        tmp.symlink_to(new.name)
+        os.rename(tmp, self.root / "..data")
+        for name in files:
+            link = self.root / name
+            if not link.is_symlink():
+                link.symlink_to(f"..data/{name}")
+        if self._current is not None:
+            shutil.rmtree(self._current)
+        self._current = new
+
+
+async def test_configmap_update_by_the_kubelets_symlink_swap_reloads(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    volume = ConfigMapVolume(tmp_path / "configmap")
+    first = yaml.safe_dump(_config(upstream, ["a"]))
+    volume.write({"config.yaml": first})
+    # The fixture writes the same text through the symlink: no change.
+    router = await start_router(first, name="configmap/config.yaml")
+    # Twice: after the first swap the directory the file resolved to is gone, so a watch
+    # that followed it would see nothing of the second.
+    for groups in (["a", "b"], ["a", "b", "c"]):
+        volume.write({"config.yaml": yaml.safe_dump(_config(upstream, groups))})
+
+        async def served(group: str = groups[-1]) -> bool:
+            return await chat_status(http, router, group) == 200
+
+        await eventually(served)
+    samples = await scrape(http, router.url)
+    assert samples[RELOAD_OK] == 2 and samples[RELOAD_FAILED] == 0
+
+
+async def _each_edit_reloads(http: aiohttp.ClientSession, router: Router, up: Upstream,
+                             edit: Callable[[str, str], None]) -> None:
+    """``edit(old, new)`` replaces a model name in the file; twice, because a watch that
+    followed the file's first inode sees nothing once the file has been replaced."""
+    for n, (old, new) in enumerate((("m-a", "m-y"), ("m-y", "m-z")), start=1):
+        edit(old, new)
+
+        async def reloaded(model: str = new) -> bool:
+            return (await chat_status(http, router, "a") == 200
+                    and up.fake.requests[-1].model == model)
+
+        await eventually(reloaded)
+        assert (await scrape(http, router.url))[RELOAD_OK] == n
+
+
+async def test_sed_in_place_reloads(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream, ["a"]))
+
+    def sed(old: str, new: str) -> None:
+        # GNU sed -i writes a temporary file beside the original and renames it over.
+        subprocess.run(["sed", "-i", f"s/{old}/{new}/", str(router.config_path)], check=True)
+
+    await _each_edit_reloads(http, router, upstream, sed)
+
+
+@pytest.mark.parametrize("backupcopy", ["no", "yes"], ids=["rename", "in-place"])
+async def test_vim_save_reloads(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        backupcopy: str) -> None:
+    vim_path = shutil.which("vim")
+    if vim_path is None:
+        pytest.skip("vim is not installed")
+    router = await start_router(_config(upstream, ["a"]))
+
+    def vim(old: str, new: str) -> None:
+        # backupcopy=no: rename the original to a backup, write a new file, delete the
+        # backup; yes: copy to a backup, then truncate and rewrite the original in place.
+        subprocess.run([vim_path, "-u", "NONE", "-i", "NONE", "-N", "-n", "-es",
+                        "-c", f"set backupcopy={backupcopy} writebackup nobackup",
+                        "-c", f"%s/{old}/{new}/", "-c", "wq", str(router.config_path)],
+                       check=True, stdin=subprocess.DEVNULL, timeout=30)
+
+    await _each_edit_reloads(http, router, upstream, vim)
+    assert [p.name for p in router.config_path.parent.iterdir()
+            if p.name.startswith("config")] == ["config.yaml"]  # no backup left behind
