@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ..errors import (
     BadRequest,
@@ -314,6 +314,19 @@ async def _state_store(app: web.Application) -> AsyncIterator[None]:
     await state.store.close()
 
 
+async def _close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: while draining, every answer closes its connection.
+
+    A client on a keep-alive connection stays on this instance whatever the load balancer
+    decides (a Kubernetes Service balances connections, not requests); told ``Connection:
+    close`` during the unready delay, it reconnects and lands on an instance that stays,
+    instead of having its idle connection closed under its next request when the
+    listener shuts. Runs after aiohttp has set its own Connection header."""
+    if request.app[STATE].draining:
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"
+
+
 def create_app(state: RouterState, *, log_format: str = "json") -> web.Application:
     """The router application around ``state``."""
     # connection_middleware is outermost: a reserve connection's refusal and oversized
@@ -324,6 +337,7 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
                           handler_args=server_handler_args(state.config.server))
     app[STATE] = state
     app.router.add_routes(routes())
+    app.on_response_prepare.append(_close_while_draining)
     app.cleanup_ctx.append(_tracing)  # after the session closes: spans of the drain export
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_access_log_flusher)
