@@ -19,15 +19,18 @@ from redis.asyncio import Redis
 
 from .ports import free_port
 
-__all__ = ["RedisServer", "redis_server"]
+__all__ = ["REDIS_PASSWORD", "RedisServer", "redis_server", "redis_server_with_password"]
+
+REDIS_PASSWORD = "hunter2-redis-pw"  # requirepass of redis_server_with_password
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         self.workdir = workdir
+        self.password = password  # requirepass, when set
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -38,9 +41,10 @@ class RedisServer:
     async def start(self) -> None:
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", ""],
+             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", "",
+             *(("--requirepass", self.password) if self.password else ())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = Redis(port=self.port, socket_timeout=1)
+        client = Redis(port=self.port, socket_timeout=1, password=self.password)
         try:
             for _ in range(200):
                 try:
@@ -74,18 +78,32 @@ class RedisServer:
         await self.start()
 
     def client(self) -> Redis:
-        return Redis(port=self.port, socket_timeout=2)
+        return Redis(port=self.port, socket_timeout=2, password=self.password)
 
 
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+def _require_redis_server() -> None:
     if not os.path.exists(REDIS_SERVER):
         # Locally a skip; in CI a failure, so a green run always means Redis was tested.
         if os.environ.get("CI"):
             pytest.fail("redis-server is missing in CI: .ci/run installs the Debian package "
                         "'redis-server'", pytrace=False)
         pytest.skip("redis-server is not installed (.ci/run installs it)")
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    _require_redis_server()
     server = RedisServer(tmp_path)
+    await server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_server_with_password(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server with ``requirepass`` :data:`REDIS_PASSWORD`."""
+    _require_redis_server()
+    server = RedisServer(tmp_path, password=REDIS_PASSWORD)
     await server.start()
     yield server
     server.stop()

@@ -57,7 +57,7 @@ async def build_status(state: RouterState, reloader: ConfigReloader | None, *,
         "version": _REPORT_VERSION,
         "time": _iso(now),
         "router": router,
-        "config": {**_config(state, reloader), "state": state.store.status()},
+        "config": {**_config(state, reloader), "state": state.store.status(detail=True)},
         "providers": _providers(state, cfg),
         "groups": [_group(state, cfg, g) for g in cfg.groups.values()],
         # Spend and limits through the store: fleet-wide when it is shared.

@@ -31,9 +31,11 @@ __all__ = [
     "ADMIT",
     "APPLY",
     "COOLDOWN",
+    "COUNTER_KINDS",
     "SEP",
     "Script",
     "account_id",
+    "expected_type",
     "key_of",
 ]
 
@@ -47,6 +49,26 @@ def account_id(user: str, key: str | None = None) -> str:
 
 def key_of(prefix: str, *parts: str | int) -> str:
     return ":".join((prefix, *map(str, parts)))
+
+
+# The Redis type of each kind of key above (the part after the prefix); ``applied`` marks
+# a batch APPLY has run. A key of another type under the prefix was written by something
+# else, and every script touching it fails until it is deleted.
+_KEY_TYPES: Final[dict[str, str]] = {
+    "w": "string", "day": "string", "slots": "zset", "spend": "hash", "accounts": "set",
+    "tokens": "hash", "keyreq": "hash", "cooldowns": "hash", "epoch": "string",
+    "kv": "string", "applied": "string"}
+# Kinds whose value (string) or every field (hash) is a number the scripts add to.
+COUNTER_KINDS: Final = frozenset({"w", "day", "spend", "tokens", "keyreq", "cooldowns"})
+
+
+def expected_type(prefix: str, key: str) -> tuple[str, str] | None:
+    """(kind, Redis type) the router keeps at ``key``, or None if it is not one of ours."""
+    if not key.startswith(prefix + ":"):
+        return None
+    kind = key[len(prefix) + 1:].partition(":")[0]
+    found = _KEY_TYPES.get(kind)
+    return None if found is None else (kind, found)
 
 
 class Script:

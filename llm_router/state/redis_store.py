@@ -34,12 +34,14 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config import Config, Limits, StateSettings
 from ..gateway.health import KeyHealth
@@ -48,6 +50,7 @@ from ..ledger.limits import PERIODS, Admission, Ledger, budget_exhausted, period
 from ..ledger.limits import rate_limited as limit_error
 from ..ledger.usage import CounterKey, UsageCounters
 from ..observe.metrics import Metrics
+from .redis_faults import Fault, FaultLog, ForeignData, classify, counts, probe
 from .redis_keys import ADMIT, APPLY, COOLDOWN, SEP, Script, account_id, key_of
 from .store import StateStore, TTLMap
 
@@ -59,6 +62,7 @@ TIMEOUT_S: Final = 0.5  # any one Redis call; then this replica enforces alone
 LEASE_S: Final = 10.0  # a dead replica's concurrency slots free within this
 _RENEW_S: Final = LEASE_S / 4
 MAX_PENDING: Final = 100_000  # queued writes kept while Redis is away; older ones drop
+_BACKOFF_MIN_S: Final = 0.25  # first reconnect after a failure; doubles per failed try
 _BACKOFF_MAX_S: Final = 5.0
 _PERIOD_TTL: Final = {"daily": 3 * 86400, "weekly": 15 * 86400, "monthly": 63 * 86400}
 _UNSET: Final = -1
@@ -128,23 +132,43 @@ class RedisStore(StateStore):
         self._keys_minute = -1
         self._keys_cache: dict[tuple[str, str], list[str]] = {}
         self._was_down = False  # "back" rather than "connected" in the log
+        # Why it is down (redis_faults), since when (Unix time), how often it went up or
+        # down and how many reconnects failed since: /admin/status shows them.
+        self._fault: Fault | None = None
+        self._fault_since = 0.0
+        self._changes = 0
+        self._retries = 0
+        self._fault_log = FaultLog(log)
+        self._password = urlsplit(settings.redis_url).password
 
     # -- lifecycle
     @property
     def up(self) -> bool:
         return self._up
 
-    def status(self) -> dict[str, Any]:
-        # No URL: readiness is public, and the Redis host is nobody's business there.
-        return {"backend": "redis", "up": self._up, "degraded": not self._up,
-                "pending_writes": self._pending_count}
+    def status(self, detail: bool = False) -> dict[str, Any]:
+        # No URL and no reason unless asked (/admin/status): readiness is public, and the
+        # Redis host is nobody's business there. The kind says what ends it.
+        doc: dict[str, Any] = {"backend": "redis", "up": self._up, "degraded": not self._up,
+                               "pending_writes": self._pending_count}
+        fault = self._fault if not self._up else None
+        if fault is not None:
+            doc["fault"] = fault.kind
+        if detail:
+            doc.update(redis=self.settings.redis_display, prefix=self.p, changes=self._changes,
+                       reason=fault.reason if fault else None,
+                       down_since=self._fault_since if fault else None,
+                       failed_retries=self._retries)
+        return doc
 
     async def start(self) -> None:
         if await self._connect():
             await self._sync()
         else:
-            log.error("state backend %s unreachable at start: limits are enforced by this "
-                      "replica alone until it answers", self.settings.redis_display)
+            self._fault_since = time.time()
+            log.error("state backend %s not usable at start (%s): limits are enforced by "
+                      "this replica alone until it is", self.settings.redis_display,
+                      self._fault.reason if self._fault else "no answer")
         self.metrics.state_backend_up.set(1.0 if self._up else 0.0)
         self._tasks = [asyncio.create_task(self._sync_loop(), name="state-sync"),
                        asyncio.create_task(self._flush_loop(), name="state-flush")]
@@ -167,15 +191,26 @@ class RedisStore(StateStore):
         await self._redis.aclose()
 
     async def _connect(self) -> bool:
-        """Ping, load scripts, learn the epoch. True if Redis answered."""
+        """Ping, load scripts, learn the epoch, probe the keys a data fault involved (and
+        those every sync reads). True, and up, if all is well; else the fault says why."""
+        fault = self._fault
+        suspects = fault.keys if fault is not None and fault.kind == "data" else ()
         try:
             async with asyncio.timeout(TIMEOUT_S * 2):
                 await self._redis.ping()
                 for script in (ADMIT, APPLY, COOLDOWN):
                     await self._redis.script_load(script.source)
-                await self._redis.set(key_of(self.p, "epoch"), secrets.token_hex(8), nx=True)
-                epoch = await self._redis.get(key_of(self.p, "epoch"))
-        except (RedisError, OSError, TimeoutError):
+                problem = await probe(self._redis, self.p, (*suspects, *self._synced_keys()))
+                if problem is None:
+                    await self._redis.set(key_of(self.p, "epoch"), secrets.token_hex(8),
+                                          nx=True)
+                    epoch = await self._redis.get(key_of(self.p, "epoch"))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            return False
+        if problem is not None:
+            # Up only once the key is fixed: coming up to fail again would flap.
+            self._fault = Fault("data", problem, suspects)
             return False
         if self._epoch is not None and epoch != self._epoch:
             self._lost_data()
@@ -195,6 +230,11 @@ class RedisStore(StateStore):
         if up == self._up:
             return
         self._up = up
+        self._changes += 1
+        if up:
+            self._fault, self._retries = None, 0
+        else:
+            self._fault_since = time.time()
         self.metrics.state_backend_up.set(1.0 if up else 0.0)
         if up:
             self._wake.set()  # flush what was queued meanwhile
@@ -211,8 +251,21 @@ class RedisStore(StateStore):
                       "usage is queued and flushed when it answers", self.settings.redis_display,
                       why)
 
-    def _failed(self, exc: BaseException) -> None:
-        self._set_up(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    def _failed(self, exc: BaseException, keys: Iterable[str] = ()) -> None:
+        """A call failed: note why (its keys, for a data fault's probe), and go down."""
+        self._fault = classify(exc, self.p, self._password, tuple(keys))
+        self._set_up(False, self._fault.reason)
+
+    def _synced_keys(self) -> tuple[str, ...]:
+        """The keys every sync reads back."""
+        return (key_of(self.p, "tokens"), key_of(self.p, "keyreq", self.counters.key_requests()[0]),
+                key_of(self.p, "cooldowns"))
+
+    def _keys_of(self, batches: list[tuple[str, list[Op]]]) -> list[str]:
+        """The keys queued writes touch (a failed batch's suspects)."""
+        mine = self.p + ":"
+        return [x for _, ops in batches for op in ops for x in op[1:]
+                if isinstance(x, str) and x.startswith(mine)]
 
     async def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """One EVALSHA on a pooled connection, packed here: redis-py's generic command
@@ -275,7 +328,11 @@ class RedisStore(StateStore):
             keys += self._account_keys(acct, now,
                                        budget.period if budget is not None else "total")
             args += [*_limit_args(limits), budget.usd if budget is not None else _UNSET]
-        res = await self._evalsha(ADMIT, keys, args)
+        try:
+            res = await self._evalsha(ADMIT, keys, args)
+        except ResponseError as exc:
+            raise ForeignData(str(exc), tuple(keys)) if classify(
+                exc, self.p, None).kind == "data" else exc from exc
         verdict = _text(res[0])
         if verdict == "budget":
             is_key = int(res[1]) == 2
@@ -432,7 +489,7 @@ class RedisStore(StateStore):
                     if failed is not None:
                         raise failed
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self._failed(exc, self._keys_of(self._unconfirmed))
                 return False
             self._unconfirmed.clear()
         return self._up
@@ -444,20 +501,22 @@ class RedisStore(StateStore):
         return list(await pipe.execute(raise_on_error=False))
 
     async def _sync_loop(self) -> None:
-        backoff = 0.25
+        backoff = _BACKOFF_MIN_S
         while not self._closing:
             await asyncio.sleep(self.settings.sync_interval_ms / 1000 if self._up else backoff)
-            if not self._up:
-                if await self._connect():
-                    backoff = 0.25
-                else:
-                    backoff = min(_BACKOFF_MAX_S, backoff * 2)
-                    log.warning("state backend %s still unreachable; next try in %.1f s",
-                                self.settings.redis_display, backoff)
-                    continue
-            await self._sync()
+            if not self._up and not await self._connect():
+                self._retries += 1
+                backoff = min(_BACKOFF_MAX_S, backoff * 2)
+                self._fault_log.still(self.settings.redis_display,
+                                      self._fault.reason if self._fault else "no answer",
+                                      backoff)
+                continue
+            if await self._sync():
+                # Reset only once a whole sync worked: a fault the probe cannot see comes
+                # back at most every _BACKOFF_MAX_S, not at every sync.
+                backoff = _BACKOFF_MIN_S
 
-    async def _sync(self) -> None:
+    async def _sync(self) -> bool:
         """One exchange: queue this replica's counter and quota news and flush it (at most
         once, like every write), push cooldowns, renew slot leases, read the fleet's
         totals back."""
@@ -482,7 +541,7 @@ class RedisStore(StateStore):
         if ops:
             self._queue(ops)
         if not await self._flush():
-            return
+            return False
         mono, wall = time.monotonic(), time.time()
         cooled = {k: until for k, until in self.health.cooldowns().items()
                   if until > mono and until > self._cooldowns_pushed.get(k, 0.0)}
@@ -506,19 +565,25 @@ class RedisStore(StateStore):
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
-            return
+            return False
         fleet_tokens, fleet_quotas, fleet_cool, epoch = results[-4:]
-        failed = next((r for r in results if isinstance(r, Exception)), None)
-        if failed is not None:
-            self._failed(failed)
-            return
+        read_back = (tokens_key, quota_key, cool_key)
+        try:
+            failed = next((r for r in results if isinstance(r, Exception)), None)
+            if failed is not None:
+                raise failed
+            fleet = counts(fleet_tokens, tokens_key)
+            fleet_q = counts(fleet_quotas, quota_key)
+            fleet_ends = counts(fleet_cool, cool_key, float)
+        except RedisError as exc:
+            self._failed(exc, read_back)
+            return False
         if renew:
             self._renewed = mono
         self._synced = True
         self._check_epoch(epoch)
         # local = fleet total (our flushed news included) + what was added here since.
         # A counter the fleet lacks (Redis lost its data) drops to that remainder.
-        fleet = {_text(f): int(n) for f, n in fleet_tokens.items()}
         for ck in list(tokens):
             total = fleet.pop(SEP.join(ck), 0)
             tokens[ck] += total - self._tokens_base.get(ck, 0)
@@ -529,7 +594,6 @@ class RedisStore(StateStore):
                 tokens[(parts[0], parts[1], parts[2])] = self._tokens_base[
                     (parts[0], parts[1], parts[2])] = total
         if self.counters.key_requests()[0] == day:
-            fleet_q = {_text(f): int(n) for f, n in fleet_quotas.items()}
             for pk in list(quotas):
                 total = fleet_q.pop(SEP.join(pk), 0)
                 quotas[pk] += total - self._quota_base.get(pk, 0)
@@ -540,20 +604,23 @@ class RedisStore(StateStore):
                     quotas[(parts[0], parts[1])] = self._quota_base[(parts[0], parts[1])] = total
         self._cooldowns_pushed.update(cooled)
         mono, wall = time.monotonic(), time.time()
-        for field, raw in fleet_cool.items():
-            end = float(raw)
-            if end > wall:
-                prov, key = _text(field).split(SEP)
+        for field, end in fleet_ends.items():
+            parts = field.split(SEP)
+            if end > wall and len(parts) == 2:
+                prov, key = parts
                 until = mono + (end - wall)
                 self._cooldowns_pushed[(prov, key)] = max(
                     self._cooldowns_pushed.get((prov, key), 0.0), until)
                 self.health.extend_cooldown(prov, key, until)
+        return self._up
 
     def _check_epoch(self, epoch: Any) -> None:
         if isinstance(epoch, bytes) and epoch == self._epoch:
             return
         self._lost_data()
-        self._set_up(False, "data lost")  # reconnects: scripts and epoch set up again
+        # Reconnects at once: scripts and epoch set up again.
+        self._fault = Fault("connection", "Redis lost its data")
+        self._set_up(False, self._fault.reason)
 
     # -- reports: a ledger restored from what Redis holds
     async def usage(self, caller: Caller) -> dict[str, Any]:
@@ -570,7 +637,7 @@ class RedisStore(StateStore):
                 known = await self._redis.smembers(key_of(self.p, "accounts")) \
                     if self._up else set()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            self._failed(exc, (key_of(self.p, "accounts"),))
             known = set()
         for raw in known:
             parts = _text(raw).split(SEP)
@@ -587,36 +654,29 @@ class RedisStore(StateStore):
         now = self.ledger.clock()
         minute = int(now // 60)
         pipe = self._redis.pipeline(transaction=False)
+        keys: list[str] = []  # a data fault's suspects
         for user, key in accounts:
             acct = account_id(user, key)
-            for period in PERIODS:
-                pipe.hgetall(self._spend_key(acct, period, now))
-            for name in ("rpm", "tpm"):
-                pipe.get(key_of(self.p, "w", acct, name, minute))
-                pipe.get(key_of(self.p, "w", acct, name, minute - 1))
-            pipe.get(key_of(self.p, "day", acct, period_id("daily", now)))
-            pipe.zrangebyscore(key_of(self.p, "slots", acct), int(now * 1000), "+inf")
+            keys += [*(self._spend_key(acct, period, now) for period in PERIODS),
+                     *(key_of(self.p, "w", acct, name, m) for name in ("rpm", "tpm")
+                       for m in (minute, minute - 1)),
+                     key_of(self.p, "day", acct, period_id("daily", now))]
+            for k in keys[-9:-5]:
+                pipe.hgetall(k)
+            for k in keys[-5:]:
+                pipe.get(k)
+            keys.append(key_of(self.p, "slots", acct))
+            pipe.zrangebyscore(keys[-1], int(now * 1000), "+inf")
         try:
             async with asyncio.timeout(TIMEOUT_S * 2):
                 res = await pipe.execute()
+            doc = _report(accounts, res, now)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            self._failed(exc, keys)
             return None
-        doc: dict[str, Any] = {"version": 1, "users": [], "keys": []}
-        for i, (user, key) in enumerate(accounts):
-            r = res[i * 10:(i + 1) * 10]
-            row: dict[str, Any] = {
-                "user": user, "day": period_id("daily", now), "day_requests": int(r[8] or 0),
-                "periods": {p: _period_row(period_id(p, now), h) for p, h in zip(PERIODS, r[:4],
-                                                                                 strict=True)},
-                "rpm": (minute, _float(r[4]), _float(r[5])),
-                "tpm": (minute, _float(r[6]), _float(r[7])),
-                "concurrent": len(r[9]),
-                "reserved_usd": sum(float(_text(m).rpartition("|")[2] or 0) for m in r[9])}
-            if key is None:
-                doc["users"].append(row)
-            else:
-                doc["keys"].append({**row, "key": key})
+        except (ValueError, TypeError) as exc:  # a value this router did not write
+            self._failed(ForeignData(str(exc)), keys)
+            return None
         view = Ledger(self.ledger.clock)
         view.restore(doc)
         return view
@@ -629,7 +689,7 @@ class RedisStore(StateStore):
                     value = await self._redis.get(key_of(self.p, "kv", name))
                 return value if isinstance(value, bytes) else None
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self._failed(exc, (key_of(self.p, "kv", name),))
         return self._kv.get(name)
 
     async def put(self, name: str, value: bytes, ttl_s: float) -> None:
@@ -643,7 +703,29 @@ class RedisStore(StateStore):
                     await self._redis.set(key_of(self.p, "kv", name), value,
                                           px=max(1, int(ttl_s * 1000)))
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self._failed(exc, (key_of(self.p, "kv", name),))
+
+
+def _report(accounts: list[tuple[str, str | None]], res: list[Any],
+            now: float) -> dict[str, Any]:
+    """What a fleet-view pipeline read (ten results per account), as a ledger dump."""
+    minute = int(now // 60)
+    doc: dict[str, Any] = {"version": 1, "users": [], "keys": []}
+    for i, (user, key) in enumerate(accounts):
+        r = res[i * 10:(i + 1) * 10]
+        row: dict[str, Any] = {
+            "user": user, "day": period_id("daily", now), "day_requests": int(r[8] or 0),
+            "periods": {p: _period_row(period_id(p, now), h) for p, h in zip(PERIODS, r[:4],
+                                                                             strict=True)},
+            "rpm": (minute, _float(r[4]), _float(r[5])),
+            "tpm": (minute, _float(r[6]), _float(r[7])),
+            "concurrent": len(r[9]),
+            "reserved_usd": sum(float(_text(m).rpartition("|")[2] or 0) for m in r[9])}
+        if key is None:
+            doc["users"].append(row)
+        else:
+            doc["keys"].append({**row, "key": key})
+    return doc
 
 
 def _merge_spend(ops: list[Op]) -> list[Op]:

@@ -52,8 +52,10 @@ class StateStore(ABC):
         """Whether the shared backend answers (always, for the in-process store)."""
         return True
 
-    def status(self) -> dict[str, Any]:
-        """For readiness: which backend, and whether it is degraded."""
+    def status(self, detail: bool = False) -> dict[str, Any]:
+        """For readiness: which backend, and whether it is degraded. ``detail`` (for
+        admins, /admin/status) may add why and since when."""
+        del detail
         return {"backend": self.backend, "up": self.up, "degraded": not self.up}
 
     async def start(self) -> None:
