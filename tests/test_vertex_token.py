@@ -33,10 +33,10 @@ class _Clock:
 
 def test_assertion_is_an_rs256_jwt_with_googles_claims(tmp_path: Path,
                                                        upstream: Upstream) -> None:
-    from llm_router.providers.vertex.token import _load
+    from llm_router.providers.vertex.token import load_account
 
     path, key = service_account(tmp_path, upstream.fake, "https://oauth2.example/token")
-    jwt = assertion(_load(str(path)), 1_700_000_000)
+    jwt = assertion(load_account(str(path)), 1_700_000_000)
     head, claims, signature = jwt.split(".")
     assert orjson.loads(_unb64(head)) == {"alg": "RS256", "typ": "JWT", "kid": "kid-router"}
     assert orjson.loads(_unb64(claims)) == {

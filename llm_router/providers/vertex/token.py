@@ -31,7 +31,16 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-__all__ = ["REFRESH_MARGIN_S", "SCOPE", "TOKEN_URI", "TokenCache", "TokenError", "assertion"]
+__all__ = [
+    "REFRESH_MARGIN_S",
+    "SCOPE",
+    "TOKEN_URI",
+    "ServiceAccount",
+    "TokenCache",
+    "TokenError",
+    "assertion",
+    "load_account",
+]
 
 SCOPE: Final = "https://www.googleapis.com/auth/cloud-platform"
 TOKEN_URI: Final = "https://oauth2.googleapis.com/token"  # when the file names none
@@ -50,7 +59,9 @@ class TokenError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Account:
+class ServiceAccount:
+    """What a token needs of a service-account key file (the key parsed, never logged)."""
+
     email: str
     key_id: str
     token_uri: str
@@ -61,7 +72,8 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def _load(path: str) -> _Account:
+def load_account(path: str) -> ServiceAccount:
+    """The service account of the key file at ``path``; raises :class:`TokenError`."""
     try:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
     except ImportError:  # reported at config load; this is a second line of defence
@@ -79,11 +91,11 @@ def _load(path: str) -> _Account:
     except (ValueError, TypeError):
         raise TokenError("the private_key of its credentials file is not a PEM private "
                          "key") from None
-    return _Account(str(doc.get("client_email") or ""), str(doc.get("private_key_id") or ""),
+    return ServiceAccount(str(doc.get("client_email") or ""), str(doc.get("private_key_id") or ""),
                     str(doc.get("token_uri") or TOKEN_URI), key)
 
 
-def assertion(account: _Account, now: int) -> str:
+def assertion(account: ServiceAccount, now: int) -> str:
     """The signed JWT for the bearer grant, issued at ``now`` (Unix seconds)."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
@@ -144,7 +156,7 @@ class TokenCache:
             entry.token = ""
 
     async def _refresh(self, session: aiohttp.ClientSession, path: str, entry: _Entry) -> str:
-        account = _load(path)
+        account = load_account(path)
         form = {"grant_type": _GRANT, "assertion": assertion(account, int(self.wall()))}
         started = self.clock()
         try:
