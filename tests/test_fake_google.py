@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from llm_router.providers.vertex.token import load_account, assertion
+from llm_router.providers.vertex.token import assertion, load_account
 from llm_router.testing.upstream import FakeUpstream
 
 from .google_keys import service_account
