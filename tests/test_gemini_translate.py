@@ -244,6 +244,19 @@ def test_stream_usage_is_the_last_running_total_never_the_sum() -> None:
     assert last["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
 
 
+def test_a_stream_of_two_candidates_ends_when_both_have_finished() -> None:
+    chat = StreamToChat("m")
+    both = {"candidates": [{"index": 0, "content": {"parts": [{"text": "a"}]}},
+                           {"index": 1, "content": {"parts": [{"text": "b"}]}}]}
+    chat.feed(both)
+    chat.feed({"candidates": [{"index": 0, "finishReason": "STOP",
+                               "content": {"parts": [{"text": "."}]}}]})
+    assert not chat.finished
+    chat.feed({"candidates": [{"index": 1, "finishReason": "MAX_TOKENS",
+                               "content": {"parts": [{"text": "!"}]}}]})
+    assert chat.finished
+
+
 def test_a_stream_without_finish_reason_gets_no_ending() -> None:
     chat = StreamToChat("m")
     chat.feed(_event("partial", 1))

@@ -141,8 +141,8 @@ def chat_completion(doc: dict[str, Any], model: str) -> dict[str, Any]:
 class StreamToChat:
     """Gemini stream events → chat chunks, one event at a time."""
 
-    __slots__ = ("_calls", "_created", "_id", "_model", "_roles", "error", "finished",
-                 "usage")
+    __slots__ = ("_calls", "_created", "_id", "_model", "_open", "_roles", "error",
+                 "finished", "usage")
 
     def __init__(self, model: str) -> None:
         self._model = model
@@ -150,8 +150,9 @@ class StreamToChat:
         self._created = int(time.time())
         self._roles: set[int] = set()  # choices whose first chunk (with the role) went out
         self._calls: dict[int, int] = {}  # choice index -> tool calls sent so far
+        self._open: set[int] = set()  # choices seen that have not finished yet
         self.usage: dict[str, Any] | None = None  # the latest running total, as OpenAI usage
-        self.finished = False  # a finishReason (or a blocked prompt) was seen
+        self.finished = False  # every choice seen has finished (or the prompt was blocked)
         self.error: dict[str, Any] | None = None  # an in-band error event, as sent
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -176,6 +177,7 @@ class StreamToChat:
             delta: dict[str, Any] = {}
             if index not in self._roles:
                 self._roles.add(index)
+                self._open.add(index)
                 delta["role"] = "assistant"
             if text:
                 delta["content"] = text
@@ -186,7 +188,9 @@ class StreamToChat:
                 self._calls[index] = first + len(calls)
             reason = _finish(candidate.get("finishReason"), self._calls.get(index, 0) > 0)
             if reason is not None:
-                self.finished = True
+                self._open.discard(index)
+                # With candidateCount > 1 each choice finishes in its own event.
+                self.finished = not self._open
             if delta or reason is not None:
                 out.append(self._chunk([{"index": index, "delta": delta,
                                          "finish_reason": reason, "logprobs": None}]))
