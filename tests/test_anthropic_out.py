@@ -10,13 +10,13 @@ import orjson
 import pytest
 
 from llm_router.dialects.anthropic import chat_to_message, messages_to_chat
+from llm_router.dialects.anthropic_wire import openai_error_to_anthropic
 from llm_router.hub.sse import SSEParser, event_fields
 from llm_router.providers.anthropic.translate import (
     MessagesStreamToChat,
     anthropic_error_to_openai,
     chat_to_messages,
     message_to_chat,
-    openai_error_to_anthropic,
 )
 
 WEATHER_FUNCTION = {

@@ -14,10 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
-from ..dialects.responses.turn import ResponsesTurn
 from .affinity import AffinityKey
 from .downstream import Downstream
 from .exchange import Exchange
+from .responses_turn import ResponsesTurn
 from .router_state import RouterState
 from .routing import Preferences, Target
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +24,6 @@ import orjson
 from aiohttp import web
 
 from ..dialects import anthropic_check
-from ..dialects.responses.turn import ResponsesTurn
 from ..errors import (
     BadRequest,
     RateLimited,
@@ -39,13 +38,14 @@ from ..ledger.accounting import cost_usd, estimate_cost, priced_target
 from ..ledger.usage import CounterKey
 from ..observe.labels import OTHER
 from ..observe.redact import Redactor
-from ..providers import AttemptFailure, UpstreamCall, UpstreamResponse, failure_from_exception
-from ..providers.anthropic import api as anthropic_provider
-from ..providers.bedrock import api as bedrock_provider
-from ..providers.gemini import api as gemini_provider
-from ..providers.mock import api as mock_provider
-from ..providers.openai import api as openai_provider
-from ..providers.vertex import api as vertex_provider
+from ..providers import (
+    AttemptFailure,
+    ProviderType,
+    UpstreamCall,
+    UpstreamResponse,
+    failure_from_exception,
+)
+from ..providers.registry import provider_type
 from . import relay as rl
 from .affinity import (
     AffinityKey,
@@ -55,13 +55,14 @@ from .affinity import (
     pick_with_affinity,
     response_key,
 )
-from .answer_stream import AnswerStream, answer_events
+from .answer_stream import AnswerStream
 from .compression import MIN_COMPRESS_BYTES, compress_body, negotiate
 from .downstream import Downstream
 from .exchange import Exchange
 from .health import parse_retry_after
 from .model_request import ModelRequest
 from .request_body import BODY_SIZE, read_json
+from .responses_turn import ResponsesTurn
 from .router_state import RouterState
 from .routing import (
     Candidate,
@@ -81,14 +82,6 @@ __all__ = ["forward", "new_request_id", "validate_body"]
 
 log = logging.getLogger("llm_router.access")
 
-_SENDERS: Final[dict[str, Callable[..., Awaitable[UpstreamResponse]]]] = {
-    "openai": openai_provider.send,
-    "anthropic": anthropic_provider.send,
-    "mock": mock_provider.send,
-    "bedrock": bedrock_provider.send,
-    "gemini": gemini_provider.send,
-    "vertex": vertex_provider.send,
-}
 # Per route: the field every request needs, its types, and what it must be.
 _REQUIRED: Final[dict[str, tuple[str, type | tuple[type, ...], str]]] = {
     "chat": ("messages", list, "a list of messages"),
@@ -234,7 +227,8 @@ class _Attempt:
     """One try at one candidate: what the relays and the accounting need about it."""
 
     cand: Candidate
-    up: str  # the provider's dialect for this request (relay.provider_dialect)
+    up: str  # the provider's wire dialect for this request (ProviderType.wire)
+    ptype: ProviderType  # the provider's type: transport and wire <-> hub transforms
     sent: float = 0.0  # perf_counter when the upstream request went out
     sent_loop: float = 0.0  # the same moment on the loop's clock (deadlines run on it)
     reservation: Any = None  # the in-flight estimate on the candidate's counter
@@ -348,7 +342,7 @@ async def _end_in_band(req: ModelRequest, down: Downstream, message: str
     if req.turn is not None:
         event = req.turn.fail_event(message)
     else:
-        event = rl.make_relay(ex.client, ex.client, ex.group, False).fail(message)
+        event = rl.end_event(ex.client, message)
     with suppress(ConnectionError):
         await down.write(ex, event)
         await down.finish(ex)
@@ -400,11 +394,12 @@ def _upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailur
     ex.error = failure.reason
     # A Responses client reads OpenAI-shaped errors.
     client = "openai" if ex.client == "responses" else ex.client
-    up = rl.provider_dialect(cand.provider, client)
+    ptype = provider_type(cand.provider.type)
+    up = ptype.wire(cand.provider, client, cand.member.model)
     body = failure.body
     try:
         orjson.loads(body)
-        translated = rl.translate_error(client, up, failure.status, body)
+        translated = rl.translate_error(client, up, ptype, failure.status, body)
         body = translated if translated is not None else body
     except orjson.JSONDecodeError:
         err = BadRequest(failure.message)
@@ -430,26 +425,27 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
     provider, key = cand.provider, cand.key
     ex.provider, ex.model, ex.key = provider.name, cand.member.model, key.label
     turn = req.turn
+    ptype = provider_type(provider.type)
     if turn is None:
-        att = _Attempt(cand, rl.provider_dialect(provider, ex.client))
-        path, up_body = rl.upstream_request(ex.client, ex.kind, provider, req.body,
-                                            cand.member.model, req.stream)
+        att = _Attempt(cand, ptype.wire(provider, ex.client, cand.member.model), ptype)
+        path, up_body = rl.upstream_request(ex.client, ex.kind, ptype, provider, req.body,
+                                            cand.member.model, att.up, req.stream)
     else:
-        att = _Attempt(cand, turn.dialect(provider))
-        path, up_body = turn.upstream_request(provider, att.up, cand.member.model,
+        att = _Attempt(cand, turn.dialect(ptype, provider, cand.member.model), ptype)
+        path, up_body = turn.upstream_request(ptype, provider, att.up, cand.member.model,
                                               req.stream)
-    if req.affinity is not None and provider.type == "openai" \
+    if req.affinity is not None and ptype.sets_prompt_cache_key \
             and "prompt_cache_key" not in up_body:
         # So the provider's own cache routing groups requests as ours does (up_body is
         # the router's copy: the client's body stays untouched).
         up_body["prompt_cache_key"] = derived_cache_key(req.affinity)
-    headers = rl.passthrough_headers(ex.client, provider, req.http.headers)
+    headers = ptype.passthrough_headers(ex.client, provider, req.http.headers)
     tracing = state.tracing
     if tracing is not None and ex.span is not None:  # writes traceparent into headers
         att.span = tracing.start_attempt(ex.span, ex, provider, key.label, cand.member.model,
                                          req.body, headers)
     call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, req.stream,
-                        headers)
+                        headers, cand.member.model)
     att.reservation = state.counters.reserve(cand.counter_key, req.estimate,
                                                req.target.state_name)
     probe = state.health.begin(provider.name, key.label)
@@ -464,22 +460,22 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
             # Connecting is bounded separately (sock_connect) and counts toward first_byte.
             if down is None:
                 with state.deadlines.guard(att.sent_loop + min(t.first_byte, t.total)):
-                    resp = await _SENDERS[provider.type](state.session, call)
+                    resp = await ptype.send(state.session, call)
             else:
                 async with asyncio.timeout(min(t.first_byte, t.total)):
                     async with down.keepalive(ex, lambda out: _router_headers(out, ex, cand)):
-                        resp = await _SENDERS[provider.type](state.session, call)
+                        resp = await ptype.send(state.session, call)
         except (Exception, TimeoutError) as exc:
             raise failure_from_exception(exc, provider.name) from None
         state.observe_latency(cand.counter_key, time.perf_counter() - att.sent)
         _ratelimit_gauges(state, cand, resp)
         if resp.status >= 400:
-            raise await _status_failure(state, cand, resp)
+            raise await _status_failure(state, att, resp)
         if req.affinity is not None:
             # The upstream took the prompt, so its cache now holds it: pin (or refresh).
             await state.affinity.remember(req.affinity.digest, cand.counter_key,
                                           req.target.group.affinity.ttl_s)
-        if down is not None and "text/event-stream" in resp.headers.get("Content-Type", ""):
+        if down is not None and ptype.is_stream(resp.headers):
             return await _relay_stream(req, att, resp, down)
         if down is not None:
             # A whole answer to a stream request: relayed as the stream it would have
@@ -524,9 +520,9 @@ def _retry_after_s(failure: AttemptFailure) -> float | None:
     return parse_retry_after(failure.retry_after)
 
 
-async def _status_failure(state: RouterState, cand: Candidate,
+async def _status_failure(state: RouterState, att: _Attempt,
                           resp: UpstreamResponse) -> AttemptFailure:
-    status = resp.status
+    cand, status = att.cand, resp.status
     try:
         async with asyncio.timeout(cand.provider.timeouts.idle):
             # Past the bound the body is dropped: the client gets the router's own message.
@@ -535,16 +531,14 @@ async def _status_failure(state: RouterState, cand: Candidate,
         body = b""
     if status in (401, 403):
         state.health.mark_bad(cand.provider.name, cand.key.label, status)
-    reason = "status_429" if status == 429 else f"status_{status // 100}xx"
-    # An upstream's Retry-After is capped (circuit.cooldown_max_s): one answer must not
+    failure = att.ptype.failure(cand.provider.name, status, resp.headers, body)
+    # An upstream's retry hint is capped (circuit.cooldown_max_s): one answer must not
     # take a key out for longer than the operator allows.
-    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+    retry_after = parse_retry_after(failure.retry_after)
     if retry_after is not None:
         retry_after = min(retry_after, state.config.circuit.cooldown_max_s)
-    return AttemptFailure(reason, f"upstream '{cand.provider.name}' answered {status}",
-                          status=status,
-                          retry_after=f"{retry_after:g}" if retry_after is not None else None,
-                          body=body)
+    failure.retry_after = f"{retry_after:g}" if retry_after is not None else None
+    return failure
 
 
 _RATELIMIT_HEADERS: Final = (("requests", "x-ratelimit-remaining-requests"),
@@ -596,11 +590,11 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
         raise failure_from_exception(exc, cand.provider.name) from None
     ex.upstream_s += time.perf_counter() - att.sent
     # Passed on untouched: read only its usage if that is cheap (rl.passthrough_usage).
-    usage = rl.passthrough_usage(up, raw) if ex.client == up else None
+    usage = rl.passthrough_usage(up, raw) if ex.client == up and req.turn is None else None
     out: bytes | None = None
     if req.turn is not None:
         try:
-            out, usage = await req.turn.answer(up, raw, cand)
+            out, usage = await req.turn.answer(up, att.ptype, raw, cand)
             await _pin_response(req, cand)
         except (ValueError, KeyError, TypeError):
             raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
@@ -610,11 +604,11 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
             doc = orjson.loads(raw)
             if not isinstance(doc, dict):
                 raise ValueError
-            out = rl.translate_body(ex.client, up, doc, ex.group)
+            out = rl.translate_answer(ex.client, up, att.ptype, doc, ex.group)
         except (ValueError, KeyError, TypeError):
             raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
                                  "answer that is not a valid JSON response") from None
-        usage = rl.body_usage(up, doc)
+        usage = rl.answer_usage(ex.client, up, att.ptype, doc)
     _account(req, att, usage)
     payload = state.redactor.bytes(raw if out is None else out)
     if att.span is not None and req.state.tracing is not None:
@@ -645,7 +639,7 @@ async def _answer_as_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResp
             raw = await resp.read(req.cfg.upstream_limits.max_response_bytes)
     except (Exception, TimeoutError) as exc:
         raise failure_from_exception(exc, name) from None
-    events = answer_events(att.up, req.ex.kind, raw) if req.turn is None else None
+    events = rl.answer_events(att.up, req.ex.kind, raw) if req.turn is None else None
     if events is None:
         raise AttemptFailure("bad_response", f"upstream '{name}' answered a stream request "
                              "without a stream, and not with a valid completion either")
@@ -655,10 +649,11 @@ async def _answer_as_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResp
 async def _relay_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResponse,
                         down: Downstream) -> web.StreamResponse:
     t = att.cand.provider.timeouts
-    relay = rl.make_relay(req.ex.client, att.up, req.ex.group, req.include_usage) \
-        if req.turn is None else req.turn.relay(att.up)
+    relay = rl.make_relay(req.ex.client, att.up, att.ptype, req.ex.group, req.include_usage) \
+        if req.turn is None else req.turn.relay(att.up, att.ptype)
+    max_event = req.cfg.upstream_limits.max_event_bytes
     events = upstream_events(resp, att.sent + t.first_byte, t.idle, att.sent + t.total,
-                             req.cfg.upstream_limits.max_event_bytes)
+                             max_event, att.ptype.events(max_event))
     try:
         return await _relay_events(req, att, relay, events, down)
     finally:

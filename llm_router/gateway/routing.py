@@ -20,6 +20,7 @@ from typing import Final
 from ..config import Config, Group, Member, Price, Provider, ProviderKey
 from ..errors import BadRequest, ModelNotFound, echoed
 from ..ledger.usage import CounterKey, UsageCounters
+from ..providers.registry import provider_type
 from .health import KeyHealth
 
 __all__ = [
@@ -37,19 +38,6 @@ __all__ = [
     "pick_candidate",
     "resolve_target",
 ]
-
-# Which provider types can serve which route kind (anthropic speaks Messages only;
-# chat is translated both ways, so it also serves chat completions).
-_SERVES: Final = {
-    "openai": frozenset({"chat", "completions", "embeddings", "messages", "responses"}),
-    "mock": frozenset({"chat", "completions", "embeddings", "messages", "count_tokens",
-                       "responses"}),
-    "anthropic": frozenset({"chat", "messages", "count_tokens", "responses"}),
-    "bedrock": frozenset({"chat", "messages", "responses"}),
-    "gemini": frozenset({"chat", "embeddings", "messages", "responses"}),
-    "vertex": frozenset({"chat", "messages", "responses"}),
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -93,8 +81,10 @@ def resolve_target(cfg: Config, model: str) -> Target:
 
 def can_serve(cfg: Config, target: Target, kind: str) -> bool:
     """Whether any member's provider type serves this route kind at all (an anthropic
-    provider has no embeddings or legacy completions): if not, no wait will help."""
-    return any(kind in _SERVES[cfg.providers[m.provider].type] for m in target.group.members)
+    provider has no embeddings or legacy completions; ``ProviderType.serves``): if not,
+    no wait will help."""
+    return any(kind in provider_type(cfg.providers[m.provider].type).serves
+               for m in target.group.members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +176,7 @@ def collect_candidates(
     out = CandidateSet([])
     for order, member in enumerate(target.group.members):
         provider = cfg.providers[member.provider]
-        if kind not in _SERVES[provider.type]:
+        if kind not in provider_type(provider.type).serves:
             continue
         if (prefs.only is not None and provider.name not in prefs.only) \
                 or provider.name in prefs.ignore:

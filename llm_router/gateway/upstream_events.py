@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator
 from types import TracebackType
 
-from ..hub.sse import EventTooLarge, SSEParser
+from ..hub.sse import EventParser, EventTooLarge, SSEParser
 from ..providers import ResponseTooLarge, UpstreamResponse
 from .deadlines import TaskBound
 
@@ -100,14 +100,15 @@ class _Watchdog(TaskBound):
 
 
 async def upstream_events(resp: UpstreamResponse, first_due: float, idle: float,
-                          deadline: float, max_event: int
+                          deadline: float, max_event: int, parser: EventParser | None = None
                           ) -> AsyncGenerator[list[bytes], None]:
-    """Raw SSE events from the upstream, those of one read together (never an empty
-    batch): the first by ``first_due``, then never more than ``idle`` between complete
-    events, all by ``deadline`` (``perf_counter`` times); past any of these,
-    ``TimeoutError``. An event larger than ``max_event`` bytes raises
-    :class:`ResponseTooLarge`."""
-    parser = SSEParser(max_event)
+    """Raw events from the upstream (SSE, unless ``parser`` splits another framing),
+    those of one read together (never an empty batch): the first by ``first_due``, then
+    never more than ``idle`` between complete events, all by ``deadline``
+    (``perf_counter`` times); past any of these, ``TimeoutError``. An event larger than
+    ``max_event`` bytes raises :class:`ResponseTooLarge`."""
+    if parser is None:
+        parser = SSEParser(max_event)
     chunks = resp.chunks().__aiter__()
     dog = _Watchdog(first_due, idle, deadline)
     try:

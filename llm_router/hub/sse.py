@@ -7,12 +7,13 @@ the ``event:`` and ``data:`` fields of one event.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
 __all__ = [
     "DONE",
+    "EventParser",
     "EventTooLarge",
     "SSEParser",
     "event_fields",
@@ -26,6 +27,20 @@ DONE: Final = b"data: [DONE]\n\n"
 
 class EventTooLarge(ValueError):
     """One upstream event grew past the splitter's ``max_event`` bytes."""
+
+
+class EventParser(Protocol):
+    """Splits an upstream's streamed bytes into raw events (:class:`SSEParser` for SSE;
+    a provider with a binary framing brings its own)."""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events completed by ``chunk``, in order; :class:`EventTooLarge` past the
+        bound."""
+        ...
+
+    def tail(self) -> bytes:
+        """Whatever arrived after the last complete event."""
+        ...
 
 
 class SSEParser:

@@ -1,103 +1,82 @@
-"""Upstream transports, one module per provider type.
+"""Upstreams: one folder per provider ``type``, one registered object per folder.
 
-Each provider module exposes ``send(session, call) -> UpstreamResponse``: it builds the
-upstream HTTP request for an already-translated body and returns the answer unread.
-Dialect translation (OpenAI ⇄ Anthropic) happens above this layer, in ``relay.py``.
-Every lower-layer exception is turned into :class:`AttemptFailure` by
-:func:`failure_from_exception`, the one place that knows aiohttp's error tree.
+The router's inside speaks one dialect, the *hub*: OpenAI chat completions. Every
+inbound dialect (:mod:`llm_router.dialects`) translates to and from it, and every
+provider type translates between it and its own wire. When the client's dialect is the
+wire's, nothing is translated: the body goes up with only ``model`` (and
+``stream_options``) changed, and the answer's bytes come back untouched.
+
+A provider type is a :class:`~.base.ProviderType` subclass in ``providers/<type>/``
+(its ``__init__`` exports ``PROVIDER``, one instance), registered by one line in
+:mod:`.registry`. Nothing else changes for a new type: the attempt loop, the relay,
+the handlers and routing ask the registry. Its parts, with their defaults (those of an
+upstream speaking the hub over SSE):
+
+``type``, ``serves``
+    The config's ``type``; the route kinds it can serve (``chat``, ``completions``,
+    ``embeddings``, ``messages``, ``count_tokens``, ``responses``). Routing skips the
+    members whose type does not serve the request's kind.
+``wire(provider, client) -> str``
+    The dialect it speaks to a client of dialect ``client`` (``openai``, ``anthropic``,
+    ``responses``, or its own name). Equal to ``client`` means passthrough.
+``send(session, call) -> UpstreamResponse`` (async)
+    URL and auth. :class:`~.http.HTTPProvider` does it for HTTP upstreams in four
+    overridable steps: ``url(call)`` (from ``call.path``, ``call.model`` and
+    ``call.stream``: Gemini's ``models/{model}:streamGenerateContent?alt=sse``,
+    Bedrock's ``/model/{id}/converse-stream``); ``headers(call)`` (fixed per provider and
+    key, cached); ``await authorize(session, call, headers)`` (add a token fetched and
+    cached with :class:`~.base.CachedToken`: Vertex, Azure Entra ID); ``sign(call, url,
+    headers)`` (over ``call.body``, the final bytes: SigV4). Returns once the status and
+    headers arrived; the body is read by the caller.
+``passthrough_headers(client, provider, request_headers)``
+    Client headers the upstream keeps (Anthropic's ``anthropic-version``/``-beta``).
+``request(hub, provider, stream) -> (path, body)``
+    Hub request → wire request (``hub["model"]`` is already the upstream model).
+``answer(doc, requested_model) -> dict``, ``usage(doc) -> Usage``
+    A whole wire answer → a hub ``chat.completion``; its token counts, read by the
+    provider from its own wire.
+``stream(requested_model, include_usage) -> Relay``
+    The stream transform, beside the whole-answer one: fed raw wire events, it returns
+    hub chunk events (SSE, ending ``[DONE]``), and keeps ``usage``, ``done`` and
+    ``failure`` (:class:`llm_router.hub.stream.Relay`).
+``events(max_event) -> EventParser``, ``is_stream(headers)``
+    The stream's framing: SSE by default; a binary framing (Bedrock's event stream)
+    returns a parser whose events its own ``stream`` transform decodes.
+``error(status, body) -> bytes``
+    A wire error body (a 4xx passed on to the client) → a hub (OpenAI) error body.
+``failure(name, status, headers, body) -> AttemptFailure``
+    An error status → the attempt's failure: the metric reason and the retry hint
+    (``retry_after`` in seconds; capped by ``circuit.cooldown_max_s`` upstream of it).
+    Exceptions are mapped once for all types by :func:`~.base.failure_from_exception`.
+``list_models(session, provider, key) -> list[str] | None`` (async)
+    The model ids the upstream offers (the catalog); None if it cannot say.
+``sets_prompt_cache_key``
+    Whether cache affinity adds OpenAI's ``prompt_cache_key`` to the body.
+
+Folders do not import one another (an import-linter contract): what two wires share
+lives in :mod:`llm_router.hub` or :mod:`llm_router.dialects`.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import aiohttp
-
-from ..config import Provider, ProviderKey
+from .base import (
+    AttemptFailure,
+    CachedToken,
+    ProviderType,
+    ResponseTooLarge,
+    UpstreamCall,
+    UpstreamResponse,
+    failure_from_exception,
+    status_failure,
+)
 
 __all__ = [
     "AttemptFailure",
+    "CachedToken",
+    "ProviderType",
     "ResponseTooLarge",
     "UpstreamCall",
     "UpstreamResponse",
     "failure_from_exception",
+    "status_failure",
 ]
-
-
-@dataclass(slots=True)
-class UpstreamCall:
-    """One attempt's request, already in the provider's dialect."""
-
-    provider: Provider
-    key: ProviderKey
-    path: str  # relative to the API root: chat/completions, embeddings, messages …
-    body: bytes
-    parsed: dict[str, Any]  # the same body, parsed (the mock answers from it)
-    stream: bool
-    # Client headers kept for this upstream (relay.passthrough_headers); they override
-    # the provider's configured headers of the same name.
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-class UpstreamResponse(Protocol):
-    status: int
-    headers: Mapping[str, str]
-
-    async def read(self, limit: int) -> bytes:
-        """The whole body; :class:`ResponseTooLarge` past ``limit`` bytes (not read)."""
-        ...
-
-    def chunks(self) -> AsyncIterator[bytes]: ...
-
-    def close(self) -> None: ...
-
-    def release(self) -> None:
-        """Done with an answer read up to its end as the protocol defines it: keep the
-        connection if the upstream's EOF follows soon, else close it."""
-        ...
-
-
-class ResponseTooLarge(ValueError):
-    """An upstream answer, or one event of its stream, past its configured bound."""
-
-
-@dataclass(slots=True)
-class AttemptFailure(Exception):
-    """An attempt that failed before anything reached the client.
-
-    ``reason`` is the metric label: connect | timeout | status_4xx | status_5xx |
-    status_429 | bad_response | closed.
-    """
-
-    reason: str
-    message: str
-    status: int | None = None  # upstream HTTP status, if it answered
-    retry_after: str | None = None
-    body: bytes = b""
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def failure_from_exception(exc: BaseException, provider: str) -> AttemptFailure:
-    """Translate aiohttp/asyncio errors into an :class:`AttemptFailure` (no secrets)."""
-    if isinstance(exc, ResponseTooLarge):
-        return AttemptFailure("bad_response", f"upstream '{provider}' sent {exc}")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return AttemptFailure("timeout", f"timed out connecting to upstream '{provider}'")
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return AttemptFailure("timeout", f"upstream '{provider}' timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError):
-        return AttemptFailure("connect", f"cannot connect to upstream '{provider}'")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return AttemptFailure("closed", f"upstream '{provider}' closed the connection")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return AttemptFailure("bad_response", f"upstream '{provider}' sent an invalid response",
-                              status=exc.status or None)
-    if isinstance(exc, aiohttp.ClientError):
-        return AttemptFailure("connect", f"upstream '{provider}' request failed "
-                              f"({type(exc).__name__})")
-    return AttemptFailure("bad_response", f"upstream '{provider}' failed ({type(exc).__name__})")

@@ -1,4 +1,9 @@
-"""The HTTP transport shared by every network provider type (openai, anthropic)."""
+"""The HTTP transport shared by every network provider type, and their base class.
+
+:class:`HTTPProvider` sends a call in four steps a type overrides as it needs: the URL,
+the fixed headers, an async ``authorize`` (a fetched, cached token) and ``sign`` (over
+the final body bytes).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final, TypeVar
 
 import aiohttp
+import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..config import Provider
-from . import ResponseTooLarge, UpstreamCall
+from .base import ProviderType, ResponseTooLarge, UpstreamCall
 
-__all__ = ["HTTPResponse", "fixed_headers", "post"]
+__all__ = ["HTTPProvider", "HTTPResponse", "fixed_headers", "get_json", "model_ids", "post"]
 
 # What every request to one provider (and key) sends the same is built once, not per
 # request: profiles of the request path showed the dicts and the ClientTimeout. Entries
@@ -159,3 +165,53 @@ async def post(session: aiohttp.ClientSession, call: UpstreamCall, url: str | UR
                               timeout=_timeout(call.provider), allow_redirects=False,
                               auto_decompress=True)
     return HTTPResponse(resp)
+
+
+async def get_json(session: aiohttp.ClientSession, provider: Provider, url: str,
+                   headers: Mapping[str, str], limit: int = 4 * 1024 * 1024) -> object:
+    """GET a JSON document (a model list): bounded in size and by the provider's
+    ``total`` timeout; aiohttp errors and TimeoutError propagate."""
+    async with asyncio.timeout(provider.timeouts.total):
+        async with session.get(url, headers=headers, timeout=_timeout(provider),
+                               allow_redirects=False) as resp:
+            resp.raise_for_status()
+            body = await HTTPResponse(resp).read(limit)
+    return orjson.loads(body)
+
+
+def model_ids(doc: object) -> list[str] | None:
+    """The ids of a ``{"data": [{"id": ...}, ...]}`` model list (OpenAI's and
+    Anthropic's shape); None if the document is not one."""
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
+
+
+class HTTPProvider(ProviderType):
+    """A provider type reached over HTTP: ``send`` = url, headers, authorize, sign, POST."""
+
+    def url(self, call: UpstreamCall) -> str:
+        """Where the call goes (from ``call.path``, ``call.model``, ``call.stream``)."""
+        raise NotImplementedError
+
+    def headers(self, call: UpstreamCall) -> Mapping[str, str]:
+        """The request's headers before auth that is fetched or signed."""
+        raise NotImplementedError
+
+    async def authorize(self, session: aiohttp.ClientSession, call: UpstreamCall,
+                        headers: Mapping[str, str]) -> Mapping[str, str]:
+        """``headers`` with a fetched credential added (default: unchanged)."""
+        del session, call
+        return headers
+
+    def sign(self, call: UpstreamCall, url: str,
+             headers: Mapping[str, str]) -> Mapping[str, str]:
+        """``headers`` with a signature over ``call.body`` added (default: unchanged)."""
+        del call, url
+        return headers
+
+    async def send(self, session: aiohttp.ClientSession, call: UpstreamCall) -> HTTPResponse:
+        url = self.url(call)
+        headers = await self.authorize(session, call, self.headers(call))
+        return await post(session, call, url, self.sign(call, url, headers))

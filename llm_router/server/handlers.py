@@ -27,6 +27,7 @@ from ..gateway.request_body import read_json
 from ..gateway.router_state import RouterState
 from ..gateway.routing import Target, resolve_target
 from ..ledger.accounting import extract_key
+from ..providers.registry import provider_type
 from .fleet_status import FLEET
 from .reload import RELOADER
 from .status import build_status, status_page
@@ -76,7 +77,7 @@ async def _count_tokens_locally(request: web.Request, state: RouterState,
     ex.group = echoed(model)  # until resolved: a 404's access line keeps the name sent
     target = resolve_target(cfg, model)
     ex.caller.check(target)
-    if any(cfg.providers[m.provider].type in ("anthropic", "mock")
+    if any("count_tokens" in provider_type(cfg.providers[m.provider].type).serves
            for m in target.group.members):
         return None
     ex.group = target.name

@@ -3,8 +3,8 @@
 :func:`chat_to_messages` turns a ``POST /v1/chat/completions`` body into a Messages
 body, :func:`message_to_chat` turns the upstream's ``message`` back into a
 ``chat.completion``, :class:`MessagesStreamToChat` rewrites Anthropic SSE events into
-chunks as they arrive, and :func:`anthropic_error_to_openai` /
-:func:`openai_error_to_anthropic` translate error bodies either way.
+chunks as they arrive, and :func:`anthropic_error_to_openai` translates error bodies
+(the other way, for Anthropic clients, is :mod:`llm_router.dialects.anthropic_wire`).
 
 Mapped: system and developer messages → ``system`` (joined by a blank line, wherever
 they appear); text and image parts (``data:`` URL → base64 source, http(s) URL → url
@@ -42,7 +42,7 @@ from typing import Any, Final
 import orjson
 
 from ...dialects.anthropic import joined_text, tool_input_from_arguments
-from ...errors import anthropic_error_type
+from ...dialects.anthropic_wire import anthropic_status_type, error_text
 from ...hub.sse import DONE, frame
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "anthropic_error_to_openai",
     "chat_to_messages",
     "message_to_chat",
-    "openai_error_to_anthropic",
 ]
 
 # Anthropic stop_reason → OpenAI finish_reason; anything unknown is a normal stop.
@@ -77,8 +76,6 @@ _OPENAI_ERROR_TYPES: Final[dict[str, str]] = {
     "billing_error": "insufficient_quota",
     "rate_limit_error": "rate_limit_error",
 }
-
-_MAX_ERROR_TEXT: Final = 1000
 
 
 def chat_to_messages(body: dict[str, Any], upstream_model: str,
@@ -403,23 +400,11 @@ def _openai_error(message: str, anthropic_type: str, status: int | None) -> dict
                       "param": None, "code": anthropic_type}}
 
 
-def _anthropic_type(status: int) -> str:
-    kind = anthropic_error_type(status)
-    if kind == "api_error" and 400 <= status < 500:
-        return "invalid_request_error"  # e.g. 422 from servers that validate with pydantic
-    return kind
-
-
 def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-
-
-def _plain_text(body: bytes, status: int) -> str:
-    text = body.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
-    return text or f"upstream returned HTTP {status}"
 
 
 def anthropic_error_to_openai(status: int, body: bytes) -> dict[str, Any]:
@@ -431,25 +416,6 @@ def anthropic_error_to_openai(status: int, body: bytes) -> dict[str, Any]:
     doc = _loads(body)
     error = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(error, dict) and error.get("message"):
-        kind = str(error.get("type") or _anthropic_type(status))
+        kind = str(error.get("type") or anthropic_status_type(status))
         return _openai_error(str(error["message"]), kind, status)
-    return _openai_error(_plain_text(body, status), _anthropic_type(status), status)
-
-
-def openai_error_to_anthropic(status: int, body: bytes) -> dict[str, Any]:
-    """An OpenAI-compatible error response as Anthropic's ``{"type": "error", ...}``.
-
-    The message is taken from ``error.message``, a string ``error``, ``message`` or
-    ``detail`` (servers differ), else the body's text; the type follows the status.
-    """
-    doc = _loads(body)
-    message: Any = None
-    if isinstance(doc, dict):
-        error = doc.get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        message = message or doc.get("message") or doc.get("detail")
-    if message and not isinstance(message, str):
-        message = orjson.dumps(message).decode()  # e.g. a list of validation problems
-    return {"type": "error",
-            "error": {"type": _anthropic_type(status),
-                      "message": message or _plain_text(body, status)}}
+    return _openai_error(error_text(body, status), anthropic_status_type(status), status)

@@ -1,2 +1,27 @@
 """``type: bedrock``: AWS Bedrock's Converse API (SigV4 or API keys, event-stream framing),
 spoken as the hub at its boundary; docs/providers.md says what maps to what."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import aiohttp
+
+from ..base import ProviderType, UpstreamCall, UpstreamResponse
+from . import api
+
+__all__ = ["PROVIDER"]
+
+
+class BedrockProvider(ProviderType):
+    """Speaks the hub at its boundary: :func:`.api.send` translates the call and reads
+    the answer back as the hub's, so the default (hub) transforms apply."""
+
+    type = "bedrock"
+    serves = frozenset({"chat", "messages", "responses"})
+
+    async def send(self, session: aiohttp.ClientSession, call: UpstreamCall) -> UpstreamResponse:
+        return await api.send(session, call)
+
+
+PROVIDER: Final = BedrockProvider()

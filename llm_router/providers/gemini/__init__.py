@@ -10,3 +10,28 @@ The router posts to ``{base_url}/v1beta/models/{model}:generateContent`` (stream
 :mod:`.api` (URLs, auth, ``send``). Vertex
 AI's Gemini models take the same bodies (``providers/vertex``).
 """
+
+from __future__ import annotations
+
+from typing import Final
+
+import aiohttp
+
+from ..base import ProviderType, UpstreamCall, UpstreamResponse
+from . import api
+
+__all__ = ["PROVIDER"]
+
+
+class GeminiProvider(ProviderType):
+    """Speaks the hub at its boundary: :func:`.api.send` translates the call and reads
+    the answer back as the hub's, so the default (hub) transforms apply."""
+
+    type = "gemini"
+    serves = frozenset({"chat", "embeddings", "messages", "responses"})
+
+    async def send(self, session: aiohttp.ClientSession, call: UpstreamCall) -> UpstreamResponse:
+        return await api.send(session, call)
+
+
+PROVIDER: Final = GeminiProvider()

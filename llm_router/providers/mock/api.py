@@ -14,12 +14,13 @@ from typing import Any
 import aiohttp
 import orjson
 
+from ...config import Provider
 from ...hub.sse import DONE, frame
 from ...testing import responses as fake_responses
 from ...testing import upstream as gen
-from .. import ResponseTooLarge, UpstreamCall
+from ..base import ProviderType, ResponseTooLarge, UpstreamCall
 
-__all__ = ["MockResponse", "send"]
+__all__ = ["MockProvider", "MockResponse"]
 
 _JSON = {"Content-Type": "application/json"}
 _SSE = {"Content-Type": "text/event-stream"}
@@ -82,12 +83,24 @@ def _answer(path: str, body: dict[str, Any], stream: bool) -> tuple[bytes, list[
     raise ValueError(path)
 
 
-async def send(session: aiohttp.ClientSession, call: UpstreamCall) -> MockResponse:
-    """Answer ``call`` as an OpenAI-compatible (or, for ``messages``, Anthropic) server."""
-    del session
-    p = call.provider
-    if p.latency_ms:
-        await asyncio.sleep(p.latency_ms / 1000)
-    body, events = _answer(call.path, call.parsed, call.stream)
-    gap = 1.0 / p.tokens_per_second if p.tokens_per_second else 0.0
-    return MockResponse(200, body, events, gap=gap)
+class MockProvider(ProviderType):
+    """Speaks whatever the client speaks, so every request passes through untouched."""
+
+    type = "mock"
+    serves = frozenset({"chat", "completions", "embeddings", "messages",
+                               "count_tokens", "responses"})
+
+    def wire(self, provider: Provider, client: str, model: str) -> str:
+        if client == "responses":
+            return "responses" if provider.responses == "native" else "openai"
+        return client
+
+    async def send(self, session: aiohttp.ClientSession, call: UpstreamCall) -> MockResponse:
+        """Answer ``call`` as an OpenAI-compatible (or, for ``messages``, Anthropic) server."""
+        del session
+        p = call.provider
+        if p.latency_ms:
+            await asyncio.sleep(p.latency_ms / 1000)
+        body, events = _answer(call.path, call.parsed, call.stream)
+        gap = 1.0 / p.tokens_per_second if p.tokens_per_second else 0.0
+        return MockResponse(200, body, events, gap=gap)

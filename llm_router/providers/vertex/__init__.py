@@ -14,3 +14,28 @@ once more with a new one.
   ``anthropic_version: vertex-2023-10-16`` added, and nothing else changed; the answer
   and its stream are Anthropic's, passed on as they come.
 """
+
+from __future__ import annotations
+
+from typing import Final
+
+import aiohttp
+
+from ..base import ProviderType, UpstreamCall, UpstreamResponse
+from . import api
+
+__all__ = ["PROVIDER"]
+
+
+class VertexProvider(ProviderType):
+    """Speaks the hub at its boundary: :func:`.api.send` translates the call and reads
+    the answer back as the hub's, so the default (hub) transforms apply."""
+
+    type = "vertex"
+    serves = frozenset({"chat", "messages", "responses"})
+
+    async def send(self, session: aiohttp.ClientSession, call: UpstreamCall) -> UpstreamResponse:
+        return await api.send(session, call)
+
+
+PROVIDER: Final = VertexProvider()

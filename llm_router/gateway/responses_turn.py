@@ -5,9 +5,9 @@ The proxy's attempt loop is the same as for every route; a :class:`ResponsesTurn
 ``ModelRequest.turn``) answers the few questions that differ: which candidates may serve
 (a ``native`` conversation goes back to the provider and key that hold it; hosted tools
 need a ``native`` member), what to send each kind of member (the body untouched for
-``responses: native``, Chat Completions otherwise, and Messages for Anthropic through
-:mod:`anthropic_out`), how to turn the answer back (``response`` object or events), and
-what to remember (:mod:`responses_store`).
+``responses: native``, else the hub's Chat Completions, which the provider type turns
+into its wire), how to turn the answer back (``response`` object or events), and what
+to remember (:mod:`llm_router.dialects.responses.store`).
 """
 
 from __future__ import annotations
@@ -16,21 +16,22 @@ from typing import Any, Final
 
 import orjson
 
-from ...config import Provider
-from ...errors import BadRequest, RouterError, echoed
-from ...gateway.relay import STREAM_ERROR, Usage
-from ...gateway.routing import Candidate, CandidateSet, Target
-from ...hub.sse import event_fields, json_object
-from ...providers.anthropic import translate as anthropic_out
-from . import translate as responses_in
-from .check import check_body
-from .store import ResponseStore, StoredResponse
-from .stream import ChatStreamToResponses, EventWriter
-from .translate import ResponseFrame
+from ..config import Provider
+from ..dialects.responses import translate as responses_in
+from ..dialects.responses.check import check_body
+from ..dialects.responses.store import ResponseStore, StoredResponse
+from ..dialects.responses.stream import ChatStreamToResponses, EventWriter
+from ..dialects.responses.translate import ResponseFrame
+from ..errors import BadRequest, RouterError, echoed
+from ..hub.sse import event_fields, json_object
+from ..hub.stream import STREAM_ERROR, Relay, Usage, split_events
+from ..providers import ProviderType
+from .routing import Candidate, CandidateSet, Target
 
 __all__ = ["NATIVE", "ResponsesTurn", "usage_from_responses"]
 
 NATIVE: Final = "responses"  # the provider dialect of a ``responses: native`` member
+_HUB: Final = "openai"
 _TERMINAL: Final = frozenset({"response.completed", "response.incomplete"})
 _FAILED: Final = frozenset({"response.failed", "error"})
 
@@ -128,12 +129,11 @@ class ResponsesTurn:
     # ------------------------------------------------------------ what to send
 
     @staticmethod
-    def dialect(provider: Provider) -> str:
-        if provider.responses == "native":
-            return NATIVE
-        return "anthropic" if provider.type == "anthropic" else "openai"
+    def dialect(ptype: ProviderType, provider: Provider, model: str) -> str:
+        """The wire a member speaks to this turn: ``responses`` for a native member."""
+        return ptype.wire(provider, NATIVE, model)
 
-    def upstream_request(self, provider: Provider, up: str, model: str,
+    def upstream_request(self, ptype: ProviderType, provider: Provider, up: str, model: str,
                          stream: bool) -> tuple[str, dict[str, Any]]:
         """(path, body) for one member: the body itself, or translated."""
         body = self.body
@@ -148,14 +148,14 @@ class ResponsesTurn:
                     responses_in.input_items(body)
             return "responses", out
         chat = responses_in.responses_to_chat(body, model, self.history)
-        if up == "anthropic":
-            return "messages", anthropic_out.chat_to_messages(chat, model,
-                                                              provider.max_tokens_default)
-        return "chat/completions", chat
+        if up == _HUB:
+            return "chat/completions", chat
+        return ptype.request(chat, provider, stream)
 
     # ------------------------------------------------------------ the answer
 
-    async def answer(self, up: str, raw: bytes, cand: Candidate) -> tuple[bytes, Usage]:
+    async def answer(self, up: str, ptype: ProviderType, raw: bytes,
+                     cand: Candidate) -> tuple[bytes, Usage]:
         """The client's body and the usage for a non-streamed upstream answer; raises
         ValueError (or KeyError/TypeError) when the upstream sent no valid answer."""
         doc = orjson.loads(raw)
@@ -164,18 +164,19 @@ class ResponsesTurn:
         if up == NATIVE:
             await self._remember(doc, cand)
             return raw, usage_from_responses(doc.get("usage"))
-        if up == "anthropic":
-            doc = anthropic_out.message_to_chat(doc, self.frame.model)
+        if up != _HUB:
+            doc = ptype.answer(doc, self.frame.model)
         response = responses_in.chat_to_response(doc, self.frame)
         await self._remember(response, cand)
         return orjson.dumps(response), usage_from_responses(response.get("usage"))
 
-    def relay(self, up: str) -> _ResponsesRelay:
+    def relay(self, up: str, ptype: ProviderType) -> _ResponsesRelay:
         """The stream relay for a member of dialect ``up`` (kept to store its answer)."""
         if up == NATIVE:
             self._relay = _NativeRelay(self.frame)
         else:
-            self._relay = _TranslatedRelay(self.frame, up == "anthropic")
+            wire = ptype.stream(self.frame.model, True) if up != _HUB else None
+            self._relay = _TranslatedRelay(self.frame, wire)
         return self._relay
 
     def fail_event(self, message: str) -> bytes:
@@ -233,35 +234,28 @@ class _ResponsesRelay:
 
 
 class _TranslatedRelay(_ResponsesRelay):
-    """Chat (or, through anthropic_out, Messages) upstream stream → Responses events."""
+    """Hub (chat) upstream stream, or another wire through its provider's stream
+    transform, → Responses events."""
 
-    __slots__ = ("_messages", "_t")
+    __slots__ = ("_t", "_wire")
 
-    def __init__(self, frame: ResponseFrame, anthropic: bool) -> None:
+    def __init__(self, frame: ResponseFrame, wire: Relay | None) -> None:
         super().__init__()
         self._t = ChatStreamToResponses(frame)
-        self._messages = anthropic_out.MessagesStreamToChat(frame.model, True) \
-            if anthropic else None
+        self._wire = wire  # the provider's wire → hub transform; None for the hub itself
 
     def feed(self, raw: bytes) -> bytes:
         if self._t.ended:
             return b""
-        if self._messages is None:
+        if self._wire is None:
             return self._chat_event(raw)
-        event, data = event_fields(raw)
-        if not event:
-            return b""
-        try:
-            doc = orjson.loads(data) if data else {}
-        except orjson.JSONDecodeError:
-            return b""
-        chat = self._messages.feed(event, doc if isinstance(doc, dict) else {})
-        # The Messages translator speaks chat SSE; its events go through the chat path.
-        out = b"".join(self._chat_event(e + b"\n\n") for e in chat.split(b"\n\n") if e)
+        chat = self._wire.feed(raw)
+        # The provider's transform speaks chat SSE; its events go through the chat path.
+        out = b"".join(self._chat_event(e) for e in split_events(chat)) if chat else b""
         if not self.done:
-            # Anthropic reports input tokens first: a stream cut later still counts them.
-            prompt, completion = self._messages.usage
-            self.usage = Usage(prompt, completion, self.usage.cached)
+            # Some wires report input tokens first: a stream cut later still counts them.
+            usage = self._wire.usage
+            self.usage = Usage(usage.prompt, usage.completion, self.usage.cached)
         return out
 
     def _chat_event(self, raw: bytes) -> bytes:

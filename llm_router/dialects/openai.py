@@ -1,0 +1,146 @@
+"""The OpenAI dialect (chat completions, completions, embeddings): the hub itself.
+
+A client of this dialect needs no translation: what a provider turns into the hub is
+what the client reads. What is left is reading the answers the router passes on
+untouched (their usage, their end) and replaying a whole answer as the stream it would
+have been.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from ..hub.chat import chunk_error
+from ..hub.sse import DONE, event_fields, frame, json_object, openai_chunk_usage
+from ..hub.stream import STREAM_ERROR, Dialect, Usage, openai_error_event
+
+__all__ = ["DIALECT", "OpenAIDialect", "OpenAIPassthrough"]
+
+# Route kind → path below an OpenAI-compatible API root.
+_PATHS: Final = {"chat": "chat/completions", "completions": "completions",
+                 "embeddings": "embeddings"}
+
+
+class OpenAIPassthrough:
+    """An OpenAI stream passed on as sent, read for its usage and its ``[DONE]``; the
+    usage-only chunk the router asked for is hidden from a client that did not."""
+
+    __slots__ = ("done", "failure", "include_usage", "usage")
+
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.usage = Usage()
+        self.done = False
+        self.failure: str | None = None
+
+    def feed(self, raw: bytes) -> bytes:
+        if self.failure is not None:
+            return b""  # nothing may follow an error chunk (its [DONE] went with it)
+        _, data = event_fields(raw)
+        if data == b"[DONE]":
+            self.done = True
+            return raw
+        if b'"error"' in data:
+            chunk = json_object(data)
+            if chunk is not None and chunk_error(chunk) is not None:
+                # An error reported in-band (vLLM, OpenRouter; a Bedrock exception frame):
+                # the client gets it as sent and the stream ends, counted as failed.
+                self.failure = STREAM_ERROR
+                return raw + DONE
+        usage, usage_only = openai_chunk_usage(data)
+        if usage is not None:
+            self.usage = Usage.from_openai(usage)
+            if usage_only and not self.include_usage:
+                return b""
+        return raw
+
+    def fail(self, message: str) -> bytes:
+        if self.failure is not None:
+            return b""  # the upstream's own error already ended the client's stream
+        return openai_error_event(message)
+
+
+class OpenAIDialect:
+    """The hub as a client dialect: every transform is the identity (None)."""
+
+    name: Final = Dialect.OPENAI
+
+    @staticmethod
+    def path(kind: str) -> str:
+        return _PATHS[kind]
+
+    @staticmethod
+    def to_hub(kind: str, body: dict[str, Any], model: str) -> dict[str, Any]:
+        del kind
+        out = dict(body)  # shallow: only the model changes
+        out["model"] = model
+        return out
+
+    @staticmethod
+    def from_hub(doc: dict[str, Any], requested_model: str) -> bytes | None:
+        del doc, requested_model
+        return None
+
+    @staticmethod
+    def from_hub_stream(requested_model: str, include_usage: bool) -> None:
+        del requested_model, include_usage
+        return None
+
+    @staticmethod
+    def error_from_hub(status: int, body: bytes) -> bytes | None:
+        del status, body
+        return None
+
+    @staticmethod
+    def passthrough(include_usage: bool) -> OpenAIPassthrough:
+        return OpenAIPassthrough(include_usage)
+
+    @staticmethod
+    def body_usage(doc: dict[str, Any]) -> Usage:
+        u = doc.get("usage")
+        return Usage.from_openai(u) if isinstance(u, dict) else Usage()
+
+    @staticmethod
+    def answer_events(kind: str, doc: dict[str, Any]) -> bytes | None:
+        """A whole chat or completions answer as its chunk stream (KeyError, TypeError
+        or ValueError when it is not one)."""
+        if kind not in ("chat", "completions", "messages"):
+            return None
+        return _answer_events(doc)
+
+
+def _answer_events(doc: dict[str, Any]) -> bytes | None:
+    choices = doc["choices"]
+    if not isinstance(choices, list) or not choices:
+        return None
+    head: dict[str, Any] = {k: doc[k] for k in ("id", "created", "model", "system_fingerprint")
+                            if k in doc}
+    chat = "message" in choices[0]
+    head["object"] = "chat.completion.chunk" if chat else "text_completion"
+    out: list[bytes] = []
+    for i, choice in enumerate(choices):
+        index = choice.get("index", i)
+        if chat:
+            message = choice["message"]
+            delta: dict[str, Any] = {"role": message.get("role", "assistant"),
+                                     "content": message.get("content")}
+            calls = message.get("tool_calls")
+            if calls:
+                delta["tool_calls"] = [{"index": n, **call} for n, call in enumerate(calls)]
+            if message.get("refusal"):
+                delta["refusal"] = message["refusal"]
+            piece = {"index": index, "delta": delta, "finish_reason": choice.get(
+                "finish_reason")}
+        else:
+            piece = {"index": index, "text": str(choice["text"]),
+                     "finish_reason": choice.get("finish_reason")}
+        out.append(frame(orjson.dumps({**head, "choices": [piece]})))
+    if isinstance(doc.get("usage"), dict):
+        out.append(frame(orjson.dumps({**head, "choices": [], "usage": doc["usage"]})))
+    out.append(DONE)
+    return b"".join(out)
+
+
+DIALECT: Final = OpenAIDialect()

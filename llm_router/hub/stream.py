@@ -1,0 +1,93 @@
+"""What every stream transform shares: token usage, the relay protocol, the dialect names.
+
+A *relay* takes one raw upstream event at a time and returns the bytes to send on (maybe
+none): a provider's stream transform (its wire → hub chunks), an inbound dialect's
+(hub chunks → the client's events), or a passthrough that only reads the events it
+passes on untouched. Each one tracks the answer's usage, whether its terminal event
+came, and whether the upstream reported an error in-band.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Final, Protocol
+
+import orjson
+
+from .sse import DONE, frame
+
+__all__ = ["STREAM_ERROR", "Dialect", "Relay", "Usage", "openai_error_event", "split_events"]
+
+
+class Dialect(StrEnum):
+    """An API shape, spoken by a client (the route it called) or an upstream (its wire).
+
+    ``openai`` is the hub: every other dialect translates to and from it. A StrEnum, so
+    a member equals its plain string (``Exchange.client`` and the tests use strings).
+    """
+
+    OPENAI = "openai"  # chat completions, completions, embeddings: the hub
+    ANTHROPIC = "anthropic"  # Messages (and count_tokens)
+    RESPONSES = "responses"  # the Responses API (a client's, or a native upstream's)
+
+
+# Metric reason for an upstream that reported an error inside its stream.
+STREAM_ERROR: Final = "stream_error"
+
+
+class Usage:
+    """Token counts of one response, whatever dialect reported them."""
+
+    __slots__ = ("cached", "completion", "prompt")
+
+    def __init__(self, prompt: int = 0, completion: int = 0, cached: int = 0) -> None:
+        self.prompt = prompt
+        self.completion = completion
+        self.cached = cached
+
+    @classmethod
+    def from_openai(cls, u: dict[str, Any]) -> Usage:
+        details = u.get("prompt_tokens_details") or {}
+        return cls(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0),
+                   int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0)
+
+
+class Relay(Protocol):
+    """One stream's transform, fed raw events in order."""
+
+    @property
+    def usage(self) -> Usage:
+        """The answer's token counts so far."""
+        ...
+
+    @property
+    def done(self) -> bool:
+        """The terminal success event was seen."""
+        ...
+
+    @property
+    def failure(self) -> str | None:
+        """STREAM_ERROR once the upstream reported an error in-band."""
+        ...
+
+    def feed(self, raw: bytes) -> bytes:
+        """Bytes to send on for one raw event (may be empty)."""
+        ...
+
+    def fail(self, message: str) -> bytes:
+        """In-band error ending the stream (after it started); b"" when an error already
+        ended it, so the client never sees two."""
+        ...
+
+
+def openai_error_event(message: str) -> bytes:
+    """The in-band end of a hub (OpenAI) stream: an error chunk, then ``[DONE]``."""
+    err = {"error": {"message": message, "type": "upstream_error", "param": None,
+                     "code": "stream_interrupted"}}
+    return frame(orjson.dumps(err)) + DONE
+
+
+def split_events(data: bytes) -> list[bytes]:
+    """The events of SSE bytes a transform produced (each ends with a blank line), as
+    the next transform's raw events."""
+    return [e + b"\n\n" for e in data.split(b"\n\n") if e]
