@@ -11,6 +11,7 @@ import base64
 from typing import Any
 
 import aiohttp
+import anthropic
 import openai
 import orjson
 import pytest
@@ -355,3 +356,17 @@ async def test_responses_clients_reach_bedrock(start_router: StartRouter,
                                                instructions="be brief", max_output_tokens=2)
     assert r.output_text == "lorem ipsum"
     assert last(upstream).body["system"] == [{"text": "be brief"}]
+
+
+async def test_an_anthropic_stream_ends_with_bedrocks_mid_stream_error(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start(start_router, upstream)
+    upstream.fake.bedrock.faults.append(BedrockFault(
+        stream_exception="throttlingException", after_events=3,
+        message="Too many tokens, please wait before trying again."))
+    client = router.anthropic()
+    with pytest.raises(anthropic.APIStatusError, match="Too many tokens"):
+        async with client.messages.stream(model="claude", max_tokens=8,
+                                          messages=[{"role": "user", "content": "hi"}]) as s:
+            async for _ in s.text_stream:
+                pass
