@@ -116,6 +116,14 @@ def _export(rev: str, into: Path) -> Path:
 _UPSTREAMS: dict[str, tuple[str, str, str]] = {
     "openai": ("openai", "/v1", "fake-gpt"),
     "gemini": ("gemini", "", "gemini-2.5-flash"),
+    # Translated both ways (hub <-> Converse), SigV4-signed, event-stream decoded.
+    "bedrock": ("bedrock", "", "fake-model"),
+}
+# Provider lines other than type and base_url; default: one API key.
+_PROVIDER_LINES: dict[str, list[str]] = {
+    "bedrock": ["    region: us-east-1",
+                "    api_keys: [{access_key_id: AKIAFAKEBEDROCK00001, "
+                "secret_access_key: fake-bedrock-secret-access-key}]"],
 }
 
 
@@ -125,7 +133,8 @@ def _config(path: Path, upstream: str, scenario: str, kind: str = "openai") -> N
     lines = ["host: 127.0.0.1", "port: 8080", "shutdown_grace_s: 1",
              *(line.replace("{snapshot}", snapshot) for line in _SCENARIOS[scenario][1]),
              "providers:", "  - name: fake", f"    type: {ptype}",
-             f"    base_url: {upstream}{suffix}", "    api_keys: [sk-upstream-ab]",
+             f"    base_url: {upstream}{suffix}",
+             *_PROVIDER_LINES.get(kind, ["    api_keys: [sk-upstream-ab]"]),
              "groups:", "  - name: ab", f"    models: [{{provider: fake, name: {model}}}]"]
     path.write_text("\n".join(lines) + "\n")
 
