@@ -84,6 +84,7 @@ async def test_chat_reaches_converse_signed_and_comes_back_as_a_completion(
 
 async def test_chat_stream_arrives_as_chunks_with_usage_last(
         start_router: StartRouter, upstream: Upstream) -> None:
+    upstream.fake.bedrock.write_size = 77  # frames split across the router's reads
     router = await start(start_router, upstream)
     stream = await router.openai().chat.completions.create(
         model="claude", messages=[{"role": "user", "content": "hi"}], stream=True,

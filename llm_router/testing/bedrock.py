@@ -136,6 +136,9 @@ class FakeBedrock:
     region: str = DEMO_REGION
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    # A stream in writes of this many bytes, so frames span reads; None: one write (as
+    # the OpenAI fake sends an unpaced stream, so benchmarks compare like with like).
+    write_size: int | None = None
     requests: list[BedrockRequest] = field(default_factory=list)
     faults: list[BedrockFault] = field(default_factory=list)
 
@@ -302,10 +305,10 @@ class FakeBedrock:
             "x-amzn-RequestId": str(uuid.uuid4())})
         await response.prepare(request)
         try:
-            # Odd-sized writes, so a frame often spans two reads, as on a real network.
             data = b"".join(frames)
-            for at in range(0, len(data), 777):
-                await response.write(data[at:at + 777])
+            step = self.write_size or len(data)
+            for at in range(0, len(data), step):
+                await response.write(data[at:at + step])
             await response.write_eof()
         except ConnectionResetError:
             pass

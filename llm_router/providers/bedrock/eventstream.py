@@ -33,6 +33,10 @@ _PRELUDE: Final = 12  # total length, headers length, prelude CRC
 _OVERHEAD: Final = 16  # the prelude and the message CRC
 _U32: Final = struct.Struct("!I")
 _PRELUDE_FIELDS: Final = struct.Struct("!III")
+# Parsed header blocks, shared by every stream: Bedrock's repeat (a ConverseStream has
+# about ten distinct ones), so this stays small; emptied if something floods it.
+_MAX_HEADER_BLOCKS: Final = 256
+_HEADER_BLOCKS: dict[bytes, dict[str, HeaderValue]] = {}
 # Fixed-size header values by type code: (size, struct format or None for raw bytes).
 _FIXED: Final[dict[int, tuple[int, str | None]]] = {
     2: (1, "!b"), 3: (2, "!h"), 4: (4, "!i"), 5: (8, "!q"), 8: (8, "!q"), 9: (16, None)}
@@ -44,31 +48,47 @@ class FrameError(ValueError):
 
 
 class Message(NamedTuple):
-    """One decoded message: its headers (``:event-type`` ...) and its payload bytes."""
+    """One decoded message: its headers (``:event-type`` ...; shared between messages
+    with the same header block, so read-only) and its payload bytes."""
 
     headers: dict[str, HeaderValue]
     payload: bytes
 
 
 class FrameDecoder:
-    """Incremental decoder; ``feed`` bytes in any split, get back complete messages."""
+    """Incremental decoder; ``feed`` bytes in any split, get back complete messages.
 
-    __slots__ = ("_buf", "_max")
+    Bytes of an incomplete message are kept as a list of reads and joined once the
+    message is whole (its length is known from its prelude), so a large message split
+    over many reads costs linear time. Header blocks repeat from message to message
+    (``:event-type`` contentBlockDelta ...), so their parsed form is reused.
+    """
+
+    __slots__ = ("_have", "_max", "_need", "_parts")
 
     def __init__(self, max_message: int) -> None:
-        self._buf = bytearray()
+        self._parts: list[bytes] = []
+        self._have = 0  # bytes in _parts
+        self._need = _PRELUDE  # bytes needed before parsing can go on
         self._max = max_message
 
     def feed(self, data: bytes) -> list[Message]:
         """The messages completed by ``data``, in order; :class:`FrameError` when the
         bytes cannot be a valid message."""
-        buf = self._buf
-        buf += data
+        if self._parts:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(self._parts)
+            self._parts = []
+        view = memoryview(data)
         out: list[Message] = []
         start = 0
-        while len(buf) - start >= _PRELUDE:
-            total, headers_len, prelude_crc = _PRELUDE_FIELDS.unpack_from(buf, start)
-            if zlib.crc32(buf[start:start + 8]) != prelude_crc:
+        size = len(data)
+        while size - start >= _PRELUDE:
+            total, headers_len, prelude_crc = _PRELUDE_FIELDS.unpack_from(data, start)
+            if zlib.crc32(view[start:start + 8]) != prelude_crc:
                 raise FrameError("event-stream prelude CRC mismatch")
             if total > self._max:
                 raise FrameError(f"an event-stream message of {total} bytes, over the limit "
@@ -76,23 +96,36 @@ class FrameDecoder:
             if total < _OVERHEAD or headers_len > total - _OVERHEAD:
                 raise FrameError(f"impossible event-stream lengths ({total}, {headers_len})")
             end = start + total
-            if len(buf) < end:
+            if size < end:
+                self._need = total
                 break
-            (message_crc,) = _U32.unpack_from(buf, end - 4)
-            if zlib.crc32(buf[start:end - 4]) != message_crc:
+            (message_crc,) = _U32.unpack_from(data, end - 4)
+            if zlib.crc32(view[start:end - 4]) != message_crc:
                 raise FrameError("event-stream message CRC mismatch")
             headers_end = start + _PRELUDE + headers_len
-            out.append(Message(_headers(bytes(buf[start + _PRELUDE:headers_end])),
-                               bytes(buf[headers_end:end - 4])))
+            block = data[start + _PRELUDE:headers_end]
+            headers = _HEADER_BLOCKS.get(block)
+            if headers is None:
+                headers = _headers(block)
+                if len(_HEADER_BLOCKS) >= _MAX_HEADER_BLOCKS:
+                    _HEADER_BLOCKS.clear()
+                _HEADER_BLOCKS[block] = headers
+            out.append(Message(headers, data[headers_end:end - 4]))
             start = end
-        if start:
-            del buf[:start]
+        else:
+            self._need = _PRELUDE
+        if start < size:
+            rest = data[start:] if start else data
+            self._parts = [rest]
+            self._have = len(rest)
+        else:
+            self._have = 0
         return out
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete message held (a stream cut mid-message leaves some)."""
-        return len(self._buf)
+        return self._have
 
 
 def _headers(raw: bytes) -> dict[str, HeaderValue]:

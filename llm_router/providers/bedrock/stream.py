@@ -128,7 +128,11 @@ class ConverseStreamToChat:
             return b""
         text = delta.get("text")
         if isinstance(text, str):
-            return self._chunk({"content": text}) if text else b""
+            if not text:
+                return b""
+            # The hot path, one chunk per token: the JSON written around the text alone.
+            return (b"data: " + self._head + b'[{"index":0,"delta":{"content":'
+                    + orjson.dumps(text) + b'},"logprobs":null,"finish_reason":null}]}\n\n')
         use = delta.get("toolUse")
         fragment = use.get("input") if isinstance(use, dict) else None
         if not isinstance(fragment, str) or not fragment or not isinstance(index, int):
