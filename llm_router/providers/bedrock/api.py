@@ -16,6 +16,7 @@ without contacting AWS, so the client gets the reason, not a failover.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Final
@@ -125,6 +126,7 @@ class Refusal:
         pass
 
 
+@functools.lru_cache(maxsize=256)  # one entry per configured base_url
 def _host(base_url: str) -> tuple[str, str]:
     """(Host header as aiohttp sends it, path prefix) of a base URL."""
     parts = urlsplit(base_url)

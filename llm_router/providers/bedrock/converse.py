@@ -44,8 +44,8 @@ cacheRead + cacheWrite and ``cached_tokens`` = cacheRead.
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -60,6 +60,7 @@ __all__ = [
     "converse_answer",
     "converse_request",
     "finish_reason",
+    "new_id",
 ]
 
 FINISH_REASONS: Final[dict[str, str]] = {
@@ -76,6 +77,13 @@ _IMAGE_FORMATS: Final = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": 
 _JSON_TOOL: Final = "json_response"  # the forced tool of response_format json_object
 _OPEN_SCHEMA: Final = {"type": "object", "properties": {}}
 _JSON_TOOL_DOC: Final = "Answer by calling this tool with the response as its input."
+# Completion ids only tell answers apart: a seeded PRNG spares uuid4's getrandom().
+_IDS: Final = random.Random()
+
+
+def new_id() -> str:
+    """32 hex digits for a ``chatcmpl-`` id."""
+    return f"{_IDS.getrandbits(128):032x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +335,7 @@ def converse_answer(answer: dict[str, Any], plan: Plan) -> dict[str, Any]:
     if calls:
         chat_message["tool_calls"] = calls
     return {
-        "id": "chatcmpl-" + uuid.uuid4().hex,
+        "id": "chatcmpl-" + new_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": plan.model,

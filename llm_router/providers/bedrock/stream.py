@@ -23,12 +23,11 @@ finish reason was already sent, else not at all (the caller reports the cut).
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Final
 
 import orjson
 
-from .converse import Plan, chat_usage, finish_reason
+from .converse import Plan, chat_usage, finish_reason, new_id
 from .errors import stream_error
 from .eventstream import Message
 
@@ -56,7 +55,7 @@ class ConverseStreamToChat:
     def __init__(self, plan: Plan) -> None:
         self._plan = plan
         self._created = int(time.time())
-        self._head = (b'{"id":"chatcmpl-' + uuid.uuid4().hex.encode()
+        self._head = (b'{"id":"chatcmpl-' + new_id().encode()
                       + b'","object":"chat.completion.chunk","created":'
                       + str(self._created).encode() + b',"model":'
                       + orjson.dumps(plan.model) + b',"choices":')
