@@ -371,3 +371,15 @@ async def test_an_anthropic_stream_ends_with_bedrocks_mid_stream_error(
                                           messages=[{"role": "user", "content": "hi"}]) as s:
             async for _ in s.text_stream:
                 pass
+
+
+async def test_faults_can_be_armed_over_http(upstream: Upstream,
+                                             http: aiohttp.ClientSession) -> None:
+    async with http.post(upstream.root + "/_fake/bedrock/faults",
+                         json={"status": 503, "error_type": "ServiceUnavailableException",
+                               "times": 2}) as resp:
+        assert resp.status == 200 and await resp.json() == {"faults": 1}
+    async with http.post(upstream.root + "/_fake/bedrock/faults", json={"nope": 1}) as resp:
+        assert resp.status == 400
+    [fault] = upstream.fake.bedrock.faults
+    assert (fault.status, fault.error_type, fault.times) == (503, "ServiceUnavailableException", 2)

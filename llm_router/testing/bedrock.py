@@ -12,7 +12,8 @@ first turn that is not the user's) with a ``ValidationException``.
 Errors are AWS-shaped: a JSON ``{"message": ...}`` body and the error's name in the
 ``x-amzn-ErrorType`` header (403 ``UnrecognizedClientException`` for an unknown access
 key, ``InvalidSignatureException`` for a wrong signature, 429 ``ThrottlingException``
-...). :class:`BedrockFault` injects a status or a mid-stream exception frame, and
+...). :class:`BedrockFault` injects a status or a mid-stream exception frame (also over
+HTTP: ``POST /_fake/bedrock/faults`` with its fields as JSON), and
 ``cache_read_tokens`` / ``cache_write_tokens`` make answers report prompt-cache use.
 
 ``llm-router fake-upstream`` serves it beside the OpenAI and Anthropic routes with the
@@ -144,6 +145,20 @@ class FakeBedrock:
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/model/{rest:.+}", self._handle)
+        app.router.add_post("/_fake/bedrock/faults", self._post_fault)
+
+    async def _post_fault(self, request: web.Request) -> web.Response:
+        """Arm a :class:`BedrockFault` from its fields as JSON (for another process)."""
+        try:
+            fields = orjson.loads(await request.read())
+            fault = BedrockFault(**fields) if isinstance(fields, dict) else None
+        except (orjson.JSONDecodeError, TypeError):
+            fault = None
+        if fault is None:
+            return web.json_response({"error": "expected a JSON object of BedrockFault "
+                                               "fields"}, status=400)
+        self.faults.append(fault)
+        return web.json_response({"faults": len(self.faults)})
 
     # ------------------------------------------------------------ auth
 
