@@ -366,11 +366,14 @@ async def test_an_anthropic_stream_ends_with_bedrocks_mid_stream_error(
         stream_exception="throttlingException", after_events=3,
         message="Too many tokens, please wait before trying again."))
     client = router.anthropic()
-    with pytest.raises(anthropic.APIStatusError, match="Too many tokens"):
+    with pytest.raises(anthropic.APIStatusError, match="Too many tokens") as err:
         async with client.messages.stream(model="claude", max_tokens=8,
                                           messages=[{"role": "user", "content": "hi"}]) as s:
             async for _ in s.text_stream:
                 pass
+    assert err.value.body == {"type": "error", "error": {
+        "type": "rate_limit_error",
+        "message": "Too many tokens, please wait before trying again."}}
 
 
 async def test_faults_can_be_armed_over_http(upstream: Upstream,

@@ -159,7 +159,7 @@ def test_an_exception_frame_ends_the_stream_with_its_error() -> None:
     out = t.feed(Message({":message-type": "exception",
                           ":exception-type": "serviceUnavailableException"},
                          b'{"message":"try later"}'))
-    assert chunks(out) == [{"error": {"message": "try later", "type": "server_error",
+    assert chunks(out) == [{"error": {"message": "try later", "type": "service_unavailable",
                                       "param": None, "code": "ServiceUnavailableException"}},
                            "[DONE]"]
     assert t.done and t.error is not None and t.error.status == 503

@@ -85,6 +85,15 @@ _IMAGE_TOKENS: Final = 1600
 _MESSAGE_OVERHEAD_TOKENS: Final = 4
 _CHARS_PER_TOKEN: Final = 4
 
+# OpenAI error type of an in-band error chunk → Anthropic's error type.
+_STREAM_ERROR_TYPES: Final[dict[str, str]] = {
+    "rate_limit_error": "rate_limit_error",
+    "invalid_request_error": "invalid_request_error",
+    "permission_error": "permission_error",
+    "authentication_error": "authentication_error",
+    "service_unavailable": "overloaded_error",
+}
+
 
 def tool_input_from_arguments(arguments: Any) -> dict[str, Any]:
     """A tool call's ``arguments`` JSON text as an input object.
@@ -328,7 +337,11 @@ class ChatStreamToMessages:
             out.append(self._start())
         error = chunk_error(chunk)
         if error is not None:
-            out.append(self.error(error))
+            # Its OpenAI type says what kind of failure it was (a Bedrock throttling
+            # exception mid-stream is a rate_limit_error): keep that for the client.
+            detail = chunk.get("error")
+            kind = detail.get("type") if isinstance(detail, dict) else None
+            out.append(self.error(error, _STREAM_ERROR_TYPES.get(str(kind), "api_error")))
             return b"".join(out)
         usage = chunk.get("usage")
         if isinstance(usage, dict):

@@ -69,7 +69,7 @@ _STATUS: Final[dict[str, int]] = {
 }
 _OPENAI_TYPES: Final[dict[int, str]] = {
     400: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
-    408: "timeout_error", 429: "rate_limit_error"}
+    408: "timeout_error", 429: "rate_limit_error", 503: "service_unavailable"}
 
 
 def error_name(header: str | None) -> str:
