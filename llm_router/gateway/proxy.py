@@ -35,7 +35,7 @@ from ..errors import (
     error_body,
 )
 from ..ledger.accounting import cost_usd, estimate_cost, priced_target
-from ..ledger.usage import CounterKey
+from ..ledger.usage import CounterKey, completion_ceiling
 from ..observe.labels import OTHER
 from ..observe.redact import Redactor
 from ..providers import (
@@ -165,19 +165,21 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
     coding = negotiate(request.headers.get("Accept-Encoding"))
-    max_tokens = (body.get("max_tokens") or body.get("max_completion_tokens")
-                  or body.get("max_output_tokens"))
+    ceiling = completion_ceiling(body)
     # About a token per 4 bytes. From the bytes really read: a client sending its body
     # chunked (no Content-Length) must not get its prompt reserved at zero.
     ex.prompt_estimate = request.get(BODY_SIZE, 0) // 4
     if turn is not None:
         ex.prompt_estimate += turn.history_bytes // 4  # previous_response_id's conversation
-    estimate = state.counters.estimate(
-        target.state_name, ex.prompt_estimate, max_tokens if isinstance(max_tokens, int) else None)
+    # What the request will probably use: selection and tpm count this while it runs.
+    estimate = state.counters.estimate(target.state_name, ex.prompt_estimate, ceiling)
     # Budgets and per-user/per-key limits are checked here, before anything is sent; the
-    # estimates are reserved so that concurrent requests see each other.
+    # estimates are reserved so that concurrent requests see each other. A budget
+    # reserves the most the request may cost when the client capped its length, so a
+    # burst passes the budget by one request at most (docs/teams.md).
     cost = (estimate_cost(cfg.pricing, target.group.members, ex.prompt_estimate,
-                          estimate - ex.prompt_estimate) if ex.caller.has_budget else 0.0)
+                          ceiling if ceiling is not None else estimate - ex.prompt_estimate)
+            if ex.caller.has_budget else 0.0)
     ex.admission = await state.store.admit(ex.caller, estimate, cost)
     down = Downstream(request, coding, cfg.keepalive_s) if stream else None
     req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,

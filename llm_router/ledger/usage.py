@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ __all__ = [
     "SnapshotError",
     "SnapshotStore",
     "UsageCounters",
+    "completion_ceiling",
     "utc_day",
 ]
 
@@ -43,6 +44,43 @@ CounterKey = tuple[str, str, str]  # (provider, key label, upstream model)
 _DEFAULT_COMPLETION_ESTIMATE: Final = 64.0
 _EWMA_ALPHA: Final = 0.2
 _MAX_LEARNT: Final = 4096
+
+
+# The request fields that cap an answer's length, whatever the dialect: OpenAI chat
+# (max_tokens, max_completion_tokens), Responses (max_output_tokens), Anthropic Messages
+# (max_tokens); and those that ask for several answers at once (chat and legacy
+# completions: n; legacy completions: best_of, each one billed).
+_LENGTH_FIELDS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_CHOICE_FIELDS: Final = ("n", "best_of")
+_MAX_CHOICES: Final = 128  # OpenAI's own bound on n; an upstream refuses more
+_MAX_CEILING: Final = 1_000_000_000  # tokens; far above any model's context window
+
+
+def _positive_int(value: object) -> int | None:
+    # bool is an int subclass: max_tokens: true is not a length.
+    return value if type(value) is int and value > 0 else None
+
+
+def completion_ceiling(body: Mapping[str, Any]) -> int | None:
+    """The most completion tokens the request allows; None when it sets no length.
+
+    The largest of the length fields the client set (an upstream may honour any of
+    them), times the number of answers it asked for. A budget reserves this much, so a
+    burst of such requests cannot spend more than one request over it (docs/teams.md).
+    """
+    longest = 0
+    for name in _LENGTH_FIELDS:
+        n = _positive_int(body.get(name))
+        if n is not None and n > longest:
+            longest = n
+    if not longest:
+        return None
+    choices = 1
+    for name in _CHOICE_FIELDS:
+        n = _positive_int(body.get(name))
+        if n is not None and n > choices:
+            choices = min(n, _MAX_CHOICES)
+    return min(longest * choices, _MAX_CEILING)
 
 
 def utc_day(now: float | None = None) -> str:
