@@ -28,10 +28,10 @@ from .test_reload import eventually
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
 
 KEY = "sk-budgeted"
-PRICE_PER_TOKEN = 0.001  # $1,000 per 1M tokens
-MAX_TOKENS = 4000  # $4 of completion: four times the whole budget
+PRICE_PER_TOKEN = 0.002  # $2,000 per 1M tokens
+MAX_TOKENS = 1000  # $2 of completion: twice the whole budget
 BUDGET_USD = 1.0
-BURST = 40
+BURST = 30
 HELLO = "hello there"
 
 # route → (path, body): each asks for MAX_TOKENS in its own dialect's field.
