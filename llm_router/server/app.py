@@ -430,8 +430,9 @@ async def _drain(runner: web.AppRunner, state: RouterState) -> None:
     runs the cleanup (final snapshot)."""
     cfg = state.config  # the latest reload's values apply
     if cfg.shutdown_delay_s > 0:
-        log.info("draining in %.1f s: /health/ready answers 503, still accepting so load "
-                 "balancers can move traffic away", cfg.shutdown_delay_s)
+        log.info("draining in %.1f s: /health/ready answers 503 and every response closes "
+                 "its connection; still accepting so load balancers can move traffic away",
+                 cfg.shutdown_delay_s)
         await asyncio.sleep(cfg.shutdown_delay_s)
     log.info("draining: no new connections; waiting up to %g s for %d in-flight requests",
              cfg.shutdown_grace_s, state.inflight)
