@@ -108,6 +108,9 @@ def test_objects_agree_on_names_labels_and_ports() -> None:
     assert hpa["minReplicas"] >= 2
     assert [m["resource"]["name"] for m in hpa["metrics"]] == ["cpu"]
     container = _router_container(objects)
+    # kustomize's `images` rewrites the image by name: a name no container uses does nothing.
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert [i["name"] for i in kustomization["images"]] == [container["image"]]
     port = container["ports"][0]["containerPort"]
     config = yaml.safe_load(_config(objects))
     assert config["port"] == port and container["args"][-1] == "/etc/llm-router/config.yaml"
