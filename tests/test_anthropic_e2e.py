@@ -473,6 +473,32 @@ async def test_wrongly_typed_fields_are_a_400_naming_the_field(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+# Chat bodies the Anthropic translator reads: (messages, the field the 400 names).
+CHAT_WRONGLY_TYPED = [
+    pytest.param([{"role": "assistant", "content": None, "tool_calls": [["not", "a call"]]}],
+                 "messages[0].tool_calls[0]", id="tool-call-list"),
+    pytest.param([{"role": "user", "content": [{"type": "text", "text": 1.5}]}],
+                 "messages[0].content[0].text", id="text-part-number"),
+    pytest.param([{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}],
+                 "messages[0].tool_calls[0].function.arguments", id="arguments-object"),
+    pytest.param([{"role": "user", "content": 7}], "messages[0].content", id="content-number"),
+]
+
+
+@pytest.mark.parametrize(("messages", "field"), CHAT_WRONGLY_TYPED)
+async def test_wrongly_typed_chat_fields_for_an_anthropic_member_are_a_400(
+        messages: Any, field: str, start_router: StartRouter, upstream: Upstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    router = await start_router(via_anthropic(upstream))
+    with pytest.raises(openai.BadRequestError) as info:
+        await router.openai().chat.completions.create(model="g", messages=messages)
+    assert info.value.body["param"] == field  # type: ignore[index]
+    assert info.value.body["message"].startswith(f"'{field}' ")  # type: ignore[index]
+    assert upstream.fake.requests == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_the_anthropic_sdk_gets_the_field_named(start_router: StartRouter,
                                                       upstream: Upstream) -> None:
     router = await start_router(via_openai(upstream))

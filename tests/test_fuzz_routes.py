@@ -2,8 +2,9 @@
 
 Each route gets a fixed number of bodies mutated from valid ones (``tests/fuzz.py``,
 fixed seed), sent to groups whose members translate (an openai member behind
-``/v1/messages`` and ``/v1/responses``), pass through (an anthropic member) or answer
-themselves (mock). Every answer must be below 500, every error in the route's shape
+``/v1/messages`` and ``/v1/responses``, an anthropic member behind
+``/v1/chat/completions``), pass through (the other way round) or answer themselves
+(mock). Every answer must be below 500, every error in the route's shape
 (Anthropic's on ``/v1/messages*``, OpenAI's elsewhere), and nothing may be logged at
 ERROR: a traceback per bad request would let anyone flood the log.
 """
@@ -60,6 +61,23 @@ RESPONSES: Final[dict[str, Any]] = {
     ],
 }
 
+CHAT: Final[dict[str, Any]] = {
+    "model": "oa", "max_tokens": 32, "temperature": 0.5, "stop": ["END"], "user": "u1",
+    "tools": [{"type": "function", "function": {"name": "lookup", "description": "find",
+                                                "parameters": {"type": "object"}}}],
+    "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "look up cats"},
+                                     {"type": "image_url",
+                                      "image_url": {"url": "data:image/png;base64,iVBO"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "lookup", "arguments": "{\"q\": \"cats\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "cats purr"},
+    ],
+}
+
 # route: (valid bodies to break, the groups to send them to, is the error Anthropic's)
 ROUTES: Final[dict[str, tuple[list[dict[str, Any]], tuple[str, ...], bool]]] = {
     "/v1/messages": ([MESSAGES, {**MESSAGES, "stream": True},
@@ -68,6 +86,9 @@ ROUTES: Final[dict[str, tuple[list[dict[str, Any]], tuple[str, ...], bool]]] = {
                      ("oa", "an", "mk"), True),
     "/v1/messages/count_tokens": ([{k: v for k, v in MESSAGES.items() if k != "max_tokens"}],
                                   ("oa", "an", "mk"), True),
+    "/v1/chat/completions": ([CHAT, {**CHAT, "stream": True,
+                                      "stream_options": {"include_usage": True}}],
+                             ("oa", "an", "mk"), False),
     "/v1/responses": ([RESPONSES, {**RESPONSES, "stream": True},
                        {"model": "oa", "input": "hello"}],
                       ("oa", "mk"), False),

@@ -34,6 +34,7 @@ from ..errors import (
     echoed,
     error_body,
 )
+from ..hub import chat_check
 from ..ledger.accounting import cost_usd, estimate_cost, priced_target
 from ..ledger.usage import CounterKey, completion_ceiling
 from ..observe.labels import OTHER
@@ -94,6 +95,7 @@ _REQUIRED: Final[dict[str, tuple[str, type | tuple[type, ...], str]]] = {
 # Per route: the dialect's own check of the fields the router reads (Responses bodies
 # are checked by ResponsesTurn.begin, which needs the stored conversation too).
 _BODY_CHECKS: Final[dict[str, Callable[[dict[str, Any]], None]]] = {
+    "chat": chat_check.check_body,
     "messages": anthropic_check.check_body,
     "count_tokens": anthropic_check.check_body,
 }
