@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("gen-key", help="print a new random key and its sha256")
     f = sub.add_parser("fake-upstream",
                        help="run a fake model server (OpenAI, Anthropic, Gemini, Vertex AI, "
-                            "Bedrock)")
+                            "Bedrock, Azure OpenAI)")
     f.add_argument("--host", default="127.0.0.1")
     f.add_argument("--port", type=int, default=9000)
     f.add_argument("--latency-ms", type=float, default=0.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -26,6 +27,7 @@ from .schema import Spec, internal, json_schema, setting
 
 __all__ = [
     "AFFINITY_MODES",
+    "AZURE_DEFAULT_TOKEN_URL",
     "BUDGET_PERIODS",
     "DEFAULT_PRICE",
     "PROVIDER_TYPES",
@@ -36,6 +38,7 @@ __all__ = [
     "CircuitSettings",
     "Config",
     "ConfigError",
+    "Entra",
     "Group",
     "Limits",
     "Member",
@@ -57,7 +60,7 @@ __all__ = [
     "sha256_hex",
 ]
 
-PROVIDER_TYPES: Final = ("openai", "anthropic", "gemini", "vertex", "bedrock", "mock")
+PROVIDER_TYPES: Final = ("openai", "anthropic", "gemini", "vertex", "bedrock", "azure", "mock")
 STRATEGIES: Final = ("inverse-weight", "priority", "round-robin", "latency", "price")
 AFFINITY_MODES: Final = ("auto", "session", "off")
 BUDGET_PERIODS: Final = ("daily", "weekly", "monthly", "total")
@@ -66,6 +69,12 @@ DEFAULT_PRICE: Final = "default"  # the pricing entry for models the table does 
 _DEFAULT_BASE_URLS: Final = {"openai": "https://api.openai.com/v1",
                              "anthropic": "https://api.anthropic.com",
                              "gemini": "https://generativelanguage.googleapis.com"}
+# Microsoft Entra ID's client-credentials endpoint; {tenant} is the entra block's tenant_id.
+AZURE_DEFAULT_TOKEN_URL: Final = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
+# A dated Azure OpenAI API version (2024-10-21, 2025-04-01-preview), or the v1 API.
+_AZURE_API_VERSION: Final = re.compile(r"v1|\d{4}-\d{2}-\d{2}(-preview)?")
+# What an Azure base_url must not hold: the router builds /openai/...?api-version= itself.
+_AZURE_NOT_ROOT: Final = re.compile(r"/openai(/|$)|\?")
 # What a vertex provider needs that the base install lacks (RS256 signing).
 _GOOGLE_EXTRA: Final = ("vertex providers sign service-account tokens with the 'cryptography' "
                         "package: install the google extra (pip install 'llm-router[google]')")
@@ -171,6 +180,26 @@ class ProviderKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Entra:
+    """azure only: a Microsoft Entra ID app (service principal) whose client-credentials
+    tokens authenticate instead of api_keys (docs/providers.md#azure-openai)."""
+
+    tenant_id: str = setting(non_empty=True, doc="The directory (tenant) id.")
+    client_id: str = setting(non_empty=True, doc="The application (client) id.")
+    client_secret: str = setting(non_empty=True, repr=False, doc=(
+        "The client secret, usually \"${AZURE_CLIENT_SECRET}\"; never logged or shown."))
+    token_url: str = setting("", pattern=r"^https?://[^/\s]+", doc=(
+        "Token endpoint. Default: https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/"
+        "token (the scope asked for is https://cognitiveservices.azure.com/.default)."),
+        pattern_hint="must be an http:// or https:// URL")
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        if not values.get("token_url") and "tenant_id" in values:
+            values["token_url"] = AZURE_DEFAULT_TOKEN_URL.format(tenant=values["tenant_id"])
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     """An upstream API and its keys."""
 
@@ -180,19 +209,21 @@ class Provider:
     type: str = setting("openai", choices=PROVIDER_TYPES, doc=(
         "openai: any OpenAI-compatible API; anthropic: the Anthropic Messages API; "
         "gemini: Google's Gemini API; vertex: Google Cloud Vertex AI (Gemini and Claude "
-        "models); bedrock: AWS Bedrock's Converse API (docs/providers.md); mock: built in, "
-        "answers without network or key."))
+        "models); bedrock: AWS Bedrock's Converse API; azure: Azure OpenAI, group members "
+        "naming deployments (docs/providers.md); mock: built in, answers without network "
+        "or key."))
     base_url: str = setting("", pattern=r"^https?://[^/\s]+", doc=(
         "API root. Default: https://api.openai.com/v1 for openai, https://api.anthropic.com "
         "for anthropic (the router posts to {base_url}/v1/messages, so no /v1 there), "
         "https://generativelanguage.googleapis.com for gemini, "
         "https://{location}-aiplatform.googleapis.com for vertex (location global: "
         "https://aiplatform.googleapis.com), "
-        "https://bedrock-runtime.{region}.amazonaws.com for bedrock."),
+        "https://bedrock-runtime.{region}.amazonaws.com for bedrock; for azure the "
+        "resource, https://RESOURCE.openai.azure.com (required)."),
         pattern_hint="must be an http:// or https:// URL")
     keys: tuple[ProviderKey, ...] = setting((), key="api_keys", doc=(
-        "Upstream API keys (not needed for mock; for vertex, paths of service-account JSON "
-        "files). The router spreads load across them."))
+        "Upstream API keys (not needed for mock, nor for azure with entra; for vertex, paths "
+        "of service-account JSON files). The router spreads load across them."))
     project: str = setting("", doc="vertex only: the Google Cloud project id.")
     location: str = setting("", pattern=r"^[a-z0-9-]+$", doc=(
         "vertex only: the region, e.g. us-central1, or global."),
@@ -216,6 +247,12 @@ class Provider:
         "How POST /v1/responses reaches this provider. native: its own /responses endpoint, "
         "the body passed through untouched (OpenAI, Azure's v1 API, vLLM); chat: translated "
         "to Chat Completions (and on to Messages for anthropic). See docs/responses.md."))
+    api_version: str = setting("", doc=(
+        "azure only, required: a dated API version such as 2024-10-21 (requests go to "
+        "/openai/deployments/{deployment}/...?api-version=), or v1 (/openai/v1/..., "
+        "the deployment sent as model)."))
+    entra: Entra | None = setting(None, doc=(
+        "azure only: Entra ID client credentials used instead of api_keys."))
 
     @staticmethod
     def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
@@ -256,13 +293,24 @@ class Provider:
         if ptype == "anthropic" and values.get("responses") == "native":
             r.fail(f"{path}.responses", "anthropic providers have no Responses API; use "
                    "'chat' (the router translates to Messages)")
+        if ptype == "azure":
+            _finish_azure(values, r, path)
+        else:
+            for name in ("api_version", "entra"):
+                if values.get(name):
+                    r.fail(f"{path}.{name}", f"only an azure provider has {name} (this one is "
+                           f"type {ptype})")
         keys = values.get("keys", ())
-        if not keys and not any(p.startswith(f"{path}.api_keys") for p in r.failed):
+        if not keys and not any(p.startswith((f"{path}.api_keys", f"{path}.entra"))
+                                for p in r.failed):
             if ptype == "mock":
                 values["keys"] = (ProviderKey(secret="", label="mock"),)
             elif ptype == "vertex":
                 r.fail(f"{path}.credentials", "a service-account key file is required "
                        "(credentials, or its path in api_keys)")
+            elif ptype == "azure":
+                r.fail(f"{path}.api_keys", "at least one API key (or an entra block) is "
+                       "required")
             else:
                 r.fail(f"{path}.api_keys", "at least one API key is required")
 
@@ -287,6 +335,32 @@ def _finish_vertex(values: dict[str, Any], r: Reader, path: str) -> str:
         return ""
     return ("https://aiplatform.googleapis.com" if location == "global"
             else f"https://{location}-aiplatform.googleapis.com")
+
+
+def _finish_azure(values: dict[str, Any], r: Reader, path: str) -> None:
+    """An azure provider's own rules: a resource root, an API version, one kind of
+    credential; an Entra identity becomes its only key, labelled "entra"."""
+    url = values.get("base_url", "")
+    if _AZURE_NOT_ROOT.search(url.partition("://")[2]):
+        r.fail(f"{path}.base_url", "an azure base_url is the resource root, e.g. "
+               "https://myres.openai.azure.com, without /openai/... or ?api-version=: the "
+               "router builds those from api_version and the deployment")
+    version = values.get("api_version", "")
+    if not version:
+        if f"{path}.api_version" not in r.failed:
+            r.fail(f"{path}.api_version", "required for azure: a dated version such as "
+                   "2024-10-21, or v1")
+    elif not _AZURE_API_VERSION.fullmatch(version):
+        r.fail(f"{path}.api_version", f"'{version}' is not an Azure OpenAI API version: "
+               "write a date such as 2024-10-21 (or 2025-04-01-preview), or v1")
+    elif version != "v1" and values.get("responses") == "native":
+        r.fail(f"{path}.responses", "Azure serves the Responses API on its v1 path only: "
+               "set api_version: v1, or use responses: chat")
+    if values.get("entra") is not None:
+        if values.get("keys"):
+            r.fail(f"{path}.entra", "give either api_keys or entra, not both")
+        else:
+            values["keys"] = (ProviderKey(secret="", label="entra"),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,10 @@ class AttemptFailure(Exception):
 
 
 def failure_from_exception(exc: BaseException, provider: str) -> AttemptFailure:
-    """Translate aiohttp/asyncio errors into an :class:`AttemptFailure` (no secrets)."""
+    """Translate aiohttp/asyncio errors into an :class:`AttemptFailure` (no secrets); a
+    provider's own :class:`AttemptFailure` (an azure token it could not get) stays as is."""
+    if isinstance(exc, AttemptFailure):
+        return exc
     if isinstance(exc, ResponseTooLarge):
         return AttemptFailure("bad_response", f"upstream '{provider}' sent {exc}")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):

@@ -1,5 +1,5 @@
 """A fast, deterministic fake model server speaking the OpenAI and Anthropic APIs (and,
-through :mod:`.bedrock`, AWS Bedrock's Converse).
+through :mod:`.bedrock`, AWS Bedrock's Converse; through :mod:`.azure`, Azure OpenAI).
 
 Two layers. The content generators (``chat_completion``, ``chat_chunks``,
 ``messages_events``, ...) are pure functions of a request body: the same body always
@@ -29,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from . import responses as fake_responses
+from .azure import FakeAzure, OpenAIAnswers
 from .bedrock import FakeBedrock
 from .google import FakeHooks, GoogleFake
 from .prompt_cache import PromptCache, report_cached
@@ -557,6 +558,8 @@ class FakeUpstream:
         # AWS Bedrock's Converse routes (/model/...), with the demo credentials.
         self.bedrock = FakeBedrock()
         self.google = GoogleFake()  # the Gemini API, Vertex AI and Google's token endpoint
+        # An Azure OpenAI resource (/openai/...) and its Entra ID token endpoint.
+        self.azure = FakeAzure()
 
     def add_fault(self, fault: Fault) -> None:
         """Arm ``fault``; faults are tried in the order they were added."""
@@ -584,6 +587,8 @@ class FakeUpstream:
         self.google.add_routes(app, FakeHooks(
             self._record_as, self._take_fault, _pause, messages_response, messages_events,
             lambda request, events, cut: self._stream(request, events, True, cut)))
+        self.azure.install(app, OpenAIAnswers(chat_completion, chat_chunks, text_completion,
+                                              completion_chunks, embeddings))
         return app
 
     def _record_as(self, request: web.Request, who: str, model: str, stream: bool,
