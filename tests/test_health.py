@@ -12,10 +12,13 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
+from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_router.config import CircuitSettings, key_label
 from llm_router.gateway.health import KeyHealth, parse_retry_after
+from llm_router.providers.base import status_failure
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, openai_provider
@@ -42,6 +45,21 @@ def test_retry_after_as_http_date() -> None:
     now = 1_700_000_000.0
     assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now) == 30.0
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
+
+
+@pytest.mark.parametrize(("headers", "seconds"), [
+    ({"retry-after-ms": "1500", "Retry-After": "40"}, 1.5),  # the finer one wins
+    ({"retry-after-ms": "250"}, 0.25),
+    ({"retry-after-ms": "-5"}, 0.0),
+    ({"retry-after-ms": "soon", "Retry-After": "7"}, 7.0),  # unreadable: the other one
+    ({"retry-after-ms": "inf", "Retry-After": "7"}, 7.0),
+    ({"Retry-After": "7"}, 7.0),
+    ({}, None),
+], ids=["both", "ms-only", "negative-ms", "bad-ms", "infinite-ms", "seconds-only", "neither"])
+def test_retry_hint_prefers_retry_after_ms(headers: dict[str, str],
+                                           seconds: float | None) -> None:
+    failure = status_failure("p", 429, CIMultiDict(headers), b"")
+    assert parse_retry_after(failure.retry_after) == seconds
 
 
 # ---------------------------------------------------------------- cooldowns

@@ -8,6 +8,7 @@ aiohttp's error tree.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "UpstreamCall",
     "UpstreamResponse",
     "failure_from_exception",
+    "retry_hint",
     "status_failure",
 ]
 
@@ -115,10 +117,25 @@ def failure_from_exception(exc: BaseException, provider: str) -> AttemptFailure:
 def status_failure(provider: str, status: int, headers: Mapping[str, str],
                    body: bytes) -> AttemptFailure:
     """An upstream's error status as an attempt failure: the metric reason from the
-    status, the retry hint from ``Retry-After`` (capped by the caller)."""
+    status, the retry hint from :func:`retry_hint` (capped by the caller)."""
     reason = "status_429" if status == 429 else f"status_{status // 100}xx"
     return AttemptFailure(reason, f"upstream '{provider}' answered {status}", status=status,
-                          retry_after=headers.get("Retry-After"), body=body)
+                          retry_after=retry_hint(headers), body=body)
+
+
+def retry_hint(headers: Mapping[str, str]) -> str | None:
+    """The wait an error answer asks for, as ``Retry-After`` text: ``retry-after-ms``
+    (Azure OpenAI sends it, finer than whole seconds; OpenAI's SDKs read it first) in
+    seconds, else ``Retry-After`` as sent (seconds or an HTTP date); None if neither."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            seconds = float(millis) / 1000
+        except ValueError:
+            seconds = math.nan
+        if math.isfinite(seconds):
+            return f"{max(0.0, seconds):g}"
+    return headers.get("Retry-After")
 
 
 class ProviderType:
