@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_router.config import ConfigError, parse_config
+from llm_router.observe.redact import Redactor
 
 GROUPS = """
 groups:
@@ -124,3 +125,13 @@ entra: {tenant_id: t, client_id: c, client_secret: "${AZ_SECRET}", token_url: no
     assert out.returncode == 1
     assert "providers[0].entra.token_url: must be an http" in out.stderr
     assert "s3cr3t" not in out.stdout + out.stderr
+
+
+def test_the_client_secret_is_redacted_from_relayed_bodies_and_logs() -> None:
+    cfg = parse_config(azure("""
+base_url: https://r.openai.azure.com
+api_version: v1
+entra: {tenant_id: t, client_id: c, client_secret: "${AZ_SECRET}"}
+"""), env={"AZ_SECRET": "s3cr3t-client-value"})
+    echoed = Redactor(cfg).text("AADSTS7000215: secret 's3cr3t-client-value' is wrong")
+    assert echoed == "AADSTS7000215: secret '[redacted]' is wrong"

@@ -4,8 +4,8 @@ An upstream may echo what it was sent: a 401 body quoting the ``Authorization`` 
 passed a provider key to the client verbatim. So every upstream body the router relays
 (error bodies, answers, stream events) and every log line go through a
 :class:`Redactor` holding the config's secrets: provider keys (with AWS secret access
-keys and session tokens), the shared ``api_key``,
-and values of provider headers whose name says key, token, secret or auth. Each is
+keys and session tokens), Azure Entra client secrets, the shared ``api_key``, and values
+of provider headers whose name says key, token, secret or auth. Each is
 replaced by ``[redacted]``. Only secrets of 8 characters or more are looked for, so a
 short placeholder cannot garble answers. The cost is one substring search per secret
 per relayed body or event batch (C speed, a few hundred ns for a handful of keys).
@@ -35,6 +35,8 @@ def _config_secrets(cfg: Config) -> set[str]:
     for provider in cfg.providers.values():
         found.update(key.secret for key in provider.keys)
         found.update(key.session_token for key in provider.keys if key.session_token)
+        if provider.entra is not None:
+            found.add(provider.entra.client_secret)
         found.update(value.removeprefix("Bearer ").strip()
                      for name, value in provider.headers.items()
                      if any(word in name.lower() for word in _SECRET_HEADER_WORDS))
