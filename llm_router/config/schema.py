@@ -274,7 +274,8 @@ def _type_schema(tp: Any, spec: Spec | None, defs: dict[str, Any]) -> dict[str, 
                 out["minLength"] = 1
             if spec.pattern is not None:
                 # The schema sees the file before ${VAR} expansion: a variable passes.
-                out["pattern"] = f"{spec.pattern}|\\$\\{{"
+                # An empty string passes too, as the reader takes it for "not set".
+                out["pattern"] = f"{spec.pattern}|\\$\\{{|^$"
     if optional:
         if isinstance(out.get("type"), list):
             out["type"] = [*out["type"], "null"]
