@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Final
 
-from . import anthropic, bedrock, gemini, mock, openai, vertex
+from . import anthropic, azure, bedrock, gemini, mock, openai, vertex
 from .base import ProviderType
 
 __all__ = ["PROVIDER_TYPES", "provider_type"]
@@ -17,6 +17,7 @@ PROVIDER_TYPES: Final = MappingProxyType({p.type: p for p in (
     bedrock.PROVIDER,
     gemini.PROVIDER,
     vertex.PROVIDER,
+    azure.PROVIDER,
 )})
 
 

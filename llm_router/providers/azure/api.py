@@ -1,7 +1,8 @@
 """``type: azure``: Azure OpenAI, on its dated or its v1 path, with an API key or Entra ID.
 
 The wire is OpenAI's (the hub's own dialect), so bodies and answers pass through as for
-``type: openai``; what differs is where a request goes and how it authenticates:
+``type: openai``, Azure's content-filter additions included; what differs is where a
+request goes and how it authenticates:
 
 ========================  ================================================================
 ``api_version``           request URL (``{route}``: chat/completions, completions, ...)
@@ -25,11 +26,11 @@ from urllib.parse import quote
 import aiohttp
 
 from ...config import Provider
-from .. import UpstreamCall
-from ..http import HTTPResponse, fixed_headers, post
+from ..base import UpstreamCall
+from ..http import HTTPProvider, fixed_headers
 from .entra import tokens_for
 
-__all__ = ["send", "upstream_url"]
+__all__ = ["AzureProvider", "upstream_url"]
 
 
 def upstream_url(provider: Provider, route: str, deployment: str) -> str:
@@ -41,18 +42,36 @@ def upstream_url(provider: Provider, route: str, deployment: str) -> str:
             f"?api-version={provider.api_version}")
 
 
-async def send(session: aiohttp.ClientSession, call: UpstreamCall) -> HTTPResponse:
-    """POST the call to its deployment, authenticated with its key or an Entra token."""
-    provider = call.provider
-    model = call.parsed.get("model")
-    url = upstream_url(provider, call.path, model if isinstance(model, str) else "")
-    headers: Mapping[str, str] = fixed_headers(call, _headers)
-    if provider.entra is not None:
-        token = await tokens_for(session).token(session, provider.entra, provider.name)
-        headers = {**headers, "Authorization": f"Bearer {token}", **call.headers}
-    elif call.headers:
-        headers = {**headers, **call.headers}
-    return await post(session, call, url, headers)
+class AzureProvider(HTTPProvider):
+    """The OpenAI wire at Azure's URLs; ``responses: native`` (v1 only, the config
+    checks) sends Responses clients to Azure's own Responses API."""
+
+    type = "azure"
+    serves = frozenset({"chat", "completions", "embeddings", "messages", "responses"})
+    # Not sets_prompt_cache_key: Azure refuses body fields its API version does not know
+    # ("Unrecognized request argument"), and caches prompts by prefix on its own.
+
+    def wire(self, provider: Provider, client: str, model: str) -> str:
+        if client == "responses" and provider.responses == "native":
+            return "responses"
+        return "openai"
+
+    def url(self, call: UpstreamCall) -> str:
+        return upstream_url(call.provider, call.path, call.model)
+
+    def headers(self, call: UpstreamCall) -> Mapping[str, str]:
+        headers = fixed_headers(call, _headers)
+        if call.headers:
+            headers = {**headers, **call.headers}
+        return headers
+
+    async def authorize(self, session: aiohttp.ClientSession, call: UpstreamCall,
+                        headers: Mapping[str, str]) -> Mapping[str, str]:
+        entra = call.provider.entra
+        if entra is None:
+            return headers  # the api-key header is among the fixed ones
+        token = await tokens_for(session).token(session, entra, call.provider.name)
+        return {**headers, "Authorization": f"Bearer {token}"}
 
 
 def _headers(call: UpstreamCall) -> dict[str, str]:
