@@ -426,6 +426,92 @@ async def test_a_failed_token_fetch_cools_the_key_and_fails_over(
         "good@test-project.iam.gserviceaccount.com"}
 
 
+CLAUDE = "claude-sonnet-4-5@20250929"
+RAW_PREDICT = ("/v1/projects/test-project/locations/europe-west4/publishers/anthropic/models/"
+               f"{CLAUDE}")
+
+
+async def test_vertex_claude_streams_to_an_anthropic_client_untouched(
+        start_router: StartRouter, upstream: Upstream, tmp_path: Path) -> None:
+    path, _ = service_account(tmp_path, upstream.fake, upstream.root + "/token")
+    router = await start_router(vertex_config(upstream, [path], CLAUDE))
+    client = router.anthropic()
+    ask: dict[str, Any] = {
+        "model": "vx", "max_tokens": 64, "system": "Be brief.",
+        "metadata": {"user_id": "u-1"},
+        "messages": [{"role": "user", "content": "Hello"}]}
+    async with client.messages.stream(**ask, extra_headers={
+            "anthropic-beta": "fine-grained-tool-streaming-2025-05-14"}) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    # The fake writes max_tokens words: the Anthropic stream arrived whole.
+    assert text and final.stop_reason == "max_tokens" and final.usage.output_tokens == 64
+    (request,) = upstream.fake.requests
+    assert request.path == f"{RAW_PREDICT}:streamRawPredict"
+    # Only model removed and anthropic_version added: everything else as the client sent.
+    assert request.body == {
+        "max_tokens": 64, "system": "Be brief.",
+        "metadata": {"user_id": "u-1"}, "messages": [{"role": "user", "content": "Hello"}],
+        "stream": True, "anthropic_version": "vertex-2023-10-16"}
+    assert request.headers["anthropic-beta"] == "fine-grained-tool-streaming-2025-05-14"
+    whole = await client.messages.create(**ask)
+    assert whole.content[0].type == "text" and whole.content[0].text == text
+    assert upstream.fake.requests[-1].path == f"{RAW_PREDICT}:rawPredict"
+
+
+async def test_vertex_claude_serves_openai_clients_through_the_hub(
+        start_router: StartRouter, upstream: Upstream, tmp_path: Path) -> None:
+    path, _ = service_account(tmp_path, upstream.fake, upstream.root + "/token")
+    router = await start_router(vertex_config(upstream, [path], CLAUDE))
+    client = router.openai()
+    answer = await client.chat.completions.create(
+        model="vx", messages=[{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": "Hello"}])
+    assert answer.choices[0].message.content and answer.usage is not None
+    stream = await client.chat.completions.create(
+        model="vx", messages=[{"role": "user", "content": "Hello"}], stream=True,
+        stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    bodies = wire_bodies(upstream)
+    assert bodies[0]["system"] == "Be brief." and "model" not in bodies[0]
+    assert bodies[0]["anthropic_version"] == "vertex-2023-10-16"
+
+
+async def test_a_vertex_error_reaches_a_claude_client_in_anthropics_shape(
+        start_router: StartRouter, upstream: Upstream, tmp_path: Path) -> None:
+    path, _ = service_account(tmp_path, upstream.fake, upstream.root + "/token")
+    router = await start_router(vertex_config(upstream, [path], CLAUDE))
+    upstream.fake.add_fault(Fault(status=400, body=google_error_body(
+        400, "Project is not allowed to use Publisher Model claude")))
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        await router.anthropic().messages.create(
+            model="vx", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert caught.value.body == {"type": "error", "error": {
+        "type": "invalid_request_error",
+        "message": "Project is not allowed to use Publisher Model claude"}}
+
+
+async def test_a_claude_429_with_retry_delay_fails_over_to_the_next_key(
+        start_router: StartRouter, upstream: Upstream, tmp_path: Path) -> None:
+    first, _ = service_account(tmp_path, upstream.fake, upstream.root + "/token", "first")
+    second, _ = service_account(tmp_path, upstream.fake, upstream.root + "/token", "second")
+    router = await start_router({**vertex_config(upstream, [first, second], CLAUDE),
+                                 "groups": [{"name": "vx", "strategy": "round-robin",
+                                             "models": [{"provider": "vx", "name": CLAUDE}]}]})
+    upstream.fake.add_fault(Fault(status=429, retry_after="30",
+                                  key="first@test-project.iam.gserviceaccount.com"))
+    upstream.fake.add_fault(Fault(status=429, retry_after="30",
+                                  key="second@test-project.iam.gserviceaccount.com"))
+    client = router.anthropic()
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        await client.messages.create(model="vx", max_tokens=10,
+                                     messages=[{"role": "user", "content": "x"}])
+    assert 20 < float(caught.value.response.headers["Retry-After"]) <= 30
+    assert len(router.state.health.cooldowns()) == 2
+
+
 def test_check_names_credentials_problems_without_printing_the_key(tmp_path: Path) -> None:
     from llm_router.config import ConfigError, load_config
 

@@ -590,8 +590,13 @@ class GoogleFake:
                 "type": "invalid_request_error", "message": problem}}, status=400, dumps=_dumps)
         assert isinstance(body, dict)
         fault = self.hooks.take_fault(request.path, email, stream)
-        if fault is not None and fault.status:
-            return _error(fault.status, f"injected fault ({fault.status})")
+        if fault is not None and fault.status:  # Vertex's own errors are Google's shape
+            if fault.body is not None:
+                return web.Response(status=fault.status, body=fault.body,
+                                    content_type="application/json")
+            delay = float(fault.retry_after) if fault.retry_after else None
+            return _error(fault.status, f"injected fault ({fault.status})",
+                          retry_delay_s=delay)
         if not stream:
             return web.json_response(self.hooks.messages_response(body, model), dumps=_dumps)
         return await self.hooks.stream_named(request, self.hooks.messages_events(body, model),
