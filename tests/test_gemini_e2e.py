@@ -368,6 +368,20 @@ async def test_responses_clients_reach_gemini_through_the_hub(
     assert [c["role"] for c in contents] == ["user", "model", "user"]
 
 
+async def test_the_model_list_is_read_page_by_page(upstream: Upstream) -> None:
+    import aiohttp
+
+    from llm_router.config import parse_config
+    from llm_router.providers.registry import provider_type
+
+    cfg = parse_config(json.dumps(gemini_config(upstream)), fmt="json")
+    provider = cfg.providers["gem"]
+    async with aiohttp.ClientSession() as session:
+        ids = await provider_type("gemini").list_models(session, provider, provider.keys[0])
+    # The fake serves at most 4 a page (a server may return fewer than asked): 2 pages.
+    assert ids is not None and len(ids) == 6 and "gemini-2.5-flash" in ids
+
+
 # ---------------------------------------------------------------- vertex
 
 

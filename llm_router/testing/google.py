@@ -52,6 +52,7 @@ VERTEX_ANTHROPIC_VERSION: Final = "vertex-2023-10-16"
 _VOCABULARY: Final = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf",
                       "hotel", "india", "juliett", "kilo", "lima", "mike", "november")
 _DEFAULT_WORDS: Final = 12
+_PAGE_CAP: Final = 4  # models per page of GET /v1beta/models
 _THOUGHT_TOKENS: Final = 12
 _IMAGE_TOKENS: Final = 258  # what Gemini counts for an image
 _TOOL_ARGS: Final = {"location": "Paris"}
@@ -553,7 +554,9 @@ class GoogleFake:
     async def _list_models(self, request: web.Request) -> web.Response:
         if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
             return _error(403, "Method doesn't allow unregistered callers.")
-        size = int(request.query.get("pageSize") or 50)
+        # At most _PAGE_CAP a page whatever was asked, as a server may: clients must
+        # follow nextPageToken.
+        size = min(int(request.query.get("pageSize") or 50), _PAGE_CAP)
         start = int(request.query.get("pageToken") or 0)
         page = _MODELS[start:start + size]
         models = [{"name": f"models/{m}", "displayName": m, "inputTokenLimit": 1048576,

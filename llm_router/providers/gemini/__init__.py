@@ -17,10 +17,15 @@ from typing import Final
 
 import aiohttp
 
+from ...config import Provider, ProviderKey
 from ..base import ProviderType, UpstreamCall, UpstreamResponse
+from ..http import get_json
 from . import api
+from .models import models_page, models_url
 
 __all__ = ["PROVIDER"]
+
+_MAX_PAGES: Final = 50  # 50,000 models: past that a list is not followed further
 
 
 class GeminiProvider(ProviderType):
@@ -32,6 +37,20 @@ class GeminiProvider(ProviderType):
 
     async def send(self, session: aiohttp.ClientSession, call: UpstreamCall) -> UpstreamResponse:
         return await api.send(session, call)
+
+    async def list_models(self, session: aiohttp.ClientSession, provider: Provider,
+                          key: ProviderKey) -> list[str] | None:
+        """Every page of ``GET /v1beta/models`` (:mod:`.models`), as model ids."""
+        ids: list[str] = []
+        token: str | None = None
+        for _ in range(_MAX_PAGES):
+            doc = await get_json(session, provider, models_url(provider.base_url, token),
+                                 {**provider.headers, "x-goog-api-key": key.secret})
+            page, token = models_page(doc)
+            ids += [m.id for m in page]
+            if token is None:
+                return ids
+        return ids  # a list this long is cut rather than followed without end
 
 
 PROVIDER: Final = GeminiProvider()
