@@ -153,3 +153,23 @@ async def test_vertex_claude_takes_messages_without_model(aiohttp_client: Aiohtt
     status, doc = await _post(client, raw_predict,
                               {**body, "anthropic_version": "vertex-2023-10-16"}, auth)
     assert status == 200 and doc["type"] == "message"
+
+
+async def test_another_process_can_register_a_trusted_key(aiohttp_client: AiohttpClient,
+                                                          tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    fake = FakeUpstream()
+    client = await aiohttp_client(fake.app())
+    stranger = FakeUpstream()  # trusts the new account: this fake does not, yet
+    path, key = service_account(tmp_path, stranger, str(client.make_url("/token")))
+    jwt = assertion(load_account(str(path)), int(fake.google.clock()))
+    form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": jwt}
+    assert (await client.post("/token", data=form)).status == 400
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    resp = await client.post("/_fake/google/trust", json={
+        "client_email": "router@test-project.iam.gserviceaccount.com",
+        "public_key": pem.decode()})
+    assert resp.status == 200
+    assert (await client.post("/token", data=form)).status == 200

@@ -400,6 +400,7 @@ class GoogleFake:
         app.router.add_post("/v1/projects/{project}/locations/{location}/publishers/"
                             "{publisher}/models/{call}", self._vertex)
         app.router.add_post("/token", self._token)
+        app.router.add_post("/_fake/google/trust", self._post_trust)
 
     # -------------------------------------------------------------- routes
 
@@ -604,6 +605,20 @@ class GoogleFake:
             return web.json_response(self.hooks.messages_response(body, model), dumps=_dumps)
         return await self.hooks.stream_named(request, self.hooks.messages_events(body, model),
                                              fault.cut_after_chunks if fault else None)
+
+    async def _post_trust(self, request: web.Request) -> web.Response:
+        """Control route for another process (``llm-router fake-upstream`` by hand):
+        ``{"client_email", "public_key"}`` (PEM) is trusted as :meth:`trust` does."""
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            doc = orjson.loads(await request.read())
+            key = load_pem_public_key(str(doc["public_key"]).encode())
+            email = str(doc["client_email"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return _oauth_error("invalid_request", "expected {client_email, public_key (PEM)}")
+        self.trust(email, key)
+        return web.json_response({"trusted": sorted(self._trusted)})
 
     async def _token(self, request: web.Request) -> web.Response:
         self.token_requests += 1
