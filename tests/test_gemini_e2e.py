@@ -571,3 +571,23 @@ def test_google_error_body_is_googles_shape() -> None:
                                  {"@type": "type.googleapis.com/google.rpc.RetryInfo",
                                   "retryDelay": "2.5s"}]}}
     assert anthropic.__name__  # both SDKs are part of this suite
+
+
+def test_without_the_google_extra_check_names_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"providers": [
+        {"name": "vx", "type": "vertex", "project": "p", "location": "global",
+         "credentials": str(tmp_path / "sa.json")}], "groups": []}))
+    # As if cryptography were not installed: Python treats a None entry as not importable.
+    run = subprocess.run([sys.executable, "-c", (
+        "import sys; sys.modules['cryptography'] = None; sys.argv = ['llm-router', 'check', "
+        f"{str(config)!r}]; from llm_router.cli import main; sys.exit(main())")],
+        capture_output=True, text=True, check=False)
+    assert run.returncode == 1
+    assert ("providers[0].type: vertex providers sign service-account tokens with the "
+            "'cryptography' package: install the google extra (pip install "
+            "'llm-router[google]')") in run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
