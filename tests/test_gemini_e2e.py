@@ -591,3 +591,17 @@ def test_without_the_google_extra_check_names_it(tmp_path: Path) -> None:
             "'cryptography' package: install the google extra (pip install "
             "'llm-router[google]')") in run.stdout + run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(("location", "host"), [
+    ("global", "https://aiplatform.googleapis.com"),
+    ("europe-west4", "https://europe-west4-aiplatform.googleapis.com")])
+def test_vertex_hosts_follow_the_location(location: str, host: str) -> None:
+    from llm_router.config import parse_config
+
+    cfg = parse_config(json.dumps({"providers": [
+        {"name": "vx", "type": "vertex", "project": "p", "location": location,
+         "credentials": "/etc/gcp/sa.json"},
+        {"name": "gem", "type": "gemini", "api_keys": ["k"]}]}), fmt="json")
+    assert cfg.providers["vx"].base_url == host
+    assert cfg.providers["gem"].base_url == "https://generativelanguage.googleapis.com"
