@@ -605,3 +605,24 @@ def test_vertex_hosts_follow_the_location(location: str, host: str) -> None:
         {"name": "gem", "type": "gemini", "api_keys": ["k"]}]}), fmt="json")
     assert cfg.providers["vx"].base_url == host
     assert cfg.providers["gem"].base_url == "https://generativelanguage.googleapis.com"
+
+
+def test_key_content_given_as_the_path_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    inline = json.dumps({"type": "service_account", "client_email": "a@b.iam",
+                         "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEsecret\n"
+                                        "-----END PRIVATE KEY-----\n"})
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"providers": [
+        {"name": "vx", "type": "vertex", "project": "p", "location": "global",
+         "credentials": "${GCP_SA}"}], "groups": []}))
+    run = subprocess.run([sys.executable, "-m", "llm_router", "check", str(config)],
+                         capture_output=True, text=True, check=False,
+                         env={**os.environ, "GCP_SA": inline})
+    assert run.returncode == 1
+    assert "looks like the file's content" in run.stdout + run.stderr
+    assert "MIIEsecret" not in run.stdout + run.stderr
+    assert "PRIVATE KEY" not in run.stdout + run.stderr

@@ -142,11 +142,18 @@ def credentials_problems(cfg: Config) -> list[str]:
 
 
 _SERVICE_ACCOUNT_FIELDS: Final = ("client_email", "private_key")
+_MAX_PATH: Final = 4096  # PATH_MAX on Linux: anything longer is not a path
 
 
 def _credentials_problem(file: str) -> str | None:
     """What is wrong with a service-account key file, or None. Never quotes its content:
     the file holds a private key."""
+    if file.lstrip().startswith("{") or "\n" in file or len(file) > _MAX_PATH:
+        # The key file's content where its path belongs (an inline
+        # GOOGLE_APPLICATION_CREDENTIALS): never echoed, it holds the private key.
+        return ("expected the path of a service-account key file, and got what looks like "
+                "the file's content (not shown: it holds a private key); write the JSON to a "
+                "file and give its path")
     try:
         with open(file, "rb") as f:
             raw = f.read(1024 * 1024)
