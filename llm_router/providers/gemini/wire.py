@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict
 
 from ...hub.sse import DONE, EventTooLarge, SSEParser, event_fields, frame, json_object
 from .. import ResponseTooLarge, UpstreamCall, UpstreamResponse
@@ -41,6 +41,8 @@ _MAX_ERROR_BYTES: Final = 64 * 1024
 # keeps one runaway upstream event from growing without end before that.
 _MAX_EVENT_BYTES: Final = 64 * 1024 * 1024
 _JSON: Final = "application/json"
+_SSE: Final = MappingProxyType({"Content-Type": "text/event-stream"})
+_JSON_TYPE: Final = MappingProxyType({"Content-Type": _JSON})
 
 
 class ReadyResponse:
@@ -86,13 +88,11 @@ class TranslatedResponse:
         self._stream = stream
         self._embed = embed  # (encoding_format, estimated tokens) for embeddings
         self.status = resp.status
+        # Only the type: the body the router reads is not Google's (its length and
+        # encoding are not this one's), and Google sends no rate-limit headers to keep.
         kind = resp.headers.get("Content-Type", "")
-        headers = CIMultiDict(resp.headers)
-        for name in ("Content-Length", "Content-Encoding", "Transfer-Encoding"):
-            headers.popall(name, None)  # the body the router reads is not Google's
-        headers["Content-Type"] = "text/event-stream" if stream and "event-stream" in kind \
-            else _JSON
-        self.headers: Mapping[str, str] = headers
+        self.headers: Mapping[str, str] = _SSE if stream and "event-stream" in kind \
+            else _JSON_TYPE
 
     async def read(self, limit: int) -> bytes:
         raw = await self._resp.read(limit)
