@@ -201,7 +201,7 @@ async def test_hosted_tools_and_background_are_refused_on_chat_members_only(
         start_router: StartRouter, make_upstream: Any) -> None:
     chat_up, native_up = await make_upstream(), await make_upstream()
     router = await start_router({
-        "providers": [openai_provider("oa", chat_up),
+        "providers": [openai_provider("oa", chat_up, responses_unsupported_tools="refuse"),
                       openai_provider("nat", native_up, responses="native")],
         "groups": [{"name": "chat-only", "models": [{"provider": "oa", "name": "m"}]},
                    {"name": "mixed", "models": [{"provider": "oa", "name": "m"},

@@ -12,6 +12,7 @@ from llm_router.dialects.responses.stream import ChatStreamToResponses
 from llm_router.dialects.responses.translate import (
     ResponseFrame,
     chat_to_response,
+    hosted_tools,
     refusal,
     responses_to_chat,
 )
@@ -102,11 +103,15 @@ def test_items_with_tool_calls_images_and_history_become_chat_turns() -> None:
 
 def test_refusal_names_the_parameter_a_chat_member_cannot_serve() -> None:
     assert refusal({"input": "x", "tools": [WEATHER]}) is None
-    param, why = refusal({"input": "x", "tools": [WEATHER, {"type": "web_search"}]}) or ("", "")
-    assert param == "tools[1]" and "web_search" in why and "native" in why
+    # Hosted tools are not refusals of their own: the provider drops or refuses them.
+    assert refusal({"input": "x", "tools": [WEATHER, {"type": "web_search"}]}) is None
+    [(param, kind, why)] = hosted_tools({"input": "x", "tools": [WEATHER, {"type": "web_search"}]})
+    assert (param, kind) == ("tools[1]", "web_search") and "native" in why
     assert refusal({"input": "x", "background": True})[0] == "background"  # type: ignore[index]
     assert refusal({"input": "x", "background": False}) is None
-    assert refusal({"input": "x", "tool_choice": {"type": "file_search"}})[0] == "tool_choice"  # type: ignore[index]
+    assert hosted_tools({"input": "x", "tool_choice": {"type": "file_search"}})[0][:2] == (
+        "tool_choice", "file_search")
+    assert hosted_tools({"tools": [{"type": "x\r\nSet-Cookie: a"}]})[0][1] == "unknown"
     assert refusal({"input": [{"type": "item_reference", "id": "x"}]})[0] == "input[0]"  # type: ignore[index]
     file_part = {"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}
     assert refusal({"input": [file_part]})[0] == "input[0]"  # type: ignore[index]

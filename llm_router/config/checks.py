@@ -14,8 +14,10 @@ and exits 0, a reload logs them.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from typing import Final
 
+from .aliases import ambiguous_pairs
 from .model import DEFAULT_PRICE, Config, Group, Member, User, UserKey
 from .reader import Reader, at, did_you_mean, unknown_choice
 
@@ -35,6 +37,9 @@ def check_config(cfg: Config, r: Reader) -> list[str]:
         _check_group(cfg, group, r, warnings)
     _check_users(cfg, r)
     _check_provider_keys(cfg, r)
+    _check_aliases(cfg, cfg.aliases, "aliases", r, warnings)
+    for user in cfg.users:
+        _check_aliases(cfg, user.aliases, r.where(user, "aliases"), r, warnings)
     used = {m.model for g in cfg.groups.values() for m in g.members}
     for model in cfg.pricing:
         if model not in used and model != "default":
@@ -50,6 +55,31 @@ def check_config(cfg: Config, r: Reader) -> list[str]:
             "(Kubernetes' default terminationGracePeriodSeconds; docker stop waits 10 s): "
             "raise that timeout too, or streams are cut off by SIGKILL")
     return warnings
+
+
+def _check_aliases(cfg: Config, table: Mapping[str, str], path: str, r: Reader,
+                   warnings: list[str]) -> None:
+    """Each alias names a group or provider/model; a pattern that is a group's name is
+    never used; equally specific patterns that can match one name are ambiguous."""
+    for pattern, target in table.items():
+        where = at(path, pattern)
+        if target in cfg.groups:
+            pass
+        elif "/" in target:
+            provider, _, model = target.partition("/")
+            if provider not in cfg.providers or not model:
+                r.fail(where, f"alias target '{target}': "
+                              + unknown_choice("provider", provider, tuple(cfg.providers)))
+        else:
+            r.fail(where, "alias target " + unknown_choice("group", target, tuple(cfg.groups))
+                   + "; an alias names a group or provider/model")
+        if pattern in cfg.groups:
+            warnings.append(f"{where}: never used: a group named '{pattern}' exists, and a "
+                            "group name is never aliased")
+    for first, second, both in ambiguous_pairs(table):
+        warnings.append(f"{path}: '{first}' and '{second}' are equally specific and both match "
+                        f"'{both}'; '{first}' wins because it is written first. Make one more "
+                        "specific")
 
 
 def _unservable(cfg: Config, member: Member) -> str | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
+from .aliases import AliasTable
 from .reader import Reader, at
 from .redis_url import redact_url, redis_url_problem
 from .schema import Spec, internal, json_schema, setting
@@ -81,6 +82,11 @@ _GOOGLE_EXTRA: Final = ("vertex providers sign service-account tokens with the '
 
 _NO_MODELS: Final[frozenset[str] | None] = None
 _NO_PATTERNS: Final[tuple[str, ...] | None] = None
+_NO_ALIASES: Final = AliasTable({})
+_ALIASES_DOC: Final = (
+    "Model aliases: a glob over the name a client sends (* any run of characters, ? one "
+    "character) mapped to a group or provider/model, e.g. {\"claude-*\": fast}. A group name "
+    "is never aliased; the most specific pattern wins (docs/catalog.md).")
 
 
 class ConfigError(Exception):
@@ -243,6 +249,10 @@ class Provider:
     region: str = setting("", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$", doc=(
         "bedrock only: the AWS region, e.g. us-east-1 (required for bedrock)."),
         pattern_hint="expected an AWS region such as us-east-1")
+    responses_unsupported_tools: str = setting("drop", choices=("drop", "refuse"), doc=(
+        "POST /v1/responses through Chat Completions: hosted tools this provider cannot run "
+        "(web_search...) are dropped and named in x-router-dropped-tools (drop), or answered "
+        "400 (refuse)."))
     responses: str = setting("chat", choices=("chat", "native"), doc=(
         "How POST /v1/responses reaches this provider. native: its own /responses endpoint, "
         "the body passed through untouched (OpenAI, Azure's v1 API, vLLM); chat: translated "
@@ -485,6 +495,13 @@ class User:
     models: tuple[str, ...] | None = setting(_NO_PATTERNS, doc=_ALLOWLIST_DOC)
     limits: Limits | None = setting(None, doc="Limits over all the user's keys.")
     budget: Budget | None = setting(None, doc="Budget over all the user's keys.")
+    aliases: Mapping[str, str] = setting(MappingProxyType({}), doc=(
+        _ALIASES_DOC + " The user's own aliases are tried before the top-level ones."))
+    alias_table: AliasTable = internal(_NO_ALIASES)  # aliases, compiled
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        values["alias_table"] = AliasTable(values.get("aliases", {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,6 +687,8 @@ class Config:
         "The model names clients send, each served by one or more provider models."))
     users: tuple[User, ...] = setting((), doc=(
         "Client users and their keys; without users, api_key (if any) guards access."))
+    aliases: Mapping[str, str] = setting(MappingProxyType({}), doc=_ALIASES_DOC)
+    alias_table: AliasTable = internal(_NO_ALIASES)  # aliases, compiled
     pricing: Mapping[str, Price] = setting(MappingProxyType({}), doc=(
         "USD per 1M tokens, keyed by upstream model name."))
     usage: UsageSettings = setting(UsageSettings(), doc="Usage counters and their snapshot.")
@@ -699,6 +718,10 @@ class Config:
                                         "request.")
     source: str = internal("")  # the file it came from, for logs
     warnings: tuple[str, ...] = internal(())  # located problems that do not stop it serving
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        values["alias_table"] = AliasTable(values.get("aliases", {}))
 
     def summary(self) -> str:
         keys = sum(len(p.keys) for p in self.providers.values())

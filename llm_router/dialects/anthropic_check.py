@@ -21,7 +21,9 @@ from ..errors import BadRequest
 
 __all__ = ["check_body"]
 
-_ROLES: Final = frozenset({"user", "assistant"})
+# "system" in messages: Claude Code sends mid-conversation system messages (its beta
+# mid-conversation-system-2026-04-07); chat members take them as system messages.
+_ROLES: Final = frozenset({"user", "assistant", "system"})
 _TOOL_CHOICES: Final = frozenset({"auto", "any", "tool", "none"})
 
 
@@ -104,7 +106,7 @@ def check_body(body: dict[str, Any]) -> None:
         if not isinstance(message, dict):
             raise _fail(at, "must be an object with a 'role' and 'content'")
         if not isinstance(message.get("role"), str) or message["role"] not in _ROLES:
-            raise _fail(f"{at}.role", "must be user or assistant")
+            raise _fail(f"{at}.role", "must be user, assistant or system")
         if "content" not in message:
             raise _fail(f"{at}.content", "is required")
         _check_content(message["content"], f"{at}.content")

@@ -31,6 +31,9 @@ class Exchange:
     client: str = "openai"  # the caller's dialect: openai | anthropic
     t0: float = field(default_factory=time.perf_counter)
     group: str = ""
+    # When an alias chose the group: the model name the client sent, and the pattern.
+    asked: str = ""
+    alias: str = ""
     provider: str = ""
     model: str = ""
     key: str = ""
@@ -52,6 +55,8 @@ class Exchange:
     body: dict[str, Any] | None = None  # parsed once, if a handler needed it early
     prompt_estimate: int = 0  # ~bytes/4 of the request: a cut stream's prompt if unreported
     admission: Admission | None = None  # the caller's limits and spend (limits.Ledger)
+    # Hosted tools the answering chat member went without (Responses, x-router-dropped-tools)
+    dropped_tools: tuple[str, ...] = ()
     affinity: str = ""  # hit | new | moved | off (affinity.RESULTS); "" = not a group request
     span: Any = None  # the request's trace span when tracing is on (tracing.Tracing)
 
@@ -70,7 +75,14 @@ class Exchange:
             "key_state": self.key_state or None, "bytes": self.bytes_out,
             "error": self.error or self.refusal,
             "affinity": self.affinity or None,
+            "asked": self.asked or None, "alias": self.alias or None,
+            "dropped_tools": list(self.dropped_tools) or None,
         }
+
+    @property
+    def answer_model(self) -> str:
+        """The ``model`` a translated answer names: what the client asked for."""
+        return self.asked or self.group
 
 
 EXCHANGE: Final = web.RequestKey("exchange", Exchange)

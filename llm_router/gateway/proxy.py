@@ -144,8 +144,11 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     body = ex.body if ex.body is not None else await read_json(request, cfg)
     model = validate_body(ex.kind, body)
     ex.group = echoed(model)  # until resolved: a 404's access line keeps the name sent
-    target = resolve_target(cfg, model)
-    ex.group = target.name
+    target = resolve_target(cfg, model, ex.caller.aliases)
+    ex.group, ex.asked, ex.alias = target.name, target.asked, target.alias
+    if target.alias:
+        state.metrics.child(state.metrics.alias_requests, target.alias,
+                            state.labels.group(target.name)).inc()
     if target.is_direct:
         member = target.group.members[0]
         if state.labels.model(member.provider, member.model) == OTHER:
@@ -155,7 +158,8 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         target = priced_target(cfg.pricing, target)
     turn = None
     if ex.kind == "responses":
-        turn = await ResponsesTurn.begin(body, target.name, state.responses, ex.caller.user)
+        turn = await ResponsesTurn.begin(body, target.answer_model, state.responses,
+                                         ex.caller.user)
         turn.check_target(target, cfg.providers)
     if not can_serve(cfg, target, ex.kind):
         raise BadRequest(f"The model '{target.name}' cannot serve {request.path}: none of its "
@@ -422,6 +426,8 @@ def _router_headers(resp: web.StreamResponse, ex: Exchange, cand: Candidate | No
         h["X-Router-Model"] = cand.member.model
         h["X-Router-Key"] = cand.key.label
     h["X-Router-Attempts"] = str(ex.attempts)
+    if ex.dropped_tools:
+        h["X-Router-Dropped-Tools"] = ",".join(ex.dropped_tools)
 
 
 async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
@@ -438,6 +444,7 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
         att = _Attempt(cand, turn.dialect(ptype, provider, cand.member.model), ptype)
         path, up_body = turn.upstream_request(ptype, provider, att.up, cand.member.model,
                                               req.stream)
+        ex.dropped_tools = turn.dropped
     if req.affinity is not None and ptype.sets_prompt_cache_key \
             and "prompt_cache_key" not in up_body:
         # So the provider's own cache routing groups requests as ours does (up_body is
@@ -608,7 +615,7 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
             doc = orjson.loads(raw)
             if not isinstance(doc, dict):
                 raise ValueError
-            out = rl.translate_answer(ex.client, up, att.ptype, doc, ex.group)
+            out = rl.translate_answer(ex.client, up, att.ptype, doc, ex.answer_model)
         except (ValueError, KeyError, TypeError):
             raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
                                  "answer that is not a valid JSON response") from None
@@ -653,7 +660,8 @@ async def _answer_as_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResp
 async def _relay_stream(req: ModelRequest, att: _Attempt, resp: UpstreamResponse,
                         down: Downstream) -> web.StreamResponse:
     t = att.cand.provider.timeouts
-    relay = rl.make_relay(req.ex.client, att.up, att.ptype, req.ex.group, req.include_usage) \
+    relay = rl.make_relay(req.ex.client, att.up, att.ptype, req.ex.answer_model,
+                          req.include_usage) \
         if req.turn is None else req.turn.relay(att.up, att.ptype)
     max_event = req.cfg.upstream_limits.max_event_bytes
     events = upstream_events(resp, att.sent + t.first_byte, t.idle, att.sent + t.total,

@@ -46,11 +46,16 @@ def usage_from_responses(u: Any) -> Usage:
                  int(cached or 0))
 
 
+# Tool types named in x-router-dropped-tools at most (the header stays small).
+_MAX_DROPPED: Final = 16
+
+
 class ResponsesTurn:
     """The Responses-specific facts of one request (built once, before any attempt)."""
 
-    __slots__ = ("_relay", "_remembered", "body", "frame", "history", "history_bytes",
-                 "origin", "owner", "previous_id", "refused", "response_id", "store")
+    __slots__ = ("_relay", "_remembered", "body", "dropped", "frame", "history",
+                 "history_bytes", "hosted", "origin", "owner", "previous_id", "refused",
+                 "response_id", "store")
 
     def __init__(self, body: dict[str, Any], model: str, store: ResponseStore, owner: str,
                  previous: StoredResponse | None) -> None:
@@ -64,6 +69,9 @@ class ResponsesTurn:
         self.history_bytes = len(orjson.dumps(self.history)) if self.history else 0
         self.origin = previous.origin if previous else None
         self.refused = responses_in.refusal(body)  # what a chat member cannot serve
+        # Hosted tools: a chat member goes without them when its provider drops them.
+        self.hosted = responses_in.hosted_tools(body)
+        self.dropped: tuple[str, ...] = ()  # the tool types the answering member went without
         self._relay: _ResponsesRelay | None = None
         self._remembered = False
         self.response_id: str | None = None  # the answer's id, once known (affinity pins it)
@@ -100,18 +108,29 @@ class ResponsesTurn:
                                  param="previous_response_id",
                                  code="previous_response_elsewhere")
             del key
-        elif self.refused is not None and not any(
-                providers[m.provider].responses == "native" for m in members):
-            param, why = self.refused
+        elif not any(self._may_serve(providers[m.provider]) for m in members):
+            param, why = self.refused if self.refused is not None else self.hosted[0][::2]
             raise BadRequest(why, param=param, code="unsupported_parameter")
+
+    def _may_serve(self, provider: Provider) -> bool:
+        """Whether a member of this provider can serve the turn's fields and tools."""
+        if provider.responses == "native":
+            return True
+        if self.refused is not None:
+            return False
+        return not self.hosted or provider.responses_unsupported_tools == "drop"
 
     def narrow(self, cands: CandidateSet) -> None:
         """Leave only the candidates that may serve this turn (``total`` then counts
         only those that are eligible now: the others were never in the running)."""
         if self.origin is not None:
             cands.eligible = [c for c in cands.eligible if c.counter_key == self.origin]
-        elif self.refused is not None:
-            cands.eligible = [c for c in cands.eligible if c.provider.responses == "native"]
+        elif self.refused is not None or self.hosted:
+            native = [c for c in cands.eligible if c.provider.responses == "native"]
+            # A hosted tool works on a native member: one that can run it is preferred to
+            # a chat member that would go without it.
+            cands.eligible = native or [c for c in cands.eligible
+                                        if self._may_serve(c.provider)]
         else:
             return
         cands.total = len(cands.eligible)
@@ -138,6 +157,7 @@ class ResponsesTurn:
         """(path, body) for one member: the body itself, or translated."""
         body = self.body
         if up == NATIVE:
+            self.dropped = ()
             out = dict(body)
             out["model"] = model
             if self.history:
@@ -148,6 +168,7 @@ class ResponsesTurn:
                     responses_in.input_items(body)
             return "responses", out
         chat = responses_in.responses_to_chat(body, model, self.history)
+        self.dropped = tuple(dict.fromkeys(kind for _, kind, _ in self.hosted))[:_MAX_DROPPED]
         if up == _HUB:
             return "chat/completions", chat
         return ptype.request(chat, provider, stream)

@@ -14,10 +14,11 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from ..config import Config, Group, Member, Price, Provider, ProviderKey
+from ..config.aliases import AliasTable
 from ..errors import BadRequest, ModelNotFound, echoed
 from ..ledger.usage import CounterKey, UsageCounters
 from ..providers.registry import provider_type
@@ -49,6 +50,14 @@ class Target:
     # counters, learnt length and usage rows are kept under this name (``other``), so
     # that names invented by clients cannot grow the router's state (docs/teams.md).
     state_model: str = ""
+    # Set when an alias chose the target: the name the client sent, and the pattern.
+    asked: str = ""
+    alias: str = ""
+
+    @property
+    def answer_model(self) -> str:
+        """The ``model`` the answer names: what the client asked for."""
+        return self.asked or self.name
 
     @property
     def is_direct(self) -> bool:
@@ -64,19 +73,36 @@ class Target:
 
     def folded(self, state_model: str) -> Target:
         """This direct target with its state kept under ``state_model``."""
-        return Target(self.name, self.group, state_model)
+        return replace(self, state_model=state_model)
 
 
-def resolve_target(cfg: Config, model: str) -> Target:
-    """Map the client's ``model`` to a group; ``provider/model`` makes a one-member group."""
+def resolve_target(cfg: Config, model: str, user_aliases: AliasTable | None = None) -> Target:
+    """Map the client's ``model`` to a group; ``provider/model`` makes a one-member group.
+
+    A name that is neither goes through the caller's aliases, then the top-level ones
+    (docs/catalog.md): the target they name is served, and remembers what was asked.
+    """
+    target = _named(cfg, model)
+    if target is not None:
+        return target
+    for table in (user_aliases, cfg.alias_table):
+        alias = table.match(model) if table else None
+        if alias is not None:
+            target = _named(cfg, alias.target)
+            if target is not None:
+                return Target(target.name, target.group, asked=model, alias=alias.pattern)
+    raise ModelNotFound(f"The model '{echoed(model)}' does not exist or is not served by "
+                        "this router. GET /v1/models lists what you may use.", param="model")
+
+
+def _named(cfg: Config, model: str) -> Target | None:
     group = cfg.groups.get(model)
     if group is not None:
         return Target(model, group)
     prov_name, sep, upstream_model = model.partition("/")
     if sep and upstream_model and prov_name in cfg.providers:
         return Target(model, Group(name=model, members=(Member(prov_name, upstream_model),)))
-    raise ModelNotFound(f"The model '{echoed(model)}' does not exist or is not served by "
-                        "this router. GET /v1/models lists what you may use.", param="model")
+    return None
 
 
 def can_serve(cfg: Config, target: Target, kind: str) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from ..config import DEFAULT_PRICE, Budget, Config, Limits, Member, Price, User, UserKey, sha256_hex
+from ..config.aliases import AliasTable
 from ..errors import Forbidden, Unauthorized
 from ..gateway.routing import Target
 
@@ -45,6 +46,7 @@ class Caller:
     key_limits: Limits | None = None
     budget: Budget | None = None
     key_budget: Budget | None = None
+    aliases: AliasTable | None = None  # the user's own, tried before the top-level ones
 
     @property
     def is_admin(self) -> bool:
@@ -109,7 +111,8 @@ class KeyIndex:
             user, key = found
             return Caller(user=user.name, key=key.name, role=user.role, models=user.models,
                           key_models=key.models, limits=user.limits, key_limits=key.limits,
-                          budget=user.budget, key_budget=key.budget)
+                          budget=user.budget, key_budget=key.budget,
+                          aliases=user.alias_table or None)
         if self._legacy is not None and hmac.compare_digest(self._legacy, digest):
             return _LEGACY
         raise Unauthorized("Invalid API key.")

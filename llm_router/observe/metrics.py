@@ -165,6 +165,10 @@ class Metrics:
                                 "Group requests by prompt-cache affinity result: hit (sent "
                                 "to its pinned key), new, moved, off", ["group", "result"],
                                 registry=r)
+        self.alias_requests = Counter(_P + "alias_requests_total",
+                                      "Requests whose model name an alias mapped, by the "
+                                      "alias pattern (from the config) and its target",
+                                      ["alias", "target"], registry=r)
         self.inflight = Gauge(_P + "inflight_requests", "Requests being served now", registry=r)
         self.config_reloads = Counter(_P + "config_reloads_total", "Config reloads by result",
                                       ["result"], registry=r)

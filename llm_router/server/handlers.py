@@ -75,12 +75,12 @@ async def _count_tokens_locally(request: web.Request, state: RouterState,
     ex.body = body
     model = validate_body(ex.kind, body)
     ex.group = echoed(model)  # until resolved: a 404's access line keeps the name sent
-    target = resolve_target(cfg, model)
+    target = resolve_target(cfg, model, ex.caller.aliases)
     ex.caller.check(target)
     if any("count_tokens" in provider_type(cfg.providers[m.provider].type).serves
            for m in target.group.members):
         return None
-    ex.group = target.name
+    ex.group, ex.asked, ex.alias = target.name, target.asked, target.alias
     return _estimate(ex, body)
 
 
@@ -93,7 +93,8 @@ def _estimate(ex: Exchange, body: dict[str, Any]) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """Groups, then ``provider/model`` ids, that the caller may use."""
+    """Groups, aliases without wildcards, then ``provider/model`` ids, that the caller
+    may use."""
     state = request.app[STATE]
     cfg = state.config
     caller = request[EXCHANGE].caller
@@ -105,6 +106,18 @@ async def list_models(request: web.Request) -> web.Response:
             data.append({"id": name, "object": "model", "created": created,
                          "owned_by": "llm-router"})
             seen.add(name)
+    for table in (caller.aliases, cfg.alias_table):
+        for alias in table.plain if table else ():
+            if alias.pattern in seen:
+                continue
+            seen.add(alias.pattern)
+            try:
+                target = resolve_target(cfg, alias.pattern, caller.aliases)
+            except RouterError:
+                continue
+            if caller.may_use(target):
+                data.append({"id": alias.pattern, "object": "model", "created": created,
+                             "owned_by": "llm-router"})
     for name, group in cfg.groups.items():
         for m in group.members:
             mid = f"{m.provider}/{m.model}"
@@ -129,13 +142,13 @@ async def get_model(request: web.Request) -> web.Response:
     caller = request[EXCHANGE].caller
     model_id = request.match_info["model"]
     try:
-        target = resolve_target(cfg, model_id)
+        target = resolve_target(cfg, model_id, caller.aliases)
     except RouterError:
         target = None
     if target is None or not caller.may_use(target):
         raise ModelNotFound(f"The model '{echoed(model_id)}' does not exist or you may not use it; "
                             "GET /v1/models lists what you may use.", param="model")
-    owner = "llm-router" if target.name in cfg.groups else model_id.partition("/")[0]
+    owner = "llm-router" if target.name in cfg.groups else target.name.partition("/")[0]
     return _json({"id": model_id, "object": "model", "created": int(state.started),
                   "owned_by": owner})
 

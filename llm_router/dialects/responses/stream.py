@@ -163,10 +163,8 @@ class ChatStreamToResponses:
         head = b""
         item = self._tools.get(index)
         if item is None:
-            item = {"type": "function_call", "id": new_item_id("fc"),
-                    "call_id": call.get("id") or new_item_id("call"),
-                    "name": function.get("name") or "", "arguments": "",
-                    "status": "in_progress"}
+            item = self._frame.call_item(call.get("id") or new_item_id("call"),
+                                         function.get("name") or "", "", "in_progress")
             self._tools[index] = item
             head = self._open_item(item)
         arguments = function.get("arguments")

@@ -16,15 +16,23 @@ in short:
   ``top_p``, ``text.format`` → ``response_format``, ``reasoning.effort`` →
   ``reasoning_effort``, ``metadata``, ``parallel_tool_calls``, ``user``,
   ``service_tier``, ``prompt_cache_key``, ``safety_identifier``;
-- refused with a 400 naming the parameter: hosted tools (any tool whose type is not
-  ``function``), ``background: true``, ``prompt``, ``conversation``, input items or
-  parts chat has no way to carry (``item_reference``, hosted tool calls, files);
+- flattened: a ``namespace`` tool (a named group of function tools) becomes its
+  function tools, named ``{namespace}__{name}`` (made unique); the calls come back
+  as ``function_call`` items with ``name`` and ``namespace`` as the client declared
+  them, in answers and streams alike;
+- dropped or refused, by the member's provider's ``responses_unsupported_tools``:
+  hosted tools (any other tool type, e.g. ``web_search``) and a ``tool_choice`` naming
+  one (:func:`hosted_tools`);
+- refused with a 400 naming the parameter: ``background: true``, ``prompt``,
+  ``conversation``, input items or parts chat has no way to carry (``item_reference``,
+  hosted tool calls, files);
 - ignored: ``include``, ``truncation``, ``reasoning.summary``, ``top_logprobs``, and
   ``reasoning`` items in the input (the summary of an earlier turn's thinking).
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any, Final
@@ -34,7 +42,9 @@ from ...hub.chat import first_choice
 __all__ = [
     "ResponseFrame",
     "chat_to_response",
+    "hosted_tools",
     "input_items",
+    "namespaced_tools",
     "new_item_id",
     "refusal",
     "responses_to_chat",
@@ -56,6 +66,10 @@ _REFUSED_FIELDS: Final = {
 _CHAT_ROLES: Final = {"user": "user", "assistant": "assistant", "system": "system",
                       "developer": "system"}  # 'developer' is not known to every server
 _TEXT_PARTS: Final = frozenset({"input_text", "output_text", "text"})
+
+# Chat function names: OpenAI's limit, which most compatible servers share.
+_NAME_CHARS: Final = re.compile(r"[^A-Za-z0-9_-]")
+_NAME_MAX: Final = 64
 
 # finish_reason → (status, incomplete_details.reason)
 _INCOMPLETE: Final = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -81,21 +95,77 @@ def refusal(body: dict[str, Any]) -> tuple[str, str] | None:
         value = body.get(name)
         if value is not None and value is not False:
             return name, f"'{name}' is not supported by this model's chat members: {why}."
-    for i, tool in enumerate(body.get("tools") or []):
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind != "function":
-            return (f"tools[{i}]", f"The hosted tool '{kind}' is only available on members "
-                    "with 'responses: native'; this model's members speak Chat Completions, "
-                    "which offers function tools only.")
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") != "function":
-        return ("tool_choice", f"tool_choice of type '{choice.get('type')}' is only "
-                "available on members with 'responses: native'.")
     for i, item in enumerate(input_items(body)):
         item_why = _item_refusal(item)
         if item_why is not None:
             return f"input[{i}]", item_why
     return None
+
+
+def hosted_tools(body: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(parameter, tool type, why)`` for each tool a chat member cannot run: hosted
+    tools (``web_search``, ``file_search``...), tools inside a namespace other than
+    functions, and a ``tool_choice`` naming a hosted tool. A member whose provider says
+    ``responses_unsupported_tools: drop`` goes without them; ``refuse`` answers 400."""
+    out: list[tuple[str, str, str]] = []
+    for i, tool in enumerate(body.get("tools") or []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "function":
+            continue
+        if kind == "namespace" and isinstance(tool, dict):
+            for j, inner in enumerate(tool.get("tools") or []):
+                inner_kind = inner.get("type") if isinstance(inner, dict) else None
+                if inner_kind != "function":
+                    out.append((f"tools[{i}].tools[{j}]", _tool_type(inner_kind),
+                                f"The tool type '{inner_kind}' inside namespace "
+                                f"'{tool.get('name')}' is not a function tool."))
+            continue
+        out.append((f"tools[{i}]", _tool_type(kind), f"The hosted tool '{_tool_type(kind)}' is "
+                    "only available "
+                    "on members with 'responses: native'; this model's members speak Chat "
+                    "Completions, which offers function tools only."))
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") != "function":
+        kind = _tool_type(choice.get("type"))
+        out.append(("tool_choice", kind, f"tool_choice of type '{kind}' is only available "
+                    "on members with 'responses: native'."))
+    return out
+
+
+_TOOL_TYPE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _tool_type(kind: Any) -> str:
+    """A tool type as the client wrote it when it looks like one, else ``unknown``: it
+    goes into a response header and the access log."""
+    return kind if isinstance(kind, str) and _TOOL_TYPE.fullmatch(kind) else "unknown"
+
+
+def namespaced_tools(body: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Chat function name → ``(namespace, name)`` for each function tool inside a
+    ``namespace`` tool. Names are ``{namespace}__{name}`` cut to what chat allows, with
+    ``_2``, ``_3``... where that would collide with another tool's name."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    taken = {t.get("name") for t in tools if t.get("type") == "function"}
+    out: dict[str, tuple[str, str]] = {}
+    for tool in tools:
+        namespace = tool.get("name")
+        if tool.get("type") != "namespace" or not isinstance(namespace, str):
+            continue
+        for inner in tool.get("tools") or []:
+            if not isinstance(inner, dict) or inner.get("type") != "function":
+                continue
+            name = inner.get("name")
+            if not isinstance(name, str):
+                continue
+            flat = base = _NAME_CHARS.sub("_", f"{namespace}__{name}")[:_NAME_MAX]
+            n = 2
+            while flat in taken:
+                suffix = f"_{n}"
+                flat, n = base[:_NAME_MAX - len(suffix)] + suffix, n + 1
+            taken.add(flat)
+            out[flat] = (namespace, name)
+    return out
 
 
 def _item_refusal(item: dict[str, Any]) -> str | None:
@@ -129,8 +199,10 @@ def responses_to_chat(body: dict[str, Any], upstream_model: str,
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
         messages.append({"role": "system", "content": instructions})
+    namespaced = namespaced_tools(body)
+    flat_names = {pair: flat for flat, pair in namespaced.items()}
     for item in [*(history or ()), *input_items(body)]:
-        _add_item(messages, item)
+        _add_item(messages, item, flat_names)
     out: dict[str, Any] = {"model": upstream_model, "messages": messages}
     for name in _COPIED:
         if body.get(name) is not None:
@@ -145,6 +217,14 @@ def responses_to_chat(body: dict[str, Any], upstream_model: str,
         out["max_completion_tokens" if effort else "max_tokens"] = limit
     tools = [_chat_tool(t) for t in body.get("tools") or []
              if isinstance(t, dict) and t.get("type") == "function"]
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "namespace":
+            for inner in tool.get("tools") or []:
+                if not isinstance(inner, dict) or inner.get("type") != "function":
+                    continue
+                flat = flat_names.get((str(tool.get("name")), str(inner.get("name"))))
+                if flat is not None:
+                    tools.append(_chat_tool({**inner, "name": flat}))
     if tools:
         out["tools"] = tools
     choice = body.get("tool_choice")
@@ -173,7 +253,8 @@ def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def _add_item(messages: list[dict[str, Any]], item: dict[str, Any]) -> None:
+def _add_item(messages: list[dict[str, Any]], item: dict[str, Any],
+              flat_names: dict[tuple[str, str], str]) -> None:
     kind = item.get("type", "message")
     if kind == "message":
         role = _CHAT_ROLES.get(str(item.get("role")))
@@ -181,9 +262,14 @@ def _add_item(messages: list[dict[str, Any]], item: dict[str, Any]) -> None:
             messages.append({"role": role, "content": _chat_content(item.get("content"),
                                                                     role)})
     elif kind == "function_call":
+        name = item.get("name")
+        namespace = item.get("namespace")
+        if isinstance(namespace, str) and isinstance(name, str):
+            # A call the model made to a namespaced tool goes back under its chat name.
+            name = flat_names.get((namespace, name)) or _NAME_CHARS.sub(
+                "_", f"{namespace}__{name}")[:_NAME_MAX]
         call = {"id": item.get("call_id"), "type": "function",
-                "function": {"name": item.get("name"), "arguments": item.get("arguments")
-                             or ""}}
+                "function": {"name": name, "arguments": item.get("arguments") or ""}}
         last = messages[-1] if messages else None
         # Parallel calls, and a call after the text of the same turn, form one message.
         if last is not None and last["role"] == "assistant" and (
@@ -232,7 +318,7 @@ class ResponseFrame:
     """What every ``response`` object of one request repeats: its id, creation time,
     model and the request's settings (the API echoes them back)."""
 
-    __slots__ = ("created_at", "echo", "id", "model")
+    __slots__ = ("created_at", "echo", "id", "model", "namespaced")
 
     _ECHOED: Final = ("instructions", "max_output_tokens", "previous_response_id",
                       "reasoning", "temperature", "top_p", "user", "truncation",
@@ -243,6 +329,9 @@ class ResponseFrame:
         self.id = response_id or new_item_id("resp")
         self.created_at = int(time.time())
         self.model = model
+        # Chat names of namespaced function tools → (namespace, name): calls come back
+        # to the client as it declared them.
+        self.namespaced = namespaced_tools(body)
         echo: dict[str, Any] = {k: body.get(k) for k in self._ECHOED}
         echo["metadata"] = body.get("metadata") or {}
         echo["parallel_tool_calls"] = body.get("parallel_tool_calls", True)
@@ -255,6 +344,17 @@ class ResponseFrame:
         if echo["truncation"] is None:
             echo["truncation"] = "disabled"
         self.echo = echo
+
+    def call_item(self, call_id: str, chat_name: str, arguments: str, status: str
+                  ) -> dict[str, Any]:
+        """A ``function_call`` output item for a chat tool call named ``chat_name``."""
+        item: dict[str, Any] = {"type": "function_call", "id": new_item_id("fc"),
+                                "call_id": call_id, "name": chat_name,
+                                "arguments": arguments, "status": status}
+        pair = self.namespaced.get(chat_name)
+        if pair is not None:
+            item["namespace"], item["name"] = pair
+        return item
 
     def response(self, status: str, output: list[dict[str, Any]],
                  usage: dict[str, Any] | None = None, incomplete: str | None = None,
@@ -310,10 +410,8 @@ def chat_to_response(chat: dict[str, Any], frame: ResponseFrame) -> dict[str, An
         if not isinstance(call, dict):
             continue
         function = call.get("function") or {}
-        output.append({"type": "function_call", "id": new_item_id("fc"),
-                       "call_id": call.get("id") or new_item_id("call"),
-                       "name": function.get("name") or "",
-                       "arguments": function.get("arguments") or "",
-                       "status": "completed"})
+        output.append(frame.call_item(call.get("id") or new_item_id("call"),
+                                      function.get("name") or "",
+                                      function.get("arguments") or "", "completed"))
     status, incomplete = status_of(finish_reason)
     return frame.response(status, output, usage_to_responses(chat.get("usage")), incomplete)

@@ -1,0 +1,276 @@
+"""The model catalog: aliases, and what coding agents send, end to end over sockets.
+
+Aliases map a glob over the client's model name to a group or provider/model
+(docs/catalog.md). The recorded requests of Codex CLI and Claude Code
+(tests/fixtures/) are replayed against the router in front of a fake upstream, so the
+bodies the real clients send are what these tests serve.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from llm_router.config import ConfigError, parse_config
+from llm_router.config.aliases import AliasTable, ambiguous_pairs, common_name
+
+from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CODEX = json.loads((FIXTURES / "codex_0.171_responses_request.json").read_text())
+CLAUDE_CODE = json.loads((FIXTURES / "claude_code_2.1.197_messages_request.json").read_text())
+
+
+def two_groups(up: Upstream, **extra: Any) -> dict[str, Any]:
+    """Groups 'fast' (provider a) and 'smart' (provider b), both on the fake upstream."""
+    return {"providers": [openai_provider("a", up), openai_provider("b", up)],
+            "groups": [{"name": "fast", "models": [{"provider": "a", "name": "small"}]},
+                       {"name": "smart", "models": [{"provider": "b", "name": "large"}]}],
+            **extra}
+
+
+# ------------------------------------------------------------------ the glob rules
+
+
+@pytest.mark.parametrize(("a", "b", "overlaps"), [
+    ("claude-*", "claude-opus-*", True),
+    ("a*b", "a*c", False),
+    ("*haiku*", "claude-*", True),
+    ("gpt-5?", "gpt-5", False),
+    ("x?z", "x*", True),
+    ("*a*", "*b*", True),
+    ("?", "", False),
+], ids=lambda v: str(v))
+def test_common_name_is_matched_by_both_patterns_or_none_exists(
+        a: str, b: str, overlaps: bool) -> None:
+    import fnmatch
+
+    for first, second in ((a, b), (b, a)):
+        name = common_name(first, second)
+        assert (name is not None) == overlaps
+        if name is not None:
+            assert fnmatch.fnmatchcase(name, first) and fnmatch.fnmatchcase(name, second)
+
+
+def test_most_literal_characters_win_then_fewest_stars_then_file_order() -> None:
+    table = AliasTable({"claude-*": "x", "claude-opus-*": "smart", "*haiku*": "fast",
+                        "c*-*": "y", "claude-sonnet": "exact"})
+    assert table.match("claude-opus-4-8").target == "smart"  # type: ignore[union-attr]
+    assert table.match("claude-3-5-haiku").target == "x"  # type: ignore[union-attr]
+    assert table.match("claude-sonnet").target == "exact"  # type: ignore[union-attr]
+    assert table.match("mistral") is None
+    assert ambiguous_pairs({"ab*": "x", "*ab": "y", "*ab*": "x"}) == [("ab*", "*ab", "ab")]
+
+
+# ------------------------------------------------------------------ check
+
+
+def test_check_refuses_an_alias_to_nothing_and_warns_of_ambiguity_and_dead_patterns(
+        ) -> None:
+    base = {"api_key": "k", "providers": [{"name": "local", "type": "mock"}],
+            "groups": [{"name": "fast", "models": [{"provider": "local", "name": "m"}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(json.dumps({**base, "aliases": {"gpt-*": "fsat", "o*": "lcal/x"}}),
+                     fmt="json", env={})
+    text = str(err.value)
+    assert "aliases.gpt-*" in text and "did you mean 'fast'" in text
+    assert "aliases.o*" in text and "unknown provider 'lcal'" in text
+    cfg = parse_config(json.dumps({
+        **base, "aliases": {"ab*": "fast", "*ab": "local/m", "fast": "local/m"},
+        "users": [{"name": "u", "keys": [{"key": "uk"}],
+                   "aliases": {"x*": "fast", "*x": "local/m"}}]}), fmt="json", env={})
+    assert any("'ab*' and '*ab' are equally specific and both match 'ab'" in w
+               for w in cfg.warnings)
+    assert any(w.startswith("users[0].aliases") and "'x*' and '*x'" in w for w in cfg.warnings)
+    assert any("aliases.fast: never used" in w for w in cfg.warnings)
+
+
+# ------------------------------------------------------------------ over sockets
+
+
+async def test_alias_serves_its_group_and_a_group_name_is_never_aliased(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(two_groups(upstream, aliases={
+        "claude-*": "fast", "claude-opus-*": "smart", "fast": "smart"}))
+    client = router.openai()
+    for asked, group, upstream_model in (("claude-opus-4-8", "smart", "large"),
+                                         ("claude-3-5-haiku", "fast", "small"),
+                                         ("fast", "fast", "small")):
+        raw = await client.chat.completions.with_raw_response.create(
+            model=asked, messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["X-Router-Group"] == group
+        assert upstream.fake.requests[-1].body["model"] == upstream_model  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.chat.completions.create(model="gemini-pro",
+                                             messages=[{"role": "user", "content": "hi"}])
+    assert err.value.code == "model_not_found"
+
+
+async def test_a_users_aliases_win_over_the_top_level_ones(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(two_groups(upstream, aliases={"claude-*": "fast"}, users=[
+        {"name": "ann", "keys": [{"key": "sk-ann"}], "aliases": {"claude-*": "smart"}},
+        {"name": "bob", "keys": [{"key": "sk-bob"}]}]))
+    for key, group in (("sk-ann", "smart"), ("sk-bob", "fast")):
+        raw = await router.openai(key).chat.completions.with_raw_response.create(
+            model="claude-opus-4-8", messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["X-Router-Group"] == group
+
+
+async def test_allowlist_and_budget_apply_to_the_alias_target(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    cfg = two_groups(upstream, aliases={"claude-opus-*": "smart", "claude-*": "fast",
+                                        "free-*": "b/unpriced"},
+                     pricing={"small": {"input": 1.0, "output": 1.0},
+                              "large": {"input": 1.0, "output": 1.0}},
+                     users=[{"name": "ann", "keys": [{"key": "sk-ann"}], "models": ["fast",
+                                                                                    "b/*"],
+                             "budget": {"usd": 5.0}}])
+    router = await start_router(cfg)
+    client = router.openai("sk-ann")
+    raw = await client.chat.completions.with_raw_response.create(
+        model="claude-haiku", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["X-Router-Group"] == "fast"
+    assert float(raw.headers["X-Router-Cost-USD"]) > 0  # priced as its target
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await client.chat.completions.create(model="claude-opus-4-8",
+                                             messages=[{"role": "user", "content": "hi"}])
+    assert "'smart'" in denied.value.message
+    with pytest.raises(openai.PermissionDeniedError) as unpriced:
+        await client.chat.completions.create(model="free-model",
+                                             messages=[{"role": "user", "content": "hi"}])
+    assert unpriced.value.code == "model_not_priced"
+
+
+async def test_translated_answers_name_the_model_the_client_asked_for(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(two_groups(upstream, aliases={"claude-*": "fast"}))
+    message = await router.anthropic().messages.create(
+        model="claude-opus-4-8", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    assert message.model == "claude-opus-4-8"
+    async with router.anthropic().messages.stream(
+            model="claude-opus-4-8", max_tokens=16,
+            messages=[{"role": "user", "content": "hi"}]) as stream:
+        final = await stream.get_final_message()
+    assert final.model == "claude-opus-4-8"
+    response = await router.openai().responses.create(model="claude-opus-4-8", input="hi")
+    assert response.model == "claude-opus-4-8"
+
+
+async def test_models_list_and_retrieve_know_aliases(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(two_groups(upstream, aliases={"sonnet": "smart",
+                                                              "claude-*": "fast"}))
+    client = router.openai()
+    ids = [m.id async for m in client.models.list()]
+    assert ids[:3] == ["fast", "smart", "sonnet"]
+    assert "claude-*" not in ids  # a glob is no model name
+    assert (await client.models.retrieve("claude-opus-4-8")).id == "claude-opus-4-8"
+    assert (await client.models.retrieve("sonnet")).owned_by == "llm-router"
+
+
+async def test_access_log_and_metrics_carry_both_names(
+        start_router: StartRouter, upstream: Upstream, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    router = await start_router(two_groups(upstream, aliases={"claude-*": "fast"}))
+    with caplog.at_level("INFO", logger="llm_router.access"):
+        await router.openai().chat.completions.create(
+            model="claude-opus-4-8", messages=[{"role": "user", "content": "hi"}])
+    lines = [r.getMessage() for r in caplog.records if r.name == "llm_router.access"]
+    assert lines, "no access line"
+    line = lines[-1]
+    if line.startswith("{"):
+        fields = json.loads(line)
+        assert (fields["group"], fields["asked"], fields["alias"]) == (
+            "fast", "claude-opus-4-8", "claude-*")
+    else:
+        assert "group=fast" in line and "asked=claude-opus-4-8" in line
+        assert 'alias="claude-*"' in line
+    _, samples = await scrape_metrics(router.url)
+    assert samples["llm_router_alias_requests_total{alias=claude-*,target=fast}"] == 1
+
+
+# ------------------------------------------------------------------ coding agents
+
+
+async def test_codex_request_streams_to_completed_through_a_chat_member(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """Codex CLI 0.171's real body: function tools, a namespace of functions (five in
+    this recording), web_search with web access off, reasoning, include, store: false,
+    prompt_cache_key and client_metadata."""
+    router = await start_router(two_groups(upstream, aliases={"gpt-5*": "fast"}))
+    body = CODEX["body"]
+    assert body["model"] == "gpt-5-codex" and body["stream"] is True
+    async with http.post(router.url + "/v1/responses", json=body,
+                         headers={**AUTH, **CODEX["headers"]}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["X-Router-Dropped-Tools"] == "web_search"
+        text = await resp.text()
+    events = [line.removeprefix("event: ") for line in text.splitlines()
+              if line.startswith("event: ")]
+    assert events[0] == "response.created" and events[-1] == "response.completed"
+    sent = upstream.fake.requests[-1].body
+    assert sent is not None
+    names = [t["function"]["name"] for t in sent["tools"]]
+    namespace = next(t for t in body["tools"] if t["type"] == "namespace")
+    flat = [f"{namespace['name']}__{t['name']}" for t in namespace["tools"]]
+    assert len(flat) >= 5 and set(flat) <= set(names)
+    assert all(t["type"] == "function" for t in sent["tools"])
+    assert len(names) == len(set(names))
+
+
+async def test_a_call_to_a_namespaced_tool_comes_back_with_its_namespace(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(two_groups(upstream))
+    tools: Any = [{"type": "namespace", "name": "crm", "description": "the CRM",
+                   "tools": [{"type": "function", "name": "find", "description": "find one",
+                              "parameters": {"type": "object", "properties": {}}}]}]
+    client = router.openai()
+    response = await client.responses.create(model="fast", input="find ann", tools=tools)
+    calls = [o for o in response.output if o.type == "function_call"]
+    assert [(c.name, getattr(c, "namespace", None)) for c in calls] == [("find", "crm")]
+    assert upstream.fake.requests[-1].body["tools"][0]["function"]["name"] == "crm__find"  # type: ignore[index]
+    done: list[Any] = []
+    async with client.responses.stream(model="fast", input="find ann", tools=tools) as stream:
+        async for event in stream:
+            if event.type == "response.output_item.done":
+                done.append(event.item)
+    assert [(i.name, getattr(i, "namespace", None)) for i in done
+            if i.type == "function_call"] == [("find", "crm")]
+    # The next turn sends the call back with its namespace: the upstream sees its chat name.
+    follow = [{"type": "function_call", "call_id": calls[0].call_id, "name": "find",
+               "namespace": "crm", "arguments": "{}"},
+              {"type": "function_call_output", "call_id": calls[0].call_id, "output": "ann"}]
+    await client.responses.create(model="fast", input=follow, tools=tools)
+    messages = upstream.fake.requests[-1].body["messages"]  # type: ignore[index]
+    assert messages[0]["tool_calls"][0]["function"]["name"] == "crm__find"
+
+
+async def test_refuse_keeps_the_400_for_hosted_tools(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    cfg = two_groups(upstream)
+    cfg["providers"][0]["responses_unsupported_tools"] = "refuse"
+    router = await start_router(cfg)
+    with pytest.raises(openai.BadRequestError) as err:
+        await router.openai().responses.create(
+            model="fast", input="hi", tools=[{"type": "web_search"}])  # type: ignore[list-item]
+    assert err.value.code == "unsupported_parameter" and err.value.param == "tools[0]"
+
+
+async def test_claude_code_request_is_served_with_no_model_flag(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """Claude Code 2.1.197's real first request: claude-opus-4-8, thinking, betas."""
+    router = await start_router(two_groups(upstream, aliases={"claude-*": "fast"}))
+    assert CLAUDE_CODE["body"]["model"] == "claude-opus-4-8"
+    async with http.post(router.url + CLAUDE_CODE["path"], json=CLAUDE_CODE["body"],
+                         headers={"x-api-key": ROUTER_KEY, **CLAUDE_CODE["headers"]}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["X-Router-Group"] == "fast"
+        text = await resp.text()
+    assert "event: message_stop" in text
+    assert '"model":"claude-opus-4-8"' in text
