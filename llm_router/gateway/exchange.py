@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from ..errors import echoed
 from ..ledger.accounting import Caller
 from ..ledger.limits import Admission
 
@@ -65,8 +66,10 @@ class Exchange:
         return {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "request_id": self.request_id, "user": self.caller.user, "user_key": self.caller.key,
-            "route": self.route, "group": self.group, "provider": self.provider,
-            "model": self.model, "key": self.key, "status": self.status,
+            # Names the client sent, cut (errors.echoed): a 30 MB model name must not
+            # become a 30 MB log line.
+            "route": self.route, "group": echoed(self.group), "provider": self.provider,
+            "model": echoed(self.model), "key": self.key, "status": self.status,
             "stream": self.stream, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "cost_usd": self.cost,
             "latency_ms": round((now - self.t0) * 1000, 2),
@@ -75,7 +78,7 @@ class Exchange:
             "key_state": self.key_state or None, "bytes": self.bytes_out,
             "error": self.error or self.refusal,
             "affinity": self.affinity or None,
-            "asked": self.asked or None, "alias": self.alias or None,
+            "asked": echoed(self.asked) if self.asked else None, "alias": self.alias or None,
             "dropped_tools": list(self.dropped_tools) or None,
         }
 

@@ -31,7 +31,6 @@ from ..errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
-    echoed,
     error_body,
 )
 from ..hub import chat_check
@@ -143,7 +142,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     cfg = state.config  # this request keeps this config even if a reload swaps it
     body = ex.body if ex.body is not None else await read_json(request, cfg)
     model = validate_body(ex.kind, body)
-    ex.group = echoed(model)  # until resolved: a 404's access line keeps the name sent
+    ex.group = model  # until resolved: a 404's access line keeps the name sent (cut)
     target = resolve_target(cfg, model, ex.caller.aliases)
     ex.group, ex.asked, ex.alias = target.name, target.asked, target.alias
     if target.alias:

@@ -94,7 +94,7 @@ def classify(exc: BaseException, prefix: str, password: str | None,
         text = text.replace(password, "***")
     if kind == "auth":
         text = (f"Redis refused the credentials ({text}); set the password in "
-                "state.redis_url (redis://:PASSWORD@host:6379/0) to the server's")
+                "state.redis_url (redis://:PASSWORD@host:6379/0) to the server's requirepass")
     elif kind == "data":
         text = (f"a key under prefix '{prefix}' holds a value this router did not write "
                 f"({text}); delete it, or give this router its own state.prefix")
