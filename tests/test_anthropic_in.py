@@ -292,7 +292,7 @@ def test_text_stream_becomes_anthropic_events_in_order() -> None:
     assert events[5][1] == {"type": "message_delta",
                             "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                             "usage": {"output_tokens": 2, "input_tokens": 9}}
-    assert t.usage == (9, 2)
+    assert (t.usage.prompt, t.usage.completion) == (9, 2)
 
 
 def test_tool_call_stream_becomes_tool_use_blocks() -> None:
@@ -358,7 +358,7 @@ def test_finish_without_chunks_gives_a_complete_empty_message() -> None:
     assert events[1][1]["delta"]["stop_reason"] == "end_turn"
     assert events[1][1]["usage"] == {"output_tokens": 0}
     assert t.finish() == b""
-    assert t.usage == (0, 0)
+    assert (t.usage.prompt, t.usage.completion) == (0, 0)
 
 
 def test_length_finish_reports_max_tokens() -> None:

@@ -322,7 +322,7 @@ def test_text_stream_becomes_chunks_then_usage_then_done() -> None:
     assert usage["choices"] == []
     assert usage["usage"] == {"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40}
     assert {c["id"] for c in chunks[:-1]} == {"chatcmpl-msg_01"}
-    assert t.done and t.usage == (25, 15)
+    assert t.done and (t.usage.prompt, t.usage.completion) == (25, 15)
     assert t.finish() == b""
 
 
@@ -331,7 +331,7 @@ def test_usage_chunk_only_when_the_client_asked() -> None:
     chunks = _chunks(_feed_all(t, [_message_start(), *_text_events("x"), *_message_end()]))
     assert chunks[-1] == "[DONE]"
     assert all("usage" not in c for c in chunks[:-1])
-    assert t.usage == (25, 15)
+    assert (t.usage.prompt, t.usage.completion) == (25, 15)
 
 
 def test_tool_use_stream_becomes_tool_call_deltas() -> None:
@@ -353,7 +353,7 @@ def test_tool_use_stream_becomes_tool_call_deltas() -> None:
 def test_cache_tokens_in_message_start_count_as_prompt() -> None:
     t = MessagesStreamToChat("fast", include_usage=True)
     _feed_all(t, [_message_start(3, cache_read_input_tokens=40), *_message_end()])
-    assert t.usage == (43, 15)
+    assert (t.usage.prompt, t.usage.completion) == (43, 15)
 
 
 def test_later_usage_overwrites_only_the_fields_it_carries() -> None:
@@ -363,7 +363,7 @@ def test_later_usage_overwrites_only_the_fields_it_carries() -> None:
                                "usage": {"input_tokens": 5, "output_tokens": 30}})
     sse = _feed_all(t, [_message_start(3, cache_read_input_tokens=40), delta,
                         ("message_stop", {"type": "message_stop"})])
-    assert t.usage == (45, 30)
+    assert (t.usage.prompt, t.usage.completion) == (45, 30)
     assert _chunks(sse)[-2]["usage"] == {
         "prompt_tokens": 45, "completion_tokens": 30, "total_tokens": 75,
         "prompt_tokens_details": {"cached_tokens": 40}}

@@ -209,7 +209,8 @@ def test_chat_stream_becomes_the_full_event_sequence_numbered_from_zero() -> Non
     assert final["output"][1]["arguments"] == '{"a":1}'
     assert events[9]["output_index"] == 1 and events[12]["arguments"] == '{"a":1}'
     assert final["usage"]["input_tokens"] == 3 and final["usage"]["output_tokens"] == 4
-    assert t.usage == (3, 4, 0) and t.final == final
+    assert (t.usage.prompt, t.usage.completion, t.usage.cached) == (3, 4, 0)
+    assert t.final == final
     assert t.finish() == b"" and t.feed(_chunk({"content": "late"})) == b""
 
 

@@ -47,6 +47,7 @@ import orjson
 
 from ..hub.chat import chunk_error, first_choice
 from ..hub.sse import frame
+from ..hub.usage import Usage
 
 __all__ = [
     "ChatStreamToMessages",
@@ -264,7 +265,7 @@ def chat_to_message(resp: dict[str, Any], requested_model: str) -> dict[str, Any
     stop_reason = _STOP_REASONS.get(finish_reason or "", "end_turn")
     if calls and stop_reason == "end_turn":
         stop_reason = "tool_use"  # some servers report "stop" after tool calls
-    usage = resp.get("usage") or {}
+    usage = Usage.from_openai(resp.get("usage"))
     upstream_id = resp.get("id")
     return {
         "id": f"msg_{upstream_id}" if upstream_id else _new_id("msg_"),
@@ -274,10 +275,7 @@ def chat_to_message(resp: dict[str, Any], requested_model: str) -> dict[str, Any
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": int(usage.get("prompt_tokens") or 0),
-            "output_tokens": int(usage.get("completion_tokens") or 0),
-        },
+        "usage": {"input_tokens": usage.prompt, "output_tokens": usage.completion},
     }
 
 
@@ -304,9 +302,8 @@ class ChatStreamToMessages:
     delta on that block's index rather than dropped.
     """
 
-    __slots__ = ("_closed", "_completion", "_id", "_model", "_next_index", "_open",
-                 "_open_is_text", "_prompt", "_started", "_stop_reason", "_tool_blocks",
-                 "_tool_ids", "cached")
+    __slots__ = ("_closed", "_id", "_model", "_next_index", "_open", "_open_is_text",
+                 "_started", "_stop_reason", "_tool_blocks", "_tool_ids", "usage")
 
     def __init__(self, requested_model: str, message_id: str | None = None) -> None:
         self._model = requested_model
@@ -319,14 +316,8 @@ class ChatStreamToMessages:
         self._tool_blocks: dict[int, int] = {}  # OpenAI tool-call index → block index
         self._tool_ids: set[str] = set()
         self._stop_reason: str | None = None
-        self._prompt = 0
-        self._completion = 0
-        self.cached = 0  # of the prompt tokens, those the upstream read from its cache
-
-    @property
-    def usage(self) -> tuple[int, int]:
-        """(prompt, completion) tokens from the upstream's usage chunk; zeros until then."""
-        return self._prompt, self._completion
+        # The upstream's usage chunk, validated (hub.usage); zeros until it comes.
+        self.usage = Usage()
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         """The Anthropic events to send now for one parsed OpenAI chunk (maybe b"")."""
@@ -344,12 +335,8 @@ class ChatStreamToMessages:
             out.append(self.error(error, _STREAM_ERROR_TYPES.get(str(kind), "api_error")))
             return b"".join(out)
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self._prompt = int(usage.get("prompt_tokens") or 0)
-            self._completion = int(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict):
-                self.cached = int(details.get("cached_tokens") or 0)
+        if usage is not None:
+            self.usage = Usage.from_openai(usage)
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or (choice.get("index") or 0) != 0:
                 continue
@@ -381,9 +368,9 @@ class ChatStreamToMessages:
         stop_reason = self._stop_reason or "end_turn"
         if self._tool_blocks and stop_reason == "end_turn":
             stop_reason = "tool_use"  # some servers report "stop" after tool calls
-        usage: dict[str, int] = {"output_tokens": self._completion}
-        if self._prompt:
-            usage["input_tokens"] = self._prompt
+        usage: dict[str, int] = {"output_tokens": self.usage.completion}
+        if self.usage.prompt:
+            usage["input_tokens"] = self.usage.prompt
         out.append(_event({"type": "message_delta",
                            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                            "usage": usage}))
@@ -403,7 +390,7 @@ class ChatStreamToMessages:
             "message": {
                 "id": self._id, "type": "message", "role": "assistant", "model": self._model,
                 "content": [], "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": self._prompt, "output_tokens": 0},
+                "usage": {"input_tokens": self.usage.prompt, "output_tokens": 0},
             },
         })
 

@@ -15,6 +15,7 @@ import orjson
 from ..errors import anthropic_error_type
 from ..hub.sse import event_fields, frame, json_object
 from ..hub.stream import STREAM_ERROR, Dialect, Usage
+from ..hub.usage import AnthropicUsage
 from .anthropic import ChatStreamToMessages, chat_to_message, messages_to_chat
 
 __all__ = [
@@ -22,7 +23,6 @@ __all__ = [
     "AnthropicDialect",
     "AnthropicPassthrough",
     "ChatToMessages",
-    "add_usage",
     "anthropic_status_type",
     "error_text",
     "openai_error_to_anthropic",
@@ -32,26 +32,19 @@ _PATHS: Final = {"messages": "messages", "count_tokens": "messages/count_tokens"
 _MAX_ERROR_TEXT: Final = 1000
 
 
-def add_usage(usage: Usage, u: dict[str, Any]) -> None:
-    """Anthropic reports input in message_start and output in message_delta."""
-    cache_read = int(u.get("cache_read_input_tokens") or 0)
-    cache_new = int(u.get("cache_creation_input_tokens") or 0)
-    if "input_tokens" in u:
-        usage.prompt = max(usage.prompt, int(u.get("input_tokens") or 0) + cache_read + cache_new)
-        usage.cached = max(usage.cached, cache_read)
-    if "output_tokens" in u:
-        usage.completion = max(usage.completion, int(u.get("output_tokens") or 0))
-
-
 class AnthropicPassthrough:
     """A Messages stream passed on as sent, read for usage, ``message_stop`` and errors."""
 
-    __slots__ = ("done", "failure", "usage")
+    __slots__ = ("_counts", "done", "failure")
 
     def __init__(self) -> None:
-        self.usage = Usage()
+        self._counts = AnthropicUsage()
         self.done = False
         self.failure: str | None = None
+
+    @property
+    def usage(self) -> Usage:
+        return self._counts.usage
 
     def feed(self, raw: bytes) -> bytes:
         if self.failure is not None:
@@ -65,10 +58,11 @@ class AnthropicPassthrough:
                 doc = orjson.loads(data)
             except orjson.JSONDecodeError:
                 return raw
-            u = (doc.get("message") or {}).get("usage") if event == "message_start" else doc.get(
-                "usage")
-            if isinstance(u, dict):
-                add_usage(self.usage, u)
+            if not isinstance(doc, dict):
+                return raw
+            message = doc.get("message")
+            self._counts.add(message.get("usage") if event == "message_start"
+                             and isinstance(message, dict) else doc.get("usage"))
         elif event == "message_stop":
             self.done = True
         return raw
@@ -99,13 +93,13 @@ class ChatToMessages:
         _, data = event_fields(raw)
         if data == b"[DONE]":
             self._ended = self.done = True
-            self.usage = Usage(*self._t.usage, self._t.cached)
+            self.usage = self._t.usage
             return self._t.finish()
         chunk = json_object(data)
         if chunk is None:
             return b""
         out = self._t.feed(chunk)
-        self.usage = Usage(*self._t.usage, self._t.cached)
+        self.usage = self._t.usage
         if chunk.get("error"):  # the translator turned it into an error event
             self._ended = True
             self.failure = STREAM_ERROR
@@ -152,11 +146,7 @@ class AnthropicDialect:
 
     @staticmethod
     def body_usage(doc: dict[str, Any]) -> Usage:
-        usage = Usage()
-        u = doc.get("usage")
-        if isinstance(u, dict):
-            add_usage(usage, u)
-        return usage
+        return Usage.from_anthropic(doc.get("usage"))
 
     @staticmethod
     def answer_events(kind: str, doc: dict[str, Any]) -> bytes | None:

@@ -100,7 +100,7 @@ class OpenAIDialect:
     @staticmethod
     def body_usage(doc: dict[str, Any]) -> Usage:
         u = doc.get("usage")
-        return Usage.from_openai(u) if isinstance(u, dict) else Usage()
+        return Usage.from_openai(u)
 
     @staticmethod
     def answer_events(kind: str, doc: dict[str, Any]) -> bytes | None:

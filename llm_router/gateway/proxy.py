@@ -34,6 +34,7 @@ from ..errors import (
     error_body,
 )
 from ..hub import chat_check
+from ..hub.usage import Usage
 from ..ledger.accounting import cost_usd, estimate_cost, priced_target
 from ..ledger.usage import CounterKey, completion_ceiling
 from ..observe.labels import OTHER
@@ -564,29 +565,42 @@ def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamRespons
                                     cand.key.label, kind).set(float(value))
 
 
-def _account(req: ModelRequest, att: _Attempt, usage: rl.Usage) -> None:
+def _account(req: ModelRequest, att: _Attempt, usage: Usage, events_seen: int = 0,
+             *, complete: bool = True) -> None:
+    """Count what one answer used: selection counters, the caller's spend and limits,
+    metrics, and the exchange (access log, trace, cost header). The one place usage is
+    counted, so the one place upstream counts out of range are replaced (upstream_usage).
+
+    ``complete`` False: a stream that ended early. It counts what it reported, but at
+    least one completion token per event relayed, and the prompt estimate if it
+    reported no prompt; and it does not count as a success of the key.
+    """
     state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
+    usage = state.rejected_usage.settle(cand.provider.name, usage, ex.prompt_estimate,
+                                        max(req.estimate - ex.prompt_estimate, events_seen, 1))
+    if not complete and (usage.completion < events_seen or not usage.prompt):
+        # Reported counts of a stream cut short can be provisional: Anthropic's
+        # message_start says output_tokens: 1 and gives the real count only at the end,
+        # so a client that read the text and left early would otherwise pay for one token.
+        usage = Usage(usage.prompt or ex.prompt_estimate, max(usage.completion, events_seen),
+                      usage.cached)
     state.counters.settle(att.reservation, usage.prompt, usage.completion, cfg.request_penalty)
-    state.health.record_success(cand.provider.name, cand.key.label, cfg.circuit)
+    if complete:
+        state.health.record_success(cand.provider.name, cand.key.label, cfg.circuit)
     ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
     ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
                        usage.cached)
     m = state.metrics
-    user = ex.caller.user
     model = state.labels.model(cand.provider.name, cand.member.model)
-    if usage.prompt:
-        m.child(m.tokens, cand.provider.name, model, cand.key.label, user,
-                "prompt").inc(usage.prompt)
-    if usage.completion:
-        m.child(m.tokens, cand.provider.name, model, cand.key.label, user,
-                "completion").inc(usage.completion)
-    if usage.cached:
-        m.child(m.tokens, cand.provider.name, model, cand.key.label, user,
-                "cached").inc(usage.cached)
-    m.child(m.cost, user, cand.provider.name, model).inc(ex.cost or 0.0)
+    for kind, n in (("prompt", usage.prompt), ("completion", usage.completion),
+                    ("cached", usage.cached)):
+        if n > 0:
+            m.child(m.tokens, cand.provider.name, model, cand.key.label, ex.caller.user,
+                    kind).inc(n)
+    m.child(m.cost, ex.caller.user, cand.provider.name, model).inc(ex.cost or 0.0)
     if ex.admission is not None:
         state.store.record(ex.admission, cand.provider.name, cand.counted_model, usage.prompt,
-                            usage.completion, ex.cost)
+                           usage.completion, ex.cost)
 
 
 async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
@@ -734,7 +748,7 @@ async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
         # at once and count what was used so far.
         ex.status = 499
         ex.error = "client_disconnected"
-        _account_partial(req, att, relay.usage, seen)
+        _account(req, att, relay.usage, seen, complete=False)
         raise
     except (Exception, TimeoutError) as exc:
         failure = failure_from_exception(exc, provider.name).reason
@@ -748,9 +762,9 @@ async def _relay_events(req: ModelRequest, att: _Attempt, relay: rl.Relay,
         if event:
             with suppress(ConnectionError):
                 await down.write(ex, event)
-        _account_partial(req, att, relay.usage, seen)
+        _account(req, att, relay.usage, seen, complete=False)
     else:
-        _account(req, att, relay.usage)
+        _account(req, att, relay.usage, seen)
         _observe_decoding(req, att, ex.completion_tokens)
     with suppress(ConnectionError):
         await down.finish(ex)
@@ -769,34 +783,6 @@ def _observe_decoding(req: ModelRequest, att: _Attempt, completion_tokens: int) 
         m.child(m.tpot, names.group(ex.group), provider,
                 names.model(provider, att.cand.member.model)).observe(
             decoding / (completion_tokens - 1))
-
-
-def _account_partial(req: ModelRequest, att: _Attempt, usage: rl.Usage,
-                     events_seen: int) -> None:
-    """A stream that ended early: count what it reported, but at least one completion
-    token per event relayed, and the prompt estimate if it reported no prompt."""
-    state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
-    # Reported counts of a stream cut short can be provisional: Anthropic's message_start
-    # says output_tokens: 1 and gives the real count only at the end, so a client that
-    # read the text and left early would otherwise pay for one token.
-    if usage.completion < events_seen or not usage.prompt:
-        usage = rl.Usage(usage.prompt or ex.prompt_estimate,
-                         max(usage.completion, events_seen), usage.cached)
-    state.counters.settle(att.reservation, usage.prompt, usage.completion, cfg.request_penalty)
-    ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
-    ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
-                       usage.cached)
-    m = state.metrics
-    model = state.labels.model(cand.provider.name, cand.member.model)
-    for kind, n in (("prompt", usage.prompt), ("completion", usage.completion),
-                    ("cached", usage.cached)):
-        if n:
-            m.child(m.tokens, cand.provider.name, model, cand.key.label, ex.caller.user,
-                    kind).inc(n)
-    m.child(m.cost, ex.caller.user, cand.provider.name, model).inc(ex.cost or 0.0)
-    if ex.admission is not None:
-        state.store.record(ex.admission, cand.provider.name, cand.counted_model, usage.prompt,
-                            usage.completion, ex.cost)
 
 
 def new_request_id(header: str | None) -> str:

@@ -28,22 +28,12 @@ from ..hub.stream import STREAM_ERROR, Relay, Usage, split_events
 from ..providers import ProviderType
 from .routing import Candidate, CandidateSet, Target
 
-__all__ = ["NATIVE", "ResponsesTurn", "usage_from_responses"]
+__all__ = ["NATIVE", "ResponsesTurn"]
 
 NATIVE: Final = "responses"  # the provider dialect of a ``responses: native`` member
 _HUB: Final = "openai"
 _TERMINAL: Final = frozenset({"response.completed", "response.incomplete"})
 _FAILED: Final = frozenset({"response.failed", "error"})
-
-
-def usage_from_responses(u: Any) -> Usage:
-    """A Responses ``usage`` object as the router's token counts."""
-    if not isinstance(u, dict):
-        return Usage()
-    details = u.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0),
-                 int(cached or 0))
 
 
 # Tool types named in x-router-dropped-tools at most (the header stays small).
@@ -184,12 +174,14 @@ class ResponsesTurn:
             raise ValueError("not an object")
         if up == NATIVE:
             await self._remember(doc, cand)
-            return raw, usage_from_responses(doc.get("usage"))
+            return raw, Usage.from_responses(doc.get("usage"))
+        # Usage is read in the wire's own dialect, before translation (hub.usage).
+        usage = ptype.usage(doc) if up != _HUB else Usage.from_openai(doc.get("usage"))
         if up != _HUB:
             doc = ptype.answer(doc, self.frame.model)
         response = responses_in.chat_to_response(doc, self.frame)
         await self._remember(response, cand)
-        return orjson.dumps(response), usage_from_responses(response.get("usage"))
+        return orjson.dumps(response), usage
 
     def relay(self, up: str, ptype: ProviderType) -> _ResponsesRelay:
         """The stream relay for a member of dialect ``up`` (kept to store its answer)."""
@@ -273,10 +265,9 @@ class _TranslatedRelay(_ResponsesRelay):
         chat = self._wire.feed(raw)
         # The provider's transform speaks chat SSE; its events go through the chat path.
         out = b"".join(self._chat_event(e) for e in split_events(chat)) if chat else b""
-        if not self.done:
-            # Some wires report input tokens first: a stream cut later still counts them.
-            usage = self._wire.usage
-            self.usage = Usage(usage.prompt, usage.completion, self.usage.cached)
+        # Read from the wire's own transform: some wires report input tokens first, so
+        # a stream cut later still counts them.
+        self.usage = self._wire.usage
         return out
 
     def _chat_event(self, raw: bytes) -> bytes:
@@ -291,15 +282,16 @@ class _TranslatedRelay(_ResponsesRelay):
         if chunk is None:
             return b""
         out = self._t.feed(chunk)
-        if chunk.get("usage"):  # most chunks have none, or null
-            self.usage = Usage(*self._t.usage)
+        if self._wire is None and chunk.get("usage") is not None:  # most chunks have none
+            self.usage = self._t.usage
         if chunk.get("error"):  # the translator turned it into response.failed
             self.failure = STREAM_ERROR
             self.final = self._t.final
         return out
 
     def _settle(self) -> None:
-        self.usage = Usage(*self._t.usage)
+        if self._wire is None:
+            self.usage = self._t.usage
         self.final = self._t.final
         self.done = True
 
@@ -338,8 +330,8 @@ class _NativeRelay(_ResponsesRelay):
         response = doc.get("response")
         if isinstance(response, dict):
             self._id = self._id or response.get("id")
-            if isinstance(response.get("usage"), dict):
-                self.usage = usage_from_responses(response["usage"])
+            if response.get("usage") is not None:
+                self.usage = Usage.from_responses(response["usage"])
         if kind in _TERMINAL:
             self.done = True
             self.final = response if isinstance(response, dict) else None

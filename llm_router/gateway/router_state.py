@@ -30,6 +30,7 @@ from .affinity import AffinityStore, MemoryAffinityStore, SharedAffinityStore
 from .deadlines import Deadlines
 from .health import KeyHealth
 from .routing import counter_keys, level_new_keys
+from .upstream_usage import RejectedUsage
 
 if TYPE_CHECKING:
     import aiohttp
@@ -66,6 +67,7 @@ class RouterState:
         self.labels = LabelNames(cfg)  # what metric labels may say (labels.py)
         self.redactor = Redactor(cfg)  # secrets kept out of relayed bodies and logs
         self.counters = UsageCounters()
+        self.rejected_usage = RejectedUsage(self.metrics)  # upstream counts out of range
         self.ledger = Ledger()  # per-user / per-key limits and spend
         self.health = KeyHealth()
         # The one state seam, chosen once from the config: limits, spend, counters and

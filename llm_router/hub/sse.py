@@ -152,20 +152,21 @@ def json_object(data: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def openai_chunk_usage(data: bytes) -> tuple[dict[str, Any] | None, bool]:
+def openai_chunk_usage(data: bytes) -> tuple[Any, bool]:
     """``(usage, usage_only)`` of an OpenAI stream chunk's data.
 
     ``usage`` is None when the chunk carries none (most chunks, cheaply detected without
-    parsing); ``usage_only`` is True for the trailing chunk that has usage and no choices,
-    which the router removes when the client did not ask for usage.
+    parsing, or ``"usage": null``); otherwise the value as sent, for
+    :meth:`hub.usage.Usage.from_openai` to judge. ``usage_only`` is True for the trailing
+    chunk that has usage and no choices, which the router removes when the client did
+    not ask for usage.
     """
     at = data.find(b'"usage":')
     if at < 0:
         return None, False
-    rest = data[at + 8:at + 10].lstrip()
-    if not rest.startswith(b"{"):
+    if data[at + 8:at + 14].lstrip().startswith(b"null"):
         return None, False
     chunk = json_object(data)
-    if chunk is None or not isinstance(usage := chunk.get("usage"), dict):
+    if chunk is None or (usage := chunk.get("usage")) is None:
         return None, False
     return usage, not chunk.get("choices")

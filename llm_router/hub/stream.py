@@ -1,4 +1,5 @@
-"""What every stream transform shares: token usage, the relay protocol, the dialect names.
+"""What every stream transform shares: token usage (read and validated in
+:mod:`hub.usage`), the relay protocol, the dialect names.
 
 A *relay* takes one raw upstream event at a time and returns the bytes to send on (maybe
 none): a provider's stream transform (its wire → hub chunks), an inbound dialect's
@@ -10,11 +11,12 @@ came, and whether the upstream reported an error in-band.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import orjson
 
 from .sse import DONE, frame
+from .usage import Usage  # the validated counts; re-exported for the transforms
 
 __all__ = ["STREAM_ERROR", "Dialect", "Relay", "Usage", "openai_error_event", "split_events"]
 
@@ -33,23 +35,6 @@ class Dialect(StrEnum):
 
 # Metric reason for an upstream that reported an error inside its stream.
 STREAM_ERROR: Final = "stream_error"
-
-
-class Usage:
-    """Token counts of one response, whatever dialect reported them."""
-
-    __slots__ = ("cached", "completion", "prompt")
-
-    def __init__(self, prompt: int = 0, completion: int = 0, cached: int = 0) -> None:
-        self.prompt = prompt
-        self.completion = completion
-        self.cached = cached
-
-    @classmethod
-    def from_openai(cls, u: dict[str, Any]) -> Usage:
-        details = u.get("prompt_tokens_details") or {}
-        return cls(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0),
-                   int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0)
 
 
 class Relay(Protocol):

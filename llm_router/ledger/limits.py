@@ -51,6 +51,7 @@ from typing import Any, Final
 
 from ..config import Budget, Config, Limits
 from ..errors import BudgetExhausted, RateLimited
+from ..hub.usage import bounded_count
 from .accounting import Caller
 from .journal import Event, Journal
 from .shapes import ShapeError, count, mapping, money, rows, text
@@ -348,7 +349,8 @@ class Ledger:
             self._warn_unpriced(provider, model)
         now = self.clock()
         name = f"{provider}/{model}"
-        prompt_tokens, completion_tokens = max(0, prompt_tokens), max(0, completion_tokens)
+        prompt_tokens, completion_tokens = bounded_count(prompt_tokens), bounded_count(
+            completion_tokens)
         used = prompt_tokens + completion_tokens
         for acc in adm.accounts:
             acc.tpm.add(now, used - adm.estimate)

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import orjson
 
+from ..hub.usage import TOKEN_COUNT_LIMIT, bounded_count
 from .journal import Event, Journal, journal_files, read_journals
 from .shapes import ShapeError, count, mapping, rows, text
 
@@ -53,7 +54,6 @@ _MAX_LEARNT: Final = 4096
 _LENGTH_FIELDS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _CHOICE_FIELDS: Final = ("n", "best_of")
 _MAX_CHOICES: Final = 128  # OpenAI's own bound on n; an upstream refuses more
-_MAX_CEILING: Final = 1_000_000_000  # tokens; far above any model's context window
 
 
 def _positive_int(value: object) -> int | None:
@@ -80,7 +80,7 @@ def completion_ceiling(body: Mapping[str, Any]) -> int | None:
         n = _positive_int(body.get(name))
         if n is not None and n > choices:
             choices = min(n, _MAX_CHOICES)
-    return min(longest * choices, _MAX_CEILING)
+    return min(longest * choices, TOKEN_COUNT_LIMIT)
 
 
 def utc_day(now: float | None = None) -> str:
@@ -166,7 +166,11 @@ class UsageCounters:
             self.inflight[res.key] = left
         else:
             self.inflight.pop(res.key, None)
-        used = max(0, prompt_tokens) + max(0, completion_tokens) + max(0, penalty)
+        # Bounded whatever the caller passes, so that nothing out of range reaches the
+        # snapshot (hub.usage validates upstream counts before they get here).
+        prompt_tokens, completion_tokens = bounded_count(prompt_tokens), bounded_count(
+            completion_tokens)
+        used = prompt_tokens + completion_tokens + bounded_count(penalty)
         if used:
             self.tokens[res.key] = self.tokens.get(res.key, 0) + used
             if self.journal is not None:

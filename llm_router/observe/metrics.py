@@ -152,6 +152,10 @@ class Metrics:
         self.upstream_errors = Counter(_P + "upstream_errors_total",
                                        "Failed upstream attempts by reason",
                                        ["provider", "key", "reason"], registry=r)
+        self.usage_rejected = Counter(_P + "upstream_usage_rejected_total",
+                                      "Upstream answers whose token counts were out of range "
+                                      "(counted at the router's estimate instead)",
+                                      ["provider"], registry=r)
         self.overhead = Histogram(_P + "overhead_seconds",
                                   "Time spent in the router itself, upstream time excluded",
                                   ["route"], buckets=_OVERHEAD_BUCKETS, registry=r)

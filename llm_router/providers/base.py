@@ -189,8 +189,7 @@ class ProviderType:
 
     def usage(self, doc: dict[str, Any]) -> Usage:
         """The token counts of a whole wire answer."""
-        u = doc.get("usage")
-        return Usage.from_openai(u) if isinstance(u, dict) else Usage()
+        return Usage.from_openai(doc.get("usage"))
 
     def stream(self, requested_model: str, include_usage: bool) -> Relay:
         """The transform of one streamed answer: raw wire events in, hub chunk events

@@ -45,6 +45,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config import Config, Limits, StateSettings
 from ..gateway.health import KeyHealth
+from ..hub.usage import bounded_count
 from ..ledger.accounting import Caller
 from ..ledger.limits import PERIODS, Admission, Ledger, budget_exhausted, period_end, period_id
 from ..ledger.limits import rate_limited as limit_error
@@ -394,7 +395,9 @@ class RedisStore(StateStore):
         if not isinstance(shared, _Shared):
             return
         now = self.ledger.clock()
-        used = max(0, prompt_tokens) + max(0, completion_tokens)
+        prompt_tokens, completion_tokens = bounded_count(prompt_tokens), bounded_count(
+            completion_tokens)  # Redis counters are 64-bit: nothing out of range goes there
+        used = prompt_tokens + completion_tokens
         delta = used - adm.estimate if shared.counted else 0
         old_slot = shared.slot
         if old_slot:
@@ -408,8 +411,8 @@ class RedisStore(StateStore):
         for acct in shared.accounts:
             # Spend ops of one account and model are summed within a batch (_merge_spend).
             ops.append(("P", *(self._spend_key(acct, period, now) for period in PERIODS),
-                        key_of(self.p, "accounts"), acct, name, 1, max(0, prompt_tokens),
-                        max(0, completion_tokens), cost or 0.0,
+                        key_of(self.p, "accounts"), acct, name, 1, prompt_tokens,
+                        completion_tokens, cost or 0.0,
                         *(_PERIOD_TTL[p] for p in ("daily", "weekly", "monthly"))))
             if delta:
                 ops.append(("A", key_of(self.p, "w", acct, "tpm", int(now // 60)), delta, 150))

@@ -19,6 +19,7 @@ import orjson
 
 from ...hub.chat import chunk_error
 from ...hub.sse import frame as sse_frame
+from ...hub.usage import Usage
 from .translate import ResponseFrame, new_item_id, status_of, usage_to_responses
 
 __all__ = ["ChatStreamToResponses", "EventWriter"]
@@ -59,15 +60,13 @@ class ChatStreamToResponses:
         self._text: list[str] = []  # the open message's text so far
         self._tools: dict[int, dict[str, Any]] = {}  # chat tool-call index → its item
         self._finish_reason: str | None = None
-        self._usage: dict[str, Any] | None = None
+        self._usage: Any = None  # the usage chunk's object, as sent
         self.final: dict[str, Any] | None = None
 
     @property
-    def usage(self) -> tuple[int, int, int]:
-        """(prompt, completion, cached) tokens from the upstream's usage chunk."""
-        u = self._usage or {}
-        return (int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0),
-                int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0))
+    def usage(self) -> Usage:
+        """The upstream's usage chunk, validated (hub.usage); zeros until it comes."""
+        return Usage.from_openai(self._usage)
 
     @property
     def ended(self) -> bool:
@@ -83,7 +82,7 @@ class ChatStreamToResponses:
             out.append(self.error(error))
             return b"".join(out)
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        if usage is not None:
             self._usage = usage
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or (choice.get("index") or 0) != 0:

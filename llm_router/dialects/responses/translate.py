@@ -38,6 +38,7 @@ import time
 from typing import Any, Final
 
 from ...hub.chat import first_choice
+from ...hub.usage import Usage
 
 __all__ = [
     "ResponseFrame",
@@ -369,22 +370,9 @@ class ResponseFrame:
 
 
 def usage_to_responses(usage: Any) -> dict[str, Any] | None:
-    """Chat ``usage`` in the Responses shape (cached and reasoning details kept)."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    pdetails = usage.get("prompt_tokens_details")
-    cdetails = usage.get("completion_tokens_details")
-    cached = pdetails.get("cached_tokens") if isinstance(pdetails, dict) else None
-    reasoning = cdetails.get("reasoning_tokens") if isinstance(cdetails, dict) else None
-    return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": int(cached or 0)},
-        "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": int(reasoning or 0)},
-        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
-    }
+    """Chat ``usage`` in the Responses shape (cached and reasoning details kept), from
+    the validated counts (hub.usage); None when the chat answer had none."""
+    return None if usage is None else Usage.from_openai(usage).responses()
 
 
 def status_of(finish_reason: Any) -> tuple[str, str | None]:

@@ -14,7 +14,6 @@ import aiohttp
 import orjson
 
 from ...config import Provider, ProviderKey
-from ...dialects.anthropic_wire import add_usage
 from ...hub.sse import event_fields
 from ...hub.stream import STREAM_ERROR, Usage, openai_error_event
 from ..base import UpstreamCall
@@ -82,11 +81,7 @@ class AnthropicProvider(HTTPProvider):
         return message_to_chat(doc, requested_model)
 
     def usage(self, doc: dict[str, Any]) -> Usage:
-        usage = Usage()
-        u = doc.get("usage")
-        if isinstance(u, dict):
-            add_usage(usage, u)
-        return usage
+        return Usage.from_anthropic(doc.get("usage"))
 
     def stream(self, requested_model: str, include_usage: bool) -> MessagesToChat:
         return MessagesToChat(requested_model, include_usage)
@@ -134,7 +129,7 @@ class MessagesToChat:
         except orjson.JSONDecodeError:
             return b""
         out = self._t.feed(event, doc if isinstance(doc, dict) else {})
-        self.usage = Usage(*self._t.usage, self._t.cached)
+        self.usage = self._t.usage
         if event == "error":
             self.failure = STREAM_ERROR  # the translator sent it on as an error chunk
         else:

@@ -44,6 +44,7 @@ import orjson
 from ...dialects.anthropic import joined_text, tool_input_from_arguments
 from ...dialects.anthropic_wire import anthropic_status_type, error_text
 from ...hub.sse import DONE, frame
+from ...hub.usage import AnthropicUsage, Usage
 
 __all__ = [
     "MessagesStreamToChat",
@@ -218,18 +219,6 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
     return None
 
 
-def _openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
-    cache_read = int(usage.get("cache_read_input_tokens") or 0)
-    prompt = (int(usage.get("input_tokens") or 0) + cache_read
-              + int(usage.get("cache_creation_input_tokens") or 0))
-    completion = int(usage.get("output_tokens") or 0)
-    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                           "total_tokens": prompt + completion}
-    if cache_read:
-        out["prompt_tokens_details"] = {"cached_tokens": cache_read}
-    return out
-
-
 def message_to_chat(resp: dict[str, Any], requested_model: str) -> dict[str, Any]:
     """The ``chat.completion`` equivalent to an Anthropic ``message``."""
     blocks = [b for b in resp.get("content") or [] if isinstance(b, dict)]
@@ -257,7 +246,7 @@ def message_to_chat(resp: dict[str, Any], requested_model: str) -> dict[str, Any
             "logprobs": None,
             "finish_reason": _FINISH_REASONS.get(resp.get("stop_reason") or "", "stop"),
         }],
-        "usage": _openai_usage(resp.get("usage") or {}),
+        "usage": Usage.from_anthropic(resp.get("usage")).openai(),
     }
 
 
@@ -271,33 +260,24 @@ class MessagesStreamToChat:
     short: normally if the finish reason was already sent, else with an error chunk.
     """
 
-    __slots__ = ("_created", "_finished", "_id", "_include_usage", "_input", "_model",
-                 "_output", "_tool_index", "done")
-
-    # Anthropic usage fields counted as prompt tokens.
-    _PROMPT_FIELDS: Final = ("input_tokens", "cache_read_input_tokens",
-                             "cache_creation_input_tokens")
+    __slots__ = ("_counts", "_created", "_finished", "_id", "_include_usage", "_model",
+                 "_tool_index", "done")
 
     def __init__(self, requested_model: str, include_usage: bool) -> None:
         self._model = requested_model
         self._include_usage = include_usage
         self._id = "chatcmpl-" + uuid.uuid4().hex
         self._created = int(time.time())
-        self._input: dict[str, int] = {}  # per field of _PROMPT_FIELDS
-        self._output = 0
+        self._counts = AnthropicUsage()
         self._finished = False  # the chunk with finish_reason went out
         self._tool_index: dict[int, int] = {}  # Anthropic block index → OpenAI tool index
         self.done = False
 
     @property
-    def usage(self) -> tuple[int, int]:
-        """(prompt, completion) tokens so far; prompt includes cache reads and writes."""
-        return sum(self._input.values()), self._output
-
-    @property
-    def cached(self) -> int:
-        """Of the prompt tokens, those read from the upstream's cache."""
-        return self._input.get("cache_read_input_tokens", 0)
+    def usage(self) -> Usage:
+        """The validated counts so far (hub.usage); the prompt includes cache reads and
+        writes."""
+        return self._counts.usage
 
     def feed(self, event_type: str, data: dict[str, Any]) -> bytes:
         """The OpenAI SSE bytes to send now for one Anthropic event (maybe b"")."""
@@ -308,14 +288,14 @@ class MessagesStreamToChat:
                 message = data.get("message") or {}
                 if message.get("id"):
                     self._id = "chatcmpl-" + str(message["id"])
-                self._count(message.get("usage"))
+                self._counts.add(message.get("usage"))
                 return self._chunk({"role": "assistant", "content": ""})
             case "content_block_start":
                 return self._block_start(data.get("index"), data.get("content_block") or {})
             case "content_block_delta":
                 return self._block_delta(data.get("index"), data.get("delta") or {})
             case "message_delta":
-                self._count(data.get("usage"))
+                self._counts.add(data.get("usage"))
                 reason = (data.get("delta") or {}).get("stop_reason") or ""
                 self._finished = True
                 return self._chunk({}, _FINISH_REASONS.get(reason, "stop"))
@@ -335,17 +315,6 @@ class MessagesStreamToChat:
         if self._finished:
             return self._close()
         return self._fail("upstream stream ended before the message was complete", "api_error")
-
-    def _count(self, usage: Any) -> None:
-        # Anthropic usage counts are cumulative, so a later value overwrites an earlier
-        # one; a field a later event omits keeps its earlier value.
-        if not isinstance(usage, dict):
-            return
-        for field in self._PROMPT_FIELDS:
-            if usage.get(field) is not None:
-                self._input[field] = int(usage[field])
-        if usage.get("output_tokens") is not None:
-            self._output = int(usage["output_tokens"])
 
     def _block_start(self, index: Any, block: dict[str, Any]) -> bytes:
         if block.get("type") == "tool_use" and isinstance(index, int):
@@ -384,7 +353,7 @@ class MessagesStreamToChat:
         return frame(orjson.dumps({
             "id": self._id, "object": "chat.completion.chunk", "created": self._created,
             "model": self._model, "choices": [],
-            "usage": _openai_usage({**self._input, "output_tokens": self._output}),
+            "usage": self._counts.usage.openai(),
         })) + DONE
 
     def _fail(self, message: str, anthropic_type: str) -> bytes:

@@ -52,6 +52,7 @@ from typing import Any, Final
 import orjson
 
 from ...errors import BadRequest
+from ...hub.usage import summed
 
 __all__ = [
     "FINISH_REASONS",
@@ -298,14 +299,16 @@ def _tool_config(body: dict[str, Any], used: dict[str, None], has_results: bool
 
 
 def chat_usage(usage: Any) -> dict[str, Any]:
-    """Converse ``usage`` as OpenAI's: the prompt includes cache reads and writes."""
+    """Converse ``usage`` as OpenAI's: the prompt includes cache reads and writes. A
+    count that is not one is passed on as sent, for hub.usage to reject."""
     u = usage if isinstance(usage, dict) else {}
-    cache_read = int(u.get("cacheReadInputTokens") or 0)
-    prompt = int(u.get("inputTokens") or 0) + cache_read + int(
-        u.get("cacheWriteInputTokens") or 0)
-    completion = int(u.get("outputTokens") or 0)
-    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                           "total_tokens": prompt + completion}
+    cache_read = summed(u.get("cacheReadInputTokens"))
+    prompt = summed(u.get("inputTokens"), u.get("cacheReadInputTokens"),
+                    u.get("cacheWriteInputTokens"))
+    completion = summed(u.get("outputTokens"))
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    if isinstance(prompt, int) and isinstance(completion, int):
+        out["total_tokens"] = prompt + completion
     if cache_read:
         out["prompt_tokens_details"] = {"cached_tokens": cache_read}
     return out

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import orjson
 
+from ...hub.usage import summed
 from .request import call_id
 
 __all__ = ["FINISH_REASONS", "StreamToChat", "chat_completion", "chat_usage"]
@@ -50,23 +51,21 @@ FINISH_REASONS: Final[dict[str, str]] = {
 
 
 def chat_usage(meta: Any) -> dict[str, Any]:
-    """OpenAI ``usage`` from Gemini's ``usageMetadata`` (missing counts read as 0)."""
+    """OpenAI ``usage`` from Gemini's ``usageMetadata`` (missing counts read as 0; a
+    count that is not one is passed on as sent, for hub.usage to reject)."""
     m = meta if isinstance(meta, dict) else {}
-
-    def count(name: str) -> int:
-        value = m.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    prompt = count("promptTokenCount") + count("toolUsePromptTokenCount")
-    thoughts = count("thoughtsTokenCount")
-    completion = count("candidatesTokenCount") + thoughts
-    return {
+    prompt = summed(m.get("promptTokenCount"), m.get("toolUsePromptTokenCount"))
+    thoughts = summed(m.get("thoughtsTokenCount"))
+    completion = summed(m.get("candidatesTokenCount"), m.get("thoughtsTokenCount"))
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": count("cachedContentTokenCount")},
+        "prompt_tokens_details": {"cached_tokens": summed(m.get("cachedContentTokenCount"))},
         "completion_tokens_details": {"reasoning_tokens": thoughts},
     }
+    if isinstance(prompt, int) and isinstance(completion, int):
+        usage["total_tokens"] = prompt + completion
+    return usage
 
 
 def _finish(reason: Any, calls: bool) -> str | None:
