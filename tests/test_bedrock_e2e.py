@@ -386,3 +386,13 @@ async def test_faults_can_be_armed_over_http(upstream: Upstream,
         assert resp.status == 400
     [fault] = upstream.fake.bedrock.faults
     assert (fault.status, fault.error_type, fault.times) == (503, "ServiceUnavailableException", 2)
+
+
+async def test_routes_converse_lacks_are_refused_naming_what_bedrock_serves(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start(start_router, upstream)
+    with pytest.raises(openai.BadRequestError) as err:
+        await router.openai().embeddings.create(model="claude", input="hi")
+    assert err.value.code == "unsupported_route"
+    assert "(bedrock serves chat, messages, responses)" in err.value.message
+    assert not upstream.fake.bedrock.requests

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from botocore.eventstream import EventStreamBuffer
 
-from llm_router.providers.bedrock.eventstream import FrameDecoder, FrameError
+from llm_router.providers.bedrock.eventstream import FrameDecoder, FrameError, FrameTooLarge
 from llm_router.testing.bedrock import encode_event_message
 
 LIMIT = 1 << 20
@@ -120,7 +120,7 @@ def test_a_bad_crc_is_rejected(where: int) -> None:
 def test_a_frame_larger_than_the_bound_is_rejected_from_its_prelude() -> None:
     big = _event("contentBlockDelta", {"delta": {"text": "x" * 5000}})
     decoder = FrameDecoder(4096)
-    with pytest.raises(FrameError, match="over the limit of 4096"):
+    with pytest.raises(FrameTooLarge, match="over the limit of 4096"):
         decoder.feed(big[:12])  # refused before the rest is buffered
     assert FrameDecoder(8192).feed(big)
 

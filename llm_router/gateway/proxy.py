@@ -162,9 +162,13 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
                                          ex.caller.user)
         turn.check_target(target, cfg.providers)
     if not can_serve(cfg, target, ex.kind):
+        # Say what each provider type of the group does serve (the registry knows).
+        types = sorted({cfg.providers[m.provider].type for m in target.group.members})
+        served = "; ".join(f"{t} serves {', '.join(sorted(provider_type(t).serves))}"
+                           for t in types)
         raise BadRequest(f"The model '{target.name}' cannot serve {request.path}: none of its "
-                         "providers offers it (anthropic providers serve chat and messages "
-                         "only).", param="model", code="unsupported_route")
+                         f"providers offers it ({served}).", param="model",
+                         code="unsupported_route")
     prefs = Preferences.from_headers(request.headers, cfg)
     stream = body.get("stream") is True and ex.kind in _STREAMED_KINDS
     ex.stream = stream

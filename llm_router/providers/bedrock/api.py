@@ -32,7 +32,7 @@ from ..http import HTTPResponse, post
 from .converse import Plan, converse_answer, converse_request
 from .errors import ERROR_TYPE_HEADER, error_name, error_status
 from .errors import error_body as aws_error_body
-from .eventstream import FrameDecoder, FrameError
+from .eventstream import FrameDecoder, FrameTooLarge
 from .sigv4 import Credentials, sign_headers
 from .stream import ConverseStreamToChat
 
@@ -83,10 +83,8 @@ class BedrockResponse:
         async for data in self._inner.chunks():
             try:
                 messages = decoder.feed(data)
-            except FrameError as exc:
-                if "over the limit" in str(exc):
-                    raise ResponseTooLarge(str(exc)) from None
-                raise
+            except FrameTooLarge as exc:  # reported like an oversized SSE event
+                raise ResponseTooLarge(str(exc)) from None
             out = b"".join(rewrite.feed(m) for m in messages)
             if out:
                 yield out

@@ -26,7 +26,7 @@ import struct
 import zlib
 from typing import Final, NamedTuple
 
-__all__ = ["FrameDecoder", "FrameError", "HeaderValue", "Message"]
+__all__ = ["FrameDecoder", "FrameError", "FrameTooLarge", "HeaderValue", "Message"]
 
 HeaderValue = bool | int | bytes | str
 _PRELUDE: Final = 12  # total length, headers length, prelude CRC
@@ -45,6 +45,10 @@ _FIXED: Final[dict[int, tuple[int, str | None]]] = {
 class FrameError(ValueError):
     """The stream is not valid event-stream framing (a CRC mismatch, an impossible or
     oversized length, a header that does not parse)."""
+
+
+class FrameTooLarge(FrameError):
+    """A message whose declared length is over the decoder's bound."""
 
 
 class Message(NamedTuple):
@@ -91,7 +95,7 @@ class FrameDecoder:
             if zlib.crc32(view[start:start + 8]) != prelude_crc:
                 raise FrameError("event-stream prelude CRC mismatch")
             if total > self._max:
-                raise FrameError(f"an event-stream message of {total} bytes, over the limit "
+                raise FrameTooLarge(f"an event-stream message of {total} bytes, over the limit "
                                  f"of {self._max}")
             if total < _OVERHEAD or headers_len > total - _OVERHEAD:
                 raise FrameError(f"impossible event-stream lengths ({total}, {headers_len})")
