@@ -15,7 +15,11 @@ import anthropic
 import openai
 import orjson
 import pytest
+import yaml
 
+from llm_router.config import parse_config
+from llm_router.providers.bedrock.models import models_url
+from llm_router.providers.registry import provider_type
 from llm_router.testing.bedrock import (
     DEMO_ACCESS_KEY_ID,
     DEMO_API_KEY,
@@ -396,3 +400,32 @@ async def test_routes_converse_lacks_are_refused_naming_what_bedrock_serves(
     assert err.value.code == "unsupported_route"
     assert "(bedrock serves chat, messages, responses)" in err.value.message
     assert not upstream.fake.bedrock.requests
+
+
+@pytest.mark.parametrize("key", [SIGV4, {"key": DEMO_API_KEY}], ids=["sigv4", "api-key"])
+async def test_the_model_list_is_the_text_foundation_models(
+        upstream: Upstream, http: aiohttp.ClientSession, key: dict[str, str]) -> None:
+    cfg = parse_config(yaml.safe_dump(config(upstream, keys=[key])), env={})
+    provider = cfg.providers["aws"]
+    models = await provider_type("bedrock").list_models(http, provider, provider.keys[0])
+    assert models == ["anthropic.claude-sonnet-4-5-20250929-v1:0", "amazon.nova-lite-v1:0",
+                      "meta.llama3-3-70b-instruct-v1:0"]
+
+
+async def test_the_model_list_with_a_wrong_secret_is_refused(
+        upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    wrong = {**SIGV4, "secret_access_key": "not-the-right-secret-key"}
+    cfg = parse_config(yaml.safe_dump(config(upstream, keys=[wrong])), env={})
+    provider = cfg.providers["aws"]
+    with pytest.raises(aiohttp.ClientResponseError) as err:
+        await provider_type("bedrock").list_models(http, provider, provider.keys[0])
+    assert err.value.status == 403
+
+
+def test_the_model_list_is_on_the_control_plane_host() -> None:
+    cfg = parse_config(yaml.safe_dump({
+        "providers": [{"name": "aws", "type": "bedrock", "region": "eu-west-3",
+                       "api_keys": ["bedrock-api-key-1234"]}],
+        "groups": [{"name": "g", "models": [{"provider": "aws", "name": "m"}]}]}), env={})
+    assert models_url(cfg.providers["aws"]) == \
+        "https://bedrock.eu-west-3.amazonaws.com/foundation-models"

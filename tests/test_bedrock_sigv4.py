@@ -61,6 +61,20 @@ def test_authorization_is_byte_identical_to_botocore(region: str, path: str, bod
         assert "X-Amz-Security-Token" not in request.headers
 
 
+def test_a_get_without_a_body_signs_like_botocore() -> None:
+    # The model list: GET /foundation-models on the control-plane host, no content-type.
+    host = "bedrock.us-east-1.amazonaws.com"
+    ours = sign_headers(method="GET", host=host, path="/foundation-models", body=b"",
+                        content_type="", credentials=Credentials("AKIDEXAMPLE", SECRET, TOKEN),
+                        region="us-east-1", service="bedrock", now=NOW)
+    request = AWSRequest(method="GET", url=f"https://{host}/foundation-models")
+    with patch("botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)):
+        SigV4Auth(BotoCredentials("AKIDEXAMPLE", SECRET, TOKEN), "bedrock",
+                  "us-east-1").add_auth(request)
+    assert ours["Authorization"] == request.headers["Authorization"]
+    assert "SignedHeaders=host;x-amz-date;x-amz-security-token," in ours["Authorization"]
+
+
 def test_a_session_token_is_signed() -> None:
     signed = sign_headers(method="POST", host="h", path="/model/m/converse", body=b"{}",
                           content_type="application/json",

@@ -1,13 +1,14 @@
 """A fake AWS Bedrock runtime: Converse and ConverseStream, written from the wire format.
 
 It answers ``POST /model/{modelId}/converse`` and ``/model/{modelId}/converse-stream``
-the way the real service does, and shares nothing with the router's Bedrock provider:
-it checks SigV4 by recomputing the signature from the secret it holds (AWS's "Create a
-signed AWS API request" steps: the canonical request with the path encoded again, the
-string to sign, the derived key) or takes a Bedrock API key as a bearer token; it
-frames ConverseStream with its own ``application/vnd.amazon.eventstream`` encoder; and
-it refuses what Bedrock refuses (blank text blocks, turns that do not alternate, a
-first turn that is not the user's) with a ``ValidationException``.
+(and the control plane's ``GET /foundation-models``) the way the real service does, and
+shares nothing with the router's Bedrock provider: it checks SigV4 by recomputing the
+signature from the secret it holds (AWS's "Create a signed AWS API request" steps: the
+canonical request with the path encoded again, the string to sign, the derived key) or
+takes a Bedrock API key as a bearer token; it frames ConverseStream with its own
+``application/vnd.amazon.eventstream`` encoder; and it refuses what Bedrock refuses
+(blank text blocks, turns that do not alternate, a first turn that is not the user's)
+with a ``ValidationException``.
 
 Errors are AWS-shaped: a JSON ``{"message": ...}`` body and the error's name in the
 ``x-amzn-ErrorType`` header (403 ``UnrecognizedClientException`` for an unknown access
@@ -66,6 +67,12 @@ _PATH: Final = re.compile(r"^/model/([^/?]+)/(converse|converse-stream)$")
 _AUTH: Final = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/"
                           r"aws4_request, ?SignedHeaders=([a-z0-9;-]+), ?Signature=([0-9a-f]{64})$")
 _RECORD_CAP: Final = 1000
+_FOUNDATION_MODELS: Final = (
+    ("anthropic.claude-sonnet-4-5-20250929-v1:0", "Anthropic", ["TEXT"]),
+    ("amazon.nova-lite-v1:0", "Amazon", ["TEXT"]),
+    ("amazon.titan-embed-image-v1", "Amazon", ["EMBEDDING"]),
+    ("meta.llama3-3-70b-instruct-v1:0", "Meta", ["TEXT"]),
+)
 # Padding of the real service's stream payloads (a field "p" of varying length), which
 # a client must ignore.
 _PADDING: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"
@@ -146,6 +153,17 @@ class FakeBedrock:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/model/{rest:.+}", self._handle)
         app.router.add_post("/_fake/bedrock/faults", self._post_fault)
+        app.router.add_get("/foundation-models", self._list_models)
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        """ListFoundationModels: a few summaries, one of them not a text model."""
+        who = self._authenticate(request, b"")
+        if isinstance(who, web.Response):
+            return who
+        return web.json_response({"modelSummaries": [
+            {"modelId": model, "providerName": provider, "outputModalities": outputs,
+             "responseStreamingSupported": True, "inferenceTypesSupported": ["ON_DEMAND"]}
+            for model, provider, outputs in _FOUNDATION_MODELS]})
 
     async def _post_fault(self, request: web.Request) -> web.Response:
         """Arm a :class:`BedrockFault` from its fields as JSON (for another process)."""

@@ -7,8 +7,11 @@ from typing import Final
 
 import aiohttp
 
+from ...config import Provider, ProviderKey
 from ..base import ProviderType, UpstreamCall, UpstreamResponse
+from ..http import get_json
 from . import api
+from .models import models_headers, models_url, text_model_ids
 
 __all__ = ["PROVIDER"]
 
@@ -22,6 +25,13 @@ class BedrockProvider(ProviderType):
 
     async def send(self, session: aiohttp.ClientSession, call: UpstreamCall) -> UpstreamResponse:
         return await api.send(session, call)
+
+    async def list_models(self, session: aiohttp.ClientSession, provider: Provider,
+                          key: ProviderKey) -> list[str] | None:
+        """ListFoundationModels' text models (:mod:`.models`)."""
+        url = models_url(provider)
+        return text_model_ids(await get_json(session, provider, url,
+                                             models_headers(provider, key, url)))
 
 
 PROVIDER: Final = BedrockProvider()

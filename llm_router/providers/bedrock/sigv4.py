@@ -1,7 +1,7 @@
 """AWS Signature Version 4 for one JSON POST (pure: no clock, no I/O of its own).
 
-What Bedrock's runtime needs, and nothing more: the signed headers are ``content-type``,
-``host``, ``x-amz-date`` and, with temporary credentials, ``x-amz-security-token``; the
+What Bedrock needs, and nothing more: the signed headers are ``content-type`` (when
+sent), ``host``, ``x-amz-date`` and, with temporary credentials, ``x-amz-security-token``; the
 payload hash is the hex SHA-256 of the exact body bytes sent; the service name is
 ``bedrock`` (not the ``bedrock-runtime`` of the host name).
 
@@ -75,11 +75,14 @@ def sign_headers(*, method: str, host: str, path: str, body: bytes,
 
     ``path`` is the path exactly as sent (already percent-encoded; Bedrock's runtime
     takes no query string), ``host`` the ``Host`` header as sent (with a port unless it
-    is the scheme's default), ``now`` a UTC time.
+    is the scheme's default), ``content_type`` the header sent ("" for none), ``now`` a
+    UTC time.
     """
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     day = amz_date[:8]
-    headers = {"content-type": content_type, "host": host, "x-amz-date": amz_date}
+    headers = {"host": host, "x-amz-date": amz_date}
+    if content_type:  # a GET sends none, so signs none
+        headers["content-type"] = content_type
     if credentials.session_token:
         headers["x-amz-security-token"] = credentials.session_token
     names = sorted(headers)
