@@ -127,6 +127,12 @@ def test_objects_agree_on_names_labels_and_ports() -> None:
     assert redis["spec"]["serviceName"] == "llm-router-redis"
     args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
+    # Only the routers may reach it.
+    policy = objects["NetworkPolicy", "llm-router-redis"]["spec"]
+    redis_labels = redis["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert [p["podSelector"]["matchLabels"] for p in policy["ingress"][0]["from"]] == [
+        deployment["spec"]["selector"]["matchLabels"]]
 
 
 def test_pods_stop_without_failing_a_request() -> None:
