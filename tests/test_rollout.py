@@ -158,7 +158,9 @@ async def replicas(tmp_path: Path) -> AsyncIterator[Callable[[str], RouterProces
 async def test_rolling_update_behind_a_balancer_fails_no_request(
         make_upstream: MakeUpstream, tmp_path: Path,
         replicas: Callable[[str], RouterProcess]) -> None:
-    up: Upstream = await make_upstream(latency_ms=5, tokens_per_second=400)
+    # Slow enough that requests are in flight at every step, and that four clients stay
+    # light on a machine that runs other tests meanwhile.
+    up: Upstream = await make_upstream(latency_ms=50, tokens_per_second=100)
     write_config(tmp_path / "config.yaml", {
         "api_key": ROUTER_KEY,
         "providers": [openai_provider("up", up, ["sk-one"])],
@@ -200,5 +202,3 @@ async def test_rolling_update_behind_a_balancer_fails_no_request(
     assert "draining in 1.0 s" in old.log  # the unready delay ran
     assert balancer.connections[old.port] == served_by_old
     assert balancer.connections[new.port] > 0
-    new.signal(signal.SIGTERM)
-    assert await new.wait() == 0
