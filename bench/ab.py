@@ -118,12 +118,15 @@ _UPSTREAMS: dict[str, tuple[str, str, str]] = {
     "gemini": ("gemini", "", "gemini-2.5-flash"),
     # Translated both ways (hub <-> Converse), SigV4-signed, event-stream decoded.
     "bedrock": ("bedrock", "", "fake-model"),
+    # The OpenAI wire at Azure's dated path (api-key header): passthrough, like openai.
+    "azure": ("azure", "", "gpt-4o-mini"),
 }
 # Provider lines other than type and base_url; default: one API key.
 _PROVIDER_LINES: dict[str, list[str]] = {
     "bedrock": ["    region: us-east-1",
                 "    api_keys: [{access_key_id: AKIAFAKEBEDROCK00001, "
                 "secret_access_key: fake-bedrock-secret-access-key}]"],
+    "azure": ["    api_version: \"2024-10-21\"", "    api_keys: [sk-upstream-ab]"],
 }
 
 
