@@ -3,6 +3,7 @@ real browser by test_status_page.py), and the traffic rings' arithmetic."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -322,3 +323,36 @@ async def test_with_a_shared_store_the_status_adds_up_every_router_process(
     # The other process sees the same fleet.
     _, other, _ = await status(http, two)
     assert other["router"]["requests"] == 2 and other["router"]["fleet"]["requests"] == 5
+
+
+POLL = {"X-Router-Status-Poll": "1"}  # what /ui sends on its own polls
+
+
+async def test_the_pages_own_polling_is_logged_at_debug_and_a_refused_poll_at_info(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    router = await start_router(status_config(upstream))
+    caplog.set_level(logging.DEBUG, logger="llm_router.access")
+    for key, rid in ((ADMIN, "poll-ok"), ("sk-nobody", "poll-refused"), (ADMIN, "plain")):
+        headers = {"Authorization": f"Bearer {key}", "X-Request-Id": rid}
+        async with http.get(router.url + "/admin/status",
+                            headers={**headers, **(POLL if rid.startswith("poll") else {})}
+                            ) as resp:
+            await resp.read()
+    levels = {orjson.loads(r.getMessage())["request_id"]: r.levelno for r in caplog.records
+              if r.name == "llm_router.access"}
+    assert levels == {"poll-ok": logging.DEBUG, "poll-refused": logging.INFO,
+                      "plain": logging.INFO}
+
+
+async def test_limits_report_whole_requests_and_tokens(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(status_config(upstream))
+    for _ in range(3):
+        assert await chat(http, router) == 200
+    _, report, _ = await status(http, router)
+    (bob,) = [u for u in report["users"] if u["name"] == "bob"]
+    for name, limit in bob["limits"].items():
+        assert isinstance(limit["used"], int) and isinstance(limit["remaining"], int), name
+        assert limit["used"] + limit["remaining"] == limit["limit"], (name, limit)
+    assert bob["limits"]["tpm"]["used"] > 0

@@ -279,3 +279,60 @@ def test_page_fits_desktop_and_phone_widths_in_light_and_dark(
         pg.screenshot(path=str(stack.shots / f"status-{width}-{scheme}.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_at_400_px_the_group_table_stacks_and_every_column_shows(
+        browser: Browser, stack: Stack) -> None:
+    stack.chat(n=3)
+    context = browser.new_context(viewport={"width": 400, "height": 900})
+    try:
+        pg = context.new_page()
+        log_in(pg, stack)
+        table = pg.locator("[data-group='fast'] table")
+        expect(table.locator("tr[data-member] td").first).to_be_visible(timeout=SEEN_WITHIN_MS)
+        # Every cell of every member, the last column included, lies inside the card: no
+        # column is cut off behind a scroll. Each cell says which column it is.
+        cells = pg.evaluate("""() => {
+            const card = document.querySelector("[data-group='fast']").getBoundingClientRect();
+            return [...document.querySelectorAll("[data-group='fast'] tr[data-member] td")].map(
+                (td) => { const r = td.getBoundingClientRect();
+                          return [td.dataset.label, r.left >= card.left && r.right <= card.right,
+                                  getComputedStyle(td, "::before").content]; });
+        }""")
+        assert len(cells) == 12, cells  # two members, six columns
+        assert all(inside for _, inside, _ in cells), cells
+        assert [label for label, _, _ in cells[:6]] == [
+            "member", "weight", "tokens", "share", "target", "share vs target"]
+        assert all(before.strip('"') == label for label, _, before in cells), cells
+        assert pg.evaluate("document.documentElement.scrollWidth") <= 400
+        # Limits count whole tokens and requests: "12 of 2,000,000 tok/min", never "12.4".
+        tpm = pg.locator("[data-user='bob'] [data-limit='tpm']")
+        expect(tpm).to_contain_text("tok/min")
+        assert re.fullmatch(r"[\d,]+ of [\d,]+ tok/min · [\d,]+ left", tpm.inner_text()), \
+            tpm.inner_text()
+        pg.screenshot(path=str(stack.shots / "status-400-groups.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_the_pages_own_polling_writes_no_access_line(page: Page, stack: Stack) -> None:
+    out = stack.shots / "router.out"  # the router's access log (stdout)
+
+    def flushed_counts() -> tuple[int, int]:
+        """(chat lines, /admin/status lines) once a new chat's line is out: the access
+        log is written in order, so every earlier line is out too."""
+        chats = out.read_bytes().count(b"/v1/chat/completions")
+        stack.chat(n=1)
+        deadline = time.monotonic() + 10
+        while (text := out.read_bytes()).count(b"/v1/chat/completions") <= chats:
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+        return text.count(b"/v1/chat/completions"), text.count(b"/admin/status")
+
+    _, status_lines = flushed_counts()
+    log_in(page, stack)
+    live = page.locator("#live")
+    expect(live).to_contain_text("updated", timeout=SEEN_WITHIN_MS)
+    first = live.inner_text()
+    expect(live).not_to_have_text(first, timeout=SEEN_WITHIN_MS)  # polled again since
+    assert flushed_counts()[1] == status_lines

@@ -218,3 +218,18 @@ async def test_a_refusal_is_a_span_with_its_reason(
     assert span.attrs["llm_router.rejection"] == "model_not_allowed"
     assert span.attrs["http.response.status_code"] == 403 and span.attrs["llm_router.user"] == "eve"
     assert not span.error  # the client's error, not the router's
+
+
+async def test_the_status_pages_own_polls_are_not_traced(
+        start_router: StartRouter, upstream: Upstream, receiver: Receiver) -> None:
+    router = await start_router(_config(upstream, receiver))
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        for rid in ("poll-1", "poll-2", "plain"):
+            poll = {"X-Router-Status-Poll": "1"} if rid.startswith("poll") else {}
+            async with http.get(router.url + "/admin/status",
+                                headers={"X-Request-Id": rid, **poll}) as resp:
+                assert resp.status == 200
+    # Spans end in request order: once the last request's span is exported, the polls'
+    # would have been too.
+    await receiver.wait_for(1)
+    assert [s.attrs["llm_router.request_id"] for s in receiver.spans] == ["plain"]

@@ -579,7 +579,9 @@ def _limits_report(acc: _Account, limits: Limits | None, now: float) -> dict[str
         if value is None:
             continue
         u = used[name]
-        out[name] = {"limit": value, "used": round(u, 2),
+        # Whole requests and tokens: the sliding window's weighted level is fractional,
+        # so used rounds up and remaining down (used + remaining = limit until it is over).
+        out[name] = {"limit": value, "used": math.ceil(u - 1e-9),
                      "remaining": max(0, math.floor(value - u + 1e-9))}
     if "daily_requests" in out:
         end = period_end("daily", now)

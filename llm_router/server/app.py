@@ -63,6 +63,10 @@ _BACKLOG: Final = 1024
 # and sends it with each call to /admin/status.
 _PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics", "/ui",
                             "/ui/"})
+# The status page (/ui) sends this on its own polls of /admin/status, every 2 s while it
+# is open: they are logged at DEBUG and not traced, so an open tab does not fill the
+# access log and the trace store. A refused poll (a wrong key) is still logged at INFO.
+_STATUS_POLL_HEADER: Final = "X-Router-Status-Poll"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
@@ -101,6 +105,7 @@ def _make_edge(log_format: str) -> Middleware:
         t0 = time.perf_counter()
         ex: Exchange | None = None
         rejected: str | None = None  # why the router itself refused, if it did
+        quiet = False
         if request.path not in _PUBLIC:
             # Only API requests are "in flight": a /metrics scrape must not count itself.
             state.inflight += 1  # the gauge is set from this at scrape time
@@ -108,7 +113,8 @@ def _make_edge(log_format: str) -> Middleware:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
             ex = request[EXCHANGE] = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
-            if state.tracing is not None:
+            quiet = request.path == "/admin/status" and _STATUS_POLL_HEADER in request.headers
+            if state.tracing is not None and not quiet:
                 ex.span = state.tracing.start_request(request.headers, ex)
         resp: web.StreamResponse
         try:
@@ -159,7 +165,7 @@ def _make_edge(log_format: str) -> Middleware:
             if ex is not None:
                 state.inflight -= 1
                 state.request_tasks.discard(request.task)
-                _observe(state, ex, t0, log_format, rejected)
+                _observe(state, ex, t0, log_format, rejected, quiet)
                 if ex.span is not None and state.tracing is not None:
                     state.tracing.end_request(ex.span, ex, rejected)
 
@@ -187,8 +193,9 @@ def _rejection_reason(err: RouterError, ex: Exchange | None) -> str | None:
 
 
 def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
-             rejected: str | None = None) -> None:
-    """Request metrics and the one access line, from the finished :class:`Exchange`."""
+             rejected: str | None = None, quiet: bool = False) -> None:
+    """Request metrics and the one access line, from the finished :class:`Exchange`;
+    ``quiet`` (the status page's own poll) logs the line at DEBUG unless it was refused."""
     if not ex.status:
         ex.status = 499  # cancelled: the client went away before an answer
     elapsed = time.perf_counter() - t0
@@ -204,15 +211,16 @@ def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
     if ex.attempts:
         m.child(m.overhead, ex.route).observe(max(0.0, elapsed - ex.upstream_s))
     state.traffic.record(ex, elapsed)
-    if access_log.isEnabledFor(logging.INFO):
+    level = logging.DEBUG if quiet and ex.status < 400 else logging.INFO
+    if access_log.isEnabledFor(level):
         line = ex.log_line()
         if log_format == "json":
             msg = orjson.dumps(line).decode()
         else:
             msg = " ".join(f"{k}={_logfmt_value(v)}" for k, v in line.items() if v is not None)
         # As access_log.info(msg), minus the walk up the stack for a caller nobody reads.
-        access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
-                                                msg, (), None))
+        access_log.handle(access_log.makeRecord(access_log.name, level, __file__, 0, msg, (),
+                                                None))
 
 
 _BARE_VALUE: Final = re.compile(r"[\w.:/@+-]+")

@@ -118,7 +118,8 @@
     if (!key) { showLogin(""); return; }
     let resp;
     try {
-      resp = await fetch("/admin/status", { headers: { Authorization: "Bearer " + key }, cache: "no-store" });
+      // X-Router-Status-Poll: the router logs this page's own polling at DEBUG, untraced.
+      resp = await fetch("/admin/status", { headers: { Authorization: "Bearer " + key, "X-Router-Status-Poll": "1" }, cache: "no-store" });
     } catch (err) {
       if (sessionStorage.getItem(KEY) === key) unreachable("the router did not answer (" + err.message + ")");
       return;
@@ -275,19 +276,22 @@
   }
   function renderGroup(g) {
     const hasTarget = g.members.some((m) => m.target_share !== null);
+    // data-label names each cell's column: on a narrow screen the table stacks, one
+    // member per block and one "column: value" line per cell (status.css).
+    const cols = ["member", "weight", "tokens", "share", "target", "share vs target"];
+    const cell = (i, cls, ...kids) => h("td", { class: cls, "data-label": cols[i] }, ...kids);
     const rows = g.members.map((m, i) => h("tr", { "data-member": m.provider + "/" + m.model },
-      h("td", null, h("span", { class: "legend-dot " + color(i) }), m.provider + "/" + m.model),
-      h("td", { class: "n" }, num(m.weight, 3)),
-      h("td", { class: "n" }, tokens(m.tokens)),
-      h("td", { class: "n" }, pct(m.share)),
-      h("td", { class: "n" }, hasTarget ? pct(m.target_share) : "–"),
-      h("td", { class: "bar" }, memberBar(m.share, m.target_share, i))));
+      cell(0, null, h("span", { class: "legend-dot " + color(i) }), m.provider + "/" + m.model),
+      cell(1, "n", num(m.weight, 3)),
+      cell(2, "n", tokens(m.tokens)),
+      cell(3, "n", pct(m.share)),
+      cell(4, "n", hasTarget ? pct(m.target_share) : "–"),
+      cell(5, "bar", memberBar(m.share, m.target_share, i))));
     const card = h("div", { class: "card", "data-group": g.name },
       h("h3", null, g.name, " ", h("span", { class: "muted" }, g.strategy + " · " + tokens(g.tokens))),
       g.tokens ? shareBar(g.members.map((m) => m.share), "token share by member") : h("p", { class: "why" }, "No tokens served yet."),
-      h("div", { class: "scroll" }, h("table", null,
-        h("thead", null, h("tr", null, h("th", null, "member"), h("th", { class: "n" }, "weight"), h("th", { class: "n" }, "tokens"),
-          h("th", { class: "n" }, "share"), h("th", { class: "n" }, "target"), h("th", null, "share vs target"))),
+      h("div", { class: "scroll" }, h("table", { class: "stack" },
+        h("thead", null, h("tr", null, cols.map((c, i) => h("th", { class: i > 0 && i < 5 ? "n" : null }, c)))),
         h("tbody", null, rows))),
       h("p", { class: "why" }, hasTarget
         ? "Target: what inverse weight settles at (keys ÷ weight). Share counts the selection counters, which persist across restarts."
@@ -304,7 +308,7 @@
   function limitRows(limits) {
     const names = { rpm: "req/min", tpm: "tok/min", daily_requests: "req/day", max_concurrent: "concurrent" };
     return Object.entries(limits).map(([name, l]) => [name,
-      h("span", { "data-limit": name }, num(l.used, 1) + " of " + num(l.limit) + " " + names[name] + " · " + num(l.remaining) + " left")]);
+      h("span", { "data-limit": name }, num(l.used) + " of " + num(l.limit) + " " + names[name] + " · " + num(l.remaining) + " left")]);
   }
   function renderUser(u) {
     const b = u.budget;
