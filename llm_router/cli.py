@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("path")
     c.add_argument("--json", action="store_true",
                    help="print the result as JSON on stdout, for CI pipelines")
+    # The serve options that change whether a config may start, so that check accepts
+    # exactly the configs serve starts with the same options.
+    c.add_argument("--insecure-no-auth", action="store_true",
+                   help="accept a config without users or api_key, as serve does with it")
+    c.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="check for serve --workers N (N > 1 needs state.redis_url)")
     sub.add_parser("schema", help="print the config file's JSON Schema")
     h = sub.add_parser("hash-key", help="print the sha256 of a key (stdin without KEY)")
     h.add_argument("key", nargs="?")
@@ -76,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "serve")  # no sub-command means serve
     args = _parser().parse_args(args_list)
     if args.command == "check":
-        return _check_json(args.path) if args.json else _check(args.path)
+        check = _check_json if args.json else _check
+        return check(args.path, insecure_no_auth=args.insecure_no_auth, workers=args.workers)
     if args.command == "schema":
         print(json.dumps(config_json_schema(), indent=2))
         return 0
@@ -99,14 +106,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args)
 
 
-def _check(path: str) -> int:
-    """``check``: errors (exit 1) and warnings, each located, in the file's order."""
+def _verdict(path: str, *, insecure_no_auth: bool, workers: int
+             ) -> tuple[Config | None, list[str], list[str]]:
+    """(config, errors, warnings) as ``serve`` with the same options would judge ``path``:
+    the config's own problems, then what refuses a start (:func:`_start_problems`)."""
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        errors, warnings = exc.problems, exc.warnings
-    else:
-        errors, warnings = [], list(cfg.warnings)
+        return None, exc.problems, exc.warnings
+    errors = _start_problems(cfg, insecure_no_auth=insecure_no_auth, workers=workers)
+    return (None if errors else cfg), errors, list(cfg.warnings)
+
+
+def _start_problems(cfg: Config, *, insecure_no_auth: bool, workers: int) -> list[str]:
+    """Why ``serve`` refuses to start a valid config, each ``location: message``; the
+    same list makes ``check`` fail, so the two always agree."""
+    problems = []
+    if not cfg.providers:  # an empty file too; a reload refuses such a config as well
+        problems.append("providers: none defined, so every request would fail: serve "
+                        "refuses to start. Add at least one (type: mock answers without a "
+                        "key or a network).")
+    if not cfg.users and not cfg.api_key and not insecure_no_auth:
+        problems.append(
+            "users: the config defines no 'users' and no 'api_key', so anyone could use your "
+            "upstream keys: serve refuses to start. Add one, or pass --insecure-no-auth (to "
+            "check and serve) to serve without authentication.")
+    if workers < 1:
+        problems.append("--workers: must be at least 1")
+    elif workers > 1 and not cfg.state.redis_url:
+        problems.append(
+            f"state.redis_url: required for {workers} workers: without it each worker would "
+            "keep its own counters, so limits and budgets would be per worker (rpm: 60 would "
+            "allow 60 per worker). Add Redis to the config:\n"
+            "  state:\n    redis_url: redis://localhost:6379/0\n"
+            "(pip install '.[redis]' in a checkout; docs/scaling.md), or run one worker.")
+    return problems
+
+
+def _check(path: str, *, insecure_no_auth: bool = False, workers: int = 1) -> int:
+    """``check``: errors (exit 1) and warnings, each located, in the file's order."""
+    cfg, errors, warnings = _verdict(path, insecure_no_auth=insecure_no_auth, workers=workers)
+    if cfg is not None:
         print(f"{path}: OK: {cfg.summary()}")
     at = _positions(path) if errors or warnings else {}
     for what, lines in (("problem", errors), ("warning", warnings)):
@@ -121,16 +161,12 @@ def _check(path: str) -> int:
     return 1 if errors else 0
 
 
-def _check_json(path: str) -> int:
+def _check_json(path: str, *, insecure_no_auth: bool = False, workers: int = 1) -> int:
     """``check --json``: one JSON object on stdout, the exit code as without --json."""
-    try:
-        cfg = load_config(path)
-    except ConfigError as exc:
-        errors, warnings, summary = exc.problems, exc.warnings, None
-    else:
-        errors, warnings, summary = [], list(cfg.warnings), cfg.summary()
+    cfg, errors, warnings = _verdict(path, insecure_no_auth=insecure_no_auth, workers=workers)
     at = _positions(path) if errors or warnings else {}
-    print(json.dumps({"path": path, "ok": not errors, "summary": summary,
+    print(json.dumps({"path": path, "ok": not errors,
+                      "summary": cfg.summary() if cfg is not None else None,
                       "errors": [_located(line, at) for line in errors],
                       "warnings": [_located(line, at) for line in warnings]}, indent=2))
     return 1 if errors else 0
@@ -193,15 +229,17 @@ def _serve(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
         return 1
-    if not cfg.users and not cfg.api_key and not args.insecure_no_auth:
-        print("llm-router: refusing to start: the config defines no 'users' and no 'api_key', "
-              "so anyone could use your upstream keys. Add one, or pass --insecure-no-auth "
-              "to serve without authentication.", file=sys.stderr)
+    refused = _start_problems(cfg, insecure_no_auth=args.insecure_no_auth,
+                              workers=args.workers)
+    if refused:
+        print(f"llm-router: refusing to start: {path}:", file=sys.stderr)
+        for line in refused:
+            print(f"  {line}", file=sys.stderr)
         return 2
     for line in cfg.warnings:
         logging.getLogger("llm_router.config").warning("config %s: %s", path, line)
     if args.workers != 1:
-        return _supervise(args, cfg, path)
+        return _supervise(args, path)
     from .gateway.router_state import RouterState
     from .ledger.usage import SnapshotError
     from .observe.redact import RedactingFilter
@@ -226,19 +264,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 1 if state.final_snapshot_failed else 0
 
 
-def _supervise(args: argparse.Namespace, cfg: Config, path: str) -> int:
-    """``--workers N``: check the setup, then run N workers under a supervisor."""
-    if args.workers < 1:
-        print("llm-router: --workers must be at least 1", file=sys.stderr)
-        return 2
-    if not cfg.state.redis_url:
-        print(f"llm-router: refusing to start {args.workers} workers: without state.redis_url "
-              "each worker would keep its own counters, so limits and budgets would be per "
-              "worker (rpm: 60 would allow 60 per worker). Add Redis to the config:\n"
-              "  state:\n    redis_url: redis://localhost:6379/0\n"
-              "(pip install 'llm-router[redis]'; docs/scaling.md), or run one worker.",
-              file=sys.stderr)
-        return 2
+def _supervise(args: argparse.Namespace, path: str) -> int:
+    """``--workers N``: run N workers under a supervisor (the setup is checked already)."""
     from .server.workers import supervise
 
     serve_args = ["--config", path, "--log-level", args.log_level,
