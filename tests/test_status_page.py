@@ -290,15 +290,19 @@ def test_at_400_px_the_group_table_stacks_and_every_column_shows(
         log_in(pg, stack)
         table = pg.locator("[data-group='fast'] table")
         expect(table.locator("tr[data-member] td").first).to_be_visible(timeout=SEEN_WITHIN_MS)
-        # Every cell of every member, the last column included, lies inside the card: no
-        # column is cut off behind a scroll. Each cell says which column it is.
-        cells = pg.evaluate("""() => {
-            const card = document.querySelector("[data-group='fast']").getBoundingClientRect();
-            return [...document.querySelectorAll("[data-group='fast'] tr[data-member] td")].map(
-                (td) => { const r = td.getBoundingClientRect();
-                          return [td.dataset.label, r.left >= card.left && r.right <= card.right,
-                                  getComputedStyle(td, "::before").content]; });
+        # Every cell of every member, the last column included, lies inside the box the
+        # table is shown in: no column is cut off behind a sideways scroll (before the fix
+        # the table was 364 px in a 354 px box). Each cell says which column it is.
+        overflow, cells = pg.evaluate("""() => {
+            const table = document.querySelector("[data-group='fast'] table");
+            const box = table.parentElement.getBoundingClientRect();
+            const cells = [...table.querySelectorAll("tr[data-member] td")].map((td) => {
+                const r = td.getBoundingClientRect();
+                return [td.dataset.label, r.left >= box.left && r.right <= box.right + 0.5,
+                        getComputedStyle(td, "::before").content]; });
+            return [table.scrollWidth - table.parentElement.clientWidth, cells];
         }""")
+        assert overflow <= 0, f"the group table is {overflow} px wider than its box"
         assert len(cells) == 12, cells  # two members, six columns
         assert all(inside for _, inside, _ in cells), cells
         assert [label for label, _, _ in cells[:6]] == [
