@@ -281,7 +281,7 @@
     const cols = ["member", "weight", "tokens", "share", "target", "share vs target"];
     const cell = (i, cls, ...kids) => h("td", { class: cls, "data-label": cols[i] }, ...kids);
     const rows = g.members.map((m, i) => h("tr", { "data-member": m.provider + "/" + m.model },
-      cell(0, null, h("span", { class: "legend-dot " + color(i) }), m.provider + "/" + m.model),
+      cell(0, null, h("span", null, h("span", { class: "legend-dot " + color(i) }), m.provider + "/" + m.model)),
       cell(1, "n", num(m.weight, 3)),
       cell(2, "n", tokens(m.tokens)),
       cell(3, "n", pct(m.share)),
