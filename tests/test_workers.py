@@ -13,8 +13,10 @@ import re
 import signal
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from llm_router.config import sha256_hex
 from llm_router.state.redis_store import LEASE_S
@@ -146,3 +148,80 @@ async def test_a_killed_replica_frees_its_concurrency_slot(
         assert asyncio.get_running_loop().time() - t0 <= LEASE_S + 10
     finally:
         await doomed.kill()
+
+
+def _samples(text: str, name: str, **labels: str) -> list[float]:
+    """Values of the samples called ``name`` whose labels include ``labels``."""
+    return [s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name and labels.items() <= s.labels.items()]
+
+
+async def test_metrics_of_two_workers_are_one_view_whose_counters_never_go_backwards(
+        redis_server: RedisServer, upstream: Upstream, tmp_path: Path) -> None:
+    port = free_port()
+    proc, err = await _serve(tmp_path, fleet_config(upstream, redis_server), "--workers", "2",
+                             "--host", "127.0.0.1", "--port", str(port))
+    at = SimpleNamespace(url=f"http://127.0.0.1:{port}")
+    chat = {"route": "/v1/chat/completions"}
+    # A new connection per request: the kernel hands each one to either worker, so
+    # successive scrapes reach both.
+    connector = aiohttp.TCPConnector(force_close=True)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async def two_listening() -> bool:
+                return err.read_bytes().count(b"listening on") >= 2
+
+            await eventually(two_listening, timeout=20)
+
+            async def scrape() -> str:
+                async with http.get(at.url + "/metrics") as resp:
+                    assert resp.status == 200
+                    return await resp.text()
+
+            async def requests_total() -> float:
+                return sum(_samples(await scrape(), "llm_router_requests_total", **chat))
+
+            seen: list[float] = []
+            traffic_done = asyncio.Event()
+
+            async def scrape_during_traffic() -> None:
+                while not traffic_done.is_set():
+                    seen.append(await requests_total())
+
+            scraper = asyncio.create_task(scrape_during_traffic())
+            sent = 0
+            for _ in range(4):
+                statuses = [s for s, _, _ in await asyncio.gather(
+                    *(post_chat(http, at) for _ in range(15)))]  # type: ignore[arg-type]
+                assert statuses == [200] * 15
+                sent += 15
+                # Whichever worker answers, the fleet's total: every request, once.
+                assert [await requests_total() for _ in range(6)] == [sent] * 6
+            traffic_done.set()
+            await scraper
+            assert len(seen) > 1 and seen == sorted(seen), seen  # never backwards
+
+            text = await scrape()
+            assert sum(_samples(text, "llm_router_request_duration_seconds_count",
+                                **chat)) == sent
+            assert _samples(text, "llm_router_inflight_requests") == [0]
+            assert _samples(text, "llm_router_state_backend_up") == [1]
+            assert _samples(text, "llm_router_build_info") == [1]  # not one per worker
+
+            # A worker killed and restarted: what it counted stays counted.
+            pids = [int(m.group(2)) for m in _STARTED.finditer(err.read_bytes())]
+            os.kill(pids[0], signal.SIGKILL)
+
+            async def restarted() -> bool:
+                return err.read_bytes().count(b"listening on") >= 3
+
+            await eventually(restarted, timeout=20)
+            assert [await requests_total() for _ in range(6)] == [sent] * 6
+            assert (await post_chat(http, at))[0] == 200  # type: ignore[arg-type]
+            assert [await requests_total() for _ in range(6)] == [sent + 1] * 6
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -6,14 +6,26 @@ counters (``key_tokens``) and key health (``key_state``), and the budgets and li
 left per user, are read at scrape time by collectors, costing the request path nothing.
 Labels never carry a secret: keys appear as their label (name or sha256 prefix). User
 names (from the config) do appear as labels: ``/metrics`` can be closed (docs/observability.md).
+
+Under ``serve --workers N`` (docs/scaling.md) every worker's ``/metrics`` is the whole
+fleet's: the supervisor gives the workers one ``PROMETHEUS_MULTIPROC_DIR``, so
+prometheus-client keeps each worker's values in memory-mapped files there, and a scrape,
+whichever worker it reaches, adds up every worker's files (:attr:`Metrics.exposition`).
+Counters and histograms are summed over every worker that ever ran, a restarted one
+included, so they never go backwards. Gauges are combined per :data:`GAUGE_MODES`. The
+collectors read at scrape time (key_tokens, key_state, budgets, limits left) come from
+the worker that answers: with the shared Redis state those are the fleet's figures,
+except key_state's circuit part, which each worker keeps. ``process_*`` and
+``python_gc_*`` describe one process and are left out in that mode.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -24,13 +36,16 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .. import __version__
 
-__all__ = ["LIMIT_NAMES", "REJECTION_REASONS", "Metrics", "UserGauges", "status_class"]
+__all__ = ["GAUGE_MODES", "LIMIT_NAMES", "MULTIPROC_DIR_ENV", "REJECTION_REASONS", "Metrics",
+           "UserGauges", "multiprocess_dir", "status_class"]
 
 _P: Final = "llm_router_"
 
@@ -51,6 +66,32 @@ REJECTION_REASONS: Final = ("rpm", "tpm", "daily_requests", "max_concurrent", "b
                             "cooling_down", "model_not_allowed", "auth")
 LIMIT_NAMES: Final = ("rpm", "tpm", "daily_requests")  # limit_remaining{limit}
 _STATUS_CLASSES: Final = {c: f"{c}xx" for c in range(1, 6)}
+# prometheus-client's switch for multiprocess mode, read when it is first imported.
+MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+# How each gauge's per-worker values become one under --workers ("live": workers that are
+# still running; the supervisor clears a dead worker's files).
+_Mode = Literal["livesum", "livemostrecent", "livemax", "livemin"]
+GAUGE_MODES: Final[dict[str, _Mode]] = {
+    "inflight_requests": "livesum",  # the fleet's requests in flight
+    "upstream_ratelimit_remaining": "livemostrecent",  # the last any worker saw
+    "config_last_reload_timestamp_seconds": "livemax",
+    # The oldest snapshot (each worker writes its own file): the one an alert should see.
+    "snapshot_last_success_timestamp_seconds": "livemin",
+    "state_backend_up": "livemin",  # 0 while any worker has lost Redis
+    "build_info": "livemax",
+}
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus-client's multiprocess mode when this process runs in it
+    (a worker of ``serve --workers N``), else None."""
+    if values.ValueClass is values.MutexValue:
+        return None  # the variable was set after prometheus-client chose its value class
+    return os.environ.get(MULTIPROC_DIR_ENV) or os.environ.get(MULTIPROC_DIR_ENV.lower())
+
+
+def _mode(gauge: str) -> _Mode:
+    return GAUGE_MODES[gauge]
 
 
 def status_class(status: int) -> str:
@@ -161,7 +202,8 @@ class Metrics:
                                   ["route"], buckets=_OVERHEAD_BUCKETS, registry=r)
         self.ratelimit_remaining = Gauge(_P + "upstream_ratelimit_remaining",
                                          "Upstream x-ratelimit-remaining-* as last seen",
-                                         ["provider", "key", "kind"], registry=r)
+                                         ["provider", "key", "kind"], registry=r,
+                                         multiprocess_mode=_mode("upstream_ratelimit_remaining"))
         self.fallbacks = Counter(_P + "fallbacks_total",
                                  "Requests that needed more than one attempt", ["group"],
                                  registry=r)
@@ -173,42 +215,60 @@ class Metrics:
                                       "Requests whose model name an alias mapped, by the "
                                       "alias pattern (from the config) and its target",
                                       ["alias", "target"], registry=r)
-        self.inflight = Gauge(_P + "inflight_requests", "Requests being served now", registry=r)
+        self.inflight = Gauge(_P + "inflight_requests", "Requests being served now", registry=r,
+                              multiprocess_mode=_mode("inflight_requests"))
         self.config_reloads = Counter(_P + "config_reloads_total", "Config reloads by result",
                                       ["result"], registry=r)
         self.config_last_reload = Gauge(_P + "config_last_reload_timestamp_seconds",
                                         "Unix time of the last successful config load",
-                                        registry=r)
+                                        registry=r,
+                                        multiprocess_mode=_mode(
+                                            "config_last_reload_timestamp_seconds"))
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
         self.snapshot_last_success = Gauge(
             _P + "snapshot_last_success_timestamp_seconds",
             "Unix time the usage snapshot was last written (0: never, or no snapshot_path)",
-            registry=r)
+            registry=r, multiprocess_mode=_mode("snapshot_last_success_timestamp_seconds"))
         self.snapshot_errors = Counter(_P + "snapshot_errors_total",
                                        "Failed writes of the usage snapshot or its journal",
                                        registry=r)
         self.build_info = Gauge(_P + "build_info", "Always 1: the running version",
-                                ["version", "python"], registry=r)
+                                ["version", "python"], registry=r,
+                                multiprocess_mode=_mode("build_info"))
         self.build_info.labels(__version__, platform.python_version()).set(1)
         # The standard process_* and python_* series, on this registry too.
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(standard)
+        # What GET /metrics serves: this registry, or under --workers every worker's files.
+        self.multiprocess_dir = multiprocess_dir()
+        self.exposition = r
+        if self.multiprocess_dir is not None:
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition,  # type: ignore[no-untyped-call]
+                                  path=self.multiprocess_dir)
+            self.exposition.register(PLATFORM_COLLECTOR)  # python_info: the same in each
         self.state_backend_up = Gauge(_P + "state_backend_up",
                                       "1 while the shared state backend (Redis) answers, 0 "
                                       "while limits fall back to this replica alone; always 1 "
-                                      "for the in-process store", registry=r)
+                                      "for the in-process store", registry=r,
+                                      multiprocess_mode=_mode("state_backend_up"))
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def watch_state(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],
                                                    Iterable[tuple[tuple[str, str], str]]]]
                     ) -> None:
         """Expose selection counters and key health, read by ``read`` at scrape time."""
-        self.registry.register(_StateCollector(read))
+        self._register(_StateCollector(read))
 
     def watch_users(self, read: Callable[[], Iterable[UserGauges]]) -> None:
         """Expose budgets and limits left per user, read by ``read`` at scrape time."""
-        self.registry.register(_UserCollector(read))
+        self._register(_UserCollector(read))
+
+    def _register(self, collector: Collector) -> None:
+        self.registry.register(collector)
+        if self.exposition is not self.registry:
+            self.exposition.register(collector)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached."""

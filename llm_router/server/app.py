@@ -335,6 +335,27 @@ async def _close_while_draining(request: web.Request, response: web.StreamRespon
         response.headers[hdrs.CONNECTION] = "close"
 
 
+INFLIGHT_PUBLISH_S: Final = 1.0
+
+
+async def _inflight_publisher(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx`` under ``--workers N``: this worker's requests in flight, written
+    to its metrics file every :data:`INFLIGHT_PUBLISH_S`, so a scrape answered by any
+    worker adds up the fleet's (at most that old). One process alone sets the gauge when
+    scraped, and the request path never touches it."""
+    state = app[STATE]
+
+    async def publish() -> None:
+        while True:
+            state.metrics.inflight.set(state.inflight)
+            await asyncio.sleep(INFLIGHT_PUBLISH_S)
+
+    task = asyncio.get_running_loop().create_task(publish())
+    yield
+    task.cancel()
+    state.metrics.inflight.set(0)
+
+
 def create_app(state: RouterState, *, log_format: str = "json") -> web.Application:
     """The router application around ``state``."""
     # connection_middleware is outermost: a reserve connection's refusal and oversized
@@ -349,6 +370,8 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
     app.cleanup_ctx.append(_tracing)  # after the session closes: spans of the drain export
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_access_log_flusher)
+    if state.metrics.multiprocess_dir is not None:
+        app.cleanup_ctx.append(_inflight_publisher)
     # Closed after the final snapshot below: what the last requests settled is flushed.
     app.cleanup_ctx.append(_state_store)
     share_traffic(app, state)  # after the store starts, before it closes

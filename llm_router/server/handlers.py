@@ -265,7 +265,8 @@ async def metrics(request: web.Request) -> web.Response:
     _check_scraper(request, state)
     await state.refresh_user_gauges()
     state.metrics.inflight.set(state.inflight)
-    return web.Response(body=generate_latest(state.metrics.registry),
+    # Under --workers N: every worker's values added up (observe/metrics.py).
+    return web.Response(body=generate_latest(state.metrics.exposition),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -13,20 +13,31 @@ The parent:
   a broken host does not spin;
 * on SIGTERM/SIGINT forwards SIGTERM to every worker, waits for all of them to drain,
   and exits 0 if they all did;
-* forwards SIGHUP (reload now) to every worker.
+* forwards SIGHUP (reload now) to every worker;
+* gives the workers one metrics directory (``PROMETHEUS_MULTIPROC_DIR``: the operator's,
+  emptied of old values at start, else a temporary one removed at exit), so any worker's
+  ``/metrics`` is the fleet's (:mod:`llm_router.observe.metrics`), and clears a dead
+  worker's gauges from it. Its counters stay: a total never goes backwards.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Final
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from ..observe.metrics import MULTIPROC_DIR_ENV
 
 __all__ = ["WORKER_ENV", "supervise", "worker_path"]
 
@@ -52,6 +63,28 @@ def supervise(serve_args: Sequence[str], workers: int) -> int:
     """Run ``llm-router serve`` with ``serve_args`` in ``workers`` processes until a stop
     signal; returns the exit code for the parent (0 when every worker drained cleanly)."""
     cmd = [sys.executable, "-m", "llm_router", "serve", *serve_args]
+    metrics_dir, owned = _metrics_dir()
+    try:
+        return _run_pool(cmd, workers, metrics_dir)
+    finally:
+        if owned:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _metrics_dir() -> tuple[str, bool]:
+    """(the workers' metrics directory, whether it is ours to remove at exit)."""
+    given = os.environ.get(MULTIPROC_DIR_ENV)
+    if not given:
+        return tempfile.mkdtemp(prefix="llm-router-metrics-"), True
+    # prometheus-client needs it empty at start: files of an earlier run would be added
+    # to this run's counters.
+    Path(given).mkdir(parents=True, exist_ok=True)
+    for old in Path(given).glob("*.db"):
+        old.unlink()
+    return given, False
+
+
+def _run_pool(cmd: list[str], workers: int, metrics_dir: str) -> int:
     pool = [_Worker(i) for i in range(workers)]
     stopping = False
 
@@ -70,7 +103,7 @@ def supervise(serve_args: Sequence[str], workers: int) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     for w in pool:
-        _start(w, cmd)
+        _start(w, cmd, metrics_dir)
     restart_at: dict[int, float] = {}
     codes: dict[int, int] = {}
     while True:
@@ -78,7 +111,7 @@ def supervise(serve_args: Sequence[str], workers: int) -> int:
         for w in pool:
             if w.proc is None:
                 if not stopping and time.monotonic() >= restart_at.get(w.index, 0.0):
-                    _start(w, cmd)
+                    _start(w, cmd, metrics_dir)
                     alive += 1
                 continue
             code = w.proc.poll()
@@ -86,6 +119,8 @@ def supervise(serve_args: Sequence[str], workers: int) -> int:
                 alive += 1
                 continue
             codes[w.index] = code
+            # Its gauges go; its counters stay.
+            mark_process_dead(w.proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
             w.proc = None
             if stopping:
                 continue
@@ -118,8 +153,8 @@ def worker_path(path: str) -> str:
     return f"{stem}.worker{index}.{ext}"
 
 
-def _start(w: _Worker, cmd: list[str]) -> None:
-    env = {**os.environ, WORKER_ENV: str(w.index)}
+def _start(w: _Worker, cmd: list[str], metrics_dir: str) -> None:
+    env = {**os.environ, WORKER_ENV: str(w.index), MULTIPROC_DIR_ENV: metrics_dir}
     w.proc = subprocess.Popen(cmd, env=env)  # stdout/stderr shared with the parent
     w.started = time.monotonic()
     log.info("worker %d started (pid %d)", w.index, w.proc.pid)
