@@ -583,7 +583,8 @@ class StateSettings:
     redis_url: str | None = setting(None, repr=False, doc=(
         "redis://[user:pass@]host:port/db, rediss:// (TLS) or unix:///path: every router "
         "with the same redis_url and prefix shares limits, budgets, quotas, cooldowns and "
-        "selection counters. Absent: this process only. Needs llm-router[redis]."))
+        "selection counters. Absent: this process only. Needs the redis extra (pip "
+        "install '.[redis]')."))
     prefix: str = setting("llm-router", non_empty=True, doc=(
         "Key namespace in Redis: routers with the same redis_url and prefix share state."))
     sync_interval_ms: int = setting(100, ge=10, doc=(
@@ -650,8 +651,8 @@ class MetricsSettings:
 
 @dataclass(frozen=True, slots=True)
 class OtelSettings:
-    """OpenTelemetry traces over OTLP/HTTP (needs the llm-router[otel] extra); read at
-    start-up."""
+    """OpenTelemetry traces over OTLP/HTTP (needs the otel extra: pip install '.[otel]');
+    read at start-up."""
 
     endpoint: str = setting(pattern=r"^https?://[^/\s]+", doc=(
         "The collector's OTLP/HTTP base URL, e.g. http://localhost:4318 (/v1/traces is "

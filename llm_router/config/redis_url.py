@@ -47,6 +47,6 @@ def redis_url_problem(url: str) -> str | None:
     try:
         import redis  # noqa: F401  (only whether the optional extra is installed)
     except ImportError:
-        return ("needs the redis client library: pip install 'llm-router[redis]' "
-                "(or remove state.redis_url to keep state in this process)")
+        return ("needs the redis client library: pip install '.[redis]' in the llm-router "
+                "checkout (or remove state.redis_url to keep state in this process)")
     return None

@@ -1,8 +1,9 @@
 """Optional OpenTelemetry traces: one span per request, a child span per upstream attempt.
 
-Enabled by ``otel: {endpoint: ...}`` in the config and the ``llm-router[otel]`` extra;
-spans go to an OTLP/HTTP collector (protobuf) from the SDK's batch processor, on its
-own thread. Off, nothing here is imported and the request path pays one ``is None``.
+Enabled by ``otel: {endpoint: ...}`` in the config and the ``otel`` extra (``pip install
+'.[otel]'`` in the checkout); spans go to an OTLP/HTTP collector (protobuf) from the SDK's
+batch processor, on its own thread. Off, nothing here is imported and the request path
+pays one ``is None``.
 
 Attributes follow the OpenTelemetry GenAI semantic conventions (``gen_ai.*``) where one
 exists, plus the router's own (``llm_router.*``: group, user, key label, attempt,

@@ -291,8 +291,9 @@ async def _tracing(app: web.Application) -> AsyncIterator[None]:
         try:
             from ..observe.tracing import Tracing
         except ImportError as exc:
-            log.error("otel is configured but OpenTelemetry is not installed (%s): install "
-                      "'llm-router[otel]'; serving without traces", exc)
+            log.error("otel is configured but OpenTelemetry is not installed (%s): run "
+                      "pip install '.[otel]' in the llm-router checkout; serving without "
+                      "traces", exc)
         else:
             state.tracing = Tracing(settings)
             log.info("tracing: exporting spans to %s as service '%s'", settings.endpoint,
