@@ -96,11 +96,14 @@ def test_check_never_prints_a_secret(tmp_path: Path, capsys: pytest.CaptureFixtu
     provider = {"name": "aws", "type": "bedrock", "region": "us-east-1", "api_keys": [
         {"access_key_id": "AKIDEXAMPLE", "secret_access_key": SECRET, "session_token": TOKEN}]}
     groups = [{"name": "g", "models": [{"provider": "aws", "name": "m"}]}]
-    path.write_text(yaml.safe_dump({"providers": [provider], "groups": groups}))
+    # api_key: check refuses what serve refuses, a config open to anyone included.
+    path.write_text(yaml.safe_dump({"api_key": "sk-router", "providers": [provider],
+                                    "groups": groups}))
     assert main(["check", str(path)]) == 0
     provider["api_keys"][0]["key"] = SECRET  # now wrong: both forms at once
     provider["region"] = SECRET
-    path.write_text(yaml.safe_dump({"providers": [provider], "groups": groups}))
+    path.write_text(yaml.safe_dump({"api_key": "sk-router", "providers": [provider],
+                                    "groups": groups}))
     assert main(["check", str(path)]) == 1
     out = capsys.readouterr()
     assert "api_keys[0]: give either 'key'" in out.err
