@@ -78,7 +78,8 @@ _AZURE_API_VERSION: Final = re.compile(r"v1|\d{4}-\d{2}-\d{2}(-preview)?")
 _AZURE_NOT_ROOT: Final = re.compile(r"/openai(/|$)|\?")
 # What a vertex provider needs that the base install lacks (RS256 signing).
 _GOOGLE_EXTRA: Final = ("vertex providers sign service-account tokens with the 'cryptography' "
-                        "package: install the google extra (pip install 'llm-router[google]')")
+                        "package: install the google extra (pip install '.[google]' in the "
+                        "llm-router checkout)")
 
 _NO_MODELS: Final[frozenset[str] | None] = None
 _NO_PATTERNS: Final[tuple[str, ...] | None] = None

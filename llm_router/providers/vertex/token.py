@@ -77,8 +77,8 @@ def load_account(path: str) -> ServiceAccount:
     try:
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
     except ImportError:  # reported at config load; this is a second line of defence
-        raise TokenError("vertex providers need the google extra: pip install "
-                         "'llm-router[google]'") from None
+        raise TokenError("vertex providers need the google extra: pip install '.[google]' "
+                         "in the llm-router checkout") from None
     try:
         with open(path, "rb") as f:
             doc = orjson.loads(f.read())
