@@ -588,8 +588,8 @@ def test_without_the_google_extra_check_names_it(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False)
     assert run.returncode == 1
     assert ("providers[0].type: vertex providers sign service-account tokens with the "
-            "'cryptography' package: install the google extra (pip install "
-            "'llm-router[google]')") in run.stdout + run.stderr
+            "'cryptography' package: install the google extra (pip install '.[google]' in "
+            "the llm-router checkout)") in run.stdout + run.stderr
     assert "Traceback" not in run.stderr
 
 
