@@ -138,7 +138,8 @@ def test_chat_answer_becomes_a_response_with_usage_details() -> None:
     [msg] = r["output"]
     assert msg["type"] == "message" and msg["role"] == "assistant"
     assert msg["content"][0]["type"] == "output_text" and msg["content"][0]["text"] == "Hello"
-    assert r["usage"] == {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4},
+    assert r["usage"] == {"input_tokens": 10,
+                          "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
                           "output_tokens": 5,
                           "output_tokens_details": {"reasoning_tokens": 2},
                           "total_tokens": 15}

@@ -92,6 +92,9 @@ _REQUIRED: Final[dict[str, tuple[str, type | tuple[type, ...], str]]] = {
     "embeddings": ("input", (str, list), "a string or a list"),
     "responses": ("input", (str, list), "a string or a list of input items"),
 }
+# Routes whose field above may be absent or null: OpenAI's completions schema makes
+# `prompt` nullable, defaulting to <|endoftext|>, which the member applies.
+_NULLABLE: Final = frozenset({"completions"})
 # Per route: the dialect's own check of the fields the router reads (Responses bodies
 # are checked by ResponsesTurn.begin, which needs the stored conversation too).
 _BODY_CHECKS: Final[dict[str, Callable[[dict[str, Any]], None]]] = {
@@ -118,9 +121,10 @@ def validate_body(kind: str, body: dict[str, Any]) -> str:
     field_name, types, must = _REQUIRED[kind]
     value = body.get(field_name)
     if value is None:
-        raise BadRequest(f"'{field_name}' is required: {must}.", param=field_name,
-                         code="missing_required_parameter")
-    if not isinstance(value, types):
+        if kind not in _NULLABLE:
+            raise BadRequest(f"'{field_name}' is required: {must}.", param=field_name,
+                             code="missing_required_parameter")
+    elif not isinstance(value, types):
         raise BadRequest(f"'{field_name}' must be {must}, not {_JSON_TYPES[type(value)]}.",
                          param=field_name)
     stream = body.get("stream")

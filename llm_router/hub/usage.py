@@ -148,7 +148,10 @@ class Usage:
     def responses(self) -> dict[str, Any]:
         """These counts as a Responses API ``usage`` object (for translated answers)."""
         return {"input_tokens": self.prompt,
-                "input_tokens_details": {"cached_tokens": self.cached},
+                # cache_write_tokens: required by OpenAI's ResponseUsage schema; no
+                # member type reports cache writes in these counts, so 0.
+                "input_tokens_details": {"cached_tokens": self.cached,
+                                         "cache_write_tokens": 0},
                 "output_tokens": self.completion,
                 "output_tokens_details": {"reasoning_tokens": self.reasoning},
                 "total_tokens": self.prompt + self.completion}

@@ -12,7 +12,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..dialects import anthropic as anthropic_in
+from ..dialects.responses.check import INCLUDABLE
+from ..dialects.responses.stream import EventWriter, replay_events
 from ..errors import (
+    BadRequest,
     Forbidden,
     ModelNotFound,
     RouterError,
@@ -164,13 +167,44 @@ async def _held_response(request: web.Request) -> tuple[RouterState, str, object
     return state, response_id, entry.response
 
 
+_QUERY_BOOLEANS: Final = {"true": True, "false": False}
+
+
+def _retrieve_query(request: web.Request) -> tuple[bool, int]:
+    """``stream`` and ``starting_after`` of a retrieve, once every query parameter
+    OpenAI's schema declares has a valid value; else a 400 naming it."""
+    query = request.query
+    for name in ("stream", "include_obfuscation"):
+        if name in query and query[name] not in _QUERY_BOOLEANS:
+            raise BadRequest(f"'{name}' must be true or false.", param=name)
+    for name in ("include", "include[]"):
+        for value in query.getall(name, ()):
+            if value not in INCLUDABLE:
+                raise BadRequest(f"'include' must be a list of: {', '.join(INCLUDABLE)}.",
+                                 param="include")
+    after = query.get("starting_after", "-1")
+    if after != "-1" and not (after.isascii() and after.isdigit()):
+        raise BadRequest("'starting_after' must be an integer of at least 0.",
+                         param="starting_after")
+    return _QUERY_BOOLEANS.get(query.get("stream", "false"), False), int(after)
+
+
 async def get_response(request: web.Request) -> web.Response:
-    """A response the router still holds (``responses.retrieve``)."""
+    """A response the router still holds (``responses.retrieve``); with ``stream=true``
+    it is replayed as the Responses event stream that would have produced it, from the
+    event after ``starting_after``."""
+    stream, after = _retrieve_query(request)
     state, _, response = await _held_response(request)
     request[EXCHANGE].status = 200
     # As every answer relayed: a configured secret an upstream echoed never goes out.
-    return web.Response(body=state.redactor.bytes(orjson.dumps(response)),
-                        content_type="application/json")
+    if not isinstance(response, dict) or not stream:
+        return web.Response(body=state.redactor.bytes(orjson.dumps(response)),
+                            content_type="application/json")
+    writer = EventWriter()
+    events = [writer.event(kind, payload) for kind, payload in replay_events(response)]
+    return web.Response(body=state.redactor.bytes(b"".join(events[after + 1:])),
+                        content_type="text/event-stream",
+                        headers={"Cache-Control": "no-cache"})
 
 
 async def delete_response(request: web.Request) -> web.Response:

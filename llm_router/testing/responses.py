@@ -89,7 +89,8 @@ def _finish(body: _Body, response: _Body, output: list[_Body], tokens: int,
     response["status"] = "incomplete" if cut else "completed"
     if cut:
         response["incomplete_details"] = {"reason": "max_output_tokens"}
-    response["usage"] = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+    response["usage"] = {"input_tokens": prompt,
+                         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                          "output_tokens": tokens,
                          "output_tokens_details": {"reasoning_tokens": 0},
                          "total_tokens": prompt + tokens}

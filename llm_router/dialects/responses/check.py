@@ -1,60 +1,139 @@
 """The shape a ``POST /v1/responses`` body must have before any member sees it.
 
 Checked once, at the edge, so the translators can trust what they read and a malformed
-field is a 400 naming it (``input[2].content``), never a 500 from deep inside a
-translation. Only the fields the router reads are checked; the rest reach a ``native``
-member as sent, for it to judge.
+field is a 400 naming it (``input[2].content``, ``text.verbosity``), never a 500 from
+deep inside a translation, and never a value the router would echo back in a Response
+object that breaks OpenAI's published schema. Every field the schema constrains (types,
+enums, ranges) is checked, whether the router translates it or forwards it: a
+``native`` member would refuse the same values, and a translated turn echoes them.
+
+The checks are one table, :data:`FIELDS`: a dotted path (``reasoning.effort``) and
+its rule. A field that is absent or null passes (the schema's fields are nullable or
+optional); a parent is checked before its children, so a child's rule reads a dict.
+Input items, tools and ``text.format`` keep their own structural checks below.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from ...errors import BadRequest
 
-__all__ = ["check_body"]
+__all__ = ["FIELDS", "INCLUDABLE", "check_body"]
 
 _ROLES: Final = frozenset({"user", "assistant", "system", "developer"})
 _FORMATS: Final = frozenset({"text", "json_object", "json_schema"})
 _CHOICES: Final = frozenset({"auto", "none", "required"})
 
-
-def _fail(param: str, message: str) -> BadRequest:
-    return BadRequest(f"'{param}' {message}.", param=param)
+# (test, what the message says the value must be)
+_Rule = tuple[Callable[[Any], bool], str]
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _of(kind: type, must: str) -> _Rule:
+    return (lambda v: isinstance(v, kind)), must
+
+
+def _between(low: float, high: float) -> _Rule:
+    return (lambda v: _number(v) and low <= v <= high), f"must be a number from {low:g} to {high:g}"
+
+
+def _integer_from(low: int, high: int | None = None) -> _Rule:
+    must = (f"must be an integer from {low} to {high}" if high is not None
+            else f"must be an integer of at least {low}")
+    return (lambda v: _integer(v) and v >= low and (high is None or v <= high)), must
+
+
+def _one_of(*values: str) -> _Rule:
+    allowed = frozenset(values)
+    return (lambda v: isinstance(v, str) and v in allowed), "must be one of " + ", ".join(values)
+
+
+def _metadata(value: Any) -> bool:
+    # The schema's Metadata: at most 16 pairs, keys up to 64 characters, string values
+    # up to 512.
+    return isinstance(value, dict) and len(value) <= 16 and all(
+        len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in value.items())
+
+
+# The schema's Includable values (what `include` may ask for).
+INCLUDABLE: Final = (
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs", "reasoning.encrypted_content",
+    "message.output_text.logprobs")
+_INCLUDE_RULE: Final = _one_of(*INCLUDABLE)
+_STRING: Final = _of(str, "must be a string")
+_BOOLEAN: Final = _of(bool, "must be true or false")
+_OBJECT: Final = _of(dict, "must be an object")
+_SUMMARY: Final = _one_of("auto", "concise", "detailed")
+
+# One declaration per field the schema constrains (CreateResponse and the properties it
+# shares with Response), in check order: parents before children.
+FIELDS: Final[tuple[tuple[str, _Rule], ...]] = (
+    ("instructions", _STRING),
+    ("previous_response_id", _STRING),
+    ("user", _STRING),
+    ("prompt_cache_key", _STRING),
+    ("safety_identifier", _STRING),
+    ("store", _BOOLEAN),
+    ("background", _BOOLEAN),
+    ("stream", _BOOLEAN),
+    ("parallel_tool_calls", _BOOLEAN),
+    ("metadata", (_metadata, "must be an object of at most 16 strings (keys up to 64 "
+                             "characters, values up to 512)")),
+    ("temperature", _between(0, 2)),
+    ("top_p", _between(0, 1)),
+    ("top_logprobs", _integer_from(0, 20)),
+    ("max_output_tokens", _integer_from(1)),
+    ("max_tool_calls", _integer_from(0)),
+    ("truncation", _one_of("auto", "disabled")),
+    ("service_tier", _one_of("auto", "default", "flex", "scale", "priority")),
+    ("prompt_cache_retention", _one_of("in-memory", "24h")),
+    ("include", (lambda v: isinstance(v, list) and all(_INCLUDE_RULE[0](x) for x in v),
+                 "must be a list of: " + ", ".join(INCLUDABLE))),
+    ("stream_options", _OBJECT),
+    ("stream_options.include_obfuscation", _BOOLEAN),
+    ("reasoning", _OBJECT),
+    ("reasoning.effort", _one_of("none", "minimal", "low", "medium", "high", "xhigh")),
+    ("reasoning.summary", _SUMMARY),
+    ("reasoning.generate_summary", _SUMMARY),
+    ("text", _OBJECT),
+    ("text.verbosity", _one_of("low", "medium", "high")),
+    ("tools", _of(list, "must be a list")),
+)
+
+
+def _fail(param: str, message: str) -> BadRequest:
+    return BadRequest(f"'{param}' {message}.", param=param)
+
+
+def _at(body: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path``; None where a step is absent (its parent was checked)."""
+    value: Any = body
+    for step in path:
+        value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+_PATHS: Final = tuple((name, tuple(name.split(".")), rule) for name, rule in FIELDS)
+
+
 def check_body(body: dict[str, Any]) -> None:
-    """Raise :class:`BadRequest` for the first field the router cannot read as documented."""
-    optional: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
-        ("instructions", str, "must be a string"),
-        ("previous_response_id", str, "must be a string"),
-        ("user", str, "must be a string"),
-        ("store", bool, "must be true or false"),
-        ("background", bool, "must be true or false"),
-        ("parallel_tool_calls", bool, "must be true or false"),
-        ("metadata", dict, "must be an object of strings"),
-        ("reasoning", dict, "must be an object"),
-        ("text", dict, "must be an object"),
-        ("tools", list, "must be a list"),
-    )
-    for name, kind, message in optional:
-        value = body.get(name)
-        if value is not None and not isinstance(value, kind):
-            raise _fail(name, message)
-    for name in ("temperature", "top_p"):
-        if body.get(name) is not None and not _number(body[name]):
-            raise _fail(name, "must be a number")
-    limit = body.get("max_output_tokens")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
-                              or limit < 1):
-        raise _fail("max_output_tokens", "must be an integer of at least 1")
-    effort = (body.get("reasoning") or {}).get("effort")
-    if effort is not None and not isinstance(effort, str):
-        raise _fail("reasoning.effort", "must be a string")
+    """Raise :class:`BadRequest` for the first field that breaks OpenAI's schema, or that
+    the router cannot read as documented."""
+    for name, path, (test, must) in _PATHS:
+        value = _at(body, path)
+        if value is not None and not test(value):
+            raise _fail(name, must)
     _check_format((body.get("text") or {}).get("format"))
     _check_tools(body.get("tools") or [], body.get("tool_choice"))
     raw = body.get("input")

@@ -22,7 +22,7 @@ from ...hub.sse import frame as sse_frame
 from ...hub.usage import Usage
 from .translate import ResponseFrame, new_item_id, status_of, usage_to_responses
 
-__all__ = ["ChatStreamToResponses", "EventWriter"]
+__all__ = ["ChatStreamToResponses", "EventWriter", "replay_events"]
 
 
 class EventWriter:
@@ -202,3 +202,57 @@ class ChatStreamToResponses:
                                                                 "item": item}))
         self._output.append(item)
         return b"".join(out)
+
+
+def replay_events(response: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A finished ``response`` object as the events that would have streamed it, in
+    order (``GET /v1/responses/{id}?stream=true``), each ``(type, payload)`` before the
+    sequence number is added: created, in_progress, each output item opened, its text
+    or arguments, closed, then the terminal event for its status."""
+    status = response.get("status")
+    shell = {**response, "status": "in_progress", "output": [], "usage": None,
+             "error": None, "incomplete_details": None}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("response.created", {"response": shell}), ("response.in_progress", {"response": shell})]
+    for index, item in enumerate(response.get("output") or []):
+        if not isinstance(item, dict):
+            continue
+        events.extend(_replayed_item(index, item))
+    terminal = status if status in ("completed", "incomplete", "failed") else "completed"
+    events.append((f"response.{terminal}", {"response": response}))
+    return events
+
+
+def _replayed_item(index: int, item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    item_id = item.get("id") or ""
+    opened: dict[str, Any] = {**item, "status": "in_progress"}
+    if item.get("type") == "message":
+        opened["content"] = []
+    elif item.get("type") == "function_call":
+        opened["arguments"] = ""
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("response.output_item.added", {"output_index": index, "item": opened})]
+    where = {"item_id": item_id, "output_index": index}
+    if item.get("type") == "message":
+        for j, part in enumerate(item.get("content") or []):
+            if not isinstance(part, dict):
+                continue
+            at = {**where, "content_index": j}
+            if part.get("type") == "output_text":
+                text = part.get("text") or ""
+                empty = {**part, "text": ""}
+                events += [
+                    ("response.content_part.added", {**at, "part": empty}),
+                    ("response.output_text.delta", {**at, "delta": text, "logprobs": []}),
+                    ("response.output_text.done", {**at, "text": text, "logprobs": []})]
+            else:
+                events.append(("response.content_part.added", {**at, "part": part}))
+            events.append(("response.content_part.done", {**at, "part": part}))
+    elif item.get("type") == "function_call":
+        arguments = item.get("arguments") or ""
+        events += [
+            ("response.function_call_arguments.delta", {**where, "delta": arguments}),
+            ("response.function_call_arguments.done", {**where, "name": item.get("name"),
+                                                      "arguments": arguments})]
+    events.append(("response.output_item.done", {"output_index": index, "item": item}))
+    return events

@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from ...hub.chat import first_choice
@@ -324,6 +325,10 @@ class ResponseFrame:
     _ECHOED: Final = ("instructions", "max_output_tokens", "previous_response_id",
                       "reasoning", "temperature", "top_p", "user", "truncation",
                       "service_tier", "prompt_cache_key", "safety_identifier")
+    _DEFAULTS: Final[tuple[tuple[str, Callable[[], Any]], ...]] = (
+        ("metadata", dict), ("parallel_tool_calls", lambda: True), ("store", lambda: True),
+        ("text", lambda: {"format": {"type": "text"}}), ("tool_choice", lambda: "auto"),
+        ("tools", list))
 
     def __init__(self, body: dict[str, Any], model: str, response_id: str | None = None
                  ) -> None:
@@ -334,12 +339,11 @@ class ResponseFrame:
         # to the client as it declared them.
         self.namespaced = namespaced_tools(body)
         echo: dict[str, Any] = {k: body.get(k) for k in self._ECHOED}
-        echo["metadata"] = body.get("metadata") or {}
-        echo["parallel_tool_calls"] = body.get("parallel_tool_calls", True)
-        echo["store"] = body.get("store", True)
-        echo["text"] = body.get("text") or {"format": {"type": "text"}}
-        echo["tool_choice"] = body.get("tool_choice", "auto")
-        echo["tools"] = body.get("tools") or []
+        # A field sent as null reads as absent: the Response object carries the
+        # schema's default, never null where the schema says boolean or object.
+        for name, default in self._DEFAULTS:
+            value = body.get(name)
+            echo[name] = default() if value is None else value
         if echo["reasoning"] is None:
             echo["reasoning"] = {"effort": None, "summary": None}
         if echo["truncation"] is None:
