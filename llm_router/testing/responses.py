@@ -69,14 +69,19 @@ def _plan(body: _Body) -> tuple[str | None, str, int, bool]:
     return None, " ".join(words), n, wanted is not None
 
 
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def _shell(body: _Body, model: str, response_id: str, status: str) -> _Body:
     return {
         "id": response_id, "object": "response", "created_at": int(time.time()),
         "status": status, "error": None, "incomplete_details": None,
         "instructions": body.get("instructions"), "model": model, "output": [],
-        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        # As the API: a field sent as null reads as its default.
+        "parallel_tool_calls": _or(body.get("parallel_tool_calls"), True),
         "previous_response_id": body.get("previous_response_id"),
-        "store": body.get("store", True), "tool_choice": body.get("tool_choice", "auto"),
+        "store": _or(body.get("store"), True), "tool_choice": _or(body.get("tool_choice"), "auto"),
         "tools": body.get("tools") or [], "metadata": body.get("metadata") or {},
         "usage": None,
     }
@@ -132,7 +137,7 @@ def response_events(body: _Body, model: str) -> list[tuple[str, _Body]]:
             emit("response.function_call_arguments.delta", item_id=item["id"], output_index=0,
                  delta=part)
         emit("response.function_call_arguments.done", item_id=item["id"], output_index=0,
-             arguments=_TOOL_ARGUMENTS)
+             name=tool, arguments=_TOOL_ARGUMENTS)
     else:
         emit("response.output_item.added", output_index=0,
              item={**item, "content": [], "status": "in_progress"})
@@ -141,9 +146,9 @@ def response_events(body: _Body, model: str) -> list[tuple[str, _Body]]:
              content_index=0, part=empty)
         for i, word in enumerate(text.split(" ") if text else ()):
             emit("response.output_text.delta", item_id=item["id"], output_index=0,
-                 content_index=0, delta=word if i == 0 else " " + word)
+                 content_index=0, delta=word if i == 0 else " " + word, logprobs=[])
         emit("response.output_text.done", item_id=item["id"], output_index=0,
-             content_index=0, text=text)
+             content_index=0, text=text, logprobs=[])
         emit("response.content_part.done", item_id=item["id"], output_index=0,
              content_index=0, part=item["content"][0])
     emit("response.output_item.done", output_index=0, item=item)
