@@ -18,8 +18,10 @@ import pytest
 
 from llm_router.config import ConfigError, parse_config
 from llm_router.config.aliases import AliasTable, ambiguous_pairs, common_name
+from llm_router.testing.upstream import Fault
 
 from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
+from .test_reload import eventually
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CODEX = json.loads((FIXTURES / "codex_0.171_responses_request.json").read_text())
@@ -274,3 +276,99 @@ async def test_claude_code_request_is_served_with_no_model_flag(
         text = await resp.text()
     assert "event: message_stop" in text
     assert '"model":"claude-opus-4-8"' in text
+
+
+# ------------------------------------------------------------------ discovery
+
+
+async def _catalog(router: Any, http: aiohttp.ClientSession) -> dict[str, Any]:
+    async with http.get(router.url + "/admin/status", headers=AUTH) as resp:
+        assert resp.status == 200
+        status = await resp.json()
+    return {p["name"]: p["catalog"] for p in status["providers"]}
+
+
+async def _model_ids(router: Any) -> list[str]:
+    return [m.id async for m in router.openai().models.list()]
+
+
+def discovering(up: Upstream, refresh_s: float = 600) -> dict[str, Any]:
+    return {"providers": [
+        openai_provider("oa", up, discover=True),
+        {"name": "an", "type": "anthropic", "base_url": up.root, "api_keys": ["sk-an"],
+         "discover": {"refresh_s": refresh_s}},
+        {"name": "gem", "type": "gemini", "base_url": up.root, "api_keys": ["gk-1"],
+         "discover": True},
+        openai_provider("quiet", up)],
+        "groups": [{"name": "g", "models": [{"provider": "oa", "name": "my-deployment"}]}]}
+
+
+async def test_discovered_models_are_listed_and_unlisted_ones_refused_upstream_unasked(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    upstream.fake.max_models_page = 2  # Anthropic's list comes in three pages
+    router = await start_router(discovering(upstream))
+    await eventually(lambda: _all_listed(router, http, ("oa", "an", "gem")))
+    catalog = await _catalog(router, http)
+    assert catalog["quiet"] is None  # does not discover
+    assert catalog["an"]["models"] == 5 and catalog["an"]["last_error"] is None
+    ids = await _model_ids(router)
+    assert {"oa/gpt-4o-mini", "an/claude-sonnet-4-5", "an/claude-3-opus-latest",
+            "gem/gemini-2.5-flash"} <= set(ids)
+    client = router.openai()
+    asked = len(upstream.fake.requests)
+    for model in ("oa/gpt-5-invented", "an/claude-invented", "gem/gemini-invented"):
+        with pytest.raises(openai.NotFoundError) as err:
+            await client.chat.completions.create(model=model,
+                                                 messages=[{"role": "user", "content": "hi"}])
+        assert err.value.code == "model_not_found" and "does not list" in err.value.message
+        with pytest.raises(openai.NotFoundError):
+            await client.models.retrieve(model)
+    assert len(upstream.fake.requests) == asked  # refused without an upstream call
+    # Listed models, a model the config names (not listed), and a provider that does not
+    # discover are served.
+    for model in ("oa/gpt-4o-mini", "an/claude-sonnet-4-5", "g", "quiet/anything"):
+        answer = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content
+
+
+async def _all_listed(router: Any, http: aiohttp.ClientSession, names: tuple[str, ...]
+                      ) -> bool:
+    catalog = await _catalog(router, http)
+    return all(catalog[n] and catalog[n]["models"] for n in names)
+
+
+async def test_a_failed_refresh_keeps_the_last_good_list(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(discovering(upstream, refresh_s=1))
+    await eventually(lambda: _all_listed(router, http, ("an",)))
+    upstream.fake.add_fault(Fault(status=503, times=None, path="/v1/models"))
+
+    async def failed() -> bool:
+        return bool((await _catalog(router, http))["an"]["last_error"])
+
+    await eventually(failed, timeout=10)
+    catalog = (await _catalog(router, http))["an"]
+    assert catalog["models"] == 5 and "503" in catalog["last_error"]
+    assert "an/claude-sonnet-4-5" in await _model_ids(router)
+    with pytest.raises(openai.NotFoundError):
+        await router.openai().chat.completions.create(
+            model="an/claude-invented", messages=[{"role": "user", "content": "hi"}])
+    upstream.fake.clear_faults()
+
+
+async def test_until_a_listing_succeeds_requests_pass_through(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    upstream.fake.add_fault(Fault(status=500, times=None, path="/v1/models"))
+    router = await start_router({"providers": [openai_provider("oa", upstream, discover=True)],
+                                 "groups": [{"name": "g", "models": [{"provider": "oa",
+                                                                      "name": "m"}]}]})
+
+    async def failed() -> bool:
+        return bool((await _catalog(router, http))["oa"]["last_error"])
+
+    await eventually(failed)
+    assert (await _catalog(router, http))["oa"]["models"] is None
+    answer = await router.openai().chat.completions.create(
+        model="oa/anything", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content

@@ -39,6 +39,7 @@ __all__ = [
     "CircuitSettings",
     "Config",
     "ConfigError",
+    "Discovery",
     "Entra",
     "Group",
     "Limits",
@@ -207,6 +208,20 @@ class Entra:
 
 
 @dataclass(frozen=True, slots=True)
+class Discovery:
+    """Listing a provider's models (docs/catalog.md). Written as a mapping, or as just
+    true / false (discover: true)."""
+
+    _shorthand: ClassVar = ("enabled", "discovery switch")
+
+    enabled: bool = setting(True, doc=(
+        "List the provider's models at start and every refresh_s: GET /v1/models shows "
+        "them, and a provider/model it did not list gets 404 without an upstream call."))
+    refresh_s: float = setting(600.0, ge=1.0, doc=(
+        "Seconds between listings; a failed listing keeps the last good list."))
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     """An upstream API and its keys."""
 
@@ -250,6 +265,8 @@ class Provider:
     region: str = setting("", pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$", doc=(
         "bedrock only: the AWS region, e.g. us-east-1 (required for bedrock)."),
         pattern_hint="expected an AWS region such as us-east-1")
+    discover: Discovery | None = setting(None, doc=(
+        "List this provider's models: true, or {refresh_s: 600} (docs/catalog.md)."))
     responses_unsupported_tools: str = setting("drop", choices=("drop", "refuse"), doc=(
         "POST /v1/responses through Chat Completions: hosted tools this provider cannot run "
         "(web_search...) are dropped and named in x-router-dropped-tools (drop), or answered "

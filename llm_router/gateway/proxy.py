@@ -148,7 +148,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     body = ex.body if ex.body is not None else await read_json(request, cfg)
     model = validate_body(ex.kind, body)
     ex.group = model  # until resolved: a 404's access line keeps the name sent (cut)
-    target = resolve_target(cfg, model, ex.caller.aliases)
+    target = resolve_target(cfg, model, ex.caller.aliases, state.catalog)
     ex.group, ex.asked, ex.alias = target.name, target.asked, target.alias
     if target.alias:
         state.metrics.child(state.metrics.alias_requests, target.alias,

@@ -27,6 +27,7 @@ from ..observe.redact import Redactor
 from ..observe.traffic import Traffic
 from ..state.store import MemoryStore, StateStore
 from .affinity import AffinityStore, MemoryAffinityStore, SharedAffinityStore
+from .catalog import Catalog
 from .deadlines import Deadlines
 from .health import KeyHealth
 from .routing import counter_keys, level_new_keys
@@ -78,6 +79,7 @@ class RouterState:
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
         self.traffic = Traffic()  # the last minute, for GET /admin/status
+        self.catalog = Catalog(cfg)  # discovered upstream models (catalog.py)
         # Prompt-cache pins (affinity.py): in Redis when the state is shared, so replicas
         # agree on a conversation's key; else an LRU in this process.
         self.affinity: AffinityStore = (MemoryAffinityStore() if self.store.backend == "memory"
@@ -115,6 +117,7 @@ class RouterState:
         self.labels = LabelNames(cfg)
         self.redactor = Redactor(cfg, self.redactor)
         self.config = cfg
+        self.catalog.configure(cfg)
         self.level_new_keys(counter_keys(cfg) - counter_keys(old))
         self.health.generation += 1  # keys marked bad get another chance
         for provider, key in _changed_keys(old, cfg):

@@ -22,6 +22,7 @@ from ..config.aliases import AliasTable
 from ..errors import BadRequest, ModelNotFound, echoed
 from ..ledger.usage import CounterKey, UsageCounters
 from ..providers.registry import provider_type
+from .catalog import Catalog
 from .health import KeyHealth
 
 __all__ = [
@@ -76,31 +77,40 @@ class Target:
         return replace(self, state_model=state_model)
 
 
-def resolve_target(cfg: Config, model: str, user_aliases: AliasTable | None = None) -> Target:
+def resolve_target(cfg: Config, model: str, user_aliases: AliasTable | None = None,
+                   catalog: Catalog | None = None) -> Target:
     """Map the client's ``model`` to a group; ``provider/model`` makes a one-member group.
 
     A name that is neither goes through the caller's aliases, then the top-level ones
     (docs/catalog.md): the target they name is served, and remembers what was asked.
+    With a ``catalog``, a ``provider/model`` its provider did not list is no model.
     """
-    target = _named(cfg, model)
+    target = _named(cfg, model, catalog)
     if target is not None:
         return target
     for table in (user_aliases, cfg.alias_table):
         alias = table.match(model) if table else None
         if alias is not None:
-            target = _named(cfg, alias.target)
+            target = _named(cfg, alias.target, catalog)
             if target is not None:
                 return Target(target.name, target.group, asked=model, alias=alias.pattern)
+    provider, sep, upstream_model = model.partition("/")
+    if sep and catalog is not None and provider in cfg.providers \
+            and catalog.refuses(provider, upstream_model):
+        raise ModelNotFound(f"Provider '{provider}' does not list the model "
+                            f"'{echoed(upstream_model)}'. GET /v1/models lists what you may "
+                            "use.", param="model")
     raise ModelNotFound(f"The model '{echoed(model)}' does not exist or is not served by "
                         "this router. GET /v1/models lists what you may use.", param="model")
 
 
-def _named(cfg: Config, model: str) -> Target | None:
+def _named(cfg: Config, model: str, catalog: Catalog | None) -> Target | None:
     group = cfg.groups.get(model)
     if group is not None:
         return Target(model, group)
     prov_name, sep, upstream_model = model.partition("/")
-    if sep and upstream_model and prov_name in cfg.providers:
+    if sep and upstream_model and prov_name in cfg.providers and (
+            catalog is None or not catalog.refuses(prov_name, upstream_model)):
         return Target(model, Group(name=model, members=(Member(prov_name, upstream_model),)))
     return None
 

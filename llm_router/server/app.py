@@ -11,6 +11,7 @@ Middlewares, outermost first:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -315,6 +316,19 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     await state.session.close()
 
 
+async def _discovery(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: list the models of providers with ``discover`` (catalog.py),
+    for as long as the client session is open."""
+    state = app[STATE]
+    assert state.session is not None
+    task = asyncio.create_task(state.catalog.run(lambda: state.config, state.session),
+                               name="llm-router model discovery")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _state_store(app: web.Application) -> AsyncIterator[None]:
     """``cleanup_ctx``: connect the state store; after draining, flush and close it."""
     state = app[STATE]
@@ -370,6 +384,7 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
     app.on_response_prepare.append(_close_while_draining)
     app.cleanup_ctx.append(_tracing)  # after the session closes: spans of the drain export
     app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_discovery)  # needs the session; stops before it closes
     app.cleanup_ctx.append(_access_log_flusher)
     if state.metrics.multiprocess_dir is not None:
         app.cleanup_ctx.append(_inflight_publisher)

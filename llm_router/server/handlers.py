@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..config import Group, Member
 from ..dialects import anthropic as anthropic_in
 from ..dialects.responses.check import INCLUDABLE
 from ..dialects.responses.stream import EventWriter, replay_events
@@ -78,7 +79,7 @@ async def _count_tokens_locally(request: web.Request, state: RouterState,
     ex.body = body
     model = validate_body(ex.kind, body)
     ex.group = model  # until resolved: a 404's access line keeps the name sent (cut)
-    target = resolve_target(cfg, model, ex.caller.aliases)
+    target = resolve_target(cfg, model, ex.caller.aliases, state.catalog)
     ex.caller.check(target)
     if any("count_tokens" in provider_type(cfg.providers[m.provider].type).serves
            for m in target.group.members):
@@ -135,6 +136,15 @@ async def list_models(request: web.Request) -> web.Response:
                 data.append({"id": mid, "object": "model", "created": created,
                              "owned_by": m.provider})
         del name
+    for provider, model in state.catalog.listed():
+        mid = f"{provider}/{model}"
+        if mid in seen:
+            continue
+        seen.add(mid)
+        target = Target(mid, Group(name=mid, members=(Member(provider, model),)))
+        if caller.may_use(target):
+            data.append({"id": mid, "object": "model", "created": created,
+                         "owned_by": provider})
     return _json({"object": "list", "data": data})
 
 
@@ -145,7 +155,7 @@ async def get_model(request: web.Request) -> web.Response:
     caller = request[EXCHANGE].caller
     model_id = request.match_info["model"]
     try:
-        target = resolve_target(cfg, model_id, caller.aliases)
+        target = resolve_target(cfg, model_id, caller.aliases, state.catalog)
     except RouterError:
         target = None
     if target is None or not caller.may_use(target):

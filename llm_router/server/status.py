@@ -113,6 +113,7 @@ def _providers(state: RouterState, cfg: Config) -> list[dict[str, Any]]:
     for (provider, key, model), n in sorted(state.counters.tokens.items()):
         tokens.setdefault((provider, key), {})[model] = n
     mono = time.monotonic()
+    catalogs = state.catalog.status(cfg)  # discovering providers only (docs/catalog.md)
     out = []
     for p in cfg.providers.values():
         keys = []
@@ -136,7 +137,8 @@ def _providers(state: RouterState, cfg: Config) -> list[dict[str, Any]]:
                 "models": sorted(k.models) if k.models is not None else None,
                 "tokens": tokens.get((p.name, k.label), {}),
             })
-        out.append({"name": p.name, "type": p.type, "keys": keys})
+        out.append({"name": p.name, "type": p.type, "keys": keys,
+                    "catalog": catalogs.get(p.name)})
     return out
 
 

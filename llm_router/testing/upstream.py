@@ -62,6 +62,9 @@ _TOOL_ARGUMENTS = '{"location": "Paris"}'
 _TOOL_TOKENS = 8  # what a short tool call costs a real model, roughly
 _DEFAULT_DIMENSIONS = 8
 _MODEL_IDS = ("fake-gpt", "gpt-4o-mini", "text-embedding-3-small", "claude-3-5-haiku-latest")
+# What GET /v1/models lists to a client that sends anthropic-version (Anthropic's shape).
+_ANTHROPIC_MODEL_IDS = ("claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5",
+                        "claude-3-5-haiku-latest", "claude-3-opus-latest")
 _RECORD_CAP = 10_000
 _RATE_REQUESTS = 1_000_000
 _RATE_TOKENS = 100_000_000
@@ -346,6 +349,23 @@ def models_list() -> _Body:
     return {"object": "list", "data": data}
 
 
+def anthropic_models_page(query: Mapping[str, str], max_page: int) -> _Body:
+    """One page of Anthropic's ``GET /v1/models`` (``limit`` 1-1000, default 20, and
+    ``after_id``; ``has_more``, ``first_id``, ``last_id``), at most ``max_page`` long."""
+    try:
+        limit = min(max(int(query.get("limit", "20")), 1), 1000, max_page)
+    except ValueError:
+        limit = 20
+    ids = list(_ANTHROPIC_MODEL_IDS)
+    after = query.get("after_id")
+    start = ids.index(after) + 1 if after in ids else 0
+    page = ids[start:start + limit]
+    data = [{"type": "model", "id": m, "display_name": m.replace("-", " ").title(),
+             "created_at": "2025-01-01T00:00:00Z"} for m in page]
+    return {"data": data, "has_more": start + limit < len(ids),
+            "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
+
+
 def count_tokens(body: _Body) -> dict[str, int]:
     """The Anthropic ``/v1/messages/count_tokens`` answer."""
     return {"input_tokens": count_prompt_tokens(body)}
@@ -549,6 +569,7 @@ class FakeUpstream:
                              if prompt_cache_ttl_s > 0 else None)
         self.requests: list[RecordedRequest] = []  # the last ~10,000 model-route requests
         self.total_requests = 0
+        self.max_models_page = 1000  # Anthropic model lists: longest page (tests page them)
         self._faults: list[_ArmedFault] = []
         self._remaining_requests = _RATE_REQUESTS
         self._remaining_tokens = _RATE_TOKENS
@@ -666,6 +687,8 @@ class FakeUpstream:
                               headers)
 
         if request.method == "GET":
+            if "anthropic-version" in request.headers:
+                return _json(anthropic_models_page(request.query, self.max_models_page))
             return _json(models_list())
         if body is None:
             message = "invalid JSON body" if parsed is None else "body must be a JSON object"

@@ -8,7 +8,8 @@ translated by :mod:`.translate`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -26,6 +27,10 @@ from .translate import (
 )
 
 __all__ = ["AnthropicProvider", "MessagesToChat"]
+
+# Pages of a model list followed at most: a list longer than this is cut, not
+# followed without end.
+_MAX_PAGES: Final = 20
 
 
 class AnthropicProvider(HTTPProvider):
@@ -91,10 +96,26 @@ class AnthropicProvider(HTTPProvider):
 
     async def list_models(self, session: aiohttp.ClientSession, provider: Provider,
                           key: ProviderKey) -> list[str] | None:
-        doc = await get_json(session, provider, f"{provider.base_url}/v1/models",
-                             {**provider.headers, "x-api-key": key.secret,
-                              "anthropic-version": provider.anthropic_version})
-        return model_ids(doc)
+        """Every page of ``GET /v1/models`` (``limit`` and ``after_id``, while
+        ``has_more``), as model ids; at most :data:`_MAX_PAGES` pages."""
+        headers = {**provider.headers, "x-api-key": key.secret,
+                   "anthropic-version": provider.anthropic_version}
+        ids: list[str] = []
+        after = ""
+        for _ in range(_MAX_PAGES):
+            query = f"?limit=1000&after_id={quote(after, safe='')}" if after else "?limit=1000"
+            doc = await get_json(session, provider, f"{provider.base_url}/v1/models{query}",
+                                 headers)
+            page = model_ids(doc)
+            if page is None:
+                return None
+            ids += page
+            last = doc.get("last_id") if isinstance(doc, dict) else None
+            if not (isinstance(doc, dict) and doc.get("has_more") is True
+                    and isinstance(last, str) and last and last != after):
+                break
+            after = last
+        return ids
 
 
 def _headers(call: UpstreamCall) -> dict[str, str]:
