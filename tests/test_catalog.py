@@ -372,3 +372,28 @@ async def test_until_a_listing_succeeds_requests_pass_through(
     answer = await router.openai().chat.completions.create(
         model="oa/anything", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content
+
+
+async def test_codex_default_model_request_with_additional_tools_items(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """Codex CLI 0.171 with no model configured asks for its default (gpt-6.2-sol) and
+    sends its tools as an ``additional_tools`` input item: namespaces of functions and a
+    ``custom`` (grammar) tool."""
+    recorded = json.loads((FIXTURES / "codex_0.171_default_model_request.json").read_text())
+    body = recorded["body"]
+    assert body["model"] == "gpt-6.2-sol" and "tools" not in body
+    assert body["input"][0]["type"] == "additional_tools"
+    router = await start_router(two_groups(upstream, aliases={"gpt-*": "fast"}))
+    async with http.post(router.url + "/v1/responses", json=body,
+                         headers={**AUTH, **recorded["headers"]}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["X-Router-Group"] == "fast"
+        assert resp.headers["X-Router-Dropped-Tools"] == "custom"
+        text = await resp.text()
+    assert text.rstrip().splitlines()[-2] == "event: response.completed"
+    sent = upstream.fake.requests[-1].body
+    assert sent is not None
+    names = {t["function"]["name"] for t in sent["tools"]}
+    assert {"functions__wait", "clock__sleep", "collaboration__spawn_agent"} <= names
+    assert "functions__exec" not in names  # the custom tool a chat member cannot run
+    assert all(m["role"] != "additional_tools" for m in sent["messages"])

@@ -50,17 +50,17 @@ class ResponsesTurn:
     def __init__(self, body: dict[str, Any], model: str, store: ResponseStore, owner: str,
                  previous: StoredResponse | None) -> None:
         self.body = body
-        self.frame = ResponseFrame(body, model)
+        self.history: list[dict[str, Any]] = previous.items if previous else []
+        self.frame = ResponseFrame(body, model, history=self.history)
         self.store = store
         self.owner = owner
         self.previous_id: str | None = body.get("previous_response_id")
-        self.history: list[dict[str, Any]] = previous.items if previous else []
         # Sent upstream with this turn: counts toward its prompt estimate.
         self.history_bytes = len(orjson.dumps(self.history)) if self.history else 0
         self.origin = previous.origin if previous else None
         self.refused = responses_in.refusal(body)  # what a chat member cannot serve
         # Hosted tools: a chat member goes without them when its provider drops them.
-        self.hosted = responses_in.hosted_tools(body)
+        self.hosted = responses_in.hosted_tools(body, self.history)
         self.dropped: tuple[str, ...] = ()  # the tool types the answering member went without
         self._relay: _ResponsesRelay | None = None
         self._remembered = False

@@ -44,6 +44,7 @@ from ...hub.usage import Usage
 __all__ = [
     "ResponseFrame",
     "chat_to_response",
+    "declared_tools",
     "hosted_tools",
     "input_items",
     "namespaced_tools",
@@ -104,13 +105,31 @@ def refusal(body: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def hosted_tools(body: dict[str, Any]) -> list[tuple[str, str, str]]:
+def declared_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = None
+                   ) -> list[tuple[str, Any]]:
+    """``(parameter, tool)`` for every tool the request offers: ``tools``, and the tools
+    of ``additional_tools`` input items (Codex CLI sends its tools that way for some
+    models), in the conversation it continues and in its own input."""
+    out: list[tuple[str, Any]] = [(f"tools[{i}]", t) for i, t in enumerate(body.get("tools")
+                                                                           or [])]
+    for where, items in (("previous_response_id", history or ()),
+                         ("input", input_items(body))):
+        for j, item in enumerate(items):
+            if item.get("type") == "additional_tools" and isinstance(item.get("tools"), list):
+                out += [(f"{where}[{j}].tools[{i}]" if where == "input" else where, t)
+                        for i, t in enumerate(item["tools"])]
+    return out
+
+
+def hosted_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = None
+                 ) -> list[tuple[str, str, str]]:
     """``(parameter, tool type, why)`` for each tool a chat member cannot run: hosted
     tools (``web_search``, ``file_search``...), tools inside a namespace other than
-    functions, and a ``tool_choice`` naming a hosted tool. A member whose provider says
-    ``responses_unsupported_tools: drop`` goes without them; ``refuse`` answers 400."""
+    functions (``custom``), and a ``tool_choice`` naming a hosted tool. A member whose
+    provider says ``responses_unsupported_tools: drop`` goes without them; ``refuse``
+    answers 400."""
     out: list[tuple[str, str, str]] = []
-    for i, tool in enumerate(body.get("tools") or []):
+    for param, tool in declared_tools(body, history):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind == "function":
             continue
@@ -118,11 +137,11 @@ def hosted_tools(body: dict[str, Any]) -> list[tuple[str, str, str]]:
             for j, inner in enumerate(tool.get("tools") or []):
                 inner_kind = inner.get("type") if isinstance(inner, dict) else None
                 if inner_kind != "function":
-                    out.append((f"tools[{i}].tools[{j}]", _tool_type(inner_kind),
+                    out.append((f"{param}.tools[{j}]", _tool_type(inner_kind),
                                 f"The tool type '{inner_kind}' inside namespace "
                                 f"'{tool.get('name')}' is not a function tool."))
             continue
-        out.append((f"tools[{i}]", _tool_type(kind), f"The hosted tool '{_tool_type(kind)}' is "
+        out.append((param, _tool_type(kind), f"The hosted tool '{_tool_type(kind)}' is "
                     "only available "
                     "on members with 'responses: native'; this model's members speak Chat "
                     "Completions, which offers function tools only."))
@@ -143,11 +162,12 @@ def _tool_type(kind: Any) -> str:
     return kind if isinstance(kind, str) and _TOOL_TYPE.fullmatch(kind) else "unknown"
 
 
-def namespaced_tools(body: dict[str, Any]) -> dict[str, tuple[str, str]]:
+def namespaced_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = None
+                     ) -> dict[str, tuple[str, str]]:
     """Chat function name → ``(namespace, name)`` for each function tool inside a
     ``namespace`` tool. Names are ``{namespace}__{name}`` cut to what chat allows, with
     ``_2``, ``_3``... where that would collide with another tool's name."""
-    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    tools = [t for _, t in declared_tools(body, history) if isinstance(t, dict)]
     taken = {t.get("name") for t in tools if t.get("type") == "function"}
     out: dict[str, tuple[str, str]] = {}
     for tool in tools:
@@ -183,7 +203,7 @@ def _item_refusal(item: dict[str, Any]) -> str | None:
             return (f"Content part '{ptype}' cannot be sent to a Chat Completions member "
                     "(text and images by URL or data: URL can).")
         return None
-    if kind in ("function_call", "function_call_output", "reasoning"):
+    if kind in ("function_call", "function_call_output", "reasoning", "additional_tools"):
         return None
     return (f"Input item '{kind}' cannot be sent to a Chat Completions member; it needs a "
             "member with 'responses: native'.")
@@ -201,7 +221,8 @@ def responses_to_chat(body: dict[str, Any], upstream_model: str,
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
         messages.append({"role": "system", "content": instructions})
-    namespaced = namespaced_tools(body)
+    offered = [t for _, t in declared_tools(body, history) if isinstance(t, dict)]
+    namespaced = namespaced_tools(body, history)
     flat_names = {pair: flat for flat, pair in namespaced.items()}
     for item in [*(history or ()), *input_items(body)]:
         _add_item(messages, item, flat_names)
@@ -217,10 +238,9 @@ def responses_to_chat(body: dict[str, Any], upstream_model: str,
     if limit is not None:
         # Reasoning models accept only the newer name; every server accepts the older one.
         out["max_completion_tokens" if effort else "max_tokens"] = limit
-    tools = [_chat_tool(t) for t in body.get("tools") or []
-             if isinstance(t, dict) and t.get("type") == "function"]
-    for tool in body.get("tools") or []:
-        if isinstance(tool, dict) and tool.get("type") == "namespace":
+    tools = [_chat_tool(t) for t in offered if t.get("type") == "function"]
+    for tool in offered:
+        if tool.get("type") == "namespace":
             for inner in tool.get("tools") or []:
                 if not isinstance(inner, dict) or inner.get("type") != "function":
                     continue
@@ -285,6 +305,7 @@ def _add_item(messages: list[dict[str, Any]], item: dict[str, Any],
                          "content": output if isinstance(output, str)
                          else _joined_text(output)})
     # reasoning items: the chat upstream cannot take them back; they are left out.
+    # additional_tools items: their tools join the request's (declared_tools).
 
 
 def _chat_content(content: Any, role: str) -> str | list[dict[str, Any]]:
@@ -330,14 +351,14 @@ class ResponseFrame:
         ("text", lambda: {"format": {"type": "text"}}), ("tool_choice", lambda: "auto"),
         ("tools", list))
 
-    def __init__(self, body: dict[str, Any], model: str, response_id: str | None = None
-                 ) -> None:
+    def __init__(self, body: dict[str, Any], model: str, response_id: str | None = None,
+                 history: list[dict[str, Any]] | None = None) -> None:
         self.id = response_id or new_item_id("resp")
         self.created_at = int(time.time())
         self.model = model
         # Chat names of namespaced function tools → (namespace, name): calls come back
         # to the client as it declared them.
-        self.namespaced = namespaced_tools(body)
+        self.namespaced = namespaced_tools(body, history)
         echo: dict[str, Any] = {k: body.get(k) for k in self._ECHOED}
         # A field sent as null reads as absent: the Response object carries the
         # schema's default, never null where the schema says boolean or object.
