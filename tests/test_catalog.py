@@ -330,6 +330,12 @@ async def test_discovered_models_are_listed_and_unlisted_ones_refused_upstream_u
         answer = await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hi"}])
         assert answer.choices[0].message.content
+    # A listed model keeps its own selection counters; an invented name on a provider
+    # that does not discover is folded into 'other' (bounded state).
+    async with http.get(router.url + "/admin/status", headers=AUTH) as resp:
+        providers = {p["name"]: p for p in (await resp.json())["providers"]}
+    assert "gpt-4o-mini" in providers["oa"]["keys"][0]["tokens"]
+    assert set(providers["quiet"]["keys"][0]["tokens"]) == {"other"}
 
 
 async def _all_listed(router: Any, http: aiohttp.ClientSession, names: tuple[str, ...]

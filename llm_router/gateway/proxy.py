@@ -155,8 +155,12 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
                             state.labels.group(target.name)).inc()
     if target.is_direct:
         member = target.group.members[0]
-        if state.labels.model(member.provider, member.model) == OTHER:
-            target = target.folded(OTHER)  # a name from the client: bounded state
+        listed = state.catalog.models(member.provider)
+        if state.labels.model(member.provider, member.model) == OTHER and (
+                listed is None or member.model not in listed):
+            # A name from the client: bounded state. A model its provider listed is
+            # kept under its own name: discovery bounds those (docs/catalog.md).
+            target = target.folded(OTHER)
     ex.caller.check(target)
     if ex.caller.has_budget:  # every call it can reach must be charged
         target = priced_target(cfg.pricing, target)
