@@ -103,8 +103,8 @@ async def test_sigkill_after_a_second_of_quiet_loses_nothing(
     assert total["requests"] == len(told) > 20
     assert total["prompt_tokens"] == sum(t[1] for t in told)
     assert total["completion_tokens"] == sum(t[2] for t in told)
-    # The header rounds each cost to 1e-8 USD.
-    assert total["cost_usd"] == pytest.approx(sum(t[0] for t in told), abs=len(told) * 1e-8)
+    # The header round-trips each cost; the sum's order differs (concurrent requests).
+    assert total["cost_usd"] == pytest.approx(sum(t[0] for t in told), rel=1e-12)
     after = {k: v for k, v in (await scrape(http, rp.url)).items()
              if k.startswith("llm_router_key_tokens{")}
     assert after == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from llm_router.dialects.responses.store import MemoryResponseStore, StoredResponse
 
 
@@ -48,8 +50,10 @@ async def test_memory_stays_under_max_bytes_whatever_the_traffic() -> None:
         await store.put(entry(n, "y" * (n % 97)))
         assert store.bytes <= limit
     assert 0 < len(store) < 500
-    assert store.bytes == sum(len(e.to_json()) for e in
-                              [entry(n, "y" * (n % 97)) for n in range(500)][-len(store):])
+    # What is counted is what each entry costs: its JSON as bytes, its id, bookkeeping.
+    kept = [entry(n, "y" * (n % 97)) for n in range(500)][-len(store):]
+    assert store.bytes == sum(sys.getsizeof(e.to_json()) + sys.getsizeof(e.id) + 200
+                              for e in kept)
     # One entry larger than the whole budget is refused, not kept at others' expense.
     assert not await store.put(entry(9999, "z" * limit))
     assert store.bytes <= limit and await store.get("resp_499") is not None

@@ -548,8 +548,9 @@ class ResponsesSettings:
     store_max_entries: int = setting(10_000, doc=(
         "Most responses kept; past it the least recently used go first (0 keeps none)."))
     store_max_bytes: int = setting(64 * 1024 * 1024, doc=(
-        "Bound on the kept responses' JSON, summed: memory stays within it (plus ~200 bytes "
-        "per entry) whatever the traffic. A single larger response is not kept."))
+        "Bound on the memory the kept responses take in this process (each counts its "
+        "JSON plus its id and ~200 bytes of bookkeeping), whatever the traffic. A single "
+        "larger response is not kept. With state.redis_url: bound on each entry's JSON."))
     store_ttl_s: float = setting(3600.0, gt=0, doc=(
         "A response is forgotten this many seconds after it was created."))
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Final
 
 import orjson
@@ -430,6 +431,13 @@ def _upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailur
     return resp
 
 
+def _usd_text(cost: float) -> str:
+    """``cost`` in plain decimal notation with the shortest digits that parse back to the
+    same float, so the headers of many answers sum to exactly what /v1/usage and the
+    access log count (8 fixed decimals lost up to 5e-9 USD an answer)."""
+    return f"{Decimal(repr(cost)):f}"
+
+
 def _router_headers(resp: web.StreamResponse, ex: Exchange, cand: Candidate | None) -> None:
     h = resp.headers
     h["X-Router-Group"] = ex.group
@@ -660,7 +668,7 @@ async def _relay_body(req: ModelRequest, att: _Attempt, resp: UpstreamResponse
     elapsed = time.perf_counter() - ex.t0
     resp_out.headers["X-Router-Latency-Ms"] = f"{elapsed * 1000:.1f}"
     resp_out.headers["X-Router-Overhead-Ms"] = f"{max(0.0, elapsed - ex.upstream_s) * 1000:.3f}"
-    resp_out.headers["X-Router-Cost-USD"] = f"{ex.cost or 0.0:.8f}"
+    resp_out.headers["X-Router-Cost-USD"] = _usd_text(ex.cost or 0.0)
     ex.bytes_out = len(resp_out.body) if isinstance(resp_out.body, bytes) else len(payload)
     return resp_out
 
