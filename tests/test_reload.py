@@ -319,6 +319,29 @@ async def test_unservable_group_is_refused_and_warnings_are_logged_on_reload(
     assert await chat_status(http, router, "b") == 200
 
 
+async def test_a_standing_warning_is_not_logged_again_on_every_reload(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 33: serve logs the start-up config's warnings; a reload for an edit elsewhere
+    # used to log each of them again. Only a warning the new config adds is logged.
+    gone = {"m-gone": {"input": 1, "output": 2}}
+    other = {**gone, "m-other": {"input": 1, "output": 2}}
+    router = await start_router(_config(upstream, ["a"], pricing=gone))
+    with caplog.at_level(logging.WARNING, logger="llm_router.reload"):
+        for n, (groups, pricing) in enumerate(
+                [(["a", "b"], gone), (["a", "b", "c"], other)]):
+            save_by_rename(router.config_path, _config(upstream, groups, pricing=pricing))
+
+            async def reloaded(count: int = n + 1) -> bool:
+                return (await scrape(http, router.url))[RELOAD_OK] == count
+
+            await eventually(reloaded)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("pricing.m-other" in m for m in logged) == 1, logged
+    assert not [m for m in logged if "pricing.m-gone" in m], logged
+    assert await chat_status(http, router, "c") == 200
+
+
 class ConfigMapVolume:
     """A directory laid out the way the kubelet lays out a mounted ConfigMap: each file is
     a symlink through ``..data``, itself a symlink to a timestamped directory. The file's

@@ -68,6 +68,10 @@ class ConfigReloader:
         self._requested: set[asyncio.Task[bool | None]] = set()
         self.last: ReloadOutcome | None = None
         self.loaded_at = state.started  # when the serving config was read (start-up, reload)
+        # The warnings of the serving config, which were logged when it was loaded (the
+        # start-up's by serve itself): a reload logs only those not among them, so an edit
+        # elsewhere in the file does not repeat every standing warning.
+        self._warned = frozenset(state.config.warnings)
 
     async def prime(self) -> None:
         """Remember the file's current content, so an event that changes nothing is ignored."""
@@ -119,8 +123,10 @@ class ConfigReloader:
             self.last = ReloadOutcome(self.loaded_at, True, reason)
             log.info("config reloaded (%s) from %s: %s%s", reason, self._source, cfg.summary(),
                      _changes(old, cfg))
-            for warning in cfg.warnings:
-                log.warning("config %s: %s", self._source, warning)
+            for warning in dict.fromkeys(cfg.warnings):
+                if warning not in self._warned:
+                    log.warning("config %s: %s", self._source, warning)
+            self._warned = frozenset(cfg.warnings)
             if (old.host, old.port) != (cfg.host, cfg.port):
                 log.warning("config reload: listen address changed from %s:%d to %s:%d in the "
                             "file; the listener cannot move without a restart (a --host/--port "
