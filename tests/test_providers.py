@@ -13,13 +13,20 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from llm_router.config import Provider, load_config
 from llm_router.config.model import PROVIDER_TYPES as CONFIG_TYPES
 from llm_router.gateway import relay
 from llm_router.hub.sse import DONE, event_fields, frame
 from llm_router.hub.stream import STREAM_ERROR, Usage, openai_error_event
-from llm_router.providers import CachedToken, ProviderType
+from llm_router.providers import (
+    UPSTREAM_ERRORS,
+    CachedToken,
+    ProviderType,
+    failure_from_exception,
+)
+from llm_router.providers.bedrock.eventstream import FrameError
 from llm_router.providers.registry import PROVIDER_TYPES, provider_type
 
 from .conftest import Upstream, write_config
@@ -150,3 +157,21 @@ async def test_a_token_inside_its_refresh_margin_is_fetched_again() -> None:
     token = CachedToken(fetch)
     assert [await token.get(), await token.get()] == ["t1", "t2"]
 
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (aiohttp.ServerDisconnectedError(), "closed"),
+    (ConnectionResetError(), "closed"),
+    (TimeoutError(), "timeout"),
+    (FrameError("bad prelude CRC"), "bad_response"),
+], ids=["disconnected", "reset", "timeout", "broken-framing"])
+def test_upstream_errors_map_to_attempt_failures(exc: BaseException, reason: str) -> None:
+    assert isinstance(exc, UPSTREAM_ERRORS)
+    assert failure_from_exception(exc, "p").reason == reason
+
+
+def test_an_error_that_is_not_the_upstreams_is_raised_not_failed_over() -> None:
+    bug = KeyError("a router bug")
+    assert not isinstance(bug, UPSTREAM_ERRORS)
+    with pytest.raises(KeyError):
+        failure_from_exception(bug, "p")

@@ -29,7 +29,7 @@ class Exchange:
     request_id: str
     caller: Caller
     kind: str = ""  # chat | completions | embeddings | messages | count_tokens
-    client: str = "openai"  # the caller's dialect: openai | anthropic
+    client: str = "openai"  # the caller's dialect (hub.stream.Dialect)
     t0: float = field(default_factory=time.perf_counter)
     group: str = ""
     # When an alias chose the group: the model name the client sent, and the pattern.

@@ -47,7 +47,10 @@ upstream speaking the hub over SSE):
 ``failure(name, status, headers, body) -> AttemptFailure``
     An error status → the attempt's failure: the metric reason and the retry hint
     (``retry_after`` in seconds; capped by ``circuit.cooldown_max_s`` upstream of it).
-    Exceptions are mapped once for all types by :func:`~.base.failure_from_exception`.
+    Exceptions are mapped once for all types by :func:`~.base.failure_from_exception`:
+    those in :data:`~.base.UPSTREAM_ERRORS` (aiohttp's, timeouts, OS errors, an answer
+    too large, :class:`~.base.UpstreamProtocolError` for a wire that breaks its own
+    framing); anything else is a router bug and propagates, to be logged.
 ``list_models(session, provider, key) -> list[str] | None`` (async)
     The model ids the upstream offers (the catalog); None if it cannot say.
 ``sets_prompt_cache_key``
@@ -60,22 +63,26 @@ lives in :mod:`llm_router.hub` or :mod:`llm_router.dialects`.
 from __future__ import annotations
 
 from .base import (
+    UPSTREAM_ERRORS,
     AttemptFailure,
     CachedToken,
     ProviderType,
     ResponseTooLarge,
     UpstreamCall,
+    UpstreamProtocolError,
     UpstreamResponse,
     failure_from_exception,
     status_failure,
 )
 
 __all__ = [
+    "UPSTREAM_ERRORS",
     "AttemptFailure",
     "CachedToken",
     "ProviderType",
     "ResponseTooLarge",
     "UpstreamCall",
+    "UpstreamProtocolError",
     "UpstreamResponse",
     "failure_from_exception",
     "status_failure",

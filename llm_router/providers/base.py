@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 import aiohttp
 
@@ -22,11 +22,13 @@ from ..hub.sse import EventParser, SSEParser
 from ..hub.stream import Relay, Usage
 
 __all__ = [
+    "UPSTREAM_ERRORS",
     "AttemptFailure",
     "CachedToken",
     "ProviderType",
     "ResponseTooLarge",
     "UpstreamCall",
+    "UpstreamProtocolError",
     "UpstreamResponse",
     "failure_from_exception",
     "retry_hint",
@@ -90,28 +92,46 @@ class AttemptFailure(Exception):
         return self.message
 
 
+class UpstreamProtocolError(Exception):
+    """An upstream answer that breaks its wire's framing or grammar (a bad frame, a
+    checksum that does not match): the attempt fails as ``bad_response``. A provider
+    raises it (or a subclass) from its response's ``read`` or ``chunks``."""
+
+
+# What an upstream exchange may raise that is the upstream's doing (or the network's):
+# the attempt fails and the loop may fail over. Anything else is a bug in the router
+# and propagates, to be logged as one (httpx's map_httpcore_exceptions is the model).
+UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError, ResponseTooLarge,
+                          UpstreamProtocolError)
+
+
 def failure_from_exception(exc: BaseException, provider: str) -> AttemptFailure:
-    """Translate aiohttp/asyncio errors into an :class:`AttemptFailure` (no secrets); a
-    provider's own :class:`AttemptFailure` (an azure token it could not get) stays as is."""
+    """Translate one of :data:`UPSTREAM_ERRORS` into an :class:`AttemptFailure` (no
+    secrets); a provider's own :class:`AttemptFailure` (an azure token it could not get)
+    stays as is; anything else is re-raised."""
     if isinstance(exc, AttemptFailure):
         return exc
     if isinstance(exc, ResponseTooLarge):
         return AttemptFailure("bad_response", f"upstream '{provider}' sent {exc}")
+    if isinstance(exc, UpstreamProtocolError):
+        return AttemptFailure("bad_response", f"upstream '{provider}' sent an invalid "
+                              f"response ({exc})")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return AttemptFailure("timeout", f"timed out connecting to upstream '{provider}'")
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return AttemptFailure("timeout", f"upstream '{provider}' timed out")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError):
         return AttemptFailure("connect", f"cannot connect to upstream '{provider}'")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
+                  | ConnectionError):
         return AttemptFailure("closed", f"upstream '{provider}' closed the connection")
     if isinstance(exc, aiohttp.ClientResponseError):
         return AttemptFailure("bad_response", f"upstream '{provider}' sent an invalid response",
                               status=exc.status or None)
-    if isinstance(exc, aiohttp.ClientError):
+    if isinstance(exc, aiohttp.ClientError | OSError):
         return AttemptFailure("connect", f"upstream '{provider}' request failed "
                               f"({type(exc).__name__})")
-    return AttemptFailure("bad_response", f"upstream '{provider}' failed ({type(exc).__name__})")
+    raise exc
 
 
 def status_failure(provider: str, status: int, headers: Mapping[str, str],

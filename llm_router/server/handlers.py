@@ -26,10 +26,12 @@ from ..errors import (
     echoed,
 )
 from ..gateway.exchange import EXCHANGE, Exchange
-from ..gateway.proxy import forward, validate_body
+from ..gateway.proxy import forward
 from ..gateway.request_body import read_json
+from ..gateway.request_check import validate_body
 from ..gateway.router_state import RouterState
 from ..gateway.routing import Target, resolve_target
+from ..hub.stream import Dialect
 from ..ledger.accounting import extract_key
 from ..providers.registry import provider_type
 from .fleet_status import FLEET
@@ -46,7 +48,8 @@ def _json(payload: object, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-def _model_route(kind: str, client: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _model_route(kind: str, client: Dialect
+                 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         ex = request[EXCHANGE]
@@ -343,13 +346,13 @@ def _peer_address(remote: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6A
 
 def routes() -> list[web.RouteDef]:
     return [
-        web.post("/v1/chat/completions", _model_route("chat", "openai")),
-        web.post("/v1/completions", _model_route("completions", "openai")),
-        web.post("/v1/embeddings", _model_route("embeddings", "openai")),
-        web.post("/v1/messages", _model_route("messages", "anthropic")),
+        web.post("/v1/chat/completions", _model_route("chat", Dialect.OPENAI)),
+        web.post("/v1/completions", _model_route("completions", Dialect.OPENAI)),
+        web.post("/v1/embeddings", _model_route("embeddings", Dialect.OPENAI)),
+        web.post("/v1/messages", _model_route("messages", Dialect.ANTHROPIC)),
         web.post("/v1/messages/count_tokens",
-                 _model_route("count_tokens", "anthropic")),
-        web.post("/v1/responses", _model_route("responses", "responses")),
+                 _model_route("count_tokens", Dialect.ANTHROPIC)),
+        web.post("/v1/responses", _model_route("responses", Dialect.RESPONSES)),
         web.get("/v1/responses/{response_id}", get_response),
         web.delete("/v1/responses/{response_id}", delete_response),
         web.get("/v1/models", list_models),

@@ -26,6 +26,8 @@ import struct
 import zlib
 from typing import Final, NamedTuple
 
+from ..base import UpstreamProtocolError
+
 __all__ = ["FrameDecoder", "FrameError", "FrameTooLarge", "HeaderValue", "Message"]
 
 HeaderValue = bool | int | bytes | str
@@ -42,7 +44,7 @@ _FIXED: Final[dict[int, tuple[int, str | None]]] = {
     2: (1, "!b"), 3: (2, "!h"), 4: (4, "!i"), 5: (8, "!q"), 8: (8, "!q"), 9: (16, None)}
 
 
-class FrameError(ValueError):
+class FrameError(UpstreamProtocolError, ValueError):
     """The stream is not valid event-stream framing (a CRC mismatch, an impossible or
     oversized length, a header that does not parse)."""
 

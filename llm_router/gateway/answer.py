@@ -1,0 +1,261 @@
+"""An upstream's answer on its way to the client: read whole or relayed as a stream,
+translated (:mod:`.relay`), redacted, and accounted.
+
+A whole answer is read within ``total`` and sent as one body. A stream is committed
+with its first event (:mod:`.downstream`), written one upstream read at a time, and
+ended at its terminal event; a stream cut short still counts what it used
+(:func:`_account`). An upstream failure before the first event is an
+:class:`AttemptFailure` (the attempt loop may fail over); after it, only in-band.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from contextlib import suppress
+from decimal import Decimal
+
+import orjson
+from aiohttp import web
+
+from ..hub.stream import Relay
+from ..hub.usage import Usage
+from ..ledger.accounting import cost_usd
+from ..providers import UPSTREAM_ERRORS, AttemptFailure, UpstreamResponse, failure_from_exception
+from . import relay as rl
+from .answer_stream import AnswerStream
+from .attempt import Attempt, pin_response, router_headers
+from .compression import MIN_COMPRESS_BYTES, compress_body
+from .downstream import Downstream
+from .model_request import ModelRequest
+from .upstream_events import upstream_events
+
+__all__ = ["answer_as_stream", "relay_body", "relay_stream"]
+
+
+async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
+                      ) -> web.Response:
+    state, ex, cand, up = req.state, req.ex, att.cand, att.up
+    try:
+        # total counts from the attempt's start, the wait for headers included.
+        with state.deadlines.guard(att.sent_loop + cand.provider.timeouts.total):
+            raw = await resp.read(req.cfg.upstream_limits.max_response_bytes)
+    except UPSTREAM_ERRORS as exc:
+        raise failure_from_exception(exc, cand.provider.name) from None
+    ex.upstream_s += time.perf_counter() - att.sent
+    # Passed on untouched: read only its usage if that is cheap (rl.passthrough_usage).
+    usage = rl.passthrough_usage(up, raw) if ex.client == up and req.turn is None else None
+    out: bytes | None = None
+    if req.turn is not None:
+        try:
+            out, usage = await req.turn.answer(up, att.ptype, raw, cand)
+            await pin_response(req, cand)
+        except (ValueError, KeyError, TypeError):
+            raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
+                                 "answer that is not a valid JSON response") from None
+    elif usage is None:
+        try:
+            doc = orjson.loads(raw)
+            if not isinstance(doc, dict):
+                raise ValueError
+            out = rl.translate_answer(ex.client, up, att.ptype, doc, ex.answer_model)
+        except (ValueError, KeyError, TypeError):
+            raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
+                                 "answer that is not a valid JSON response") from None
+        usage = rl.answer_usage(ex.client, up, att.ptype, doc)
+    _account(req, att, usage)
+    payload = state.redactor.bytes(raw if out is None else out)
+    if att.span is not None and req.state.tracing is not None:
+        req.state.tracing.record_output(att.span, payload)
+    ex.status = 200
+    resp_out = web.Response(status=200, body=payload, content_type="application/json")
+    coding = req.coding
+    if coding is not None and len(payload) >= MIN_COMPRESS_BYTES:
+        resp_out.body = compress_body(coding, payload)
+        resp_out.headers["Content-Encoding"] = coding
+        resp_out.headers["Vary"] = "Accept-Encoding"
+    router_headers(resp_out, ex, cand)
+    elapsed = time.perf_counter() - ex.t0
+    resp_out.headers["X-Router-Latency-Ms"] = f"{elapsed * 1000:.1f}"
+    resp_out.headers["X-Router-Overhead-Ms"] = f"{max(0.0, elapsed - ex.upstream_s) * 1000:.3f}"
+    resp_out.headers["X-Router-Cost-USD"] = _usd_text(ex.cost or 0.0)
+    ex.bytes_out = len(resp_out.body) if isinstance(resp_out.body, bytes) else len(payload)
+    return resp_out
+
+
+def _usd_text(cost: float) -> str:
+    """``cost`` in plain decimal notation with the shortest digits that parse back to the
+    same float, so the headers of many answers sum to exactly what /v1/usage and the
+    access log count (8 fixed decimals lost up to 5e-9 USD an answer)."""
+    return f"{Decimal(repr(cost)):f}"
+
+
+async def answer_as_stream(req: ModelRequest, att: Attempt, resp: UpstreamResponse
+                            ) -> UpstreamResponse:
+    """The events of a whole answer (answer_stream.py); ``bad_response`` if it is not a
+    valid completion of the kind asked for."""
+    name = att.cand.provider.name
+    try:
+        with req.state.deadlines.guard(att.sent_loop + att.cand.provider.timeouts.total):
+            raw = await resp.read(req.cfg.upstream_limits.max_response_bytes)
+    except UPSTREAM_ERRORS as exc:
+        raise failure_from_exception(exc, name) from None
+    events = rl.answer_events(att.up, req.ex.kind, raw) if req.turn is None else None
+    if events is None:
+        raise AttemptFailure("bad_response", f"upstream '{name}' answered a stream request "
+                             "without a stream, and not with a valid completion either")
+    return AnswerStream(events)
+
+
+async def relay_stream(req: ModelRequest, att: Attempt, resp: UpstreamResponse,
+                        down: Downstream) -> web.StreamResponse:
+    t = att.cand.provider.timeouts
+    relay = rl.make_relay(req.ex.client, att.up, att.ptype, req.ex.answer_model,
+                          req.include_usage) \
+        if req.turn is None else req.turn.relay(att.up, att.ptype)
+    max_event = req.cfg.upstream_limits.max_event_bytes
+    events = upstream_events(resp, att.sent + t.first_byte, t.idle, att.sent + t.total,
+                             max_event, att.ptype.events(max_event))
+    try:
+        return await _relay_events(req, att, relay, events, down)
+    finally:
+        await events.aclose()  # stops its watchdog now, even if the client went away
+
+
+async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
+                        events: AsyncGenerator[list[bytes], None], down: Downstream
+                        ) -> web.StreamResponse:
+    state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
+    provider = cand.provider
+
+    def headers(out: web.StreamResponse) -> None:
+        router_headers(out, ex, cand)
+
+    # Wait for the first event before committing, so a failure here can still fail over;
+    # a long wait commits early to send keepalive comments through idle-timeout proxies.
+    try:
+        async with down.keepalive(ex, headers):
+            batch = await events.__anext__()
+    except StopAsyncIteration:
+        raise AttemptFailure("closed", f"upstream '{provider.name}' closed the stream "
+                             "before sending anything") from None
+    except UPSTREAM_ERRORS as exc:
+        raise failure_from_exception(exc, provider.name) from None
+    ex.ttft = time.perf_counter() - ex.t0
+    ex.upstream_s += time.perf_counter() - att.sent
+    names = state.labels
+    state.metrics.child(state.metrics.ttft, names.group(ex.group), provider.name,
+                        names.model(provider.name, cand.member.model)).observe(ex.ttft)
+    seen = 0
+    answered = False  # a Responses answer was stored (and its id pinned)
+    failure: str | None = None
+    try:
+        await down.commit(ex, headers)
+        while True:
+            parts: list[bytes] = []
+            for raw in batch:
+                seen += 1
+                data = relay.feed(raw)
+                if data:
+                    parts.append(data)
+            if req.turn is not None and not answered:
+                await req.turn.after_events(cand)  # stored before the client can follow up
+                answered = await pin_response(req, cand)
+            if parts:  # one write (one flush) for the events of one upstream read
+                await down.write(ex, state.redactor.bytes(
+                    parts[0] if len(parts) == 1 else b"".join(parts)))
+            if relay.done or relay.failure is not None:
+                # The terminal event ([DONE], message_stop, response.completed) or an
+                # error event went out: end the client's response now, not at the
+                # upstream's EOF, which may linger (a client that left then was a 499).
+                att.ended = relay.done
+                break
+            waited = time.perf_counter()
+            try:
+                batch = await events.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                ex.upstream_s += time.perf_counter() - waited
+        if not relay.done:
+            failure = relay.failure or "closed"
+    except (ConnectionError, asyncio.CancelledError):
+        # The client went away, or the server is cutting streams at the end of its grace
+        # period (then _attempt_loop tells a client still there why): stop the upstream
+        # at once and count what was used so far.
+        ex.status = 499
+        ex.error = "client_disconnected"
+        _account(req, att, relay.usage, seen, complete=False)
+        raise
+    except UPSTREAM_ERRORS as exc:
+        failure = failure_from_exception(exc, provider.name).reason
+    if failure is not None:
+        ex.error = failure
+        state.metrics.child(state.metrics.upstream_errors, provider.name, cand.key.label,
+                            failure).inc()
+        state.health.record_failure(provider.name, cand.key.label, cfg.circuit)
+        # b"" when the upstream's own error event already ended the client's stream.
+        event = relay.fail(f"upstream '{provider.name}' stream was interrupted ({failure})")
+        if event:
+            with suppress(ConnectionError):
+                await down.write(ex, event)
+        _account(req, att, relay.usage, seen, complete=False)
+    else:
+        _account(req, att, relay.usage, seen)
+        _observe_decoding(req, att, ex.completion_tokens)
+    with suppress(ConnectionError):
+        await down.finish(ex)
+    assert down.out is not None
+    return down.out
+
+
+def _observe_decoding(req: ModelRequest, att: Attempt, completion_tokens: int) -> None:
+    """time_per_output_token_seconds: the stream's time after its first event, per token
+    after the first (the first token's wait is TTFT's)."""
+    ex = req.ex
+    if completion_tokens > 1 and ex.ttft is not None:
+        decoding = time.perf_counter() - ex.t0 - ex.ttft
+        m, names = req.state.metrics, req.state.labels
+        provider = att.cand.provider.name
+        m.child(m.tpot, names.group(ex.group), provider,
+                names.model(provider, att.cand.member.model)).observe(
+            decoding / (completion_tokens - 1))
+
+
+def _account(req: ModelRequest, att: Attempt, usage: Usage, events_seen: int = 0,
+             *, complete: bool = True) -> None:
+    """Count what one answer used: selection counters, the caller's spend and limits,
+    metrics, and the exchange (access log, trace, cost header). The one place usage is
+    counted, so the one place upstream counts out of range are replaced (upstream_usage).
+
+    ``complete`` False: a stream that ended early. It counts what it reported, but at
+    least one completion token per event relayed, and the prompt estimate if it
+    reported no prompt; and it does not count as a success of the key.
+    """
+    state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
+    usage = state.rejected_usage.settle(cand.provider.name, usage, ex.prompt_estimate,
+                                        max(req.estimate - ex.prompt_estimate, events_seen, 1))
+    if not complete and (usage.completion < events_seen or not usage.prompt):
+        # Reported counts of a stream cut short can be provisional: Anthropic's
+        # message_start says output_tokens: 1 and gives the real count only at the end,
+        # so a client that read the text and left early would otherwise pay for one token.
+        usage = Usage(usage.prompt or ex.prompt_estimate, max(usage.completion, events_seen),
+                      usage.cached)
+    state.counters.settle(att.reservation, usage.prompt, usage.completion, cfg.request_penalty)
+    if complete:
+        state.health.record_success(cand.provider.name, cand.key.label, cfg.circuit)
+    ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
+    ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
+                       usage.cached)
+    m = state.metrics
+    model = state.labels.model(cand.provider.name, cand.member.model)
+    for kind, n in (("prompt", usage.prompt), ("completion", usage.completion),
+                    ("cached", usage.cached)):
+        if n > 0:
+            m.child(m.tokens, cand.provider.name, model, cand.key.label, ex.caller.user,
+                    kind).inc(n)
+    m.child(m.cost, ex.caller.user, cand.provider.name, model).inc(ex.cost or 0.0)
+    if ex.admission is not None:
+        state.store.record(ex.admission, cand.provider.name, cand.counted_model, usage.prompt,
+                           usage.completion, ex.cost)
