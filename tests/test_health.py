@@ -17,8 +17,8 @@ from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_router.config import CircuitSettings, key_label
-from llm_router.gateway.health import KeyHealth, parse_retry_after
 from llm_router.providers.base import status_failure
+from llm_router.state.health import KeyHealth, parse_retry_after
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, openai_provider

@@ -4,7 +4,7 @@ The declarations in :mod:`llm_router.config` check each key alone. What needs th
 whole file is here: names that must refer to something (a member's provider, an
 allowlist entry), names and keys that must be unique, and configs that load but
 can never serve (a member no key of its provider may serve, a group with no such
-member). Those are errors, reported through the same :class:`~llm_router.config_reader.Reader`
+member). Those are errors, reported through the same :class:`~llm_router.config.reader.Reader`
 so they come with their location. Warnings are for configs that serve, but probably
 not as meant (a price nothing uses, every weight 0, a grace period the orchestrator
 will cut short); :func:`check_config` returns them, ``llm-router check`` prints them

@@ -7,9 +7,9 @@ Problems that do not stop it serving come back in ``Config.warnings``. A config 
 for the Go llm-router (``port``, ``api_key``, ``groups``, ``providers`` with ``api_keys``
 as plain strings) loads unchanged.
 
-The keys themselves are declared in :mod:`llm_router.config_model` (re-exported here,
+The keys themselves are declared in :mod:`llm_router.config.model` (re-exported here,
 where the rest of the router imports them from); checks across keys are in
-:mod:`llm_router.config_checks`.
+:mod:`llm_router.config.checks`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every config key, declared once: frozen dataclasses whose fields are made with
-:func:`~llm_router.schema.setting` (description, default, bounds, choices).
+:func:`~llm_router.config.schema.setting` (description, default, bounds, choices).
 
-The same declarations validate the file (:class:`~llm_router.config_reader.Reader`, run by
+The same declarations validate the file (:class:`~llm_router.config.reader.Reader`, run by
 :func:`llm_router.config.load_config`) and produce the JSON Schema editors use
 (:func:`config_json_schema`, ``llm-router schema``). To add a key: add one field with
 ``setting(default, doc=...)`` to the right class here, document it in README.md, and

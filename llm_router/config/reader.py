@@ -1,10 +1,10 @@
 """Reading a raw config tree into the declared dataclasses, every problem located.
 
 :class:`Reader` walks the YAML/JSON tree by the declarations of
-:mod:`llm_router.schema`, collecting every problem with its location
+:mod:`llm_router.config.schema`, collecting every problem with its location
 (``groups[0].models[1].name: required``), one per location, with "did you mean" for
 unknown keys and choices. Checks that need the whole file use the same reader
-(:mod:`llm_router.config_checks`), so their problems read the same way.
+(:mod:`llm_router.config.checks`), so their problems read the same way.
 """
 
 from __future__ import annotations

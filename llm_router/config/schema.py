@@ -1,8 +1,8 @@
 """Config keys declared once: a dataclass field made with :func:`setting` *is* a key.
 
-The frozen dataclasses in :mod:`llm_router.config_model` carry each key's description,
+The frozen dataclasses in :mod:`llm_router.config.model` carry each key's description,
 default, bounds, choices and file name in their field metadata. Two readings of those
-declarations, and no other copy: :class:`~llm_router.config_reader.Reader` validates a
+declarations, and no other copy: :class:`~llm_router.config.reader.Reader` validates a
 raw YAML/JSON tree into the dataclasses, and :func:`json_schema` here emits the draft
 2020-12 JSON Schema that editors use (``llm-router schema``).
 

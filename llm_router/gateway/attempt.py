@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ..observe.exchange import Exchange
 from ..providers import ProviderType
 from .affinity import response_key
-from .exchange import Exchange
 from .model_request import ModelRequest
 from .routing import Candidate
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from .compression import StreamEncoder
 
 if TYPE_CHECKING:
-    from .exchange import Exchange
+    from ..observe.exchange import Exchange
 
 __all__ = ["KEEPALIVE", "Downstream", "client_connected"]
 

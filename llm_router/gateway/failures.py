@@ -19,13 +19,13 @@ from ..errors import (
     error_body,
 )
 from ..ledger.limits import period_end
+from ..observe.exchange import Exchange
 from ..observe.redact import Redactor
 from ..providers import AttemptFailure
 from ..providers.registry import provider_type
+from ..state.health import parse_retry_after
 from . import relay as rl
 from .attempt import router_headers
-from .exchange import Exchange
-from .health import parse_retry_after
 from .routing import Candidate, CandidateSet
 
 __all__ = ["exhausted", "upstream_client_error"]

@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
+from ..observe.exchange import Exchange
 from .affinity import AffinityKey
 from .downstream import Downstream
-from .exchange import Exchange
 from .responses_turn import ResponsesTurn
 from .router_state import RouterState
 from .routing import Preferences, Target

@@ -24,8 +24,9 @@ from ..errors import (
     BadRequest,
     RouterError,
 )
-from ..ledger.accounting import estimate_cost, priced_target
+from ..ledger.accounting import estimate_cost
 from ..ledger.usage import CounterKey, completion_ceiling
+from ..observe.exchange import Exchange
 from ..observe.labels import OTHER
 from ..providers import (
     UPSTREAM_ERRORS,
@@ -35,6 +36,7 @@ from ..providers import (
     failure_from_exception,
 )
 from ..providers.registry import provider_type
+from ..state.health import parse_retry_after
 from . import relay as rl
 from .affinity import (
     AffinityKey,
@@ -47,9 +49,7 @@ from .answer import answer_as_stream, relay_body, relay_stream
 from .attempt import Attempt, router_headers
 from .compression import negotiate
 from .downstream import Downstream
-from .exchange import Exchange
 from .failures import exhausted, upstream_client_error
-from .health import parse_retry_after
 from .model_request import ModelRequest
 from .request_body import BODY_SIZE, read_json
 from .request_check import validate_body
@@ -64,6 +64,7 @@ from .routing import (
     collect_candidates,
     is_retryable,
     pick_candidate,
+    priced_target,
     resolve_target,
 )
 

@@ -25,11 +25,11 @@ from ..observe.labels import LabelNames
 from ..observe.metrics import LIMIT_NAMES, Metrics, UserGauges
 from ..observe.redact import Redactor
 from ..observe.traffic import Traffic
+from ..state.health import KeyHealth
 from ..state.store import MemoryStore, StateStore
 from .affinity import AffinityStore, MemoryAffinityStore, SharedAffinityStore
 from .catalog import Catalog
 from .deadlines import Deadlines
-from .health import KeyHealth
 from .routing import counter_keys, level_new_keys
 from .upstream_usage import RejectedUsage
 

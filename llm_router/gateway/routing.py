@@ -19,11 +19,12 @@ from typing import Final
 
 from ..config import Config, Group, Member, Price, Provider, ProviderKey
 from ..config.aliases import AliasTable
-from ..errors import BadRequest, ModelNotFound, echoed
+from ..errors import BadRequest, Forbidden, ModelNotFound, echoed
+from ..ledger.accounting import price_for
 from ..ledger.usage import CounterKey, UsageCounters
 from ..providers.registry import provider_type
+from ..state.health import KeyHealth
 from .catalog import Catalog
-from .health import KeyHealth
 
 __all__ = [
     "STRATEGIES",
@@ -38,6 +39,7 @@ __all__ = [
     "is_retryable",
     "level_new_keys",
     "pick_candidate",
+    "priced_target",
     "resolve_target",
 ]
 
@@ -75,6 +77,23 @@ class Target:
     def folded(self, state_model: str) -> Target:
         """This direct target with its state kept under ``state_model``."""
         return replace(self, state_model=state_model)
+
+
+def priced_target(pricing: Mapping[str, Price], target: Target) -> Target:
+    """The target a budgeted caller may reach: only members with a price, so every call
+    is charged. 403 ``model_not_priced`` when no member has one."""
+    members = target.group.members
+    priced = tuple(m for m in members if price_for(pricing, m.model) is not None)
+    if len(priced) == len(members):
+        return target
+    if not priced:
+        names = ", ".join(sorted({f"'{m.model}'" for m in members}))
+        raise Forbidden(f"The model '{target.name}' has no price ({names} not in 'pricing') "
+                        "and your key has a budget, so its calls could not be charged; ask "
+                        "an admin to price it or add 'pricing.default'.", param="model",
+                        code="model_not_priced")
+    # A group with some unpriced members: a budgeted caller is served by the others.
+    return replace(target, group=replace(target.group, members=priced))
 
 
 def resolve_target(cfg: Config, model: str, user_aliases: AliasTable | None = None,

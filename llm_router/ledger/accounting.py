@@ -11,13 +11,12 @@ import fnmatch
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Protocol
 
 from ..config import DEFAULT_PRICE, Budget, Config, Limits, Member, Price, User, UserKey, sha256_hex
 from ..config.aliases import AliasTable
 from ..errors import Forbidden, Unauthorized
-from ..gateway.routing import Target
 
 __all__ = [
     "ANONYMOUS",
@@ -28,9 +27,15 @@ __all__ = [
     "estimate_cost",
     "extract_key",
     "price_for",
-    "priced_target",
 ]
 
+
+
+class Named(Protocol):
+    """What an allowlist matches: the model name a client sent (a routing ``Target``)."""
+
+    @property
+    def name(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +61,11 @@ class Caller:
     def has_budget(self) -> bool:
         return self.budget is not None or self.key_budget is not None
 
-    def may_use(self, target: Target) -> bool:
+    def may_use(self, target: Named) -> bool:
         """Whether both allowlists admit the target (a group name or provider/model)."""
         return _allowed(self.models, target) and _allowed(self.key_models, target)
 
-    def check(self, target: Target) -> None:
+    def check(self, target: Named) -> None:
         if not self.may_use(target):
             raise Forbidden(f"Your key may not use the model '{target.name}'.", param="model")
 
@@ -69,7 +74,7 @@ ANONYMOUS: Final = Caller(user="anonymous", key="none", role="admin")
 _LEGACY: Final = Caller(user="default", key="api_key", role="admin")
 
 
-def _allowed(patterns: tuple[str, ...] | None, target: Target) -> bool:
+def _allowed(patterns: tuple[str, ...] | None, target: Named) -> bool:
     # Patterns match the name the client sent: a group name, or provider/model.
     return patterns is None or any(fnmatch.fnmatchcase(target.name, p) for p in patterns)
 
@@ -142,27 +147,10 @@ def estimate_cost(pricing: Mapping[str, Price], members: Sequence[Member], promp
                   completion_tokens: int) -> float:
     """What a request is reserved at before the pick: its estimated tokens priced at the
     dearest member it could land on (unpriced members count 0; budgeted callers never
-    reach them, see :func:`priced_target`)."""
+    reach them, see :func:`llm_router.gateway.routing.priced_target`)."""
     worst = 0.0
     for m in members:
         cost = cost_usd(pricing, m.model, prompt_tokens, completion_tokens)
         if cost is not None and cost > worst:
             worst = cost
     return worst
-
-
-def priced_target(pricing: Mapping[str, Price], target: Target) -> Target:
-    """The target a budgeted caller may reach: only members with a price, so every call
-    is charged. 403 ``model_not_priced`` when no member has one."""
-    members = target.group.members
-    priced = tuple(m for m in members if price_for(pricing, m.model) is not None)
-    if len(priced) == len(members):
-        return target
-    if not priced:
-        names = ", ".join(sorted({f"'{m.model}'" for m in members}))
-        raise Forbidden(f"The model '{target.name}' has no price ({names} not in 'pricing') "
-                        "and your key has a budget, so its calls could not be charged; ask "
-                        "an admin to price it or add 'pricing.default'.", param="model",
-                        code="model_not_priced")
-    # A group with some unpriced members: a budgeted caller is served by the others.
-    return replace(target, group=replace(target.group, members=priced))

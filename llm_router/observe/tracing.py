@@ -30,7 +30,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from .. import __version__
 from ..config import OtelSettings, Provider
-from ..gateway.exchange import Exchange
+from .exchange import Exchange
 
 __all__ = ["Tracing"]
 

@@ -38,10 +38,10 @@ from ..errors import (
 )
 from ..gateway.compression import compress_whole_answers
 from ..gateway.downstream import client_connected
-from ..gateway.exchange import EXCHANGE, Exchange
 from ..gateway.proxy import new_request_id
 from ..gateway.router_state import RouterState
 from ..ledger.accounting import ANONYMOUS, extract_key
+from ..observe.exchange import EXCHANGE, Exchange
 from ..observe.metrics import REJECTION_REASONS, status_class
 from .connections import (
     ConnectionGuard,

@@ -1,4 +1,4 @@
-"""One function per route; thin. The work happens in ``proxy.py``."""
+"""One function per route; thin. The work happens in :mod:`llm_router.gateway.proxy`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from ..errors import (
     UpstreamTimeout,
     echoed,
 )
-from ..gateway.exchange import EXCHANGE, Exchange
 from ..gateway.proxy import forward
 from ..gateway.request_body import read_json
 from ..gateway.request_check import validate_body
@@ -33,6 +32,7 @@ from ..gateway.router_state import RouterState
 from ..gateway.routing import Target, resolve_target
 from ..hub.stream import Dialect
 from ..ledger.accounting import extract_key
+from ..observe.exchange import EXCHANGE, Exchange
 from ..providers.registry import provider_type
 from .fleet_status import FLEET
 from .reload import RELOADER

@@ -14,7 +14,7 @@ Anything else is refused: every problem is logged at WARNING with its location,
 ``config_reloads_total{result="failure"}`` is counted, and the previous config keeps
 serving until a later edit fixes the file. A file whose content is unchanged since the
 last attempt (a touch, a chmod, a snapshot written in the same directory) is ignored.
-SIGHUP (wired in :func:`llm_router.app.run_server`) always reloads.
+SIGHUP (wired in :func:`llm_router.server.app.run_server`) always reloads.
 """
 
 from __future__ import annotations

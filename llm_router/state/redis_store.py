@@ -44,13 +44,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config import Config, Limits, StateSettings
-from ..gateway.health import KeyHealth
 from ..hub.usage import bounded_count
 from ..ledger.accounting import Caller
 from ..ledger.limits import PERIODS, Admission, Ledger, budget_exhausted, period_end, period_id
 from ..ledger.limits import rate_limited as limit_error
 from ..ledger.usage import CounterKey, UsageCounters
 from ..observe.metrics import Metrics
+from .health import KeyHealth
 from .redis_faults import Fault, FaultLog, ForeignData, classify, counts, probe
 from .redis_keys import ADMIT, APPLY, COOLDOWN, SEP, Script, account_id, key_of
 from .store import StateStore, TTLMap

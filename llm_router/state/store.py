@@ -23,11 +23,11 @@ from abc import ABC, abstractmethod
 from typing import Any, Final
 
 from ..config import Config
-from ..gateway.health import KeyHealth
 from ..ledger.accounting import Caller
 from ..ledger.limits import Admission, Ledger
 from ..ledger.usage import UsageCounters
 from ..observe.metrics import Metrics
+from .health import KeyHealth
 
 __all__ = ["MemoryStore", "StateStore", "TTLMap"]
 
