@@ -16,9 +16,10 @@ upstream speaking the hub over SSE):
     The config's ``type``; the route kinds it can serve (``chat``, ``completions``,
     ``embeddings``, ``messages``, ``count_tokens``, ``responses``). Routing skips the
     members whose type does not serve the request's kind.
-``wire(provider, client) -> str``
+``wire(provider, client, model) -> str``
     The dialect it speaks to a client of dialect ``client`` (``openai``, ``anthropic``,
-    ``responses``, or its own name). Equal to ``client`` means passthrough.
+    ``responses``, or its own name) for the upstream ``model`` (Vertex speaks Anthropic's
+    Messages for Claude models). Equal to ``client`` means passthrough.
 ``send(session, call) -> UpstreamResponse`` (async)
     URL and auth. :class:`~.http.HTTPProvider` does it for HTTP upstreams in four
     overridable steps: ``url(call)`` (from ``call.path``, ``call.model`` and
