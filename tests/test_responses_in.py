@@ -13,6 +13,7 @@ from llm_router.dialects.responses.translate import (
     ResponseFrame,
     chat_to_response,
     hosted_tools,
+    namespaced_tools,
     refusal,
     responses_to_chat,
 )
@@ -264,3 +265,24 @@ def test_malformed_fields_are_refused_naming_them_before_any_translation() -> No
                            "arguments": "{}"}, {"type": "reasoning", "summary": []}],
                 "tools": [WEATHER, {"type": "web_search"}], "tool_choice": "required",
                 "text": {"format": {"type": "json_schema", "name": "n", "schema": {}}}})
+
+
+def test_namespaced_tools_get_chat_names_that_cannot_collide() -> None:
+    crm = {"type": "namespace", "name": "crm", "description": "",
+           "tools": [{"type": "function", "name": "find"},
+                     {"type": "function", "name": "x" * 80},
+                     {"type": "custom", "name": "raw"}]}
+    body = {"input": "x", "tools": [{"type": "function", "name": "crm__find"}, crm]}
+    names = namespaced_tools(body)
+    assert names["crm__find_2"] == ("crm", "find")  # crm__find is a plain tool's name
+    long_name = next(n for n, pair in names.items() if pair[1] == "x" * 80)
+    assert len(long_name) == 64
+    assert all(pair[1] != "raw" for pair in names.values())  # custom: not a function
+    chat = responses_to_chat(body, "up")
+    assert [t["function"]["name"] for t in chat["tools"]] == ["crm__find", "crm__find_2",
+                                                              long_name]
+    frame = ResponseFrame(body, "m")
+    item = frame.call_item("call_1", "crm__find_2", "{}", "completed")
+    assert (item["name"], item["namespace"]) == ("find", "crm")
+    plain = frame.call_item("call_2", "crm__find", "{}", "completed")
+    assert plain["name"] == "crm__find" and "namespace" not in plain
