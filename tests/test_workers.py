@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -225,3 +226,31 @@ async def test_metrics_of_two_workers_are_one_view_whose_counters_never_go_backw
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_scrape_while_a_worker_creates_its_metric_file_is_not_a_500(
+        redis_server: RedisServer, upstream: Upstream, tmp_path: Path,
+        monkeypatch: Any) -> None:
+    """A worker creates each metric file empty, then sizes it; a scrape reading it in
+    between used to fail with struct.error, and /metrics answered 500."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    port = free_port()
+    proc, err = await _serve(tmp_path, fleet_config(upstream, redis_server), "--workers", "2",
+                             "--host", "127.0.0.1", "--port", str(port))
+    try:
+        async def two_listening() -> bool:
+            return err.read_bytes().count(b"listening on") >= 2
+
+        await eventually(two_listening, timeout=20)
+        (metrics_dir / "counter_424242.db").touch()  # as a worker's first open leaves it
+        connector = aiohttp.TCPConnector(force_close=True)  # reach both workers
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for _ in range(6):
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert "llm_router_build_info" in await resp.text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()

@@ -21,6 +21,8 @@ except key_state's circuit part, which each worker keeps. ``process_*`` and
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import platform
 from collections.abc import Callable, Iterable
@@ -161,6 +163,29 @@ class _UserCollector(Collector):
         yield from (budget, remaining, reset, limits)
 
 
+class _WorkerFiles(MultiProcessCollector):
+    """prometheus-client's merge of every worker's metric files, minus files a worker has
+    created but not yet sized.
+
+    A worker creates a ``*.db`` file empty and then grows it; a scrape that reads it in
+    between fails to unpack its header (``struct.error``), and the whole ``/metrics``
+    answer would be a 500. Such a file holds no sample yet, so leaving it out loses
+    nothing.
+    """
+
+    def collect(self) -> Any:
+        files = []
+        for name in glob.glob(os.path.join(self._path, "*.db")):
+            with contextlib.suppress(OSError):  # a dead worker's file, just removed
+                if os.path.getsize(name) >= _HEADER_BYTES:
+                    files.append(name)
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+
+# A metric file's header: the 4-byte count of bytes used, padded to 8.
+_HEADER_BYTES: Final = 8
+
+
 class Metrics:
     """The router's metrics on one registry (a fresh one per app, so tests stay isolated)."""
 
@@ -245,8 +270,8 @@ class Metrics:
         self.exposition = r
         if self.multiprocess_dir is not None:
             self.exposition = CollectorRegistry()
-            MultiProcessCollector(self.exposition,  # type: ignore[no-untyped-call]
-                                  path=self.multiprocess_dir)
+            _WorkerFiles(self.exposition,  # type: ignore[no-untyped-call]
+                         path=self.multiprocess_dir)
             self.exposition.register(PLATFORM_COLLECTOR)  # python_info: the same in each
         self.state_backend_up = Gauge(_P + "state_backend_up",
                                       "1 while the shared state backend (Redis) answers, 0 "
