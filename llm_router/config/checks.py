@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from .aliases import ambiguous_pairs
-from .model import DEFAULT_PRICE, Config, Group, Member, User, UserKey
+from .model import DEFAULT_PRICE, MEMBER_CAPABILITIES, Config, Group, Member, User, UserKey
 from .reader import Reader, at, did_you_mean, unknown_choice
 
 __all__ = ["KILL_TIMEOUT_S", "check_config"]
@@ -100,6 +100,10 @@ def _check_group(cfg: Config, group: Group, r: Reader, warnings: list[str]) -> N
             r.fail(r.where(member, "provider"),
                    unknown_choice("provider", member.provider, tuple(cfg.providers)))
             continue
+        for i, cap in enumerate(member.capabilities or ()):
+            if cap not in MEMBER_CAPABILITIES:
+                r.fail(at(r.where(member, "capabilities"), i),
+                       unknown_choice("capability", cap, MEMBER_CAPABILITIES))
         why = _unservable(cfg, member)
         if why is not None:
             dead.append((member, why))

@@ -31,6 +31,7 @@ __all__ = [
     "AZURE_DEFAULT_TOKEN_URL",
     "BUDGET_PERIODS",
     "DEFAULT_PRICE",
+    "MEMBER_CAPABILITIES",
     "PROVIDER_TYPES",
     "ROLES",
     "STRATEGIES",
@@ -391,6 +392,10 @@ def _finish_azure(values: dict[str, Any], r: Reader, path: str) -> None:
             values["keys"] = (ProviderKey(secret="", label="entra"),)
 
 
+# What a group member may declare it accepts (Member.capabilities).
+MEMBER_CAPABILITIES: Final = ("vision", "tools", "json_schema", "audio")
+
+
 @dataclass(frozen=True, slots=True)
 class Member:
     """A group member: one upstream model on one provider."""
@@ -401,6 +406,13 @@ class Member:
     weight: float = setting(1.0, doc=(
         "Inverse weight: a member of weight 2 gets about half the tokens of one of weight 1; "
         "0 means always preferred."))
+    capabilities: tuple[str, ...] | None = setting(None, doc=(
+        "What this model accepts: vision, tools, json_schema, audio. A request that needs "
+        "one (an image part, tools, response_format json_schema, an audio part) goes only "
+        "to members that list it; unset: anything."))
+    context_window: int | None = setting(None, ge=1, doc=(
+        "The model's context window in tokens: a request whose prompt estimate plus "
+        "max_tokens exceeds it goes to another member; unset: unknown (any size)."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +453,15 @@ class Group:
                                          "503.")
     affinity: Affinity = setting(Affinity(), doc="Prompt-cache affinity: keep a conversation "
                                                  "on the key that has its prompt cached.")
+    # A member declares capabilities or a context window: the request path filters the
+    # members only then (gateway/capabilities.py), so a group without costs one test.
+    declares: bool = internal(False)
+
+    @staticmethod
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        members = values.get("members")
+        values["declares"] = isinstance(members, tuple) and any(
+            m.capabilities is not None or m.context_window is not None for m in members)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from contextlib import suppress
+from dataclasses import replace
 from typing import Any, Final
 
 import orjson
@@ -47,6 +48,7 @@ from .affinity import (
 )
 from .answer import answer_as_stream, relay_body, relay_stream
 from .attempt import Attempt, router_headers
+from .capabilities import NoCapableMember, filters, is_context_error, narrow
 from .compression import negotiate
 from .downstream import Downstream
 from .failures import exhausted, upstream_client_error
@@ -124,6 +126,18 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     ex.prompt_estimate = request.get(BODY_SIZE, 0) // 4
     if turn is not None:
         ex.prompt_estimate += turn.history_bytes // 4  # previous_response_id's conversation
+    if filters(target.group, state.context_bounds):
+        # Only the members that can take this request; none: the client's 400, before
+        # any limit is charged or any upstream called.
+        try:
+            group, result = narrow(target.group, target.name, ex.kind, body,
+                                   ex.prompt_estimate + (ceiling or 0), state.context_bounds)
+        except NoCapableMember as err:
+            ex.capability = err.result.log()
+            raise
+        ex.capability = result.log()
+        if group is not target.group:
+            target = replace(target, group=group)
     # What the request will probably use: selection and tpm count this while it runs.
     estimate = state.counters.estimate(target.state_name, ex.prompt_estimate, ceiling)
     # Budgets and per-user/per-key limits are checked here, before anything is sent; the
@@ -239,12 +253,41 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
             tried.add(cand.counter_key)
             ex.failures.append(f"{cand.provider.name}/{cand.key.label}:{failure.reason}")
             if failure.status is not None and not is_retryable(failure.status):
-                return upstream_client_error(ex, cand, failure, state.redactor)
+                wider = _past_context(req, target, cand, failure)
+                if wider is None or not _try_again(ex.attempts, max_attempts, prefs,
+                                                   deadline):
+                    return upstream_client_error(ex, cand, failure, state.redactor)
+                target = wider  # the key is healthy: no cooldown, only a learnt window
+                continue
             if not _try_again(ex.attempts, max_attempts, prefs, deadline):
                 # Tell the client when the soonest candidate recovers, tried ones included.
                 every = collect_candidates(cfg, target, ex.kind, state.health, state.counters,
                                            prefs)
                 raise exhausted(last, every, time.monotonic(), ex) from None
+
+
+def _past_context(req: ModelRequest, target: Target, cand: Candidate,
+                  failure: AttemptFailure) -> Target | None:
+    """After an upstream's context-length error: learn that this member's window is below
+    the request's size, and return the target without it, or None when the error is
+    another one or no other member may fit (the client then gets the upstream's 400)."""
+    if not is_context_error(failure.status, failure.body):
+        return None
+    ex, member = req.ex, cand.member
+    tokens = ex.prompt_estimate + (completion_ceiling(req.body) or 0)
+    if cand.counted_model == member.model:  # never a model name a client made up
+        req.state.context_bounds.learn(cand.provider.name, member.model, tokens)
+    bounds = req.state.context_bounds
+    kept = []
+    for m in target.group.members:
+        window = bounds.window(m)
+        if m != member and (window is None or window >= tokens):
+            kept.append(m)
+    if not kept:
+        return None
+    ex.capability = {**(ex.capability or {}), "kept": len(kept),
+                     "context_failover": f"{cand.provider.name}/{member.model}"}
+    return replace(target, group=replace(target.group, members=tuple(kept)))
 
 
 def _try_again(attempts: int, max_attempts: int, prefs: Preferences, deadline: float) -> bool:

@@ -28,6 +28,7 @@ from ..observe.traffic import Traffic
 from ..state.health import KeyHealth
 from ..state.store import MemoryStore, StateStore
 from .affinity import AffinityStore, MemoryAffinityStore, SharedAffinityStore
+from .capabilities import ContextBounds
 from .catalog import Catalog
 from .deadlines import Deadlines
 from .routing import counter_keys, level_new_keys
@@ -78,6 +79,8 @@ class RouterState:
         self.deadlines = Deadlines()  # bounds the waits of non-streamed attempts
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
+        # Context windows learnt from upstream context-length errors (capabilities.py).
+        self.context_bounds = ContextBounds()
         self.traffic = Traffic()  # the last minute, for GET /admin/status
         self.catalog = Catalog(cfg)  # discovered upstream models (catalog.py)
         # Prompt-cache pins (affinity.py): in Redis when the state is shared, so replicas

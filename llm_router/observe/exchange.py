@@ -59,6 +59,8 @@ class Exchange:
     # Hosted tools the answering chat member went without (Responses, x-router-dropped-tools)
     dropped_tools: tuple[str, ...] = ()
     affinity: str = ""  # hit | new | moved | off (affinity.RESULTS); "" = not a group request
+    # What the capability filter did (capabilities.FilterResult.log); None: not filtered.
+    capability: dict[str, Any] | None = None
     span: Any = None  # the request's trace span when tracing is on (tracing.Tracing)
 
     def log_line(self) -> dict[str, Any]:
@@ -80,6 +82,7 @@ class Exchange:
             "affinity": self.affinity or None,
             "asked": echoed(self.asked) if self.asked else None, "alias": self.alias or None,
             "dropped_tools": list(self.dropped_tools) or None,
+            "capability": self.capability,
         }
 
     @property

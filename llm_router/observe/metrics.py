@@ -65,7 +65,7 @@ _TPOT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.0
                         0.5)
 # Why the router refused a client (rejections_total{reason}); bounded by this list.
 REJECTION_REASONS: Final = ("rpm", "tpm", "daily_requests", "max_concurrent", "budget", "quota",
-                            "cooling_down", "model_not_allowed", "auth")
+                            "cooling_down", "model_not_allowed", "auth", "no_capable_member")
 LIMIT_NAMES: Final = ("rpm", "tpm", "daily_requests")  # limit_remaining{limit}
 _STATUS_CLASSES: Final = {c: f"{c}xx" for c in range(1, 6)}
 # prometheus-client's switch for multiprocess mode, read when it is first imported.
