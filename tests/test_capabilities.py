@@ -212,3 +212,21 @@ groups: [{name: g, models: [{provider: p, name: m, capabilities: [visoin]}]}]
     with pytest.raises(ConfigError) as err:
         parse_config(text, env={})
     assert "did you mean 'vision'" in str(err.value)
+
+
+async def test_the_status_json_shows_capabilities_and_the_window_learnt(
+        start_router: StartRouter, upstream: Upstream, http: Any) -> None:
+    members = [{"name": "small", "weight": 0, "context_window": 8000},
+               {"name": "big", "capabilities": ["vision"]}]
+    router = await start_router(_config(upstream, members, affinity="off"))
+    upstream.fake.add_fault(Fault(status=400, key="sk-small", body=CONTEXT_ERROR))
+    await router.openai().chat.completions.create(
+        model="g", messages=[{"role": "user", "content": "word " * 2000}])
+    async with http.get(router.url + "/admin/status", headers=AUTH) as resp:
+        assert resp.status == 200
+        doc = orjson.loads(await resp.read())
+    group = next(g for g in doc["groups"] if g["name"] == "g")
+    shown = {m["provider"]: (m["capabilities"], m["context_window"]) for m in group["members"]}
+    assert shown["big"] == (["vision"], None)
+    caps, window = shown["small"]
+    assert caps is None and window is not None and window < 8000  # learnt below declared

@@ -183,7 +183,12 @@ def _group(state: RouterState, cfg: Config, group: Group) -> dict[str, Any]:
         served = sum(state.counters.tokens.get((m.provider, label, m.model), 0)
                      for label in labels)
         members.append({"provider": m.provider, "model": m.model, "weight": m.weight,
-                        "keys": len(labels), "tokens": served})
+                        "keys": len(labels), "tokens": served,
+                        # What it accepts (None: anything) and its window: the declared
+                        # one, lowered by what a context-length error taught (None: any).
+                        "capabilities": list(m.capabilities)
+                        if m.capabilities is not None else None,
+                        "context_window": state.context_bounds.window(m)})
     total = sum(x["tokens"] for x in members)
     targets = _target_shares(group, members) if group.strategy == "inverse-weight" else None
     for i, x in enumerate(members):

@@ -274,6 +274,13 @@
     return s("svg", { class: "sharebar", viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img",
       "aria-label": "share " + pct(share) + (target !== null ? ", target " + pct(target) : "") }, kids);
   }
+  function accepts(m) {
+    // What the member takes (capabilities: unset = anything) and its context window.
+    if (m.capabilities === null && m.context_window === null) return null;
+    const caps = m.capabilities === null ? "any input" : (m.capabilities.join(", ") || "text only");
+    const win = m.context_window === null ? "" : " · " + tokens(m.context_window) + " window";
+    return h("span", { class: "muted accepts" }, " " + caps + win);
+  }
   function renderGroup(g) {
     const hasTarget = g.members.some((m) => m.target_share !== null);
     // data-label names each cell's column: on a narrow screen the table stacks, one
@@ -281,7 +288,8 @@
     const cols = ["member", "weight", "tokens", "share", "target", "share vs target"];
     const cell = (i, cls, ...kids) => h("td", { class: cls, "data-label": cols[i] }, ...kids);
     const rows = g.members.map((m, i) => h("tr", { "data-member": m.provider + "/" + m.model },
-      cell(0, null, h("span", null, h("span", { class: "legend-dot " + color(i) }), m.provider + "/" + m.model)),
+      cell(0, null, h("span", null, h("span", { class: "legend-dot " + color(i) }), m.provider + "/" + m.model),
+        accepts(m)),
       cell(1, "n", num(m.weight, 3)),
       cell(2, "n", tokens(m.tokens)),
       cell(3, "n", pct(m.share)),
