@@ -301,3 +301,57 @@ shutdown_grace_s: 120
         "terminationGracePeriodSeconds; docker stop waits 10 s): raise that timeout too, or "
         "streams are cut off by SIGKILL",
     ]
+
+
+def _key_file_config(*keys: object, ptype: str = "openai") -> str:
+    return json.dumps({
+        "providers": [{"name": "p", "type": ptype, "base_url": "http://127.0.0.1:9/v1",
+                       "api_keys": list(keys)}],
+        "groups": [{"name": "g", "models": [{"provider": "p", "name": "m"}]}]})
+
+
+def test_key_file_is_read_with_surrounding_whitespace_stripped(tmp_path: Path) -> None:
+    secret = tmp_path / "openai-a"
+    secret.write_text("  sk-from-a-file-0123\n\n")
+    cfg = parse_config(_key_file_config({"key_file": str(secret), "name": "a"}), fmt="json")
+    (key,) = cfg.providers["p"].keys
+    assert (key.secret, key.label, key.key_file) == ("sk-from-a-file-0123", "a", str(secret))
+    assert "sk-from-a-file" not in repr(key)
+    # Unnamed, it is labelled by its content's hash, as a key given inline is.
+    cfg = parse_config(_key_file_config({"key_file": str(secret)}), fmt="json")
+    assert cfg.providers["p"].keys[0].label == parse_config(
+        _key_file_config("sk-from-a-file-0123"), fmt="json").providers["p"].keys[0].label
+
+
+def test_unreadable_or_empty_key_file_is_an_error_naming_its_location(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text(" \n")
+    big = tmp_path / "big"
+    big.write_text("sk-secret-content-" * 4000)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"sk-secret-content-\xff")
+    both = tmp_path / "both"
+    both.write_text("sk-secret-content-both")
+    found = problems(_key_file_config(
+        {"key_file": str(tmp_path / "missing")}, {"key_file": str(empty)},
+        {"key_file": str(big)}, {"key_file": str(binary)},
+        {"key": "sk-inline-key-0000", "key_file": str(both)}), fmt="json")
+    assert found == [
+        f"providers[0].api_keys[0].key_file: cannot read the key file "
+        f"'{tmp_path / 'missing'}': No such file or directory",
+        f"providers[0].api_keys[1].key_file: the key file '{empty}' is empty",
+        f"providers[0].api_keys[2].key_file: the key file '{big}' is larger than 65536 "
+        "bytes: is it a key?",
+        f"providers[0].api_keys[3].key_file: the key file '{binary}' is not UTF-8 text",
+        "providers[0].api_keys[4]: give either 'key' or 'key_file', not both"]
+    assert not any("sk-secret-content" in p for p in found)
+
+
+def test_vertex_keys_take_no_key_file(tmp_path: Path) -> None:
+    file = tmp_path / "sa-path"
+    file.write_text("/etc/sa.json")
+    found = problems(json.dumps({"providers": [{
+        "name": "v", "type": "vertex", "project": "p", "location": "us-central1",
+        "api_keys": [{"key_file": str(file)}]}]}), fmt="json")
+    assert "providers[0].api_keys[0].key_file: a vertex key is already a file: give the " \
+           "service-account key file's path as key" in found

@@ -233,6 +233,28 @@ async def test_configured_secrets_never_reach_the_client(
         assert b"Bearer [redacted]" in body
 
 
+async def test_a_key_read_from_a_file_never_reaches_the_client(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    key_file = tmp_path / "bad-key"
+    key_file.write_text("sk-bad-file-key-98765\n")
+    hostile = await _hostile(aiohttp_server)
+    router = await start_router({
+        "providers": [{"name": "bad", "type": "openai", "base_url": hostile,
+                       "api_keys": [{"key_file": str(key_file)}]},
+                      openai_provider("good", upstream)],
+        "groups": [{"name": m, "strategy": "priority", "models": [
+            {"provider": "bad", "name": m}, {"provider": "good", "name": "m"}]}
+            for m in ("echo-error", "echo-answer")]})
+    for model, stream in (("echo-error", False), ("echo-answer", False),
+                          ("echo-answer", True)):
+        status, headers, body = await _post(http, router.url, model, stream)
+        assert status == (400 if model == "echo-error" else 200)
+        assert headers["X-Router-Provider"] == "bad"
+        assert b"sk-bad-file-key-98765" not in body
+        assert b"Bearer [redacted]" in body
+
+
 def test_log_lines_lose_the_secrets_tracebacks_included(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, {"api_key": "sk-router-shared-key", "providers": [
         {"name": "p", "type": "openai", "base_url": "http://127.0.0.1:9/v1",

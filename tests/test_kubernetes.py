@@ -48,6 +48,13 @@ def _router_container(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[st
     return container
 
 
+def _mount(objects: dict[tuple[str, str], dict[str, Any]], volume: str) -> str:
+    """Where the router container mounts ``volume``."""
+    mount = next(m for m in _router_container(objects)["volumeMounts"] if m["name"] == volume)
+    path: str = mount["mountPath"]
+    return path
+
+
 def test_kustomization_applies_every_manifest_in_the_directory() -> None:
     files = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(_resources()) == files
@@ -80,7 +87,16 @@ def test_validator_refuses_an_unknown_field() -> None:
 def test_configmap_config_passes_check_with_the_secrets_environment(tmp_path: Path) -> None:
     objects = _objects()
     path = tmp_path / "config.yaml"
-    path.write_text(_config(objects))
+    # Provider keys are files of the Secret llm-router-provider-keys, where the pods mount
+    # it: lay them out the same way here, so a key_file naming no key of it fails.
+    keys_dir = tmp_path / "provider-keys"
+    keys_dir.mkdir()
+    for name, value in objects["Secret", "llm-router-provider-keys"]["stringData"].items():
+        (keys_dir / name).write_text(value)
+    mount = _mount(objects, "provider-keys")
+    config = _config(objects)
+    assert f"key_file: {mount}/" in config
+    path.write_text(config.replace(f"{mount}/", f"{keys_dir}/"))
     # The pods' ${VAR}s come from the Secret through envFrom, and from nothing else: an
     # unset variable without a default fails the check.
     assert _router_container(objects)["envFrom"] == [
@@ -166,5 +182,12 @@ def test_pods_run_unprivileged_on_a_read_only_root_with_measured_requests() -> N
     # The config is mounted as its directory: a subPath mount is never updated.
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
     assert mount["mountPath"] == "/etc/llm-router" and "subPath" not in mount
+    # So are the provider keys, from the Secret, beside the config rather than inside it.
+    keys = next(m for m in container["volumeMounts"] if m["name"] == "provider-keys")
+    assert "subPath" not in keys and keys["readOnly"] is True
+    assert not keys["mountPath"].startswith(mount["mountPath"] + "/")
+    pod = objects["Deployment", "llm-router"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "provider-keys")
+    assert volume["secret"]["secretName"] == "llm-router-provider-keys"
     # Nothing to write but /tmp: Redis holds the state, so there is no usage snapshot.
     assert "snapshot_path" not in (yaml.safe_load(_config(objects)).get("usage") or {})

@@ -394,6 +394,69 @@ async def test_configmap_update_by_the_kubelets_symlink_swap_reloads(
     assert samples[RELOAD_OK] == 2 and samples[RELOAD_FAILED] == 0
 
 
+async def test_key_rotated_in_a_secret_volume_serves_at_once_without_restart(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "llm_router")
+    # A Kubernetes Secret mounted as a volume is laid out, and updated, like a ConfigMap.
+    secrets = ConfigMapVolume(tmp_path / "secrets")
+    secrets.write({"openai-a": "sk-rotation-first-0001\n", "other": "unrelated-1"})
+    router = await start_router(_config(upstream, ["a"], keys=[
+        {"key_file": str(secrets.root / "openai-a"), "name": "a"}]))
+    assert await chat_status(http, router, "a") == 200
+    assert upstream.fake.requests[-1].api_key == "sk-rotation-first-0001"
+    # Twice: the second swap happens in a directory whose first target is gone.
+    for n, new_key in enumerate(("sk-rotation-second-002", "sk-rotation-third-0003"), 1):
+        secrets.write({"openai-a": new_key + "\n", "other": "unrelated-1"})
+
+        async def rotated(key: str = new_key) -> bool:
+            return (await chat_status(http, router, "a") == 200
+                    and upstream.fake.requests[-1].api_key == key)
+
+        await eventually(rotated)
+        samples = await scrape(http, router.url)
+        assert samples[RELOAD_OK] == n and samples[RELOAD_FAILED] == 0
+    # Another key of the Secret changing leaves this config as it was: no reload.
+    secrets.write({"openai-a": "sk-rotation-third-0003\n", "other": "unrelated-2"})
+    save_by_rename(router.config_path, _config(upstream, ["a", "b"], keys=[
+        {"key_file": str(secrets.root / "openai-a"), "name": "a"}]))
+
+    async def b_served() -> bool:
+        return await chat_status(http, router, "b") == 200
+
+    await eventually(b_served)
+    assert (await scrape(http, router.url))[RELOAD_OK] == 3
+    assert any("config reloaded" in r.getMessage() for r in caplog.records)
+    assert not any("sk-rotation" in r.getMessage() for r in caplog.records)
+
+
+async def test_config_naming_a_key_file_not_yet_there_is_served_once_it_appears(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    # The kubelet updates the ConfigMap and the Secret volumes independently: the config
+    # naming a new key file can arrive before the file does.
+    secrets = ConfigMapVolume(tmp_path / "secrets")
+    secrets.write({"openai-a": "sk-present-key-0001"})
+    router = await start_router(_config(upstream, ["a"], keys=[
+        {"key_file": str(secrets.root / "openai-a"), "name": "a"}]))
+    save_by_rename(router.config_path, _config(upstream, ["a"], keys=[
+        {"key_file": str(secrets.root / "openai-a"), "name": "a"},
+        {"key_file": str(secrets.root / "openai-b"), "name": "b"}]))
+
+    async def refused() -> bool:
+        return (await scrape(http, router.url))[RELOAD_FAILED] >= 1
+
+    await eventually(refused)
+    secrets.write({"openai-a": "sk-present-key-0001", "openai-b": "sk-arrived-key-0002"})
+
+    async def both_keys_used() -> bool:
+        await chat_status(http, router, "a")
+        return {r.api_key for r in upstream.fake.requests} >= {"sk-present-key-0001",
+                                                               "sk-arrived-key-0002"}
+
+    await eventually(both_keys_used)
+
+
 async def _each_edit_reloads(http: aiohttp.ClientSession, router: Router, up: Upstream,
                              edit: Callable[[str, str], None]) -> None:
     """``edit(old, new)`` replaces a model name in the file; twice, because a watch that

@@ -178,12 +178,15 @@ def _credentials_problem(file: str) -> str | None:
 
 
 def parse_config(
-    text: str, *, fmt: str = "yaml", env: Mapping[str, str] | None = None, source: str = ""
+    text: str, *, fmt: str = "yaml", env: Mapping[str, str] | None = None, source: str = "",
+    secret_files: list[str] | None = None,
 ) -> Config:
     """Parse config text (``fmt`` is ``yaml`` or ``json``) into a validated :class:`Config`.
 
     Problems that stop it serving raise :class:`ConfigError`; the others are in
-    ``Config.warnings``.
+    ``Config.warnings``. Keys read from files (``key_file``) are read here; the paths of
+    those files, readable or not, are appended to ``secret_files`` when given, even when
+    it raises (the config watcher follows them).
     """
     where = source or "config"
     duplicates: list[str] = []
@@ -203,7 +206,13 @@ def parse_config(
     reader.problems += duplicates
     revealed: dict[str, str] = {}
     raw = _expand(raw, "", os.environ if env is None else env, reader, revealed)
-    cfg: Config | Any = reader.read(Config, raw, "")
+    try:
+        cfg: Config | Any = reader.read(Config, raw, "")
+    finally:
+        if secret_files is not None:
+            secret_files.extend(reader.secret_files)
+    revealed.update((secret, f"<the content of {file}>")
+                    for secret, file in reader.file_secrets.items() if len(secret) >= _MIN_MASKED)
     if not isinstance(cfg, Config):
         raise ConfigError(_masked(in_file_order(reader.problems, text), revealed))
     warnings = _masked(in_file_order(check_config(cfg, reader), text), revealed)
@@ -216,16 +225,17 @@ _MIN_MASKED: Final = 8  # shorter values (ports, flags) say more than they could
 
 
 def _masked(messages: list[str], revealed: Mapping[str, str]) -> list[str]:
-    """``messages`` with every value a ``${VAR}`` brought in shown as ``${VAR}``: problems
-    quote values, and a secret put under the wrong key would otherwise reach check's output,
-    the reload log and the status page."""
+    """``messages`` with every value a ``${VAR}`` brought in shown as ``${VAR}``, and every
+    key read from a file as ``<the content of FILE>``: problems quote values, and a secret
+    put under the wrong key would otherwise reach check's output, the reload log and the
+    status page."""
     if not revealed:
         return messages
     out = []
     for message in messages:
         for value in sorted(revealed, key=len, reverse=True):
             if value in message:
-                message = message.replace(value, f"${{{revealed[value]}}}")
+                message = message.replace(value, revealed[value])
         out.append(message)
     return out
 
@@ -247,7 +257,7 @@ def _expand(node: Any, path: str, env: Mapping[str, str], reader: Reader,
                     return ""
                 return default
             if len(value) >= _MIN_MASKED:
-                revealed[value] = name
+                revealed[value] = f"${{{name}}}"
             return value
 
         return FromEnv(_ENV.sub(sub, node))

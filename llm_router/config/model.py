@@ -160,12 +160,26 @@ class ProviderKey:
     session_token: str = setting("", repr=False, doc=(
         "bedrock only: the session token of temporary (STS) credentials, sent as "
         "x-amz-security-token; \"${AWS_SESSION_TOKEN:-}\" leaves it out when unset."))
+    key_file: str = setting("", doc=(
+        "Instead of key: a file holding the API key (its content, surrounding whitespace "
+        "stripped), e.g. a Kubernetes Secret mounted as a volume. The file is watched: "
+        "when it changes the config reloads and the new key serves, with no restart."))
 
     def serves(self, model: str) -> bool:
         return self.models is None or model in self.models
 
     @staticmethod
-    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+    def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader,
+                path: str) -> bool | None:
+        key_file = values.get("key_file", "")
+        if key_file:
+            if "secret" in values or f"{path}.key" in r.failed:
+                r.fail(path, "give either 'key' or 'key_file', not both")
+                return False
+            secret = r.secret_file(at(path, "key_file"), key_file)
+            if secret is None:
+                return False
+            values["secret"] = secret
         aws_secret = file_only.get("secret_access_key")
         key_id = values.get("access_key_id", "")
         if aws_secret is not None or key_id:
@@ -180,12 +194,13 @@ class ProviderKey:
                 values["secret"] = aws_secret
                 values["label"] = values.get("label") or key_label(key_id)
         elif "secret" not in values:
-            r.fail(at(path, "key"), "required")
+            r.fail(at(path, "key"), "required (or key_file)")
         elif values.get("session_token"):
             r.fail(at(path, "session_token"), "goes with access_key_id and "
                    "secret_access_key, not with key")
         if not values.get("label") and "secret" in values:
             values["label"] = key_label(values["secret"])
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +314,9 @@ class Provider:
         elif region:
             r.fail(f"{path}.region", "only bedrock providers take a region")
         for i, key in enumerate(values.get("keys", ())):
+            if key.key_file and ptype == "vertex":
+                r.fail(f"{path}.api_keys[{i}].key_file", "a vertex key is already a file: "
+                       "give the service-account key file's path as key")
             if key.access_key_id and ptype != "bedrock":
                 r.fail(f"{path}.api_keys[{i}].access_key_id", "only bedrock providers take "
                        "AWS key pairs; give 'key' instead")

@@ -64,6 +64,7 @@ class _Bad:
 
 
 BAD: Final = _Bad()  # a value that failed and was reported
+_MAX_SECRET_FILE: Final = 64 * 1024  # an API key is short; a bigger file is a mistake
 
 
 def _belongs_below(cls: type, name: str) -> str:
@@ -152,6 +153,34 @@ class Reader:
         self.problems: list[str] = []
         self.failed: set[str] = set()
         self.origin: dict[int, str] = {}
+        self.secret_files: list[str] = []  # read by secret_file, readable or not
+        self.file_secrets: dict[str, str] = {}  # secret -> the file it came from
+
+    def secret_file(self, path: str, file: str) -> str | None:
+        """The secret held in ``file`` (its content, surrounding whitespace stripped), or
+        None after failing at ``path``. Never quotes the content; remembers the file, so
+        the config watcher can follow it, and the secret, so problems can mask it."""
+        self.secret_files.append(file)
+        try:
+            with open(file, "rb") as f:
+                raw = f.read(_MAX_SECRET_FILE + 1)
+        except OSError as exc:
+            self.fail(path, f"cannot read the key file {file!r}: {exc.strerror or exc}")
+            return None
+        if len(raw) > _MAX_SECRET_FILE:
+            self.fail(path, f"the key file {file!r} is larger than {_MAX_SECRET_FILE} bytes: "
+                            "is it a key?")
+            return None
+        try:
+            secret = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self.fail(path, f"the key file {file!r} is not UTF-8 text")
+            return None
+        if not secret:
+            self.fail(path, f"the key file {file!r} is empty")
+            return None
+        self.file_secrets[secret] = file
+        return secret
 
     def fail(self, path: str, message: str) -> None:
         if path in self.failed:

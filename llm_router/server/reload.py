@@ -15,12 +15,19 @@ Anything else is refused: every problem is logged at WARNING with its location,
 serving until a later edit fixes the file. A file whose content is unchanged since the
 last attempt (a touch, a chmod, a snapshot written in the same directory) is ignored.
 SIGHUP (wired in :func:`llm_router.server.app.run_server`) always reloads.
+
+Provider keys read from files (``key_file``) are part of the config: the directory of
+each is watched the same way (a Kubernetes Secret mounted as a volume is updated by the
+same ``..data`` swap as a ConfigMap), and the content compared against the last attempt
+covers those files too, so a rotated key file reloads the config exactly as an edit
+does, and the next request carries the new key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -65,6 +72,8 @@ class ConfigReloader:
         self._source = str(Path(path))  # as the start-up load named it, for logs
         self._lock = asyncio.Lock()
         self._digest: bytes | None = None
+        self._files: tuple[str, ...] = ()  # key files the last attempt read, absolute
+        self._rewatch: asyncio.Event | None = None  # set: the watched directories changed
         self._requested: set[asyncio.Task[bool | None]] = set()
         self.last: ReloadOutcome | None = None
         self.loaded_at = state.started  # when the serving config was read (start-up, reload)
@@ -75,7 +84,8 @@ class ConfigReloader:
 
     async def prime(self) -> None:
         """Remember the file's current content, so an event that changes nothing is ignored."""
-        self._digest, _, _ = await asyncio.to_thread(_load, self.path, self._source, None)
+        self._digest, _, _, self._files = await asyncio.to_thread(
+            _load, self.path, self._source, None, ())
 
     def request(self, reason: str) -> None:
         """Reload soon, unconditionally (for a signal handler, which cannot await)."""
@@ -91,8 +101,8 @@ class ConfigReloader:
         changed, or it is still being written (and ``force`` is false in both cases).
         """
         async with self._lock:
-            digest, cfg, problems = await asyncio.to_thread(
-                _load, self.path, self._source, None if force else self._digest)
+            digest, cfg, problems, files = await asyncio.to_thread(
+                _load, self.path, self._source, None if force else self._digest, self._files)
             if cfg is None and not problems:
                 return None
             if not force and (problems or _shrinks(self.state.config, cfg)):
@@ -100,13 +110,18 @@ class ConfigReloader:
                 # valid-but-shorter (a cut-off groups list). Look again after a pause: if
                 # it is still changing, the event of its next write reloads it then.
                 await asyncio.sleep(_SETTLE_S)
-                again, _, _ = await asyncio.to_thread(_load, self.path, self._source, digest)
+                again, _, _, _ = await asyncio.to_thread(_load, self.path, self._source,
+                                                         digest, files)
                 if again != digest:
                     log.info("config file %s is still being written; waiting for it",
                              self._source)
                     return None
             if digest is not None:
                 self._digest = digest
+            if files != self._files:
+                self._files = files
+                if self._rewatch is not None:
+                    self._rewatch.set()  # follow the key files' directories as they are now
             m = self.state.metrics
             if cfg is None:
                 m.config_reloads.labels("failure").inc()
@@ -135,31 +150,34 @@ class ConfigReloader:
             return True
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Reload on every change to the file until ``stop`` is set."""
-        name = self.path.name
-
-        def relevant(change: Change, changed: str) -> bool:
-            del change  # added, modified and deleted all mean "look again"
-            base = Path(changed).name
-            return base == name or base.startswith("..")  # ..data: a ConfigMap swap
-
+        """Reload on every change to the file or to a key file until ``stop`` is set."""
         while not stop.is_set():
+            watched = {self.path, *(Path(f) for f in self._files)}
+            dirs = sorted({p.parent for p in watched})
+            present = [d for d in dirs if d.is_dir()]
+            relevant = functools.partial(_relevant, frozenset(p.name for p in watched))
+            # Ends this watch when stop is set, or when the directories to follow change
+            # (a reload named other key files) or a missing one appears.
+            rewatch = self._rewatch = asyncio.Event()
+            relay = asyncio.create_task(_set_when(stop, rewatch, dirs if present != dirs
+                                                  else []))
             # An edit made while no watch was in place (between the start-up load and
             # here, or after a watcher failure) raises no event: look once more when the
             # watch below is surely established. Unchanged content costs one read.
             catch_up = asyncio.create_task(self._look_again(_CATCH_UP_S))
             try:
-                async for _ in awatch(self.path.parent, watch_filter=relevant,
-                                      debounce=_MAX_BATCH_MS, step=_QUIET_MS, stop_event=stop,
-                                      recursive=False):
+                async for _ in awatch(*present, watch_filter=relevant,
+                                      debounce=_MAX_BATCH_MS, step=_QUIET_MS,
+                                      stop_event=rewatch, recursive=False):
                     await self.reload("file changed")
             except Exception:  # the directory vanished, inotify ran out of watches, …
                 log.exception("config watcher on %s failed; restarting it in %.0f s (SIGHUP "
-                              "still reloads)", self.path.parent, _RESTART_WATCH_S)
+                              "still reloads)", ", ".join(map(str, present)), _RESTART_WATCH_S)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), _RESTART_WATCH_S)
             finally:
                 catch_up.cancel()
+                relay.cancel()
 
     async def _look_again(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -171,34 +189,86 @@ class ConfigReloader:
             await asyncio.gather(*self._requested, return_exceptions=True)
 
 
-def _load(path: Path, source: str, last: bytes | None
-          ) -> tuple[bytes | None, Config | None, list[str]]:
-    """(digest, config, problems), blocking: the file's digest, and unless it equals
-    ``last``, the validated config or every problem that stops it."""
+def _relevant(names: frozenset[str], change: Change, changed: str) -> bool:
+    """Whether a change in a watched directory may change the config."""
+    del change  # added, modified and deleted all mean "look again"
+    base = Path(changed).name
+    return base in names or base.startswith("..")  # ..data: a mounted volume's swap
+
+
+async def _set_when(stop: asyncio.Event, rewatch: asyncio.Event, missing: list[Path]) -> None:
+    """Set ``rewatch`` once ``stop`` is set or, when directories are ``missing``, once
+    they all exist (a key file's directory mounted late)."""
+    if missing:
+        while not all(d.is_dir() for d in missing):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _RESTART_WATCH_S)
+            if stop.is_set():
+                break
+    else:
+        await stop.wait()
+    rewatch.set()
+
+
+_Loaded = tuple[bytes | None, Config | None, list[str], tuple[str, ...]]
+
+
+def _digest(data: bytes, files: tuple[str, ...]) -> bytes:
+    """What the config is made of: the file, and the content of each key file it read
+    (or that it could not be read)."""
+    h = hashlib.sha256(data)
+    for file in files:
+        h.update(b"\0" + file.encode(errors="surrogateescape") + b"\0")
+        try:
+            h.update(Path(file).read_bytes())
+        except OSError as exc:
+            h.update(f"\0unreadable {exc.errno}".encode())
+    return h.digest()
+
+
+def _load(path: Path, source: str, last: bytes | None, files: tuple[str, ...]) -> _Loaded:
+    """(digest, config, problems, key files), blocking: the digest of the file and of the
+    key ``files`` the previous attempt read, and unless it equals ``last``, the validated
+    config or every problem that stops it, with the key files this attempt read."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return None, None, [f"{source}: cannot read: {exc.strerror or exc}"]
-    digest = hashlib.sha256(data).digest()
+        return None, None, [f"{source}: cannot read: {exc.strerror or exc}"], files
+    digest = _digest(data, files)
     if digest == last:
-        return digest, None, []
+        return digest, None, [], files
+    cfg, problems, read = _parse(path, source, data, files)
+    if read != files:
+        digest = _digest(data, read)  # the files this config is made of
+    return digest, cfg, problems, read
+
+
+def _parse(path: Path, source: str, data: bytes, files: tuple[str, ...]
+           ) -> tuple[Config | None, list[str], tuple[str, ...]]:
     if not data.strip():
         # Truncate-then-rewrite editors expose an empty file for a moment; an empty config
         # is valid YAML but would drop every route, so a reload never swaps one in.
-        return digest, None, [f"{source}: the file is empty (caught mid-save?)"]
+        return None, [f"{source}: the file is empty (caught mid-save?)"], files
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return digest, None, [f"{source}: not UTF-8 text"]
+        return None, [f"{source}: not UTF-8 text"], files
     fmt = "json" if path.suffix.lower() == ".json" else "yaml"
+    read: list[str] = []
     try:
-        cfg = parse_config(text, fmt=fmt, source=source)
+        cfg = parse_config(text, fmt=fmt, source=source, secret_files=read)
     except ConfigError as exc:
-        return digest, None, exc.problems
+        return None, exc.problems, _absolute(read)
     if not cfg.providers:
-        return digest, None, ["providers: none left; a reload does not swap in a config "
-                              "that cannot serve anything (restart to do that on purpose)"]
-    return digest, cfg, []
+        return None, ["providers: none left; a reload does not swap in a config that "
+                      "cannot serve anything (restart to do that on purpose)"], _absolute(read)
+    return cfg, [], _absolute(read)
+
+
+def _absolute(files: list[str]) -> tuple[str, ...]:
+    """Key file paths as the process opens them (relative to the working directory),
+    made absolute for the watch; sorted, so the same files compare equal."""
+    return tuple(sorted({str(Path(f).absolute()) for f in files}))
 
 
 def _shrinks(old: Config, new: Config | None) -> bool:
