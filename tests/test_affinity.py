@@ -6,15 +6,18 @@ The end-to-end behaviour (real SDKs, real sockets) is in tests/test_affinity_e2e
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from llm_router.config import Affinity, Member, Provider, ProviderKey
 from llm_router.gateway.affinity import (
     MemoryAffinityStore,
+    RecentLoad,
     affinity_key,
     derived_cache_key,
     pick_with_affinity,
     prefix_digest,
+    spilled,
 )
 from llm_router.gateway.routing import Candidate, PickContext
 from llm_router.ledger.usage import UsageCounters
@@ -182,13 +185,13 @@ def test_pin_that_is_not_a_candidate_moves_and_no_pin_is_new() -> None:
     assert pick_with_affinity(cands, None, ctx, 0.25) == (cands[1], "new")
 
 
-def test_a_pin_ahead_by_less_than_this_request_is_kept() -> None:
+def test_a_pin_ahead_by_less_than_three_requests_is_kept() -> None:
     # Counters still small: a relative bound alone would move the pin on every turn.
     cands = _candidates(1, 1)
     ctx = _ctx({0: 300, 1: 0}, cands)
-    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25, 300) == (cands[0], "hit")
-    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25, 299) == (cands[1],
-                                                                              "moved")
+    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25, 100) == (cands[0], "hit")
+    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25, 99) == (cands[1],
+                                                                             "moved")
 
 
 def test_weight_zero_stays_preferred() -> None:
@@ -196,3 +199,50 @@ def test_weight_zero_stays_preferred() -> None:
     ctx = _ctx({0: 10_000, 1: 0}, cands)
     assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.0) == (cands[0], "hit")
     assert pick_with_affinity(cands, cands[1].counter_key, ctx, 10.0) == (cands[0], "moved")
+
+
+# ---------------------------------------------------------------- bursts and recent load
+
+def test_a_burst_in_flight_on_the_pin_spills_to_the_least_busy_key() -> None:
+    cands = _candidates(1, 2)  # shares 2/3 and 1/3
+    # Huge, level counters: a slack of lifetime totals would keep the pin for ever.
+    ctx = _ctx({0: 2_000_000, 1: 1_000_000}, cands)
+    pinned = cands[0].counter_key
+    inflight = ctx.counters.inflight
+    inflight[pinned] = 300  # three requests of 100 ahead of an idle key: the grace
+    assert pick_with_affinity(cands, pinned, ctx, 0.25, 100) == (cands[0], "hit")
+    inflight[pinned] = 301
+    cand, result = pick_with_affinity(cands, pinned, ctx, 0.25, 100)
+    assert cand is cands[1] and spilled(result)
+    inflight[cands[1].counter_key] = 500  # x weight 2: the pin may hold 1,000 + 300
+    assert pick_with_affinity(cands, pinned, ctx, 0.25, 100)[0] is cands[0]
+
+
+def test_recent_load_decays_and_takes_growth_as_spread_over_the_interval() -> None:
+    recent = RecentLoad(window_s=60.0, start=0.0)
+    key = ("p", "k", "m")
+    assert recent.tokens(key, 0, 0.0) == 0.0
+    assert recent.tokens(key, 0, 100.0) == 0.0
+    # 600 tokens over 1 ms: nearly all of it is recent.
+    assert abs(recent.tokens(key, 600, 100.001) - 600) < 0.01
+    # One window later, 1/e of it; a counter that went back is a new baseline.
+    assert abs(recent.tokens(key, 600, 160.001) - 600 / math.e) < 0.01
+    assert abs(recent.tokens(key, 10, 160.001) - 600 / math.e) < 0.01
+    # A key first read late counts its total as grown since start: an hour's tokens
+    # weigh a minute's worth.
+    late = recent.tokens(("p", "other", "m"), 3600, 3600.0)
+    assert abs(late - 3600 * 60 / 3600) < 0.01
+
+
+def test_the_slack_is_measured_against_recent_load_not_lifetime_totals() -> None:
+    cands = _candidates(1, 1)
+    ctx = _ctx({0: 1_000_000, 1: 1_000_000}, cands)
+    recent = RecentLoad(window_s=60.0, start=0.0)
+    pinned = cands[0].counter_key
+    # Long ago both keys served a million tokens (read at t=0: all of it old by t=600).
+    assert pick_with_affinity(cands, pinned, ctx, 0.25, 100, recent, 0.0)[1] == "hit"
+    ctx.counters.tokens[pinned] += 5_000  # lately the pin served 5,000, the other none
+    assert pick_with_affinity(cands, pinned, ctx, 0.25, 100, recent, 600.0) == (cands[1],
+                                                                                "moved")
+    # Against lifetime totals that is well within a quarter: the old rule kept it.
+    assert pick_with_affinity(cands, pinned, ctx, 0.25, 100) == (cands[0], "hit")

@@ -5,9 +5,11 @@ which sends each turn to the least-loaded key, throws the cache away on most tur
 multi-key group. Here every request to a group gets an *affinity key* (:func:`affinity_key`),
 the router remembers which (provider, key, model) served it last (:class:`AffinityStore`),
 and :func:`pick_with_affinity` sends the request back there while that candidate is
-eligible and its ``tokens x weight`` is within ``slack`` of the group's lowest; otherwise
-inverse weight picks as always and the new candidate is pinned. docs/affinity.md has
-the rules for operators.
+eligible, its in-flight load is within a few requests of its weight's share (so a burst
+spreads), and its recent load (:class:`RecentLoad`: in flight plus a decaying window of
+about a minute) is within ``slack`` of the group's lowest; otherwise inverse weight
+picks and the new candidate is pinned, but for a burst's spill, which leaves the pin.
+docs/affinity.md has the rules for operators.
 
 The store is the seam for shared state: :class:`MemoryAffinityStore` serves one process;
 a store that replicas share (Redis) implements the same two coroutines.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -30,18 +33,23 @@ from .routing import Candidate, PickContext, Preferences, Target, inverse_weight
 
 __all__ = [
     "AFFINITY_KINDS",
+    "BURST_GRACE",
+    "RECENT_WINDOW_S",
     "RESULTS",
     "AffinityKey",
     "AffinityStore",
     "KeyValue",
     "MemoryAffinityStore",
+    "RecentLoad",
     "SharedAffinityStore",
     "affinity_key",
+    "affinity_room",
     "applies",
     "derived_cache_key",
     "pick_with_affinity",
     "prefix_digest",
     "response_key",
+    "spilled",
     "within_slack",
 ]
 
@@ -211,41 +219,161 @@ def derived_cache_key(key: AffinityKey) -> str:
     return "llmr-" + key.digest.hex()
 
 
+# The recent window's time constant: tokens served a minute ago weigh 1/e of those
+# served now, so the room a pin gets follows the group's current traffic, not its history.
+RECENT_WINDOW_S: Final = 60.0
+# Requests of this size a pinned key may run ahead of its weight's share, in flight and
+# in recent tokens: the one about to be sent and two more. Below it, a few concurrent
+# conversations (which leave some key idle most of the time) and a quiet group's lone
+# conversation keep their pins; a burst of dozens spreads by weight (docs/affinity.md,
+# "What bounds the concentration").
+BURST_GRACE: Final = 3
+
+
+class RecentLoad:
+    """Tokens each (provider, key, model) served lately: a sum decaying with a time
+    constant of ``window_s`` seconds (an EWMA of the token rate, times the window).
+
+    It follows the growth of the selection counters (``UsageCounters.tokens``), read
+    at each affinity pick, so with shared state (Redis) it sees what the other
+    replicas served as soon as their totals reach this one. Growth between two reads is
+    taken as spread evenly over the interval; a key's first read counts its whole total
+    as grown since ``start`` (this object's creation). So a restored snapshot, or the
+    fleet's totals reaching a new replica, weigh as recent for a window or two and then
+    fade: bursts stay bounded meanwhile by the in-flight bound. Entries are per counter
+    key, which the config bounds.
+    """
+
+    __slots__ = ("_seen", "_start", "window_s")
+
+    def __init__(self, window_s: float = RECENT_WINDOW_S, start: float | None = None) -> None:
+        self.window_s = window_s
+        self._start = time.monotonic() if start is None else start
+        self._seen: dict[CounterKey, tuple[int, float, float]] = {}  # tokens, sum, when
+
+    def tokens(self, key: CounterKey, total: int, now: float) -> float:
+        """The decayed recent tokens of ``key`` whose counter now reads ``total``
+        (``now`` on the ``time.monotonic`` clock)."""
+        entry = self._seen.get(key)
+        if entry is None:
+            entry = (0, 0.0, min(self._start, now))
+        seen, value, at = entry
+        if total == seen and now == at:
+            return value
+        span = now - at
+        grown = total - seen if total > seen else 0  # a counter reset is a new baseline
+        if span > 0:
+            decay = math.exp(-span / self.window_s)
+            # Growth spread over the span: its decayed sum is grown x (1 - decay) x τ/span.
+            value = value * decay + (grown * (1.0 - decay) * self.window_s / span
+                                     if grown else 0.0)
+        else:
+            value += grown
+        self._seen[key] = (total, value, now)
+        return value
+
+
 def within_slack(pinned: Candidate, cands: Sequence[Candidate], ctx: PickContext,
-                 slack: float, estimate: int = 0) -> bool:
-    """Whether the pinned candidate may keep the request: its ``tokens x weight``
-    (in-flight included) is at most ``(1 + slack)`` times the lowest among ``cands``,
-    plus this request's own ``estimate x weight``. That grace of one request keeps a
-    conversation together while the counters are still small (a fresh start, or little
-    traffic), where any relative bound alone would move it on every turn; it adds at
-    most one request to the spread. A weight-0 candidate is always preferred (CONTRACT
-    §3): a pinned one is always within, and any eligible one puts a weighted pin beyond."""
-    load = ctx.counters.load
+                 slack: float, estimate: int = 0, recent: RecentLoad | None = None,
+                 now: float = 0.0) -> bool:
+    """Whether the pinned candidate may keep the request (:func:`affinity_room` is
+    ``hit``)."""
+    return affinity_room(pinned, cands, ctx, slack, estimate, recent, now) == "hit"
+
+
+def affinity_room(pinned: Candidate, cands: Sequence[Candidate], ctx: PickContext,
+                  slack: float, estimate: int = 0, recent: RecentLoad | None = None,
+                  now: float = 0.0) -> str:
+    """Whether the pinned candidate may keep the request: ``hit``, or why not.
+
+    Two bounds of ``load x weight`` against the lowest among ``cands``:
+
+    - ``burst``: in-flight estimates alone may exceed the lowest by
+      :data:`BURST_GRACE` requests of this one's size, no more (no slack: concurrency
+      is what an upstream's rate limit sees). Every request counts on its key from its
+      pick on, so the requests of one burst see each other: past its share the burst
+      spills to the least busy key, and the pin stays for the next calm turn.
+    - ``slack``: recent load, in flight plus ``recent``'s decaying window (lifetime
+      tokens when ``recent`` is None), at most ``(1 + slack)`` times the lowest plus
+      :data:`BURST_GRACE` requests of this one's size. That grace keeps a conversation
+      together while the load is small, where any relative bound alone would move it
+      on every turn.
+
+    A weight-0 candidate is always preferred (CONTRACT §3): a pinned one is always
+    within, and any eligible one puts a weighted pin beyond."""
     w = pinned.member.weight
     if w <= 0:
-        return True
+        return "hit"
     if any(c.member.weight <= 0 for c in cands):
-        return False
-    mine = load(pinned.counter_key) * w
-    lowest = min(load(c.counter_key) * c.member.weight for c in cands)
-    return mine <= lowest * (1.0 + slack) + estimate * w
+        return "slack"
+    inflight = ctx.counters.inflight
+    mine = inflight.get(pinned.counter_key, 0) * w
+    lowest = min(inflight.get(c.counter_key, 0) * c.member.weight for c in cands)
+    if mine > lowest + BURST_GRACE * estimate * w:
+        return "burst"
+    tokens = ctx.counters.tokens
+    if recent is None:
+        def load(key: CounterKey) -> float:
+            return tokens.get(key, 0) + inflight.get(key, 0)
+    else:
+        def load(key: CounterKey) -> float:
+            return recent.tokens(key, tokens.get(key, 0), now) + inflight.get(key, 0)
+    mine_recent = load(pinned.counter_key) * w
+    lowest_recent = min(load(c.counter_key) * c.member.weight for c in cands)
+    if mine_recent <= lowest_recent * (1.0 + slack) + BURST_GRACE * estimate * w:
+        return "hit"
+    return "slack"
 
 
 def pick_with_affinity(cands: Sequence[Candidate], pinned: CounterKey | None,
-                       ctx: PickContext, slack: float, estimate: int = 0
+                       ctx: PickContext, slack: float, estimate: int = 0,
+                       recent: RecentLoad | None = None, now: float = 0.0
                        ) -> tuple[Candidate, str]:
     """The candidate for a request whose affinity key points at ``pinned`` (None: no
     pin), and the result for ``affinity_total``: the pin when it is eligible and within
-    the slack (``hit``, :func:`within_slack`), else inverse weight (``new`` or
-    ``moved``). ``cands`` must not be empty."""
+    both bounds (``hit``, :func:`affinity_room`), else inverse weight (``new`` or
+    ``moved``). ``cands`` must not be empty. :func:`spilled` tells a move past the
+    burst bound, whose answer must not re-pin."""
+    if recent is not None:
+        # Every pick reads the window, a new conversation's too, so a key's growth is
+        # seen soon after it happens and not first when some pin looks at it.
+        tokens = ctx.counters.tokens
+        for c in cands:
+            recent.tokens(c.counter_key, tokens.get(c.counter_key, 0), now)
     if pinned is None:
         return inverse_weight(cands, ctx), "new"
     for c in cands:
         if c.counter_key == pinned:
-            if within_slack(c, cands, ctx, slack, estimate):
+            room = affinity_room(c, cands, ctx, slack, estimate, recent, now)
+            if room == "hit":
                 return c, "hit"
+            if room == "burst":
+                return _spill(cands, ctx), _SPILLED
             break
     return inverse_weight(cands, ctx), "moved"
+
+
+def _spill(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
+    """Where a burst's request goes past its pin: the lowest in-flight ``estimate x
+    weight``, then inverse weight among those. In-flight first, because the counters'
+    history says nothing of where the burst already is: a key behind by one long
+    request would otherwise take the whole spill."""
+    inflight = ctx.counters.inflight
+
+    def busy(c: Candidate) -> float:
+        return inflight.get(c.counter_key, 0) * c.member.weight
+
+    least = min(busy(c) for c in cands)
+    return inverse_weight([c for c in cands if busy(c) == least], ctx)
+
+
+# pick_with_affinity's result for a burst's spill: counted and logged as "moved".
+_SPILLED: Final = "moved:burst"
+
+
+def spilled(result: str) -> bool:
+    """Whether a pick's result is a burst's spill, which leaves the pin where it is."""
+    return result == _SPILLED
 
 
 class AffinityStore(Protocol):

@@ -48,6 +48,9 @@ class ModelRequest:
     down: Downstream | None  # the client's stream; None for a non-streamed answer
     turn: ResponsesTurn | None = None  # POST /v1/responses: its conversation and store
     affinity: AffinityKey | None = None  # what the first pick and the pin go by (affinity.py)
+    # Set by the first pick when a burst spilled past the pinned key: the answer leaves
+    # the pin where it is, so the next calm turn goes back to the cached key.
+    keep_pin: bool = False
 
     @property
     def stream(self) -> bool:

@@ -45,6 +45,7 @@ from .affinity import (
     applies,
     derived_cache_key,
     pick_with_affinity,
+    spilled,
 )
 from .answer import answer_as_stream, relay_body, relay_stream
 from .attempt import Attempt, router_headers
@@ -230,8 +231,11 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
             # The first attempt only: failover ignores affinity, and the pin then
             # follows whichever candidate answers (_attempt).
             pinned = await state.affinity.lookup(req.affinity.digest)
-            cand, ex.affinity = pick_with_affinity(cands.eligible, pinned, ctx,
-                                                   group.affinity.slack, req.estimate)
+            cand, result = pick_with_affinity(cands.eligible, pinned, ctx,
+                                              group.affinity.slack, req.estimate,
+                                              state.recent_load, time.monotonic())
+            req.keep_pin = spilled(result)
+            ex.affinity = "moved" if req.keep_pin else result
             state.metrics.child(state.metrics.affinity, state.labels.group(group.name),
                                 ex.affinity).inc()
         else:
@@ -410,7 +414,7 @@ async def _handle(req: ModelRequest, att: Attempt, resp: UpstreamResponse
     state, down, cand = req.state, req.down, att.cand
     if resp.status >= 400:
         raise await _status_failure(state, att, resp)
-    if req.affinity is not None:
+    if req.affinity is not None and not req.keep_pin:
         # The upstream took the prompt, so its cache now holds it: pin (or refresh).
         await state.affinity.remember(req.affinity.digest, cand.counter_key,
                                       req.target.group.affinity.ttl_s)

@@ -27,7 +27,7 @@ from ..observe.redact import Redactor
 from ..observe.traffic import Traffic
 from ..state.health import KeyHealth
 from ..state.store import MemoryStore, StateStore
-from .affinity import AffinityStore, MemoryAffinityStore, SharedAffinityStore
+from .affinity import AffinityStore, MemoryAffinityStore, RecentLoad, SharedAffinityStore
 from .capabilities import ContextBounds
 from .catalog import Catalog
 from .deadlines import Deadlines
@@ -87,6 +87,9 @@ class RouterState:
         # agree on a conversation's key; else an LRU in this process.
         self.affinity: AffinityStore = (MemoryAffinityStore() if self.store.backend == "memory"
                                         else SharedAffinityStore(self.store))
+        # Each key's recent tokens, which bound how far a pin may run ahead (affinity.py);
+        # read from the counters, so with shared state it follows the fleet's traffic.
+        self.recent_load = RecentLoad()
         self.session: aiohttp.ClientSession | None = None
         self.tracing: Tracing | None = None  # set at start-up when otel is configured
         self.snapshot: SnapshotStore | None = None
