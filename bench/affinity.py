@@ -3,6 +3,7 @@
 
     python bench/affinity.py                # 60 conversations x 8 turns, 3 rounds
     python bench/affinity.py --rounds 1 --conversations 12
+    python bench/affinity.py --bursts 12    # and then the burst scenario (issue 32)
 
 One ``llm-router fake-upstream --prompt-cache-ttl-s 900`` (a per-key prompt cache) serves
 a group of three keys, weights 1, 1 and 2 (two keys of a weight-1 provider, one key of a
@@ -18,6 +19,15 @@ the pricing below, the spread of ``tokens x weight`` over the three keys ((max -
 min, from the router's selection counters), the affinity results, and the router's CPU
 µs per request (schedstat, as bench/ab.py). The modes alternate in order round by round
 (A B C, C B A); figures are medians over rounds. Results: bench/results/affinity-*.json.
+
+The burst scenario (``--bursts N``, issue 32) follows each mode's round on the same
+router, so the counters hold the round's traffic: N conversations, one after another,
+each takes two calm turns (which pin it), fires a burst of 10 to 60 concurrent turns
+(seeded; as parallel tool calls do: the same history, each with its own last message)
+while the fake answers after ``--burst-latency-ms`` so the burst is in flight
+together, then takes one more calm turn. Reported per mode: the cached share of the
+bursts' input, and each key's peak share of a burst (its requests among the burst's,
+the largest over bursts) against its weight's share (a1 and a2 40 %, b1 20 %).
 """
 
 from __future__ import annotations
@@ -160,6 +170,61 @@ async def _scrape(base: str) -> tuple[dict[str, float], dict[str, float]]:
     return keys, results
 
 
+async def _bursts(base: str, upstream: str, salt: str, args: argparse.Namespace
+                  ) -> dict[str, Any]:
+    """The burst scenario: see the module docstring."""
+    rng = random.Random(args.seed + 32)
+    url = base + "/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {_KEY}"}
+    totals = {"prompt": 0.0, "cached": 0.0, "failed": 0.0, "requests": 0.0}
+    peak: dict[str, float] = {}
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def turn(conv: _Conversation, last: str | None = None) -> str | None:
+            body = conv.body()
+            if last is not None:
+                body = {**body, "messages": [*conv.messages[:-1],
+                                             {"role": "user", "content": last}]}
+            async with session.post(url, json=body, headers=headers) as resp:
+                doc = await resp.json()
+                totals["requests"] += 1
+                if resp.status != 200:
+                    totals["failed"] += 1
+                    return None
+                key = resp.headers.get("X-Router-Key")
+            usage = doc["usage"]
+            totals["prompt"] += usage["prompt_tokens"]
+            totals["cached"] += (usage.get("prompt_tokens_details") or {}).get(
+                "cached_tokens", 0)
+            if last is None:
+                conv.answered(doc["choices"][0]["message"]["content"])
+            return key
+
+        async def latency(ms: int) -> None:
+            async with session.post(upstream + "/_fake/settings",
+                                    json={"latency_ms": ms}) as resp:
+                resp.raise_for_status()
+
+        for n in range(args.bursts):
+            conv = _Conversation(1000 + n, salt, args.seed)
+            await turn(conv)
+            await turn(conv)
+            size = rng.randint(10, 60)
+            await latency(args.burst_latency_ms)
+            try:
+                keys = await asyncio.gather(*(turn(conv, f"tool result {i}: "
+                                                   + _text(conv.rng, 40))
+                                              for i in range(size)))
+            finally:
+                await latency(0)
+            for key in set(keys) - {None}:
+                share = keys.count(key) / size
+                peak[str(key)] = max(peak.get(str(key), 0.0), share)
+            await turn(conv)
+    return {"cached_share": totals["cached"] / totals["prompt"] if totals["prompt"] else 0.0,
+            "peak_share": peak, "failed": totals["failed"], "requests": totals["requests"]}
+
+
 def _run(children: Children, work: Path, upstream: str, mode: str, salt: str,
          args: argparse.Namespace) -> dict[str, Any]:
     cfg = work / f"{mode}.yaml"
@@ -182,6 +247,8 @@ def _run(children: Children, work: Path, upstream: str, mode: str, salt: str,
         wall = time.perf_counter() - t0
         cpu_us = (cpu_ns(proc.pid) - cpu0) / 1e3 / len(order)
         keys, results = asyncio.run(_scrape(base))
+        burst = (asyncio.run(_bursts(base, upstream, salt, args)) if args.bursts
+                 else None)
     finally:
         children.stop(proc)
     weights = {"a1": 1.0, "a2": 1.0, "b1": 2.0}
@@ -193,7 +260,7 @@ def _run(children: Children, work: Path, upstream: str, mode: str, salt: str,
         "cached_tokens": totals["cached"], "completion_tokens": totals["completion"],
         "failed": totals["failed"], "tokens_x_weight": scores,
         "spread": (max(scores.values()) - low) / low if low else float("inf"),
-        "results": results, "cpu_us": cpu_us, "wall_s": wall,
+        "results": results, "cpu_us": cpu_us, "wall_s": wall, "burst": burst,
     }
 
 
@@ -205,6 +272,10 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--slack", type=float, default=_SLACK, help="affinity.slack of auto")
+    ap.add_argument("--bursts", type=int, default=0,
+                    help="conversations of the burst scenario after each run (0: none)")
+    ap.add_argument("--burst-latency-ms", type=int, default=300,
+                    help="the fake's latency during a burst, so it is in flight together")
     args = ap.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = _BENCH / "results"
@@ -227,6 +298,12 @@ def main() -> int:
                     print(f"round {r + 1} {mode:4}: cached {run['cached_share']:6.1%}  "
                           f"cost ${run['cost_usd']:.4f}  spread {run['spread']:6.1%}  "
                           f"cpu {run['cpu_us']:6.0f} µs/req  {run['results']}", flush=True)
+                    if run["burst"] is not None:
+                        b = run["burst"]
+                        peaks = "  ".join(f"{k} {v:5.1%}"
+                                          for k, v in sorted(b["peak_share"].items()))
+                        print(f"        bursts: cached {b['cached_share']:6.1%}  "
+                              f"peak share of a burst: {peaks}", flush=True)
         finally:
             children.stop_all()
     return _report(runs, args, results / f"affinity-{stamp}.json")
@@ -255,11 +332,24 @@ def _report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     ok_spread = all(r["spread"] <= args.slack for r in runs["auto"])
     print(f"\ngoal cached share >= 85 % of pin-forever: {'met' if ok_cache else 'MISSED'}; "
           f"goal spread <= slack in every auto round: {'met' if ok_spread else 'MISSED'}")
+    if args.bursts:
+        print(f"\nburst scenario: {args.bursts} conversations, bursts of 10-60 concurrent "
+              f"turns; weights' shares a1 40 %, a2 40 %, b1 20 %")
+        print("| mode | cached share of burst input | peak share of a burst a1 / a2 / b1 |")
+        print("|---|---|---|")
+        for mode in _MODES:
+            mid = sorted(runs[mode], key=lambda r: r["burst"]["cached_share"])[
+                len(runs[mode]) // 2]["burst"]
+            worst = {k: max(r["burst"]["peak_share"].get(k, 0.0) for r in runs[mode])
+                     for k in ("a1", "a2", "b1")}
+            print(f"| {mode} | {mid['cached_share']:.1%} | "
+                  + " / ".join(f"{worst[k]:.0%}" for k in ("a1", "a2", "b1")) + " |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "price": _PRICE,
                                "runs": runs}, indent=2))
     print(f"raw figures: {out}")
-    return 0 if all(r["failed"] == 0 for rs in runs.values() for r in rs) else 1
+    return 0 if all(r["failed"] == 0 and (r["burst"] is None or r["burst"]["failed"] == 0)
+                    for rs in runs.values() for r in rs) else 1
 
 
 if __name__ == "__main__":
