@@ -185,13 +185,13 @@ def test_pin_that_is_not_a_candidate_moves_and_no_pin_is_new() -> None:
     assert pick_with_affinity(cands, None, ctx, 0.25) == (cands[1], "new")
 
 
-def test_a_pin_ahead_by_less_than_three_requests_is_kept() -> None:
+def test_a_pin_ahead_by_less_than_this_request_is_kept() -> None:
     # Counters still small: a relative bound alone would move the pin on every turn.
     cands = _candidates(1, 1)
     ctx = _ctx({0: 300, 1: 0}, cands)
-    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25, 100) == (cands[0], "hit")
-    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25, 99) == (cands[1],
-                                                                             "moved")
+    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25, 300) == (cands[0], "hit")
+    assert pick_with_affinity(cands, cands[0].counter_key, ctx, 0.25, 299) == (cands[1],
+                                                                              "moved")
 
 
 def test_weight_zero_stays_preferred() -> None:

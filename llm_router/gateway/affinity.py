@@ -222,11 +222,10 @@ def derived_cache_key(key: AffinityKey) -> str:
 # The recent window's time constant: tokens served a minute ago weigh 1/e of those
 # served now, so the room a pin gets follows the group's current traffic, not its history.
 RECENT_WINDOW_S: Final = 60.0
-# Requests of this size a pinned key may run ahead of its weight's share, in flight and
-# in recent tokens: the one about to be sent and two more. Below it, a few concurrent
-# conversations (which leave some key idle most of the time) and a quiet group's lone
-# conversation keep their pins; a burst of dozens spreads by weight (docs/affinity.md,
-# "What bounds the concentration").
+# Requests of this size a pinned key may have in flight beyond its weight's share: the
+# one about to be sent and two more. Below it, a few concurrent conversations (which
+# leave some key idle most of the time) keep their pins; a burst of dozens spreads by
+# weight (docs/affinity.md, "What bounds the concentration").
 BURST_GRACE: Final = 3
 
 
@@ -295,9 +294,8 @@ def affinity_room(pinned: Candidate, cands: Sequence[Candidate], ctx: PickContex
       spills to the least busy key, and the pin stays for the next calm turn.
     - ``slack``: recent load, in flight plus ``recent``'s decaying window (lifetime
       tokens when ``recent`` is None), at most ``(1 + slack)`` times the lowest plus
-      :data:`BURST_GRACE` requests of this one's size. That grace keeps a conversation
-      together while the load is small, where any relative bound alone would move it
-      on every turn.
+      this one request. That grace keeps a conversation together while the load is
+      small, where any relative bound alone would move it on every turn.
 
     A weight-0 candidate is always preferred (CONTRACT §3): a pinned one is always
     within, and any eligible one puts a weighted pin beyond."""
@@ -320,7 +318,7 @@ def affinity_room(pinned: Candidate, cands: Sequence[Candidate], ctx: PickContex
             return recent.tokens(key, tokens.get(key, 0), now) + inflight.get(key, 0)
     mine_recent = load(pinned.counter_key) * w
     lowest_recent = min(load(c.counter_key) * c.member.weight for c in cands)
-    if mine_recent <= lowest_recent * (1.0 + slack) + BURST_GRACE * estimate * w:
+    if mine_recent <= lowest_recent * (1.0 + slack) + estimate * w:
         return "hit"
     return "slack"
 
