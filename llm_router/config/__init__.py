@@ -14,7 +14,8 @@ from ``llm_router.config`` exactly as before the package existed.
 
 from __future__ import annotations
 
-from .load import (
+from .load import load_config, parse_config
+from .model import (
     AFFINITY_MODES,
     BUDGET_PERIODS,
     DEFAULT_PRICE,
@@ -46,8 +47,6 @@ from .load import (
     UserKey,
     config_json_schema,
     key_label,
-    load_config,
-    parse_config,
     sha256_hex,
 )
 

@@ -24,79 +24,11 @@ from typing import Any, Final
 import orjson
 
 from .checks import check_config
-from .model import (
-    AFFINITY_MODES,
-    BUDGET_PERIODS,
-    DEFAULT_PRICE,
-    PROVIDER_TYPES,
-    ROLES,
-    STRATEGIES,
-    Affinity,
-    Budget,
-    CircuitSettings,
-    Config,
-    ConfigError,
-    Discovery,
-    Entra,
-    Group,
-    Limits,
-    Member,
-    MetricsSettings,
-    OtelSettings,
-    Price,
-    Provider,
-    ProviderKey,
-    ResponsesSettings,
-    ServerSettings,
-    StateSettings,
-    Timeouts,
-    UpstreamLimits,
-    UsageSettings,
-    User,
-    UserKey,
-    config_json_schema,
-    key_label,
-    sha256_hex,
-)
+from .model import Config, ConfigError
 from .reader import FromEnv, Reader, at
 from .yaml_file import describe_json_error, in_file_order, load_yaml
 
-__all__ = [
-    "AFFINITY_MODES",
-    "BUDGET_PERIODS",
-    "DEFAULT_PRICE",
-    "PROVIDER_TYPES",
-    "ROLES",
-    "STRATEGIES",
-    "Affinity",
-    "Budget",
-    "CircuitSettings",
-    "Config",
-    "ConfigError",
-    "Discovery",
-    "Entra",
-    "Group",
-    "Limits",
-    "Member",
-    "MetricsSettings",
-    "OtelSettings",
-    "Price",
-    "Provider",
-    "ProviderKey",
-    "ResponsesSettings",
-    "ServerSettings",
-    "StateSettings",
-    "Timeouts",
-    "UpstreamLimits",
-    "UsageSettings",
-    "User",
-    "UserKey",
-    "config_json_schema",
-    "key_label",
-    "load_config",
-    "parse_config",
-    "sha256_hex",
-]
+__all__ = ["load_config", "parse_config"]
 
 # ---------------------------------------------------------------- loading
 

@@ -45,7 +45,7 @@ from typing import Any, Final
 
 import orjson
 
-from ..hub.chat import chunk_error, first_choice
+from ..hub.chat import chunk_error, first_choice, tool_input_from_arguments
 from ..hub.sse import frame
 from ..hub.usage import Usage
 
@@ -94,23 +94,6 @@ _STREAM_ERROR_TYPES: Final[dict[str, str]] = {
     "authentication_error": "authentication_error",
     "service_unavailable": "overloaded_error",
 }
-
-
-def tool_input_from_arguments(arguments: Any) -> dict[str, Any]:
-    """A tool call's ``arguments`` JSON text as an input object.
-
-    Empty or missing arguments give ``{}``; text that is not a JSON object gives
-    ``{"_raw_arguments": text}`` rather than losing what the model produced.
-    """
-    if isinstance(arguments, dict):
-        return arguments
-    if not isinstance(arguments, str) or not arguments.strip():
-        return {}
-    try:
-        parsed = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        return {"_raw_arguments": arguments}
-    return parsed if isinstance(parsed, dict) else {"_raw_arguments": arguments}
 
 
 def messages_to_chat(body: dict[str, Any], upstream_model: str) -> dict[str, Any]:

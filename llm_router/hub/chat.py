@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["FirstChoice", "chunk_error", "first_choice"]
+import orjson
+
+__all__ = ["FirstChoice", "chunk_error", "first_choice", "tool_input_from_arguments"]
 
 
 class FirstChoice(NamedTuple):
@@ -43,3 +45,20 @@ def chunk_error(chunk: dict[str, Any]) -> str | None:
         return None
     message = error.get("message") if isinstance(error, dict) else str(error)
     return str(message or "upstream error")
+
+
+def tool_input_from_arguments(arguments: Any) -> dict[str, Any]:
+    """A tool call's ``arguments`` JSON text as an input object.
+
+    Empty or missing arguments give ``{}``; text that is not a JSON object gives
+    ``{"_raw_arguments": text}`` rather than losing what the model produced.
+    """
+    if isinstance(arguments, dict):
+        return arguments
+    if not isinstance(arguments, str) or not arguments.strip():
+        return {}
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {"_raw_arguments": arguments}
+    return parsed if isinstance(parsed, dict) else {"_raw_arguments": arguments}

@@ -41,8 +41,9 @@ from typing import Any, Final
 
 import orjson
 
-from ...dialects.anthropic import joined_text, tool_input_from_arguments
+from ...dialects.anthropic import joined_text
 from ...dialects.anthropic_wire import anthropic_status_type, error_text
+from ...hub.chat import tool_input_from_arguments
 from ...hub.sse import DONE, frame
 from ...hub.usage import AnthropicUsage, Usage
 

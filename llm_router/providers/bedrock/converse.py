@@ -52,6 +52,7 @@ from typing import Any, Final
 import orjson
 
 from ...errors import BadRequest
+from ...hub.chat import tool_input_from_arguments
 from ...hub.usage import summed
 
 __all__ = [
@@ -193,19 +194,6 @@ def _user_blocks(content: Any, index: int) -> list[dict[str, Any]]:
     return blocks
 
 
-def _arguments(raw: Any) -> dict[str, Any]:
-    """Tool-call arguments (a JSON string) as the object Converse wants."""
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, str) and raw.strip():
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return {}
-        return value if isinstance(value, dict) else {}
-    return {}
-
-
 def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     text = _text(msg.get("content"))
@@ -217,7 +205,7 @@ def _assistant_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
         function = call.get("function") or {}
         blocks.append({"toolUse": {"toolUseId": str(call.get("id") or ""),
                                    "name": str(function.get("name") or ""),
-                                   "input": _arguments(function.get("arguments"))}})
+                                   "input": tool_input_from_arguments(function.get("arguments"))}})
     return blocks
 
 

@@ -46,6 +46,8 @@ from typing import Any, Final
 
 import orjson
 
+from ...hub.chat import tool_input_from_arguments
+
 __all__ = [
     "Refused",
     "call_id",
@@ -248,25 +250,12 @@ def _model_parts(msg: dict[str, Any], names: dict[str, str], where: str
         if isinstance(ident, str) and ident:
             names[ident] = name
             _, signature = split_call_id(ident)
-        part: dict[str, Any] = {"functionCall": {"name": name,
-                                                 "args": _arguments(function.get("arguments"))}}
+        args = tool_input_from_arguments(function.get("arguments"))
+        part: dict[str, Any] = {"functionCall": {"name": name, "args": args}}
         if signature:
             part["thoughtSignature"] = signature
         parts.append(part)
     return parts
-
-
-def _arguments(raw: Any) -> dict[str, Any]:
-    """Tool call arguments as the object Gemini's ``args`` must be."""
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, str) and raw.strip():
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return {"arguments": raw}  # what the model sent, kept rather than dropped
-        return parsed if isinstance(parsed, dict) else {"value": parsed}
-    return {}
 
 
 def _function_response(msg: dict[str, Any], names: dict[str, str], where: str
