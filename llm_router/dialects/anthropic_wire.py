@@ -54,11 +54,8 @@ class AnthropicPassthrough:
             # e.g. overloaded_error mid-stream: the client gets it as sent, and only it.
             self.failure = STREAM_ERROR
         elif event == "message_start" or event == "message_delta":
-            try:
-                doc = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                return raw
-            if not isinstance(doc, dict):
+            doc = json_object(data)
+            if doc is None:
                 return raw
             message = doc.get("message")
             self._counts.add(message.get("usage") if event == "message_start"

@@ -317,11 +317,8 @@ class _NativeRelay(_ResponsesRelay):
         if self.done or self.failure is not None:
             return b""
         event, data = event_fields(raw)
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return raw
-        if not isinstance(doc, dict):
+        doc = json_object(data)
+        if doc is None:
             return raw
         kind = event or doc.get("type")
         seq = doc.get("sequence_number")

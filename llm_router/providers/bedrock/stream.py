@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import orjson
 
+from ...hub.sse import json_object
 from .converse import Plan, chat_usage, finish_reason, new_id
 from .errors import stream_error
 from .eventstream import Message
@@ -79,11 +80,8 @@ class ConverseStreamToChat:
             self.error = StreamFailure(str(error["error"]["code"]), status)
             self.done = True
             return b"data: " + orjson.dumps(error) + b"\n\n" + _DONE
-        try:
-            data = orjson.loads(message.payload) if message.payload else {}
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(data, dict):
+        data = json_object(message.payload) if message.payload else {}
+        if data is None:
             return b""
         match headers.get(":event-type"):
             case "messageStart":
