@@ -430,6 +430,41 @@ async def test_entra_token_expiring_mid_run_is_fetched_once_for_many_requests(
     assert len(later) == 1 and first_token not in later
 
 
+async def test_entra_token_refused_before_expiry_is_dropped_and_fetched_again(
+        make_azure: MakeAzure, start_router: StartRouter) -> None:
+    """A token Azure refuses while it is still within its lifetime (revoked) does not
+    serve every request until it expires: the 401 drops it, the call goes once more
+    with a new token, and the client never sees the 401."""
+    az = await make_azure(clients={"cid": SECRET})
+    router = await start_router(one_group(az.provider("v1", entra=az.entra())))
+    client = router.openai()
+    await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    first = az.fake.requests[-1].token
+    az.fake.revoke_tokens()
+    answer = await client.chat.completions.with_raw_response.create(
+        model="g", messages=HELLO)  # type: ignore[arg-type]
+    assert answer.parse().choices[0].message.content
+    assert answer.headers["X-Router-Attempts"] == "1"  # the same attempt, not a failover
+    assert az.fake.token_requests == 2
+    second = az.fake.requests[-1].token
+    assert second and second != first
+    await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    assert az.fake.token_requests == 2 and az.fake.requests[-1].token == second
+
+
+async def test_entra_identity_refused_twice_fails_as_a_401_without_a_token_storm(
+        make_azure: MakeAzure, start_router: StartRouter) -> None:
+    """When even a fresh token is refused, the attempt fails (one retry, not a loop)."""
+    az = await make_azure(clients={"cid": SECRET})
+    router = await start_router(one_group(az.provider("v1", entra=az.entra())))
+    az.fake.refuse_tokens = True
+    with pytest.raises(openai.APIStatusError) as refused:
+        await router.openai().chat.completions.create(
+            model="g", messages=HELLO)  # type: ignore[arg-type]
+    assert refused.value.status_code == 502  # every key refused: an admin must act
+    assert az.fake.token_requests == 2  # the first token, and one fresh one: no loop
+
+
 async def test_entra_failure_cools_the_key_and_fails_over_without_leaking_the_secret(
         make_azure: MakeAzure, start_router: StartRouter, http: aiohttp.ClientSession,
         caplog: pytest.LogCaptureFixture) -> None:

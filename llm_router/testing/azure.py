@@ -15,7 +15,9 @@ What it checks, as Azure does:
   ``https://cognitiveservices.azure.com/.default``; answers ``access_token`` and
   ``expires_in`` (``token_lifetime_s``), or Entra's ``invalid_client`` /
   ``invalid_scope`` / ``unsupported_grant_type`` errors. ``token_requests`` counts them;
-  :meth:`FakeAzure.hold_tokens` keeps answers back until :meth:`FakeAzure.release_tokens`.
+  :meth:`FakeAzure.hold_tokens` keeps answers back until :meth:`FakeAzure.release_tokens`;
+  :meth:`FakeAzure.revoke_tokens` makes the resource refuse the tokens issued so far,
+  and ``refuse_tokens`` every token.
 - **Answers.** OpenAI's shapes, reporting the deployment's underlying model, with Azure's
   additions: ``prompt_filter_results`` and per-choice ``content_filter_results``. A stream
   opens with a chunk of ``choices: []`` and only ``prompt_filter_results``, carries
@@ -167,6 +169,9 @@ class FakeAzure:
         self.clients = None if clients is None else dict(clients)
         self.token_lifetime_s = token_lifetime_s
         self.clock = clock
+        # True: every bearer token is refused, however fresh (an identity with no role
+        # on the resource); api-key requests are unaffected.
+        self.refuse_tokens = False
         self.requests: list[AzureRequest] = []
         self._tokens = _Tokens()
         self._throttles: list[_Throttle] = []
@@ -178,6 +183,11 @@ class FakeAzure:
     def token_requests(self) -> int:
         """Token requests received (answered or held)."""
         return self._tokens.requests
+
+    def revoke_tokens(self) -> None:
+        """Refuse every token issued so far, before its expiry (as Azure does when an
+        app's access is withdrawn or its token revoked); new ones are accepted."""
+        self._tokens.issued.clear()
 
     def hold_tokens(self) -> None:
         """Keep token answers back until :meth:`release_tokens`."""
@@ -282,7 +292,7 @@ class FakeAzure:
     def _authorized(self, api_key: str | None, token: str | None) -> bool:
         if api_key is not None:
             return bool(api_key) and (self.api_keys is None or api_key in self.api_keys)
-        if token is None:
+        if token is None or self.refuse_tokens:
             return False
         expiry = self._tokens.issued.get(token)
         return expiry is not None and self.clock() < expiry

@@ -27,7 +27,7 @@ import aiohttp
 
 from ...config import Provider
 from ..base import UpstreamCall
-from ..http import HTTPProvider, fixed_headers
+from ..http import HTTPProvider, HTTPResponse, fixed_headers, post
 from .entra import tokens_for
 
 __all__ = ["AzureProvider", "upstream_url"]
@@ -65,13 +65,24 @@ class AzureProvider(HTTPProvider):
             headers = {**headers, **call.headers}
         return headers
 
-    async def authorize(self, session: aiohttp.ClientSession, call: UpstreamCall,
-                        headers: Mapping[str, str]) -> Mapping[str, str]:
+    async def send(self, session: aiohttp.ClientSession, call: UpstreamCall) -> HTTPResponse:
         entra = call.provider.entra
         if entra is None:
-            return headers  # the api-key header is among the fixed ones
-        token = await tokens_for(session).token(session, entra, call.provider.name)
-        return {**headers, "Authorization": f"Bearer {token}"}
+            return await super().send(session, call)
+        url = self.url(call)
+        tokens = tokens_for(session)
+        for _ in range(2):
+            token = await tokens.token(session, entra, call.provider.name)
+            resp = await post(session, call, url,
+                              {**self.headers(call), "Authorization": f"Bearer {token}"})
+            if resp.status != 401:
+                return resp
+            # Refused before its expiry (revoked, or the app's access changed): that token
+            # is dropped and the call tried once more with a fresh one. A second 401 is
+            # the answer, and the attempt fails as any 401 does.
+            tokens.forget(entra, token)
+            resp.close()
+        return resp
 
 
 def _headers(call: UpstreamCall) -> dict[str, str]:

@@ -88,6 +88,14 @@ class EntraTokens:
         except AttemptFailure as failure:
             raise _copy(failure) from None  # one exception object per waiting attempt
 
+    def forget(self, entra: Entra, value: str) -> None:
+        """Drop ``value`` if it is still the cached token of ``entra``: the upstream
+        refused it (revoked, or rotated early), so the next request fetches another. A
+        token another request has already replaced is left alone."""
+        known = self._tokens.get(entra)
+        if known is not None and known.value == value:
+            known.value, known.refresh_at, known.expires_at = "", 0.0, 0.0
+
     async def _fetch(self, session: aiohttp.ClientSession, entra: Entra, known: _Token,
                      provider: str) -> str:
         try:
