@@ -30,6 +30,8 @@ __all__ = [
     "AFFINITY_MODES",
     "AZURE_DEFAULT_TOKEN_URL",
     "BUDGET_PERIODS",
+    "CACHE_MODES",
+    "CACHE_SCOPES",
     "DEFAULT_PRICE",
     "MEMBER_CAPABILITIES",
     "PROVIDER_TYPES",
@@ -37,12 +39,14 @@ __all__ = [
     "STRATEGIES",
     "Affinity",
     "Budget",
+    "CacheSettings",
     "CircuitSettings",
     "Config",
     "ConfigError",
     "Discovery",
     "Entra",
     "Group",
+    "GroupCache",
     "Limits",
     "Member",
     "MetricsSettings",
@@ -67,6 +71,8 @@ PROVIDER_TYPES: Final = ("openai", "anthropic", "gemini", "vertex", "bedrock", "
 STRATEGIES: Final = ("inverse-weight", "priority", "round-robin", "latency", "price")
 AFFINITY_MODES: Final = ("auto", "session", "off")
 BUDGET_PERIODS: Final = ("daily", "weekly", "monthly", "total")
+CACHE_MODES: Final = ("off", "exact")
+CACHE_SCOPES: Final = ("user", "global")
 ROLES: Final = ("admin", "user")
 DEFAULT_PRICE: Final = "default"  # the pricing entry for models the table does not name
 _DEFAULT_BASE_URLS: Final = {"openai": "https://api.openai.com/v1",
@@ -454,6 +460,47 @@ class Affinity:
         "opening (tools, system, first user message) are hashed into its affinity key."))
 
 
+_CACHE_MODE_DOC: Final = ("off: no response cache; exact: identical requests (same route, "
+                          "group, messages, tools and answer-shaping parameters) are answered "
+                          "from the cache (docs/cache.md).")
+_CACHE_SCOPE_DOC: Final = ("user: a cached answer serves only the user who caused it; global: "
+                           "any caller allowed to use the group.")
+_CACHE_NONDET_DOC: Final = ("Also cache requests whose answer is sampled: temperature above 0 "
+                            "or absent (the APIs' default is 1), or n above 1.")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The response cache (docs/cache.md): the default policy of every group, and the
+    store's bounds. Written as a mapping, or as just the mode (cache: exact)."""
+
+    _shorthand: ClassVar = ("mode", "cache mode")
+
+    mode: str = setting("off", choices=CACHE_MODES, doc=_CACHE_MODE_DOC)
+    ttl_s: float = setting(3600.0, ge=1.0, doc="A cached answer is served for this long.")
+    max_entries: int = setting(10_000, ge=1, doc=(
+        "Answers kept in this process at most (least recently used go first); with "
+        "state.redis_url, Redis holds them and this bound does not apply (docs/cache.md)."))
+    max_bytes: int = setting(256 * 1024 * 1024, ge=1024, doc=(
+        "Bytes of answers kept in this process at most; an answer larger than this is "
+        "never cached, in Redis neither."))
+    scope: str = setting("user", choices=CACHE_SCOPES, doc=_CACHE_SCOPE_DOC)
+    nondeterministic: bool = setting(False, doc=_CACHE_NONDET_DOC)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCache:
+    """A group's response-cache policy; a key left out takes the top-level cache's value.
+    Written as a mapping, or as just the mode (cache: off)."""
+
+    _shorthand: ClassVar = ("mode", "cache mode")
+
+    mode: str | None = setting(None, choices=CACHE_MODES, doc=_CACHE_MODE_DOC)
+    ttl_s: float | None = setting(None, ge=1.0, doc="A cached answer is served for this long.")
+    scope: str | None = setting(None, choices=CACHE_SCOPES, doc=_CACHE_SCOPE_DOC)
+    nondeterministic: bool | None = setting(None, doc=_CACHE_NONDET_DOC)
+
+
 @dataclass(frozen=True, slots=True)
 class Group:
     """A model name clients send, served by one or more members."""
@@ -471,6 +518,8 @@ class Group:
                                          "503.")
     affinity: Affinity = setting(Affinity(), doc="Prompt-cache affinity: keep a conversation "
                                                  "on the key that has its prompt cached.")
+    cache: GroupCache | None = setting(None, doc=(
+        "This group's response-cache policy, over the top-level cache block's."))
     # A member declares capabilities or a context window: the request path filters the
     # members only then (gateway/capabilities.py), so a group without costs one test.
     declares: bool = internal(False)
@@ -751,6 +800,9 @@ class Config:
     pricing: Mapping[str, Price] = setting(MappingProxyType({}), doc=(
         "USD per 1M tokens, keyed by upstream model name."))
     usage: UsageSettings = setting(UsageSettings(), doc="Usage counters and their snapshot.")
+    cache: CacheSettings = setting(CacheSettings(), doc=(
+        "The response cache: identical requests answered without an upstream call "
+        "(docs/cache.md); off by default."))
     responses: ResponsesSettings = setting(ResponsesSettings(), doc=(
         "POST /v1/responses: the store that keeps answers for previous_response_id."))
     state: StateSettings = setting(StateSettings(), doc=(

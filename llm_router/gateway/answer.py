@@ -66,6 +66,9 @@ async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
         usage = rl.answer_usage(ex.client, up, att.ptype, doc)
     _account(req, att, usage)
     payload = state.redactor.bytes(raw if out is None else out)
+    if req.fill is not None:  # a cache miss: this whole, successful answer is kept
+        req.fill.keep(payload, cand, Usage(ex.prompt_tokens, ex.completion_tokens,
+                                           usage.cached))
     if att.span is not None and req.state.tracing is not None:
         req.state.tracing.record_output(att.span, payload)
     ex.status = 200
@@ -163,8 +166,10 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
                 await req.turn.after_events(cand)  # stored before the client can follow up
                 answered = await pin_response(req, cand)
             if parts:  # one write (one flush) for the events of one upstream read
-                await down.write(ex, state.redactor.bytes(
-                    parts[0] if len(parts) == 1 else b"".join(parts)))
+                sent = state.redactor.bytes(parts[0] if len(parts) == 1 else b"".join(parts))
+                if req.fill is not None:
+                    req.fill.feed(sent)
+                await down.write(ex, sent)
             if relay.done or relay.failure is not None:
                 # The terminal event ([DONE], message_stop, response.completed) or an
                 # error event went out: end the client's response now, not at the
@@ -204,6 +209,9 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     else:
         _account(req, att, relay.usage, seen)
         _observe_decoding(req, att, ex.completion_tokens)
+        if req.fill is not None:  # ended by its terminal event, no error: kept whole
+            req.fill.keep_stream(cand, Usage(ex.prompt_tokens, ex.completion_tokens,
+                                             relay.usage.cached))
     with suppress(ConnectionError):
         await down.finish(ex)
     assert down.out is not None

@@ -43,6 +43,8 @@ def router_headers(resp: web.StreamResponse, ex: Exchange, cand: Candidate | Non
         h["X-Router-Model"] = cand.member.model
         h["X-Router-Key"] = cand.key.label
     h["X-Router-Attempts"] = str(ex.attempts)
+    if ex.cache:
+        h["X-Router-Cache"] = ex.cache
     if ex.dropped_tools:
         h["X-Router-Dropped-Tools"] = ",".join(ex.dropped_tools)
 

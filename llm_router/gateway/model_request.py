@@ -16,6 +16,7 @@ from aiohttp import web
 from ..config import Config
 from ..observe.exchange import Exchange
 from .affinity import AffinityKey
+from .cached_answer import Fill
 from .downstream import Downstream
 from .responses_turn import ResponsesTurn
 from .router_state import RouterState
@@ -51,6 +52,7 @@ class ModelRequest:
     # Set by the first pick when a burst spilled past the pinned key: the answer leaves
     # the pin where it is, so the next calm turn goes back to the cached key.
     keep_pin: bool = False
+    fill: Fill | None = None  # a response-cache miss: keep the answer if it is whole
 
     @property
     def stream(self) -> bool:

@@ -49,6 +49,7 @@ from .affinity import (
 )
 from .answer import answer_as_stream, relay_body, relay_stream
 from .attempt import Attempt, router_headers
+from .cached_answer import open_cache, serve_hit
 from .capabilities import NoCapableMember, filters, is_context_error, narrow
 from .compression import negotiate
 from .downstream import Downstream
@@ -121,6 +122,9 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
     coding = negotiate(request.headers.get("Accept-Encoding"))
+    hit, fill = await open_cache(request, state, cfg, ex, target, body, stream)
+    if hit is not None:
+        return await serve_hit(request, state, ex, hit, stream, include_usage, coding)
     ceiling = completion_ceiling(body)
     # About a token per 4 bytes. From the bytes really read: a client sending its body
     # chunked (no Content-Length) must not get its prompt reserved at zero.
@@ -152,7 +156,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     down = Downstream(request, coding, cfg.keepalive_s) if stream else None
     req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
                        estimate, down, turn,
-                       _affinity_key(request, state, ex, target, prefs, body))
+                       _affinity_key(request, state, ex, target, prefs, body), fill=fill)
     try:
         return await _attempt_loop(req)
     except RouterError as err:

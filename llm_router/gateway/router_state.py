@@ -31,6 +31,7 @@ from .affinity import AffinityStore, MemoryAffinityStore, RecentLoad, SharedAffi
 from .capabilities import ContextBounds
 from .catalog import Catalog
 from .deadlines import Deadlines
+from .response_cache import ResponseCache
 from .routing import counter_keys, level_new_keys
 from .upstream_usage import RejectedUsage
 
@@ -90,6 +91,10 @@ class RouterState:
         # Each key's recent tokens, which bound how far a pin may run ahead (affinity.py);
         # read from the counters, so with shared state it follows the fleet's traffic.
         self.recent_load = RecentLoad()
+        # The response cache (response_cache.py): in Redis when the state is shared, so
+        # replicas serve each other's answers; else an LRU in this process.
+        self.cache = ResponseCache(cfg, self.metrics,
+                                   None if self.store.backend == "memory" else self.store)
         self.session: aiohttp.ClientSession | None = None
         self.tracing: Tracing | None = None  # set at start-up when otel is configured
         self.snapshot: SnapshotStore | None = None

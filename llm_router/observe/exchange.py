@@ -59,6 +59,7 @@ class Exchange:
     # Hosted tools the answering chat member went without (Responses, x-router-dropped-tools)
     dropped_tools: tuple[str, ...] = ()
     affinity: str = ""  # hit | new | moved | off (affinity.RESULTS); "" = not a group request
+    cache: str = ""  # hit | miss | skip (response_cache.RESULTS); "" = the cache is off
     # What the capability filter did (capabilities.FilterResult.log); None: not filtered.
     capability: dict[str, Any] | None = None
     span: Any = None  # the request's trace span when tracing is on (tracing.Tracing)
@@ -79,7 +80,7 @@ class Exchange:
             "attempts": self.attempts, "failures": self.failures or None,
             "key_state": self.key_state or None, "bytes": self.bytes_out,
             "error": self.error or self.refusal,
-            "affinity": self.affinity or None,
+            "affinity": self.affinity or None, "cache": self.cache or None,
             "asked": echoed(self.asked) if self.asked else None, "alias": self.alias or None,
             "dropped_tools": list(self.dropped_tools) or None,
             "capability": self.capability,

@@ -81,6 +81,7 @@ GAUGE_MODES: Final[dict[str, _Mode]] = {
     "snapshot_last_success_timestamp_seconds": "livemin",
     "state_backend_up": "livemin",  # 0 while any worker has lost Redis
     "build_info": "livemax",
+    "cache_bytes": "livesum",  # each worker holds its own in-memory cache
 }
 
 
@@ -240,6 +241,17 @@ class Metrics:
                                       "Requests whose model name an alias mapped, by the "
                                       "alias pattern (from the config) and its target",
                                       ["alias", "target"], registry=r)
+        self.cache_requests = Counter(_P + "cache_requests_total",
+                                      "Requests to groups with the response cache on, by "
+                                      "result: hit, miss (looked up, not found), skip (not "
+                                      "looked up)", ["group", "result"], registry=r)
+        self.cache_savings = Counter(_P + "cache_savings_usd_total",
+                                     "USD the cache's hits would have cost if served "
+                                     "upstream, by the pricing table", ["group"], registry=r)
+        self.cache_bytes = Gauge(_P + "cache_bytes",
+                                 "Bytes of answers in this process's response cache (0 when "
+                                 "they live in Redis)", registry=r,
+                                 multiprocess_mode=_mode("cache_bytes"))
         self.inflight = Gauge(_P + "inflight_requests", "Requests being served now", registry=r,
                               multiprocess_mode=_mode("inflight_requests"))
         self.config_reloads = Counter(_P + "config_reloads_total", "Config reloads by result",

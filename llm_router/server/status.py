@@ -60,6 +60,8 @@ async def build_status(state: RouterState, reloader: ConfigReloader | None, *,
         "config": {**_config(state, reloader), "state": state.store.status(detail=True)},
         "providers": _providers(state, cfg),
         "groups": [_group(state, cfg, g) for g in cfg.groups.values()],
+        # This process's lookups; entries and bytes only where the cache is in memory.
+        "cache": state.cache.status(),
         # Spend and limits through the store: fleet-wide when it is shared.
         "users": _users(await state.store.admin_usage(cfg)),
     }
