@@ -294,7 +294,8 @@ async def test_status_shows_the_hit_rate_and_embeddings_are_cached(
     async with http.get(router.url + "/admin/status",
                         headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
         cache = orjson.loads(await resp.read())["cache"]
-    assert (cache["hits"], cache["misses"], cache["hit_rate"]) == (1, 2, pytest.approx(1 / 3, abs=1e-3))
+    assert (cache["hits"], cache["misses"]) == (1, 2)
+    assert cache["hit_rate"] == pytest.approx(1 / 3, abs=1e-3)
     assert cache["entries"] == 2 and cache["bytes"] > 0
     assert _calls(upstream) == 2
 
