@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +25,7 @@ from llm_router.testing.azure import FILTERED_OUTPUT, FILTERED_PROMPT, SCOPE, Fa
 from llm_router.testing.upstream import FakeUpstream
 
 from .conftest import AUTH, StartRouter
+from .test_reload import RELOAD_FAILED, RELOAD_OK, eventually, scrape
 
 DEPLOYMENT = "my-gpt4o-deployment"
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -463,6 +466,37 @@ async def test_entra_identity_refused_twice_fails_as_a_401_without_a_token_storm
             model="g", messages=HELLO)  # type: ignore[arg-type]
     assert refused.value.status_code == 502  # every key refused: an admin must act
     assert az.fake.token_requests == 2  # the first token, and one fresh one: no loop
+
+
+async def test_entra_client_secret_from_a_file_rotates_without_restart(
+        make_azure: MakeAzure, start_router: StartRouter, http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    """``client_secret_file``: the app's secret from a mounted Secret. Rotated as Entra
+    rotates: the new secret is written to the file (the config reloads), then the old one
+    is withdrawn in Entra with its tokens, and the next token is asked for with the new
+    secret, with no restart."""
+    secret = tmp_path / "entra-secret"
+    secret.write_text("first-entra-secret\n")
+    az = await make_azure(clients={"cid": "first-entra-secret"})
+    entra = {**az.entra(), "client_secret_file": str(secret)}
+    del entra["client_secret"]
+    router = await start_router(one_group(az.provider("v1", entra=entra)))
+    client = router.openai()
+    await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    assert az.fake.token_requests == 1
+    tmp = tmp_path / "entra-secret.tmp"
+    tmp.write_text("second-entra-secret\n")
+    os.rename(tmp, secret)  # the Secret volume updated
+
+    async def reloaded() -> bool:
+        return (await scrape(http, router.url)).get(RELOAD_OK, 0) == 1
+
+    await eventually(reloaded)
+    az.fake.clients = {"cid": "second-entra-secret"}  # the old secret removed in Entra
+    az.fake.revoke_tokens()  # with the tokens it got
+    await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
+    assert az.fake.token_requests == 2
+    assert (await scrape(http, router.url))[RELOAD_FAILED] == 0
 
 
 async def test_entra_failure_cools_the_key_and_fails_over_without_leaking_the_secret(

@@ -86,7 +86,17 @@ entra: {tenant_id: tid, client_id: cid, client_secret: "${AZ_SECRET}"}
                  id="entra-typo"),
     pytest.param("base_url: https://r.openai.azure.com\napi_version: v1\n"
                  "entra: {tenant_id: t, client_id: c}", [
-        "providers[0].entra.client_secret: required"], id="entra-without-secret"),
+        "providers[0].entra.client_secret: required (or client_secret_file)"],
+                 id="entra-without-secret"),
+    pytest.param("base_url: https://r.openai.azure.com\napi_version: v1\n"
+                 "entra: {tenant_id: t, client_id: c, client_secret: s, "
+                 "client_secret_file: /nonexistent}", [
+        "providers[0].entra: give either 'client_secret' or 'client_secret_file', not both"],
+                 id="entra-secret-twice"),
+    pytest.param("base_url: https://r.openai.azure.com\napi_version: v1\n"
+                 "entra: {tenant_id: t, client_id: c, client_secret_file: /nonexistent/s}", [
+        "providers[0].entra.client_secret_file: cannot read the key file '/nonexistent/s': "
+        "No such file or directory"], id="entra-secret-file-missing"),
 ])
 def test_azure_mistakes_are_named(body: str, expected: list[str]) -> None:
     assert problems(azure(body)) == expected

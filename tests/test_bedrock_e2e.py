@@ -8,6 +8,8 @@ from its own secrets, frames ConverseStream itself and refuses what Bedrock refu
 from __future__ import annotations
 
 import base64
+import os
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,7 @@ from llm_router.testing.bedrock import (
 )
 
 from .conftest import AUTH, Router, StartRouter, Upstream, scrape_metrics
+from .test_reload import eventually
 
 PROFILE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 ARN = ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/"
@@ -429,3 +432,33 @@ def test_the_model_list_is_on_the_control_plane_host() -> None:
         "groups": [{"name": "g", "models": [{"provider": "aws", "name": "m"}]}]}), env={})
     assert models_url(cfg.providers["aws"]) == \
         "https://bedrock.eu-west-3.amazonaws.com/foundation-models"
+
+
+async def test_a_secret_access_key_from_a_file_signs_and_rotates_without_restart(
+        start_router: StartRouter, upstream: Upstream, tmp_path: Path) -> None:
+    """``secret_access_key_file``: the secret half of a key pair from a mounted Secret.
+    A wrong one is refused by AWS; writing the right one reloads the config and signs."""
+    secret = tmp_path / "aws-secret"
+    secret.write_text("not-the-right-secret-key\n")
+    key = {"access_key_id": DEMO_ACCESS_KEY_ID, "secret_access_key_file": str(secret),
+           "name": "main"}
+    router = await start(start_router, upstream, keys=[key])
+    client = router.openai()
+    with pytest.raises(openai.APIStatusError) as refused:
+        await client.chat.completions.create(model="claude", messages=[
+            {"role": "user", "content": "hi"}])
+    assert refused.value.status_code == 502
+    tmp = tmp_path / "aws-secret.tmp"
+    tmp.write_text(DEMO_SECRET_ACCESS_KEY + "\n")
+    os.rename(tmp, secret)
+
+    async def signed() -> bool:
+        try:
+            await client.chat.completions.create(model="claude", messages=[
+                {"role": "user", "content": "hi"}])
+        except openai.APIStatusError:
+            return False
+        return True
+
+    await eventually(signed)
+    assert last(upstream).access_key == DEMO_ACCESS_KEY_ID

@@ -45,12 +45,14 @@ def fake_env(text: str) -> dict[str, str]:
     return {name: f"sk-test-{name.lower()}" for name in _VAR.findall(text)}
 
 
-_KEY_FILE = re.compile(r"^(\s*-?\s*key_file:\s*)(\S+)", re.M)
+_KEY_FILE = re.compile(
+    r"^(\s*-?\s*(?:key_file|client_secret_file|secret_access_key_file):\s*)(\S+)", re.M)
 
 
 def fake_key_files(text: str, where: Path) -> str:
-    """``text`` with each ``key_file`` pointed at a file made in ``where``: the docs name
-    paths of a deployment (/etc/llm-router-keys/...), which a test machine lacks."""
+    """``text`` with each ``key_file`` (and secret ``*_file``) pointed at a file made in
+    ``where``: the docs name paths of a deployment (/etc/llm-router-keys/...), which a
+    test machine lacks."""
     def made(m: re.Match[str]) -> str:
         file = where / Path(m.group(2).strip("\"'")).name
         file.write_text(f"sk-test-{file.name}")

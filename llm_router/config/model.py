@@ -148,7 +148,10 @@ class ProviderKey:
     _file_only: ClassVar = {"secret_access_key": (str, Spec(doc=(
         "bedrock only: the secret access key of a SigV4 key pair, usually "
         "\"${AWS_SECRET_ACCESS_KEY}\" (give access_key_id too, and no key)."),
-        non_empty=True))}
+        non_empty=True)),
+        "secret_access_key_file": (str, Spec(doc=(
+            "bedrock only: instead of secret_access_key, a file holding it (e.g. a "
+            "Kubernetes Secret volume); watched like key_file."), non_empty=True))}
 
     secret: str = setting("", key="key", non_empty=True, repr=False, doc=(
         "The API key, usually \"${SOME_ENV_VAR}\" (for bedrock: a Bedrock API key, sent as "
@@ -187,6 +190,15 @@ class ProviderKey:
                 return False
             values["secret"] = secret
         aws_secret = file_only.get("secret_access_key")
+        aws_secret_file = file_only.get("secret_access_key_file")
+        if aws_secret_file:
+            if aws_secret is not None:
+                r.fail(path, "give either 'secret_access_key' or 'secret_access_key_file', "
+                       "not both")
+                return False
+            aws_secret = r.secret_file(at(path, "secret_access_key_file"), aws_secret_file)
+            if aws_secret is None:
+                return False
         key_id = values.get("access_key_id", "")
         if aws_secret is not None or key_id:
             if values.get("secret"):
@@ -216,8 +228,12 @@ class Entra:
 
     tenant_id: str = setting(non_empty=True, doc="The directory (tenant) id.")
     client_id: str = setting(non_empty=True, doc="The application (client) id.")
-    client_secret: str = setting(non_empty=True, repr=False, doc=(
-        "The client secret, usually \"${AZURE_CLIENT_SECRET}\"; never logged or shown."))
+    client_secret: str = setting("", non_empty=True, repr=False, doc=(
+        "The client secret, usually \"${AZURE_CLIENT_SECRET}\"; never logged or shown. "
+        "Required unless client_secret_file is given."))
+    client_secret_file: str = setting("", doc=(
+        "Instead of client_secret: a file holding it (e.g. a Kubernetes Secret volume); "
+        "watched: when it changes the config reloads and new tokens use the new secret."))
     token_url: str = setting("", pattern=r"^https?://[^/\s]+", doc=(
         "Token endpoint. Default: https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/"
         "token (the scope asked for is https://cognitiveservices.azure.com/.default)."),
@@ -225,6 +241,16 @@ class Entra:
 
     @staticmethod
     def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:
+        secret_file = values.get("client_secret_file", "")
+        if secret_file:
+            if "client_secret" in values or f"{path}.client_secret" in r.failed:
+                r.fail(path, "give either 'client_secret' or 'client_secret_file', not both")
+            else:
+                secret = r.secret_file(at(path, "client_secret_file"), secret_file)
+                if secret is not None:
+                    values["client_secret"] = secret
+        elif "client_secret" not in values and f"{path}.client_secret" not in r.failed:
+            r.fail(at(path, "client_secret"), "required (or client_secret_file)")
         if not values.get("token_url") and "tenant_id" in values:
             values["token_url"] = AZURE_DEFAULT_TOKEN_URL.format(tenant=values["tenant_id"])
 
