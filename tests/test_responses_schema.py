@@ -29,7 +29,7 @@ INVALID: dict[str, Any] = {
     "safety_identifier": {"a": 1}, "store": "yes", "background": 1, "stream": "true",
     "parallel_tool_calls": "no", "metadata": {"k": 1}, "temperature": 7, "top_p": -1,
     "top_logprobs": 21, "max_output_tokens": 0, "max_tool_calls": -1, "truncation": 0,
-    "service_tier": "AAA", "prompt_cache_retention": "forever", "include": ["nope"],
+    "service_tier": "AAA", "prompt_cache_retention": "in-memory", "include": ["nope"],
     "stream_options": "x", "stream_options.include_obfuscation": "x", "reasoning": "x",
     "reasoning.effort": "extreme", "reasoning.summary": "long",
     "reasoning.generate_summary": 3, "text": [], "text.verbosity": "AAA", "tools": {},
@@ -41,6 +41,8 @@ VALID: list[dict[str, Any]] = [
      "reasoning": {"effort": "minimal", "summary": "auto"}, "text": {"verbosity": "low"},
      "include": ["reasoning.encrypted_content"], "metadata": {"k" * 64: "v" * 512},
      "prompt_cache_key": "k", "safety_identifier": "s", "parallel_tool_calls": None},
+    # The spec's spelling (and the openai SDK's), not the router's old "in-memory".
+    {"prompt_cache_retention": "in_memory", "safety_identifier": "s" * 64},
 ]
 
 
@@ -66,6 +68,10 @@ async def test_each_constrained_field_is_refused_with_a_400_naming_it(
     async with http.post(router.url + "/v1/responses", headers=AUTH,
                          json={"model": "g", "input": "x", "metadata": too_many}) as resp:
         assert resp.status == 400 and (await resp.json())["error"]["param"] == "metadata"
+    async with http.post(router.url + "/v1/responses", headers=AUTH,
+                         json={"model": "g", "input": "x", "safety_identifier": "s" * 65}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "safety_identifier"
     assert not upstream.fake.requests
     for extra in VALID:
         async with http.post(router.url + "/v1/responses", headers=AUTH,
@@ -85,6 +91,8 @@ async def test_translated_usage_and_null_echoes_match_the_schema(
                                                        "cache_write_tokens": 0}
     assert answer["parallel_tool_calls"] is True and answer["tool_choice"] == "auto"
     assert answer["store"] is True and answer["metadata"] == {} and answer["tools"] == []
+    # Typed string, not nullable, not required: left out when not sent, never null.
+    assert not {"user", "prompt_cache_key", "safety_identifier"} & answer.keys()
     async with http.post(router.url + "/v1/responses", headers=AUTH,
                          json={**body, "stream": True}) as resp:
         events = [orjson.loads(line[6:]) for line in (await resp.read()).splitlines()
@@ -92,6 +100,8 @@ async def test_translated_usage_and_null_echoes_match_the_schema(
     assert events[-1]["type"] == "response.completed"
     assert events[-1]["response"]["usage"]["input_tokens_details"]["cache_write_tokens"] == 0
     assert events[0]["response"]["parallel_tool_calls"] is True
+    # usage is an object, not nullable: absent until known, not null.
+    assert "usage" not in events[0]["response"] and "usage" not in events[1]["response"]
 
 
 def _sse(raw: bytes) -> list[dict[str, Any]]:

@@ -83,7 +83,7 @@ def _shell(body: _Body, model: str, response_id: str, status: str) -> _Body:
         "previous_response_id": body.get("previous_response_id"),
         "store": _or(body.get("store"), True), "tool_choice": _or(body.get("tool_choice"), "auto"),
         "tools": body.get("tools") or [], "metadata": body.get("metadata") or {},
-        "usage": None,
+        "temperature": _or(body.get("temperature"), 1.0), "top_p": _or(body.get("top_p"), 1.0),
     }
 
 
@@ -107,7 +107,8 @@ def _items(tool: str | None, text: str) -> list[_Body]:
         return [{"type": "function_call", "id": _id("fc"), "call_id": _id("call"),
                  "name": tool, "arguments": _TOOL_ARGUMENTS, "status": "completed"}]
     return [{"type": "message", "id": _id("msg"), "status": "completed", "role": "assistant",
-             "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+             "content": [{"type": "output_text", "text": text, "annotations": [],
+                          "logprobs": []}]}]
 
 
 def response_object(body: _Body, model: str) -> _Body:
@@ -141,7 +142,7 @@ def response_events(body: _Body, model: str) -> list[tuple[str, _Body]]:
     else:
         emit("response.output_item.added", output_index=0,
              item={**item, "content": [], "status": "in_progress"})
-        empty = {"type": "output_text", "text": "", "annotations": []}
+        empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         emit("response.content_part.added", item_id=item["id"], output_index=0,
              content_index=0, part=empty)
         for i, word in enumerate(text.split(" ") if text else ()):

@@ -210,8 +210,9 @@ def replay_events(response: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     sequence number is added: created, in_progress, each output item opened, its text
     or arguments, closed, then the terminal event for its status."""
     status = response.get("status")
-    shell = {**response, "status": "in_progress", "output": [], "usage": None,
-             "error": None, "incomplete_details": None}
+    shell = {**response, "status": "in_progress", "output": [], "error": None,
+             "incomplete_details": None}
+    shell.pop("usage", None)
     events: list[tuple[str, dict[str, Any]]] = [
         ("response.created", {"response": shell}), ("response.in_progress", {"response": shell})]
     for index, item in enumerate(response.get("output") or []):

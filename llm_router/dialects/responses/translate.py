@@ -346,6 +346,7 @@ class ResponseFrame:
     _ECHOED: Final = ("instructions", "max_output_tokens", "previous_response_id",
                       "reasoning", "temperature", "top_p", "user", "truncation",
                       "service_tier", "prompt_cache_key", "safety_identifier")
+    _OMITTED_IF_NULL: Final = ("user", "prompt_cache_key", "safety_identifier")
     _DEFAULTS: Final[tuple[tuple[str, Callable[[], Any]], ...]] = (
         ("metadata", dict), ("parallel_tool_calls", lambda: True), ("store", lambda: True),
         ("text", lambda: {"format": {"type": "text"}}), ("tool_choice", lambda: "auto"),
@@ -360,6 +361,11 @@ class ResponseFrame:
         # to the client as it declared them.
         self.namespaced = namespaced_tools(body, history)
         echo: dict[str, Any] = {k: body.get(k) for k in self._ECHOED}
+        # The schema types these as strings, not nullable, and does not require them:
+        # absent when not sent.
+        for name in self._OMITTED_IF_NULL:
+            if echo[name] is None:
+                del echo[name]
         # A field sent as null reads as absent: the Response object carries the
         # schema's default, never null where the schema says boolean or object.
         for name, default in self._DEFAULTS:
@@ -385,13 +391,17 @@ class ResponseFrame:
     def response(self, status: str, output: list[dict[str, Any]],
                  usage: dict[str, Any] | None = None, incomplete: str | None = None,
                  error: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The ``response`` object in one of its states."""
-        return {
+        """The ``response`` object in one of its states (``usage`` only once known: the
+        schema's ``usage`` is an object, not nullable, and not required)."""
+        response = {
             "id": self.id, "object": "response", "created_at": self.created_at,
             "status": status, "background": False, "error": error,
             "incomplete_details": {"reason": incomplete} if incomplete else None,
-            "model": self.model, "output": output, **self.echo, "usage": usage,
+            "model": self.model, "output": output, **self.echo,
         }
+        if usage is not None:
+            response["usage"] = usage
+        return response
 
 
 def usage_to_responses(usage: Any) -> dict[str, Any] | None:
