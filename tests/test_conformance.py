@@ -41,6 +41,9 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 from jsonschema import Draft202012Validator
 
+from llm_router.dialects.responses.check import FIELDS, check_body
+from llm_router.errors import BadRequest
+
 from .conformance import VENDORS, document, problems
 from .conformance.extract import refs
 from .conformance.quirks import completion_chunk, responses_refused
@@ -297,3 +300,35 @@ def test_the_extracted_schemas_are_whole_and_valid_json_schema(vendor: str) -> N
     for operation in doc["operations"].values():
         for name in operation.values():
             assert name is None or name in schemas
+
+
+def _enums(node: Any) -> list[Any]:
+    """The enum values a field's schema lists (through anyOf/oneOf branches)."""
+    values = list(node.get("enum", ()))
+    for branch in [*node.get("anyOf", ()), *node.get("oneOf", ())]:
+        values += _enums(branch)
+    if "$ref" in node:
+        values += _enums(document("openai")["components"]["schemas"][
+            node["$ref"].rsplit("/", 1)[1]])
+    if node.get("type") == "array" and isinstance(node.get("items"), dict):
+        values += _enums(node["items"])
+    return values
+
+
+@pytest.mark.parametrize("name", [n for n, _ in FIELDS if _enums(field_schema(n))])
+def test_the_edge_takes_exactly_the_enum_values_the_spec_lists(name: str) -> None:
+    """No drift between check.py's enums and the spec's: each value the spec lists is
+    taken, and a value it does not list is refused (naming the field)."""
+    values = _enums(field_schema(name))
+    many = field_schema(name).get("type") == "array" or any(
+        b.get("type") == "array" for b in field_schema(name).get("anyOf", ()))
+    for value in values:
+        check_body(_nested(name, [value] if many else value))
+    with pytest.raises(BadRequest) as refused:
+        check_body(_nested(name, ["not-a-value"] if many else "not-a-value"))
+    assert refused.value.param == name
+
+
+def _nested(name: str, value: Any) -> dict[str, Any]:
+    head, _, rest = name.partition(".")
+    return {head: _nested(rest, value) if rest else value}
