@@ -3,7 +3,7 @@ schema (issue 30): ``tests/conformance/openai.json``, extracted from the spec's
 ``openapi.yaml`` (2.3.0) by ``tests/conformance/extract.py``, read offline.
 
 ``/v1/responses``: hypothesis draws request bodies (each field's allowed values drawn
-from the spec's own schema of that field by hypothesis-jsonschema; as often as not a
+from the spec's own schema of that field by hypothesis-jsonschema; one time in four a
 value from ``tests/fuzz.py``'s ``WRONG_VALUES`` instead), they go over a socket to a
 router in front of the fake upstream (a translated ``chat`` member and a ``native``
 one), and:
