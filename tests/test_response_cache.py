@@ -11,10 +11,18 @@ import openai
 import orjson
 import pytest
 
-from llm_router.config import sha256_hex
+from llm_router.config import ConfigError, load_config, parse_config, sha256_hex
 from llm_router.testing.upstream import Fault
 
-from .conftest import MakeUpstream, Router, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import (
+    MakeUpstream,
+    Router,
+    StartRouter,
+    Upstream,
+    openai_provider,
+    scrape_metrics,
+    write_config,
+)
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
@@ -329,3 +337,34 @@ async def test_replicas_sharing_redis_serve_each_others_answers(
     again, h = await _chat(b)
     assert h["x-router-cache"] == "hit" and again.id == first.id
     assert _calls(upstream) == 1
+
+
+async def test_a_reload_turns_the_cache_on_and_off(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(_config(upstream, "off"))
+    _, h = await _chat(router)
+    assert "x-router-cache" not in h
+    write_config(router.config_path, _config(upstream, {"mode": "exact", "ttl_s": 60}))
+    router.state.swap_config(load_config(router.config_path))
+    assert [(await _chat(router))[1]["x-router-cache"] for _ in range(2)] == ["miss", "hit"]
+    write_config(router.config_path, _config(upstream, "off"))
+    router.state.swap_config(load_config(router.config_path))
+    _, h = await _chat(router)
+    assert "x-router-cache" not in h
+    assert _calls(upstream) == 3
+
+
+def test_cache_settings_are_checked_with_their_location() -> None:
+    base = "providers: [{name: p, type: mock}]\ngroups: [{name: g, models: [{provider: p, name: m}]"
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + ", cache: {mode: exakt, ttl_s: 0}}]\ncache: {scope: everyone}\n")
+    text = "\n".join(info.value.problems)
+    assert "groups[0].cache.mode" in text and "exact" in text
+    assert "groups[0].cache.ttl_s: must be >= 1" in text
+    assert "cache.scope" in text and "global" in text
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + ", cache: {max_bytes: 10}}]\n")
+    assert "groups[0].cache.max_bytes: unknown key" in "\n".join(info.value.problems)
+    cfg = parse_config(base + ", cache: off}]\ncache: exact\n")
+    assert cfg.cache.mode == "exact" and cfg.groups["g"].cache is not None
+    assert cfg.groups["g"].cache.mode == "off"

@@ -127,6 +127,8 @@ def _config(upstream: str) -> dict[str, Any]:
         ],
         "pricing": {"gpt-4o-mini": {"input": 0.15, "output": 0.6},
                     "llama-3.1-8b": {"input": 5.0, "output": 15.0}},
+        # Only temperature-0 requests are cached: the other tests' chats are skipped.
+        "cache": {"mode": "exact", "scope": "global"},
     }
 
 
@@ -228,6 +230,18 @@ def test_a_users_spend_moves_after_requests(page: Page, stack: Stack) -> None:
     expect(spend).to_contain_text(f"{before + 3} req", timeout=SEEN_WITHIN_MS)
     assert not spend.inner_text().startswith("$0 ")
     expect(page.locator("[data-user='bob'] [data-field='budget']")).to_contain_text("of $2.00")
+
+
+def test_the_response_caches_hit_rate_shows_in_a_tile(page: Page, stack: Stack) -> None:
+    with openai.OpenAI(base_url=stack.router + "/v1", api_key=ADMIN, max_retries=0) as client:
+        for _ in range(2):
+            client.chat.completions.create(model="fast", temperature=0, messages=[
+                {"role": "user", "content": "a cached question"}])
+    log_in(page, stack)
+    tile = page.locator("[data-field='cache']")
+    expect(tile.locator(".v")).to_have_text(re.compile(r"^\d+(\.\d)? %$"),
+                                            timeout=SEEN_WITHIN_MS)
+    expect(tile.locator(".l")).to_contain_text("hit")
 
 
 def test_a_refused_config_edit_is_reported(page: Page, stack: Stack) -> None:

@@ -159,6 +159,11 @@
   function render(d) {
     $("version").textContent = "v" + d.router.version;
     renderRouter(d.router);
+    if (d.cache && d.cache.enabled) {  // the response cache (docs/cache.md): this process's lookups
+      $("tiles").append(tile("cache hit rate · " + plural(d.cache.hits, "hit") + ", $" +
+        num(d.cache.saved_usd, 4) + " saved", d.cache.hit_rate === null ? "–" :
+        num(d.cache.hit_rate * 100, 1) + " %", "cache"));
+    }
     renderConfig(d.config);
     $("providers").replaceChildren(...d.providers.map(renderProvider));
     $("groups").replaceChildren(...d.groups.map(renderGroup));
