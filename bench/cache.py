@@ -9,9 +9,10 @@ requests stream. It reports:
 - the trace's **hit rate** (from ``x-router-cache``), the upstream calls it saved, and
   the **dollars saved** (``llm_router_cache_savings_usd_total``, at gpt-4o-mini's list
   price: a short answer is worth little, so the figure is per 1,000 requests too);
-- the router's **CPU per request** for a round of misses only (new prompts: each goes
-  upstream and is stored) and a round of hits only (the same prompts again), interleaved
-  round by round, from ``/proc/<pid>/task/*/schedstat`` as in ``bench/ab.py``.
+- the router's **CPU per request** for a round of new prompts to a group with the cache
+  off, a round of misses (new prompts to the cached group: each goes upstream and is
+  stored) and a round of hits (the same prompts again), interleaved round by round, from
+  ``/proc/<pid>/task/*/schedstat`` as in ``bench/ab.py``.
 
     python bench/cache.py                       # 3000-request trace, 4 rounds of 1000
     python bench/cache.py --requests 6000 --repeat 0.5
@@ -45,13 +46,15 @@ def _config(path: Path, upstream: str) -> None:
         "providers:", "  - name: fake", "    type: openai", f"    base_url: {upstream}/v1",
         "    api_keys: [sk-upstream-cache]",
         "groups:", "  - name: g", "    models: [{provider: fake, name: gpt-4o-mini}]",
+        "  - name: plain", "    cache: off",
+        "    models: [{provider: fake, name: gpt-4o-mini}]",
         "cache: {mode: exact, scope: global}",
         "pricing:", f"  gpt-4o-mini: {{input: {_PRICE[0]}, output: {_PRICE[1]}}}",
     ]) + "\n")
 
 
-def _body(prompt: str, stream: bool) -> dict[str, object]:
-    body: dict[str, object] = {"model": "g", "temperature": 0, "max_tokens": 64,
+def _body(prompt: str, stream: bool, group: str = "g") -> dict[str, object]:
+    body: dict[str, object] = {"model": group, "temperature": 0, "max_tokens": 64,
                                "messages": [{"role": "system", "content": "Be brief."},
                                             {"role": "user", "content": prompt}]}
     if stream:
@@ -131,15 +134,20 @@ def main() -> int:
             url = base + "/v1/chat/completions"
             # CPU: a round of new prompts (all misses), then the same again (all hits).
             asyncio.run(_send(url, trace(200, 0.0, rng), args.concurrency))  # warm-up
-            cpu: dict[str, list[float]] = {"miss": [], "hit": []}
+            cpu: dict[str, list[float]] = {"none": [], "miss": [], "hit": []}
             for r in range(args.rounds):
-                bodies = [_body(f"round {r} prompt {i} {rng.randrange(10**9)}", False)
-                          for i in range(args.round_requests)]
-                for want in ("miss", "hit"):
+                prompts = [f"round {r} prompt {i} {rng.randrange(10**9)}"
+                           for i in range(args.round_requests)]
+                bodies = [_body(p, False) for p in prompts]
+                off = ("none", [_body(p, False, "plain") for p in prompts])
+                # Off and miss alternate who goes first, so drifting noise falls on both.
+                rounds = [off, ("miss", bodies)] if r % 2 == 0 else [("miss", bodies), off]
+                rounds.append(("hit", bodies))
+                for want, sent in rounds:
                     c0 = cpu_ns(router.pid)
-                    counts = asyncio.run(_send(url, bodies, args.concurrency))
-                    us = (cpu_ns(router.pid) - c0) / 1e3 / len(bodies)
-                    if counts.get(want) != len(bodies):
+                    counts = asyncio.run(_send(url, sent, args.concurrency))
+                    us = (cpu_ns(router.pid) - c0) / 1e3 / len(sent)
+                    if counts.get(want) != len(sent):
                         raise SystemExit(f"round {r} {want}: {counts}")
                     cpu[want].append(us)
                     print(f"round {r + 1} {want}: {us:7.1f} µs CPU/request", flush=True)
@@ -154,17 +162,19 @@ def main() -> int:
         "requests": args.requests, "repeat": args.repeat, "counts": counts,
         "hit_rate": hits / args.requests, "upstream_calls_saved": hits,
         "saved_usd": saved, "saved_usd_per_1000_requests": saved / args.requests * 1000,
-        "cpu_us_miss": cpu["miss"], "cpu_us_hit": cpu["hit"],
+        "cpu_us_off": cpu["none"], "cpu_us_miss": cpu["miss"], "cpu_us_hit": cpu["hit"],
+        "median_cpu_us_off": statistics.median(cpu["none"]),
         "median_cpu_us_miss": statistics.median(cpu["miss"]),
         "median_cpu_us_hit": statistics.median(cpu["hit"]),
     }
     print(f"\ntrace: {args.requests} requests, {args.repeat:.0%} repeated prompts, "
           f"a fifth streamed, concurrency {args.concurrency}")
     print("| hit rate | upstream calls saved | USD saved | USD saved / 1k requests | "
-          "CPU µs/miss (median) | CPU µs/hit (median) | hit / miss |")
-    print("|---|---|---|---|---|---|---|")
+          "CPU µs/request, cache off | CPU µs/miss | CPU µs/hit | hit / miss |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {report['hit_rate']:.1%} | {hits} | {saved:.6f} | "
-          f"{report['saved_usd_per_1000_requests']:.6f} | {report['median_cpu_us_miss']:.0f} | "
+          f"{report['saved_usd_per_1000_requests']:.6f} | {report['median_cpu_us_off']:.0f} | "
+          f"{report['median_cpu_us_miss']:.0f} | "
           f"{report['median_cpu_us_hit']:.0f} | "
           f"{report['median_cpu_us_hit'] / report['median_cpu_us_miss']:.2f} |")
     out = results / f"cache-{stamp}.json"
