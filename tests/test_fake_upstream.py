@@ -198,6 +198,29 @@ async def test_models_list(client: Client, fake: FakeUpstream) -> None:
     assert (await client.get("/v1/models")).status == 503
 
 
+async def test_models_list_in_vllms_and_openrouters_shapes(client: Client) -> None:
+    resp = await client.post("/_fake/settings", json={"models_wire": "vllm", "models": [
+        {"id": "small", "context_length": 2048, "input_modalities": ["text"],
+         "supported_parameters": ["max_tokens"]}]})
+    assert (await resp.json())["models"] == ["small"]
+    (entry,) = (await (await client.get("/v1/models")).json())["data"]
+    assert (entry["id"], entry["object"], entry["owned_by"], entry["max_model_len"]) == \
+        ("small", "model", "vllm", 2048)
+    await client.post("/_fake/settings", json={"models_wire": "openrouter"})
+    doc = await (await client.get("/v1/models")).json()
+    assert "object" not in doc
+    (entry,) = doc["data"]
+    assert entry["context_length"] == entry["top_provider"]["context_length"] == 2048
+    assert entry["architecture"]["input_modalities"] == ["text"]
+    assert entry["architecture"]["modality"] == "text->text"
+    assert entry["supported_parameters"] == ["max_tokens"]
+    assert isinstance(entry["pricing"]["prompt"], str)
+    page = await (await client.get("/v1/models", headers={"anthropic-version": "x"})).json()
+    claude = page["data"][0]
+    assert claude["max_input_tokens"] == 200_000
+    assert claude["capabilities"]["image_input"] == {"supported": True}
+
+
 async def test_bad_requests_get_openai_shaped_400s(client: Client) -> None:
     resp = await client.post(CHAT, data=b"{nope", headers={"Content-Type": "application/json"})
     assert resp.status == 400
@@ -352,9 +375,14 @@ async def test_control_routes_drive_faults_settings_and_requests(
     assert (await client.post(CHAT, json=HELLO)).status == 200
 
     resp = await client.post("/_fake/settings", json={"latency_ms": 5, "tokens_per_second": 0})
-    assert (await resp.json()) == {"latency_ms": 5.0, "tokens_per_second": 0.0}
+    settings = await resp.json()
+    assert (settings["latency_ms"], settings["tokens_per_second"]) == (5.0, 0.0)
     assert fake.latency_ms == 5.0
     assert (await client.post("/_fake/settings", json={"latency_ms": -1})).status == 400
+    for bad in ({"models_wire": "ollama"}, {"models": []}, {"models": [{"id": 1}]},
+                {"models": [{"id": "m", "context_length": "big"}]}):
+        assert (await client.post("/_fake/settings", json=bad)).status == 400
+    assert fake.models_wire == "openai" and fake.latency_ms == 5.0
 
     listing = await (await client.get("/_fake/requests")).json()
     assert listing["count"] == 2

@@ -377,9 +377,12 @@ async def test_the_model_list_is_read_page_by_page(upstream: Upstream) -> None:
     cfg = parse_config(json.dumps(gemini_config(upstream)), fmt="json")
     provider = cfg.providers["gem"]
     async with aiohttp.ClientSession() as session:
-        ids = await provider_type("gemini").list_models(session, provider, provider.keys[0])
+        models = await provider_type("gemini").list_models(session, provider,
+                                                            provider.keys[0])
     # The fake serves at most 4 a page (a server may return fewer than asked): 2 pages.
-    assert ids is not None and len(ids) == 6 and "gemini-2.5-flash" in ids
+    assert models is not None and len(models) == 6
+    flash = next(m for m in models if m.id == "gemini-2.5-flash")
+    assert flash.context_window == 1048576  # inputTokenLimit
 
 
 # ---------------------------------------------------------------- vertex

@@ -11,7 +11,11 @@ in order until one answers. Then (docs/catalog.md):
   grow the router's counters and usage reports;
 - until a listing has succeeded, requests pass through as without discovery; a failed
   refresh keeps the last good list, and ``/admin/status`` shows each provider's list,
-  its age and its last error.
+  its age and its last error;
+- the context window and capabilities a list reports for a model (:class:`ModelInfo`:
+  Gemini's ``inputTokenLimit``, vLLM's ``max_model_len``, OpenRouter's
+  ``context_length`` and modalities, Anthropic's ``max_input_tokens``) fill in those a
+  group member does not declare (:meth:`Catalog.described`, gateway/capabilities.py).
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 
-from ..config import Config, Provider
-from ..providers.base import AttemptFailure, failure_from_exception
+from ..config import Config, Member, Provider
+from ..providers.base import AttemptFailure, ModelInfo, failure_from_exception
 from ..providers.registry import provider_type
 
 __all__ = ["Catalog", "ProviderListing"]
@@ -47,6 +51,8 @@ class ProviderListing:
     """One provider's catalog: the last good list and how the last try went."""
 
     models: frozenset[str] | None = None  # None until a listing succeeds
+    # The listed models whose entry reports a window or capabilities, by id.
+    described: Mapping[str, ModelInfo] | None = None
     listed_at: float | None = None  # wall-clock time of the last good listing
     last_error: str | None = None  # the last failed listing, in words (no secret)
     last_error_at: float | None = None
@@ -56,10 +62,13 @@ class ProviderListing:
 class Catalog:
     """Every discovering provider's listing, refreshed by :meth:`run`."""
 
-    __slots__ = ("_configured", "_listings", "_wake")
+    __slots__ = ("_configured", "_described", "_listings", "_wake")
 
     def __init__(self, cfg: Config) -> None:
         self._listings: dict[str, ProviderListing] = {}
+        # (provider, model) -> what its provider's list says of it, for every listing:
+        # empty (one test on the request path) when no list describes anything.
+        self._described: dict[tuple[str, str], ModelInfo] = {}
         self._configured: Mapping[str, frozenset[str]] = {}
         self._wake = asyncio.Event()
         self.configure(cfg)
@@ -83,7 +92,22 @@ class Catalog:
                 del self._listings[name]
         for name in wanted:
             self._listings.setdefault(name, ProviderListing())
+        self._index()
         self._wake.set()
+
+    def _index(self) -> None:
+        self._described = {(name, model): info for name, listing in self._listings.items()
+                           for model, info in (listing.described or {}).items()}
+
+    def described(self, provider: str, model: str) -> ModelInfo | None:
+        """What ``provider``'s last good list says of ``model`` (its window,
+        capabilities); None when it says nothing or does not list it."""
+        return self._described.get((provider, model)) if self._described else None
+
+    def describes(self, members: Iterable[Member]) -> bool:
+        """Whether a list reports a window or capabilities for one of ``members``."""
+        return bool(self._described) and any((m.provider, m.model) in self._described
+                                             for m in members)
 
     def models(self, provider: str) -> frozenset[str] | None:
         """The models ``provider`` listed last; None when it does not discover or no
@@ -111,6 +135,9 @@ class Catalog:
             provider = cfg.providers.get(name)
             out[name] = {
                 "models": len(listing.models) if listing.models is not None else None,
+                # How many of them the list gave a window or capabilities for.
+                "described": len(listing.described)
+                if listing.described is not None else None,
                 "listed_at": listing.listed_at,
                 "age_s": round(now - listing.listed_at, 1) if listing.listed_at else None,
                 "refresh_s": provider.discover.refresh_s
@@ -159,8 +186,12 @@ class Catalog:
             if len(models) > MAX_MODELS:
                 log.warning("provider '%s' lists %d models; the first %d are kept",
                             provider.name, len(models), MAX_MODELS)
-            listing.models = frozenset(models[:MAX_MODELS])
+            kept = models[:MAX_MODELS]
+            listing.models = frozenset(m.id for m in kept)
+            listing.described = {m.id: m for m in kept
+                                 if m.context_window is not None or m.capabilities is not None}
             listing.listed_at = time.time()
+            self._index()
             return
         if listing.last_error != error:  # one line per new reason, not one per refresh
             log.warning("listing the models of provider '%s' failed: %s%s", provider.name,

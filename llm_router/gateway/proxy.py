@@ -50,7 +50,14 @@ from .affinity import (
 from .answer import answer_as_stream, relay_body, relay_stream
 from .attempt import Attempt, router_headers
 from .cached_answer import open_cache, serve_hit
-from .capabilities import NoCapableMember, filters, is_context_error, narrow
+from .capabilities import (
+    NoCapableMember,
+    filters,
+    is_context_error,
+    known_window,
+    narrow,
+    usable_window,
+)
 from .compression import negotiate
 from .downstream import Downstream
 from .failures import exhausted, upstream_client_error
@@ -131,12 +138,13 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     ex.prompt_estimate = request.get(BODY_SIZE, 0) // 4
     if turn is not None:
         ex.prompt_estimate += turn.history_bytes // 4  # previous_response_id's conversation
-    if filters(target.group, state.context_bounds):
+    if filters(target.group, state.context_bounds, state.catalog):
         # Only the members that can take this request; none: the client's 400, before
         # any limit is charged or any upstream called.
         try:
             group, result = narrow(target.group, target.name, ex.kind, body,
-                                   ex.prompt_estimate + (ceiling or 0), state.context_bounds)
+                                   ex.prompt_estimate + (ceiling or 0), state.context_bounds,
+                                   state.catalog, turn.history if turn is not None else None)
         except NoCapableMember as err:
             ex.capability = err.result.log()
             raise
@@ -283,12 +291,13 @@ def _past_context(req: ModelRequest, target: Target, cand: Candidate,
         return None
     ex, member = req.ex, cand.member
     tokens = ex.prompt_estimate + (completion_ceiling(req.body) or 0)
+    state = req.state
     if cand.counted_model == member.model:  # never a model name a client made up
-        req.state.context_bounds.learn(cand.provider.name, member.model, tokens)
-    bounds = req.state.context_bounds
+        state.context_bounds.learn(cand.provider.name, member.model, tokens,
+                                   known_window(member, state.catalog))
     kept = []
     for m in target.group.members:
-        window = bounds.window(m)
+        window = usable_window(m, state.catalog, state.context_bounds)
         if m != member and (window is None or window >= tokens):
             kept.append(m)
     if not kept:

@@ -129,6 +129,9 @@ class RouterState:
         self.redactor = Redactor(cfg, self.redactor)
         self.config = cfg
         self.catalog.configure(cfg)
+        # Windows learnt from context-length errors start afresh: the reload may declare
+        # them, and a bound learnt from a misread error lasts no longer than this.
+        self.context_bounds.clear()
         self.level_new_keys(counter_keys(cfg) - counter_keys(old))
         self.health.generation += 1  # keys marked bad get another chance
         for provider, key in _changed_keys(old, cfg):

@@ -52,8 +52,9 @@ upstream speaking the hub over SSE):
     those in :data:`~.base.UPSTREAM_ERRORS` (aiohttp's, timeouts, OS errors, an answer
     too large, :class:`~.base.UpstreamProtocolError` for a wire that breaks its own
     framing); anything else is a router bug and propagates, to be logged.
-``list_models(session, provider, key) -> list[str] | None`` (async)
-    The model ids the upstream offers (the catalog); None if it cannot say.
+``list_models(session, provider, key) -> list[ModelInfo] | None`` (async)
+    The models the upstream offers (the catalog), each with the context window and
+    capabilities its list reports (None where it does not say); None if it cannot say.
 ``sets_prompt_cache_key``
     Whether cache affinity adds OpenAI's ``prompt_cache_key`` to the body.
 
@@ -67,6 +68,7 @@ from .base import (
     UPSTREAM_ERRORS,
     AttemptFailure,
     CachedToken,
+    ModelInfo,
     ProviderType,
     ResponseTooLarge,
     UpstreamCall,
@@ -80,6 +82,7 @@ __all__ = [
     "UPSTREAM_ERRORS",
     "AttemptFailure",
     "CachedToken",
+    "ModelInfo",
     "ProviderType",
     "ResponseTooLarge",
     "UpstreamCall",

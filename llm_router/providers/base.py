@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final, NamedTuple, Protocol
 
 import aiohttp
 
@@ -25,6 +25,7 @@ __all__ = [
     "UPSTREAM_ERRORS",
     "AttemptFailure",
     "CachedToken",
+    "ModelInfo",
     "ProviderType",
     "ResponseTooLarge",
     "UpstreamCall",
@@ -34,6 +35,19 @@ __all__ = [
     "retry_hint",
     "status_failure",
 ]
+
+
+class ModelInfo(NamedTuple):
+    """One model of an upstream's list, with what the list says of it (the catalog).
+
+    ``context_window`` (tokens) and ``capabilities`` (the names of
+    ``config.MEMBER_CAPABILITIES`` it offers) are None when the list does not say; a
+    member that declares neither gets them from here (gateway/capabilities.py).
+    """
+
+    id: str
+    context_window: int | None = None
+    capabilities: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -246,8 +260,9 @@ class ProviderType:
     # ------------------------------------------------------------------ catalog
 
     async def list_models(self, session: aiohttp.ClientSession, provider: Provider,
-                          key: ProviderKey) -> list[str] | None:
-        """The model ids this upstream offers with ``key``; None if it cannot say."""
+                          key: ProviderKey) -> list[ModelInfo] | None:
+        """The models this upstream offers with ``key``, with the window and capabilities
+        its list reports; None if it cannot say."""
         del session, provider, key
         return None
 

@@ -19,7 +19,7 @@ from yarl import URL
 from ..config import Provider
 from .base import ProviderType, ResponseTooLarge, UpstreamCall
 
-__all__ = ["HTTPProvider", "HTTPResponse", "fixed_headers", "get_json", "model_ids", "post"]
+__all__ = ["HTTPProvider", "HTTPResponse", "fixed_headers", "get_json", "post"]
 
 # What every request to one provider (and key) sends the same is built once, not per
 # request: profiles of the request path showed the dicts and the ClientTimeout. Entries
@@ -177,15 +177,6 @@ async def get_json(session: aiohttp.ClientSession, provider: Provider, url: str,
             resp.raise_for_status()
             body = await HTTPResponse(resp).read(limit)
     return orjson.loads(body)
-
-
-def model_ids(doc: object) -> list[str] | None:
-    """The ids of a ``{"data": [{"id": ...}, ...]}`` model list (OpenAI's and
-    Anthropic's shape); None if the document is not one."""
-    data = doc.get("data") if isinstance(doc, dict) else None
-    if not isinstance(data, list):
-        return None
-    return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
 
 
 class HTTPProvider(ProviderType):

@@ -20,7 +20,8 @@ from importlib import resources
 from typing import Any, Final
 
 from .. import __version__
-from ..config import Config, Group
+from ..config import Config, Group, Member
+from ..gateway.capabilities import member_facts, usable_window
 from ..gateway.router_state import RouterState
 from ..observe.traffic import RouterActivity, merge_activity
 from .fleet_status import FleetTraffic
@@ -176,6 +177,19 @@ def _ratelimit_headroom(state: RouterState) -> dict[tuple[str, str], dict[str, f
     return out
 
 
+def _facts(state: RouterState, m: Member) -> dict[str, Any]:
+    """What the member accepts (None: anything) and its window (None: any size): each
+    as declared, else as its provider's model list says, the window lowered by what a
+    context-length error taught; and where each came from."""
+    caps, known, caps_from, window_from = member_facts(m, state.catalog)
+    window = usable_window(m, state.catalog, state.context_bounds)
+    if window != known:
+        window_from = "learnt"
+    return {"capabilities": sorted(caps) if caps is not None else None,
+            "capabilities_from": caps_from, "context_window": window,
+            "context_window_from": window_from}
+
+
 def _group(state: RouterState, cfg: Config, group: Group) -> dict[str, Any]:
     """Members with their tokens, actual share and, for inverse weight, target share."""
     members: list[dict[str, Any]] = []
@@ -186,11 +200,7 @@ def _group(state: RouterState, cfg: Config, group: Group) -> dict[str, Any]:
                      for label in labels)
         members.append({"provider": m.provider, "model": m.model, "weight": m.weight,
                         "keys": len(labels), "tokens": served,
-                        # What it accepts (None: anything) and its window: the declared
-                        # one, lowered by what a context-length error taught (None: any).
-                        "capabilities": list(m.capabilities)
-                        if m.capabilities is not None else None,
-                        "context_window": state.context_bounds.window(m)})
+                        **_facts(state, m)})
     total = sum(x["tokens"] for x in members)
     targets = _target_shares(group, members) if group.strategy == "inverse-weight" else None
     for i, x in enumerate(members):

@@ -32,6 +32,7 @@ from . import responses as fake_responses
 from .azure import FakeAzure, OpenAIAnswers
 from .bedrock import FakeBedrock
 from .google import FakeHooks, GoogleFake
+from .model_lists import MODELS_WIRES, FakeModel, anthropic_entry, fake_model, model_entry
 from .prompt_cache import PromptCache, report_cached
 
 __all__ = [
@@ -342,11 +343,16 @@ def embeddings(body: _Body, model: str) -> _Body:
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
 
 
-def models_list() -> _Body:
-    """The OpenAI ``list`` of ``model`` objects this fake claims to serve."""
-    data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "fake-upstream"}
-            for m in _MODEL_IDS]
-    return {"object": "list", "data": data}
+_LISTED: tuple[FakeModel, ...] = tuple(
+    FakeModel(m, input_modalities=("text",)) if "embedding" in m else FakeModel(m)
+    for m in _MODEL_IDS)
+
+
+def models_list(models: tuple[FakeModel, ...] = _LISTED, wire: str = "openai") -> _Body:
+    """The ``list`` of models this fake claims to serve, as ``wire`` (``openai``,
+    ``vllm``, ``openrouter``: :mod:`.model_lists`) writes it."""
+    data = [model_entry(m, wire) for m in models]
+    return {"data": data} if wire == "openrouter" else {"object": "list", "data": data}
 
 
 def anthropic_models_page(query: Mapping[str, str], max_page: int) -> _Body:
@@ -360,8 +366,7 @@ def anthropic_models_page(query: Mapping[str, str], max_page: int) -> _Body:
     after = query.get("after_id")
     start = ids.index(after) + 1 if after in ids else 0
     page = ids[start:start + limit]
-    data = [{"type": "model", "id": m, "display_name": m.replace("-", " ").title(),
-             "created_at": "2025-01-01T00:00:00Z"} for m in page]
+    data = [anthropic_entry(m) for m in page]
     return {"data": data, "has_more": start + limit < len(ids),
             "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
 
@@ -570,6 +575,9 @@ class FakeUpstream:
         self.requests: list[RecordedRequest] = []  # the last ~10,000 model-route requests
         self.total_requests = 0
         self.max_models_page = 1000  # Anthropic model lists: longest page (tests page them)
+        # GET /v1/models: these models, in the shape of this server (.model_lists).
+        self.listed_models: tuple[FakeModel, ...] = _LISTED
+        self.models_wire = "openai"
         self._faults: list[_ArmedFault] = []
         self._remaining_requests = _RATE_REQUESTS
         self._remaining_tokens = _RATE_TOKENS
@@ -689,7 +697,7 @@ class FakeUpstream:
         if request.method == "GET":
             if "anthropic-version" in request.headers:
                 return _json(anthropic_models_page(request.query, self.max_models_page))
-            return _json(models_list())
+            return _json(models_list(self.listed_models, self.models_wire))
         if body is None:
             message = "invalid JSON body" if parsed is None else "body must be a JSON object"
             return _error(400, message, anthropic)
@@ -801,13 +809,31 @@ class FakeUpstream:
             data = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return _error(400, "invalid JSON body", False)
-        if not isinstance(data, dict) or set(data) - {"latency_ms", "tokens_per_second"}:
-            return _error(400, "expected {latency_ms, tokens_per_second}", False)
+        if not isinstance(data, dict) or set(data) - {"latency_ms", "tokens_per_second",
+                                                      "models_wire", "models"}:
+            return _error(400, "expected {latency_ms, tokens_per_second, models_wire, "
+                          "models}", False)
+        wire = data.pop("models_wire", self.models_wire)
+        if wire not in MODELS_WIRES:
+            return _error(400, f"models_wire must be one of {', '.join(MODELS_WIRES)}", False)
+        listed = self.listed_models
+        if "models" in data:
+            models = data.pop("models")
+            try:
+                if not isinstance(models, list) or not models:
+                    raise ValueError("a non-empty list of models")
+                listed = tuple(fake_model(m) for m in models)
+            except ValueError as exc:
+                return _error(400, f"models: {exc}", False)
         for name, value in data.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 return _error(400, f"{name} must be a number >= 0", False)
+        for name, value in data.items():
             setattr(self, name, float(value))
-        return _json({"latency_ms": self.latency_ms, "tokens_per_second": self.tokens_per_second})
+        self.models_wire, self.listed_models = wire, listed
+        return _json({"latency_ms": self.latency_ms, "tokens_per_second": self.tokens_per_second,
+                      "models_wire": self.models_wire,
+                      "models": [m.id for m in self.listed_models]})
 
 
 async def serve_fake_upstream(host: str, port: int, latency_ms: float = 0.0,

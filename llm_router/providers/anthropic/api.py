@@ -17,8 +17,9 @@ import orjson
 from ...config import Provider, ProviderKey
 from ...hub.sse import event_fields
 from ...hub.stream import STREAM_ERROR, Usage, openai_error_event
-from ..base import UpstreamCall
-from ..http import HTTPProvider, fixed_headers, get_json, model_ids
+from ..base import ModelInfo, UpstreamCall
+from ..http import HTTPProvider, fixed_headers, get_json
+from ..listing import listed_models
 from .translate import (
     MessagesStreamToChat,
     anthropic_error_to_openai,
@@ -95,18 +96,19 @@ class AnthropicProvider(HTTPProvider):
         return orjson.dumps(anthropic_error_to_openai(status, body))
 
     async def list_models(self, session: aiohttp.ClientSession, provider: Provider,
-                          key: ProviderKey) -> list[str] | None:
+                          key: ProviderKey) -> list[ModelInfo] | None:
         """Every page of ``GET /v1/models`` (``limit`` and ``after_id``, while
-        ``has_more``), as model ids; at most :data:`_MAX_PAGES` pages."""
+        ``has_more``), with each model's ``max_input_tokens`` and ``capabilities``;
+        at most :data:`_MAX_PAGES` pages."""
         headers = {**provider.headers, "x-api-key": key.secret,
                    "anthropic-version": provider.anthropic_version}
-        ids: list[str] = []
+        ids: list[ModelInfo] = []
         after = ""
         for _ in range(_MAX_PAGES):
             query = f"?limit=1000&after_id={quote(after, safe='')}" if after else "?limit=1000"
             doc = await get_json(session, provider, f"{provider.base_url}/v1/models{query}",
                                  headers)
-            page = model_ids(doc)
+            page = listed_models(doc)
             if page is None:
                 return None
             ids += page

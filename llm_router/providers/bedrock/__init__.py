@@ -8,7 +8,7 @@ from typing import Final
 import aiohttp
 
 from ...config import Provider, ProviderKey
-from ..base import ProviderType, UpstreamCall, UpstreamResponse
+from ..base import ModelInfo, ProviderType, UpstreamCall, UpstreamResponse
 from ..http import get_json
 from . import api
 from .models import models_headers, models_url, text_model_ids
@@ -27,11 +27,12 @@ class BedrockProvider(ProviderType):
         return await api.send(session, call)
 
     async def list_models(self, session: aiohttp.ClientSession, provider: Provider,
-                          key: ProviderKey) -> list[str] | None:
+                          key: ProviderKey) -> list[ModelInfo] | None:
         """ListFoundationModels' text models (:mod:`.models`)."""
         url = models_url(provider)
-        return text_model_ids(await get_json(session, provider, url,
-                                             models_headers(provider, key, url)))
+        ids = text_model_ids(await get_json(session, provider, url,
+                                            models_headers(provider, key, url)))
+        return [ModelInfo(m) for m in ids] if ids is not None else None
 
 
 PROVIDER: Final = BedrockProvider()

@@ -18,7 +18,7 @@ from typing import Final
 import aiohttp
 
 from ...config import Provider, ProviderKey
-from ..base import ProviderType, UpstreamCall, UpstreamResponse
+from ..base import ModelInfo, ProviderType, UpstreamCall, UpstreamResponse
 from ..http import get_json
 from . import api
 from .models import models_page, models_url
@@ -39,15 +39,16 @@ class GeminiProvider(ProviderType):
         return await api.send(session, call)
 
     async def list_models(self, session: aiohttp.ClientSession, provider: Provider,
-                          key: ProviderKey) -> list[str] | None:
-        """Every page of ``GET /v1beta/models`` (:mod:`.models`), as model ids."""
-        ids: list[str] = []
+                          key: ProviderKey) -> list[ModelInfo] | None:
+        """Every page of ``GET /v1beta/models`` (:mod:`.models`), each model's
+        ``inputTokenLimit`` as its context window."""
+        ids: list[ModelInfo] = []
         token: str | None = None
         for _ in range(_MAX_PAGES):
             doc = await get_json(session, provider, models_url(provider.base_url, token),
                                  {**provider.headers, "x-goog-api-key": key.secret})
             page, token = models_page(doc)
-            ids += [m.id for m in page]
+            ids += [ModelInfo(m.id, m.input_tokens) for m in page]
             if token is None:
                 return ids
         return ids  # a list this long is cut rather than followed without end

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 import aiohttp
 
 from ...config import Provider, ProviderKey
-from ..base import UpstreamCall
-from ..http import HTTPProvider, fixed_headers, get_json, model_ids
+from ..base import ModelInfo, UpstreamCall
+from ..http import HTTPProvider, fixed_headers, get_json
+from ..listing import listed_models
 
 __all__ = ["OpenAIProvider"]
 
@@ -40,10 +41,12 @@ class OpenAIProvider(HTTPProvider):
         return headers
 
     async def list_models(self, session: aiohttp.ClientSession, provider: Provider,
-                          key: ProviderKey) -> list[str] | None:
+                          key: ProviderKey) -> list[ModelInfo] | None:
+        """``GET {base_url}/models``, with the window and capabilities that vLLM and
+        OpenRouter add to OpenAI's entries (:mod:`..listing`)."""
         doc = await get_json(session, provider, f"{provider.base_url}/models",
                              {**provider.headers, "Authorization": f"Bearer {key.secret}"})
-        return model_ids(doc)
+        return listed_models(doc)
 
 
 def _headers(call: UpstreamCall) -> dict[str, str]:

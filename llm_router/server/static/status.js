@@ -282,8 +282,13 @@
   function accepts(m) {
     // What the member takes (capabilities: unset = anything) and its context window.
     if (m.capabilities === null && m.context_window === null) return null;
-    const caps = m.capabilities === null ? "any input" : (m.capabilities.join(", ") || "text only");
-    const win = m.context_window === null ? "" : " · " + tokens(m.context_window) + " window";
+    // Where a value came from, when not declared: the provider's model list, or a
+    // context-length error.
+    const from = (src) => (src && src !== "declared" ? " (" + src + ")" : "");
+    const caps = m.capabilities === null ? "any input"
+      : (m.capabilities.join(", ") || "text only") + from(m.capabilities_from);
+    const win = m.context_window === null ? ""
+      : " · " + tokens(m.context_window) + " window" + from(m.context_window_from);
     return h("span", { class: "muted accepts" }, " " + caps + win);
   }
   function renderGroup(g) {
