@@ -411,8 +411,10 @@ async def test_the_model_list_is_the_text_foundation_models(
     cfg = parse_config(yaml.safe_dump(config(upstream, keys=[key])), env={})
     provider = cfg.providers["aws"]
     models = await provider_type("bedrock").list_models(http, provider, provider.keys[0])
-    assert models == ["anthropic.claude-sonnet-4-5-20250929-v1:0", "amazon.nova-lite-v1:0",
-                      "meta.llama3-3-70b-instruct-v1:0"]
+    assert models is not None
+    assert [m.id for m in models] == ["anthropic.claude-sonnet-4-5-20250929-v1:0",
+                                      "amazon.nova-lite-v1:0",
+                                      "meta.llama3-3-70b-instruct-v1:0"]
 
 
 async def test_the_model_list_with_a_wrong_secret_is_refused(

@@ -55,8 +55,8 @@ async def test_model_listing_asks_the_upstream_with_its_key(tmp_path: Any,
     async with aiohttp.ClientSession() as session:
         for name in ("o", "a"):
             p = providers[name]
-            ids = await provider_type(p.type).list_models(session, p, p.keys[0])
-            assert ids and all(isinstance(i, str) for i in ids), name
+            models = await provider_type(p.type).list_models(session, p, p.keys[0])
+            assert models and all(isinstance(m.id, str) and m.id for m in models), name
         m = providers["m"]
         assert await provider_type("mock").list_models(session, m, m.keys[0]) is None
     assert [k for k in upstream.keys_seen() if k] == ["sk-o", "sk-a"]
