@@ -84,6 +84,14 @@ _SCENARIOS: dict[str, tuple[dict[str, object], list[str]]] = {
 # build gets its own file ({snapshot} is replaced per build).
 _SCENARIOS["durable"] = (_BODY, [*_SCENARIOS["limits"][1], "usage:",
                                  "  snapshot_path: {snapshot}", "  snapshot_interval_s: 30"])
+# The limited caller with a webhook receiver that wants budget events (docs/webhooks.md):
+# every recorded request notes its account, a background check reads its spend. The
+# receiver is never called (the budget is never near a threshold) and need not exist.
+_SCENARIOS["webhooks"] = (_BODY, [*_SCENARIOS["limits"][1], "webhooks:",
+                                  "  - url: http://127.0.0.1:9/hooks",
+                                  "    secret: bench-webhook-secret",
+                                  "    events: [budget_threshold]"])
+_USER_SCENARIOS = frozenset({"limits", "durable", "webhooks"})
 _STREAMED = frozenset({"stream", "responses-stream"})
 
 
@@ -199,6 +207,9 @@ def main() -> int:
     ap.add_argument("--base", required=True, help="revision A (e.g. main, HEAD~1)")
     ap.add_argument("--head", default=None, help="revision B (default: the working tree)")
     ap.add_argument("--scenario", choices=sorted(_SCENARIOS), default="chat")
+    ap.add_argument("--scenario-b", choices=sorted(_SCENARIOS), default=None,
+                    help="build B's config, when it differs (same request body): e.g. "
+                    "--base HEAD --head HEAD --scenario limits --scenario-b webhooks")
     ap.add_argument("--rounds", type=int, default=6, help="counted rounds per build")
     ap.add_argument("--requests", type=int, default=3000, help="requests per round")
     ap.add_argument("--concurrency", type=int, default=16)
@@ -229,7 +240,8 @@ def main() -> int:
             children.wait_ready("fake", fake, f"http://127.0.0.1:{fake_port}/v1/models")
             for b in builds:
                 cfg = work / f"ab-{b.name}.yaml"  # one each: a snapshot file is per process
-                _config(cfg, f"http://127.0.0.1:{fake_port}", args.scenario,
+                scenario = args.scenario if b.name == "A" else args.scenario_b or args.scenario
+                _config(cfg, f"http://127.0.0.1:{fake_port}", scenario,
                         args.upstream_a if b.name == "A" else args.upstream_b)
                 b.port = free_port()
                 proc = children.start(f"router-{b.name}", [
@@ -239,7 +251,7 @@ def main() -> int:
                 children.wait_ready(f"router-{b.name}", proc,
                                     f"http://127.0.0.1:{b.port}/health")
                 b.pid = proc.pid
-            key = _USER_KEY if args.scenario in ("limits", "durable") else _KEY
+            key = _USER_KEY if args.scenario in _USER_SCENARIOS else _KEY
             for b in builds:  # warm-up: imports, pools, caches; not counted
                 _round(b, args, key)
             for r in range(args.rounds):
@@ -257,7 +269,8 @@ def _report(builds: list[Build], args: argparse.Namespace, out: Path) -> int:
     med = {b.name: statistics.median(r["cpu_us"] for r in b.rounds) for b in builds}
     rps = {b.name: statistics.median(r["rps"] for r in b.rounds) for b in builds}
     delta = med["B"] - med["A"]
-    print(f"\nscenario {args.scenario}: {args.rounds} rounds x {args.requests} requests, "
+    scenario = args.scenario + (f" (B: {args.scenario_b})" if args.scenario_b else "")
+    print(f"\nscenario {scenario}: {args.rounds} rounds x {args.requests} requests, "
           f"concurrency {args.concurrency}, interleaved; upstreams A {args.upstream_a}, "
           f"B {args.upstream_b}")
     print("| build | revision | CPU µs/request (median) | req/s (median) |")

@@ -25,6 +25,7 @@ from .aliases import AliasTable
 from .reader import Reader, at
 from .redis_url import redact_url, redis_url_problem
 from .schema import Spec, internal, json_schema, setting
+from .webhooks import Webhook
 
 __all__ = [
     "AFFINITY_MODES",
@@ -843,6 +844,9 @@ class Config:
         "Who may read /metrics (default: anyone who can reach the listen address)."))
     otel: OtelSettings | None = setting(None, doc=(
         "OpenTelemetry trace export (docs/observability.md); absent: no traces."))
+    webhooks: tuple[Webhook, ...] = setting((), doc=(
+        "Receivers of signed event notifications: budget thresholds, bad keys, open "
+        "circuits, refused reloads, providers down (docs/webhooks.md)."))
     shutdown_grace_s: float = setting(30.0, doc="SIGTERM: how long in-flight requests and "
                                                 "streams may finish.")
     shutdown_delay_s: float = setting(0.0, doc=(

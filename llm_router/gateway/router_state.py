@@ -27,6 +27,7 @@ from ..observe.redact import Redactor
 from ..observe.traffic import Traffic
 from ..state.health import KeyHealth
 from ..state.store import MemoryStore, StateStore
+from ..webhooks import Webhooks
 from .affinity import AffinityStore, MemoryAffinityStore, RecentLoad, SharedAffinityStore
 from .capabilities import ContextBounds
 from .catalog import Catalog
@@ -77,6 +78,8 @@ class RouterState:
         # cooldowns reach as far as it shares them (store.py).
         self.store: StateStore = open_store(cfg, self.ledger, self.counters, self.health,
                                             self.metrics)
+        # Signed event notifications (docs/webhooks.md); inert without a webhooks block.
+        self.webhooks = Webhooks(cfg, self.store, self.metrics)
         self.deadlines = Deadlines()  # bounds the waits of non-streamed attempts
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
@@ -134,6 +137,7 @@ class RouterState:
         self.context_bounds.clear()
         self.level_new_keys(counter_keys(cfg) - counter_keys(old))
         self.health.generation += 1  # keys marked bad get another chance
+        self.webhooks.configure(cfg)  # after the bad marks are cleared: providers up again
         for provider, key in _changed_keys(old, cfg):
             # A new secret (or none) makes what the old one earned meaningless.
             if self.health.forget(provider, key):

@@ -82,6 +82,7 @@ GAUGE_MODES: Final[dict[str, _Mode]] = {
     "state_backend_up": "livemin",  # 0 while any worker has lost Redis
     "build_info": "livemax",
     "cache_bytes": "livesum",  # each worker holds its own in-memory cache
+    "webhook_queue_depth": "livesum",  # events every worker still has to deliver
 }
 
 
@@ -290,6 +291,15 @@ class Metrics:
                                       "while limits fall back to this replica alone; always 1 "
                                       "for the in-process store", registry=r,
                                       multiprocess_mode=_mode("state_backend_up"))
+        # Webhooks (docs/webhooks.md): each attempt counts once; each event ends in one of
+        # delivered, rejected (a 4xx), expired (attempts or age used up), dropped (queue full).
+        self.webhook_deliveries = Counter(_P + "webhook_deliveries_total",
+                                          "Webhook delivery attempts and outcomes: delivered, "
+                                          "retry, rejected, expired, dropped",
+                                          ["webhook", "event", "result"], registry=r)
+        self.webhook_queue = Gauge(_P + "webhook_queue_depth",
+                                   "Webhook events waiting for delivery", ["webhook"],
+                                   registry=r, multiprocess_mode=_mode("webhook_queue_depth"))
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def watch_state(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],

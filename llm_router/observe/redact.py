@@ -40,6 +40,12 @@ def _config_secrets(cfg: Config) -> set[str]:
         found.update(value.removeprefix("Bearer ").strip()
                      for name, value in provider.headers.items()
                      if any(word in name.lower() for word in _SECRET_HEADER_WORDS))
+    for hook in cfg.webhooks:
+        found.add(hook.secret)
+        with contextlib.suppress(ValueError):
+            password = urlsplit(hook.url).password
+            if password:
+                found.update((password, unquote(password)))
     if cfg.state.redis_url:  # state.redis_url's password (redis://user:PASSWORD@host)
         with contextlib.suppress(ValueError):
             password = urlsplit(cfg.state.redis_url).password

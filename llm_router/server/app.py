@@ -337,6 +337,14 @@ async def _state_store(app: web.Application) -> AsyncIterator[None]:
     await state.store.close()
 
 
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: deliver webhook events; at exit, flush them briefly."""
+    webhooks = app[STATE].webhooks
+    await webhooks.start()
+    yield
+    await webhooks.close()
+
+
 async def _close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: while draining, every answer closes its connection.
 
@@ -394,6 +402,9 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
     # Exits run in reverse after draining: the watcher stops, the final snapshot is
     # written, then the upstream session closes.
     app.cleanup_ctx.append(usage_snapshots)
+    # After the snapshot is restored (budget shares already past are not sent again);
+    # closed before it and the store, so the last budget checks can still read spend.
+    app.cleanup_ctx.append(_webhooks)
     if state.config_path is not None:
         app[RELOADER] = ConfigReloader(state, state.config_path)
         app.cleanup_ctx.append(config_watcher)

@@ -130,6 +130,7 @@ class ConfigReloader:
                 for problem in problems:
                     log.warning("config reload refused: %s", problem)
                 self.last = ReloadOutcome(time.time(), False, reason, tuple(problems))
+                self.state.webhooks.reload_refused(reason, tuple(problems), self._source)
                 return False
             old = self.state.config
             self.state.swap_config(cfg)

@@ -65,6 +65,8 @@ async def build_status(state: RouterState, reloader: ConfigReloader | None, *,
         "cache": state.cache.status(),
         # Spend and limits through the store: fleet-wide when it is shared.
         "users": _users(await state.store.admin_usage(cfg)),
+        # Each receiver's queue and last outcome; its URL without credentials or query.
+        "webhooks": state.webhooks.status(),
     }
 
 

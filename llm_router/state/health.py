@@ -27,13 +27,19 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Final
 
 from ..config import CircuitSettings
 
-__all__ = ["KeyHealth", "KeyState", "parse_retry_after"]
+__all__ = ["HealthListener", "KeyHealth", "KeyState", "parse_retry_after"]
+
+# Told (change, provider, key label, upstream status) of each transition that matters to
+# operators: "circuit_open" (closed -> open), "circuit_closed" (a probe succeeded),
+# "key_bad" (a 401/403 marked it). Called on the loop thread; must not block.
+HealthListener = Callable[[str, str, str, int], None]
 
 log = logging.getLogger("llm_router.health")
 
@@ -90,6 +96,7 @@ class KeyHealth:
     def __init__(self) -> None:
         self._keys: dict[tuple[str, str], KeyState] = {}
         self.generation = 0  # bumped on every config swap: clears 'bad' marks
+        self.listener: HealthListener | None = None  # webhooks; None costs one test
 
     def state(self, provider: str, key: str) -> KeyState:
         st = self._keys.get((provider, key))
@@ -170,6 +177,8 @@ class KeyHealth:
             st.probing = False
             st.outcomes.clear()
             log.info("circuit closed for %s key %s", provider, key)
+            if self.listener is not None:
+                self.listener("circuit_closed", provider, key, 0)
             return
         st.outcomes.append((now, True))
         self._trim(st, now, settings)
@@ -203,6 +212,8 @@ class KeyHealth:
             st.outcomes.clear()
             log.warning("circuit opened for %s key %s: %d of the last attempts failed",
                         provider, key, failures)
+            if self.listener is not None:
+                self.listener("circuit_open", provider, key, 0)
 
     def forget(self, provider: str, key: str) -> bool:
         """Drop everything known about a key (its secret changed or it was removed):
@@ -216,6 +227,8 @@ class KeyHealth:
             log.error("upstream rejected key '%s' of provider '%s' with %d: marked bad, not "
                       "used until a reload (state 'bad' in llm_router_key_state)", key,
                       provider, status)
+            if self.listener is not None:
+                self.listener("key_bad", provider, key, status)
 
     def _trim(self, st: KeyState, now: float, settings: CircuitSettings | None) -> None:
         if settings is None:

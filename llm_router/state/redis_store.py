@@ -53,7 +53,7 @@ from ..observe.metrics import Metrics
 from .health import KeyHealth
 from .redis_faults import Fault, FaultLog, ForeignData, classify, counts, probe
 from .redis_keys import ADMIT, APPLY, COOLDOWN, SEP, Script, account_id, key_of
-from .store import StateStore, TTLMap
+from .store import StateStore, TTLMap, claim_locally
 
 __all__ = ["LEASE_S", "MAX_PENDING", "TIMEOUT_S", "RedisStore"]
 
@@ -391,6 +391,8 @@ class RedisStore(StateStore):
         if adm.recorded:
             return
         self.ledger.record(adm, provider, model, prompt_tokens, completion_tokens, cost)
+        if self.on_record is not None:
+            self.on_record(adm)
         shared = adm.shared
         if not isinstance(shared, _Shared):
             return
@@ -707,6 +709,23 @@ class RedisStore(StateStore):
                                           px=max(1, int(ttl_s * 1000)))
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc, (key_of(self.p, "kv", name),))
+
+    async def claim(self, name: str, ttl_s: float) -> bool:
+        if self._up:
+            key = key_of(self.p, "kv", name)
+            try:
+                async with asyncio.timeout(TIMEOUT_S):
+                    won = await self._redis.set(key, b"1", nx=True, px=max(1, int(ttl_s * 1000)))
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failed(exc, (key,))
+            else:
+                self._kv.put(name, b"1", ttl_s)  # remembered for while Redis is away
+                return bool(won)
+        return claim_locally(self._kv, name, ttl_s)
+
+    async def settle(self) -> None:
+        if self._up:
+            await self._flush()
 
 
 def _report(accounts: list[tuple[str, str | None]], res: list[Any],

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Final
 
 from ..config import Config
@@ -29,7 +30,7 @@ from ..ledger.usage import UsageCounters
 from ..observe.metrics import Metrics
 from .health import KeyHealth
 
-__all__ = ["MemoryStore", "StateStore", "TTLMap"]
+__all__ = ["MemoryStore", "StateStore", "TTLMap", "claim_locally"]
 
 _KV_MAX: Final = 100_000  # entries the in-process key-value hook keeps at most
 _KV_MAX_BYTES: Final = 64 * 1024 * 1024  # and bytes of values
@@ -46,6 +47,9 @@ class StateStore(ABC):
         self.counters = counters
         self.health = health
         self.metrics = metrics
+        # Told of every admission whose usage was just recorded (webhooks' budget
+        # thresholds, docs/webhooks.md); None, the default, costs record() one test.
+        self.on_record: Callable[[Admission], None] | None = None
 
     @property
     def up(self) -> bool:
@@ -98,6 +102,15 @@ class StateStore(ABC):
     async def put(self, name: str, value: bytes, ttl_s: float) -> None:
         """Keep ``value`` under ``name`` for ``ttl_s`` seconds (best effort when shared)."""
 
+    @abstractmethod
+    async def claim(self, name: str, ttl_s: float) -> bool:
+        """True for the first caller, fleet-wide where the store is shared, to claim
+        ``name`` within ``ttl_s`` seconds (``SET NX``); False for every later one. While a
+        shared backend is away, this process decides alone."""
+
+    async def settle(self) -> None:  # noqa: B027 (nothing is pending in memory)
+        """Wait until the usage recorded so far is visible to :meth:`usage` fleet-wide."""
+
 
 class MemoryStore(StateStore):
     """This process is the fleet: a pass-through to the ledger, no extra work."""
@@ -114,6 +127,8 @@ class MemoryStore(StateStore):
     def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
                completion_tokens: int, cost: float | None) -> None:
         self.ledger.record(adm, provider, model, prompt_tokens, completion_tokens, cost)
+        if self.on_record is not None:
+            self.on_record(adm)
 
     def release(self, adm: Admission) -> None:
         self.ledger.release(adm)
@@ -129,6 +144,17 @@ class MemoryStore(StateStore):
 
     async def put(self, name: str, value: bytes, ttl_s: float) -> None:
         self._kv.put(name, value, ttl_s)
+
+    async def claim(self, name: str, ttl_s: float) -> bool:
+        return claim_locally(self._kv, name, ttl_s)
+
+
+def claim_locally(kv: TTLMap, name: str, ttl_s: float) -> bool:
+    """:meth:`StateStore.claim` in one process, over its key-value map."""
+    if kv.get(name) is not None:
+        return False
+    kv.put(name, b"1", ttl_s)
+    return True
 
 
 class TTLMap:
