@@ -19,8 +19,8 @@ sends. A budget crossing's claim is (account, period, period id, budget, thresho
 kept until the period ends, and the id of its event is derived from it, so even two
 replicas that both sent it while Redis was away send one id. Health events claim
 (provider, key) for ``circuit.open_s`` (one event per outage of a key, fleet-wide), a
-bad key its secret's fingerprint for a day, a refused reload the file's content for a
-day. In memory the budget claims this process made are also kept in a set until
+bad key its secret's fingerprint for a day, a refused reload its problems for ten
+minutes. In memory the budget claims this process made are also kept in a set until
 their period ends, so a crossing is checked once, not per request; at start, budget
 shares already past a threshold (the usage snapshot restored) are taken as sent.
 """
@@ -57,6 +57,9 @@ _DAY_S: Final = 86_400.0
 _TOTAL_TTL_S: Final = 400 * _DAY_S  # a "total" budget's claims
 _FLUSH_S: Final = 2.0  # at shutdown, how long queued events may still take
 _MAX_PROBLEMS: Final = 20  # of a refused reload, in its event
+# Replicas watching one file refuse an edit within seconds of each other: one event. The
+# same mistake made again after this long is a new one.
+_RELOAD_CLAIM_S: Final = 600.0
 
 
 class Webhooks:
@@ -186,7 +189,7 @@ class Webhooks:
     def reload_refused(self, reason: str, problems: tuple[str, ...], file: str) -> None:
         """A config reload was refused (its problems never quote a secret)."""
         digest = hashlib.sha256("\n".join(problems).encode()).hexdigest()[:32]
-        self.emit("reload_refused", f"reload_refused:{digest}", _DAY_S,
+        self.emit("reload_refused", f"reload_refused:{digest}", _RELOAD_CLAIM_S,
                   {"reason": reason, "file": file, "problems": list(problems[:_MAX_PROBLEMS]),
                    "problem_count": len(problems)})
 
@@ -277,10 +280,12 @@ class Webhooks:
                 self._fired[claim] = lapse
                 if prime:
                     continue
+                # Float sums of many costs carry noise past the 9th decimal (a nano-dollar).
                 data = {"subject": subject, "user": caller.user,
                         "key": caller.key if subject == "key" else None,
-                        "threshold": share, "spent_usd": spent, "budget_usd": budget.usd,
-                        "share": spent / budget.usd if budget.usd else None,
+                        "threshold": share, "spent_usd": round(spent, 9),
+                        "budget_usd": budget.usd,
+                        "share": round(spent / budget.usd, 6) if budget.usd else None,
                         "period": budget.period, "period_id": doc["period_id"],
                         "resets_at": doc.get("resets_at")}
                 self.emit("budget_threshold", claim, lapse - now + _DAY_S, data,

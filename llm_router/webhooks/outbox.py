@@ -18,6 +18,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiohttp
@@ -98,10 +99,11 @@ class Outbox:
         if self.queued:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained(), grace_s)
+        left = self.queued  # the one being sent included: cancelling it loses it
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        return self.queued
+        return left
 
     async def _drained(self) -> None:
         while self.queued:
@@ -116,6 +118,10 @@ class Outbox:
                 self._busy = True
                 try:
                     await self._deliver(event)
+                except Exception:  # a bug must not stop this receiver's deliveries for good
+                    log.exception("webhook %s: delivering event %s failed", self.hook.name,
+                                  event.id)
+                    self._finish(event, "expired", time.time())
                 finally:
                     self._busy = False
                     self._depth.set(self.queued)
@@ -183,9 +189,16 @@ class Outbox:
     def status(self) -> dict[str, Any]:
         """For /admin/status: never the secret, the URL without credentials or query."""
         last = dict(self.last) if self.last else None
-        if last is not None and last["error"]:
-            last["error"] = str(last["error"])[:_ERROR_CHARS]
+        if last is not None:
+            last["at"] = _iso(last["at"])
+            if last["error"]:
+                last["error"] = str(last["error"])[:_ERROR_CHARS]
         return {"name": self.hook.name, "url": redact_webhook_url(self.hook.url),
                 "events": list(self.hook.events), "queued": self.queued,
                 "delivered": self.delivered, "failed": self.failed,
-                "last_delivered_at": self.last_delivered_at, "last_attempt": last}
+                "last_delivered_at": _iso(self.last_delivered_at)
+                if self.last_delivered_at is not None else None, "last_attempt": last}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
