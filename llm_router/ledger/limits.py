@@ -390,6 +390,11 @@ class Ledger:
                     "counted at cost 0 (reported once)", model, provider)
 
     # -- reports
+    def spent(self, user: str, key: str | None, period: str) -> float:
+        """USD ``user`` (or its client ``key``) spent in the current ``period``."""
+        acc = self._users.get(user) if key is None else self._keys.get((user, key))
+        return 0.0 if acc is None else acc.period(period, self.clock()).totals.cost
+
     def usage(self, caller: Caller) -> dict[str, Any]:
         """What ``GET /v1/usage`` shows the caller: its user and its key."""
         now = self.clock()

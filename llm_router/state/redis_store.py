@@ -652,6 +652,25 @@ class RedisStore(StateStore):
         view = await self._fleet_view(wanted)
         return (view or self.ledger).admin_usage(cfg)
 
+    async def spent(self, accounts: list[tuple[str, str | None, str]]) -> list[float]:
+        if not self._up or not accounts:
+            return await super().spent(accounts)
+        now = self.ledger.clock()
+        keys = [self._spend_key(account_id(user, key), period, now)
+                for user, key, period in accounts]
+        pipe = self._redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.hget(k, "cost")
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                res = await pipe.execute()
+            return [float(v or 0.0) for v in res]
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc, keys)
+        except (ValueError, TypeError) as exc:  # a value this router did not write
+            self._failed(ForeignData(str(exc)), keys)
+        return await super().spent(accounts)
+
     async def _fleet_view(self, accounts: list[tuple[str, str | None]]) -> Ledger | None:
         """A ledger holding what Redis has for ``accounts``; None when Redis is away."""
         if not self._up:

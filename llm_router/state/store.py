@@ -30,7 +30,9 @@ from ..ledger.usage import UsageCounters
 from ..observe.metrics import Metrics
 from .health import KeyHealth
 
-__all__ = ["MemoryStore", "StateStore", "TTLMap", "claim_locally"]
+__all__ = ["Account", "MemoryStore", "StateStore", "TTLMap", "claim_locally"]
+
+Account = tuple[str, str | None, str]  # (user, client key or None, budget period)
 
 _KV_MAX: Final = 100_000  # entries the in-process key-value hook keeps at most
 _KV_MAX_BYTES: Final = 64 * 1024 * 1024  # and bytes of values
@@ -92,6 +94,12 @@ class StateStore(ABC):
     @abstractmethod
     async def admin_usage(self, cfg: Config) -> dict[str, Any]:
         """``GET /admin/usage``: fleet-wide where the store is shared."""
+
+    async def spent(self, accounts: list[Account]) -> list[float]:
+        """USD each (user, client key or None for the user, period) spent in its current
+        period: fleet-wide where the store is shared and answers, else this process's."""
+        ledger = self.ledger
+        return [ledger.spent(user, key, period) for user, key, period in accounts]
 
     # -- a small shared key-value map for other features
     @abstractmethod

@@ -4,9 +4,9 @@ Sources, each costing nothing when no receiver wants its event:
 
 * ``budget_threshold``: the state store tells :meth:`Webhooks.recorded` of each
   admission whose usage it recorded; a user or key with a budget is noted (a set add)
-  and a background task reads its spend through the store (fleet-wide with Redis,
-  after the store's queued writes are flushed) and compares it with each receiver's
-  thresholds.
+  and a background task, at most every :data:`_COALESCE_S`, reads the spend of every
+  account noted since through the store (fleet-wide with Redis, after the store's
+  queued writes are flushed) and compares it with each receiver's thresholds.
 * ``circuit_open``, ``key_bad``: :class:`~llm_router.state.health.KeyHealth` calls
   :meth:`Webhooks.health_changed` on those transitions; ``backend_down`` follows when
   no key of the provider is usable any more (each open, half-open or bad), and is armed
@@ -35,14 +35,14 @@ import secrets
 import time
 from collections import deque
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiohttp
 import orjson
 
 from ..config import Budget, Config
-from ..ledger.accounting import Caller
-from ..ledger.limits import Admission, period_end
+from ..ledger.limits import Admission, period_end, period_id
 from ..observe.metrics import Metrics
 from ..state.store import StateStore
 from .outbox import Event, Outbox
@@ -51,7 +51,9 @@ __all__ = ["Webhooks"]
 
 log = logging.getLogger("llm_router.webhooks")
 
-_COALESCE_S: Final = 0.05  # budget checks of a burst of requests run as one
+# Budget checks of a burst run as one: at most this often, one store read for every
+# account touched since (one pipelined round trip with Redis).
+_COALESCE_S: Final = 0.2
 _MAX_PENDING: Final = 10_000  # events waiting for their claim; past it new ones drop
 _DAY_S: Final = 86_400.0
 _TOTAL_TTL_S: Final = 400 * _DAY_S  # a "total" budget's claims
@@ -105,9 +107,9 @@ class Webhooks:
             if self._session is not None:
                 box.start(self._session)
             if kept is not None:
-                box.adopt(kept)
+                box.adopt(kept.hand_over())
         for name, box in old.items():
-            if new.get(name) is not box:
+            if name not in new:
                 self._retire(box)
         self._outboxes = new
         self._wanted = frozenset(e for hook in cfg.webhooks for e in hook.events)
@@ -120,7 +122,7 @@ class Webhooks:
         self._down = {p for p in self._down if p in cfg.providers and self._all_down(p)}
 
     def _retire(self, box: Outbox) -> None:
-        """Stop a receiver a reload removed or replaced, once its attempt in flight ends."""
+        """Stop a receiver a reload removed, once its attempt in flight ends."""
         if self._session is None:
             return  # never started
         task = asyncio.get_running_loop().create_task(box.stop(box.hook.timeout_s))
@@ -242,29 +244,33 @@ class Webhooks:
         touched, self._touched = self._touched, set()
         if not touched:
             return
-        await self.store.settle()  # this replica's spend reaches the fleet's first
+        # Each budget of the touched users and keys, once: (subject, key name, budget).
+        budgets: dict[tuple[str, str | None], tuple[str, str, Budget]] = {}
         users = {u.name: u for u in self.config.users}
-        now = time.time()
-        self._fired = {c: until for c, until in self._fired.items() if until > now}
         for user_name, key_name in touched:
             user = users.get(user_name)
             if user is None:
                 continue
+            if user.budget is not None:
+                budgets[(user_name, None)] = ("user", key_name, user.budget)
             ukey = next((k for k in user.keys if k.name == key_name), None)
-            caller = Caller(user=user_name, key=key_name, budget=user.budget,
-                            key_budget=ukey.budget if ukey is not None else None)
-            report = await self.store.usage(caller)
-            for subject, budget in (("user", caller.budget), ("key", caller.key_budget)):
-                if budget is not None:
-                    self._crossings(subject, caller, budget, report[subject].get("budget"),
-                                    now, prime)
-
-    def _crossings(self, subject: str, caller: Caller, budget: Budget,
-                   doc: dict[str, Any] | None, now: float, prime: bool) -> None:
-        if not doc:
+            if ukey is not None and ukey.budget is not None:
+                budgets[(user_name, key_name)] = ("key", key_name, ukey.budget)
+        if not budgets:
             return
-        spent = float(doc["spent_usd"])
-        account = caller.user if subject == "user" else f"{caller.user}/{caller.key}"
+        await self.store.settle()  # this replica's spend reaches the fleet's first
+        accounts = [(user, key, b.period) for (user, key), (_, _, b) in budgets.items()]
+        spent = await self.store.spent(accounts)
+        now = time.time()
+        self._fired = {c: until for c, until in self._fired.items() if until > now}
+        for ((name, _), (subject, key, budget)), usd in zip(budgets.items(), spent,
+                                                              strict=True):
+            self._crossings(subject, name, key, budget, usd, now, prime)
+
+    def _crossings(self, subject: str, user: str, key: str, budget: Budget, spent: float,
+                   now: float, prime: bool) -> None:
+        account = user if subject == "user" else f"{user}/{key}"
+        pid = period_id(budget.period, now)
         end = period_end(budget.period, now)
         lapse = end if end is not None else now + _TOTAL_TTL_S
         for hook in self.config.webhooks:
@@ -273,21 +279,20 @@ class Webhooks:
             for share in hook.thresholds:
                 if spent < share * budget.usd:
                     break  # thresholds are sorted
-                claim = (f"budget:{subject}:{account}:{budget.period}:{doc['period_id']}:"
-                         f"{budget.usd!r}:{share!r}")
+                claim = f"budget:{subject}:{account}:{budget.period}:{pid}:{budget.usd!r}:{share!r}"
                 if claim in self._fired:
                     continue
                 self._fired[claim] = lapse
                 if prime:
                     continue
                 # Float sums of many costs carry noise past the 9th decimal (a nano-dollar).
-                data = {"subject": subject, "user": caller.user,
-                        "key": caller.key if subject == "key" else None,
+                data = {"subject": subject, "user": user,
+                        "key": key if subject == "key" else None,
                         "threshold": share, "spent_usd": round(spent, 9),
                         "budget_usd": budget.usd,
                         "share": round(spent / budget.usd, 6) if budget.usd else None,
-                        "period": budget.period, "period_id": doc["period_id"],
-                        "resets_at": doc.get("resets_at")}
+                        "period": budget.period, "period_id": pid,
+                        "resets_at": _iso(end) if end is not None else None}
                 self.emit("budget_threshold", claim, lapse - now + _DAY_S, data,
                           "evt_" + hashlib.sha256(claim.encode()).hexdigest()[:24])
 
@@ -318,3 +323,7 @@ class Webhooks:
     def status(self) -> list[dict[str, Any]]:
         """Each receiver's queue and last outcomes (/admin/status)."""
         return [box.status() for box in self._outboxes.values()]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

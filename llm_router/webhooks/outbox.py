@@ -62,11 +62,12 @@ class Outbox:
         self.failed = 0  # rejected, expired or dropped
         self.last: dict[str, Any] | None = None  # the last attempt's outcome, for status
         self.last_delivered_at: float | None = None
-        self._busy = False  # an event is being delivered (not in _queue any more)
+        self._current: Event | None = None  # being delivered (not in _queue any more)
+        self._handed_over = False
 
     @property
     def queued(self) -> int:
-        return len(self._queue) + (1 if self._busy else 0)
+        return len(self._queue) + (1 if self._current is not None else 0)
 
     def put(self, event: Event) -> None:
         """Queue ``event`` (O(1)); past ``max_queue`` the oldest waiting one is dropped."""
@@ -84,10 +85,23 @@ class Outbox:
         self._session = session
         self._task = asyncio.create_task(self._run(), name=f"webhook {self.hook.name}")
 
-    def adopt(self, other: Outbox) -> None:
-        """Take over the waiting events of the receiver this one replaces (a reload)."""
-        while other._queue:
-            self._queue.append(other._queue.popleft())
+    def hand_over(self) -> list[Event]:
+        """Stop at once and give up every event not delivered yet, the one being sent
+        first (a reload changed this receiver: its successor sends them). Cut mid-attempt,
+        that one may reach the receiver twice, with the same id."""
+        self._handed_over = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        events = [self._current] if self._current is not None else []
+        events += self._queue
+        self._current = None
+        self._queue.clear()
+        return events
+
+    def adopt(self, events: list[Event]) -> None:
+        """Send ``events`` (a predecessor's, :meth:`hand_over`) before any new one."""
+        self._queue.extendleft(reversed(events))
         self._depth.set(self.queued)
         self._wake.set()
 
@@ -114,8 +128,7 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                event = self._queue.popleft()
-                self._busy = True
+                event = self._current = self._queue.popleft()
                 try:
                     await self._deliver(event)
                 except Exception:  # a bug must not stop this receiver's deliveries for good
@@ -123,8 +136,9 @@ class Outbox:
                                   event.id)
                     self._finish(event, "expired", time.time())
                 finally:
-                    self._busy = False
-                    self._depth.set(self.queued)
+                    if not self._handed_over:  # else the gauge is the successor's
+                        self._current = None
+                        self._depth.set(self.queued)
 
     async def _deliver(self, event: Event) -> None:
         hook = self.hook
