@@ -169,7 +169,10 @@ def _fleet(up: Upstream, snapshot: Path) -> dict[str, Any]:
                    {"name": "cooling", "models": [{"provider": "cool", "name": "gpt-cool"}]},
                    # inverse weight with prompt-cache affinity: the same prompt pins, then hits
                    {"name": "pinned", "models": [{"provider": "main", "name": "gpt-main"},
-                                                 {"provider": "spare", "name": "gpt-spare"}]}],
+                                                 {"provider": "spare", "name": "gpt-spare"}]},
+                   # the response cache: the same temperature-0 prompt misses, then hits
+                   {"name": "cached", "cache": "exact",
+                    "models": [{"provider": "main", "name": "gpt-main"}]}],
         "users": [
             {"name": "alice", "role": "admin", "keys": [{"key": "sk-alice", "name": "laptop"}],
              "limits": {"rpm": 1000, "tpm": 10000000, "daily_requests": 100000},
@@ -194,6 +197,7 @@ async def _drive(router: Router, up: Upstream, http: aiohttp.ClientSession) -> i
             return resp.status
 
     statuses = [await post("sk-alice", "pinned"), await post("sk-alice", "pinned")]
+    statuses += [await post("sk-alice", "cached", temperature=0) for _ in range(2)]
     for _ in range(3):
         statuses.append(await post("sk-alice", "chat"))
         statuses.append(await post("sk-alice", "chat", stream=True, max_tokens=8))
