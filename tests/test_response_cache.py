@@ -247,8 +247,13 @@ async def test_errors_and_cut_streams_are_not_kept(
     upstream.fake.add_fault(Fault(status=400))
     with pytest.raises(openai.BadRequestError):
         await _chat(router)
+    # An error in a 200 body (some upstreams do that) reaches the client as sent.
+    upstream.fake.add_fault(Fault(status=200, body=b'{"error": {"message": "overloaded"}}'))
+    raw = await router.openai(ALICE).chat.completions.with_raw_response.create(
+        model="g", messages=HELLO, temperature=0)  # type: ignore[arg-type]
+    assert raw.headers["x-router-cache"] == "miss"
     _, h = await _chat(router)
-    assert h["x-router-cache"] == "miss"  # neither error was kept
+    assert h["x-router-cache"] == "miss"  # none of the three errors was kept
     upstream.fake.add_fault(Fault(status=0, cut_after_chunks=2))
     with pytest.raises(openai.APIError):
         stream = await router.openai(ALICE).chat.completions.create(
@@ -260,7 +265,7 @@ async def test_errors_and_cut_streams_are_not_kept(
     assert h["x-router-cache"] == "miss"  # the cut stream was not kept
     _, h = await _chat(router, content="cut")
     assert h["x-router-cache"] == "hit"
-    assert _calls(upstream) == 5
+    assert _calls(upstream) == 6
 
 
 async def test_a_hit_costs_no_budget_but_counts_against_rpm(

@@ -34,22 +34,29 @@ from .routing import Candidate, Target
 __all__ = ["Fill", "open_cache", "serve_hit"]
 
 _SSE_KINDS: Final = frozenset({"chat", "completions", "messages"})
+# The field every successful answer of a route has. A 200 without it (an upstream that
+# reports an error in a 200 body) is relayed as it came, but never kept.
+_ANSWER_FIELD: Final = {"chat": b'"choices"', "completions": b'"choices"',
+                        "embeddings": b'"data"', "messages": b'"content"'}
 
 
 class Fill:
     """A miss's promise to keep its answer, if it comes back whole and successful."""
 
-    __slots__ = ("_cache", "_collector", "_digest", "_ttl_s")
+    __slots__ = ("_cache", "_collector", "_digest", "_field", "_ttl_s")
 
-    def __init__(self, cache: ResponseCache, digest: bytes, ttl_s: float,
+    def __init__(self, cache: ResponseCache, digest: bytes, ttl_s: float, kind: str,
                  collect: Collector | None) -> None:
         self._cache = cache
+        self._field = _ANSWER_FIELD[kind]
         self._digest = digest
         self._ttl_s = ttl_s
         self._collector = collect
 
     def keep(self, body: bytes, cand: Candidate, usage: Usage) -> None:
         """Keep a whole (non-streamed) answer, ``body`` exactly as the client got it."""
+        if self._field not in body:
+            return
         self._cache.put(self._digest, Entry(body, time.time(), cand.provider.name,
                                             cand.member.model, usage.prompt, usage.completion,
                                             usage.cached), self._ttl_s)
@@ -92,7 +99,7 @@ async def open_cache(request: web.Request, state: RouterState, cfg: Config, ex: 
     cache.count(group, ex.cache)
     if not write:
         return None, None
-    return None, Fill(cache, digest, rule.ttl_s,
+    return None, Fill(cache, digest, rule.ttl_s, ex.kind,
                       collector(ex.client, ex.kind) if stream else None)
 
 
