@@ -21,6 +21,10 @@ Answers (what the router sends back):
   ``Optional[...] = None``. In Anthropic's schemas those fields may be absent (if
   present they are still checked).
 
+- an Anthropic ``max_tokens`` is at least 1 (the spec's minimum is 0; Anthropic's API,
+  and the router's edge check, refuse 0): drawn from 1 by
+  ``tests/test_conformance_anthropic.py``.
+
 Requests (which drawn ``/v1/responses`` bodies must be refused; :func:`responses_refused`):
 
 - a field sent as ``null`` reads as absent. The spec allows null on most optional
