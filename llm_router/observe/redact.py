@@ -4,8 +4,9 @@ An upstream may echo what it was sent: a 401 body quoting the ``Authorization`` 
 passed a provider key to the client verbatim. So every upstream body the router relays
 (error bodies, answers, stream events) and every log line go through a
 :class:`Redactor` holding the config's secrets: provider keys (with AWS secret access
-keys and session tokens), Azure Entra client secrets, the shared ``api_key``, and values
-of provider headers whose name says key, token, secret or auth. Each is
+keys and session tokens), Azure Entra client secrets, the shared ``api_key``, webhook
+signing secrets and passwords in webhook URLs, and values of provider headers whose name
+says key, token, secret or auth. Each is
 replaced by ``[redacted]``. Only secrets of 8 characters or more are looked for, so a
 short placeholder cannot garble answers. The cost is one substring search per secret
 per relayed body or event batch (C speed, a few hundred ns for a handful of keys).
