@@ -309,6 +309,38 @@ async def test_key_bad_circuit_open_and_backend_down_come_from_upstream_failures
     assert not receiver.refused
 
 
+async def test_a_provider_that_recovers_and_fails_again_is_a_new_outage(
+        start_router: StartRouter, upstream: Upstream, receiver: Receiver) -> None:
+    router = await start_router({
+        "providers": [openai_provider("up", upstream, [{"key": "sk-up-only", "name": "k"}])],
+        "groups": [{"name": "g", "models": [{"provider": "up", "name": "m"}]}],
+        "circuit": {"window": 4, "min_requests": 2, "failure_rate": 0.5, "open_s": 1.0},
+        "webhooks": [hook(receiver, events=["circuit_open", "backend_down"])]})
+
+    async def outage() -> None:
+        upstream.fake.add_fault(Fault(status=500, times=2))
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):
+                async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                                     json={"model": "g", "messages": HELLO}) as resp:
+                    assert resp.status == 502
+
+    async def recovered() -> bool:  # the half-open probe succeeds: the circuit closes
+        async with aiohttp.ClientSession() as http, http.post(
+                router.url + "/v1/chat/completions", headers=AUTH,
+                json={"model": "g", "messages": HELLO}) as resp:
+            await resp.read()
+            return resp.status == 200
+
+    await outage()
+    await eventually(lambda: _has(receiver, "backend_down", 1))
+    await eventually(recovered)
+    await outage()
+    await eventually(lambda: _has(receiver, "backend_down", 2))
+    assert len(receiver.of("circuit_open")) == 2
+    assert len({e["id"] for e in receiver.events}) == 4
+
+
 async def test_status_and_logs_never_show_the_secret_or_url_credentials(
         start_router: StartRouter, upstream: Upstream, receiver: Receiver,
         caplog: pytest.LogCaptureFixture) -> None:
