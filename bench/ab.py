@@ -9,11 +9,14 @@ noise falls on both sides alike:
     python bench/ab.py --base main                      # main vs this working tree
     python bench/ab.py --base HEAD~3 --head HEAD --scenario stream
     python bench/ab.py --base main --scenario limits --rounds 8 --requests 4000
+    python bench/ab.py --base main --scenario limits --state-a redis --state-b redis
+    python bench/ab.py --base HEAD --head HEAD --scenario limits --state-b redis  # x memory
 
 Each build runs as ``python -m llm_router serve`` with ``PYTHONPATH`` set to its own
 source tree (an exported copy for a revision), so one venv serves both. The figure is the
 router process's time on CPU (every thread's ``/proc/<pid>/task/*/schedstat``, in
-nanoseconds) divided by the requests of the round; the first round of each build is a
+nanoseconds) divided by the requests of the round (the redis-server's CPU, with
+``--state-a/-b redis``, is reported apart); the first round of each build is a
 warm-up and is not counted. The report gives every round and the medians;
 ``bench/results/ab-<stamp>.json`` keeps the raw figures.
 """
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -138,15 +142,20 @@ _PROVIDER_LINES: dict[str, list[str]] = {
 }
 
 
-def _config(path: Path, upstream: str, scenario: str, kind: str = "openai") -> None:
+def _config(path: Path, upstream: str, scenario: str, kind: str = "openai",
+            redis_url: str | None = None) -> None:
     snapshot = str(path.with_suffix(".usage.json"))
+    # Each build its own prefix: the two never share counters.
+    state = ["state:", f"  redis_url: {redis_url}", f"  prefix: ab-{path.stem}"] \
+        if redis_url else []
     ptype, suffix, model = _UPSTREAMS[kind]
     lines = ["host: 127.0.0.1", "port: 8080", "shutdown_grace_s: 1",
              *(line.replace("{snapshot}", snapshot) for line in _SCENARIOS[scenario][1]),
              "providers:", "  - name: fake", f"    type: {ptype}",
              f"    base_url: {upstream}{suffix}",
              *_PROVIDER_LINES.get(kind, ["    api_keys: [sk-upstream-ab]"]),
-             "groups:", "  - name: ab", f"    models: [{{provider: fake, name: {model}}}]"]
+             "groups:", "  - name: ab", f"    models: [{{provider: fake, name: {model}}}]",
+             *state]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -187,19 +196,22 @@ async def _load(url: str, key: str, body: dict[str, object], n: int, concurrency
         return failures, time.perf_counter() - t0
 
 
-def _round(build: Build, args: argparse.Namespace, key: str) -> dict[str, float]:
+def _round(build: Build, args: argparse.Namespace, key: str,
+           redis_pid: int = 0) -> dict[str, float]:
     body, _ = _SCENARIOS[args.scenario]
     route = ("responses" if args.scenario.startswith("responses")
              else "messages" if args.scenario == "messages" else "chat/completions")
     url = f"http://127.0.0.1:{build.port}/v1/{route}"
-    cpu0 = cpu_ns(build.pid)
+    cpu0, r0 = cpu_ns(build.pid), cpu_ns(redis_pid) if redis_pid else 0
     failures, wall = asyncio.run(_load(url, key, body, args.requests, args.concurrency,
                                        args.scenario in _STREAMED))
     cpu = (cpu_ns(build.pid) - cpu0) / 1e9
+    redis_us = (cpu_ns(redis_pid) - r0) / 1e3 / args.requests if redis_pid else 0.0
     if failures:
         raise SystemExit(f"build {build.name} ({build.rev}): {failures} of {args.requests} "
                          "requests failed; see the logs under bench/results/")
-    return {"cpu_us": cpu / args.requests * 1e6, "rps": args.requests / wall}
+    return {"cpu_us": cpu / args.requests * 1e6, "rps": args.requests / wall,
+            "redis_us": redis_us}
 
 
 def main() -> int:
@@ -218,7 +230,15 @@ def main() -> int:
     ap.add_argument("--upstream-b", choices=sorted(_UPSTREAMS), default="openai",
                     help="the same for build B: e.g. --base HEAD --head HEAD --upstream-b "
                     "gemini measures a translated upstream against a passthrough")
+    ap.add_argument("--state-a", choices=("memory", "redis"), default="memory",
+                    help="where build A keeps limits and spend: memory (default) or redis "
+                    "(state.redis_url on a redis-server this script starts)")
+    ap.add_argument("--state-b", choices=("memory", "redis"), default="memory",
+                    help="the same for build B")
     args = ap.parse_args()
+    redis_server = shutil.which("redis-server")
+    if "redis" in (args.state_a, args.state_b) and redis_server is None:
+        raise SystemExit("redis-server not found (apt-get install redis-server)")
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = _BENCH / "results"
@@ -233,6 +253,13 @@ def main() -> int:
             # checkout's own llm_router/ there would shadow PYTHONPATH.
             for b in builds:
                 _check_import(b.tree, work)
+            redis_pid, redis_url = 0, None
+            if redis_server is not None and "redis" in (args.state_a, args.state_b):
+                rport = free_port()
+                redis_pid = children.start("redis", [
+                    redis_server, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", tmp]).pid
+                redis_url = f"redis://127.0.0.1:{rport}/0"
             fake_port = free_port()
             fake = children.start("fake", [
                 sys.executable, "-m", "llm_router", "fake-upstream", "--host", "127.0.0.1",
@@ -240,9 +267,11 @@ def main() -> int:
             children.wait_ready("fake", fake, f"http://127.0.0.1:{fake_port}/v1/models")
             for b in builds:
                 cfg = work / f"ab-{b.name}.yaml"  # one each: a snapshot file is per process
+                state = args.state_a if b.name == "A" else args.state_b
                 scenario = args.scenario if b.name == "A" else args.scenario_b or args.scenario
                 _config(cfg, f"http://127.0.0.1:{fake_port}", scenario,
-                        args.upstream_a if b.name == "A" else args.upstream_b)
+                        args.upstream_a if b.name == "A" else args.upstream_b,
+                        redis_url if state == "redis" else None)
                 b.port = free_port()
                 proc = children.start(f"router-{b.name}", [
                     sys.executable, "-m", "llm_router", "serve", "--config", str(cfg),
@@ -253,13 +282,15 @@ def main() -> int:
                 b.pid = proc.pid
             key = _USER_KEY if args.scenario in _USER_SCENARIOS else _KEY
             for b in builds:  # warm-up: imports, pools, caches; not counted
-                _round(b, args, key)
+                _round(b, args, key, redis_pid)
             for r in range(args.rounds):
                 order = builds if r % 2 == 0 else builds[::-1]
                 for b in order:
-                    b.rounds.append(_round(b, args, key))
-                    print(f"round {r + 1} {b.name}: {b.rounds[-1]['cpu_us']:7.1f} µs CPU/req "
-                          f"{b.rounds[-1]['rps']:7.0f} req/s", flush=True)
+                    b.rounds.append(_round(b, args, key, redis_pid))
+                    x = b.rounds[-1]
+                    print(f"round {r + 1} {b.name}: {x['cpu_us']:7.1f} µs CPU/req "
+                          f"{x['rps']:7.0f} req/s" + (f"  redis {x['redis_us']:5.1f} µs"
+                                                     if redis_pid else ""), flush=True)
         finally:
             children.stop_all()
     return _report(builds, args, results / f"ab-{stamp}.json")
@@ -272,18 +303,23 @@ def _report(builds: list[Build], args: argparse.Namespace, out: Path) -> int:
     scenario = args.scenario + (f" (B: {args.scenario_b})" if args.scenario_b else "")
     print(f"\nscenario {scenario}: {args.rounds} rounds x {args.requests} requests, "
           f"concurrency {args.concurrency}, interleaved; upstreams A {args.upstream_a}, "
-          f"B {args.upstream_b}")
-    print("| build | revision | CPU µs/request (median) | req/s (median) |")
-    print("|---|---|---|---|")
+          f"B {args.upstream_b}; state A {args.state_a}, B {args.state_b}")
+    print("| build | revision | state | CPU µs/request (median) | req/s (median) | "
+          "redis-server CPU µs/request |")
+    print("|---|---|---|---|---|---|")
     for b in builds:
-        print(f"| {b.name} | {b.rev} | {med[b.name]:.1f} | {rps[b.name]:.0f} |")
-    print(f"\nB - A = {delta:+.1f} µs per request ({delta / med['A'] * 100:+.1f} %)")
+        rcpu = statistics.median(r["redis_us"] for r in b.rounds)
+        print(f"| {b.name} | {b.rev} | {args.state_a if b.name == 'A' else args.state_b} | "
+              f"{med[b.name]:.1f} | {rps[b.name]:.0f} | {rcpu:.1f} |")
+    print(f"\nB - A = {delta:+.1f} µs per request ({delta / med['A'] * 100:+.1f} %); "
+          f"B / A = {med['B'] / med['A']:.2f}")
     spread = {b.name: (min(r["cpu_us"] for r in b.rounds), max(r["cpu_us"] for r in b.rounds))
               for b in builds}
     print("round spread: " + ", ".join(f"{n} {lo:.0f}-{hi:.0f}" for n, (lo, hi) in
                                          spread.items()))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"scenario": args.scenario, "requests": args.requests,
+                               "state": {"A": args.state_a, "B": args.state_b},
                                "concurrency": args.concurrency,
                                "builds": [{"name": b.name, "rev": b.rev, "rounds": b.rounds}
                                           for b in builds],

@@ -33,8 +33,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ab import _BODY, _cpu_ns, _load
+from ab import _BODY, _load
 from procs import Children, free_port
+from procs import cpu_ns as _cpu_ns
 
 _BENCH = Path(__file__).resolve().parent
 _REPO = _BENCH.parent

@@ -17,7 +17,6 @@ a store that replicas share (Redis) implements the same two coroutines.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -435,22 +434,21 @@ class KeyValue(Protocol):
 
     async def put(self, name: str, value: bytes, ttl_s: float) -> None: ...
 
-
-_PENDING_MAX: Final = 1024  # pin writes in flight at most; past it a pin is skipped
+    def put_soon(self, name: str, value: bytes, ttl_s: float) -> None: ...
 
 
 class SharedAffinityStore:
     """Pins in a map that replicas share (Redis, through the state store), so a
     conversation's turns agree on its key whichever replica serves them.
 
-    A lookup waits for the map (the pick needs it); a pin is written in the background,
-    so the answer does not wait for the round trip. Pins are best effort: one lost under
-    pressure (more than 1,024 writes pending) costs one turn its cache, nothing else.
+    A lookup waits for the map (the pick needs it); a pin is written in the background
+    (``put_soon``: with the store's next exchange), so the answer does not wait for the
+    round trip. Pins are best effort: one lost (Redis away, or too many writes pending)
+    costs one turn its cache, nothing else.
     """
 
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
-        self._pending: set[asyncio.Task[None]] = set()
 
     async def lookup(self, digest: bytes) -> CounterKey | None:
         raw = await self._kv.get("affinity:" + digest.hex())
@@ -460,15 +458,4 @@ class SharedAffinityStore:
         return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
 
     async def remember(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
-        if len(self._pending) >= _PENDING_MAX:
-            return
-        value = "\x1f".join(pin).encode()
-        task = asyncio.create_task(self._put("affinity:" + digest.hex(), value, ttl_s))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _put(self, name: str, value: bytes, ttl_s: float) -> None:
-        try:
-            await self._kv.put(name, value, ttl_s)
-        except Exception as exc:  # a background write: nobody else would see it fail
-            log.warning("affinity pin not written to the shared store: %r", exc)
+        self._kv.put_soon("affinity:" + digest.hex(), "\x1f".join(pin).encode(), ttl_s)

@@ -81,23 +81,31 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # Redis names scripts by SHA1
 
 
-# KEYS, 7 per account: rpm now, rpm previous minute, tpm now, tpm previous, day, in-flight
-# slots, budget period hash.  ARGV: accounts, seconds into the minute, token estimate, now
-# (ms), slot lease (ms), seconds to UTC midnight, slot member ("replica:seq|USD reserved");
-# then 5 per account: rpm, tpm, daily_requests, max_concurrent, budget USD (-1 if unset).
-# Returns {'ok'} | {'budget', account, spent} | {'limit', account, name, wait, value}.
+# A batch of admissions, decided in order as if each were its own call: each sees what
+# those before it counted, and a refused one counts nothing. KEYS, 14 per group (a group:
+# the admissions of one caller), 7 per account (user, then key): rpm now, rpm previous
+# minute, tpm now, tpm previous, day, in-flight slots, budget period hash. ARGV: groups,
+# seconds into the minute, now (ms), slot lease (ms), seconds to UTC midnight; then 10 per
+# group, 5 per account: rpm, tpm, daily_requests, max_concurrent, budget USD (-1 if
+# unset); then 3 per admission: its group, its token estimate, its slot member
+# ("replica:seq|USD reserved"). Returns one answer per admission: {'ok'} |
+# {'budget', account, spent} | {'limit', account, name, wait, value} (account 1 or 2).
 # The window arithmetic is limits._Window's, and a budget counts what is spent plus what
-# requests in flight reserve, as the Ledger does; so both answer alike.
+# requests in flight reserve, as the Ledger does; so both answer alike. An account's
+# counters are read once per call and its counts written once, at the end.
 ADMIT: Final = Script("""
-local n = tonumber(ARGV[1])
+local groups = tonumber(ARGV[1])
 local elapsed = tonumber(ARGV[2])
-local est = tonumber(ARGV[3])
-local now_ms = tonumber(ARGV[4])
-local lease_ms = tonumber(ARGV[5])
-local day_left = tonumber(ARGV[6])
-local slot = ARGV[7]
-local function num(k)
+local now_ms = tonumber(ARGV[3])
+local lease_ms = tonumber(ARGV[4])
+local day_left = tonumber(ARGV[5])
+local first = 6 + groups * 10
+local function count(k)
   local v = tonumber(redis.call('GET', k) or '0')
+  if v == nil then error('key ' .. k .. ' holds a value that is not a number') end
+  return v
+end
+local function pos(v)
   if v < 0 then return 0 end
   return v
 end
@@ -111,60 +119,113 @@ local function wait(cur, prev, need, limit)
   end
   return (60 - elapsed) + 60 * (1 - (limit - need) / cur)
 end
-for i = 1, n do
-  local a, k = 7 + (i - 1) * 5, (i - 1) * 7
-  local usd = tonumber(ARGV[a + 5])
-  if usd >= 0 then
-    local spent = tonumber(redis.call('HGET', KEYS[k + 7], 'cost') or '0')
-    local reserved = 0
-    redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', now_ms)
-    for _, m in ipairs(redis.call('ZRANGE', KEYS[k + 6], 0, -1)) do
-      reserved = reserved + (tonumber(string.match(m, '|(.*)$')) or 0)
+-- Per account (by its slots key): what Redis held before this call, read when first
+-- needed, and what this call admitted so far (n requests, tokens, USD, slot members).
+local accounts, order, spent = {}, {}, {}
+local function account(k)
+  local s = accounts[KEYS[k + 6]]
+  if s == nil then
+    s = {k = k, n = 0, tokens = 0, usd = 0, members = {}}
+    accounts[KEYS[k + 6]] = s
+    order[#order + 1] = s
+  end
+  return s
+end
+local function window(s, o)
+  if s[o] == nil then s[o] = {count(KEYS[s.k + o + 1]), count(KEYS[s.k + o + 2])} end
+  return s[o]
+end
+local function slots(s, reserved)
+  if s.card ~= nil and (s.reserved ~= nil or not reserved) then return end
+  if not s.trimmed then
+    redis.call('ZREMRANGEBYSCORE', KEYS[s.k + 6], '-inf', now_ms)
+    s.trimmed = true
+  end
+  if reserved then
+    local members, r = redis.call('ZRANGE', KEYS[s.k + 6], 0, -1), 0
+    for _, m in ipairs(members) do r = r + (tonumber(string.match(m, '|(.*)$')) or 0) end
+    s.card, s.reserved = #members, r
+  else
+    s.card = redis.call('ZCARD', KEYS[s.k + 6])
+  end
+end
+local function decide(g, est)
+  for j = 1, 2 do
+    local k, a = (g - 1) * 14 + (j - 1) * 7, 5 + (g - 1) * 10 + (j - 1) * 5
+    local usd = tonumber(ARGV[a + 5])
+    if usd >= 0 then
+      local s = account(k)
+      slots(s, true)
+      local h = KEYS[k + 7]
+      if spent[h] == nil then spent[h] = tonumber(redis.call('HGET', h, 'cost') or '0') end
+      if spent[h] + s.reserved + s.usd >= usd then return {'budget', j, tostring(spent[h])} end
     end
-    if spent + reserved >= usd then return {'budget', i, tostring(spent)} end
+  end
+  local worst = nil
+  local function consider(w, j, name, value)
+    if worst == nil or w > worst[1] then worst = {w, j, name, value} end
+  end
+  for j = 1, 2 do
+    local k, a = (g - 1) * 14 + (j - 1) * 7, 5 + (g - 1) * 10 + (j - 1) * 5
+    local s = account(k)
+    local rpm, tpm = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local daily, conc = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+    if conc >= 0 then
+      slots(s, false)
+      if s.card + s.n >= conc then consider(1.0, j, 'max_concurrent', conc) end
+    end
+    if daily >= 0 then
+      if s.day == nil then s.day = count(KEYS[s.k + 5]) end
+      if pos(s.day + s.n) >= daily then consider(day_left, j, 'daily_requests', daily) end
+    end
+    if rpm >= 0 then
+      local r = window(s, 0)
+      local w = wait(pos(r[1] + s.n), pos(r[2]), 1, rpm)
+      if w > 0 then consider(w, j, 'rpm', rpm) end
+    end
+    if tpm >= 0 then
+      local t = window(s, 2)
+      local w = wait(pos(t[1] + s.tokens), pos(t[2]), est, tpm)
+      if w > 0 then consider(w, j, 'tpm', tpm) end
+    end
+  end
+  if worst ~= nil then return {'limit', worst[2], worst[3], tostring(worst[1]), worst[4]} end
+  return nil
+end
+local out = {}
+for i = 1, (#ARGV - first + 1) / 3 do
+  local a = first + (i - 1) * 3
+  local g, est, slot = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local refused = decide(g, est)
+  if refused ~= nil then
+    out[i] = refused
+  else
+    out[i] = {'ok'}
+    local usd = tonumber(string.match(slot, '|(.*)$')) or 0
+    for j = 1, 2 do
+      local s = account((g - 1) * 14 + (j - 1) * 7)
+      s.n, s.tokens, s.usd = s.n + 1, s.tokens + est, s.usd + usd
+      s.members[#s.members + 1] = now_ms + lease_ms
+      s.members[#s.members + 1] = slot
+    end
   end
 end
-local worst = nil
-local function consider(w, i, name, value)
-  if worst == nil or w > worst[1] then worst = {w, i, name, value} end
-end
-for i = 1, n do
-  local a, k = 7 + (i - 1) * 5, (i - 1) * 7
-  local rpm, tpm = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local daily, conc = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  if conc >= 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', now_ms)
-    if redis.call('ZCARD', KEYS[k + 6]) >= conc then consider(1.0, i, 'max_concurrent', conc) end
-  end
-  if daily >= 0 and num(KEYS[k + 5]) >= daily then
-    consider(day_left, i, 'daily_requests', daily)
-  end
-  if rpm >= 0 then
-    local w = wait(num(KEYS[k + 1]), num(KEYS[k + 2]), 1, rpm)
-    if w > 0 then consider(w, i, 'rpm', rpm) end
-  end
-  if tpm >= 0 then
-    local w = wait(num(KEYS[k + 3]), num(KEYS[k + 4]), est, tpm)
-    if w > 0 then consider(w, i, 'tpm', tpm) end
+for _, s in ipairs(order) do
+  if s.n > 0 then
+    local k = s.k
+    -- An EXPIRE only when the key is new: the first count of its minute or day.
+    if redis.call('INCRBY', KEYS[k + 1], s.n) == s.n then redis.call('EXPIRE', KEYS[k + 1], 150) end
+    if s.tokens ~= 0 and redis.call('INCRBY', KEYS[k + 3], s.tokens) == s.tokens then
+      redis.call('EXPIRE', KEYS[k + 3], 150)
+    end
+    if redis.call('INCRBY', KEYS[k + 5], s.n) == s.n then
+      redis.call('EXPIRE', KEYS[k + 5], 172800)
+    end
+    redis.call('ZADD', KEYS[k + 6], unpack(s.members))
+    redis.call('PEXPIRE', KEYS[k + 6], lease_ms * 2)
   end
 end
-if worst ~= nil then
-  return {'limit', worst[2], worst[3], tostring(worst[1]), worst[4]}
-end
-for i = 1, n do
-  local a, k = 7 + (i - 1) * 5, (i - 1) * 7
-  -- An EXPIRE only when the key is new: the first count of its minute or day.
-  if redis.call('INCRBY', KEYS[k + 1], 1) == 1 then
-    redis.call('EXPIRE', KEYS[k + 1], 150)
-  end
-  if est ~= 0 and redis.call('INCRBY', KEYS[k + 3], est) == est then
-    redis.call('EXPIRE', KEYS[k + 3], 150)
-  end
-  if redis.call('INCR', KEYS[k + 5]) == 1 then redis.call('EXPIRE', KEYS[k + 5], 172800) end
-  redis.call('ZADD', KEYS[k + 6], now_ms + lease_ms, slot)
-  redis.call('PEXPIRE', KEYS[k + 6], lease_ms * 2)
-end
-return {'ok'}
+return out
 """)
 
 # A batch of queued writes, applied at most once: KEYS[1] is the batch's id, kept 10

@@ -3,12 +3,13 @@
 Every replica (and every ``--workers`` process) that shares a Redis and a prefix answers
 as one process would (docs/scaling.md has the operator's view):
 
-* **Admission** of a caller with limits or a budget is one ``EVALSHA`` of
-  :data:`~.redis_keys.ADMIT`: decide and count atomically on the server. A caller with
-  neither costs no round trip: it is admitted locally.
-* **Settling** (usage, spend, slot release) never waits for Redis: it is queued and a
-  flusher writes the queue in one pipeline as soon as it can, so under load many
-  requests share one write.
+* **Admission** of a caller with limits or a budget is decided and counted atomically on
+  the server by :data:`~.redis_keys.ADMIT`; the admissions that arrive while one call is
+  out go together in the next (``redis_admit.py``), each answered as if alone. A caller
+  with neither costs no round trip: it is admitted locally.
+* **Settling** (usage, spend, slot release) never waits for Redis: it is queued, and
+  the next exchange carries it ahead of its admissions; when no admission comes, a
+  flusher writes the queue in one pipeline. Under load many requests share one write.
 * **Selection counters, key quotas and cooldowns** are exchanged in the background
   every ``sync_interval_ms``: this replica pushes what it added since the last sync and
   reads the fleet's totals back (``tokens = fleet total + what is not pushed yet``).
@@ -43,16 +44,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from ..config import Config, Limits, StateSettings
+from ..config import Config, StateSettings
 from ..hub.usage import bounded_count
 from ..ledger.accounting import Caller
-from ..ledger.limits import PERIODS, Admission, Ledger, budget_exhausted, period_end, period_id
-from ..ledger.limits import rate_limited as limit_error
+from ..ledger.limits import PERIODS, Admission, Ledger, period_id
 from ..ledger.usage import CounterKey, UsageCounters
 from ..observe.metrics import Metrics
 from .health import KeyHealth
+from .redis_admit import BATCH, Waiting, pack, refusal
 from .redis_faults import Fault, FaultLog, ForeignData, classify, counts, probe
-from .redis_keys import ADMIT, APPLY, COOLDOWN, SEP, Script, account_id, key_of
+from .redis_keys import ADMIT, APPLY, COOLDOWN, SEP, account_id, key_of
+from .redis_ops import Op, merge
+from .redis_ops import pack as pack_command
+from .redis_report import report, text
 from .store import StateStore, TTLMap, claim_locally
 
 __all__ = ["LEASE_S", "MAX_PENDING", "TIMEOUT_S", "RedisStore"]
@@ -66,10 +70,12 @@ MAX_PENDING: Final = 100_000  # queued writes kept while Redis is away; older on
 _BACKOFF_MIN_S: Final = 0.25  # first reconnect after a failure; doubles per failed try
 _BACKOFF_MAX_S: Final = 5.0
 _PERIOD_TTL: Final = {"daily": 3 * 86400, "weekly": 15 * 86400, "monthly": 63 * 86400}
-_UNSET: Final = -1
+_SPEND_TTLS: Final = tuple(_PERIOD_TTL[p] for p in ("daily", "weekly", "monthly"))
 
-Op = tuple[Any, ...]  # one write of redis_keys.APPLY, queued until the flusher sends it
 _COALESCE_S: Final = 0.005
+_CARRY_S: Final = 0.05  # queued writes wait this long at most for an exchange to carry them
+_UNSENT: Final = object()  # a command's answer when Redis could not be asked
+_COMMANDS_MAX: Final = 10_000  # background writes (put_soon) waiting at most; then skipped
 # get/put values up to this size are also kept in this process, for while Redis is away
 # (affinity pins are tiny; stored responses can be megabytes and stay in Redis only).
 _LOCAL_COPY_MAX: Final = 64 * 1024
@@ -106,6 +112,12 @@ class RedisStore(StateStore):
         self._redis = Redis.from_url(
             settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        # The admitter's one connection. No socket timeout of its own: every call on it is
+        # bounded by asyncio.timeout(TIMEOUT_S), and redis-py would spend a task and two
+        # timers per call enforcing another.
+        self._admit_redis = Redis.from_url(
+            settings.redis_url, socket_timeout=None, socket_connect_timeout=TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0, max_connections=1)
         self._up = False
         self._replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._seq = itertools.count()
@@ -119,6 +131,16 @@ class RedisStore(StateStore):
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._slots: dict[str, tuple[str, ...]] = {}  # live slot -> its sets (lease renewal)
+        # What waits for the next exchange (admissions, kv commands with their futures),
+        # the task sending them (None when idle), the connection it keeps (redis-py's
+        # pool costs per checkout), and when the last exchange went (monotonic).
+        self._admissions: list[Waiting] = []
+        # A command's future is None when nobody waits for its reply (put_soon): the key
+        # then says where a failure was.
+        self._commands: list[tuple[bytes, asyncio.Future[Any] | None, str]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._held: Any = None
+        self._sent_at = float("-inf")
         self._renewed = 0.0
         self._epoch: bytes | None = None
         # Selection counters and key quotas as last read from Redis; the local value
@@ -128,6 +150,7 @@ class RedisStore(StateStore):
         self._quota_day = ""
         self._cooldowns_pushed: dict[tuple[str, str], float] = {}
         self._kv = TTLMap()
+        self._accounts_key = key_of(self.p, "accounts")
         self._closing = False
         self._synced = False
         self._keys_minute = -1
@@ -177,6 +200,10 @@ class RedisStore(StateStore):
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -189,6 +216,7 @@ class RedisStore(StateStore):
         if self._pending_count:
             log.warning("state backend: %d write(s) could not be flushed before exit",
                         self._pending_count)
+        await self._admit_redis.aclose()
         await self._redis.aclose()
 
     async def _connect(self) -> bool:
@@ -268,29 +296,33 @@ class RedisStore(StateStore):
         return [x for _, ops in batches for op in ops for x in op[1:]
                 if isinstance(x, str) and x.startswith(mine)]
 
-    async def _evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """One EVALSHA on a pooled connection, packed here: redis-py's generic command
-        path (retry wrapper, per-argument encoder) cost more CPU than the rest of the
-        admission (bench/README.md)."""
-        command = _pack("EVALSHA", script.sha, len(keys), *keys, *args)
+    async def _exchange(self, commands: list[bytes]) -> list[Any]:
+        """``commands`` (packed here, in one socket write) on the connection kept for the
+        admitter, one exchange at a time; a reply per command, an error reply as its
+        exception. redis-py's generic command path (retry wrapper, per-argument encoder)
+        and its pool checkout cost more CPU than the rest of the admission
+        (bench/README.md)."""
+        pool = self._admit_redis.connection_pool
+        conn = self._held
+        if conn is None:
+            conn = self._held = await pool.get_connection()  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
         try:
-            return await self._call(command)
-        except NoScriptError:  # Redis restarted and lost its scripts
-            await self._redis.script_load(script.source)
-            return await self._call(command)
-
-    async def _call(self, command: bytes) -> Any:
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(command)
-            return await conn.read_response()
+            await conn.send_packed_command(b"".join(commands), check_health=False)
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # an answer: the connection is in step
+                    replies.append(exc)
         except BaseException:
             # A timeout or cancellation mid-answer leaves the connection out of step.
-            await conn.disconnect()
+            self._held = None
+            try:
+                await conn.disconnect()
+            finally:
+                await pool.release(conn)
             raise
-        finally:
-            await pool.release(conn)
+        return replies
 
     # -- limits and spend
     async def admit(self, caller: Caller, estimate_tokens: int,
@@ -304,50 +336,162 @@ class RedisStore(StateStore):
             adm.shared = _Shared(accounts, counted=False)
             return adm
         if self._up:
-            try:
-                async with asyncio.timeout(TIMEOUT_S):
-                    return await self._admit_shared(caller, accounts, estimate_tokens,
-                                                    estimate_cost)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+            loop = asyncio.get_running_loop()
+            waiting = Waiting(caller, accounts, estimate_tokens, estimate_cost,
+                              f"{self._replica}:{next(self._seq)}|{estimate_cost!r}",
+                              loop.create_future())
+            self._admissions.append(waiting)
+            self._send_soon()
+            answer = await waiting.future
+            if answer is not None:
+                return self._admitted(waiting, answer)
         # Degraded: this replica alone enforces the same numbers; the counts are queued.
         adm = self.ledger.admit(caller, estimate_tokens, estimate_cost)
         adm.shared = _Shared(accounts, counted=True)
         self._queue(self._count_offline(accounts, estimate_tokens, self.ledger.clock()))
         return adm
 
-    async def _admit_shared(self, caller: Caller, accounts: tuple[str, str], estimate: int,
-                            cost: float) -> Admission:
-        now = self.ledger.clock()
-        minute = int(now // 60)
-        slot = f"{self._replica}:{next(self._seq)}|{cost!r}"
-        keys: list[str] = []
-        args: list[Any] = [2, now - minute * 60, estimate, int(now * 1000),
-                           int(LEASE_S * 1000), (period_end("daily", now) or now) - now, slot]
-        for acct, limits, budget in ((accounts[0], caller.limits, caller.budget),
-                                     (accounts[1], caller.key_limits, caller.key_budget)):
-            keys += self._account_keys(acct, now,
-                                       budget.period if budget is not None else "total")
-            args += [*_limit_args(limits), budget.usd if budget is not None else _UNSET]
-        try:
-            res = await self._evalsha(ADMIT, keys, args)
-        except ResponseError as exc:
-            raise ForeignData(str(exc), tuple(keys)) if classify(
-                exc, self.p, None).kind == "data" else exc from exc
-        verdict = _text(res[0])
-        if verdict == "budget":
-            is_key = int(res[1]) == 2
-            budget = caller.key_budget if is_key else caller.budget
-            assert budget is not None
-            raise budget_exhausted(caller, is_key, budget, float(_text(res[2])), now)
-        if verdict == "limit":
-            raise limit_error(caller, int(res[1]) == 2, _text(res[2]), int(res[4]),
-                              float(_text(res[3])))
-        zsets = tuple(key_of(self.p, "slots", acct) for acct in accounts)
-        self._slots[slot] = zsets
-        adm = self.ledger.admit(caller, estimate, cost, enforce=False)
-        adm.shared = _Shared(accounts, counted=True, slot=slot, zsets=zsets)
+    def _admitted(self, w: Waiting, answer: Any) -> Admission:
+        """The admission the script's ``answer`` grants ``w``; its 402 or 429 raised."""
+        refused = refusal(w.caller, answer, self.ledger.clock())
+        if refused is not None:
+            raise refused
+        zsets = tuple(key_of(self.p, "slots", acct) for acct in w.accounts)
+        self._slots[w.slot] = zsets
+        adm = self.ledger.admit(w.caller, w.estimate, w.cost, enforce=False)
+        adm.shared = _Shared(w.accounts, counted=True, slot=w.slot, zsets=zsets)
         return adm
+
+    # -- the exchange: one connection, everything waiting goes in one write
+    def _send_soon(self) -> None:
+        if self._sender is None:  # no exchange out: what waits now goes next tick
+            self._sender = asyncio.get_running_loop().create_task(self._exchanges())
+
+    async def _command(self, *args: Any) -> Any:
+        """One command's reply (an error reply as its exception) through the next
+        exchange; :data:`_UNSENT` if Redis could not be asked."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._commands.append((pack_command(*args), future, ""))
+        self._send_soon()
+        return await future
+
+    async def _exchanges(self) -> None:
+        """Send what waits, one exchange at a time, until nothing does: each waiter gets
+        its answer, or None / :data:`_UNSENT` when Redis could not be asked."""
+        batch: list[Waiting] = []
+        commands: list[tuple[bytes, asyncio.Future[Any] | None, str]] = []
+        try:
+            while self._admissions or self._commands:
+                batch, commands = self._admissions[:BATCH], self._commands[:BATCH]
+                del self._admissions[:BATCH], self._commands[:BATCH]
+                now = self.ledger.clock()
+                answers, replies = await self._exchange_all(batch, commands, now) \
+                    if self._up else (None, None)
+                for i, (_, future, key) in enumerate(commands):
+                    reply = replies[i] if replies is not None else _UNSENT
+                    if future is None:
+                        if isinstance(reply, Exception):
+                            self._failed(reply, (key,))
+                    elif not future.done():
+                        future.set_result(reply)
+                for i, w in enumerate(batch):
+                    answer = answers[i] if answers is not None else None
+                    if not w.future.done():
+                        w.future.set_result(answer)
+                    elif answer is not None and answer[0] == b"ok":
+                        self._abandoned(w, now)
+                batch, commands = [], []
+        finally:
+            # Cancelled (shutdown): nobody is left waiting.
+            for w in (*batch, *self._admissions):
+                if not w.future.done():
+                    w.future.set_result(None)
+            for _, future, _ in (*commands, *self._commands):
+                if future is not None and not future.done():
+                    future.set_result(_UNSENT)
+            self._admissions.clear()
+            self._commands.clear()
+            self._sender = None
+
+    async def _exchange_all(self, batch: list[Waiting],
+                            commands: list[tuple[bytes, asyncio.Future[Any] | None, str]],
+                            now: float) -> tuple[list[Any] | None, list[Any] | None]:
+        """One exchange: the ADMIT call for ``batch`` (an answer per admission) and
+        ``commands`` (a reply each); None for both when Redis failed (then down: every
+        admission is decided here until it is back).
+
+        Writes queued since the last flush ride along, first in the same socket write:
+        under load the flusher has nothing left to send, and a slot released or a spend
+        recorded just before counts for these admissions."""
+        keys: list[str] = []
+        admit = b""
+        if batch:
+            keys, args = pack(batch, now, int(LEASE_S * 1000), self._account_keys)
+            admit = pack_command("EVALSHA", ADMIT.sha, len(keys), *keys, *args)
+        riders: list[tuple[str, list[Op]]] = []
+        lock = self._flushing
+        # With admissions, a flush in flight is waited out (a slot it releases must count
+        # for them); else writes are carried only if no flush holds them.
+        hold = bool(batch) or (bool(self._pending) and not lock.locked())
+        if hold:
+            await lock.acquire()
+            if not self._up:  # the flush waited out failed
+                lock.release()
+                return None, None
+            if self._pending and not self._unconfirmed and len(self._pending) <= _BATCH_OPS:
+                self._stage()
+                riders = list(self._unconfirmed)
+        self._sent_at = time.monotonic()
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                applies = [pack_command("EVALSHA", APPLY.sha, 1, batch_id,
+                                        *(x for op in ops for x in op))
+                           for batch_id, ops in riders]
+                replies = await self._exchange(
+                    [*applies, *(c for c, _, _ in commands), *((admit,) if batch else ())])
+                answers = replies[-1] if batch else []
+                if isinstance(answers, NoScriptError):  # Redis restarted and lost them
+                    await self._redis.script_load(ADMIT.source)
+                    await self._redis.script_load(APPLY.source)
+                    answers = (await self._exchange([admit]))[0]
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            return None, None
+        finally:
+            if hold:
+                lock.release()
+        if riders:
+            # Those that failed stay unconfirmed, with their ids: the flusher sends them
+            # again (and says why if they fail again).
+            done = {batch_id for (batch_id, _), r in zip(riders, replies, strict=False)
+                    if not isinstance(r, Exception)}
+            self._unconfirmed = [b for b in self._unconfirmed if b[0] not in done]
+            if self._unconfirmed:
+                self._wake.set()
+        command_replies = replies[len(riders):len(riders) + len(commands)]
+        if isinstance(answers, ResponseError):
+            if classify(answers, self.p, None).kind == "data":
+                # The key the script named first, for the probe.
+                text = str(answers)
+                named = [k for k in keys if k in text]
+                self._failed(ForeignData(text, tuple(dict.fromkeys([*named, *keys]))))
+            else:
+                self._failed(answers)
+            return None, command_replies
+        if not isinstance(answers, list) or len(answers) != len(batch):
+            self._failed(ForeignData(f"ADMIT answered {answers!r:.80}", tuple(keys)))
+            return None, command_replies
+        return answers, command_replies
+
+    def _abandoned(self, w: Waiting, now: float) -> None:
+        """``w`` was admitted in Redis but its request is gone (cancelled while it waited):
+        free its slot and its token estimate, as a release would."""
+        minute = int(now // 60)
+        ops: list[Op] = [("Z", key_of(self.p, "slots", acct), w.slot) for acct in w.accounts]
+        if w.estimate:
+            ops += [("A", key_of(self.p, "w", acct, "tpm", minute), -w.estimate, 150)
+                    for acct in w.accounts]
+        self._queue(ops)
 
     def _account_keys(self, acct: str, now: float, budget_period: str) -> list[str]:
         # Every period boundary is a minute boundary: the keys hold for the minute.
@@ -358,8 +502,10 @@ class RedisStore(StateStore):
         if hit is None:
             if len(self._keys_cache) >= 10_000:
                 self._keys_cache.clear()
-            hit = self._keys_cache[(acct, budget_period)] = self._build_keys(acct, now,
-                                                                             budget_period)
+            hit = self._keys_cache[(acct, budget_period)] = self._build_keys(
+                acct, now, budget_period) if budget_period else [
+                *(self._spend_key(acct, period, now) for period in PERIODS),
+                key_of(self.p, "w", acct, "tpm", minute), key_of(self.p, "slots", acct)]
         return hit
 
     def _build_keys(self, acct: str, now: float, budget_period: str) -> list[str]:
@@ -371,6 +517,11 @@ class RedisStore(StateStore):
                 key_of(self.p, "day", acct, period_id("daily", now)),
                 key_of(self.p, "slots", acct),
                 self._spend_key(acct, budget_period, now)]
+
+    def _settle_keys(self, acct: str, now: float) -> list[str]:
+        """What settling ``acct`` writes this minute: its four period spend hashes (in
+        PERIODS order), its tpm window and its in-flight slots."""
+        return self._account_keys(acct, now, "")
 
     def _spend_key(self, acct: str, period: str, now: float) -> str:
         return key_of(self.p, "spend", acct, period, period_id(period, now))
@@ -411,15 +562,14 @@ class RedisStore(StateStore):
         expiry = int((now + LEASE_S) * 1000)
         ops: list[Op] = []
         for acct in shared.accounts:
-            # Spend ops of one account and model are summed within a batch (_merge_spend).
-            ops.append(("P", *(self._spend_key(acct, period, now) for period in PERIODS),
-                        key_of(self.p, "accounts"), acct, name, 1, prompt_tokens,
-                        completion_tokens, cost or 0.0,
-                        *(_PERIOD_TTL[p] for p in ("daily", "weekly", "monthly"))))
+            keys = self._settle_keys(acct, now)
+            # Spend ops of one account and model are summed within a batch (redis_ops.merge).
+            ops.append(("P", *keys[:4], self._accounts_key, acct, name, 1, prompt_tokens,
+                        completion_tokens, cost or 0.0, *_SPEND_TTLS))
             if delta:
-                ops.append(("A", key_of(self.p, "w", acct, "tpm", int(now // 60)), delta, 150))
+                ops.append(("A", keys[4], delta, 150))
             if old_slot:
-                ops.append(("W", key_of(self.p, "slots", acct), old_slot, shared.slot, expiry))
+                ops.append(("W", keys[5], old_slot, shared.slot, expiry))
         self._queue(ops)
 
     def release(self, adm: Admission) -> None:
@@ -465,6 +615,13 @@ class RedisStore(StateStore):
             # requests cost Redis and this process one call (nobody waits for them).
             await asyncio.sleep(_COALESCE_S)
             self._wake.clear()
+            # While admissions flow, their exchanges carry the queued writes:
+            # the flusher sends only what they have not taken within _CARRY_S.
+            held = 0.0
+            while (self._pending and held < _CARRY_S
+                   and time.monotonic() - self._sent_at < _COALESCE_S):
+                await asyncio.sleep(_COALESCE_S)
+                held += _COALESCE_S
             if self._up:
                 await self._flush()
 
@@ -476,11 +633,7 @@ class RedisStore(StateStore):
 
     async def _flush_locked(self) -> bool:
         while (self._pending or self._unconfirmed) and self._up:
-            while self._pending and len(self._unconfirmed) < 64:
-                ops = _merge_spend([self._pending.popleft()
-                                    for _ in range(min(_BATCH_OPS, len(self._pending)))])
-                self._unconfirmed.append(
-                    (key_of(self.p, "applied", self._replica, next(self._batch_seq)), ops))
+            self._stage()
             try:
                 async with asyncio.timeout(TIMEOUT_S * 2):
                     results = await self._send_batches(self._unconfirmed)
@@ -498,6 +651,14 @@ class RedisStore(StateStore):
                 return False
             self._unconfirmed.clear()
         return self._up
+
+    def _stage(self) -> None:
+        """Queued writes into batches with their ids (``_unconfirmed``), 64 at most."""
+        while self._pending and len(self._unconfirmed) < 64:
+            ops = merge([self._pending.popleft()
+                          for _ in range(min(_BATCH_OPS, len(self._pending)))])
+            self._unconfirmed.append(
+                (key_of(self.p, "applied", self._replica, next(self._batch_seq)), ops))
 
     async def _send_batches(self, batches: list[tuple[str, list[Op]]]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
@@ -645,7 +806,7 @@ class RedisStore(StateStore):
             self._failed(exc, (key_of(self.p, "accounts"),))
             known = set()
         for raw in known:
-            parts = _text(raw).split(SEP)
+            parts = text(raw).split(SEP)
             acct = (parts[1], None) if parts[0] == "u" else (parts[1], parts[2])
             if acct not in wanted:
                 wanted.append(acct)
@@ -694,7 +855,7 @@ class RedisStore(StateStore):
         try:
             async with asyncio.timeout(TIMEOUT_S * 2):
                 res = await pipe.execute()
-            doc = _report(accounts, res, now)
+            doc = report(accounts, res, now)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, keys)
             return None
@@ -708,12 +869,12 @@ class RedisStore(StateStore):
     # -- the generic shared map
     async def get(self, name: str) -> bytes | None:
         if self._up:
-            try:
-                async with asyncio.timeout(TIMEOUT_S):
-                    value = await self._redis.get(key_of(self.p, "kv", name))
-                return value if isinstance(value, bytes) else None
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc, (key_of(self.p, "kv", name),))
+            key = key_of(self.p, "kv", name)
+            value = await self._command("GET", key)
+            if value is None or isinstance(value, bytes):
+                return value
+            if isinstance(value, Exception):
+                self._failed(value, (key,))
         return self._kv.get(name)
 
     async def put(self, name: str, value: bytes, ttl_s: float) -> None:
@@ -721,13 +882,20 @@ class RedisStore(StateStore):
             self._kv.put(name, value, ttl_s)  # also here: it answers while Redis is away
         else:
             self._kv.discard(name)  # an older, smaller value must not answer for it
-        if self._up:
-            try:
-                async with asyncio.timeout(TIMEOUT_S):
-                    await self._redis.set(key_of(self.p, "kv", name), value,
-                                          px=max(1, int(ttl_s * 1000)))
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc, (key_of(self.p, "kv", name),))
+        if not self._up:
+            return
+        key = key_of(self.p, "kv", name)
+        if len(value) <= _LOCAL_COPY_MAX:
+            # Small (affinity pins): with the next exchange, not a call of its own.
+            reply = await self._command("SET", key, value, "PX", max(1, int(ttl_s * 1000)))
+            if isinstance(reply, Exception):
+                self._failed(reply, (key,))
+            return
+        try:  # large (a stored response): apart, not to hold up admissions
+            async with asyncio.timeout(TIMEOUT_S):
+                await self._redis.set(key, value, px=max(1, int(ttl_s * 1000)))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc, (key,))
 
     async def claim(self, name: str, ttl_s: float) -> bool:
         if self._up:
@@ -747,81 +915,13 @@ class RedisStore(StateStore):
             await self._flush()
 
 
-def _report(accounts: list[tuple[str, str | None]], res: list[Any],
-            now: float) -> dict[str, Any]:
-    """What a fleet-view pipeline read (ten results per account), as a ledger dump."""
-    minute = int(now // 60)
-    doc: dict[str, Any] = {"version": 1, "users": [], "keys": []}
-    for i, (user, key) in enumerate(accounts):
-        r = res[i * 10:(i + 1) * 10]
-        row: dict[str, Any] = {
-            "user": user, "day": period_id("daily", now), "day_requests": int(r[8] or 0),
-            "periods": {p: _period_row(period_id(p, now), h) for p, h in zip(PERIODS, r[:4],
-                                                                             strict=True)},
-            "rpm": (minute, _float(r[4]), _float(r[5])),
-            "tpm": (minute, _float(r[6]), _float(r[7])),
-            "concurrent": len(r[9]),
-            "reserved_usd": sum(float(_text(m).rpartition("|")[2] or 0) for m in r[9])}
-        if key is None:
-            doc["users"].append(row)
-        else:
-            doc["keys"].append({**row, "key": key})
-    return doc
-
-
-def _merge_spend(ops: list[Op]) -> list[Op]:
-    """``ops`` with the spend ('P') of each account and model summed into one op: under
-    load many requests of one caller settle within a batch, and Redis does the work once."""
-    spend: dict[tuple[Any, ...], list[Any]] = {}
-    out: list[Op] = []
-    for op in ops:
-        if op[0] != "P":
-            out.append(op)
-            continue
-        ident = op[:8]  # P, four period hashes, accounts set, account, model
-        acc = spend.get(ident)
-        if acc is None:
-            spend[ident] = list(op)
-        else:
-            for i in range(8, 12):  # requests, prompt, completion, cost
-                acc[i] += op[i]
-    out += [(*op[:11], repr(float(op[11])), *op[12:]) for op in spend.values()]
-    return out
-
-
-def _pack(*args: Any) -> bytes:
-    """A command in RESP: ``*N``, then ``$len`` and the bytes of each argument."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-def _limit_args(limits: Limits | None) -> list[int]:
-    if limits is None:
-        return [_UNSET] * 4
-    return [_UNSET if v is None else v for v in (limits.rpm, limits.tpm, limits.daily_requests,
-                                                 limits.max_concurrent)]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _float(value: Any) -> float:
-    return max(0.0, float(value)) if value is not None else 0.0
-
-
-def _period_row(pid: str, h: dict[bytes, bytes]) -> dict[str, Any]:
-    """A spend hash as the ledger's dump row of one period."""
-    def totals(suffix: str = "") -> list[Any]:
-        if suffix:
-            return [int(h.get(f"r|{suffix}".encode(), 0)), int(h.get(f"p|{suffix}".encode(), 0)),
-                    int(h.get(f"c|{suffix}".encode(), 0)),
-                    float(h.get(f"$|{suffix}".encode(), 0.0))]
-        return [int(h.get(b"requests", 0)), int(h.get(b"prompt", 0)),
-                int(h.get(b"completion", 0)), float(h.get(b"cost", 0.0))]
-
-    models = [f.decode()[2:] for f in h if f.startswith(b"r|")]
-    return {"id": pid, "totals": totals(), "models": {m: totals(m) for m in models}}
+    def put_soon(self, name: str, value: bytes, ttl_s: float) -> None:
+        if len(value) > _LOCAL_COPY_MAX:
+            self._kv.discard(name)
+            return  # large values go through put, which a caller waits for
+        self._kv.put(name, value, ttl_s)
+        if self._up and len(self._commands) < _COMMANDS_MAX:
+            key = key_of(self.p, "kv", name)
+            self._commands.append(
+                (pack_command("SET", key, value, "PX", max(1, int(ttl_s * 1000))), None, key))
+            self._send_soon()

@@ -111,6 +111,10 @@ class StateStore(ABC):
         """Keep ``value`` under ``name`` for ``ttl_s`` seconds (best effort when shared)."""
 
     @abstractmethod
+    def put_soon(self, name: str, value: bytes, ttl_s: float) -> None:
+        """:meth:`put` without waiting: written in the background (best effort)."""
+
+    @abstractmethod
     async def claim(self, name: str, ttl_s: float) -> bool:
         """True for the first caller, fleet-wide where the store is shared, to claim
         ``name`` within ``ttl_s`` seconds (``SET NX``); False for every later one. While a
@@ -151,6 +155,9 @@ class MemoryStore(StateStore):
         return self._kv.get(name)
 
     async def put(self, name: str, value: bytes, ttl_s: float) -> None:
+        self._kv.put(name, value, ttl_s)
+
+    def put_soon(self, name: str, value: bytes, ttl_s: float) -> None:
         self._kv.put(name, value, ttl_s)
 
     async def claim(self, name: str, ttl_s: float) -> bool:
