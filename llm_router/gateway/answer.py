@@ -90,8 +90,10 @@ async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
 def _usd_text(cost: float) -> str:
     """``cost`` in plain decimal notation with the shortest digits that parse back to the
     same float, so the headers of many answers sum to exactly what /v1/usage and the
-    access log count (8 fixed decimals lost up to 5e-9 USD an answer)."""
-    return f"{Decimal(repr(cost)):f}"
+    access log count (8 fixed decimals lost up to 5e-9 USD an answer). ``repr`` is that
+    already unless it uses an exponent (below 1e-4, from 1e16): only then Decimal."""
+    text = repr(cost)
+    return text if "e" not in text else f"{Decimal(text):f}"
 
 
 async def answer_as_stream(req: ModelRequest, att: Attempt, resp: UpstreamResponse

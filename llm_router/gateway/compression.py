@@ -8,13 +8,12 @@ reaches the client event by event.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 import brotli
 from aiohttp import hdrs, web
 
-__all__ = ["MIN_COMPRESS_BYTES", "StreamEncoder", "compress_body", "compress_whole_answers",
+__all__ = ["MIN_COMPRESS_BYTES", "StreamEncoder", "compress_body", "compress_whole_answer",
            "negotiate"]
 
 # Below this a compressed JSON body is rarely smaller enough to be worth the CPU.
@@ -22,10 +21,28 @@ MIN_COMPRESS_BYTES: Final = 512
 _PREFERENCE: Final = ("br", "gzip", "deflate")
 
 
+# Accept-Encoding values seen -> their coding: a client sends the same value on every
+# request, and parsing it was ~2 % of a chat request's CPU (bench/profiles-issue27.md).
+# Bounded: past this many distinct values, new ones are parsed each time, not kept.
+_NEGOTIATED: dict[str, str | None] = {}
+_MAX_NEGOTIATED: Final = 256
+
+
 def negotiate(accept_encoding: str | None) -> str | None:
     """The coding to use for a client's ``Accept-Encoding``: br, gzip, deflate or None."""
     if not accept_encoding:
         return None
+    try:
+        return _NEGOTIATED[accept_encoding]
+    except KeyError:
+        pass
+    best = _negotiate(accept_encoding)
+    if len(_NEGOTIATED) < _MAX_NEGOTIATED:
+        _NEGOTIATED[accept_encoding] = best
+    return best
+
+
+def _negotiate(accept_encoding: str) -> str | None:
     quality: dict[str, float] = {}
     for part in accept_encoding.lower().split(","):
         name, _, params = part.strip().partition(";")
@@ -86,13 +103,10 @@ def compress_body(coding: str, data: bytes) -> bytes:
     return zlib.compress(data, 6)
 
 
-@web.middleware
-async def compress_whole_answers(
-        request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+def compress_whole_answer(request: web.Request, resp: web.StreamResponse) -> None:
     """Compress a whole, not yet sent answer the client accepts compressed: /metrics, the
-    status page and the usage reports (model answers and streams compress themselves)."""
-    resp = await handler(request)
+    status page and the usage reports (model answers and streams compress themselves).
+    Called by the edge middleware on what a handler returned (server/app.py)."""
     if (type(resp) is web.Response and not resp.prepared
             and hdrs.CONTENT_ENCODING not in resp.headers):
         body = resp.body
@@ -102,4 +116,3 @@ async def compress_whole_answers(
                 resp.body = compress_body(coding, body)
                 resp.headers[hdrs.CONTENT_ENCODING] = coding
                 resp.headers.add(hdrs.VARY, hdrs.ACCEPT_ENCODING)
-    return resp

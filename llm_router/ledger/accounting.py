@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from ..config import DEFAULT_PRICE, Budget, Config, Limits, Member, Price, User, UserKey, sha256_hex
+from ..config import DEFAULT_PRICE, Budget, Config, Limits, Member, Price, UserKey, sha256_hex
 from ..config.aliases import AliasTable
 from ..errors import Forbidden, Unauthorized
 
@@ -94,10 +94,16 @@ class KeyIndex:
     """Client keys of one config, indexed by sha256; built once per config load."""
 
     def __init__(self, cfg: Config, insecure_no_auth: bool = False) -> None:
-        self._by_hash: dict[str, tuple[User, UserKey]] = {}
+        # The Caller of each key, built once: it is frozen, and the config it reads is
+        # replaced, not changed, by a reload (which builds a new index).
+        self._by_hash: dict[str, tuple[UserKey, Caller]] = {}
         for user in cfg.users:
             for key in user.keys:
-                self._by_hash[key.sha256] = (user, key)
+                self._by_hash[key.sha256] = (key, Caller(
+                    user=user.name, key=key.name, role=user.role, models=user.models,
+                    key_models=key.models, limits=user.limits, key_limits=key.limits,
+                    budget=user.budget, key_budget=key.budget,
+                    aliases=user.alias_table or None))
         self._legacy = sha256_hex(cfg.api_key) if cfg.api_key else None
         self.open = not self._by_hash and self._legacy is None and insecure_no_auth
 
@@ -112,12 +118,8 @@ class KeyIndex:
         # key that is not UTF-8 is just a wrong key (401), not a UnicodeEncodeError (500).
         digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()
         found = self._by_hash.get(digest)
-        if found is not None and hmac.compare_digest(found[1].sha256, digest):
-            user, key = found
-            return Caller(user=user.name, key=key.name, role=user.role, models=user.models,
-                          key_models=key.models, limits=user.limits, key_limits=key.limits,
-                          budget=user.budget, key_budget=key.budget,
-                          aliases=user.alias_table or None)
+        if found is not None and hmac.compare_digest(found[0].sha256, digest):
+            return found[1]
         if self._legacy is not None and hmac.compare_digest(self._legacy, digest):
             return _LEGACY
         raise Unauthorized("Invalid API key.")

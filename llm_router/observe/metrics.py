@@ -25,6 +25,8 @@ import contextlib
 import glob
 import os
 import platform
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -47,7 +49,7 @@ from prometheus_client.registry import Collector
 from .. import __version__
 
 __all__ = ["GAUGE_MODES", "LIMIT_NAMES", "MULTIPROC_DIR_ENV", "REJECTION_REASONS", "Metrics",
-           "UserGauges", "multiprocess_dir", "status_class"]
+           "Series", "UserGauges", "multiprocess_dir", "status_class"]
 
 _P: Final = "llm_router_"
 
@@ -300,7 +302,7 @@ class Metrics:
         self.webhook_queue = Gauge(_P + "webhook_queue_depth",
                                    "Webhook events waiting for delivery", ["webhook"],
                                    registry=r, multiprocess_mode=_mode("webhook_queue_depth"))
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._children: dict[tuple[Any, ...], Series] = {}
 
     def watch_state(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],
                                                    Iterable[tuple[tuple[str, str], str]]]]
@@ -317,10 +319,46 @@ class Metrics:
         if self.exposition is not self.registry:
             self.exposition.register(collector)
 
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, cached."""
+    def child(self, metric: Any, *labels: str) -> Series:
+        """The series ``metric.labels(*labels)``, cached, as a :class:`Series`."""
         key = (id(metric), *labels)
         c = self._children.get(key)
         if c is None:
-            c = self._children[key] = metric.labels(*labels)
+            c = self._children[key] = Series(metric.labels(*labels))
         return c
+
+
+class Series:
+    """One labelled series, updated straight on prometheus-client's value objects.
+
+    ``Counter.inc``, ``Gauge.set`` and ``Histogram.observe`` each check, per call, that
+    the metric is a labelled child and that a counter's amount is not negative, and a
+    histogram walks its buckets one by one: three or four Python calls per update, and a
+    chat request makes about ten updates (bench/profiles-issue27.md). The values are the
+    same objects prometheus-client exposes (in memory, or its memory-mapped files under
+    ``--workers N``), so what a scrape reads is unchanged. The router never passes a
+    negative amount to a counter: its callers count tokens, requests and costs."""
+
+    __slots__ = ("_bounds", "_buckets", "_most_recent", "_sum", "_value")
+
+    def __init__(self, child: Any) -> None:
+        self._value: Any = getattr(child, "_value", None)  # Counter, Gauge
+        # A gauge combined as livemostrecent under --workers: each value carries its time.
+        self._most_recent = bool(getattr(child, "_is_most_recent", False))
+        self._sum: Any = getattr(child, "_sum", None)  # Histogram
+        self._bounds: tuple[float, ...] = tuple(getattr(child, "_upper_bounds", ()))
+        self._buckets = tuple(b.inc for b in getattr(child, "_buckets", ()))
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._value.inc(amount)
+
+    def set(self, value: float) -> None:
+        if self._most_recent:
+            self._value.set(float(value), timestamp=time.time())
+        else:
+            self._value.set(float(value))
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        # The first bucket whose upper bound is >= amount (the last bound is +Inf).
+        self._buckets[bisect_left(self._bounds, amount)](1.0)

@@ -2,10 +2,13 @@
 
 Middlewares, outermost first:
 
-* ``_edge``: request id, in-flight count, the one access-log line and the request
-  metrics, and the single place where errors become OpenAI-shaped (or, on
-  ``/v1/messages``, Anthropic-shaped) JSON. Nothing else renders an error.
-* ``_auth``: the caller behind ``Authorization: Bearer`` / ``x-api-key``.
+* ``connection_middleware`` (connections.py): reserve connections, the header block's size.
+* ``_edge``: request id, in-flight count, the caller behind ``Authorization: Bearer`` /
+  ``x-api-key``, the compression of whole answers, the one access-log line and the
+  request metrics, and the single place where errors become OpenAI-shaped (or, on
+  ``/v1/messages``, Anthropic-shaped) JSON. Nothing else renders an error. One layer,
+  not one per concern: each middleware layer costs every request a coroutine and a call
+  (bench/profiles-issue27.md).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ..errors import (
     Unavailable,
     error_body,
 )
-from ..gateway.compression import compress_whole_answers
+from ..gateway.compression import compress_whole_answer
 from ..gateway.downstream import client_connected
 from ..gateway.proxy import new_request_id
 from ..gateway.router_state import RouterState
@@ -120,7 +123,11 @@ def _make_edge(log_format: str) -> Middleware:
         resp: web.StreamResponse
         try:
             try:
+                if ex is not None:  # the caller; public paths need none
+                    ex.caller = state.keys.authenticate(extract_key(
+                        request.headers.get("Authorization"), request.headers.get("x-api-key")))
                 resp = await handler(request)
+                compress_whole_answer(request, resp)
             except RouterError as err:
                 resp = _error_response(err, request)
                 rejected = _rejection_reason(err, ex)
@@ -274,16 +281,6 @@ def _flush_access_log() -> None:
             handler.flush()
 
 
-@web.middleware
-async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in _PUBLIC:
-        return await handler(request)
-    state = request.app[STATE]
-    key = extract_key(request.headers.get("Authorization"), request.headers.get("x-api-key"))
-    request[EXCHANGE].caller = state.keys.authenticate(key)
-    return await handler(request)
-
-
 async def _tracing(app: web.Application) -> AsyncIterator[None]:
     """OpenTelemetry export when ``otel`` is configured (read at start-up only)."""
     state = app[STATE]
@@ -383,8 +380,7 @@ def create_app(state: RouterState, *, log_format: str = "json") -> web.Applicati
     """The router application around ``state``."""
     # connection_middleware is outermost: a reserve connection's refusal and oversized
     # headers are answered before anything else runs.
-    middlewares: list[Any] = [connection_middleware, _make_edge(log_format), _auth,
-                              compress_whole_answers]
+    middlewares: list[Any] = [connection_middleware, _make_edge(log_format)]
     app = web.Application(middlewares=middlewares,
                           handler_args=server_handler_args(state.config.server))
     app[STATE] = state

