@@ -175,6 +175,10 @@ class Preferences:
     def from_headers(cls, headers: dict[str, str] | object, cfg: Config) -> Preferences:
         get = getattr(headers, "get", None)
         assert get is not None
+        if get("X-Router-Provider-Only") is None and get("X-Router-Provider-Ignore") is None \
+                and get("X-Router-Provider-Order") is None and get("X-Router-Sort") is None \
+                and get("X-Router-Allow-Fallbacks") is None:
+            return _NO_PREFERENCES  # the usual request: none of the headers, nothing to parse
 
         def names(header: str) -> tuple[str, ...]:
             raw = get(header)
