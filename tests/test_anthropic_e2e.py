@@ -23,7 +23,14 @@ from llm_router.config import ConfigError, parse_config
 from llm_router.dialects import anthropic as anthropic_in
 from llm_router.testing.upstream import Fault, count_prompt_tokens
 
-from .conftest import ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import (
+    ROUTER_KEY,
+    MakeUpstream,
+    StartRouter,
+    Upstream,
+    openai_provider,
+    scrape_metrics,
+)
 
 PRICE = {"input": 3.0, "output": 15.0}  # USD per 1M tokens
 WEATHER_TOOL = {
@@ -136,6 +143,36 @@ async def test_anthropic_sdk_stream_from_openai_upstream(start_router: StartRout
     assert total(s, "llm_router_tokens_total", kind="prompt") == prompt
     assert total(s, "llm_router_tokens_total", kind="completion") == 4
     assert total(s, "llm_router_cost_usd_total") == pytest.approx(cost(prompt, 4))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["message", "stream"])
+async def test_cache_reads_of_an_openai_upstream_reach_anthropic_clients_apart(
+        start_router: StartRouter, make_upstream: MakeUpstream, stream: bool) -> None:
+    """OpenAI counts cached prompt tokens inside ``prompt_tokens``; Anthropic reports
+    them as ``cache_read_input_tokens`` beside ``input_tokens``. The second identical
+    request hits the fake's prompt cache, and the client sees Anthropic's split: the two
+    add up to the prompt, as they do on Anthropic's own API."""
+    up = await make_upstream(prompt_cache_ttl_s=600)
+    router = await start_router(via_openai(up))
+    client = router.anthropic()
+    system = "You answer questions about trains, briefly and exactly. " * 40
+
+    async def ask() -> Any:
+        if not stream:
+            return await client.messages.create(model="g", max_tokens=4, system=system,
+                                                messages=HELLO)  # type: ignore[arg-type]
+        async with client.messages.stream(model="g", max_tokens=4, system=system,
+                                          messages=HELLO) as s:  # type: ignore[arg-type]
+            return await s.get_final_message()
+
+    first = await ask()
+    assert first.usage.cache_read_input_tokens in (None, 0)
+    second = await ask()
+    prompt = count_prompt_tokens(up.fake.requests[-1].body)
+    cached = second.usage.cache_read_input_tokens
+    assert cached and 0 < cached <= prompt
+    assert second.usage.input_tokens + cached == prompt
+    assert first.usage.input_tokens == prompt
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -32,8 +32,11 @@ OpenAI-compatible server accepts; content with images is sent as a list of parts
 Lossy in responses: ``stop_sequence`` is always null and ``stop`` becomes ``end_turn``
 (OpenAI does not say which stop sequence matched); ``content_filter`` becomes
 ``refusal``; reasoning output (``reasoning_content``) is dropped; ``refusal`` text is
-returned as text; cached prompt tokens are counted in ``input_tokens`` (no cache
-fields). Tool-call arguments that are not a JSON object become
+returned as text. Usage is Anthropic's: prompt tokens the upstream read from its cache
+(OpenAI's ``prompt_tokens_details.cached_tokens``) are ``cache_read_input_tokens``, and
+``input_tokens`` is the rest, so the three add up to the prompt as they do on Anthropic's
+own API; OpenAI reports no cache writes, so there is no ``cache_creation_input_tokens``.
+Tool-call arguments that are not a JSON object become
 ``{"_raw_arguments": "<the text>"}`` so the client sees what the model produced instead
 of a silently empty call.
 """
@@ -258,8 +261,9 @@ def chat_to_message(resp: dict[str, Any], requested_model: str) -> dict[str, Any
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {"input_tokens": usage.prompt, "output_tokens": usage.completion},
+        "usage": usage.anthropic(),
     }
+
 
 
 def _new_id(prefix: str) -> str:
@@ -353,7 +357,7 @@ class ChatStreamToMessages:
             stop_reason = "tool_use"  # some servers report "stop" after tool calls
         usage: dict[str, int] = {"output_tokens": self.usage.completion}
         if self.usage.prompt:
-            usage["input_tokens"] = self.usage.prompt
+            usage.update(self.usage.anthropic(output=False))
         out.append(_event({"type": "message_delta",
                            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                            "usage": usage}))

@@ -145,6 +145,18 @@ class Usage:
             out["prompt_tokens_details"] = {"cached_tokens": self.cached}
         return out
 
+    def anthropic(self, output: bool = True) -> dict[str, int]:
+        """These counts as an Anthropic ``usage`` object (for translated answers): cache
+        reads apart from ``input_tokens``, as Anthropic reports them, so the two add up
+        to the prompt; ``output`` False leaves ``output_tokens`` out."""
+        cached = min(self.cached, self.prompt)
+        out = {"input_tokens": self.prompt - cached}
+        if cached:
+            out["cache_read_input_tokens"] = cached
+        if output:
+            out["output_tokens"] = self.completion
+        return out
+
     def responses(self) -> dict[str, Any]:
         """These counts as a Responses API ``usage`` object (for translated answers)."""
         return {"input_tokens": self.prompt,
