@@ -723,6 +723,10 @@ class StateSettings:
         "Key namespace in Redis: routers with the same redis_url and prefix share state."))
     sync_interval_ms: int = setting(100, ge=10, doc=(
         "How often selection counters, key quotas and cooldowns are exchanged, in ms."))
+    timeout_ms: int = setting(500, ge=10, le=60000, doc=(
+        "The longest one Redis call may take (a batch: twice this) before this replica "
+        "enforces limits alone until Redis answers again (docs/scaling.md). Raise it "
+        "for a distant or busy Redis; lower it to fail over to local limits sooner."))
 
     @staticmethod
     def _finish(values: dict[str, Any], file_only: dict[str, Any], r: Reader, path: str) -> None:

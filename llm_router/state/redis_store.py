@@ -18,7 +18,7 @@ as one process would (docs/scaling.md has the operator's view):
   :data:`LEASE_S`.
 
 The local ledger, counters and health are always kept too, as this replica's own view.
-When Redis is unreachable or stalls (every call is bounded by :data:`TIMEOUT_S`), the
+When Redis is unreachable or stalls (every call is bounded by ``state.timeout_ms``), the
 store turns *degraded*: limits are enforced by the local ledger, per replica, with the
 same numbers; writes stay queued (bounded by :data:`MAX_PENDING`) and are flushed when
 Redis answers again; ``llm_router_state_backend_up`` reads 0 and a log line says so.
@@ -59,11 +59,10 @@ from .redis_ops import pack as pack_command
 from .redis_report import report, text
 from .store import StateStore, TTLMap, claim_locally
 
-__all__ = ["LEASE_S", "MAX_PENDING", "TIMEOUT_S", "RedisStore"]
+__all__ = ["LEASE_S", "MAX_PENDING", "RedisStore"]
 
 log = logging.getLogger("llm_router.state")
 
-TIMEOUT_S: Final = 0.5  # any one Redis call; then this replica enforces alone
 LEASE_S: Final = 10.0  # a dead replica's concurrency slots free within this
 _RENEW_S: Final = LEASE_S / 4
 MAX_PENDING: Final = 100_000  # queued writes kept while Redis is away; older ones drop
@@ -109,14 +108,16 @@ class RedisStore(StateStore):
         assert settings.redis_url
         self.settings = settings
         self.p = settings.prefix
+        # Any one Redis call (a batch: twice this); past it this replica enforces alone.
+        self.timeout_s = timeout = settings.timeout_ms / 1000
         self._redis = Redis.from_url(
-            settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+            settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
         # The admitter's one connection. No socket timeout of its own: every call on it is
-        # bounded by asyncio.timeout(TIMEOUT_S), and redis-py would spend a task and two
+        # bounded by asyncio.timeout(self.timeout_s), and redis-py would spend a task and two
         # timers per call enforcing another.
         self._admit_redis = Redis.from_url(
-            settings.redis_url, socket_timeout=None, socket_connect_timeout=TIMEOUT_S,
+            settings.redis_url, socket_timeout=None, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), health_check_interval=0, max_connections=1)
         self._up = False
         self._replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -225,7 +226,7 @@ class RedisStore(StateStore):
         fault = self._fault
         suspects = fault.keys if fault is not None and fault.kind == "data" else ()
         try:
-            async with asyncio.timeout(TIMEOUT_S * 2):
+            async with asyncio.timeout(self.timeout_s * 2):
                 await self._redis.ping()
                 for script in (ADMIT, APPLY, COOLDOWN):
                     await self._redis.script_load(script.source)
@@ -443,7 +444,7 @@ class RedisStore(StateStore):
                 riders = list(self._unconfirmed)
         self._sent_at = time.monotonic()
         try:
-            async with asyncio.timeout(TIMEOUT_S):
+            async with asyncio.timeout(self.timeout_s):
                 applies = [pack_command("EVALSHA", APPLY.sha, 1, batch_id,
                                         *(x for op in ops for x in op))
                            for batch_id, ops in riders]
@@ -635,7 +636,7 @@ class RedisStore(StateStore):
         while (self._pending or self._unconfirmed) and self._up:
             self._stage()
             try:
-                async with asyncio.timeout(TIMEOUT_S * 2):
+                async with asyncio.timeout(self.timeout_s * 2):
                     results = await self._send_batches(self._unconfirmed)
                     if any(isinstance(r, NoScriptError) for r in results):
                         # Redis restarted and lost its scripts: load it, send those again.
@@ -727,7 +728,7 @@ class RedisStore(StateStore):
         pipe.hgetall(cool_key)
         pipe.get(key_of(self.p, "epoch"))
         try:
-            async with asyncio.timeout(TIMEOUT_S * 2):
+            async with asyncio.timeout(self.timeout_s * 2):
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
@@ -799,7 +800,7 @@ class RedisStore(StateStore):
             wanted.append((u.name, None))
             wanted += [(u.name, k.name) for k in u.keys]
         try:
-            async with asyncio.timeout(TIMEOUT_S):
+            async with asyncio.timeout(self.timeout_s):
                 known = await self._redis.smembers(key_of(self.p, "accounts")) \
                     if self._up else set()
         except (RedisError, OSError, TimeoutError) as exc:
@@ -823,7 +824,7 @@ class RedisStore(StateStore):
         for k in keys:
             pipe.hget(k, "cost")
         try:
-            async with asyncio.timeout(TIMEOUT_S):
+            async with asyncio.timeout(self.timeout_s):
                 res = await pipe.execute()
             return [float(v or 0.0) for v in res]
         except (RedisError, OSError, TimeoutError) as exc:
@@ -853,7 +854,7 @@ class RedisStore(StateStore):
             keys.append(key_of(self.p, "slots", acct))
             pipe.zrangebyscore(keys[-1], int(now * 1000), "+inf")
         try:
-            async with asyncio.timeout(TIMEOUT_S * 2):
+            async with asyncio.timeout(self.timeout_s * 2):
                 res = await pipe.execute()
             doc = report(accounts, res, now)
         except (RedisError, OSError, TimeoutError) as exc:
@@ -892,7 +893,7 @@ class RedisStore(StateStore):
                 self._failed(reply, (key,))
             return
         try:  # large (a stored response): apart, not to hold up admissions
-            async with asyncio.timeout(TIMEOUT_S):
+            async with asyncio.timeout(self.timeout_s):
                 await self._redis.set(key, value, px=max(1, int(ttl_s * 1000)))
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, (key,))
@@ -901,7 +902,7 @@ class RedisStore(StateStore):
         if self._up:
             key = key_of(self.p, "kv", name)
             try:
-                async with asyncio.timeout(TIMEOUT_S):
+                async with asyncio.timeout(self.timeout_s):
                     won = await self._redis.set(key, b"1", nx=True, px=max(1, int(ttl_s * 1000)))
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc, (key,))
