@@ -157,18 +157,24 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     failure: str | None = None
     try:
         await down.commit(ex, headers)
+        feed_batch = rl.batch_feed(relay)
         while True:
-            parts: list[bytes] = []
-            for raw in batch:
-                seen += 1
-                data = relay.feed(raw)
-                if data:
-                    parts.append(data)
+            if feed_batch is not None:
+                seen += len(batch)
+                sent = feed_batch(batch)
+            else:
+                parts: list[bytes] = []
+                for raw in batch:
+                    seen += 1
+                    data = relay.feed(raw)
+                    if data:
+                        parts.append(data)
+                sent = parts[0] if len(parts) == 1 else b"".join(parts)
             if req.turn is not None and not answered:
                 await req.turn.after_events(cand)  # stored before the client can follow up
                 answered = await pin_response(req, cand)
-            if parts:  # one write (one flush) for the events of one upstream read
-                sent = state.redactor.bytes(parts[0] if len(parts) == 1 else b"".join(parts))
+            if sent:  # one write (one flush) for the events of one upstream read
+                sent = state.redactor.bytes(sent)
                 if req.fill is not None:
                     req.fill.feed(sent)
                 await down.write(ex, sent)

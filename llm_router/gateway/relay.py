@@ -11,11 +11,13 @@ when that side *is* the hub (OpenAI chat).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
 
 from ..config import Provider
+from ..dialects.openai import OpenAIPassthrough
 from ..dialects.registry import DIALECTS
 from ..hub.sse import json_object
 from ..hub.stream import STREAM_ERROR, Relay, Usage, split_events
@@ -27,6 +29,7 @@ __all__ = [
     "Usage",
     "answer_events",
     "answer_usage",
+    "batch_feed",
     "end_event",
     "make_relay",
     "passthrough_usage",
@@ -152,6 +155,13 @@ def make_relay(client: str, wire: str, ptype: ProviderType, requested_model: str
     # The client's transform needs the usage chunk to report usage, whatever it asked.
     inner = ptype.stream(requested_model, include_usage if outer is None else True)
     return inner if outer is None else _Chained(inner, outer)
+
+
+def batch_feed(relay: Relay) -> Callable[[list[bytes]], bytes] | None:
+    """The relay's reader of a whole batch of events at once, when it has one (the
+    OpenAI passthrough: :meth:`OpenAIPassthrough.feed_batch`); else None, and each event
+    goes through ``feed``."""
+    return relay.feed_batch if isinstance(relay, OpenAIPassthrough) else None
 
 
 class _Chained:
