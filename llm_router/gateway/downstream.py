@@ -83,13 +83,14 @@ class Downstream:
         await self.out.write(data)
 
     async def finish(self, ex: Exchange) -> None:
-        """End the stream: the encoder's tail, then the chunked terminator."""
+        """End the stream: the encoder's tail and the chunked terminator, in one write
+        (one send on the socket, not two)."""
         assert self.out is not None
+        tail = b""
         if self.encoder is not None:
             tail = self.encoder.finish()
             ex.bytes_out += len(tail)
-            await self.out.write(tail)
-        await self.out.write_eof()
+        await self.out.write_eof(tail)
 
     @asynccontextmanager
     async def keepalive(self, ex: Exchange, headers: Callable[[web.StreamResponse], None]
