@@ -78,12 +78,26 @@ class SSEParser:
             # The blank line ending the buffered event falls across the two reads.
             self._emit(events, b"\n")
             start = 1
-        while True:
-            end = chunk.find(b"\n\n", start)
-            if end < 0:
-                break
-            self._emit(events, chunk[start:end + 2])
+        # An event ends at the first LF followed by another. The usual event is one
+        # line (JSON holds no raw LF), so the first LF (memchr, cheaper than a search
+        # for b"\n\n") is its end; past a line that is not, b"\n\n" is searched.
+        find, limit, size = chunk.find, self._max, len(chunk)
+        end = find(b"\n", start)
+        while end >= 0:
+            if end + 1 == size or chunk[end + 1] != 10:
+                end = find(b"\n\n", end + 1)
+                if end < 0:
+                    break
+            if self._parts:
+                self._emit(events, chunk[start:end + 2])
+            elif chunk[start] != 10 and end + 2 - start <= limit:
+                # The usual event, whole in this read: _emit's checks, inlined (this
+                # runs for every event of every stream).
+                events.append(chunk[start:end + 2])
+            else:
+                self._emit(events, chunk[start:end + 2])
             start = end + 2
+            end = find(b"\n", start)
         if start < len(chunk):
             rest = chunk[start:] if start else chunk
             if not self._parts and rest[0] == 10:
