@@ -13,7 +13,7 @@ import copy
 import random
 from typing import Any, Final
 
-__all__ = ["WRONG_VALUES", "mutated"]
+__all__ = ["WRONG_VALUES", "messages_body", "mutated"]
 
 # Values that are wrong somewhere: every JSON type, empties, extremes, nested junk.
 WRONG_VALUES: Final[tuple[Any, ...]] = (
@@ -84,3 +84,41 @@ def mutated(rng: random.Random, seed_body: dict[str, Any], most: int = 2) -> dic
     for _ in range(rng.randint(1, most)):
         _mutate_once(rng, body)
     return body
+
+
+_ANTHROPIC_IMAGE: Final = {"type": "image", "source": {
+    "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+
+
+def messages_body(*, server_tool: bool = False, image_in_result: bool = False
+                  ) -> dict[str, Any]:
+    """A valid Anthropic Messages body using most of the request's features (system
+    blocks, a tool, an image, a tool round trip) for model ``oa``: the seed of the
+    Messages fuzz and conformance runs. ``server_tool`` adds Anthropic's web search,
+    ``image_in_result`` an image inside the tool result: the fuzz run sends both, the
+    conformance run, which needs each seed answered 200 by every member, neither."""
+    lookup = {"name": "lookup", "description": "find things",
+              "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    result: list[dict[str, Any]] = [{"type": "text", "text": "cats purr"}]
+    if image_in_result:
+        result.append(_ANTHROPIC_IMAGE)
+    return {
+        "model": "oa", "max_tokens": 32, "temperature": 0.5, "top_p": 0.9,
+        "stop_sequences": ["END"], "system": [{"type": "text", "text": "Be brief."}],
+        "metadata": {"user_id": "u1"},
+        "tools": [lookup] + ([{"type": "web_search_20250305", "name": "web_search"}]
+                             if server_tool else []),
+        "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "look up cats"},
+                                         _ANTHROPIC_IMAGE]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "looking"},
+                {"type": "tool_use", "id": "toolu_1", "name": "lookup",
+                 "input": {"q": "cats"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": False,
+                 "content": result},
+                {"type": "text", "text": "thanks"}]},
+        ],
+    }

@@ -34,32 +34,13 @@ from hypothesis_jsonschema import from_schema
 from .conformance import document, problems
 from .conformance.quirks import ANTHROPIC_EXTRA_EVENTS
 from .conftest import ROUTER_KEY, StartRouter, Upstream, openai_provider
-from .fuzz import mutated
+from .fuzz import messages_body, mutated
 
 EXAMPLES: Final = int(os.environ.get("CONFORMANCE_EXAMPLES", "40"))
 HEADERS: Final = {"x-api-key": ROUTER_KEY, "anthropic-version": "2023-06-01",
                   "Content-Type": "application/json"}
 
-_IMAGE: Final = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                             "data": "iVBORw0KGgo="}}
-MESSAGES: Final[dict[str, Any]] = {
-    "model": "oa", "max_tokens": 32, "temperature": 0.5, "top_p": 0.9,
-    "stop_sequences": ["END"], "system": [{"type": "text", "text": "Be brief."}],
-    "metadata": {"user_id": "u1"},
-    "tools": [{"name": "lookup", "description": "find things",
-               "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}],
-    "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
-    "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "look up cats"}, _IMAGE]},
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "looking"},
-            {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "cats"}}]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": False,
-             "content": [{"type": "text", "text": "cats purr"}]},
-            {"type": "text", "text": "thanks"}]},
-    ],
-}
+MESSAGES: Final[dict[str, Any]] = messages_body()
 SEEDS: Final[dict[str, list[dict[str, Any]]]] = {
     "/v1/messages": [MESSAGES, {**MESSAGES, "stream": True},
                      {"model": "oa", "max_tokens": 8, "system": "s", "stream": True,

@@ -20,32 +20,12 @@ import aiohttp
 import pytest
 
 from .conftest import AUTH, StartRouter, Upstream, openai_provider
-from .fuzz import mutated
+from .fuzz import messages_body, mutated
 
 EXAMPLES: Final = 300  # per route: well under a second each on loopback
 SEED: Final = 23
 
-_IMAGE: Final = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                             "data": "iVBORw0KGgo="}}
-MESSAGES: Final[dict[str, Any]] = {
-    "model": "oa", "max_tokens": 32, "temperature": 0.5, "top_p": 0.9,
-    "stop_sequences": ["END"], "system": [{"type": "text", "text": "Be brief."}],
-    "metadata": {"user_id": "u1"},
-    "tools": [{"name": "lookup", "description": "find things",
-               "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}},
-              {"type": "web_search_20250305", "name": "web_search"}],
-    "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
-    "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "look up cats"}, _IMAGE]},
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "looking"},
-            {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "cats"}}]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": False,
-             "content": [{"type": "text", "text": "cats purr"}, _IMAGE]},
-            {"type": "text", "text": "thanks"}]},
-    ],
-}
+MESSAGES: Final[dict[str, Any]] = messages_body(server_tool=True, image_in_result=True)
 RESPONSES: Final[dict[str, Any]] = {
     "model": "oa", "instructions": "Be brief.", "max_output_tokens": 32, "temperature": 0.2,
     "store": True, "metadata": {"team": "a"}, "text": {"format": {"type": "text"}},
