@@ -155,6 +155,7 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     seen = 0
     answered = False  # a Responses answer was stored (and its id pinned)
     failure: str | None = None
+    finished = False  # the client's response was ended with the last events
     try:
         await down.commit(ex, headers)
         feed_batch = rl.batch_feed(relay)
@@ -177,7 +178,13 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
                 sent = state.redactor.bytes(sent)
                 if req.fill is not None:
                     req.fill.feed(sent)
-                await down.write(ex, sent)
+                if relay.done and relay.failure is None:
+                    # The terminal event: sent with the stream's end, in one write. Still
+                    # in this try, so a client gone now is a 499 as before.
+                    await down.finish(ex, sent)
+                    finished = True
+                else:
+                    await down.write(ex, sent)
             if relay.done or relay.failure is not None:
                 # The terminal event ([DONE], message_stop, response.completed) or an
                 # error event went out: end the client's response now, not at the
@@ -220,8 +227,9 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         if req.fill is not None:  # ended by its terminal event, no error: kept whole
             req.fill.keep_stream(cand, Usage(ex.prompt_tokens, ex.completion_tokens,
                                              relay.usage.cached))
-    with suppress(ConnectionError):
-        await down.finish(ex)
+    if not finished:
+        with suppress(ConnectionError):
+            await down.finish(ex)
     assert down.out is not None
     return down.out
 

@@ -82,15 +82,16 @@ class Downstream:
         self.last_write = time.monotonic()
         await self.out.write(data)
 
-    async def finish(self, ex: Exchange) -> None:
-        """End the stream: the encoder's tail and the chunked terminator, in one write
-        (one send on the socket, not two)."""
+    async def finish(self, ex: Exchange, data: bytes = b"") -> None:
+        """End the stream: ``data`` (the last events, if any), the encoder's tail and the
+        chunked terminator, in one write (one send on the socket, not up to three)."""
         assert self.out is not None
-        tail = b""
         if self.encoder is not None:
-            tail = self.encoder.finish()
-            ex.bytes_out += len(tail)
-        await self.out.write_eof(tail)
+            data = (self.encoder.encode(data) if data else b"") + self.encoder.finish()
+        ex.bytes_out += len(data)
+        if data:
+            self.last_write = time.monotonic()
+        await self.out.write_eof(data)
 
     @asynccontextmanager
     async def keepalive(self, ex: Exchange, headers: Callable[[web.StreamResponse], None]
