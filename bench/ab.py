@@ -260,16 +260,12 @@ def main() -> int:
                     redis_server, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", tmp]).pid
                 redis_url = f"redis://127.0.0.1:{rport}/0"
-            fake_port = free_port()
-            fake = children.start("fake", [
-                sys.executable, "-m", "llm_router", "fake-upstream", "--host", "127.0.0.1",
-                "--port", str(fake_port)], env=_env(builds[1].tree), cwd=work)
-            children.wait_ready("fake", fake, f"http://127.0.0.1:{fake_port}/v1/models")
+            upstream = children.start_fake(_env(builds[1].tree), work)
             for b in builds:
                 cfg = work / f"ab-{b.name}.yaml"  # one each: a snapshot file is per process
                 state = args.state_a if b.name == "A" else args.state_b
                 scenario = args.scenario if b.name == "A" else args.scenario_b or args.scenario
-                _config(cfg, f"http://127.0.0.1:{fake_port}", scenario,
+                _config(cfg, upstream, scenario,
                         args.upstream_a if b.name == "A" else args.upstream_b,
                         redis_url if state == "redis" else None)
                 b.port = free_port()

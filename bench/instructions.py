@@ -100,12 +100,7 @@ def main() -> int:
             for tree in trees.values():
                 _check_import(tree, work)
             env = _env(trees[revs[-1]])
-            fake_port = free_port()
-            fake = children.start("fake", [
-                sys.executable, "-m", "llm_router", "fake-upstream", "--host", "127.0.0.1",
-                "--port", str(fake_port)], env=env, cwd=work)
-            upstream = f"http://127.0.0.1:{fake_port}"
-            children.wait_ready("fake", fake, upstream + "/v1/models")
+            upstream = children.start_fake(env, work)
             if hop_cases:
                 port = free_port()
                 results["hop"] = _count(children, "hop", [

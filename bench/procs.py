@@ -16,6 +16,7 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -122,6 +123,18 @@ class Children:
                 preexec_fn=_die_with_parent)  # safe: the harness runs no threads
         self._procs.append((name, proc))
         return proc
+
+    def start_fake(self, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                   *extra: str) -> str:
+        """Start ``llm-router fake-upstream`` (with ``extra`` flags) on a free loopback
+        port and wait until it serves; returns its root URL (:meth:`stop_all` stops it)."""
+        port = free_port()
+        proc = self.start("fake", [sys.executable, "-m", "llm_router", "fake-upstream",
+                                   "--host", "127.0.0.1", "--port", str(port), *extra],
+                          env=env, cwd=cwd)
+        root = f"http://127.0.0.1:{port}"
+        self.wait_ready("fake", proc, root + "/v1/models")
+        return root
 
     def adopt(self, name: str, proc: subprocess.Popen[bytes]) -> None:
         """Track a child started elsewhere, so :meth:`stop_all` stops it too."""

@@ -146,12 +146,7 @@ def main() -> int:
                                          "--bind", "127.0.0.1", "--save", "", "--appendonly",
                                          "no", "--dir", tmp])
                 redis_url = f"redis://127.0.0.1:{rport}/0"
-            fake_port = free_port()
-            fake = children.start("fake", [
-                sys.executable, "-m", "llm_router", "fake-upstream", "--host", "127.0.0.1",
-                "--port", str(fake_port)], env=env, cwd=work)
-            upstream = f"http://127.0.0.1:{fake_port}"
-            children.wait_ready("fake", fake, upstream + "/v1/models")
+            upstream = children.start_fake(env, work)
             hop_port = free_port()
             hop_proc = children.start("hop", [sys.executable, str(_BENCH / "forwarder.py"),
                                               "--port", str(hop_port), "--upstream", upstream],

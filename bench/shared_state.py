@@ -123,12 +123,7 @@ def main() -> int:
             redis = children.start("redis", [redis_server, "--port", str(rport), "--bind",
                                              "127.0.0.1", "--save", "", "--appendonly", "no",
                                              "--dir", tmp])
-            fake_port = free_port()
-            fake = children.start("fake", [
-                sys.executable, "-m", "llm_router", "fake-upstream", "--host", "127.0.0.1",
-                "--port", str(fake_port)], env=env, cwd=work)
-            upstream = f"http://127.0.0.1:{fake_port}"
-            children.wait_ready("fake", fake, upstream + "/v1/models")
+            upstream = children.start_fake(env, work)
             for t in targets:
                 t.port = free_port()
                 if t.name == "hop":
