@@ -294,6 +294,38 @@ async def test_a_mid_stream_exception_ends_the_stream_with_that_error(
                    "reason=stream_error}"] == 1
 
 
+@pytest.mark.parametrize(("exception", "state"), [
+    ("throttlingException", "cooldown"), ("modelStreamErrorException", "ok")])
+async def test_a_mid_stream_throttle_cools_the_key_as_a_429_does(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        exception: str, state: str) -> None:
+    """A stream Bedrock cuts with a throttlingException took the key's quota: the key
+    cools (the next request goes to the other key) as after a 429 before the stream.
+    Another mid-stream exception only counts as a failure."""
+    second = {"access_key_id": "AKIAFAKEBEDROCK00002", "secret_access_key": "second-secret-key",
+              "name": "second"}
+    upstream.fake.bedrock.credentials["AKIAFAKEBEDROCK00002"] = ("second-secret-key", "")
+    router = await start(start_router, upstream, keys=[SIGV4, second])
+    upstream.fake.bedrock.faults.append(BedrockFault(
+        stream_exception=exception, after_events=4, access_key=DEMO_ACCESS_KEY_ID))
+    stream = {"model": "claude", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    # Until a request lands on the faulted key: selection is by weight, not by order.
+    for _ in range(10):
+        async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                             json=stream) as resp:
+            body = await resp.read()
+        if b'"error"' in body:
+            break
+    else:
+        pytest.fail("no request reached the faulted key")
+    assert router.state.health.label("aws", "main") == state
+    if state == "cooldown":
+        for _ in range(4):
+            async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                                 json=stream) as resp:
+                assert resp.headers["X-Router-Key"] == "second"
+
+
 async def test_the_openai_sdk_raises_the_mid_stream_error(start_router: StartRouter,
                                                           upstream: Upstream) -> None:
     router = await start(start_router, upstream)

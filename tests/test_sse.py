@@ -13,6 +13,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from llm_router.hub.sse import EventTooLarge, SSEParser
+from llm_router.hub.stream import throttled
 from llm_router.testing.upstream import chat_chunks, messages_events
 
 from .conftest import StartRouter
@@ -164,3 +165,20 @@ async def test_openai_upstream_with_cr_line_ends_split_everywhere(
     assert text == "".join(c["choices"][0]["delta"].get("content") or ""
                            for c in chat_chunks(_BODY, "m") if c["choices"])
     assert chunks[-1].choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(("events", "expected"), [
+    ([b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+      b'"message":"Overloaded"}}\n\n'], True),
+    ([b'data: {"error":{"message":"slow down","type":"rate_limit_error",'
+      b'"code":"ThrottlingException"}}\n\n'], True),
+    ([b'data: {"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}\n\n'], True),
+    ([b'data: {"error":{"message":"bad input","type":"invalid_request_error"}}\n\n'], False),
+    # A model's text about rate limits in the same read is not the error.
+    ([b'data: {"choices":[{"delta":{"content":"the rate_limit_error means"}}]}\n\n',
+      b'data: {"error":{"message":"model crashed","type":"server_error"}}\n\n'], False),
+    ([b'data: {"choices":[{"delta":{"content":"rate_limit"}}]}\n\n'], False),
+], ids=["anthropic-overloaded", "bedrock-throttle", "gemini-exhausted", "other-error",
+        "text-about-limits", "no-error"])
+def test_throttled_reads_only_the_error_event(events: list[bytes], expected: bool) -> None:
+    assert throttled(events) is expected

@@ -19,7 +19,7 @@ from decimal import Decimal
 import orjson
 from aiohttp import web
 
-from ..hub.stream import Relay
+from ..hub.stream import Relay, throttled
 from ..hub.usage import Usage
 from ..ledger.accounting import cost_usd
 from ..providers import UPSTREAM_ERRORS, AttemptFailure, UpstreamResponse, failure_from_exception
@@ -214,7 +214,11 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         ex.error = failure
         state.metrics.child(state.metrics.upstream_errors, provider.name, cand.key.label,
                             failure).inc()
-        state.health.record_failure(provider.name, cand.key.label, cfg.circuit)
+        # An in-band throttle (Bedrock's throttlingException mid-stream, Anthropic's
+        # overloaded_error) cools the key as a 429 would; batch is the read that ended it.
+        state.health.record_failure(provider.name, cand.key.label, cfg.circuit,
+                                    rate_limited=relay.failure is not None
+                                    and throttled(batch))
         # b"" when the upstream's own error event already ended the client's stream.
         event = relay.fail(f"upstream '{provider.name}' stream was interrupted ({failure})")
         if event:

@@ -18,7 +18,8 @@ import orjson
 from .sse import DONE, frame
 from .usage import Usage  # the validated counts; re-exported for the transforms
 
-__all__ = ["STREAM_ERROR", "Dialect", "Relay", "Usage", "openai_error_event", "split_events"]
+__all__ = ["STREAM_ERROR", "Dialect", "Relay", "Usage", "openai_error_event", "split_events",
+           "throttled"]
 
 
 class Dialect(StrEnum):
@@ -35,6 +36,24 @@ class Dialect(StrEnum):
 
 # Metric reason for an upstream that reported an error inside its stream.
 STREAM_ERROR: Final = "stream_error"
+
+# What an in-band error says when the upstream is rate limited or overloaded, in every
+# dialect it reaches the router in: OpenAI's rate_limit_exceeded / rate_limit_error (a
+# Bedrock throttlingException frame is translated to the latter, its name kept as the
+# code), Anthropic's rate_limit_error and overloaded_error, Gemini's RESOURCE_EXHAUSTED.
+_THROTTLED: Final = (b"rate_limit", b"overloaded_error", b"hrottling", b"RESOURCE_EXHAUSTED")
+
+
+def throttled(events: list[bytes]) -> bool:
+    """Whether the in-band error among ``events`` (the upstream read that ended a stream
+    with its own error) says the upstream is rate limited or overloaded: the key then
+    cools as after a 429, not only counting a failure. Only the last event holding an
+    error is read, so a model's text about rate limits in the same read does not count.
+    """
+    for raw in reversed(events):
+        if b'"error"' in raw or raw.startswith(b"event: error"):
+            return any(marker in raw for marker in _THROTTLED)
+    return False
 
 
 class Relay(Protocol):
