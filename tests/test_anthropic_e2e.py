@@ -736,7 +736,10 @@ async def test_upstream_in_band_errors_reach_the_client_once_and_count_as_failur
         start_router: StartRouter, erring_upstream: str) -> None:
     router = await start_router({
         "providers": [
-            {"name": "an", "type": "anthropic", "base_url": erring_upstream, "api_keys": ["a"]},
+            # Two keys: an overloaded_error cools the key that got it, as a 529 would,
+            # so the third request goes to the other one.
+            {"name": "an", "type": "anthropic", "base_url": erring_upstream,
+             "api_keys": [{"key": "a", "name": "a1"}, {"key": "a-2", "name": "a2"}]},
             {"name": "oa", "type": "openai", "base_url": erring_upstream + "/v1",
              "api_keys": ["o"]}],
         "groups": [{"name": "an", "models": [{"provider": "an", "name": "m"}]},
@@ -744,6 +747,7 @@ async def test_upstream_in_band_errors_reach_the_client_once_and_count_as_failur
     })
     body = {"max_tokens": 5, "stream": True, "messages": HELLO}
     got: dict[str, str] = {}
+    keys_used: dict[str, list[str]] = {}
     async with aiohttp.ClientSession() as http:
         for route, group in (("/v1/messages", "an"), ("/v1/messages", "oa"),
                              ("/v1/chat/completions", "an")):
@@ -751,6 +755,10 @@ async def test_upstream_in_band_errors_reach_the_client_once_and_count_as_failur
                                  headers={"x-api-key": ROUTER_KEY}) as resp:
                 assert resp.status == 200
                 got[f"{route} {group}"] = (await resp.read()).decode()
+                keys = keys_used.setdefault(group, [])
+                keys.append(resp.headers["X-Router-Key"])
+    assert len(set(keys_used["an"])) == 2  # the overloaded key cooled
+    assert {router.state.health.label("an", k) for k in ("a1", "a2")} == {"cooldown"}
     native = got["/v1/messages an"]
     assert native.count("event: error") == 1 and '"overloaded_error"' in native
     assert native.rstrip().endswith('"message":"Overloaded"}}')
