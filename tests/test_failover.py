@@ -252,7 +252,8 @@ async def test_429_without_timing_gets_an_escalating_default_cooldown(
     a, b = await make_upstream(), await make_upstream()
     router = await start_router({
         **_group(openai_provider("a", a), openai_provider("b", b)),
-        "circuit": {"cooldown_base_s": 0.1, "cooldown_max_s": 0.5, "min_requests": 50},
+        # Long enough that a loaded CI box sends the next request inside the cooldown.
+        "circuit": {"cooldown_base_s": 0.4, "cooldown_max_s": 2.0, "min_requests": 50},
     })
     label = key_label("sk-a")
     health = router.state.health.state("a", label)
@@ -269,10 +270,10 @@ async def test_429_without_timing_gets_an_escalating_default_cooldown(
             assert skipped.headers["X-Router-Attempts"] == "1"
             assert skipped.headers["X-Router-Provider"] == "b"
     assert len(a.fake.requests) == 3
-    # 0.1 s, then 0.3 s, then 0.9 s capped at 0.5 s: never none, never unbounded.
-    assert 0 < cooldowns[0] <= 0.1
-    assert 0.1 < cooldowns[1] <= 0.3
-    assert 0.3 < cooldowns[2] <= 0.5
+    # 0.4 s, then 1.2 s, then 3.6 s capped at 2 s: never none, never unbounded.
+    assert 0 < cooldowns[0] <= 0.4
+    assert 0.4 < cooldowns[1] <= 1.2
+    assert 1.2 < cooldowns[2] <= 2.0
     # A success resets the escalation.
     while router.state.health.label("a", label) == "cooldown":
         await asyncio.sleep(0.02)
