@@ -23,6 +23,7 @@ from pytest_aiohttp import AiohttpServer
 from llm_router.config import load_config
 from llm_router.gateway.router_state import RouterState
 from llm_router.server.app import start_server
+from llm_router.server.reload import RELOADER
 from llm_router.testing.upstream import FakeUpstream
 
 ROUTER_KEY = "sk-test-router"
@@ -49,6 +50,12 @@ class Router:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    async def reload(self) -> None:
+        """Apply the config file now, through the router's own reloader. A test that swapped
+        the config itself could race the file watcher: a reload the watcher started on an
+        earlier write may swap its older content in after the test's swap."""
+        assert await self.runner.app[RELOADER].reload("test", force=True) is True
 
     def openai(self, key: str = ROUTER_KEY, **kw: Any) -> openai.AsyncOpenAI:
         c = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kw)

@@ -16,7 +16,6 @@ import orjson
 import pytest
 import yaml
 
-from llm_router.config import load_config
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream, openai_provider, scrape_metrics
@@ -174,7 +173,7 @@ async def test_a_pinned_key_that_leaves_the_config_moves_once_and_re_pins(
     config["groups"][0]["models"] = [m for m in config["groups"][0]["models"]
                                      if m["provider"] in {p["name"] for p in config["providers"]}]
     router.config_path.write_text(yaml.safe_dump({**config, "api_key": "sk-test-router"}))
-    router.state.swap_config(load_config(router.config_path))
+    await router.reload()
     moved = await conv.turn(router)
     for _ in range(3):
         await conv.turn(router)

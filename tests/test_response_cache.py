@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from llm_router.config import ConfigError, load_config, parse_config, sha256_hex
+from llm_router.config import ConfigError, parse_config, sha256_hex
 from llm_router.testing.upstream import Fault
 
 from .conftest import (
@@ -350,10 +350,10 @@ async def test_a_reload_turns_the_cache_on_and_off(
     _, h = await _chat(router)
     assert "x-router-cache" not in h
     write_config(router.config_path, _config(upstream, {"mode": "exact", "ttl_s": 60}))
-    router.state.swap_config(load_config(router.config_path))
+    await router.reload()
     assert [(await _chat(router))[1]["x-router-cache"] for _ in range(2)] == ["miss", "hit"]
     write_config(router.config_path, _config(upstream, "off"))
-    router.state.swap_config(load_config(router.config_path))
+    await router.reload()
     _, h = await _chat(router)
     assert "x-router-cache" not in h
     assert _calls(upstream) == 3
