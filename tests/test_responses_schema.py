@@ -72,6 +72,14 @@ async def test_each_constrained_field_is_refused_with_a_400_naming_it(
                          json={"model": "g", "input": "x", "safety_identifier": "s" * 65}) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["param"] == "safety_identifier"
+    # Several bad fields: the 400 names the first in FIELDS' order, whatever the body's.
+    body = {"model": "g", "input": "x", "reasoning": {"effort": "extreme"}, "top_p": -1,
+            "store": "yes"}
+    async with http.post(router.url + "/v1/responses", headers=AUTH, json=body) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["param"] == "store"
+    body = {"model": "g", "input": "x", "reasoning": {"effort": "extreme"}, "top_p": -1}
+    async with http.post(router.url + "/v1/responses", headers=AUTH, json=body) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["param"] == "top_p"
     assert not upstream.fake.requests
     for extra in VALID:
         async with http.post(router.url + "/v1/responses", headers=AUTH,

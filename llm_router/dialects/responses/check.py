@@ -128,13 +128,56 @@ def _at(body: dict[str, Any], path: tuple[str, ...]) -> Any:
 _PATHS: Final = tuple((name, tuple(name.split(".")), rule) for name, rule in FIELDS)
 
 
+_Test = Callable[[Any], bool]
+_Keyed = tuple[_Test, tuple[tuple[str, _Test], ...]]  # a field's test, its children's
+
+
+def _by_key() -> dict[str, _Keyed]:
+    """:data:`FIELDS` by top-level name: (its test, (child name, test) for each child)."""
+    out: dict[str, _Keyed] = {}
+    for name, (test, _) in FIELDS:
+        parent, _, child = name.partition(".")
+        if child:
+            assert "." not in child and parent in out, name  # parents come first
+            own, children = out[parent]
+            out[parent] = own, (*children, (child, test))
+        else:
+            out[name] = test, ()
+    return out
+
+
+_BY_KEY: Final = _by_key()
+
+
+def _fields_pass(body: dict[str, Any]) -> bool:
+    """Whether every field of :data:`FIELDS` the body carries passes its rule: one look
+    per field the body has, instead of one per rule (most bodies carry a few fields)."""
+    rules = _BY_KEY
+    for key, value in body.items():
+        if value is None:
+            continue
+        rule = rules.get(key)
+        if rule is None:
+            continue
+        test, children = rule
+        if not test(value):
+            return False
+        for child, child_test in children:
+            inner = value.get(child) if isinstance(value, dict) else None
+            if inner is not None and not child_test(inner):
+                return False
+    return True
+
+
 def check_body(body: dict[str, Any]) -> None:
     """Raise :class:`BadRequest` for the first field that breaks OpenAI's schema, or that
     the router cannot read as documented."""
-    for name, path, (test, must) in _PATHS:
-        value = _at(body, path)
-        if value is not None and not test(value):
-            raise _fail(name, must)
+    if not _fields_pass(body):
+        # Some field fails: find the first in FIELDS' order, which the message names.
+        for name, path, (test, must) in _PATHS:
+            value = _at(body, path)
+            if value is not None and not test(value):
+                raise _fail(name, must)
     _check_format((body.get("text") or {}).get("format"))
     _check_tools(body.get("tools") or [], body.get("tool_choice"))
     raw = body.get("input")
