@@ -43,24 +43,28 @@ _MAX_DROPPED: Final = 16
 class ResponsesTurn:
     """The Responses-specific facts of one request (built once, before any attempt)."""
 
-    __slots__ = ("_relay", "_remembered", "body", "dropped", "frame", "history",
-                 "history_bytes", "hosted", "origin", "owner", "previous_id", "refused",
-                 "response_id", "store")
+    __slots__ = ("_declared", "_relay", "_remembered", "body", "dropped", "frame", "history",
+                 "history_bytes", "hosted", "inputs", "origin", "owner", "previous_id",
+                 "refused", "response_id", "store")
 
     def __init__(self, body: dict[str, Any], model: str, store: ResponseStore, owner: str,
                  previous: StoredResponse | None) -> None:
         self.body = body
         self.history: list[dict[str, Any]] = previous.items if previous else []
-        self.frame = ResponseFrame(body, model, history=self.history)
+        # The body read once: its input as items, and the tools it offers.
+        self.inputs = responses_in.input_items(body)
+        self._declared = responses_in.declared_tools(body, self.history, self.inputs)
+        self.frame = ResponseFrame(body, model, namespaced=responses_in.namespaced_tools(
+            body, self.history, self._declared))
         self.store = store
         self.owner = owner
         self.previous_id: str | None = body.get("previous_response_id")
         # Sent upstream with this turn: counts toward its prompt estimate.
         self.history_bytes = len(orjson.dumps(self.history)) if self.history else 0
         self.origin = previous.origin if previous else None
-        self.refused = responses_in.refusal(body)  # what a chat member cannot serve
+        self.refused = responses_in.refusal(body, self.inputs)  # what a chat member cannot serve
         # Hosted tools: a chat member goes without them when its provider drops them.
-        self.hosted = responses_in.hosted_tools(body, self.history)
+        self.hosted = responses_in.hosted_tools(body, self.history, self._declared)
         self.dropped: tuple[str, ...] = ()  # the tool types the answering member went without
         self._relay: _ResponsesRelay | None = None
         self._remembered = False
@@ -154,11 +158,13 @@ class ResponsesTurn:
                 # A conversation the router kept: sent whole (without the router's item
                 # ids, which this upstream never issued) instead of by reference.
                 out.pop("previous_response_id", None)
-                out["input"] = [_without_ids(i) for i in self.history] + \
-                    responses_in.input_items(body)
+                out["input"] = [_without_ids(i) for i in self.history] + self.inputs
             return "responses", out
-        chat = responses_in.responses_to_chat(body, model, self.history)
-        self.dropped = tuple(dict.fromkeys(kind for _, kind, _ in self.hosted))[:_MAX_DROPPED]
+        chat = responses_in.responses_to_chat(body, model, self.history, inputs=self.inputs,
+                                              declared=self._declared,
+                                              namespaced=self.frame.namespaced)
+        self.dropped = tuple(dict.fromkeys(kind for _, kind, _ in self.hosted))[:_MAX_DROPPED] \
+            if self.hosted else ()
         if up == _HUB:
             return "chat/completions", chat
         return ptype.request(chat, provider, stream)
@@ -179,7 +185,9 @@ class ResponsesTurn:
         usage = ptype.usage(doc) if up != _HUB else Usage.from_openai(doc.get("usage"))
         if up != _HUB:
             doc = ptype.answer(doc, self.frame.model)
-        response = responses_in.chat_to_response(doc, self.frame)
+            response = responses_in.chat_to_response(doc, self.frame)
+        else:  # the counts just read are the answer's own
+            response = responses_in.chat_to_response(doc, self.frame, usage)
         await self._remember(response, cand)
         return orjson.dumps(response), usage
 
@@ -215,8 +223,7 @@ class ResponsesTurn:
         if cand.provider.responses == "native":
             entry = StoredResponse(response, self.owner, [], cand.counter_key)
         else:
-            items = [*self.history, *responses_in.input_items(self.body),
-                     *response.get("output", ())]
+            items = [*self.history, *self.inputs, *response.get("output", ())]
             entry = StoredResponse(response, self.owner, items)
         await self.store.put(entry)
 

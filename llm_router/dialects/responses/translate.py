@@ -32,10 +32,9 @@ in short:
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 from ...hub.chat import first_choice
@@ -79,8 +78,9 @@ _INCOMPLETE: Final = {"length": "max_output_tokens", "content_filter": "content_
 
 
 def new_item_id(prefix: str) -> str:
-    """An id like the Responses API's own (``resp_…``, ``msg_…``, ``fc_…``)."""
-    return f"{prefix}_{secrets.token_hex(24)}"
+    """An id like the Responses API's own (``resp_…``, ``msg_…``, ``fc_…``): 24 random
+    bytes from the OS, as ``secrets.token_hex`` gives them, in one call."""
+    return f"{prefix}_{os.urandom(24).hex()}"
 
 
 def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -92,28 +92,35 @@ def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [item for item in raw or [] if isinstance(item, dict)]
 
 
-def refusal(body: dict[str, Any]) -> tuple[str, str] | None:
-    """(parameter, why) for the first part of the request a chat member cannot serve."""
+def refusal(body: dict[str, Any], inputs: list[dict[str, Any]] | None = None
+            ) -> tuple[str, str] | None:
+    """(parameter, why) for the first part of the request a chat member cannot serve
+    (``inputs``: :func:`input_items` of the body, when already known)."""
     for name, why in _REFUSED_FIELDS.items():
         value = body.get(name)
         if value is not None and value is not False:
             return name, f"'{name}' is not supported by this model's chat members: {why}."
-    for i, item in enumerate(input_items(body)):
+    if isinstance(body.get("input"), str):
+        return None  # one user message of text
+    for i, item in enumerate(inputs if inputs is not None else input_items(body)):
         item_why = _item_refusal(item)
         if item_why is not None:
             return f"input[{i}]", item_why
     return None
 
 
-def declared_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = None
-                   ) -> list[tuple[str, Any]]:
+def declared_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = None,
+                   inputs: list[dict[str, Any]] | None = None) -> list[tuple[str, Any]]:
     """``(parameter, tool)`` for every tool the request offers: ``tools``, and the tools
     of ``additional_tools`` input items (Codex CLI sends its tools that way for some
-    models), in the conversation it continues and in its own input."""
+    models), in the conversation it continues and in its own input (``inputs``: its
+    :func:`input_items`, when already known)."""
     out: list[tuple[str, Any]] = [(f"tools[{i}]", t) for i, t in enumerate(body.get("tools")
                                                                            or [])]
+    if not history and isinstance(body.get("input"), str):
+        return out  # no items that could carry tools
     for where, items in (("previous_response_id", history or ()),
-                         ("input", input_items(body))):
+                         ("input", inputs if inputs is not None else input_items(body))):
         for j, item in enumerate(items):
             if item.get("type") == "additional_tools" and isinstance(item.get("tools"), list):
                 out += [(f"{where}[{j}].tools[{i}]" if where == "input" else where, t)
@@ -121,15 +128,15 @@ def declared_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = 
     return out
 
 
-def hosted_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = None
-                 ) -> list[tuple[str, str, str]]:
+def hosted_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = None,
+                 declared: list[tuple[str, Any]] | None = None) -> list[tuple[str, str, str]]:
     """``(parameter, tool type, why)`` for each tool a chat member cannot run: hosted
     tools (``web_search``, ``file_search``...), tools inside a namespace other than
     functions (``custom``), and a ``tool_choice`` naming a hosted tool. A member whose
     provider says ``responses_unsupported_tools: drop`` goes without them; ``refuse``
-    answers 400."""
+    answers 400. ``declared``: :func:`declared_tools`, when already known."""
     out: list[tuple[str, str, str]] = []
-    for param, tool in declared_tools(body, history):
+    for param, tool in declared if declared is not None else declared_tools(body, history):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind == "function":
             continue
@@ -162,12 +169,18 @@ def _tool_type(kind: Any) -> str:
     return kind if isinstance(kind, str) and _TOOL_TYPE.fullmatch(kind) else "unknown"
 
 
-def namespaced_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = None
+def namespaced_tools(body: dict[str, Any], history: list[dict[str, Any]] | None = None,
+                     declared: list[tuple[str, Any]] | None = None
                      ) -> dict[str, tuple[str, str]]:
     """Chat function name → ``(namespace, name)`` for each function tool inside a
     ``namespace`` tool. Names are ``{namespace}__{name}`` cut to what chat allows, with
-    ``_2``, ``_3``... where that would collide with another tool's name."""
-    tools = [t for _, t in declared_tools(body, history) if isinstance(t, dict)]
+    ``_2``, ``_3``... where that would collide with another tool's name. ``declared``:
+    :func:`declared_tools`, when already known."""
+    if declared is None:
+        declared = declared_tools(body, history)
+    if not declared:
+        return {}
+    tools = [t for _, t in declared if isinstance(t, dict)]
     taken = {t.get("name") for t in tools if t.get("type") == "function"}
     out: dict[str, tuple[str, str]] = {}
     for tool in tools:
@@ -210,22 +223,35 @@ def _item_refusal(item: dict[str, Any]) -> str | None:
 
 
 def responses_to_chat(body: dict[str, Any], upstream_model: str,
-                      history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                      history: list[dict[str, Any]] | None = None, *,
+                      inputs: list[dict[str, Any]] | None = None,
+                      declared: list[tuple[str, Any]] | None = None,
+                      namespaced: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
     """The chat-completions request equivalent to a Responses request.
 
     ``history`` holds the items of the conversation ``previous_response_id`` continues
     (earlier inputs and outputs, oldest first); the request's own input follows them.
-    Call :func:`refusal` first: parts it would refuse are skipped here.
+    Call :func:`refusal` first: parts it would refuse are skipped here. ``inputs``,
+    ``declared`` and ``namespaced``: :func:`input_items`, :func:`declared_tools` and
+    :func:`namespaced_tools` of the same request, when the caller already has them.
     """
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
         messages.append({"role": "system", "content": instructions})
-    offered = [t for _, t in declared_tools(body, history) if isinstance(t, dict)]
-    namespaced = namespaced_tools(body, history)
+    if declared is None:
+        declared = declared_tools(body, history)
+    offered = [t for _, t in declared if isinstance(t, dict)]
+    if namespaced is None:
+        namespaced = namespaced_tools(body, history, declared)
     flat_names = {pair: flat for flat, pair in namespaced.items()}
-    for item in [*(history or ()), *input_items(body)]:
-        _add_item(messages, item, flat_names)
+    text_input = body.get("input")
+    if not history and isinstance(text_input, str):
+        messages.append({"role": "user", "content": text_input})  # the one item's message
+    else:
+        for item in [*(history or ()), *(inputs if inputs is not None
+                                          else input_items(body))]:
+            _add_item(messages, item, flat_names)
     out: dict[str, Any] = {"model": upstream_model, "messages": messages}
     for name in _COPIED:
         if body.get(name) is not None:
@@ -337,45 +363,56 @@ def _joined_text(content: Any) -> str:
     return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
 
 
+def _echo(body: dict[str, Any]) -> dict[str, Any]:
+    """The request's settings as every ``response`` object echoes them, in the order
+    the API lists them. A field sent as null reads as absent: the object carries the
+    schema's default, never null where the schema says boolean or object; ``user``,
+    ``prompt_cache_key`` and ``safety_identifier`` (typed strings, not nullable, not
+    required) are left out when not sent."""
+    get = body.get
+    reasoning, user, truncation = get("reasoning"), get("user"), get("truncation")
+    echo: dict[str, Any] = {
+        "instructions": get("instructions"), "max_output_tokens": get("max_output_tokens"),
+        "previous_response_id": get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None} if reasoning is None else reasoning,
+        "temperature": get("temperature"), "top_p": get("top_p")}
+    if user is not None:
+        echo["user"] = user
+    echo["truncation"] = "disabled" if truncation is None else truncation
+    echo["service_tier"] = get("service_tier")
+    for name in ("prompt_cache_key", "safety_identifier"):
+        value = get(name)
+        if value is not None:
+            echo[name] = value
+    metadata, parallel, store, text, choice, tools = (
+        get("metadata"), get("parallel_tool_calls"), get("store"), get("text"),
+        get("tool_choice"), get("tools"))
+    echo["metadata"] = {} if metadata is None else metadata
+    echo["parallel_tool_calls"] = True if parallel is None else parallel
+    echo["store"] = True if store is None else store
+    echo["text"] = {"format": {"type": "text"}} if text is None else text
+    echo["tool_choice"] = "auto" if choice is None else choice
+    echo["tools"] = [] if tools is None else tools
+    return echo
+
+
 class ResponseFrame:
     """What every ``response`` object of one request repeats: its id, creation time,
     model and the request's settings (the API echoes them back)."""
 
     __slots__ = ("created_at", "echo", "id", "model", "namespaced")
 
-    _ECHOED: Final = ("instructions", "max_output_tokens", "previous_response_id",
-                      "reasoning", "temperature", "top_p", "user", "truncation",
-                      "service_tier", "prompt_cache_key", "safety_identifier")
-    _OMITTED_IF_NULL: Final = ("user", "prompt_cache_key", "safety_identifier")
-    _DEFAULTS: Final[tuple[tuple[str, Callable[[], Any]], ...]] = (
-        ("metadata", dict), ("parallel_tool_calls", lambda: True), ("store", lambda: True),
-        ("text", lambda: {"format": {"type": "text"}}), ("tool_choice", lambda: "auto"),
-        ("tools", list))
-
     def __init__(self, body: dict[str, Any], model: str, response_id: str | None = None,
-                 history: list[dict[str, Any]] | None = None) -> None:
+                 history: list[dict[str, Any]] | None = None,
+                 namespaced: dict[str, tuple[str, str]] | None = None) -> None:
         self.id = response_id or new_item_id("resp")
         self.created_at = int(time.time())
         self.model = model
         # Chat names of namespaced function tools → (namespace, name): calls come back
-        # to the client as it declared them.
-        self.namespaced = namespaced_tools(body, history)
-        echo: dict[str, Any] = {k: body.get(k) for k in self._ECHOED}
-        # The schema types these as strings, not nullable, and does not require them:
-        # absent when not sent.
-        for name in self._OMITTED_IF_NULL:
-            if echo[name] is None:
-                del echo[name]
-        # A field sent as null reads as absent: the Response object carries the
-        # schema's default, never null where the schema says boolean or object.
-        for name, default in self._DEFAULTS:
-            value = body.get(name)
-            echo[name] = default() if value is None else value
-        if echo["reasoning"] is None:
-            echo["reasoning"] = {"effort": None, "summary": None}
-        if echo["truncation"] is None:
-            echo["truncation"] = "disabled"
-        self.echo = echo
+        # to the client as it declared them (``namespaced``, when the caller has them).
+        self.namespaced = namespaced if namespaced is not None \
+            else namespaced_tools(body, history)
+        self.echo = _echo(body)
 
     def call_item(self, call_id: str, chat_name: str, arguments: str, status: str
                   ) -> dict[str, Any]:
@@ -416,8 +453,10 @@ def status_of(finish_reason: Any) -> tuple[str, str | None]:
     return ("incomplete", reason) if reason else ("completed", None)
 
 
-def chat_to_response(chat: dict[str, Any], frame: ResponseFrame) -> dict[str, Any]:
-    """The ``response`` object equivalent to a ``chat.completion``."""
+def chat_to_response(chat: dict[str, Any], frame: ResponseFrame,
+                     usage: Usage | None = None) -> dict[str, Any]:
+    """The ``response`` object equivalent to a ``chat.completion`` (``usage``: its
+    ``usage`` as :meth:`Usage.from_openai` reads it, when the caller has it)."""
     message, text, finish_reason = first_choice(chat)
     output: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
@@ -437,4 +476,7 @@ def chat_to_response(chat: dict[str, Any], frame: ResponseFrame) -> dict[str, An
                                       function.get("name") or "",
                                       function.get("arguments") or "", "completed"))
     status, incomplete = status_of(finish_reason)
-    return frame.response(status, output, usage_to_responses(chat.get("usage")), incomplete)
+    counts = chat.get("usage")
+    if usage is not None and counts is not None:
+        return frame.response(status, output, usage.responses(), incomplete)
+    return frame.response(status, output, usage_to_responses(counts), incomplete)
