@@ -102,7 +102,9 @@ class ResponsesTurn:
                                  param="previous_response_id",
                                  code="previous_response_elsewhere")
             del key
-        elif not any(self._may_serve(providers[m.provider]) for m in members):
+        elif (self.refused is not None or self.hosted) and \
+                not any(self._may_serve(providers[m.provider]) for m in members):
+            # (With nothing refused and no hosted tool, every member may serve.)
             param, why = self.refused if self.refused is not None else self.hosted[0][::2]
             raise BadRequest(why, param=param, code="unsupported_parameter")
 
