@@ -96,7 +96,10 @@ class StreamEncoder:
 def compress_body(coding: str, data: bytes) -> bytes:
     """A whole response body in one go."""
     if coding == "br":
-        return bytes(brotli.compress(data, quality=4))
+        # Quality 3, as for streams: on JSON answers of 0.7 to 17 KB it took 55 to 75 %
+        # of quality 4's CPU (15 against 28 µs at 0.7 KB, 138 against 252 at 17 KB,
+        # brotli 1.2) for 0.5 to 2.5 % more bytes (7 % on a 1 KB Responses object).
+        return bytes(brotli.compress(data, quality=3))
     if coding == "gzip":
         z = zlib.compressobj(6, zlib.DEFLATED, 31)
         return z.compress(data) + z.flush()
