@@ -3,7 +3,8 @@ probes, idle connections closed first, and oversized headers answered in JSON.
 
 aiohttp bounds some of this itself and is configured for it (``server_handler_args``):
 the keep-alive idle close, the size of one header line and the number of headers. What
-it lacks is here, in a protocol subclass and one middleware:
+it lacks is here, in a protocol subclass whose ``begin`` and ``end`` the edge
+(server/app.py) calls around each request:
 
 * **Header timeout.** A connection must complete its request line and headers within
   ``server.header_timeout_s`` of opening, or of the first byte of its next request.
@@ -28,6 +29,7 @@ import logging
 import resource
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from itertools import chain
 from typing import Any, Final, cast
 
@@ -38,7 +40,7 @@ from ..config import ServerSettings
 from ..errors import BadRequest, HeadersTooLarge, RouterError, Unavailable, error_body
 
 __all__ = ["RESERVE_PATHS", "ConnectionGuard", "GuardedProtocol", "GuardedRunner",
-           "connection_limits", "connection_middleware", "server_handler_args"]
+           "connection_limits", "server_handler_args"]
 
 log = logging.getLogger("llm_router")
 
@@ -132,13 +134,6 @@ class ConnectionGuard:
             self._sweep = self._loop.call_later(self._period(), self._sweep_slow)
         return True
 
-    def busy(self, proto: GuardedProtocol) -> None:
-        self._idle.pop(proto, None)
-
-    def idle(self, proto: GuardedProtocol) -> None:
-        if proto.counted:
-            self._idle[proto] = None
-
     def closed(self, proto: GuardedProtocol) -> None:
         if proto.counted:
             self._forget(proto)
@@ -204,6 +199,28 @@ class GuardedProtocol(web.RequestHandler):
         self._guard.closed(self)
         super().connection_lost(exc)
 
+    def begin(self, request: web.Request) -> web.Response | None:
+        """A request starts on this connection: it is busy until :meth:`end`. The answer
+        when the request is refused (a reserve connection off the probe paths, a header
+        block too large), else None. Called first by the edge (server/app.py)."""
+        self.busy = True
+        self.headers_since = 0.0
+        self._guard._idle.pop(self, None)
+        refusal = _refusal(request, self, self._guard.server)
+        if refusal is None:
+            return None
+        resp = web.Response(status=refusal.status, content_type="application/json",
+                            body=error_body(refusal, anthropic=request.path.startswith(
+                                "/v1/messages")), headers=refusal.headers())
+        resp.force_close()
+        return resp
+
+    def end(self) -> None:
+        """The request of :meth:`begin` is over: the connection is idle again."""
+        self.busy = False
+        if self.counted:
+            self._guard._idle[self] = None
+
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         """A request aiohttp could not parse, answered in JSON (never a traceback); and
@@ -245,50 +262,36 @@ class _GuardedServer(web.Server):
 
 
 class GuardedRunner(web.AppRunner):
-    """An ``AppRunner`` whose connections are :class:`GuardedProtocol`."""
+    """An ``AppRunner`` whose connections are :class:`GuardedProtocol`; with
+    ``request_handler``, the server calls that instead of the application's dispatch
+    (which it may fall back to), and with ``request_class`` it makes requests of that
+    ``web.Request`` subclass."""
 
-    __slots__ = ("guard",)
+    __slots__ = ("guard", "request_class", "request_handler")
 
-    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, guard: ConnectionGuard, *,
+                 request_handler: Handler | None = None,
+                 request_class: type[web.Request] | None = None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
+        self.request_handler = request_handler
+        self.request_class = request_class
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # runs the app's startup
+        factory = plain.request_factory
+        if self.request_class is not None:
+            factory = partial(self.app._make_request, _cls=self.request_class)
         # The same server, making guarded connections: aiohttp keeps the handler
         # arguments (ours and the app's handler_args merged) only in _kwargs.
-        return _GuardedServer(plain.request_handler, request_factory=plain.request_factory,
+        return _GuardedServer(self.request_handler or plain.request_handler,
+                              request_factory=factory,
                               handler_cancellation=plain.handler_cancellation,
                               loop=plain._loop, guard=self.guard, **plain._kwargs)
 
     async def _cleanup_server(self) -> None:
         self.guard.close()
         await super()._cleanup_server()
-
-
-@web.middleware
-async def connection_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Marks the connection busy while a request runs; keeps reserve connections to the
-    probe and scrape paths; checks the header block's total size."""
-    proto = request.protocol
-    if not isinstance(proto, GuardedProtocol):
-        return await handler(request)
-    guard = proto._guard
-    proto.busy = True
-    proto.headers_since = 0.0
-    guard.busy(proto)
-    try:
-        refusal = _refusal(request, proto, guard.server)
-        if refusal is not None:
-            resp = web.Response(status=refusal.status, content_type="application/json",
-                                body=error_body(refusal, anthropic=request.path.startswith(
-                                    "/v1/messages")), headers=refusal.headers())
-            resp.force_close()
-            return resp
-        return await handler(request)
-    finally:
-        proto.busy = False
-        guard.idle(proto)
 
 
 def _refusal(request: web.Request, proto: GuardedProtocol,

@@ -1,0 +1,98 @@
+"""The edge dispatches the routes without a variable part itself and leaves the rest to
+aiohttp's router (server/app.py): both ways must answer alike, over real sockets.
+
+Each answer carries a request id, errors keep the OpenAI shape (the Anthropic one on
+/v1/messages), and while the router drains every answer closes its connection, whichever
+way it was dispatched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from .conftest import AUTH, StartRouter, Upstream, openai_provider
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def _config(up: Upstream) -> dict[str, Any]:
+    return {"providers": [openai_provider("p", up)],
+            "groups": [{"name": "g", "models": [{"provider": "p", "name": "m"}]}]}
+
+
+async def _raw(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request`` as is on a fresh connection: the head and body of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        head, _, body = data.partition(b"\r\n\r\n")
+        if head.startswith(b"HTTP/1.1 100"):  # the interim answer to Expect: 100-continue
+            if not body:
+                body = await asyncio.wait_for(reader.read(65536), 10)
+            head, _, body = body.partition(b"\r\n\r\n")
+        return head, body
+    finally:
+        writer.close()
+
+
+async def test_routes_dispatched_either_way_answer_with_ids_and_shaped_errors(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream))
+    url = router.url
+    async with http.post(url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": "g", "messages": HELLO}) as resp:
+        assert resp.status == 200 and resp.headers["X-Request-Id"]
+    # A path with a variable part goes through aiohttp's router, through the same edge.
+    async with http.get(url + "/v1/models/g", headers={**AUTH, "X-Request-Id": "abc"}) as resp:
+        assert resp.status == 200 and (await resp.json())["id"] == "g"
+        assert resp.headers["X-Request-Id"] == "abc"
+    async with http.get(url + "/v1/models/g") as resp:  # no key: the edge still asks for one
+        assert resp.status == 401 and (await resp.json())["error"]["code"] == "missing_api_key"
+    async with http.head(url + "/health") as resp:
+        assert resp.status == 200
+    async with http.post(url + "/health") as resp:  # a wrong method: 405 in our shape
+        assert resp.status == 405 and "error" in await resp.json()
+        assert resp.headers["X-Request-Id"]
+    async with http.get(url + "/v1/chat/completions", headers=AUTH) as resp:
+        assert resp.status == 405 and "error" in await resp.json()
+    async with http.get(url + "/v1/nowhere", headers=AUTH) as resp:
+        assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+    async with http.post(url + "/v1/messages/nowhere", headers=AUTH, json={}) as resp:
+        assert resp.status == 404 and (await resp.json())["type"] == "error"  # Anthropic's
+    # An encoded slash is not a path separator, as for aiohttp's router: unknown path.
+    head, body = await _raw(router.port, b"POST /v1/chat%2Fcompletions HTTP/1.1\r\n"
+                            b"Host: x\r\nAuthorization: " + AUTH["Authorization"].encode()
+                            + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    assert head.startswith(b"HTTP/1.1 404") and b'"not_found"' in body
+
+
+async def test_expect_100_continue_is_answered_then_served(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(_config(upstream))
+    body = b'{"model": "g", "messages": [{"role": "user", "content": "hello"}]}'
+    head, answer = await _raw(router.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                              b"Authorization: " + AUTH["Authorization"].encode()
+                              + b"\r\nContent-Type: application/json\r\nExpect: 100-continue"
+                              b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%b"
+                              % (len(body), body))
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"X-Request-Id" in head and b'"choices"' in answer
+
+
+async def test_while_draining_every_answer_closes_its_connection(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    router = await start_router(_config(upstream))
+    async with http.get(router.url + "/health") as resp:
+        assert resp.headers.get("Connection", "").lower() != "close"
+    router.state.draining = True
+    for method, path, body in (("POST", "/v1/chat/completions", {"model": "g",
+                                                                 "messages": HELLO}),
+                               ("GET", "/v1/models/g", None), ("GET", "/health", None),
+                               ("GET", "/v1/nowhere", None)):
+        async with http.request(method, router.url + path, headers=AUTH, json=body) as resp:
+            assert resp.headers["Connection"].lower() == "close", (path, resp.status)
