@@ -70,6 +70,20 @@ async def test_entries_expire_after_their_ttl() -> None:
     assert store.bytes == 0
 
 
+async def test_a_put_drops_the_expired_from_the_old_end() -> None:
+    clock = Clock()
+    store = MemoryResponseStore(2, 1 << 20, 30, clock=clock)
+    await store.put(entry(1))
+    clock.now += 2
+    await store.put(entry(2))
+    clock.now += 31  # both expired; the store is full
+    await store.put(entry(3))  # the oldest goes for room, the next for its age
+    assert len(store) == 1 and await store.get("resp_3") is not None
+    assert store.bytes == sys.getsizeof(entry(3).to_json()) + sys.getsizeof("resp_3") + 200
+    await store.put(entry(4))
+    assert len(store) == 2  # a live entry stays
+
+
 async def test_a_reload_with_smaller_limits_evicts_at_once() -> None:
     store = MemoryResponseStore(10, 1 << 20, 60)
     for n in range(10):

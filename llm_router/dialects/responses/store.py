@@ -180,10 +180,12 @@ class MemoryResponseStore:
         cost = _cost(response_id, raw)
         if cost > self._max_bytes or self._max_entries <= 0:
             return False
-        self._drop(response_id)
-        self._entries[response_id] = (self._clock() + self._ttl_s, _held(raw))
+        if response_id in self._entries:
+            self._drop(response_id)
+        now = self._clock()
+        self._entries[response_id] = (now + self._ttl_s, _held(raw))
         self.bytes += cost
-        self._evict()
+        self._evict(now)
         return True
 
     async def delete(self, response_id: str) -> bool:
@@ -196,15 +198,21 @@ class MemoryResponseStore:
         self.bytes -= _cost(response_id, held[1])
         return True
 
-    def _evict(self) -> None:
+    def _evict(self, now: float | None = None) -> None:
         """Drop expired entries from the old end, then the least recently used while
         over a limit. Expiry is checked from the old end only, so an entry behind a
         younger one waits for its turn; ``get`` never returns it once expired."""
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         entries = self._entries
+        # The least recently used while over a limit, then the expired: the same entries
+        # as one pass dropping the oldest while it is expired or a limit is passed
+        # (dropping only brings the counts down).
+        while entries and (len(entries) > self._max_entries or self.bytes > self._max_bytes):
+            oldest, (_, raw) = entries.popitem(last=False)
+            self.bytes -= _cost(oldest, raw)
         while entries:
-            oldest, (expires, _) = next(iter(entries.items()))
-            if expires > now and len(entries) <= self._max_entries \
-                    and self.bytes <= self._max_bytes:
+            oldest = next(iter(entries))
+            if entries[oldest][0] > now:
                 break
             self._drop(oldest)
