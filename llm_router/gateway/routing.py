@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from multidict import istr
+
 from ..config import Config, Group, Member, Price, Provider, ProviderKey
 from ..config.aliases import AliasTable
 from ..errors import BadRequest, Forbidden, ModelNotFound, echoed
@@ -30,12 +32,14 @@ __all__ = [
     "STRATEGIES",
     "Candidate",
     "CandidateSet",
+    "GroupPlan",
     "PickContext",
     "Preferences",
     "Target",
     "can_serve",
     "collect_candidates",
     "counter_keys",
+    "group_plan",
     "is_retryable",
     "level_new_keys",
     "pick_candidate",
@@ -124,13 +128,20 @@ def resolve_target(cfg: Config, model: str, user_aliases: AliasTable | None = No
 
 
 def _named(cfg: Config, model: str, catalog: Catalog | None) -> Target | None:
-    group = cfg.groups.get(model)
-    if group is not None:
-        return Target(model, group)
+    plans = _plans(cfg)
+    target = plans.groups.get(model)
+    if target is not None:
+        return target
     prov_name, sep, upstream_model = model.partition("/")
     if sep and upstream_model and prov_name in cfg.providers and (
             catalog is None or not catalog.refuses(prov_name, upstream_model)):
-        return Target(model, Group(name=model, members=(Member(prov_name, upstream_model),)))
+        target = plans.direct.get(model)
+        if target is None:
+            target = Target(model, Group(name=model, members=(Member(prov_name,
+                                                                     upstream_model),)))
+            if len(plans.direct) < _MAX_DIRECT:  # names from clients: bounded
+                plans.direct[model] = target
+        return target
     return None
 
 
@@ -138,8 +149,78 @@ def can_serve(cfg: Config, target: Target, kind: str) -> bool:
     """Whether any member's provider type serves this route kind at all (an anthropic
     provider has no embeddings or legacy completions; ``ProviderType.serves``): if not,
     no wait will help."""
-    return any(kind in provider_type(cfg.providers[m.provider].type).serves
-               for m in target.group.members)
+    return group_plan(cfg, target, kind).serves
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """What the attempt loop reads of a target that only the config decides: built once
+    per (config, group, counted model, route kind) for the groups the config names and
+    the ``provider/model`` targets it resolved, and for any other group (one a filter or
+    a budget narrowed) on each call."""
+
+    # Every (member, key) pair whose provider type serves the kind and whose key serves
+    # the member's model, in group order: health, quotas and preferences filter these.
+    candidates: tuple[Candidate, ...]
+    serves: bool  # some member's provider type serves the kind (can_serve)
+    deadline_s: float  # the members' longest total timeout: no attempt starts past it
+
+
+class _ConfigPlans:
+    """The plans of one config: its groups' targets, the ``provider/model`` targets it
+    resolved, and the group plans. A reload brings a new config, hence new plans; a
+    request keeps using its own config's."""
+
+    __slots__ = ("cfg", "direct", "groups", "plans")
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg  # held, so its id cannot be reused while the entry lives
+        self.groups = {name: Target(name, group) for name, group in cfg.groups.items()}
+        self.direct: dict[str, Target] = {}
+        self.plans: dict[tuple[int, str, str], tuple[Group, GroupPlan]] = {}
+
+
+_CONFIGS: dict[int, _ConfigPlans] = {}
+_MAX_CONFIGS: Final = 8  # the current config and those of requests still in flight
+_MAX_DIRECT: Final = 4096
+
+
+def _plans(cfg: Config) -> _ConfigPlans:
+    plans = _CONFIGS.get(id(cfg))
+    if plans is None or plans.cfg is not cfg:
+        if len(_CONFIGS) >= _MAX_CONFIGS:
+            _CONFIGS.clear()  # older configs' requests rebuild theirs if they need them
+        plans = _CONFIGS[id(cfg)] = _ConfigPlans(cfg)
+    return plans
+
+
+def group_plan(cfg: Config, target: Target, kind: str) -> GroupPlan:
+    """The :class:`GroupPlan` of ``target`` for route ``kind``."""
+    plans = _plans(cfg)
+    group = target.group
+    key = (id(group), target.state_model, kind)
+    hit = plans.plans.get(key)
+    if hit is not None and hit[0] is group:
+        return hit[1]
+    plan = _group_plan(cfg, target, kind)
+    named = plans.groups.get(group.name) or plans.direct.get(group.name)
+    if named is not None and named.group is group:  # the config's own (or a cached) group
+        plans.plans[key] = (group, plan)
+    return plan
+
+
+def _group_plan(cfg: Config, target: Target, kind: str) -> GroupPlan:
+    cands: list[Candidate] = []
+    serves = False
+    for order, member in enumerate(target.group.members):
+        provider = cfg.providers[member.provider]
+        if kind not in provider_type(provider.type).serves:
+            continue
+        serves = True
+        cands.extend(Candidate(member, provider, key, order, target.state_model)
+                     for key in provider.keys if key.serves(member.model))
+    deadline = max(cfg.providers[m.provider].timeouts.total for m in target.group.members)
+    return GroupPlan(tuple(cands), serves, deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +230,19 @@ class Candidate:
     key: ProviderKey
     order: int  # member position in the group (priority strategy)
     state_model: str = ""  # Target.state_model: the model name the counters use
+    # (provider, key label, counted model): the selection counters' key. A field, not a
+    # property: the request path reads it about ten times per request.
+    counter_key: CounterKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counter_key", (self.provider.name, self.key.label,
+                                                 self.state_model or self.member.model))
 
     @property
     def counted_model(self) -> str:
         """The model name the router's counters and usage rows keep this candidate's
         traffic under (``other`` for a name the config does not give)."""
         return self.state_model or self.member.model
-
-    @property
-    def counter_key(self) -> CounterKey:
-        return (self.provider.name, self.key.label, self.state_model or self.member.model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +259,8 @@ class Preferences:
     def from_headers(cls, headers: dict[str, str] | object, cfg: Config) -> Preferences:
         get = getattr(headers, "get", None)
         assert get is not None
-        if get("X-Router-Provider-Only") is None and get("X-Router-Provider-Ignore") is None \
-                and get("X-Router-Provider-Order") is None and get("X-Router-Sort") is None \
-                and get("X-Router-Allow-Fallbacks") is None:
+        if get(_ONLY) is None and get(_IGNORE) is None and get(_ORDER) is None \
+                and get(_SORT) is None and get(_FALLBACKS) is None:
             return _NO_PREFERENCES  # the usual request: none of the headers, nothing to parse
 
         def names(header: str) -> tuple[str, ...]:
@@ -212,6 +295,14 @@ class Preferences:
 
 
 _NO_PREFERENCES: Final = Preferences()
+# The headers' names as istr: a case-insensitive lookup of one in the request's headers
+# skips folding the name (about a quarter of the time of a plain str's lookup, which
+# these mostly are: misses). A plain dict finds them as the strings they are.
+_ONLY: Final = istr("X-Router-Provider-Only")
+_IGNORE: Final = istr("X-Router-Provider-Ignore")
+_ORDER: Final = istr("X-Router-Provider-Order")
+_SORT: Final = istr("X-Router-Sort")
+_FALLBACKS: Final = istr("X-Router-Allow-Fallbacks")
 
 
 @dataclass(slots=True)
@@ -233,34 +324,35 @@ def collect_candidates(
     """Every (member, key) pair of the target that may serve ``kind`` now."""
     now = time.monotonic()
     out = CandidateSet([])
-    for order, member in enumerate(target.group.members):
-        provider = cfg.providers[member.provider]
-        if kind not in provider_type(provider.type).serves:
+    cands: Sequence[Candidate] = group_plan(cfg, target, kind).candidates
+    if prefs.only is not None or prefs.ignore:
+        for member in target.group.members:
+            provider = cfg.providers[member.provider]
+            if kind in provider_type(provider.type).serves and (
+                    (prefs.only is not None and provider.name not in prefs.only)
+                    or provider.name in prefs.ignore):
+                out.excluded.add(provider.name)
+        if out.excluded:
+            cands = [c for c in cands if c.provider.name not in out.excluded]
+    eligible = out.eligible
+    for cand in cands:
+        if exclude and cand.counter_key in exclude:
             continue
-        if (prefs.only is not None and provider.name not in prefs.only) \
-                or provider.name in prefs.ignore:
-            out.excluded.add(provider.name)
+        out.total += 1
+        provider_name, key = cand.provider.name, cand.key
+        if (key.daily_request_limit is not None
+                and counters.requests_today(provider_name, key.label)
+                >= key.daily_request_limit):
+            out.over_quota += 1
             continue
-        for key in provider.keys:
-            if not key.serves(member.model):
-                continue
-            cand = Candidate(member, provider, key, order, target.state_model)
-            if exclude and cand.counter_key in exclude:
-                continue
-            out.total += 1
-            if (key.daily_request_limit is not None
-                    and counters.requests_today(provider.name, key.label)
-                    >= key.daily_request_limit):
-                out.over_quota += 1
-                continue
-            ready = health.available_at(provider.name, key.label, now)
-            if ready > now:
-                if ready == math.inf:
-                    out.bad += 1
-                elif out.soonest_recovery is None or ready < out.soonest_recovery:
-                    out.soonest_recovery = ready
-                continue
-            out.eligible.append(cand)
+        ready = health.available_at(provider_name, key.label, now)
+        if ready > now:
+            if ready == math.inf:
+                out.bad += 1
+            elif out.soonest_recovery is None or ready < out.soonest_recovery:
+                out.soonest_recovery = ready
+            continue
+        eligible.append(cand)
     return out
 
 
