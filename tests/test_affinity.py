@@ -201,6 +201,28 @@ def test_weight_zero_stays_preferred() -> None:
     assert pick_with_affinity(cands, cands[1].counter_key, ctx, 10.0) == (cands[0], "moved")
 
 
+def test_one_candidate_gets_the_result_the_bounds_give_it() -> None:
+    # One eligible candidate is always the one picked; what affinity_total counts still
+    # follows the bounds, as for a group of several (a negative slack, a burst).
+    cand = _candidates(1)
+    key = cand[0].counter_key
+    ctx = _ctx({0: 1000}, cand)
+    assert pick_with_affinity(cand, None, ctx, 0.25) == (cand[0], "new")
+    assert pick_with_affinity(cand, ("p", "gone", "m"), ctx, 0.25) == (cand[0], "moved")
+    assert pick_with_affinity(cand, key, ctx, 0.25) == (cand[0], "hit")
+    assert pick_with_affinity(cand, key, ctx, 0.0, 0) == (cand[0], "hit")
+    assert pick_with_affinity(cand, key, ctx, -0.5, 100) == (cand[0], "moved")
+    assert pick_with_affinity(cand, key, ctx, -0.5, 500) == (cand[0], "hit")
+    ctx.counters.inflight[key] = 50
+    # (a negative estimate, which the router never passes: the same arithmetic)
+    cand_out, result = pick_with_affinity(cand, key, ctx, 0.25, -10)
+    assert cand_out is cand[0] and spilled(result)
+    # With the recent window: the same reads as a group's pick, whatever the result.
+    recent = RecentLoad(window_s=60.0, start=0.0)
+    assert pick_with_affinity(cand, key, ctx, 0.25, 100, recent, 1.0) == (cand[0], "hit")
+    assert abs(recent.tokens(key, 1000, 1.0) - 1000 * (1 - math.exp(-1 / 60)) * 60) < 1e-6
+
+
 # ---------------------------------------------------------------- bursts and recent load
 
 def test_a_burst_in_flight_on_the_pin_spills_to_the_least_busy_key() -> None:

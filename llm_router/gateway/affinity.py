@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, Final, Protocol
 
+from multidict import istr
+
 from ..config import Affinity
 from ..ledger.usage import CounterKey
 from .routing import Candidate, PickContext, Preferences, Target, inverse_weight
@@ -61,6 +63,8 @@ AFFINITY_KINDS: Final = frozenset({"chat", "messages", "responses"})
 # moved = the pin was not eligible or beyond the slack; off = affinity did not apply.
 RESULTS: Final = ("hit", "new", "moved", "off")
 SESSION_HEADER: Final = "X-Router-Session"
+# As istr: a request's headers find it without folding its case first (mostly a miss).
+_SESSION: Final = istr(SESSION_HEADER)
 # Explicit keys longer than this are hashed all the same; the cap only bounds the work.
 _MAX_EXPLICIT: Final = 1024
 
@@ -109,7 +113,7 @@ def affinity_key(body: Mapping[str, Any], headers: Mapping[str, str], group: str
     value = body.get("prompt_cache_key")
     if isinstance(value, str) and value:
         return _explicit(group, "prompt_cache_key", value)
-    value = headers.get(SESSION_HEADER)
+    value = headers.get(_SESSION)
     if value:
         return _explicit(group, "session", value)
     value = body.get("previous_response_id")
@@ -162,7 +166,7 @@ def _opening(body: Mapping[str, Any]) -> list[str]:
     for field in ("system", "instructions"):
         system = body.get(field)
         if system:
-            parts += ("system", _text(system))
+            parts += ("system", system if isinstance(system, str) else _text(system))
     messages = body.get("messages")
     if messages is None:
         messages = body.get("input")
@@ -170,12 +174,15 @@ def _opening(body: Mapping[str, Any]) -> list[str]:
             parts += ("user", messages)
             return parts
     if isinstance(messages, list):
+        append = parts.append
         for msg in messages:
             if not isinstance(msg, dict):
                 continue
             role = msg.get("role")
             role = role if isinstance(role, str) else str(msg.get("type", ""))
-            parts += ("system" if role == "developer" else role, _text(msg.get("content")))
+            content = msg.get("content")
+            append("system" if role == "developer" else role)
+            append(content if isinstance(content, str) else _text(content))
             if role == "user":
                 break
     return parts
@@ -197,18 +204,23 @@ def prefix_digest(body: Mapping[str, Any], group: str, prefix_bytes: int) -> byt
     parts = _opening(body)
     if not parts:
         return None
-    length = sum(len(p) for p in parts)
-    budget = prefix_bytes  # in characters first (cheap), in bytes after encoding
-    tail: list[str] = []
-    for part in reversed(parts):
-        if len(part) >= budget:
-            tail.append(part[len(part) - budget:])
-            break
-        tail.append(part)
-        budget -= len(part) + 1
-    text = "\0".join(reversed(tail)).encode()[-prefix_bytes:]
+    length = sum(map(len, parts))
+    if length + len(parts) <= prefix_bytes:
+        # The usual opening: all of it (parts and separators) within the budget.
+        text = "\0".join(parts)
+    else:
+        budget = prefix_bytes  # in characters first (cheap), in bytes after encoding
+        tail: list[str] = []
+        for part in reversed(parts):
+            if len(part) >= budget:
+                tail.append(part[len(part) - budget:])
+                break
+            tail.append(part)
+            budget -= len(part) + 1
+        text = "\0".join(reversed(tail))
+    data = text.encode()[-prefix_bytes:]
     # sha256 runs on the CPU's SHA extensions where present: about twice blake2b's speed.
-    return sha256(b"%b\0prefix\0%d\0%b" % (group.encode(), length, text)).digest()[:16]
+    return sha256(b"%b\0prefix\0%d\0%b" % (group.encode(), length, data)).digest()[:16]
 
 
 def derived_cache_key(key: AffinityKey) -> str:
@@ -331,6 +343,8 @@ def pick_with_affinity(cands: Sequence[Candidate], pinned: CounterKey | None,
     both bounds (``hit``, :func:`affinity_room`), else inverse weight (``new`` or
     ``moved``). ``cands`` must not be empty. :func:`spilled` tells a move past the
     burst bound, whose answer must not re-pin."""
+    if len(cands) == 1:
+        return _pick_one(cands[0], pinned, ctx, slack, estimate, recent, now)
     if recent is not None:
         # Every pick reads the window, a new conversation's too, so a key's growth is
         # seen soon after it happens and not first when some pin looks at it.
@@ -348,6 +362,33 @@ def pick_with_affinity(cands: Sequence[Candidate], pinned: CounterKey | None,
                 return _spill(cands, ctx), _SPILLED
             break
     return inverse_weight(cands, ctx), "moved"
+
+
+def _pick_one(c: Candidate, pinned: CounterKey | None, ctx: PickContext, slack: float,
+              estimate: int, recent: RecentLoad | None, now: float) -> tuple[Candidate, str]:
+    """:func:`pick_with_affinity` for one eligible candidate, with the same window read
+    and the same result: whatever the bounds say, inverse weight and a spill pick ``c``;
+    only the result for ``affinity_total`` depends on them. The bounds are
+    :func:`affinity_room`'s with ``c`` as its own lowest, computed the same way (the
+    comparisons stay, so a negative slack or a negative count decides as there)."""
+    key = c.counter_key
+    counters = ctx.counters
+    tokens = counters.tokens.get(key, 0)
+    seen = recent.tokens(key, tokens, now) if recent is not None else 0.0
+    if pinned is None:
+        return c, "new"
+    if key != pinned:
+        return c, "moved"
+    w = c.member.weight
+    if w <= 0:
+        return c, "hit"
+    mine = counters.inflight.get(key, 0) * w
+    if mine > mine + BURST_GRACE * estimate * w:
+        return c, _SPILLED
+    load = ((seen if recent is not None else tokens) + counters.inflight.get(key, 0)) * w
+    if load <= load * (1.0 + slack) + estimate * w:
+        return c, "hit"
+    return c, "moved"
 
 
 def _spill(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
