@@ -202,7 +202,7 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
             failure = relay.failure or "closed"
     except (ConnectionError, asyncio.CancelledError):
         # The client went away, or the server is cutting streams at the end of its grace
-        # period (then _attempt_loop tells a client still there why): stop the upstream
+        # period (then proxy.forward tells a client still there why): stop the upstream
         # at once and count what was used so far.
         ex.status = 499
         ex.error = "client_disconnected"

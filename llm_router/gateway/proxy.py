@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from multidict import istr
 
 from ..errors import (
     BadRequest,
@@ -73,6 +74,7 @@ from .routing import (
     Target,
     can_serve,
     collect_candidates,
+    group_plan,
     is_retryable,
     pick_candidate,
     priced_target,
@@ -128,7 +130,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     ex.stream = stream
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-    coding = negotiate(request.headers.get("Accept-Encoding"))
+    coding = negotiate(request.headers.get(_ACCEPT_ENCODING))
     hit, fill = await open_cache(request, state, cfg, ex, target, body, stream)
     if hit is not None:
         return await serve_hit(request, state, ex, hit, stream, include_usage, coding)
@@ -166,10 +168,26 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
                        estimate, down, turn,
                        _affinity_key(request, state, ex, target, prefs, body), fill=fill)
     try:
-        return await _attempt_loop(req)
+        return await _attempts(req)
     except RouterError as err:
-        if turn is not None:
-            turn.explain(err)  # a pinned conversation says why no one else could answer
+        if down is None or down.out is None:
+            if turn is not None:
+                turn.explain(err)  # a pinned conversation says why no one else could answer
+            raise
+        # Keepalives committed the stream while the router waited: only in-band now.
+        ex.error = ex.error or err.code
+        return await _end_in_band(req, down, err.message)
+    except asyncio.CancelledError:
+        if down is not None and down.out is not None and state.draining \
+                and not down.client_gone:
+            # Cut at the end of the shutdown grace, with the client still there (a stream
+            # under way, or one keepalives committed): say why instead of just dropping.
+            ex.status, ex.error = 200, "shutdown"
+            with suppress(TimeoutError):
+                async with asyncio.timeout(_CUT_NOTICE_S):  # the process is exiting
+                    await _end_in_band(req, down, "The router is shutting down and cut this "
+                                       "stream at the end of its grace period; retry the "
+                                       "request.")
         raise
     finally:
         state.store.release(ex.admission)
@@ -191,30 +209,6 @@ def _affinity_key(request: web.Request, state: RouterState, ex: Exchange, target
     return key
 
 
-async def _attempt_loop(req: ModelRequest) -> web.StreamResponse:
-    ex, down = req.ex, req.down
-    try:
-        return await _attempts(req)
-    except RouterError as err:
-        if down is None or down.out is None:
-            raise
-        # Keepalives committed the stream while the router waited: only in-band now.
-        ex.error = ex.error or err.code
-        return await _end_in_band(req, down, err.message)
-    except asyncio.CancelledError:
-        if down is not None and down.out is not None and req.state.draining \
-                and not down.client_gone:
-            # Cut at the end of the shutdown grace, with the client still there (a stream
-            # under way, or one keepalives committed): say why instead of just dropping.
-            ex.status, ex.error = 200, "shutdown"
-            with suppress(TimeoutError):
-                async with asyncio.timeout(_CUT_NOTICE_S):  # the process is exiting
-                    await _end_in_band(req, down, "The router is shutting down and cut this "
-                                       "stream at the end of its grace period; retry the "
-                                       "request.")
-        raise
-
-
 async def _attempts(req: ModelRequest) -> web.StreamResponse:
     state, cfg, ex, target, prefs = req.state, req.cfg, req.ex, req.target, req.prefs
     group = target.group
@@ -224,7 +218,7 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
     max_attempts: int | None = group.max_attempts
     start = time.monotonic()
     # No attempt starts after the group's longest total timeout has passed.
-    deadline = start + max(cfg.providers[m.provider].timeouts.total for m in group.members)
+    deadline = start + group_plan(cfg, target, ex.kind).deadline_s
     wait_until = min(start + group.max_wait_s, deadline)
     while True:
         cands = collect_candidates(cfg, target, ex.kind, state.health, state.counters, prefs,
@@ -367,16 +361,16 @@ def _prepare(req: ModelRequest, cand: Candidate) -> tuple[Attempt, UpstreamCall]
     provider, key = cand.provider, cand.key
     ex.provider, ex.model, ex.key = provider.name, cand.member.model, key.label
     turn = req.turn
+    stream = req.down is not None
     ptype = provider_type(provider.type)
     if turn is None:
         att = Attempt(cand, ptype.wire(provider, ex.client, cand.member.model), ptype)
         path, up_body = rl.upstream_request(ex.client, ex.kind, ptype, provider, req.body,
-                                            cand.member.model, att.up, req.stream)
+                                            cand.member.model, att.up, stream)
     else:
         att = Attempt(cand, turn.dialect(ptype, provider, cand.member.model), ptype)
         path, up_body = turn.upstream_request(ptype, provider, att.up, cand.member.model,
-                                              req.stream)
-        ex.dropped_tools = turn.dropped
+                                              stream)
         ex.dropped_tools = turn.dropped
     if req.affinity is not None and ptype.sets_prompt_cache_key \
             and "prompt_cache_key" not in up_body:
@@ -388,7 +382,7 @@ def _prepare(req: ModelRequest, cand: Candidate) -> tuple[Attempt, UpstreamCall]
     if tracing is not None and ex.span is not None:  # writes traceparent into headers
         att.span = tracing.start_attempt(ex.span, ex, provider, key.label, cand.member.model,
                                          req.body, headers)
-    call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, req.stream,
+    call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, stream,
                         headers, cand.member.model)
     att.reservation = state.counters.reserve(cand.counter_key, req.estimate,
                                                req.target.state_name)
@@ -503,17 +497,24 @@ async def _status_failure(state: RouterState, att: Attempt,
     return failure
 
 
-_RATELIMIT_HEADERS: Final = (("requests", "x-ratelimit-remaining-requests"),
-                             ("tokens", "x-ratelimit-remaining-tokens"))
+# Header names as istr: an upstream's headers (aiohttp's CIMultiDictProxy) find them
+# without folding their case per lookup; a plain mapping sees the same strings.
+_REMAINING_REQUESTS: Final = istr("x-ratelimit-remaining-requests")
+_REMAINING_TOKENS: Final = istr("x-ratelimit-remaining-tokens")
+_ACCEPT_ENCODING: Final = istr("Accept-Encoding")
 
 
 def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamResponse) -> None:
-    for kind, header in _RATELIMIT_HEADERS:
-        value = resp.headers.get(header)
+    headers = resp.headers
+    for kind, value in (("requests", headers.get(_REMAINING_REQUESTS)),
+                        ("tokens", headers.get(_REMAINING_TOKENS))):
         if value is not None:
-            with suppress(ValueError):
-                state.metrics.child(state.metrics.ratelimit_remaining, cand.provider.name,
-                                    cand.key.label, kind).set(float(value))
+            try:
+                remaining = float(value)
+            except ValueError:
+                continue
+            state.metrics.child(state.metrics.ratelimit_remaining, cand.provider.name,
+                                cand.key.label, kind).set(remaining)
 
 
 def new_request_id(header: str | None) -> str:
