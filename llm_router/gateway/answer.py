@@ -25,7 +25,7 @@ from ..ledger.accounting import cost_usd
 from ..providers import UPSTREAM_ERRORS, AttemptFailure, UpstreamResponse, failure_from_exception
 from . import relay as rl
 from .answer_stream import AnswerStream
-from .attempt import Attempt, pin_response, router_headers
+from .attempt import Attempt, pin_response, router_header_items, router_headers
 from .compression import MIN_COMPRESS_BYTES, compress_body
 from .downstream import Downstream
 from .model_request import ModelRequest
@@ -72,19 +72,20 @@ async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
     if att.span is not None and req.state.tracing is not None:
         req.state.tracing.record_output(att.span, payload)
     ex.status = 200
-    resp_out = web.Response(status=200, body=payload, content_type="application/json")
+    # The headers as one list: the response's header map is built from it in one call.
+    headers = [("Content-Type", "application/json")]
+    body = payload
     coding = req.coding
     if coding is not None and len(payload) >= MIN_COMPRESS_BYTES:
-        resp_out.body = compress_body(coding, payload)
-        resp_out.headers["Content-Encoding"] = coding
-        resp_out.headers["Vary"] = "Accept-Encoding"
-    router_headers(resp_out, ex, cand)
+        body = compress_body(coding, payload)
+        headers += (("Content-Encoding", coding), ("Vary", "Accept-Encoding"))
+    headers += router_header_items(ex, cand)
     elapsed = time.perf_counter() - ex.t0
-    resp_out.headers["X-Router-Latency-Ms"] = f"{elapsed * 1000:.1f}"
-    resp_out.headers["X-Router-Overhead-Ms"] = f"{max(0.0, elapsed - ex.upstream_s) * 1000:.3f}"
-    resp_out.headers["X-Router-Cost-USD"] = _usd_text(ex.cost or 0.0)
-    ex.bytes_out = len(resp_out.body) if isinstance(resp_out.body, bytes) else len(payload)
-    return resp_out
+    headers += (("X-Router-Latency-Ms", f"{elapsed * 1000:.1f}"),
+                ("X-Router-Overhead-Ms", f"{max(0.0, elapsed - ex.upstream_s) * 1000:.3f}"),
+                ("X-Router-Cost-USD", _usd_text(ex.cost or 0.0)))
+    ex.bytes_out = len(body)
+    return web.Response(status=200, body=body, headers=headers)
 
 
 def _usd_text(cost: float) -> str:

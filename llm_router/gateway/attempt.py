@@ -16,7 +16,7 @@ from .affinity import response_key
 from .model_request import ModelRequest
 from .routing import Candidate
 
-__all__ = ["Attempt", "pin_response", "router_headers"]
+__all__ = ["Attempt", "pin_response", "router_header_items", "router_headers"]
 
 
 @dataclass(slots=True)
@@ -37,16 +37,22 @@ class Attempt:
 def router_headers(resp: web.StreamResponse, ex: Exchange, cand: Candidate | None) -> None:
     """The ``X-Router-*`` headers naming who answered, and after how many attempts."""
     h = resp.headers
-    h["X-Router-Group"] = ex.group
+    for name, value in router_header_items(ex, cand):
+        h[name] = value
+
+
+def router_header_items(ex: Exchange, cand: Candidate | None) -> list[tuple[str, str]]:
+    """:func:`router_headers` as (name, value) pairs, for a response built with them."""
+    items = [("X-Router-Group", ex.group)]
     if cand is not None:
-        h["X-Router-Provider"] = cand.provider.name
-        h["X-Router-Model"] = cand.member.model
-        h["X-Router-Key"] = cand.key.label
-    h["X-Router-Attempts"] = str(ex.attempts)
+        items += (("X-Router-Provider", cand.provider.name),
+                  ("X-Router-Model", cand.member.model), ("X-Router-Key", cand.key.label))
+    items.append(("X-Router-Attempts", str(ex.attempts)))
     if ex.cache:
-        h["X-Router-Cache"] = ex.cache
+        items.append(("X-Router-Cache", ex.cache))
     if ex.dropped_tools:
-        h["X-Router-Dropped-Tools"] = ",".join(ex.dropped_tools)
+        items.append(("X-Router-Dropped-Tools", ",".join(ex.dropped_tools)))
+    return items
 
 
 async def pin_response(req: ModelRequest, cand: Candidate) -> bool:

@@ -60,6 +60,10 @@ class Target:
     # Set when an alias chose the target: the name the client sent, and the pattern.
     asked: str = ""
     alias: str = ""
+    # Route kind -> (config, its GroupPlan), filled by group_plan: a target the config
+    # resolved is reused by every request to it, so each plan is built once.
+    plans: dict[str, tuple[Config, GroupPlan]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def answer_model(self) -> str:
@@ -155,9 +159,7 @@ def can_serve(cfg: Config, target: Target, kind: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class GroupPlan:
     """What the attempt loop reads of a target that only the config decides: built once
-    per (config, group, counted model, route kind) for the groups the config names and
-    the ``provider/model`` targets it resolved, and for any other group (one a filter or
-    a budget narrowed) on each call."""
+    per target and route kind (:func:`group_plan`)."""
 
     # Every (member, key) pair whose provider type serves the kind and whose key serves
     # the member's model, in group order: health, quotas and preferences filter these.
@@ -167,17 +169,16 @@ class GroupPlan:
 
 
 class _ConfigPlans:
-    """The plans of one config: its groups' targets, the ``provider/model`` targets it
-    resolved, and the group plans. A reload brings a new config, hence new plans; a
-    request keeps using its own config's."""
+    """The targets of one config: its groups', and the ``provider/model`` ones it
+    resolved. A reload brings a new config, hence new targets; a request keeps using its
+    own config's."""
 
-    __slots__ = ("cfg", "direct", "groups", "plans")
+    __slots__ = ("cfg", "direct", "groups")
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg  # held, so its id cannot be reused while the entry lives
         self.groups = {name: Target(name, group) for name, group in cfg.groups.items()}
         self.direct: dict[str, Target] = {}
-        self.plans: dict[tuple[int, str, str], tuple[Group, GroupPlan]] = {}
 
 
 _CONFIGS: dict[int, _ConfigPlans] = {}
@@ -195,17 +196,13 @@ def _plans(cfg: Config) -> _ConfigPlans:
 
 
 def group_plan(cfg: Config, target: Target, kind: str) -> GroupPlan:
-    """The :class:`GroupPlan` of ``target`` for route ``kind``."""
-    plans = _plans(cfg)
-    group = target.group
-    key = (id(group), target.state_model, kind)
-    hit = plans.plans.get(key)
-    if hit is not None and hit[0] is group:
+    """The :class:`GroupPlan` of ``target`` for route ``kind``, kept on the target (a
+    target narrowed for one request keeps its plan for that request's attempts)."""
+    hit = target.plans.get(kind)
+    if hit is not None and hit[0] is cfg:
         return hit[1]
     plan = _group_plan(cfg, target, kind)
-    named = plans.groups.get(group.name) or plans.direct.get(group.name)
-    if named is not None and named.group is group:  # the config's own (or a cached) group
-        plans.plans[key] = (group, plan)
+    target.plans[kind] = (cfg, plan)
     return plan
 
 

@@ -107,6 +107,25 @@ class Usage:
     @classmethod
     def from_openai(cls, u: object) -> Usage:
         """An OpenAI (hub) ``usage`` object; None (no usage reported) reads as zeros."""
+        if type(u) is dict:
+            # The usual object, read in one step: both counts plain ints in range, the
+            # details absent or objects whose counts are absent or in range. Anything
+            # else takes the field-by-field reading below, which says what it rejects.
+            prompt, completion = u.get("prompt_tokens"), u.get("completion_tokens")
+            details, out_details = u.get("prompt_tokens_details"), u.get(
+                "completion_tokens_details")
+            cached = details.get("cached_tokens") if type(details) is dict else None
+            reasoning = out_details.get("reasoning_tokens") if type(out_details) is dict \
+                else None
+            if type(prompt) is int and 0 <= prompt <= TOKEN_COUNT_LIMIT \
+                    and type(completion) is int and 0 <= completion <= TOKEN_COUNT_LIMIT \
+                    and (details is None or type(details) is dict) \
+                    and (out_details is None or type(out_details) is dict) \
+                    and (cached is None or (type(cached) is int
+                                            and 0 <= cached <= TOKEN_COUNT_LIMIT)) \
+                    and (reasoning is None or (type(reasoning) is int
+                                               and 0 <= reasoning <= TOKEN_COUNT_LIMIT)):
+                return cls(prompt, completion, cached or 0, reasoning or 0)
         if not isinstance(u, dict):
             return cls() if u is None else cls(rejected=PROMPT | COMPLETION)
         return cls._of(_field(u, "prompt_tokens"), _field(u, "completion_tokens"),
