@@ -60,6 +60,7 @@ from .capabilities import (
     usable_window,
 )
 from .compression import negotiate
+from .deadlines import Guard
 from .downstream import Downstream
 from .failures import exhausted, upstream_client_error
 from .model_request import ModelRequest
@@ -400,11 +401,10 @@ async def _send(req: ModelRequest, att: Attempt, call: UpstreamCall) -> Upstream
     assert state.session is not None
     try:
         # Connecting is bounded separately (sock_connect) and counts toward first_byte.
-        if down is None:
-            with state.deadlines.guard(att.sent_loop + min(t.first_byte, t.total)):
+        with Guard(state.deadlines, att.sent_loop + min(t.first_byte, t.total)):
+            if down is None:
                 resp = await att.ptype.send(state.session, call)
-        else:
-            async with asyncio.timeout(min(t.first_byte, t.total)):
+            else:
                 async with down.keepalive(ex, lambda out: router_headers(out, ex, cand)):
                     resp = await att.ptype.send(state.session, call)
     except UPSTREAM_ERRORS as exc:

@@ -80,7 +80,7 @@ class RouterState:
                                             self.metrics)
         # Signed event notifications (docs/webhooks.md); inert without a webhooks block.
         self.webhooks = Webhooks(cfg, self.store, self.metrics)
-        self.deadlines = Deadlines()  # bounds the waits of non-streamed attempts
+        self.deadlines = Deadlines()  # bounds attempts' waits for headers and whole bodies
         self.latency: dict[CounterKey, float] = {}  # EWMA of time to first byte, seconds
         self.round_robin: dict[str, int] = {}
         # Context windows learnt from upstream context-length errors (capabilities.py).

@@ -144,14 +144,20 @@ def fixed_headers(call: UpstreamCall,
                   build: Callable[[UpstreamCall], Mapping[str, str]]) -> Mapping[str, str]:
     """``build(call)``, made once per (provider, key, stream): for headers that depend on
     nothing else. The result is read-only, since every request shares it."""
-    return _per_objects(_HEADERS, (id(call.provider), id(call.key), call.stream),
-                        (call.provider, call.key),
+    ident = (id(call.provider), id(call.key), call.stream)
+    hit = _HEADERS.get(ident)
+    if hit is not None:  # the usual call: no closure made to build what is there
+        return hit[1]
+    return _per_objects(_HEADERS, ident, (call.provider, call.key),
                         lambda: CIMultiDictProxy(CIMultiDict(build(call))))
 
 
 def _timeout(provider: Provider) -> aiohttp.ClientTimeout:
     # Connecting is bounded here; the wait for headers and the body are bounded by the
     # caller (first_byte, idle, total), which knows when a stream is waiting on whom.
+    hit = _TIMEOUTS.get((id(provider),))
+    if hit is not None:  # the entry holds the provider: its id is not reused meanwhile
+        return hit[1]
     return _per_objects(_TIMEOUTS, (id(provider),), (provider,), lambda: aiohttp.ClientTimeout(
         total=None, sock_connect=provider.timeouts.connect, sock_read=None))
 
