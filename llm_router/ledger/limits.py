@@ -45,13 +45,12 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from ..config import Budget, Config, Limits
 from ..errors import BudgetExhausted, RateLimited
-from ..hub.usage import bounded_count
+from ..hub.usage import TOKEN_COUNT_LIMIT, bounded_count
 from .accounting import Caller
 from .journal import Event, Journal
 from .shapes import ShapeError, count, mapping, money, rows, text
@@ -63,6 +62,7 @@ __all__ = [
     "budget_exhausted",
     "period_end",
     "period_id",
+    "period_ids",
     "rate_limited",
 ]
 
@@ -70,6 +70,7 @@ log = logging.getLogger("llm_router.limits")
 
 Clock = Callable[[], float]
 PERIODS: Final = ("daily", "weekly", "monthly", "total")
+_PERIOD_INDEX: Final = {name: i for i, name in enumerate(PERIODS)}
 _MAX_MODELS: Final = 256  # per account and period; beyond it usage is summed as "other"
 _OTHER: Final = "other"
 _MAX_UNPRICED: Final = 1024  # models remembered as "already warned about"
@@ -105,6 +106,26 @@ def period_id(period: str, now: float) -> str:
     pid = _period_id(period, now)
     _PERIOD_CACHE[period] = (_period_start(period, now), end, pid)
     return pid
+
+
+# (day start, day end, the ids of PERIODS) for the UTC day last asked for. Every period
+# boundary is a UTC midnight, and Unix days are exactly 86,400 s, so the four ids hold
+# for the whole day: the request path gets them with one comparison.
+_IDS_CACHE: tuple[float, float, tuple[str, ...]] = (math.inf, -math.inf, ())
+
+
+def period_ids(now: float) -> tuple[str, ...]:
+    """The id of each of :data:`PERIODS` (in that order) at ``now``. The same tuple object
+    for the whole UTC day, so that an account can tell its periods are current by
+    identity."""
+    global _IDS_CACHE
+    start, end, ids = _IDS_CACHE
+    if start <= now < end:
+        return ids
+    start = now // 86400 * 86400
+    ids = tuple(period_id(p, now) for p in PERIODS)
+    _IDS_CACHE = (start, start + 86400, ids)
+    return ids
 
 
 def _period_id(period: str, now: float) -> str:
@@ -156,9 +177,13 @@ class _Window:
     def _roll(self, now: float) -> None:
         m = int(now // 60)
         if m != self.minute:
-            self.prev = self.cur if m == self.minute + 1 else 0.0
-            self.cur = 0.0
-            self.minute = m
+            self.roll(m)
+
+    def roll(self, m: int) -> None:
+        """Make minute ``m`` the current one (the request path checks ``minute`` first)."""
+        self.prev = self.cur if m == self.minute + 1 else 0.0
+        self.cur = 0.0
+        self.minute = m
 
     def level(self, now: float) -> float:
         self._roll(now)
@@ -190,12 +215,6 @@ class _Totals:
         self.requests, self.prompt, self.completion, self.cost = (requests, prompt, completion,
                                                                   cost)
 
-    def add(self, prompt: int, completion: int, cost: float) -> None:
-        self.requests += 1
-        self.prompt += prompt
-        self.completion += completion
-        self.cost += cost
-
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "prompt_tokens": self.prompt,
                 "completion_tokens": self.completion,
@@ -213,31 +232,23 @@ class _Period:
         self.totals = _Totals()
         self.models: dict[str, _Totals] = {}
 
-    def add(self, model: str, prompt: int, completion: int, cost: float) -> None:
-        # Runs 8 times an answer (2 accounts x 4 periods): the totals are updated inline,
-        # not through _Totals.add (bench/profiles-issue27.md).
-        t = self.totals
-        t.requests += 1
-        t.prompt += prompt
-        t.completion += completion
-        t.cost += cost
-        m = self.models.get(model)
-        if m is None:
-            if len(self.models) >= _MAX_MODELS:
-                model = _OTHER
-                m = self.models.get(model)
-            if m is None:
-                m = self.models[model] = _Totals()
-        m.requests += 1
-        m.prompt += prompt
-        m.completion += completion
-        m.cost += cost
+    def new_model(self, model: str) -> _Totals:
+        """The totals a model not counted yet in this period adds to: its own, or those
+        of ``"other"`` once the period holds :data:`_MAX_MODELS` models."""
+        if len(self.models) >= _MAX_MODELS:
+            model = _OTHER
+            m = self.models.get(model)
+            if m is not None:
+                return m
+        m = self.models[model] = _Totals()
+        return m
 
 
 class _Account:
     """The counters of one user or one client key."""
 
-    __slots__ = ("concurrent", "day", "day_requests", "periods", "reserved_usd", "rpm", "tpm")
+    __slots__ = ("concurrent", "cur", "cur_ids", "day", "day_requests", "periods",
+                 "reserved_usd", "rpm", "tpm")
 
     def __init__(self) -> None:
         self.rpm = _Window()
@@ -247,13 +258,18 @@ class _Account:
         self.concurrent = 0
         self.reserved_usd = 0.0  # estimated cost of admitted requests not yet recorded
         self.periods: dict[str, _Period] = {}
+        # The periods of PERIODS (in order) for the ids tuple ``cur_ids`` (period_ids):
+        # recording checks that by identity. Whatever replaces an entry of ``periods``
+        # sets ``cur_ids`` to None.
+        self.cur: tuple[_Period, ...] = ()
+        self.cur_ids: tuple[str, ...] | None = None
 
     def unreserve(self, usd: float) -> None:
         # Float sums drift: with nothing in flight the reservation is exactly zero.
         self.reserved_usd = max(0.0, self.reserved_usd - usd) if self.concurrent else 0.0
 
     def requests_today(self, now: float) -> int:
-        today = period_id("daily", now)
+        today = period_ids(now)[0]
         if today != self.day:
             self.day, self.day_requests = today, 0
         return self.day_requests
@@ -263,21 +279,41 @@ class _Account:
         p = self.periods.get(name)
         if p is None or p.id != pid:
             p = self.periods[name] = _Period(pid)
+            self.cur_ids = None
         return p
 
+    def current(self, ids: tuple[str, ...]) -> tuple[_Period, ...]:
+        """The periods of :data:`PERIODS` whose ids are ``ids`` (:func:`period_ids`): one
+        that has ended is replaced by a new, empty one, as :meth:`period` does."""
+        if self.cur_ids is ids:
+            return self.cur
+        periods = self.periods
+        cur = []
+        for name, pid in zip(PERIODS, ids, strict=True):
+            p = periods.get(name)
+            if p is None or p.id != pid:
+                p = periods[name] = _Period(pid)
+            cur.append(p)
+        self.cur, self.cur_ids = tuple(cur), ids
+        return self.cur
 
-@dataclass(slots=True)
+
 class Admission:
     """One admitted request: what :meth:`Ledger.record` and :meth:`Ledger.release` settle."""
 
-    accounts: tuple[_Account, ...]
-    estimate: int  # tokens counted toward tpm at admission
-    cost_estimate: float = 0.0  # USD reserved against budgets at admission
-    user: str = ""  # names of the accounts, for the journal
-    key: str = ""
-    recorded: bool = False
-    released: bool = False
-    shared: object = None  # what a shared state store holds for it (store.py)
+    __slots__ = ("accounts", "cost_estimate", "estimate", "key", "recorded", "released",
+                 "shared", "user")
+
+    def __init__(self, accounts: tuple[_Account, ...], estimate: int,
+                 cost_estimate: float = 0.0, user: str = "", key: str = "") -> None:
+        self.accounts = accounts
+        self.estimate = estimate  # tokens counted toward tpm at admission
+        self.cost_estimate = cost_estimate  # USD reserved against budgets at admission
+        self.user = user  # names of the accounts, for the journal
+        self.key = key
+        self.recorded = False
+        self.released = False
+        self.shared: object = None  # what a shared state store holds for it (store.py)
 
 
 class Ledger:
@@ -315,38 +351,55 @@ class Ledger:
         (budgets) until :meth:`record` or :meth:`release` settles them. With
         ``enforce=False`` it only counts: a shared store already decided fleet-wide."""
         now = self.clock()
-        user, key = self._user(caller.user), self._key(caller.user, caller.key)
-        if enforce:
+        name = caller.user
+        user = self._users.get(name)
+        if user is None:
+            user = self._users[name] = _Account()
+        pair = (name, caller.key)
+        key = self._keys.get(pair)
+        if key is None:
+            key = self._keys[pair] = _Account()
+        if enforce and (caller.limits is not None or caller.key_limits is not None
+                        or caller.budget is not None or caller.key_budget is not None):
             self._enforce(caller, user, key, estimate_tokens, now)
+        # _Window.add and requests_today, inlined: this runs for every request.
+        day = period_ids(now)[0]
+        minute = int(now // 60)
         for acc in (user, key):
             acc.concurrent += 1
-            acc.requests_today(now)
+            if acc.day != day:
+                acc.day, acc.day_requests = day, 0
             acc.day_requests += 1
-            acc.rpm.add(now, 1)
-            acc.tpm.add(now, estimate_tokens)
+            w = acc.rpm
+            if w.minute != minute:
+                w.roll(minute)
+            level = w.cur + 1
+            w.cur = level if level > 0.0 else 0.0
+            w = acc.tpm
+            if w.minute != minute:
+                w.roll(minute)
+            level = w.cur + estimate_tokens
+            w.cur = level if level > 0.0 else 0.0
             acc.reserved_usd += estimate_cost
         if self.journal is not None:
-            self.journal.append(("a", now, caller.user, caller.key))
-        return Admission((user, key), estimate_tokens, estimate_cost, caller.user, caller.key)
+            self.journal.append(("a", now, name, caller.key))
+        return Admission((user, key), estimate_tokens, estimate_cost, name, caller.key)
 
     def _enforce(self, caller: Caller, user: _Account, key: _Account, estimate_tokens: int,
                  now: float) -> None:
-        # Subjects are named (for the error) only when one is refused.
-        subjects = ((user, False, caller.limits, caller.budget),
-                    (key, True, caller.key_limits, caller.key_budget))
-        for acc, is_key, _, budget in subjects:
-            if budget is not None:
-                _check_budget(acc, caller, is_key, budget, now)
-        worst: tuple[float, bool, str, int] | None = None  # (wait, is_key, limit, value)
-        for acc, is_key, limits, _ in subjects:
-            if limits is None:
-                continue
-            for name, wait, value in _violations(acc, limits, estimate_tokens, now):
-                if worst is None or wait > worst[0]:
-                    worst = (wait, is_key, name, value)
-        if worst is not None:
-            wait, is_key, name, value = worst
-            raise rate_limited(caller, is_key, name, value, wait)
+        # Budgets first (402 before 429), then a quick test of every limit; only a request
+        # that fails one goes through _refuse, which names the worst limit.
+        budget = caller.budget
+        if budget is not None:
+            _check_budget(user, caller, False, budget, now)
+        budget = caller.key_budget
+        if budget is not None:
+            _check_budget(key, caller, True, budget, now)
+        limits, key_limits = caller.limits, caller.key_limits
+        if ((limits is not None and not _fits(user, limits, estimate_tokens, now))
+                or (key_limits is not None and not _fits(key, key_limits, estimate_tokens,
+                                                         now))):
+            _refuse(caller, user, key, estimate_tokens, now)
 
     def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
                completion_tokens: int, cost: float | None) -> None:
@@ -358,12 +411,20 @@ class Ledger:
             self._warn_unpriced(provider, model)
         now = self.clock()
         name = f"{provider}/{model}"
-        prompt_tokens, completion_tokens = bounded_count(prompt_tokens), bounded_count(
-            completion_tokens)
-        used = prompt_tokens + completion_tokens
+        if not 0 <= prompt_tokens <= TOKEN_COUNT_LIMIT:
+            prompt_tokens = bounded_count(prompt_tokens)
+        if not 0 <= completion_tokens <= TOKEN_COUNT_LIMIT:
+            completion_tokens = bounded_count(completion_tokens)
+        correction = prompt_tokens + completion_tokens - adm.estimate
+        reserved = adm.cost_estimate
+        minute = int(now // 60)
         for acc in adm.accounts:
-            acc.tpm.add(now, used - adm.estimate)
-            acc.unreserve(adm.cost_estimate)
+            w = acc.tpm  # _Window.add, inlined
+            if w.minute != minute:
+                w.roll(minute)
+            level = w.cur + correction
+            w.cur = level if level > 0.0 else 0.0
+            acc.unreserve(reserved)
         # Negative or non-finite costs cannot come from a price table; 0 keeps them out.
         usd = cost if cost is not None and 0 <= cost < math.inf else 0.0
         _add_usage(adm.accounts, now, name, prompt_tokens, completion_tokens, usd)
@@ -377,13 +438,19 @@ class Ledger:
         if adm.released:
             return
         adm.released = True
-        now = self.clock()
-        for acc in adm.accounts:
-            acc.concurrent = max(0, acc.concurrent - 1)
-            if not adm.recorded:
+        if not adm.recorded:
+            now = self.clock()
+            for acc in adm.accounts:
+                acc.concurrent = max(0, acc.concurrent - 1)
                 acc.tpm.add(now, -adm.estimate)
                 acc.unreserve(adm.cost_estimate)
-            elif not acc.concurrent:
+            return
+        for acc in adm.accounts:
+            n = acc.concurrent - 1
+            if n > 0:
+                acc.concurrent = n
+            else:
+                acc.concurrent = 0
                 acc.reserved_usd = 0.0
 
     def _warn_unpriced(self, provider: str, model: str) -> None:
@@ -529,7 +596,10 @@ def _who(caller: Caller, is_key: bool) -> str:
 
 def _check_budget(acc: _Account, caller: Caller, is_key: bool, budget: Budget,
                   now: float) -> None:
-    spent = acc.period(budget.period, now).totals.cost
+    if acc.cur_ids is period_ids(now):  # what recording keeps current
+        spent = acc.cur[_PERIOD_INDEX[budget.period]].totals.cost
+    else:
+        spent = acc.period(budget.period, now).totals.cost
     if spent + acc.reserved_usd >= budget.usd:
         raise budget_exhausted(caller, is_key, budget, spent, now)
 
@@ -559,6 +629,51 @@ def _usd(value: float) -> str:
     if value >= 1:
         return f"${value:,.2f}"
     return "$" + (f"{value:.8f}".rstrip("0").rstrip(".") or "0")
+
+
+def _fits(acc: _Account, limits: Limits, estimate: int, now: float) -> bool:
+    """Whether no limit refuses this request: :func:`_violations` finds none. The same
+    tests, without naming anything (this runs for every request of a limited caller);
+    a False is then explained by :func:`_violations`."""
+    value = limits.max_concurrent
+    if value is not None and acc.concurrent >= value:
+        return False
+    value = limits.daily_requests
+    if value is not None and acc.requests_today(now) >= value:
+        return False
+    minute = int(now // 60)
+    value = limits.rpm
+    if value is not None:
+        w = acc.rpm  # _Window.wait's first test
+        if w.minute != minute:
+            w.roll(minute)
+        if not (w.prev * (1.0 - (now - w.minute * 60) / 60) + w.cur
+                + min(1, float(value)) <= value):
+            return False
+    value = limits.tpm
+    if value is not None:
+        w = acc.tpm
+        if w.minute != minute:
+            w.roll(minute)
+        if not (w.prev * (1.0 - (now - w.minute * 60) / 60) + w.cur
+                + min(estimate, float(value)) <= value):
+            return False
+    return True
+
+
+def _refuse(caller: Caller, user: _Account, key: _Account, estimate: int,
+            now: float) -> None:
+    """The 429 for the limit that makes this request wait longest, if any does."""
+    worst: tuple[float, bool, str, int] | None = None  # (wait, is_key, limit, value)
+    for acc, is_key, limits in ((user, False, caller.limits), (key, True, caller.key_limits)):
+        if limits is None:
+            continue
+        for name, wait, value in _violations(acc, limits, estimate, now):
+            if worst is None or wait > worst[0]:
+                worst = (wait, is_key, name, value)
+    if worst is not None:
+        wait, is_key, name, value = worst
+        raise rate_limited(caller, is_key, name, value, wait)
 
 
 def _violations(acc: _Account, limits: Limits, estimate: int,
@@ -605,15 +720,22 @@ def _limits_report(acc: _Account, limits: Limits | None, now: float) -> dict[str
 
 def _add_usage(accounts: Iterable[_Account], now: float, name: str, prompt: int,
                completion: int, cost: float) -> None:
-    # Each period's id once for all the accounts (_Account.period, inlined).
-    ids = [(period, period_id(period, now)) for period in PERIODS]
+    # Runs for every answer: 2 accounts x 4 periods x (totals + the model's), inlined.
+    ids = period_ids(now)
     for acc in accounts:
-        periods = acc.periods
-        for period, pid in ids:
-            p = periods.get(period)
-            if p is None or p.id != pid:
-                p = periods[period] = _Period(pid)
-            p.add(name, prompt, completion, cost)
+        for p in acc.cur if acc.cur_ids is ids else acc.current(ids):
+            t = p.totals
+            t.requests += 1
+            t.prompt += prompt
+            t.completion += completion
+            t.cost += cost
+            m = p.models.get(name)
+            if m is None:
+                m = p.new_model(name)
+            m.requests += 1
+            m.prompt += prompt
+            m.completion += completion
+            m.cost += cost
 
 
 def _check_account(row: Any, where: str, is_key: bool) -> None:
@@ -652,6 +774,7 @@ def _load_account(acc: _Account, row: dict[str, Any]) -> None:
             window.minute, window.cur, window.prev = row[name]
     acc.concurrent = int(row.get("concurrent", 0))
     acc.reserved_usd = float(row.get("reserved_usd", 0.0))
+    acc.cur_ids = None
     for name, p in row["periods"].items():
         period = _Period(p["id"])
         period.totals = _Totals(*p["totals"])
