@@ -32,6 +32,14 @@ Windows (documented in docs/teams.md):
   period it names. Each period keeps at most :data:`_MAX_MODELS` models, the rest is
   summed under ``"other"``: memory stays bounded whatever the clients send.
 
+An answer's usage is not added to the 2 accounts x 4 periods x (totals + its model) at
+once: each account keeps the answers since its last read in a short list (at most
+:data:`_FOLD_AT`, tagged with the day's period ids) and adds them when anything reads its
+periods (reports, ``spent``, the snapshot), when the list is full, and when a day ends.
+The result is exactly that of adding each answer as it came (integers, and each cost
+added to each sum in order, one float addition at a time), and a budget check sums the
+pending costs on the same way (``_Account.watched``).
+
 Everything runs on the event loop thread, so plain attributes suffice. Spend and daily
 counts are persisted through :meth:`dump`/:meth:`restore` (the ``ledger`` section of
 the usage snapshot, checked by :meth:`Ledger.validate` before anything is restored) and,
@@ -46,6 +54,8 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from functools import reduce
+from operator import add, itemgetter
 from typing import Any, Final
 
 from ..config import Budget, Config, Limits
@@ -73,6 +83,10 @@ PERIODS: Final = ("daily", "weekly", "monthly", "total")
 _PERIOD_INDEX: Final = {name: i for i, name in enumerate(PERIODS)}
 _MAX_MODELS: Final = 256  # per account and period; beyond it usage is summed as "other"
 _OTHER: Final = "other"
+# An account's usage waits in a list of this many answers at most before it is added to
+# its four periods (_Account.fold): every read folds it first.
+_FOLD_AT: Final = 32
+_COST: Final = itemgetter(3)
 _MAX_UNPRICED: Final = 1024  # models remembered as "already warned about"
 _DUMP_VERSION: Final = 1
 _LIMIT_NAMES: Final = {
@@ -247,8 +261,8 @@ class _Period:
 class _Account:
     """The counters of one user or one client key."""
 
-    __slots__ = ("concurrent", "cur", "cur_ids", "day", "day_requests", "periods",
-                 "reserved_usd", "rpm", "tpm")
+    __slots__ = ("concurrent", "cur", "cur_ids", "day", "day_requests", "pend", "pend_ids",
+                 "periods", "reserved_usd", "rpm", "tpm", "watch", "watched")
 
     def __init__(self) -> None:
         self.rpm = _Window()
@@ -263,6 +277,15 @@ class _Account:
         # sets ``cur_ids`` to None.
         self.cur: tuple[_Period, ...] = ()
         self.cur_ids: tuple[str, ...] | None = None
+        # Answers recorded and not yet added to the periods of ``pend_ids``, in order:
+        # (provider/model, prompt tokens, completion tokens, USD). See fold().
+        self.pend: list[tuple[str, int, int, float]] = []
+        self.pend_ids: tuple[str, ...] | None = None
+        # A budget's period (its index in ``cur``; -1: none) and its spend with the pending
+        # costs summed on, in order: what fold() will leave in it, kept as answers come so
+        # that a budget check is one read. Valid while ``cur`` and ``pend_ids`` stay.
+        self.watch = -1
+        self.watched = 0.0
 
     def unreserve(self, usd: float) -> None:
         # Float sums drift: with nothing in flight the reservation is exactly zero.
@@ -275,11 +298,13 @@ class _Account:
         return self.day_requests
 
     def period(self, name: str, now: float) -> _Period:
+        if self.pend:
+            self.fold()
         pid = period_id(name, now)
         p = self.periods.get(name)
         if p is None or p.id != pid:
             p = self.periods[name] = _Period(pid)
-            self.cur_ids = None
+            self.cur_ids, self.watch = None, -1
         return p
 
     def current(self, ids: tuple[str, ...]) -> tuple[_Period, ...]:
@@ -294,8 +319,77 @@ class _Account:
             if p is None or p.id != pid:
                 p = periods[name] = _Period(pid)
             cur.append(p)
-        self.cur, self.cur_ids = tuple(cur), ids
+        self.cur, self.cur_ids, self.watch = tuple(cur), ids, -1
         return self.cur
+
+    def fold(self) -> None:
+        """Add the pending answers to the periods they were recorded in. Exactly what adding
+        each as it came would have left: token and request counts are integers, and each
+        cost is added to each sum in the order recorded (``reduce``, one float addition at
+        a time, never a rounded subtotal). What it saves is the Python work of 2 accounts x
+        4 periods x (totals + the model's) per answer."""
+        recs = self.pend
+        if not recs:
+            return
+        self.pend = []
+        assert self.pend_ids is not None
+        cur = self.current(self.pend_ids)
+        n = len(recs)
+        if n == 1:
+            name, prompt, completion, cost = recs[0]
+            for p in cur:
+                t = p.totals
+                t.requests += 1
+                t.prompt += prompt
+                t.completion += completion
+                t.cost += cost
+                m = p.models.get(name)
+                if m is None:
+                    m = p.new_model(name)
+                m.requests += 1
+                m.prompt += prompt
+                m.completion += completion
+                m.cost += cost
+            return
+        # Per model: [answers, prompt, completion, costs in order], in order of first sight.
+        groups: dict[str, list[Any]] = {}
+        prompt = completion = 0
+        for name, pt, ct, cost in recs:
+            g = groups.get(name)
+            if g is None:
+                g = groups[name] = [0, 0, 0, []]
+            g[0] += 1
+            g[1] += pt
+            g[2] += ct
+            g[3].append(cost)
+            prompt += pt
+            completion += ct
+        for p in cur:
+            t = p.totals
+            t.requests += n
+            t.prompt += prompt
+            t.completion += completion
+            t.cost = reduce(add, map(_COST, recs), t.cost)
+            models = p.models
+            if len(models) + len(groups) <= _MAX_MODELS:
+                # Every model keeps its own totals (none is summed as "other").
+                for name, (k, pt, ct, costs) in groups.items():
+                    m = models.get(name)
+                    if m is None:
+                        m = models[name] = _Totals()
+                    m.requests += k
+                    m.prompt += pt
+                    m.completion += ct
+                    m.cost = reduce(add, costs, m.cost)
+                continue
+            for name, pt, ct, cost in recs:  # near the bound: one answer at a time
+                m = models.get(name)
+                if m is None:
+                    m = p.new_model(name)
+                m.requests += 1
+                m.prompt += pt
+                m.completion += ct
+                m.cost += cost
 
 
 class Admission:
@@ -396,9 +490,10 @@ class Ledger:
         if budget is not None:
             _check_budget(key, caller, True, budget, now)
         limits, key_limits = caller.limits, caller.key_limits
-        if ((limits is not None and not _fits(user, limits, estimate_tokens, now))
-                or (key_limits is not None and not _fits(key, key_limits, estimate_tokens,
-                                                         now))):
+        day, minute = period_ids(now)[0], int(now // 60)
+        if ((limits is not None and not _fits(user, limits, estimate_tokens, now, day, minute))
+                or (key_limits is not None
+                    and not _fits(key, key_limits, estimate_tokens, now, day, minute))):
             _refuse(caller, user, key, estimate_tokens, now)
 
     def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
@@ -424,7 +519,11 @@ class Ledger:
                 w.roll(minute)
             level = w.cur + correction
             w.cur = level if level > 0.0 else 0.0
-            acc.unreserve(reserved)
+            if acc.concurrent:  # unreserve, inlined
+                level = acc.reserved_usd - reserved
+                acc.reserved_usd = level if level > 0.0 else 0.0
+            else:
+                acc.reserved_usd = 0.0
         # Negative or non-finite costs cannot come from a price table; 0 keeps them out.
         usd = cost if cost is not None and 0 <= cost < math.inf else 0.0
         _add_usage(adm.accounts, now, name, prompt_tokens, completion_tokens, usd)
@@ -537,6 +636,7 @@ class Ledger:
         now = self.clock()
 
         def account(acc: _Account) -> dict[str, Any]:
+            acc.fold()
             acc.requests_today(now)
             return {"day": acc.day, "day_requests": acc.day_requests,
                     "periods": {name: {"id": p.id, "totals": p.totals.as_row(),
@@ -596,8 +696,18 @@ def _who(caller: Caller, is_key: bool) -> str:
 
 def _check_budget(acc: _Account, caller: Caller, is_key: bool, budget: Budget,
                   now: float) -> None:
-    if acc.cur_ids is period_ids(now):  # what recording keeps current
-        spent = acc.cur[_PERIOD_INDEX[budget.period]].totals.cost
+    ids = period_ids(now)
+    if acc.cur_ids is ids and (acc.pend_ids is ids or not acc.pend):
+        # Today's periods, and pending usage of today: its costs summed on in order, as
+        # fold() will add them (the same float), without folding on every admission.
+        i = _PERIOD_INDEX[budget.period]
+        if acc.watch == i:
+            spent = acc.watched
+        else:
+            spent = acc.cur[i].totals.cost
+            if acc.pend:
+                spent = reduce(add, map(_COST, acc.pend), spent)
+            acc.watch, acc.watched = i, spent
     else:
         spent = acc.period(budget.period, now).totals.cost
     if spent + acc.reserved_usd >= budget.usd:
@@ -631,7 +741,8 @@ def _usd(value: float) -> str:
     return "$" + (f"{value:.8f}".rstrip("0").rstrip(".") or "0")
 
 
-def _fits(acc: _Account, limits: Limits, estimate: int, now: float) -> bool:
+def _fits(acc: _Account, limits: Limits, estimate: int, now: float, day: str,
+          minute: int) -> bool:
     """Whether no limit refuses this request: :func:`_violations` finds none. The same
     tests, without naming anything (this runs for every request of a limited caller);
     a False is then explained by :func:`_violations`."""
@@ -639,9 +750,11 @@ def _fits(acc: _Account, limits: Limits, estimate: int, now: float) -> bool:
     if value is not None and acc.concurrent >= value:
         return False
     value = limits.daily_requests
-    if value is not None and acc.requests_today(now) >= value:
-        return False
-    minute = int(now // 60)
+    if value is not None:
+        if acc.day != day:  # requests_today, inlined
+            acc.day, acc.day_requests = day, 0
+        if acc.day_requests >= value:
+            return False
     value = limits.rpm
     if value is not None:
         w = acc.rpm  # _Window.wait's first test
@@ -720,22 +833,21 @@ def _limits_report(acc: _Account, limits: Limits | None, now: float) -> dict[str
 
 def _add_usage(accounts: Iterable[_Account], now: float, name: str, prompt: int,
                completion: int, cost: float) -> None:
-    # Runs for every answer: 2 accounts x 4 periods x (totals + the model's), inlined.
+    # Runs for every answer: one tuple, kept by each account until a read or _FOLD_AT.
     ids = period_ids(now)
+    rec = (name, prompt, completion, cost)
     for acc in accounts:
-        for p in acc.cur if acc.cur_ids is ids else acc.current(ids):
-            t = p.totals
-            t.requests += 1
-            t.prompt += prompt
-            t.completion += completion
-            t.cost += cost
-            m = p.models.get(name)
-            if m is None:
-                m = p.new_model(name)
-            m.requests += 1
-            m.prompt += prompt
-            m.completion += completion
-            m.cost += cost
+        pend = acc.pend
+        if acc.pend_ids is not ids:  # pending usage belongs to the periods of its own day
+            if pend:
+                acc.fold()
+                pend = acc.pend
+            acc.pend_ids, acc.watch = ids, -1
+        pend.append(rec)
+        if acc.watch >= 0:
+            acc.watched += cost
+        if len(pend) >= _FOLD_AT:
+            acc.fold()
 
 
 def _check_account(row: Any, where: str, is_key: bool) -> None:
@@ -774,7 +886,8 @@ def _load_account(acc: _Account, row: dict[str, Any]) -> None:
             window.minute, window.cur, window.prev = row[name]
     acc.concurrent = int(row.get("concurrent", 0))
     acc.reserved_usd = float(row.get("reserved_usd", 0.0))
-    acc.cur_ids = None
+    acc.fold()
+    acc.cur_ids, acc.watch = None, -1
     for name, p in row["periods"].items():
         period = _Period(p["id"])
         period.totals = _Totals(*p["totals"])
