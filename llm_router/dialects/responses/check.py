@@ -178,8 +178,11 @@ def check_body(body: dict[str, Any]) -> None:
             value = _at(body, path)
             if value is not None and not test(value):
                 raise _fail(name, must)
-    _check_format((body.get("text") or {}).get("format"))
-    _check_tools(body.get("tools") or [], body.get("tool_choice"))
+    text, tools, choice = body.get("text"), body.get("tools"), body.get("tool_choice")
+    if text:
+        _check_format(text.get("format"))
+    if tools or choice is not None:
+        _check_tools(tools or [], choice)
     raw = body.get("input")
     if isinstance(raw, list):
         for i, item in enumerate(raw):
