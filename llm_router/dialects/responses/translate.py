@@ -337,8 +337,26 @@ def _add_item(messages: list[dict[str, Any]], item: dict[str, Any],
 def _chat_content(content: Any, role: str) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
-    parts: list[dict[str, Any]] = []
+    # Text only (and always for assistant/system turns, whose images are left out): one
+    # string suits every server. Most items are so: joined without building the parts.
+    texts: list[str] = []
     for part in content or []:
+        if not isinstance(part, dict):
+            continue
+        ptype = part.get("type")
+        if ptype in _TEXT_PARTS:
+            texts.append(part.get("text") or "")
+        elif ptype == "refusal":
+            texts.append(part.get("refusal") or "")
+        elif ptype == "input_image" and part.get("image_url") and role == "user":
+            return _content_parts(content)
+    return "".join(texts)
+
+
+def _content_parts(content: list[Any]) -> list[dict[str, Any]]:
+    """A user message's parts with an image among them, as chat content parts."""
+    parts: list[dict[str, Any]] = []
+    for part in content:
         if not isinstance(part, dict):
             continue
         ptype = part.get("type")
@@ -351,9 +369,6 @@ def _chat_content(content: Any, role: str) -> str | list[dict[str, Any]]:
             if part.get("detail"):
                 image["detail"] = part["detail"]
             parts.append({"type": "image_url", "image_url": image})
-    if role != "user" or all(p["type"] == "text" for p in parts):
-        # Text only (and always for assistant/system turns): one string suits every server.
-        return "".join(p["text"] for p in parts if p["type"] == "text")
     return parts
 
 
