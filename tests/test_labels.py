@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from .conftest import AUTH, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -48,3 +48,30 @@ async def test_unique_model_names_do_not_grow_the_series(
     # Names the config gives keep their own series.
     assert any("group=p1/m," in k and "model=m," in k for k in after)
     assert any("group=g," in k for k in after)
+
+
+async def test_a_name_the_reloaded_config_drops_is_labelled_other_from_then_on(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    from .test_reload import eventually, save_by_rename
+
+    config = {**_config(upstream), "pricing": {"priced": {"input": 1.0, "output": 2.0}}}
+    router = await start_router(config)
+    await _send(http, router.url, ["p1/priced"] * 3)
+    _, before = await scrape_metrics(router.url)
+    own = 'llm_router_requests_total{group=p1/priced,model=priced,provider=p1,' \
+          'route=/v1/chat/completions,status=200,user=default}'
+    assert before.get(own) == 3, sorted(before)
+    # "priced" is no longer named
+    save_by_rename(router.config_path, {"api_key": ROUTER_KEY, **_config(upstream)})
+
+    async def reloaded() -> bool:
+        return (await scrape_metrics(router.url))[1].get(
+            "llm_router_config_reloads_total{result=success}") == 1
+
+    await eventually(reloaded)
+    await _send(http, router.url, ["p1/priced"] * 2)
+    _, after = await scrape_metrics(router.url)
+    assert after[own] == 3  # the old series no longer grows
+    other = own.replace("group=p1/priced", "group=p1/other").replace("model=priced",
+                                                                     "model=other")
+    assert after[other] == 2

@@ -47,9 +47,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from .labels import LabelNames
 
-__all__ = ["GAUGE_MODES", "LIMIT_NAMES", "MULTIPROC_DIR_ENV", "REJECTION_REASONS", "Metrics",
-           "Series", "UserGauges", "multiprocess_dir", "status_class"]
+__all__ = ["GAUGE_MODES", "LIMIT_NAMES", "MULTIPROC_DIR_ENV", "REJECTION_REASONS", "Answered",
+           "Metrics", "Series", "UserGauges", "multiprocess_dir", "status_class"]
 
 _P: Final = "llm_router_"
 
@@ -302,7 +303,12 @@ class Metrics:
         self.webhook_queue = Gauge(_P + "webhook_queue_depth",
                                    "Webhook events waiting for delivery", ["webhook"],
                                    registry=r, multiprocess_mode=_mode("webhook_queue_depth"))
-        self._children: dict[tuple[Any, ...], Series] = {}
+        # Per metric object, its series by label values.
+        self._children: dict[Any, dict[tuple[str, ...], Series]] = {}
+        # answered(): per finished request's values, as long as the label names are those
+        # of one config (a reload brings new ones).
+        self._answered: dict[tuple[str, str, str, str, int, str], Answered] = {}
+        self._answered_names: LabelNames | None = None
 
     def watch_state(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],
                                                    Iterable[tuple[tuple[str, str], str]]]]
@@ -321,11 +327,57 @@ class Metrics:
 
     def child(self, metric: Any, *labels: str) -> Series:
         """The series ``metric.labels(*labels)``, cached, as a :class:`Series`."""
-        key = (id(metric), *labels)
-        c = self._children.get(key)
+        children = self._children.get(metric)
+        if children is None:
+            children = self._children[metric] = {}
+        c = children.get(labels)
         if c is None:
-            c = self._children[key] = Series(metric.labels(*labels))
+            c = children[labels] = Series(metric.labels(*labels))
         return c
+
+    def answered(self, names: LabelNames, route: str, group: str, provider: str, model: str,
+                 status: int, user: str) -> Answered:
+        """The series a finished request updates (``requests_total``,
+        ``request_duration_seconds``, ``overhead_seconds``), from its values as recorded:
+        one dict lookup per request. Kept only for values that are their own labels
+        (names the config knows), so the cache stays as bounded as the series."""
+        key = (route, group, provider, model, status, user)
+        if self._answered_names is names:
+            found = self._answered.get(key)
+            if found is not None:
+                return found
+        else:
+            self._answered.clear()  # another config: names may now be labelled otherwise
+            self._answered_names = names
+        g, m = names.group(group), names.model(provider, model)
+        found = Answered(self.child(self.requests, route, g, provider, m, str(status), user),
+                         self.child(self.duration, route, g, provider, m, status_class(status)),
+                         self, route)
+        if g == group and m == model:
+            self._answered[key] = found
+        return found
+
+
+class Answered:
+    """The series of one kind of finished request (:meth:`Metrics.answered`).
+    ``overhead`` is made on first use: a route whose requests never reach an upstream
+    has no ``overhead_seconds`` series, as before."""
+
+    __slots__ = ("_metrics", "_overhead", "_route", "duration", "requests")
+
+    def __init__(self, requests: Series, duration: Series, metrics: Metrics,
+                 route: str) -> None:
+        self.requests = requests
+        self.duration = duration
+        self._metrics = metrics
+        self._route = route
+        self._overhead: Series | None = None
+
+    @property
+    def overhead(self) -> Series:
+        if self._overhead is None:
+            self._overhead = self._metrics.child(self._metrics.overhead, self._route)
+        return self._overhead
 
 
 class Series:

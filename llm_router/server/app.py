@@ -48,7 +48,7 @@ from ..gateway.proxy import new_request_id
 from ..gateway.router_state import RouterState
 from ..ledger.accounting import ANONYMOUS, extract_key
 from ..observe.exchange import EXCHANGE, Exchange
-from ..observe.metrics import REJECTION_REASONS, status_class
+from ..observe.metrics import REJECTION_REASONS
 from .connections import (
     ConnectionGuard,
     GuardedProtocol,
@@ -278,15 +278,14 @@ def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
     elapsed = time.perf_counter() - t0
     m = state.metrics
     user = ex.caller.user
-    names = state.labels  # labels carry only names from the config
-    group, model = names.group(ex.group), names.model(ex.provider, ex.model)
-    m.child(m.requests, ex.route, group, ex.provider, model, str(ex.status), user).inc()
-    m.child(m.duration, ex.route, group, ex.provider, model,
-            status_class(ex.status)).observe(elapsed)
+    # Labels carry only names from the config (state.labels).
+    series = m.answered(state.labels, ex.route, ex.group, ex.provider, ex.model, ex.status, user)
+    series.requests.inc()
+    series.duration.observe(elapsed)
     if rejected is not None:
-        m.child(m.rejections, ex.route, group, user, rejected).inc()
+        m.child(m.rejections, ex.route, state.labels.group(ex.group), user, rejected).inc()
     if ex.attempts:
-        m.child(m.overhead, ex.route).observe(max(0.0, elapsed - ex.upstream_s))
+        series.overhead.observe(max(0.0, elapsed - ex.upstream_s))
     state.traffic.record(ex, elapsed)
     level = logging.DEBUG if quiet and ex.status < 400 else logging.INFO
     if access_log.isEnabledFor(level):
