@@ -56,7 +56,7 @@ from .connections import (
     server_handler_args,
 )
 from .fleet_status import share_traffic
-from .handlers import STATE, routes
+from .handlers import DIRECT, STATE, Direct, routes
 from .reload import RELOADER, ConfigReloader, config_watcher
 from .snapshots import usage_snapshots
 
@@ -110,9 +110,10 @@ def _http_error(exc: web.HTTPException) -> RouterError:
     return err
 
 
-# A route without a variable part: its frozen match, handler, metric label, and whether it
-# is public; the same for every request (see _make_edge).
-_Fast = tuple[UrlMappingMatchInfo, Handler, str, bool]
+# A route without a variable part: its frozen match, handler, metric label, whether it is
+# public, and for a model route what to call instead of the handler (handlers.Direct);
+# the same for every request (see _make_edge).
+_Fast = tuple[UrlMappingMatchInfo, Handler, str, bool, Direct | None]
 
 
 def _fast_routes(app: web.Application) -> dict[tuple[str, str], _Fast]:
@@ -129,7 +130,8 @@ def _fast_routes(app: web.Application) -> dict[tuple[str, str], _Fast]:
             info.add_app(app)
             info.freeze()
             path = resource.canonical
-            table[(route.method, path)] = (info, route.handler, path, path in _PUBLIC)
+            table[(route.method, path)] = (info, route.handler, path, path in _PUBLIC,
+                                           DIRECT.get(route.handler))
     return table
 
 
@@ -144,11 +146,12 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
     @web.middleware
     async def _edge(request: web.Request, handler: Handler | None = None
                     ) -> web.StreamResponse:
+        direct: Direct | None = None
         if handler is None:
             hit = table.get((request.method, request.rel_url.path_safe))
             if hit is None or request.headers.get(hdrs.EXPECT):
                 return await slow(request)
-            request._match_info, handler, route, public = hit
+            request._match_info, handler, route, public, direct = hit
         else:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
@@ -179,7 +182,11 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
                 if ex is not None:  # the caller; public paths need none
                     ex.caller = state.keys.authenticate(extract_key(
                         request.headers.get("Authorization"), request.headers.get("x-api-key")))
-                resp = await handler(request)
+                if direct is not None and ex is not None:
+                    ex.kind, ex.client = direct.kind, direct.client
+                    resp = await direct.serve(request, state, ex)
+                else:
+                    resp = await handler(request)
                 compress_whole_answer(request, resp)
             except RouterError as err:
                 resp = _error_response(err, request)

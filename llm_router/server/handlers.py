@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -38,9 +38,10 @@ from .fleet_status import FLEET
 from .reload import RELOADER
 from .status import build_status, status_page
 
-__all__ = ["STATE", "routes"]
+__all__ = ["DIRECT", "STATE", "Direct", "routes"]
 
 STATE: Final = web.AppKey("state", RouterState)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(payload: object, status: int = 200) -> web.Response:
@@ -48,29 +49,47 @@ def _json(payload: object, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-def _model_route(kind: str, client: Dialect
-                 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+class Direct(NamedTuple):
+    """What the edge calls for a model route instead of its aiohttp handler, sparing a
+    coroutine and two lookups per request: set the exchange's kind and dialect, then
+    ``serve(request, state, exchange)``."""
+
+    kind: str
+    client: Dialect
+    serve: Callable[[web.Request, RouterState, Exchange], Awaitable[web.StreamResponse]]
+
+
+# Each model route's aiohttp handler, and what the edge calls directly for it.
+DIRECT: Final[dict[Handler, Direct]] = {}
+
+
+def _model_route(kind: str, client: Dialect) -> Handler:
+    serve = _count_tokens if kind == "count_tokens" else forward
+
     async def handler(request: web.Request) -> web.StreamResponse:
-        state = request.app[STATE]
         ex = request[EXCHANGE]
         ex.kind, ex.client = kind, client
-        if kind == "count_tokens":
-            local = await _count_tokens_locally(request, state, ex)
-            if local is not None:
-                return local
-            try:
-                return await forward(request, state, ex)
-            except (UpstreamError, UpstreamTimeout, Unavailable) as err:
-                # Counting is advisory: when no member can count (failing, timing out,
-                # cooling down), the estimate serves better than an error. The failure
-                # stays in the access line; the header says the answer is an estimate.
-                assert ex.body is not None
-                ex.error = ex.error or err.code
-                return _estimate(ex, ex.body)
-        return await forward(request, state, ex)
+        return await serve(request, request.app[STATE], ex)
 
     handler.__name__ = f"{kind}_handler"
+    DIRECT[handler] = Direct(kind, client, serve)
     return handler
+
+
+async def _count_tokens(request: web.Request, state: RouterState,
+                        ex: Exchange) -> web.StreamResponse:
+    local = await _count_tokens_locally(request, state, ex)
+    if local is not None:
+        return local
+    try:
+        return await forward(request, state, ex)
+    except (UpstreamError, UpstreamTimeout, Unavailable) as err:
+        # Counting is advisory: when no member can count (failing, timing out, cooling
+        # down), the estimate serves better than an error. The failure stays in the
+        # access line; the header says the answer is an estimate.
+        assert ex.body is not None
+        ex.error = ex.error or err.code
+        return _estimate(ex, ex.body)
 
 
 async def _count_tokens_locally(request: web.Request, state: RouterState,
@@ -344,15 +363,20 @@ def _peer_address(remote: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6A
     return ip
 
 
+# Made once: DIRECT is keyed by these handlers.
+_MODEL_ROUTES: Final = (
+    ("/v1/chat/completions", _model_route("chat", Dialect.OPENAI)),
+    ("/v1/completions", _model_route("completions", Dialect.OPENAI)),
+    ("/v1/embeddings", _model_route("embeddings", Dialect.OPENAI)),
+    ("/v1/messages", _model_route("messages", Dialect.ANTHROPIC)),
+    ("/v1/messages/count_tokens", _model_route("count_tokens", Dialect.ANTHROPIC)),
+    ("/v1/responses", _model_route("responses", Dialect.RESPONSES)),
+)
+
+
 def routes() -> list[web.RouteDef]:
     return [
-        web.post("/v1/chat/completions", _model_route("chat", Dialect.OPENAI)),
-        web.post("/v1/completions", _model_route("completions", Dialect.OPENAI)),
-        web.post("/v1/embeddings", _model_route("embeddings", Dialect.OPENAI)),
-        web.post("/v1/messages", _model_route("messages", Dialect.ANTHROPIC)),
-        web.post("/v1/messages/count_tokens",
-                 _model_route("count_tokens", Dialect.ANTHROPIC)),
-        web.post("/v1/responses", _model_route("responses", Dialect.RESPONSES)),
+        *(web.post(path, handler) for path, handler in _MODEL_ROUTES),
         web.get("/v1/responses/{response_id}", get_response),
         web.delete("/v1/responses/{response_id}", delete_response),
         web.get("/v1/models", list_models),
