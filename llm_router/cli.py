@@ -216,8 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Its own buffer on stdout, even under PYTHONUNBUFFERED: flushed every half second.
     stream = open(sys.stdout.fileno(), "w", buffering=1 << 16, encoding="utf-8",  # noqa: SIM115
                   closefd=False)  # lives as long as the process
-    handler = AccessLogHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = AccessLogHandler(stream)  # writes each line as is
     access.addHandler(handler)
     access.setLevel(args.log_level)
     path = args.config or os.environ.get("LLM_ROUTER_CONFIG") or "config.yaml"

@@ -9,11 +9,17 @@ way it was dispatched.
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
-from .conftest import AUTH, StartRouter, Upstream, openai_provider
+from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, write_config
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -96,3 +102,48 @@ async def test_while_draining_every_answer_closes_its_connection(
                                ("GET", "/v1/nowhere", None)):
         async with http.request(method, router.url + path, headers=AUTH, json=body) as resp:
             assert resp.headers["Connection"].lower() == "close", (path, resp.status)
+
+
+async def test_the_daemon_writes_one_json_access_line_per_request_on_stdout(
+        tmp_path: Path) -> None:
+    """Through ``serve``'s own access handler (the line written without a LogRecord)."""
+    path = tmp_path / "config.yaml"
+    write_config(path, {"api_key": ROUTER_KEY, "providers": [{"name": "local", "type": "mock"}],
+                        "groups": [{"name": "g", "models": [{"provider": "local",
+                                                             "name": "m"}]}]})
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "wb") as out_fh, open(err, "wb") as err_fh:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llm_router", "serve", "--config", str(path), "--host",
+            "127.0.0.1", "--port", "0", stdout=out_fh, stderr=err_fh)
+    try:
+        deadline = asyncio.get_running_loop().time() + 15
+        while not (m := re.search(rb"listening on http://127\.0\.0\.1:(\d+)", err.read_bytes())):
+            assert proc.returncode is None and asyncio.get_running_loop().time() < deadline, \
+                err.read_text()
+            await asyncio.sleep(0.02)
+        url = f"http://127.0.0.1:{int(m.group(1))}"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url + "/v1/chat/completions",
+                                 headers={**AUTH, "X-Request-Id": "line-1"},
+                                 json={"model": "g", "messages": HELLO}) as resp:
+                assert resp.status == 200
+            async with http.get(url + "/v1/nowhere",
+                                headers={**AUTH, "X-Request-Id": "line-2"}) as resp:
+                assert resp.status == 404
+            async with http.get(url + "/health") as resp:  # public: no access line
+                assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+    lines = [orjson.loads(line) for line in out.read_text().splitlines()]
+    assert [line["request_id"] for line in lines] == ["line-1", "line-2"]
+    ok, missing = lines
+    assert ok["status"] == 200 and ok["route"] == "/v1/chat/completions" and ok["group"] == "g"
+    assert missing["status"] == 404 and missing["error"] == "not_found"
+    assert ROUTER_KEY not in out.read_text()
+    for line in lines:  # as datetime.isoformat(timespec="milliseconds") writes UTC
+        stamp = datetime.fromisoformat(line["time"])
+        assert stamp.utcoffset() == timedelta(0)
+        assert stamp.isoformat(timespec="milliseconds") == line["time"]
+        assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=5)
