@@ -332,7 +332,7 @@ class Metrics:
             children = self._children[metric] = {}
         c = children.get(labels)
         if c is None:
-            c = children[labels] = Series(metric.labels(*labels))
+            c = children[labels] = Series.of(metric.labels(*labels))
         return c
 
     def answered(self, names: LabelNames, route: str, group: str, provider: str, model: str,
@@ -399,7 +399,16 @@ class Series:
         self._most_recent = bool(getattr(child, "_is_most_recent", False))
         self._sum: Any = getattr(child, "_sum", None)  # Histogram
         self._bounds: tuple[float, ...] = tuple(getattr(child, "_upper_bounds", ()))
-        self._buckets = tuple(b.inc for b in getattr(child, "_buckets", ()))
+        self._buckets: tuple[Any, ...] = tuple(getattr(child, "_buckets", ()))
+
+    @staticmethod
+    def of(child: Any) -> Series:
+        """The series of a prometheus-client child: :class:`_InMemory` when its values
+        are in-process floats (one process), else this class."""
+        value = getattr(child, "_value", None)
+        if value is None:
+            value = getattr(child, "_sum", None)
+        return _InMemory(child) if type(value) is values.MutexValue else Series(child)
 
     def inc(self, amount: float = 1.0) -> None:
         self._value.inc(amount)
@@ -413,4 +422,30 @@ class Series:
     def observe(self, amount: float) -> None:
         self._sum.inc(amount)
         # The first bucket whose upper bound is >= amount (the last bound is +Inf).
-        self._buckets[bisect_left(self._bounds, amount)](1.0)
+        self._buckets[bisect_left(self._bounds, amount)].inc(1.0)
+
+
+class _InMemory(Series):
+    """A series whose values are prometheus-client's in-process ``MutexValue``: their
+    ``inc`` and ``set`` done here, under the same lock on the same float, one Python call
+    fewer per update. (A ``livemostrecent`` gauge's time only matters in files.)"""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        value = self._value
+        with value._lock:
+            value._value += amount
+
+    def set(self, value: float) -> None:
+        target = self._value
+        with target._lock:
+            target._value = float(value)
+
+    def observe(self, amount: float) -> None:
+        total = self._sum
+        with total._lock:
+            total._value += amount
+        bucket = self._buckets[bisect_left(self._bounds, amount)]
+        with bucket._lock:
+            bucket._value += 1.0

@@ -244,16 +244,21 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
 
 class _RouterRequest(web.Request):
     """aiohttp's request, with ``on_response_prepare``'s one use of ours called directly
-    rather than through the signal (a coroutine per receiver, for every response)."""
+    rather than through the signal (a coroutine per receiver, for every response). Each
+    application makes its own subclass (:func:`_request_class`) holding its state."""
+
+    _router_state: RouterState
+    _prepare_signal: Any  # the application's on_response_prepare: none of ours
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        info = self._match_info
-        if info is None:
-            return
-        app = info.current_app
-        _close_while_draining(app[STATE], response)
-        if app.on_response_prepare:  # none of ours; kept for anything appended
-            await app.on_response_prepare.send(self, response)
+        _close_while_draining(self._router_state, response)
+        if self._prepare_signal and self._match_info is not None:
+            await self._prepare_signal.send(self, response)
+
+
+def _request_class(app: web.Application, state: RouterState) -> type[web.Request]:
+    return type("RouterRequest", (_RouterRequest,), {
+        "_router_state": state, "_prepare_signal": app.on_response_prepare})
 
 
 def _rejection_reason(err: RouterError, ex: Exchange | None) -> str | None:
@@ -519,7 +524,7 @@ async def start_server(state: RouterState, host: str, port: int, *, log_format: 
     # handler_cancellation: a client that disconnects cancels its handler at once, which
     # closes the upstream request and releases its in-flight estimate.
     runner = GuardedRunner(app, ConnectionGuard(state.config.server), request_handler=edge,
-                           request_class=_RouterRequest, handler_cancellation=True,
+                           request_class=_request_class(app, state), handler_cancellation=True,
                            access_log=None, shutdown_timeout=state.config.shutdown_grace_s)
     try:
         await runner.setup()
