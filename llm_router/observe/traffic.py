@@ -165,7 +165,11 @@ class Traffic:
             ring.add(slot, True)
             ring.last_failure, ring.last_failure_at = reason, self._wall()
         if ex.attempts > len(ex.failures):  # the last attempt answered
-            self._ring(ex.provider, ex.key).add(slot, False)
+            last = self._keys.get((ex.provider, ex.key)) or self._ring(ex.provider, ex.key)
+            i = slot % _KEY_SLOTS  # as _KeyRing.add(slot, False), inline: every request
+            if last.stamp[i] != slot:
+                last.stamp[i], last.attempts[i], last.failures[i] = slot, 0, 0
+            last.attempts[i] += 1
 
     def _ring(self, provider: str, key: str) -> _KeyRing:
         ring = self._keys.get((provider, key))
