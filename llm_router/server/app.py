@@ -172,7 +172,9 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
             # Only API requests are "in flight": a /metrics scrape must not count itself.
             state.inflight += 1  # the gauge is set from this at scrape time
             state.request_tasks.add(request.task)  # what a shutdown cuts after its grace
-            ex = request[EXCHANGE] = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
+            ex = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
+            if direct is None:  # a handler reads it there; a direct route is given it
+                request[EXCHANGE] = ex
             quiet = route == "/admin/status" and _STATUS_POLL_HEADER in request.headers
             if state.tracing is not None and not quiet:
                 ex.span = state.tracing.start_request(request.headers, ex)
