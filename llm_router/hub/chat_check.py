@@ -46,6 +46,7 @@ _TOP_FIELDS: Final[tuple[tuple[str, _Rule], ...]] = (
     ("tool_choice", (_of(str, dict), "must be a string or an object")),
     ("parallel_tool_calls", (_of(bool), "must be true or false")),
 )
+_TOP_RULES: Final[dict[str, _Rule]] = dict(_TOP_FIELDS)
 _MESSAGE_FIELDS: Final[tuple[tuple[str, _Rule], ...]] = (
     ("role", _STRING),
     ("content", (_of(str, list), "must be a string or a list of content parts")),
@@ -73,7 +74,10 @@ def _check_fields(obj: dict[str, Any], rules: tuple[tuple[str, _Rule], ...], at:
 def check_body(body: dict[str, Any]) -> None:
     """Raise :class:`BadRequest` for the first field the router reads that has the wrong
     type. The caller has checked ``model``, ``messages`` (a list) and ``stream``."""
-    _check_fields(body, _TOP_FIELDS, "")
+    for name in body.keys() & _TOP_RULES:  # a body sends few of them: test only those
+        value = body[name]
+        if value is not None and not _TOP_RULES[name][0](value):
+            _check_fields(body, _TOP_FIELDS, "")  # raises for the first in table order
     for i, message in enumerate(body["messages"]):
         if type(message) is dict and type(message.get("content")) is str \
                 and type(message.get("role")) is str and "tool_calls" not in message \
