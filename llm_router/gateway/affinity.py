@@ -163,10 +163,12 @@ def _opening(body: Mapping[str, Any]) -> list[str]:
     if isinstance(tools, list) and tools:
         # Names only: schemas are long, and a tool set differing in schema alone is rare.
         parts += ("tools", "\x1f".join(_tool_name(t) for t in tools))
-    for field in ("system", "instructions"):
-        system = body.get(field)
-        if system:
-            parts += ("system", system if isinstance(system, str) else _text(system))
+    system = body.get("system")
+    if system:
+        parts += ("system", system if isinstance(system, str) else _text(system))
+    system = body.get("instructions")
+    if system:
+        parts += ("system", system if isinstance(system, str) else _text(system))
     messages = body.get("messages")
     if messages is None:
         messages = body.get("input")

@@ -27,6 +27,7 @@ from . import relay as rl
 from .answer_stream import AnswerStream
 from .attempt import Attempt, pin_response, router_header_items, router_headers
 from .compression import MIN_COMPRESS_BYTES, compress_body
+from .deadlines import Guard
 from .downstream import Downstream
 from .model_request import ModelRequest
 from .upstream_events import upstream_events
@@ -39,7 +40,7 @@ async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
     state, ex, cand, up = req.state, req.ex, att.cand, att.up
     try:
         # total counts from the attempt's start, the wait for headers included.
-        with state.deadlines.guard(att.sent_loop + cand.provider.timeouts.total):
+        with Guard(state.deadlines, att.sent_loop + cand.provider.timeouts.total):
             raw = await resp.read(req.cfg.upstream_limits.max_response_bytes)
     except UPSTREAM_ERRORS as exc:
         raise failure_from_exception(exc, cand.provider.name) from None

@@ -110,8 +110,10 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
             # A name from the client: bounded state. A model its provider listed is
             # kept under its own name: discovery bounds those (docs/catalog.md).
             target = target.folded(OTHER)
-    ex.caller.check(target)
-    if ex.caller.has_budget:  # every call it can reach must be charged
+    caller = ex.caller
+    caller.check(target)
+    budgeted = caller.has_budget
+    if budgeted:  # every call it can reach must be charged
         target = priced_target(cfg.pricing, target)
     turn = None
     if ex.kind == "responses":
@@ -132,9 +134,11 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
     coding = negotiate(request.headers.get(_ACCEPT_ENCODING))
-    hit, fill = await open_cache(request, state, cfg, ex, target, body, stream)
-    if hit is not None:
-        return await serve_hit(request, state, ex, hit, stream, include_usage, coding)
+    fill = None
+    if state.cache.rule(cfg, target.name) is not None:  # else open_cache has nothing to do
+        hit, fill = await open_cache(request, state, cfg, ex, target, body, stream)
+        if hit is not None:
+            return await serve_hit(request, state, ex, hit, stream, include_usage, coding)
     ceiling = completion_ceiling(body)
     # About a token per 4 bytes. From the bytes really read: a client sending its body
     # chunked (no Content-Length) must not get its prompt reserved at zero.
@@ -162,8 +166,8 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     # burst passes the budget by one request at most (docs/teams.md).
     cost = (estimate_cost(cfg.pricing, target.group.members, ex.prompt_estimate,
                           ceiling if ceiling is not None else estimate - ex.prompt_estimate)
-            if ex.caller.has_budget else 0.0)
-    ex.admission = await state.store.admit(ex.caller, estimate, cost)
+            if budgeted else 0.0)
+    ex.admission = await state.store.admit(caller, estimate, cost)
     down = Downstream(request, coding, cfg.keepalive_s) if stream else None
     req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
                        estimate, down, turn,
