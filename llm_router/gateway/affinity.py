@@ -315,22 +315,36 @@ def affinity_room(pinned: Candidate, cands: Sequence[Candidate], ctx: PickContex
     w = pinned.member.weight
     if w <= 0:
         return "hit"
-    if any(c.member.weight <= 0 for c in cands):
-        return "slack"
+    # Plain loops (min() as it compares: the first of equal lows is kept), in the order
+    # the window is read: the pin, then each candidate.
     inflight = ctx.counters.inflight
+    lowest: float | None = None
+    for c in cands:
+        cw = c.member.weight
+        if cw <= 0:
+            return "slack"
+        value = inflight.get(c.counter_key, 0) * cw
+        if lowest is None or value < lowest:
+            lowest = value
+    assert lowest is not None, "cands must not be empty"
     mine = inflight.get(pinned.counter_key, 0) * w
-    lowest = min(inflight.get(c.counter_key, 0) * c.member.weight for c in cands)
     if mine > lowest + BURST_GRACE * estimate * w:
         return "burst"
     tokens = ctx.counters.tokens
+    key = pinned.counter_key
     if recent is None:
-        def load(key: CounterKey) -> float:
-            return tokens.get(key, 0) + inflight.get(key, 0)
+        mine_recent = (tokens.get(key, 0) + inflight.get(key, 0)) * w
     else:
-        def load(key: CounterKey) -> float:
-            return recent.tokens(key, tokens.get(key, 0), now) + inflight.get(key, 0)
-    mine_recent = load(pinned.counter_key) * w
-    lowest_recent = min(load(c.counter_key) * c.member.weight for c in cands)
+        mine_recent = (recent.tokens(key, tokens.get(key, 0), now) + inflight.get(key, 0)) * w
+    lowest_recent: float | None = None
+    for c in cands:
+        key = c.counter_key
+        seen = tokens.get(key, 0) if recent is None else recent.tokens(key, tokens.get(key, 0),
+                                                                          now)
+        value = (seen + inflight.get(key, 0)) * c.member.weight
+        if lowest_recent is None or value < lowest_recent:
+            lowest_recent = value
+    assert lowest_recent is not None
     if mine_recent <= lowest_recent * (1.0 + slack) + estimate * w:
         return "hit"
     return "slack"
