@@ -66,11 +66,14 @@ class HTTPResponse:
             raise ResponseTooLarge(f"an answer of {declared} bytes, over the limit of {limit}")
         parts: list[bytes] = []
         size = 0
-        while data := await resp.content.readany():
+        content = resp.content
+        while data := await content.readany():
             size += len(data)
             if size > limit:
                 raise ResponseTooLarge(f"an answer larger than the limit of {limit} bytes")
             parts.append(data)
+            if content.at_eof():  # the whole body came: no read only to learn it ended
+                break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
