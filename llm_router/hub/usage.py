@@ -128,14 +128,6 @@ class Usage:
                 return cls(prompt, completion, cached or 0, reasoning or 0)
         if not isinstance(u, dict):
             return cls() if u is None else cls(rejected=PROMPT | COMPLETION)
-        # The usual answer first: two counts in range and no details (what the general
-        # path below would read, with nothing rejected).
-        prompt, completion = u.get("prompt_tokens"), u.get("completion_tokens")
-        if (type(prompt) is int and type(completion) is int
-                and 0 <= prompt <= TOKEN_COUNT_LIMIT and 0 <= completion <= TOKEN_COUNT_LIMIT
-                and u.get("prompt_tokens_details") is None
-                and u.get("completion_tokens_details") is None):
-            return cls(prompt, completion)
         return cls._of(_field(u, "prompt_tokens"), _field(u, "completion_tokens"),
                        _detail(u, "prompt_tokens_details", "cached_tokens"),
                        _detail(u, "completion_tokens_details", "reasoning_tokens"))
