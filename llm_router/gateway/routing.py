@@ -311,7 +311,7 @@ class CandidateSet:
     total: int = 0  # candidates before health and quota filtering
     over_quota: int = 0  # of those, keys past their daily_request_limit
     bad: int = 0  # of those, keys the upstream rejected (401/403) until a reload
-    excluded: set[str] = field(default_factory=set)  # providers the preferences left out
+    excluded: frozenset[str] = frozenset()  # providers the preferences left out
 
 
 def collect_candidates(
@@ -323,14 +323,14 @@ def collect_candidates(
     out = CandidateSet([])
     cands: Sequence[Candidate] = group_plan(cfg, target, kind).candidates
     if prefs.only is not None or prefs.ignore:
-        for member in target.group.members:
-            provider = cfg.providers[member.provider]
+        out.excluded = excluded = frozenset(
+            provider.name for provider in (cfg.providers[m.provider]
+                                           for m in target.group.members)
             if kind in provider_type(provider.type).serves and (
-                    (prefs.only is not None and provider.name not in prefs.only)
-                    or provider.name in prefs.ignore):
-                out.excluded.add(provider.name)
-        if out.excluded:
-            cands = [c for c in cands if c.provider.name not in out.excluded]
+                (prefs.only is not None and provider.name not in prefs.only)
+                or provider.name in prefs.ignore))
+        if excluded:
+            cands = [c for c in cands if c.provider.name not in excluded]
     eligible = out.eligible
     for cand in cands:
         if exclude and cand.counter_key in exclude:
