@@ -87,7 +87,7 @@ class Downstream:
         chunked terminator, in one write (one send on the socket, not up to three)."""
         assert self.out is not None
         if self.encoder is not None:
-            data = (self.encoder.encode(data) if data else b"") + self.encoder.finish()
+            data = self.encoder.finish(data)  # no flush: finishing ends the block
         ex.bytes_out += len(data)
         if data:
             self.last_write = time.monotonic()
