@@ -1,18 +1,26 @@
-"""OpenAIPassthrough.feed_batch: what feeding each event in turn would send and count.
+"""OpenAIPassthrough.feed_batch and feed_run: what feeding each event in turn would send
+and count.
 
 The batch read skips the fields of events that cannot change or be counted; whatever
 the events, the bytes out, the usage, ``done`` and ``failure`` must equal the per-event
-path's.
+path's. The same holds for a whole upstream answer read as runs of joined events
+(``UpstreamEvents(runs=True)``, ``SSEParser.feed_run``), however it is cut into reads,
+with comments, blank lines and CR line ends among the events.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
 from llm_router.dialects.openai import OpenAIPassthrough
+from llm_router.gateway.upstream_events import UpstreamEvents
+from llm_router.hub.sse import SSEParser
+from llm_router.providers import ResponseTooLarge
 
 
 def _chunk(rng: random.Random) -> bytes:
@@ -67,3 +75,79 @@ def test_plain_chunks_pass_as_one_object() -> None:
     relay = OpenAIPassthrough(False)
     assert relay.feed_batch(batch) == b"".join(batch)
     assert not relay.done and relay.failure is None
+
+
+class _Reads:
+    """An upstream answer that arrives in the given reads (the UpstreamResponse shape)."""
+
+    status = 200
+    headers = {"Content-Type": "text/event-stream"}
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self._reads = reads
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for read in self._reads:
+            yield read
+
+
+def _wire(rng: random.Random) -> bytes:
+    out: list[bytes] = []
+    for _ in range(rng.randrange(1, 30)):
+        kind = rng.randrange(20)
+        if kind == 0:
+            out.append(b": OPENROUTER PROCESSING\n\n")  # a comment event, dropped
+        elif kind == 1:
+            out.append(b"\n")  # a blank line between events
+        elif kind == 2:  # a comment line inside an event, kept
+            out.append(b'data: {"choices":[]}\n: note\n\n')
+        else:
+            out.append(_chunk(rng))
+    wire = b"".join(out)
+    if rng.random() < 0.1:
+        wire = wire.replace(b"\n", b"\r\n")
+    return wire
+
+
+_RUNS: list[int] = []  # runs relayed: the joined path was taken, not only its fallback
+
+
+async def _relay(reads: list[bytes], runs: bool, include_usage: bool, max_event: int
+                 ) -> tuple[object, ...]:
+    relay = OpenAIPassthrough(include_usage)
+    now = time.perf_counter()
+    events = UpstreamEvents(_Reads(reads), now + 60, 60, now + 60, max_event,
+                            SSEParser(max_event), runs=runs)
+    sent: list[bytes] = []
+    seen = 0
+    error = None
+    try:
+        async for batch in events:
+            if isinstance(batch, bytes):
+                _RUNS.append(1)
+                seen += batch.count(b"\n\n")
+                sent.append(relay.feed_run(batch))
+            else:
+                seen += len(batch)
+                sent.extend(relay.feed(raw) for raw in batch)
+            if relay.done or relay.failure is not None:
+                break
+    except ResponseTooLarge as exc:
+        error = str(exc)
+    finally:
+        await events.aclose()
+    return b"".join(sent), seen, _counts(relay), relay.done, relay.failure, error
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_runs_equal_event_by_event_over_any_reads(include_usage: bool) -> None:
+    rng = random.Random(2027)
+    _RUNS.clear()
+    for _ in range(1500):
+        wire = _wire(rng)
+        cuts = sorted(rng.sample(range(1, len(wire)), min(len(wire) - 1, rng.randrange(4))))
+        reads = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        max_event = rng.choice([64, 300, 1 << 20])
+        expected = await _relay(reads, False, include_usage, max_event)
+        assert await _relay(reads, True, include_usage, max_event) == expected, reads
+    assert len(_RUNS) > 500

@@ -8,8 +8,6 @@ have been.
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from itertools import accumulate
 from typing import Any, Final
 
 import orjson
@@ -59,59 +57,70 @@ class OpenAIPassthrough:
         return raw
 
     def feed_batch(self, batch: list[bytes]) -> bytes:
-        """What :meth:`feed` of each event in turn would send, joined, reading only the
-        events that may need it.
+        """What :meth:`feed` of each event in turn would send, joined."""
+        return self.feed_run(batch[0] if len(batch) == 1 else b"".join(batch))
+
+    def feed_run(self, run: bytes) -> bytes:
+        """What :meth:`feed` of each event of ``run`` in turn would send, joined. ``run``
+        is whole events joined, each ending with its first blank line
+        (:meth:`SSEParser.feed_run <llm_router.hub.sse.SSEParser.feed_run>`).
 
         Most events are content chunks that pass as sent, and reading each one's fields
         was the larger part of a stream's own cost (bench/README.md, issue 27). Only an
         event holding ``[DONE]``, ``"error"`` or a ``"usage":`` not followed by ``null``
-        can be changed or counted by :meth:`feed`, and none of these can span two events
-        (each ends with a blank line): they are found in the joined bytes, and only
-        their events go through :meth:`feed`; the runs between pass as one slice.
+        can be changed or counted by :meth:`feed`, and none of these can span two events:
+        they are found in the joined bytes, only their events (from the blank line
+        before to the one after) go through :meth:`feed`, and the runs between pass as
+        one slice.
         """
         if self.failure is not None:
             return b""
-        blob = batch[0] if len(batch) == 1 else b"".join(batch)
-        marked: set[int] = set()
-        at = blob.find(b"[DONE]")
+        marked: list[int] = []
+        at = run.find(b"[DONE]")
         while at >= 0:
-            marked.add(at)
-            at = blob.find(b"[DONE]", at + 6)
-        if b'"error"' in blob:
-            at = blob.find(b'"error"')
+            marked.append(at)
+            at = run.find(b"[DONE]", at + 6)
+        if b'"error"' in run:
+            at = run.find(b'"error"')
             while at >= 0:
-                marked.add(at)
-                at = blob.find(b'"error"', at + 7)
-        usages = blob.count(b'"usage":')
+                marked.append(at)
+                at = run.find(b'"error"', at + 7)
+        usages = run.count(b'"usage":')
         if usages:
             # "usage":null is in every chunk of a stream that asked for usage: find the
             # others from the end, where the usage chunk is.
             # (Those not followed by exactly "null" are counted; one with " null" is
             # then seen and passed over in the loop, cheaper than a third scan.)
-            left = usages - blob.count(b'"usage":null')
-            at = len(blob)
+            left = usages - run.count(b'"usage":null')
+            at = len(run)
             while left > 0:
-                at = blob.rfind(b'"usage":', 0, at)
-                if blob.startswith(b"null", at + 8):
+                at = run.rfind(b'"usage":', 0, at)
+                if run.startswith(b"null", at + 8):
                     continue
-                if not blob.startswith(b" null", at + 8):
-                    marked.add(at)
+                if not run.startswith(b" null", at + 8):
+                    marked.append(at)
                 left -= 1
         if not marked:
-            return blob
-        ends = list(accumulate(map(len, batch)))
+            return run
         out: list[bytes] = []
         start = 0
-        for i in sorted({bisect_right(ends, at) for at in marked}):
-            begin = ends[i - 1] if i else 0
+        if len(marked) > 1:
+            marked.sort()
+        for at in marked:
+            if at < start:
+                continue  # in the event just read
+            begin = run.rfind(b"\n\n", start, at) + 2 if at else 0
+            if begin < start + 2:
+                begin = start  # the first event after the last one read (or the run's)
+            end = run.find(b"\n\n", at) + 2
             if begin > start:
-                out.append(blob[start:begin])
-            out.append(self.feed(batch[i]))
-            start = ends[i]
+                out.append(run[start:begin])
+            out.append(self.feed(run[begin:end]))
+            start = end
             if self.failure is not None:
                 return b"".join(out)  # nothing follows an error chunk
-        if start < len(blob):
-            out.append(blob[start:])
+        if start < len(run):
+            out.append(run[start:])
         return b"".join(out)
 
     def fail(self, message: str) -> bytes:

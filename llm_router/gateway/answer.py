@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Callable
 from contextlib import suppress
 from decimal import Decimal
 
 import orjson
 from aiohttp import web
 
-from ..hub.stream import Relay, throttled
+from ..hub.stream import Relay, split_events, throttled
 from ..hub.usage import Usage
 from ..ledger.accounting import cost_usd
 from ..providers import UPSTREAM_ERRORS, AttemptFailure, UpstreamResponse, failure_from_exception
@@ -30,7 +30,7 @@ from .compression import MIN_COMPRESS_BYTES, compress_body
 from .deadlines import Guard
 from .downstream import Downstream
 from .model_request import ModelRequest
-from .upstream_events import upstream_events
+from .upstream_events import UpstreamEvents
 
 __all__ = ["answer_as_stream", "relay_body", "relay_stream"]
 
@@ -122,17 +122,18 @@ async def relay_stream(req: ModelRequest, att: Attempt, resp: UpstreamResponse,
                           req.include_usage) \
         if req.turn is None else req.turn.relay(att.up, att.ptype)
     max_event = req.cfg.upstream_limits.max_event_bytes
-    events = upstream_events(resp, att.sent + t.first_byte, t.idle, att.sent + t.total,
-                             max_event, att.ptype.events(max_event))
+    feed_run = rl.run_feed(relay)
+    events = UpstreamEvents(resp, att.sent + t.first_byte, t.idle, att.sent + t.total,
+                            max_event, att.ptype.events(max_event), runs=feed_run is not None)
     try:
-        return await _relay_events(req, att, relay, events, down)
+        return await _relay_events(req, att, relay, feed_run, events, down)
     finally:
         await events.aclose()  # stops its watchdog now, even if the client went away
 
 
 async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
-                        events: AsyncGenerator[list[bytes], None], down: Downstream
-                        ) -> web.StreamResponse:
+                        feed_run: Callable[[bytes], bytes] | None, events: UpstreamEvents,
+                        down: Downstream) -> web.StreamResponse:
     state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
     provider = cand.provider
 
@@ -160,11 +161,14 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     finished = False  # the client's response was ended with the last events
     try:
         await down.commit(ex, headers)
-        feed_batch = rl.batch_feed(relay)
         while True:
-            if feed_batch is not None:
+            if isinstance(batch, bytes):  # regular events joined (UpstreamEvents' runs)
+                assert feed_run is not None
+                seen += batch.count(b"\n\n")
+                sent = feed_run(batch)
+            elif feed_run is not None:
                 seen += len(batch)
-                sent = feed_batch(batch)
+                sent = feed_run(batch[0] if len(batch) == 1 else b"".join(batch))
             else:
                 parts: list[bytes] = []
                 for raw in batch:
@@ -220,7 +224,8 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         # overloaded_error) cools the key as a 429 would; batch is the read that ended it.
         state.health.record_failure(provider.name, cand.key.label, cfg.circuit,
                                     rate_limited=relay.failure is not None
-                                    and throttled(batch))
+                                    and throttled(split_events(batch)
+                                                  if isinstance(batch, bytes) else batch))
         # b"" when the upstream's own error event already ended the client's stream.
         event = relay.fail(f"upstream '{provider.name}' stream was interrupted ({failure})")
         if event:

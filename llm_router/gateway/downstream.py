@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -93,43 +94,14 @@ class Downstream:
             self.last_write = time.monotonic()
         await self.out.write_eof(data)
 
-    @asynccontextmanager
-    async def keepalive(self, ex: Exchange, headers: Callable[[web.StreamResponse], None]
-                        ) -> AsyncIterator[None]:
-        """While the body waits, send ``: keepalive`` whenever ``keepalive_s`` pass
-        without a write, committing the stream at the first one.
+    def keepalive(self, ex: Exchange, headers: Callable[[web.StreamResponse], None]
+                  ) -> _Keepalive:
+        """``async with``: while the body waits, send ``: keepalive`` whenever
+        ``keepalive_s`` pass without a write, committing the stream at the first one.
 
         The body must not write itself; the comments stop before it returns.
         """
-        if self.keepalive_s <= 0:
-            yield
-            return
-        # Most waits end long before the first comment is due, so only a timer is set
-        # up front; the task that writes comments starts only if it fires (a task and
-        # an Event for every wait of every stream showed in profiles).
-        stop = asyncio.Event()
-        beat: asyncio.Task[None] | None = None
-
-        def start() -> None:
-            nonlocal beat
-            beat = asyncio.create_task(self._beat(stop, ex, headers))
-            # If this request is cancelled while waiting below, the beat still ends by
-            # itself (stop is set); its outcome is collected here so nothing is left
-            # unretrieved.
-            beat.add_done_callback(_collect)
-
-        delay = self.last_write + self.keepalive_s - time.monotonic()
-        timer = asyncio.get_running_loop().call_later(max(0.0, delay), start)
-        try:
-            yield
-        finally:
-            timer.cancel()
-            stop.set()
-            if beat is not None:
-                # Let a comment being written finish rather than cut it in half. A client
-                # that went away is noticed by the next write of the request itself.
-                with suppress(ConnectionError):
-                    await beat
+        return _Keepalive(self, ex, headers)
 
     async def _beat(self, stop: asyncio.Event, ex: Exchange,
                     headers: Callable[[web.StreamResponse], None]) -> None:
@@ -142,6 +114,49 @@ class Downstream:
                 continue
             await self.commit(ex, headers)
             await self.write(ex, KEEPALIVE)
+
+
+class _Keepalive:
+    """:meth:`Downstream.keepalive`. Most waits end long before the first comment is due,
+    so entering sets only a timer; the task that writes comments (and the Event that
+    stops it) exist only once the timer fires. A class, not an ``asynccontextmanager``:
+    a stream enters two of these, and the generator behind the decorator showed in
+    profiles."""
+
+    __slots__ = ("_beat", "_down", "_ex", "_headers", "_stop", "_timer")
+
+    def __init__(self, down: Downstream, ex: Exchange,
+                 headers: Callable[[web.StreamResponse], None]) -> None:
+        self._down, self._ex, self._headers = down, ex, headers
+        self._timer: asyncio.TimerHandle | None = None
+        self._stop: asyncio.Event | None = None
+        self._beat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        down = self._down
+        if down.keepalive_s > 0:
+            delay = down.last_write + down.keepalive_s - time.monotonic()
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._start)
+
+    def _start(self) -> None:
+        self._stop = asyncio.Event()
+        self._beat = beat = asyncio.create_task(
+            self._down._beat(self._stop, self._ex, self._headers))
+        # If the request is cancelled while waiting, the beat still ends by itself (stop
+        # is set on exit); its outcome is collected here so nothing is left unretrieved.
+        beat.add_done_callback(_collect)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._beat is not None:
+            assert self._stop is not None
+            self._stop.set()
+            # Let a comment being written finish rather than cut it in half. A client
+            # that went away is noticed by the next write of the request itself.
+            with suppress(ConnectionError):
+                await self._beat
 
 
 def _collect(task: asyncio.Task[None]) -> None:

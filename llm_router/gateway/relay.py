@@ -29,10 +29,10 @@ __all__ = [
     "Usage",
     "answer_events",
     "answer_usage",
-    "batch_feed",
     "end_event",
     "make_relay",
     "passthrough_usage",
+    "run_feed",
     "translate_answer",
     "translate_error",
     "upstream_request",
@@ -157,11 +157,11 @@ def make_relay(client: str, wire: str, ptype: ProviderType, requested_model: str
     return inner if outer is None else _Chained(inner, outer)
 
 
-def batch_feed(relay: Relay) -> Callable[[list[bytes]], bytes] | None:
-    """The relay's reader of a whole batch of events at once, when it has one (the
-    OpenAI passthrough: :meth:`OpenAIPassthrough.feed_batch`); else None, and each event
-    goes through ``feed``."""
-    return relay.feed_batch if isinstance(relay, OpenAIPassthrough) else None
+def run_feed(relay: Relay) -> Callable[[bytes], bytes] | None:
+    """The relay's reader of a run of joined events at once, when it has one (the OpenAI
+    passthrough: :meth:`OpenAIPassthrough.feed_run`); else None, and each event goes
+    through ``feed``."""
+    return relay.feed_run if type(relay) is OpenAIPassthrough else None
 
 
 class _Chained:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Callable
 from types import TracebackType
 
 from ..hub.sse import EventParser, EventTooLarge, SSEParser
 from ..providers import ResponseTooLarge, UpstreamResponse
 from .deadlines import TaskBound
 
-__all__ = ["upstream_events"]
+__all__ = ["UpstreamEvents"]
 
 
 class _Watchdog(TaskBound):
@@ -99,46 +99,82 @@ class _Watchdog(TaskBound):
             self._expire()
 
 
-async def upstream_events(resp: UpstreamResponse, first_due: float, idle: float,
-                          deadline: float, max_event: int, parser: EventParser | None = None
-                          ) -> AsyncGenerator[list[bytes], None]:
-    """Raw events from the upstream (SSE, unless ``parser`` splits another framing),
-    those of one read together (never an empty batch): the first by ``first_due``, then
-    never more than ``idle`` between complete events, all by ``deadline``
-    (``perf_counter`` times); past any of these, ``TimeoutError``. An event larger than
-    ``max_event`` bytes raises :class:`ResponseTooLarge`."""
-    if parser is None:
-        parser = SSEParser(max_event)
-    chunks = resp.chunks().__aiter__()
-    dog = _Watchdog(first_due, idle, deadline)
-    try:
-        while True:
-            with dog:
+class UpstreamEvents:
+    """An upstream's answer as batches of raw events (SSE, unless ``parser`` splits
+    another framing), those of one read together (never an empty batch): the first by
+    ``first_due``, then never more than ``idle`` between complete events, all by
+    ``deadline`` (``perf_counter`` times); past any of these, ``TimeoutError``. An event
+    larger than ``max_event`` bytes raises :class:`ResponseTooLarge`.
+
+    With ``runs`` (an SSE answer to a relay that reads joined events, the OpenAI
+    passthrough), a batch of regular events comes as one ``bytes`` run
+    (:meth:`SSEParser.feed_run`), else as a list. An async iterator class, not an async
+    generator: the event loop tracks every async generator (a weak set, a finalizer),
+    which showed in stream profiles. :meth:`aclose` stops the watchdog.
+    """
+
+    __slots__ = ("_chunks", "_dog", "_ended", "_feed", "_parser")
+
+    def __init__(self, resp: UpstreamResponse, first_due: float, idle: float,
+                 deadline: float, max_event: int, parser: EventParser | None = None,
+                 *, runs: bool = False) -> None:
+        if parser is None:
+            parser = SSEParser(max_event)
+        self._parser = parser
+        self._feed: Callable[[bytes], bytes | list[bytes]] = (
+            parser.feed_run if runs and isinstance(parser, SSEParser) else parser.feed)
+        self._chunks = resp.chunks().__aiter__()
+        self._dog = _Watchdog(first_due, idle, deadline)
+        self._ended = False
+
+    def __aiter__(self) -> UpstreamEvents:
+        return self
+
+    async def __anext__(self) -> bytes | list[bytes]:
+        if self._ended:
+            raise StopAsyncIteration
+        dog, chunks, feed = self._dog, self._chunks, self._feed
+        try:
+            while True:
+                with dog:
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
                 try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-            try:
-                events = parser.feed(chunk)
-            except EventTooLarge as exc:
-                raise ResponseTooLarge(str(exc)) from None
-            if not events:
-                continue
-            # A complete comment shows the upstream alive (idle restarts), but it is not
-            # an answer: it must not commit the stream, and the router sends its own
-            # keepalives (": OPENROUTER PROCESSING").
-            dog.progress = True
-            # (_is_comment's first test inlined: it runs for every event.)
-            batch = [event for event in events
-                     if event[:1] not in _COMMENT_START or not _is_comment(event)]
-            if batch:
-                dog.started = True
-                yield batch
-        tail = parser.tail()
+                    events = feed(chunk)
+                except EventTooLarge as exc:
+                    raise ResponseTooLarge(str(exc)) from None
+                if not events:
+                    continue
+                # A complete comment shows the upstream alive (idle restarts), but it is
+                # not an answer: it must not commit the stream, and the router sends its
+                # own keepalives (": OPENROUTER PROCESSING"). A run holds none.
+                dog.progress = True
+                if isinstance(events, bytes):
+                    dog.started = True
+                    return events
+                # (_is_comment's first test inlined: it runs for every event.)
+                batch = [event for event in events
+                         if event[:1] not in _COMMENT_START or not _is_comment(event)]
+                if batch:
+                    dog.started = True
+                    return batch
+        except BaseException:
+            self._end()
+            raise
+        self._end()
+        tail = self._parser.tail()
         if tail.strip():
-            yield [tail + b"\n\n"]
-    finally:
-        dog.close()
+            return [tail + b"\n\n"]
+        raise StopAsyncIteration
+
+    def _end(self) -> None:
+        self._ended = True
+        self._dog.close()
+
+    async def aclose(self) -> None:
+        self._end()
 
 
 _COMMENT_START = (b":", b"\n")
