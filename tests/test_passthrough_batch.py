@@ -24,7 +24,7 @@ from llm_router.providers import ResponseTooLarge
 
 
 def _chunk(rng: random.Random) -> bytes:
-    kind = rng.randrange(12)
+    kind = rng.randrange(13)
     body: dict[str, object] = {"id": "c1", "object": "chat.completion.chunk",
                                "choices": [{"index": 0, "delta": {"content": "hi"}}]}
     if kind == 0:
@@ -46,6 +46,8 @@ def _chunk(rng: random.Random) -> bytes:
         return b'event: x\ndata: {"usage":\ndata: {"prompt_tokens":1}}\n\n'
     elif kind == 7:
         return b'data: {"usage":nul}\n\n'
+    elif kind == 8:  # [DONE] as a second data line is not the end
+        return rng.choice([b'data: a\ndata: [DONE]\n\n', b'event: x\ndata: [DONE]\n\n'])
     else:
         body["usage"] = None
     data = orjson.dumps(body)
@@ -80,10 +82,9 @@ def test_plain_chunks_pass_as_one_object() -> None:
 class _Reads:
     """An upstream answer that arrives in the given reads (the UpstreamResponse shape)."""
 
-    status = 200
-    headers = {"Content-Type": "text/event-stream"}
-
     def __init__(self, reads: list[bytes]) -> None:
+        self.status = 200
+        self.headers = {"Content-Type": "text/event-stream"}
         self._reads = reads
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -123,10 +124,10 @@ async def _relay(reads: list[bytes], runs: bool, include_usage: bool, max_event:
     error = None
     try:
         async for batch in events:
-            if isinstance(batch, bytes):
+            if isinstance(batch, tuple):
                 _RUNS.append(1)
-                seen += batch.count(b"\n\n")
-                sent.append(relay.feed_run(batch))
+                seen += batch[1]
+                sent.append(relay.feed_run(batch[0]))
             else:
                 seen += len(batch)
                 sent.extend(relay.feed(raw) for raw in batch)

@@ -76,15 +76,21 @@ class OpenAIPassthrough:
         if self.failure is not None:
             return b""
         marked: list[int] = []
-        at = run.find(b"[DONE]")
-        while at >= 0:
-            marked.append(at)
-            at = run.find(b"[DONE]", at + 6)
-        if b'"error"' in run:
+        error = b'"error"' in run
+        if error:
             at = run.find(b'"error"')
             while at >= 0:
                 marked.append(at)
                 at = run.find(b'"error"', at + 7)
+        # A stream's last read ends with its [DONE] event: with no error in the run, any
+        # other [DONE] in it passes as sent and changes nothing, so it is not searched.
+        ends_done = not error and run.endswith(DONE) and (len(run) == len(DONE)
+                                                          or run[-16:-14] == b"\n\n")
+        if not ends_done:
+            at = run.find(b"[DONE]")
+            while at >= 0:
+                marked.append(at)
+                at = run.find(b"[DONE]", at + 6)
         usages = run.count(b'"usage":')
         if usages:
             # "usage":null is in every chunk of a stream that asked for usage: find the
@@ -101,6 +107,7 @@ class OpenAIPassthrough:
                     marked.append(at)
                 left -= 1
         if not marked:
+            self.done = self.done or ends_done
             return run
         out: list[bytes] = []
         start = 0
@@ -121,6 +128,7 @@ class OpenAIPassthrough:
                 return b"".join(out)  # nothing follows an error chunk
         if start < len(run):
             out.append(run[start:])
+        self.done = self.done or ends_done
         return b"".join(out)
 
     def fail(self, message: str) -> bytes:

@@ -162,10 +162,10 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     try:
         await down.commit(ex, headers)
         while True:
-            if isinstance(batch, bytes):  # regular events joined (UpstreamEvents' runs)
+            if isinstance(batch, tuple):  # regular events joined (UpstreamEvents' runs)
                 assert feed_run is not None
-                seen += batch.count(b"\n\n")
-                sent = feed_run(batch)
+                seen += batch[1]
+                sent = feed_run(batch[0])
             elif feed_run is not None:
                 seen += len(batch)
                 sent = feed_run(batch[0] if len(batch) == 1 else b"".join(batch))
@@ -224,8 +224,8 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         # overloaded_error) cools the key as a 429 would; batch is the read that ended it.
         state.health.record_failure(provider.name, cand.key.label, cfg.circuit,
                                     rate_limited=relay.failure is not None
-                                    and throttled(split_events(batch)
-                                                  if isinstance(batch, bytes) else batch))
+                                    and throttled(split_events(batch[0])
+                                                  if isinstance(batch, tuple) else batch))
         # b"" when the upstream's own error event already ended the client's stream.
         event = relay.fail(f"upstream '{provider.name}' stream was interrupted ({failure})")
         if event:

@@ -107,8 +107,8 @@ class UpstreamEvents:
     larger than ``max_event`` bytes raises :class:`ResponseTooLarge`.
 
     With ``runs`` (an SSE answer to a relay that reads joined events, the OpenAI
-    passthrough), a batch of regular events comes as one ``bytes`` run
-    (:meth:`SSEParser.feed_run`), else as a list. An async iterator class, not an async
+    passthrough), a batch of regular events comes as one run of joined bytes and their
+    number (:meth:`SSEParser.feed_run`), else as a list. An async iterator class, not an async
     generator: the event loop tracks every async generator (a weak set, a finalizer),
     which showed in stream profiles. :meth:`aclose` stops the watchdog.
     """
@@ -121,7 +121,7 @@ class UpstreamEvents:
         if parser is None:
             parser = SSEParser(max_event)
         self._parser = parser
-        self._feed: Callable[[bytes], bytes | list[bytes]] = (
+        self._feed: Callable[[bytes], tuple[bytes, int] | list[bytes]] = (
             parser.feed_run if runs and isinstance(parser, SSEParser) else parser.feed)
         self._chunks = resp.chunks().__aiter__()
         self._dog = _Watchdog(first_due, idle, deadline)
@@ -130,7 +130,7 @@ class UpstreamEvents:
     def __aiter__(self) -> UpstreamEvents:
         return self
 
-    async def __anext__(self) -> bytes | list[bytes]:
+    async def __anext__(self) -> tuple[bytes, int] | list[bytes]:
         if self._ended:
             raise StopAsyncIteration
         dog, chunks, feed = self._dog, self._chunks, self._feed
@@ -151,7 +151,7 @@ class UpstreamEvents:
                 # not an answer: it must not commit the stream, and the router sends its
                 # own keepalives (": OPENROUTER PROCESSING"). A run holds none.
                 dog.progress = True
-                if isinstance(events, bytes):
+                if isinstance(events, tuple):
                     dog.started = True
                     return events
                 # (_is_comment's first test inlined: it runs for every event.)

@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 DONE: Final = b"data: [DONE]\n\n"
+_NOT_RUN: Final = (10, 58)  # an event starting with LF or ":" (a blank line, a comment)
 
 
 class EventTooLarge(ValueError):
@@ -111,33 +112,57 @@ class SSEParser:
             self._parts.append(rest)
         return events
 
-    def feed_run(self, chunk: bytes) -> bytes | list[bytes]:
-        """What :meth:`feed` would return, as one run of bytes (its events joined) when
-        the events are regular, else as :meth:`feed`'s list.
+    def feed_run(self, chunk: bytes) -> tuple[bytes, int] | list[bytes]:
+        """What :meth:`feed` would return, as one run of bytes (its events joined) and
+        their number when the events are regular, else as :meth:`feed`'s list.
 
-        Regular: LF line ends, each event ending with exactly one blank line, none
-        starting with a comment (``:``), the run within ``max_event`` (so every event
-        is), no event left from an earlier read that ``chunk`` must end at its first
-        byte. Most reads of an OpenAI stream are, and a relay that reads the joined
-        bytes (the OpenAI passthrough) then costs no Python call per event. The run
-        holds ``run.count(b"\n\n")`` events."""
-        end = chunk.rfind(b"\n\n")
-        if end < 0 or self._cr or b"\r" in chunk or chunk[0] == 10:
+        Regular: LF line ends, each event ending with exactly one blank line and none
+        starting with a comment (``:``) or past ``max_event``, no event left from an
+        earlier read that ``chunk`` must end at its first byte. Most reads of an OpenAI
+        stream are, and a relay that reads the joined bytes (the OpenAI passthrough)
+        then costs no call per event. The events are found as :meth:`feed` finds them
+        (the first LF, memchr), without a slice or a list entry each: a search of the
+        whole read for each irregularity cost more than this loop."""
+        if self._cr or not chunk or chunk[0] == 10 or b"\r" in chunk:
             return self.feed(chunk)
-        parts = self._parts
-        run = chunk[:end + 2] if not parts else b"".join(parts) + chunk[:end + 2]
-        if (len(run) > self._max or run[0] == 58 or b"\n\n\n" in run
-                or b"\n\n:" in run):
-            return self.feed(chunk)  # nothing was changed: feed reads it afresh
-        rest = chunk[end + 2:]
-        if rest:
-            if len(rest) > self._max:
+        parts, limit, size = self._parts, self._max, len(chunk)
+        if parts and parts[0][0] == 58:
+            return self.feed(chunk)  # a comment event, begun in an earlier read
+        find = chunk.find
+        events, start = 0, 0
+        begun = -self._size  # where the current event began (before this read)
+        if begun == 0 and chunk[0] == 58:
+            return self.feed(chunk)
+        end = find(b"\n")
+        while end >= 0:
+            if end + 1 == size or chunk[end + 1] != 10:
+                end = find(b"\n\n", end + 1)
+                if end < 0:
+                    break
+            start = end + 2
+            if start - begun > limit:
+                return self.feed(chunk)  # feed raises: nothing was changed yet
+            events += 1
+            begun = start
+            if start == size:
+                break
+            if chunk[start] in _NOT_RUN:
+                return self.feed(chunk)  # blank lines or a comment: feed drops them
+            end = find(b"\n", start)
+        if not events:
+            return self.feed(chunk)  # the event goes on: feed keeps the piece
+        run = chunk[:start] if start < size else chunk
+        if parts:
+            run = b"".join(parts) + run
+        if start < size:
+            rest = chunk[start:]
+            if len(rest) > limit:
                 self._parts, self._size = [], 0
-                raise EventTooLarge(f"an event exceeded {self._max} bytes")
+                raise EventTooLarge(f"an event exceeded {limit} bytes")
             self._parts, self._size = [rest], len(rest)
         elif parts:
             self._parts, self._size = [], 0
-        return run
+        return run, events
 
     def _emit(self, events: list[bytes], last: bytes) -> None:
         """Close the buffered event with ``last`` (its end, blank line included)."""
