@@ -160,7 +160,6 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     failure: str | None = None
     finished = False  # the client's response was ended with the last events
     try:
-        await down.commit(ex, headers)
         while True:
             if isinstance(batch, tuple):  # regular events joined (UpstreamEvents' runs)
                 assert feed_run is not None
@@ -177,6 +176,8 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
                     if data:
                         parts.append(data)
                 sent = parts[0] if len(parts) == 1 else b"".join(parts)
+            if down.out is None:  # committed with the first events, in the same send
+                await down.commit(ex, headers, data_follows=bool(sent))
             if req.turn is not None and not answered:
                 await req.turn.after_events(cand)  # stored before the client can follow up
                 answered = await pin_response(req, cand)

@@ -141,9 +141,9 @@ async def serve_hit(request: web.Request, state: RouterState, ex: Exchange, entr
         def headers(out: web.StreamResponse) -> None:
             _cache_headers(out, ex, age)
 
-        await down.commit(ex, headers)
-        await down.write(ex, events)
-        await down.finish(ex)
+        # The status line, the headers, the events and the stream's end in one send.
+        await down.commit(ex, headers, data_follows=True)
+        await down.finish(ex, events)
         assert down.out is not None
         return down.out
     finally:
