@@ -148,7 +148,8 @@ class UsageCounters:
     def reserve(self, key: CounterKey, estimate: int, group: str = "") -> Reservation:
         """Count a request about to be sent; also charges the key's daily request quota."""
         self.inflight[key] = self.inflight.get(key, 0) + estimate
-        self._roll_day()
+        if time.time() >= self._day_ends:
+            self._roll_day()
         pk = (key[0], key[1])
         self._requests_today[pk] = self._requests_today.get(pk, 0) + 1
         if self.journal is not None:
@@ -168,9 +169,12 @@ class UsageCounters:
             self.inflight.pop(res.key, None)
         # Bounded whatever the caller passes, so that nothing out of range reaches the
         # snapshot (hub.usage validates upstream counts before they get here).
-        prompt_tokens, completion_tokens = bounded_count(prompt_tokens), bounded_count(
-            completion_tokens)
-        used = prompt_tokens + completion_tokens + bounded_count(penalty)
+        if not 0 <= prompt_tokens <= TOKEN_COUNT_LIMIT:
+            prompt_tokens = bounded_count(prompt_tokens)
+        if not 0 <= completion_tokens <= TOKEN_COUNT_LIMIT:
+            completion_tokens = bounded_count(completion_tokens)
+        used = prompt_tokens + completion_tokens + (
+            penalty if 0 <= penalty <= TOKEN_COUNT_LIMIT else bounded_count(penalty))
         if used:
             self.tokens[res.key] = self.tokens.get(res.key, 0) + used
             if self.journal is not None:
