@@ -133,6 +133,7 @@ class SSEParser:
         begun = -self._size  # where the current event began (before this read)
         if begun == 0 and chunk[0] == 58:
             return self.feed(chunk)
+        bounded = self._size + size > limit  # else no event here can be past the bound
         end = find(b"\n")
         while end >= 0:
             if end + 1 == size or chunk[end + 1] != 10:
@@ -140,10 +141,11 @@ class SSEParser:
                 if end < 0:
                     break
             start = end + 2
-            if start - begun > limit:
-                return self.feed(chunk)  # feed raises: nothing was changed yet
+            if bounded:
+                if start - begun > limit:
+                    return self.feed(chunk)  # feed raises: nothing was changed yet
+                begun = start
             events += 1
-            begun = start
             if start == size:
                 break
             if chunk[start] in _NOT_RUN:
