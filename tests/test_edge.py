@@ -106,7 +106,8 @@ async def test_while_draining_every_answer_closes_its_connection(
 
 async def test_the_daemon_writes_one_json_access_line_per_request_on_stdout(
         tmp_path: Path) -> None:
-    """Through ``serve``'s own access handler (the line written without a LogRecord)."""
+    """Through ``serve``'s own access handler (the line written without a LogRecord),
+    redacted as every log line is."""
     path = tmp_path / "config.yaml"
     write_config(path, {"api_key": ROUTER_KEY, "providers": [{"name": "local", "type": "mock"}],
                         "groups": [{"name": "g", "models": [{"provider": "local",
@@ -133,12 +134,16 @@ async def test_the_daemon_writes_one_json_access_line_per_request_on_stdout(
                 assert resp.status == 404
             async with http.get(url + "/health") as resp:  # public: no access line
                 assert resp.status == 200
+            # A configured secret never reaches the log, whichever field carries it.
+            async with http.get(url + "/v1/models",
+                                headers={**AUTH, "X-Request-Id": f"id-{ROUTER_KEY}"}) as resp:
+                assert resp.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 15)
     lines = [orjson.loads(line) for line in out.read_text().splitlines()]
-    assert [line["request_id"] for line in lines] == ["line-1", "line-2"]
-    ok, missing = lines
+    assert [line["request_id"] for line in lines] == ["line-1", "line-2", "id-[redacted]"]
+    ok, missing, _ = lines
     assert ok["status"] == 200 and ok["route"] == "/v1/chat/completions" and ok["group"] == "g"
     assert missing["status"] == 404 and missing["error"] == "not_found"
     assert ROUTER_KEY not in out.read_text()

@@ -95,6 +95,11 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self._current = current
 
+    def clean(self, message: str) -> str:
+        """What :meth:`filter` makes of a record whose message is ``message`` (no
+        arguments, no traceback), for a handler that writes lines without records."""
+        return self._current().text(message)
+
     def filter(self, record: logging.LogRecord) -> bool:
         redactor = self._current()
         if not redactor._text:
