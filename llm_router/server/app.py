@@ -345,7 +345,7 @@ class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     each line as text (:meth:`write_line`): the same bytes, without a ``LogRecord`` (its
     creation and formatting were half a line's cost)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
         self.setFormatter(_MESSAGE_ONLY)
         self._cleaners: tuple[RedactingFilter, ...] | None = ()  # None: another filter
