@@ -116,6 +116,21 @@ def test_wrong_types_are_named() -> None:
     ]
 
 
+def test_nan_and_infinity_are_refused() -> None:
+    # YAML spells them .nan and .inf; a NaN slips past every ">=" bound.
+    text = GO_CONFIG.replace("weight: 2", "weight: .nan") + (
+        "shutdown_grace_s: .inf\npricing: {gpt-4: {input: -.inf, output: 1}}\n")
+    assert sorted(problems(text)) == [
+        "groups[0].models[1].weight: must be a finite number, got nan",
+        "pricing.gpt-4.input: must be a finite number, got -inf",
+        "shutdown_grace_s: must be a finite number, got inf",
+    ]
+    # An environment variable saying nan was already not a number.
+    env_text = GO_CONFIG + "shutdown_grace_s: ${GRACE}\n"
+    assert problems(env_text, env={"GRACE": "nan"}) == [
+        "shutdown_grace_s: expected a number, got 'nan' from an environment variable"]
+
+
 def test_syntax_errors_name_the_line() -> None:
     (line,) = problems("port: 8080\ngroups: [\n")
     assert line.startswith("config:2:9: invalid YAML: the '[' opened here is not closed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -315,6 +316,11 @@ class Reader:
             ok = isinstance(node, int | float) and not isinstance(node, bool)
             want = "a number"
             node = float(node) if ok else node
+            if ok and not math.isfinite(node):
+                # YAML's .nan and .inf: no bound check catches them (NaN compares false),
+                # and a NaN weight or price would poison every sum it enters.
+                self.fail(path, f"must be a finite number, got {node!r}")
+                return BAD
         elif tp is str:
             if isinstance(node, bool) and spec is not None and spec.choices is not None:
                 # YAML 1.1 reads a bare off/on (no/yes) as a boolean; the choice was meant.
