@@ -187,6 +187,33 @@ async def test_two_replicas_sharing_redis_send_each_crossing_once(
     assert_one_event_per_crossing(receiver)
 
 
+async def test_replicas_whose_redis_went_away_still_send_crossings_with_one_id(
+        start_router: StartRouter, upstream: Upstream, receiver: Receiver,
+        redis_server: RedisServer) -> None:
+    # docs/webhooks.md: while Redis is away each replica decides alone, so a crossing
+    # may come twice, but never lost, and its copies share one id the receiver can drop.
+    cfg = budget_config(upstream, receiver,
+                        state={"redis_url": redis_server.url, "prefix": "wh",
+                               "sync_interval_ms": 50})
+    routers = [await start_router(cfg, name=f"replica{i}.yaml") for i in range(2)]
+    redis_server.stop()
+    await spend_until_refused(routers)
+    await eventually(lambda: _has(receiver, "budget_threshold", 2))
+    await asyncio.sleep(0.5)  # room for the other replica's copies
+    ids: dict[tuple[str, float], set[str]] = {}
+    for e in receiver.of("budget_threshold"):
+        d = e["data"]
+        assert (d["user"], d["key"], d["budget_usd"]) == ("alice", "laptop", 0.3)
+        ids.setdefault((d["subject"], d["threshold"]), set()).add(e["id"])
+    # The key's 80 % and 100 % came (from one replica or both), one id each.
+    assert set(ids) == {("key", 0.8), ("key", 1.0)}, ids
+    assert all(len(one) == 1 for one in ids.values()), ids
+    assert not receiver.refused
+    for router in routers:  # still serving without Redis
+        async with aiohttp.ClientSession() as http, http.get(router.url + "/health") as r:
+            assert r.status == 200
+
+
 async def test_a_restart_does_not_send_a_crossing_again(
         start_router: StartRouter, upstream: Upstream, receiver: Receiver,
         tmp_path: Path) -> None:
