@@ -22,15 +22,14 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from hashlib import sha256
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from multidict import istr
 
 from ..config import Affinity
-from ..ledger.usage import CounterKey
-from .routing import Candidate, PickContext, Preferences, Target, inverse_weight
+from ..ledger.usage import CounterKey, UsageCounters
+from .routing import AFFINITY_KINDS, Candidate, PickContext, Preferences, Target, inverse_weight
 
 __all__ = [
     "AFFINITY_KINDS",
@@ -47,6 +46,7 @@ __all__ = [
     "affinity_room",
     "applies",
     "derived_cache_key",
+    "pick_one",
     "pick_with_affinity",
     "prefix_digest",
     "response_key",
@@ -56,9 +56,6 @@ __all__ = [
 
 log = logging.getLogger("llm_router.affinity")
 
-# Route kinds whose prompts providers cache. Embeddings and count_tokens have no cache
-# to keep; legacy completions repeat no structure a prefix hash could follow.
-AFFINITY_KINDS: Final = frozenset({"chat", "messages", "responses"})
 # affinity_total{result}: hit = the pinned candidate served; new = nothing was pinned;
 # moved = the pin was not eligible or beyond the slack; off = affinity did not apply.
 RESULTS: Final = ("hit", "new", "moved", "off")
@@ -69,9 +66,9 @@ _SESSION: Final = istr(SESSION_HEADER)
 _MAX_EXPLICIT: Final = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class AffinityKey:
-    """What a request is remembered by: a 16-byte digest scoped to its group."""
+class AffinityKey(NamedTuple):
+    """What a request is remembered by: a 16-byte digest scoped to its group. A named
+    tuple: one is made per request, and a frozen dataclass costs a setattr per field."""
 
     digest: bytes
     source: str  # prompt_cache_key | session | previous_response_id | user_id | prefix
@@ -360,7 +357,7 @@ def pick_with_affinity(cands: Sequence[Candidate], pinned: CounterKey | None,
     ``moved``). ``cands`` must not be empty. :func:`spilled` tells a move past the
     burst bound, whose answer must not re-pin."""
     if len(cands) == 1:
-        return _pick_one(cands[0], pinned, ctx, slack, estimate, recent, now)
+        return pick_one(cands[0], pinned, ctx.counters, slack, estimate, recent, now)
     if recent is not None:
         # Every pick reads the window, a new conversation's too, so a key's growth is
         # seen soon after it happens and not first when some pin looks at it.
@@ -380,15 +377,14 @@ def pick_with_affinity(cands: Sequence[Candidate], pinned: CounterKey | None,
     return inverse_weight(cands, ctx), "moved"
 
 
-def _pick_one(c: Candidate, pinned: CounterKey | None, ctx: PickContext, slack: float,
-              estimate: int, recent: RecentLoad | None, now: float) -> tuple[Candidate, str]:
+def pick_one(c: Candidate, pinned: CounterKey | None, counters: UsageCounters, slack: float,
+             estimate: int, recent: RecentLoad | None, now: float) -> tuple[Candidate, str]:
     """:func:`pick_with_affinity` for one eligible candidate, with the same window read
     and the same result: whatever the bounds say, inverse weight and a spill pick ``c``;
     only the result for ``affinity_total`` depends on them. The bounds are
     :func:`affinity_room`'s with ``c`` as its own lowest, computed the same way (the
     comparisons stay, so a negative slack or a negative count decides as there)."""
     key = c.counter_key
-    counters = ctx.counters
     tokens = counters.tokens.get(key, 0)
     seen = recent.tokens(key, tokens, now) if recent is not None else 0.0
     if pinned is None:
@@ -440,6 +436,9 @@ class AffinityStore(Protocol):
     async def remember(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
         """Pin ``digest`` to ``pin`` (again) for ``ttl_s`` seconds from now."""
 
+    def pin(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
+        """:meth:`remember`, which no store needs to wait for, as a plain call."""
+
 
 # 65,536 pins take about 13 MiB (a 16-byte digest, an entry, a shared key tuple each).
 DEFAULT_MAX_PINS: Final = 65_536
@@ -462,6 +461,14 @@ class MemoryAffinityStore:
         return len(self._pins)
 
     async def lookup(self, digest: bytes) -> CounterKey | None:
+        return self.pinned(digest)
+
+    async def remember(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
+        self.pin(digest, pin, ttl_s)
+
+    def pinned(self, digest: bytes) -> CounterKey | None:
+        """:meth:`lookup`, without a coroutine: the proxy calls this one when the store is
+        this class (nothing here waits)."""
         entry = self._pins.get(digest)
         if entry is None:
             return None
@@ -470,7 +477,8 @@ class MemoryAffinityStore:
             return None
         return entry[0]
 
-    async def remember(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
+    def pin(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
+        """:meth:`remember`, without a coroutine (as :meth:`pinned`)."""
         now = time.monotonic()
         pins = self._pins
         pins[digest] = (pin, now + ttl_s)
@@ -515,4 +523,8 @@ class SharedAffinityStore:
         return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
 
     async def remember(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
+        self.pin(digest, pin, ttl_s)
+
+    def pin(self, digest: bytes, pin: CounterKey, ttl_s: float) -> None:
+        """:meth:`remember` without a coroutine: the write is queued, never awaited."""
         self._kv.put_soon("affinity:" + digest.hex(), "\x1f".join(pin).encode(), ttl_s)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from contextlib import suppress
 from dataclasses import replace
-from typing import Any, Final
+from typing import Final
 
 import orjson
 from aiohttp import web
@@ -39,12 +38,13 @@ from ..providers import (
 )
 from ..providers.registry import provider_type
 from ..state.health import parse_retry_after
+from ..state.store import MemoryStore
 from . import relay as rl
 from .affinity import (
-    AffinityKey,
+    MemoryAffinityStore,
     affinity_key,
-    applies,
     derived_cache_key,
+    pick_one,
     pick_with_affinity,
     spilled,
 )
@@ -64,16 +64,16 @@ from .deadlines import Guard
 from .downstream import Downstream
 from .failures import exhausted, upstream_client_error
 from .model_request import ModelRequest
-from .request_body import BODY_SIZE, read_json
+from .request_body import BODY_SIZE, buffered_body, parse_json, read_json
 from .request_check import validate_body
 from .responses_turn import ResponsesTurn
 from .router_state import RouterState
 from .routing import (
     Candidate,
+    GroupPlan,
     PickContext,
     Preferences,
     Target,
-    can_serve,
     collect_candidates,
     group_plan,
     is_retryable,
@@ -82,45 +82,64 @@ from .routing import (
     resolve_target,
 )
 
-__all__ = ["forward", "new_request_id"]
+__all__ = ["forward"]
 
 log = logging.getLogger("llm_router.access")
 
 _STREAMED_KINDS: Final = frozenset({"chat", "completions", "messages", "responses"})
 _CUT_NOTICE_S: Final = 1.0  # how long a stream cut at shutdown may take to say so
-_IDS: Final = random.Random()  # request ids (new_request_id)
+# Strategies that pick the one eligible candidate there is without reading anything
+# (round-robin's turn counts even then).
+_PICK_THE_ONE: Final = frozenset({"inverse-weight", "priority", "latency", "price"})
 
 
 async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web.StreamResponse:
     """Serve one model request end to end; raises :class:`RouterError` before any byte."""
     cfg = state.config  # this request keeps this config even if a reload swaps it
-    body = ex.body if ex.body is not None else await read_json(request, cfg)
-    model = validate_body(ex.kind, body)
+    body = ex.body
+    if body is None:
+        raw = buffered_body(request, cfg)
+        if raw is None:  # still arriving: read within the body's bounds
+            body = await read_json(request, cfg)
+            size = request[BODY_SIZE]
+        else:
+            body, size = parse_json(raw), len(raw)
+    else:  # read early by the route (count_tokens)
+        size = request.get(BODY_SIZE, 0)
+    kind = ex.kind
+    model = validate_body(kind, body)
     ex.group = model  # until resolved: a 404's access line keeps the name sent (cut)
-    target = resolve_target(cfg, model, ex.caller.aliases, state.catalog)
+    caller = ex.caller
+    target = resolve_target(cfg, model, caller.aliases, state.catalog)
     ex.group, ex.asked, ex.alias = target.name, target.asked, target.alias
+    metrics, labels = state.metrics, state.labels
     if target.alias:
-        state.metrics.child(state.metrics.alias_requests, target.alias,
-                            state.labels.group(target.name)).inc()
-    if target.is_direct:
+        metrics.child(metrics.alias_requests, target.alias, labels.group(target.name)).inc()
+    resolved = group_plan(cfg, target, kind)
+    plan: GroupPlan | None = resolved
+    if resolved.direct:
         member = target.group.members[0]
         listed = state.catalog.models(member.provider)
-        if state.labels.model(member.provider, member.model) == OTHER and (
+        if labels.model(member.provider, member.model) == OTHER and (
                 listed is None or member.model not in listed):
             # A name from the client: bounded state. A model its provider listed is
             # kept under its own name: discovery bounds those (docs/catalog.md).
-            target = target.folded(OTHER)
-    caller = ex.caller
-    caller.check(target)
-    budgeted = caller.has_budget
+            target, plan = target.folded(OTHER), None
+    if caller.models is not None or caller.key_models is not None:
+        caller.check(target)
+    budgeted = caller.budget is not None or caller.key_budget is not None
     if budgeted:  # every call it can reach must be charged
-        target = priced_target(cfg.pricing, target)
+        priced = priced_target(cfg.pricing, target)
+        if priced is not target:
+            target, plan = priced, None
     turn = None
-    if ex.kind == "responses":
+    if kind == "responses":
         turn = await ResponsesTurn.begin(body, target.answer_model, state.responses,
-                                         ex.caller.user)
+                                         caller.user)
         turn.check_target(target, cfg.providers)
-    if not can_serve(cfg, target, ex.kind):
+    if plan is None:
+        plan = group_plan(cfg, target, kind)
+    if not plan.serves:
         # Say what each provider type of the group does serve (the registry knows).
         types = sorted({cfg.providers[m.provider].type for m in target.group.members})
         served = "; ".join(f"{t} serves {', '.join(sorted(provider_type(t).serves))}"
@@ -128,12 +147,13 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         raise BadRequest(f"The model '{target.name}' cannot serve {request.path}: none of its "
                          f"providers offers it ({served}).", param="model",
                          code="unsupported_route")
-    prefs = Preferences.from_headers(request.headers, cfg)
-    stream = body.get("stream") is True and ex.kind in _STREAMED_KINDS
+    headers = request.headers
+    prefs = Preferences.from_headers(headers, cfg)
+    stream = kind in _STREAMED_KINDS and body.get("stream") is True
     ex.stream = stream
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-    coding = negotiate(request.headers.get(_ACCEPT_ENCODING))
+    coding = negotiate(headers.get(_ACCEPT_ENCODING))
     fill = None
     if state.cache.rule(cfg, target.name) is not None:  # else open_cache has nothing to do
         hit, fill = await open_cache(request, state, cfg, ex, target, body, stream)
@@ -142,15 +162,16 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     ceiling = completion_ceiling(body)
     # About a token per 4 bytes. From the bytes really read: a client sending its body
     # chunked (no Content-Length) must not get its prompt reserved at zero.
-    ex.prompt_estimate = request.get(BODY_SIZE, 0) // 4
+    prompt_estimate = size // 4
     if turn is not None:
-        ex.prompt_estimate += turn.history_bytes // 4  # previous_response_id's conversation
+        prompt_estimate += turn.history_bytes // 4  # previous_response_id's conversation
+    ex.prompt_estimate = prompt_estimate
     if filters(target.group, state.context_bounds, state.catalog):
         # Only the members that can take this request; none: the client's 400, before
         # any limit is charged or any upstream called.
         try:
-            group, result = narrow(target.group, target.name, ex.kind, body,
-                                   ex.prompt_estimate + (ceiling or 0), state.context_bounds,
+            group, result = narrow(target.group, target.name, kind, body,
+                                   prompt_estimate + (ceiling or 0), state.context_bounds,
                                    state.catalog, turn.history if turn is not None else None)
         except NoCapableMember as err:
             ex.capability = err.result.log()
@@ -159,19 +180,33 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         if group is not target.group:
             target = replace(target, group=group)
     # What the request will probably use: selection and tpm count this while it runs.
-    estimate = state.counters.estimate(target.state_name, ex.prompt_estimate, ceiling)
+    estimate = state.counters.estimate(target.state_name, prompt_estimate, ceiling)
     # Budgets and per-user/per-key limits are checked here, before anything is sent; the
     # estimates are reserved so that concurrent requests see each other. A budget
     # reserves the most the request may cost when the client capped its length, so a
     # burst passes the budget by one request at most (docs/teams.md).
-    cost = (estimate_cost(cfg.pricing, target.group.members, ex.prompt_estimate,
-                          ceiling if ceiling is not None else estimate - ex.prompt_estimate)
+    cost = (estimate_cost(cfg.pricing, target.group.members, prompt_estimate,
+                          ceiling if ceiling is not None else estimate - prompt_estimate)
             if budgeted else 0.0)
-    ex.admission = await state.store.admit(caller, estimate, cost)
+    store = state.store
+    if type(store) is MemoryStore:  # its admit() is the ledger's, and waits for nothing
+        ex.admission = store.ledger.admit(caller, estimate, cost)
+    else:
+        ex.admission = await store.admit(caller, estimate, cost)
     down = Downstream(request, coding, cfg.keepalive_s) if stream else None
+    use = plan.affinity
+    if use and (prefs.order or prefs.sort is not None):
+        use = False  # the client's order or sort decides (affinity.applies)
+    key = None
+    if use is not None:
+        if use:
+            key = affinity_key(body, headers, target.name, target.group.affinity)
+        if key is None:
+            # Off for this request: the group's pick stays plain inverse weight.
+            ex.affinity = "off"
+            metrics.child(metrics.affinity, labels.group(target.name), "off").inc()
     req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
-                       estimate, down, turn,
-                       _affinity_key(request, state, ex, target, prefs, body), fill=fill)
+                       estimate, down, turn, key, fill=fill)
     try:
         return await _attempts(req)
     except RouterError as err:
@@ -195,39 +230,26 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
                                        "request.")
         raise
     finally:
-        state.store.release(ex.admission)
-
-
-def _affinity_key(request: web.Request, state: RouterState, ex: Exchange, target: Target,
-                  prefs: Preferences, body: dict[str, Any]) -> AffinityKey | None:
-    """The request's affinity key when affinity steers it; counts ``off`` when it does
-    not (the group's pick then stays plain inverse weight)."""
-    use = applies(target, ex.kind, prefs)
-    if use is None:
-        return None
-    key = affinity_key(body, request.headers, target.name, target.group.affinity) if use \
-        else None
-    if key is None:
-        ex.affinity = "off"
-        state.metrics.child(state.metrics.affinity, state.labels.group(target.name),
-                            "off").inc()
-    return key
+        store.release(ex.admission)
 
 
 async def _attempts(req: ModelRequest) -> web.StreamResponse:
     state, cfg, ex, target, prefs = req.state, req.cfg, req.ex, req.target, req.prefs
     group = target.group
-    tried: set[CounterKey] = set()
-    ctx = PickContext(state.counters, cfg.pricing, state.latency, state.round_robin, group.name)
+    kind = ex.kind
+    tried: set[CounterKey] | None = None
+    ctx: PickContext | None = None
     last: AttemptFailure | None = None
     max_attempts: int | None = group.max_attempts
+    plan = group_plan(cfg, target, kind)
     start = time.monotonic()
     # No attempt starts after the group's longest total timeout has passed.
-    deadline = start + group_plan(cfg, target, ex.kind).deadline_s
+    deadline = start + plan.deadline_s
     wait_until = min(start + group.max_wait_s, deadline)
+    metrics = state.metrics
     while True:
-        cands = collect_candidates(cfg, target, ex.kind, state.health, state.counters, prefs,
-                                   tried)
+        cands = collect_candidates(cfg, target, kind, state.health, state.counters, prefs,
+                                   tried, plan)
         if req.turn is not None:
             req.turn.narrow(cands)
         if max_attempts is None:
@@ -237,20 +259,37 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
                              f"'{target.name}' (its providers: "
                              f"{', '.join(sorted(cands.excluded))}).",
                              code="no_provider_allowed")
+        eligible = cands.eligible
         cand: Candidate | None
-        if req.affinity is not None and not ex.attempts and cands.eligible:
+        if req.affinity is not None and not ex.attempts and eligible:
             # The first attempt only: failover ignores affinity, and the pin then
             # follows whichever candidate answers (_attempt).
-            pinned = await state.affinity.lookup(req.affinity.digest)
-            cand, result = pick_with_affinity(cands.eligible, pinned, ctx,
-                                              group.affinity.slack, req.estimate,
-                                              state.recent_load, time.monotonic())
+            pins = state.affinity
+            digest = req.affinity.digest
+            pinned = pins.pinned(digest) if type(pins) is MemoryAffinityStore \
+                else await pins.lookup(digest)
+            if len(eligible) == 1:
+                cand, result = pick_one(eligible[0], pinned, state.counters,
+                                        group.affinity.slack, req.estimate,
+                                        state.recent_load, time.monotonic())
+            else:
+                if ctx is None:
+                    ctx = PickContext(state.counters, cfg.pricing, state.latency,
+                                      state.round_robin, group.name)
+                cand, result = pick_with_affinity(eligible, pinned, ctx,
+                                                  group.affinity.slack, req.estimate,
+                                                  state.recent_load, time.monotonic())
             req.keep_pin = spilled(result)
             ex.affinity = "moved" if req.keep_pin else result
-            state.metrics.child(state.metrics.affinity, state.labels.group(group.name),
-                                ex.affinity).inc()
+            metrics.child(metrics.affinity, state.labels.group(group.name),
+                          ex.affinity).inc()
+        elif len(eligible) == 1 and group.strategy in _PICK_THE_ONE:
+            cand = eligible[0]  # what each of these strategies picks of one
         else:
-            cand = pick_candidate(cands.eligible, group.strategy, ctx, prefs)
+            if ctx is None:
+                ctx = PickContext(state.counters, cfg.pricing, state.latency,
+                                  state.round_robin, group.name)
+            cand = pick_candidate(eligible, group.strategy, ctx, prefs)
         if cand is None:
             now = time.monotonic()
             if cands.soonest_recovery is not None and cands.soonest_recovery <= wait_until:
@@ -259,12 +298,13 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
             raise exhausted(last, cands, now, ex)
         ex.attempts += 1
         if ex.attempts == 2:
-            state.metrics.child(state.metrics.fallbacks,
-                                state.labels.group(group.name)).inc()
+            metrics.child(metrics.fallbacks, state.labels.group(group.name)).inc()
         try:
             return await _attempt(req, cand)
         except AttemptFailure as failure:
             last = failure
+            if tried is None:
+                tried = set()
             tried.add(cand.counter_key)
             ex.failures.append(f"{cand.provider.name}/{cand.key.label}:{failure.reason}")
             if failure.status is not None and not is_retryable(failure.status):
@@ -273,10 +313,11 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
                                                    deadline):
                     return upstream_client_error(ex, cand, failure, state.redactor)
                 target = wider  # the key is healthy: no cooldown, only a learnt window
+                plan = group_plan(cfg, target, kind)
                 continue
             if not _try_again(ex.attempts, max_attempts, prefs, deadline):
                 # Tell the client when the soonest candidate recovers, tried ones included.
-                every = collect_candidates(cfg, target, ex.kind, state.health, state.counters,
+                every = collect_candidates(cfg, target, kind, state.health, state.counters,
                                            prefs)
                 raise exhausted(last, every, time.monotonic(), ex) from None
 
@@ -338,22 +379,55 @@ async def _end_in_band(req: ModelRequest, down: Downstream, message: str
 
 async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
     """One try at ``cand``: prepare, send, handle the answer; an :class:`AttemptFailure`
-    before any byte reached the client goes back to the loop."""
+    before any byte reached the client goes back to the loop. One coroutine for the
+    three steps: each layer of coroutines is paid again on every resumption."""
     att, call = _prepare(req, cand)
     resp: UpstreamResponse | None = None
     failed: AttemptFailure | None = None
+    state, ex, down = req.state, req.ex, req.down
     try:
-        resp = await _send(req, att, call)
-        return await _handle(req, att, resp)
+        # Send the call; the answer's status line and headers must come within
+        # first_byte (and total); a stream client gets keepalives meanwhile.
+        att.sent = time.perf_counter()
+        att.sent_loop = asyncio.get_running_loop().time()  # deadlines run on the loop's clock
+        t = cand.provider.timeouts
+        session = state.session
+        assert session is not None
+        try:
+            # Connecting is bounded separately (sock_connect) and counts toward first_byte.
+            with Guard(state.deadlines, att.sent_loop + min(t.first_byte, t.total)):
+                if down is None:
+                    resp = await att.ptype.send(session, call)
+                else:
+                    async with down.keepalive(ex, lambda out: router_headers(out, ex, cand)):
+                        resp = await att.ptype.send(session, call)
+        except UPSTREAM_ERRORS as exc:
+            raise failure_from_exception(exc, cand.provider.name) from None
+        state.observe_latency(cand.counter_key, time.perf_counter() - att.sent)
+        _ratelimit_gauges(state, cand, resp)
+        # The upstream's answer: an error status fails the attempt; anything else goes
+        # to the client, whole or as a stream (:mod:`.answer`).
+        if resp.status >= 400:
+            raise await _status_failure(state, att, resp)
+        if req.affinity is not None and not req.keep_pin:
+            # The upstream took the prompt, so its cache now holds it: pin (or refresh).
+            state.affinity.pin(req.affinity.digest, cand.counter_key,
+                               req.target.group.affinity.ttl_s)
+        if down is None:
+            return await relay_body(req, att, resp)
+        if att.ptype.is_stream(resp.headers):
+            return await relay_stream(req, att, resp, down)
+        # A whole answer to a stream request: relayed as the stream it would have
+        # been, never as a raw JSON 200 to a stream client.
+        return await relay_stream(req, att, await answer_as_stream(req, att, resp), down)
     except AttemptFailure as failure:
         failed = failure
         _record_failure(req, att, failure)
-        down = req.down
         if down is None or not down.committed:
             raise
         # Committed by keepalives: the failure can only be reported in-band.
-        req.ex.error = failure.reason
-        req.ex.failures.append(f"{cand.provider.name}/{cand.key.label}:{failure.reason}")
+        ex.error = failure.reason
+        ex.failures.append(f"{cand.provider.name}/{cand.key.label}:{failure.reason}")
         return await _end_in_band(req, down, f"{failure.message} before answering")
     finally:
         _release(req, att, resp, failed)
@@ -363,19 +437,19 @@ def _prepare(req: ModelRequest, cand: Candidate) -> tuple[Attempt, UpstreamCall]
     """The attempt's record and its upstream call: the body in the provider's wire, the
     headers it keeps, a trace span; then the in-flight reservation and the key's probe."""
     state, ex = req.state, req.ex
-    provider, key = cand.provider, cand.key
-    ex.provider, ex.model, ex.key = provider.name, cand.member.model, key.label
+    provider, key, member = cand.provider, cand.key, cand.member
+    model = member.model
+    ex.provider, ex.model, ex.key = provider.name, model, key.label
     turn = req.turn
     stream = req.down is not None
     ptype = provider_type(provider.type)
     if turn is None:
-        att = Attempt(cand, ptype.wire(provider, ex.client, cand.member.model), ptype)
+        att = Attempt(cand, ptype.wire(provider, ex.client, model), ptype)
         path, up_body = rl.upstream_request(ex.client, ex.kind, ptype, provider, req.body,
-                                            cand.member.model, att.up, stream)
+                                            model, att.up, stream)
     else:
-        att = Attempt(cand, turn.dialect(ptype, provider, cand.member.model), ptype)
-        path, up_body = turn.upstream_request(ptype, provider, att.up, cand.member.model,
-                                              stream)
+        att = Attempt(cand, turn.dialect(ptype, provider, model), ptype)
+        path, up_body = turn.upstream_request(ptype, provider, att.up, model, stream)
         ex.dropped_tools = turn.dropped
     if req.affinity is not None and ptype.sets_prompt_cache_key \
             and "prompt_cache_key" not in up_body:
@@ -385,57 +459,14 @@ def _prepare(req: ModelRequest, cand: Candidate) -> tuple[Attempt, UpstreamCall]
     headers = ptype.passthrough_headers(ex.client, provider, req.http.headers)
     tracing = state.tracing
     if tracing is not None and ex.span is not None:  # writes traceparent into headers
-        att.span = tracing.start_attempt(ex.span, ex, provider, key.label, cand.member.model,
+        att.span = tracing.start_attempt(ex.span, ex, provider, key.label, model,
                                          req.body, headers)
     call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, stream,
-                        headers, cand.member.model)
+                        headers, model)
     att.reservation = state.counters.reserve(cand.counter_key, req.estimate,
-                                               req.target.state_name)
+                                             req.target.state_name)
     att.probe = state.health.begin(provider.name, key.label)
     return att, call
-
-
-async def _send(req: ModelRequest, att: Attempt, call: UpstreamCall) -> UpstreamResponse:
-    """Send the call; returns once the status line and headers came, within
-    ``first_byte`` (and ``total``); a stream client gets keepalives meanwhile."""
-    state, ex, down, cand = req.state, req.ex, req.down, att.cand
-    att.sent = time.perf_counter()
-    att.sent_loop = asyncio.get_running_loop().time()  # deadlines run on the loop's clock
-    t = cand.provider.timeouts
-    assert state.session is not None
-    try:
-        # Connecting is bounded separately (sock_connect) and counts toward first_byte.
-        with Guard(state.deadlines, att.sent_loop + min(t.first_byte, t.total)):
-            if down is None:
-                resp = await att.ptype.send(state.session, call)
-            else:
-                async with down.keepalive(ex, lambda out: router_headers(out, ex, cand)):
-                    resp = await att.ptype.send(state.session, call)
-    except UPSTREAM_ERRORS as exc:
-        raise failure_from_exception(exc, cand.provider.name) from None
-    state.observe_latency(cand.counter_key, time.perf_counter() - att.sent)
-    _ratelimit_gauges(state, cand, resp)
-    return resp
-
-
-async def _handle(req: ModelRequest, att: Attempt, resp: UpstreamResponse
-                  ) -> web.StreamResponse:
-    """The upstream's answer: an error status fails the attempt; anything else goes to
-    the client, whole or as a stream (:mod:`.answer`)."""
-    state, down, cand = req.state, req.down, att.cand
-    if resp.status >= 400:
-        raise await _status_failure(state, att, resp)
-    if req.affinity is not None and not req.keep_pin:
-        # The upstream took the prompt, so its cache now holds it: pin (or refresh).
-        await state.affinity.remember(req.affinity.digest, cand.counter_key,
-                                      req.target.group.affinity.ttl_s)
-    if down is not None and att.ptype.is_stream(resp.headers):
-        return await relay_stream(req, att, resp, down)
-    if down is not None:
-        # A whole answer to a stream request: relayed as the stream it would have
-        # been, never as a raw JSON 200 to a stream client.
-        return await relay_stream(req, att, await answer_as_stream(req, att, resp), down)
-    return await relay_body(req, att, resp)
 
 
 def _record_failure(req: ModelRequest, att: Attempt, failure: AttemptFailure) -> None:
@@ -519,12 +550,3 @@ def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamRespons
                 continue
             state.metrics.child(state.metrics.ratelimit_remaining, cand.provider.name,
                                 cand.key.label, kind).set(remaining)
-
-
-def new_request_id(header: str | None) -> str:
-    if header and len(header) <= 128 and header.isprintable():
-        return header
-    # 128 bits as 32 hex digits, like uuid4().hex. An id only correlates log lines, so it
-    # needs uniqueness, not secrecy: a seeded PRNG spares a getrandom() syscall per
-    # request (uuid4 and os.urandom both showed in profiles).
-    return f"{_IDS.getrandbits(128):032x}"

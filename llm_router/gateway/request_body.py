@@ -19,7 +19,7 @@ from aiohttp import web
 from ..config import Config
 from ..errors import BadRequest, PayloadTooLarge, RequestTimeout
 
-__all__ = ["BODY_SIZE", "MAX_JSON_DEPTH", "read_json"]
+__all__ = ["BODY_SIZE", "MAX_JSON_DEPTH", "buffered_body", "parse_json", "read_json"]
 
 BODY_SIZE: Final = web.RequestKey("body_size", int)  # bytes read_json read
 MAX_JSON_DEPTH: Final = 254  # orjson.dumps refuses deeper; the body is re-encoded upstream
@@ -27,20 +27,32 @@ MAX_JSON_DEPTH: Final = 254  # orjson.dumps refuses deeper; the body is re-encod
 
 async def read_json(request: web.Request, cfg: Config) -> dict[str, Any]:
     """The request body as a JSON object, or the :class:`RouterError` that says why not."""
-    max_bytes = cfg.max_body_bytes
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {max_bytes}.")
-    content = request.content
-    if length is not None and content.is_eof():
-        # The usual case: the whole body came with the headers, nothing to wait for, so
-        # it is taken from the buffer as is (read() would await two more reads for it).
-        raw = content.read_nowait()
-    else:
+    raw = buffered_body(request, cfg)
+    if raw is None:
         raw = await _read_slow(request, cfg)
+    request[BODY_SIZE] = len(raw)  # a chunked body has no Content-Length to estimate from
+    return parse_json(raw)
+
+
+def buffered_body(request: web.Request, cfg: Config) -> bytes | None:
+    """The whole body when it came with the headers (the usual case), taken from the
+    buffer as is: nothing to wait for (read() would await two more reads for it), so no
+    coroutine either; None when it is still arriving (then :func:`read_json`).
+    413 past ``max_body_bytes`` by its ``Content-Length``."""
+    length = request.content_length
+    if length is None:
+        return None
+    if length > cfg.max_body_bytes:
+        raise PayloadTooLarge(f"Request body is {length} bytes; the limit is "
+                              f"{cfg.max_body_bytes}.")
+    content = request.content
+    return content.read_nowait() if content.is_eof() else None
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A body read whole, as a JSON object (the bounds of the module docstring)."""
     if not raw:
         raise BadRequest("Request body is empty; expected a JSON object.")
-    request[BODY_SIZE] = len(raw)  # a chunked body has no Content-Length to estimate from
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -49,7 +61,8 @@ async def read_json(request: web.Request, cfg: Config) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object.", code="invalid_json")
     # Nesting that deep needs that many brackets: count them (fast) before checking.
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(body):
+    if len(raw) > MAX_JSON_DEPTH and raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH \
+            and _too_deep(body):
         raise BadRequest(f"Request body is nested deeper than {MAX_JSON_DEPTH} levels.",
                          code="invalid_json")
     return body

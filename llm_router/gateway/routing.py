@@ -29,6 +29,7 @@ from ..state.health import KeyHealth
 from .catalog import Catalog
 
 __all__ = [
+    "AFFINITY_KINDS",
     "STRATEGIES",
     "Candidate",
     "CandidateSet",
@@ -46,6 +47,12 @@ __all__ = [
     "priced_target",
     "resolve_target",
 ]
+
+# Route kinds whose prompts providers cache (prompt-cache affinity, affinity.py).
+# Embeddings and count_tokens have no cache to keep; legacy completions repeat no
+# structure a prefix hash could follow.
+AFFINITY_KINDS: Final = frozenset({"chat", "messages", "responses"})
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -112,6 +119,11 @@ def resolve_target(cfg: Config, model: str, user_aliases: AliasTable | None = No
     (docs/catalog.md): the target they name is served, and remembers what was asked.
     With a ``catalog``, a ``provider/model`` its provider did not list is no model.
     """
+    plans = _CONFIGS.get(id(cfg))
+    if plans is not None and plans.cfg is cfg:  # the usual request: a group, one lookup
+        target = plans.groups.get(model)
+        if target is not None:
+            return target
     target = _named(cfg, model, catalog)
     if target is not None:
         return target
@@ -166,6 +178,10 @@ class GroupPlan:
     candidates: tuple[Candidate, ...]
     serves: bool  # some member's provider type serves the kind (can_serve)
     deadline_s: float  # the members' longest total timeout: no attempt starts past it
+    direct: bool  # Target.is_direct
+    # Whether prompt-cache affinity steers a request without X-Router-Provider-Order or
+    # X-Router-Sort (affinity.applies): True, False (counted as off), None (no concern).
+    affinity: bool | None
 
 
 class _ConfigPlans:
@@ -217,7 +233,10 @@ def _group_plan(cfg: Config, target: Target, kind: str) -> GroupPlan:
         cands.extend(Candidate(member, provider, key, order, target.state_model)
                      for key in provider.keys if key.serves(member.model))
     deadline = max(cfg.providers[m.provider].timeouts.total for m in target.group.members)
-    return GroupPlan(tuple(cands), serves, deadline)
+    group = target.group
+    affinity = None if kind not in AFFINITY_KINDS or target.is_direct else (
+        group.affinity.mode != "off" and group.strategy == "inverse-weight")
+    return GroupPlan(tuple(cands), serves, deadline, target.is_direct, affinity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,12 +335,13 @@ class CandidateSet:
 
 def collect_candidates(
     cfg: Config, target: Target, kind: str, health: KeyHealth, counters: UsageCounters,
-    prefs: Preferences, exclude: set[CounterKey] | None = None,
+    prefs: Preferences, exclude: set[CounterKey] | None = None, plan: GroupPlan | None = None,
 ) -> CandidateSet:
-    """Every (member, key) pair of the target that may serve ``kind`` now."""
+    """Every (member, key) pair of the target that may serve ``kind`` now (``plan``:
+    the target's :func:`group_plan`, when the caller has it)."""
     now = time.monotonic()
     out = CandidateSet([])
-    cands: Sequence[Candidate] = group_plan(cfg, target, kind).candidates
+    cands: Sequence[Candidate] = (plan or group_plan(cfg, target, kind)).candidates
     if prefs.only is not None or prefs.ignore:
         out.excluded = excluded = frozenset(
             provider.name for provider in (cfg.providers[m.provider]
