@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from multidict import istr
+
 from ..config import DEFAULT_PRICE, Budget, Config, Limits, Member, Price, UserKey, sha256_hex
 from ..config.aliases import AliasTable
 from ..errors import Forbidden, Unauthorized
@@ -70,6 +72,11 @@ class Caller:
             raise Forbidden(f"Your key may not use the model '{target.name}'.", param="model")
 
 
+_MAX_SEEN: Final = 4096  # KeyIndex.caller's remembered header values
+# As istr: a request's headers find them without folding their case first.
+_AUTHORIZATION: Final = istr("Authorization")
+_X_API_KEY: Final = istr("x-api-key")
+
 ANONYMOUS: Final = Caller(user="anonymous", key="none", role="admin")
 _LEGACY: Final = Caller(user="default", key="api_key", role="admin")
 
@@ -106,6 +113,26 @@ class KeyIndex:
                     aliases=user.alias_table or None))
         self._legacy = sha256_hex(cfg.api_key) if cfg.api_key else None
         self.open = not self._by_hash and self._legacy is None and insecure_no_auth
+        # Authorization header values already authenticated -> their caller. A client
+        # sends the same header on every request: the key's hash and comparison are paid
+        # once per value, not per request. Only values that named a valid key go in (a
+        # wrong key is hashed every time, as before), bounded in number; a reload brings
+        # a new index, so a key removed from the config is no longer found.
+        self._seen: dict[str, Caller] = {}
+
+    def caller(self, headers: Mapping[str, str]) -> Caller:
+        """:meth:`authenticate` of :func:`extract_key` of a request's headers."""
+        authorization = headers.get(_AUTHORIZATION)
+        if authorization is not None:
+            found = self._seen.get(authorization)
+            if found is not None:
+                return found
+        caller = self.authenticate(extract_key(authorization, headers.get(_X_API_KEY)))
+        if authorization and not self.open and len(self._seen) < _MAX_SEEN:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():  # the header named the key
+                self._seen[authorization] = caller
+        return caller
 
     def authenticate(self, presented: str | None) -> Caller:
         """The caller behind a presented key; :class:`Unauthorized` if there is none."""

@@ -56,11 +56,6 @@ _CHOICE_FIELDS: Final = ("n", "best_of")
 _MAX_CHOICES: Final = 128  # OpenAI's own bound on n; an upstream refuses more
 
 
-def _positive_int(value: object) -> int | None:
-    # bool is an int subclass: max_tokens: true is not a length.
-    return value if type(value) is int and value > 0 else None
-
-
 def completion_ceiling(body: Mapping[str, Any]) -> int | None:
     """The most completion tokens the request allows; None when it sets no length.
 
@@ -68,17 +63,18 @@ def completion_ceiling(body: Mapping[str, Any]) -> int | None:
     them), times the number of answers it asked for. A budget reserves this much, so a
     burst of such requests cannot spend more than one request over it (docs/teams.md).
     """
+    # Positive integers only (type() is int: max_tokens: true is not a length).
     longest = 0
     for name in _LENGTH_FIELDS:
-        n = _positive_int(body.get(name))
-        if n is not None and n > longest:
+        n = body.get(name)
+        if type(n) is int and n > longest:
             longest = n
     if not longest:
         return None
     choices = 1
     for name in _CHOICE_FIELDS:
-        n = _positive_int(body.get(name))
-        if n is not None and n > choices:
+        n = body.get(name)
+        if type(n) is int and n > choices:
             choices = min(n, _MAX_CHOICES)
     return min(longest * choices, TOKEN_COUNT_LIMIT)
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import re
 import signal
 import time
@@ -29,6 +30,7 @@ import aiohttp
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+from multidict import istr
 
 from ..errors import (
     BadRequest,
@@ -44,9 +46,8 @@ from ..errors import (
 )
 from ..gateway.compression import compress_whole_answer
 from ..gateway.downstream import client_connected
-from ..gateway.proxy import new_request_id
 from ..gateway.router_state import RouterState
-from ..ledger.accounting import ANONYMOUS, extract_key
+from ..ledger.accounting import ANONYMOUS
 from ..observe.exchange import EXCHANGE, Exchange
 from ..observe.metrics import REJECTION_REASONS
 from ..observe.redact import RedactingFilter
@@ -74,7 +75,9 @@ _PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metric
 # The status page (/ui) sends this on its own polls of /admin/status, every 2 s while it
 # is open: they are logged at DEBUG and not traced, so an open tab does not fill the
 # access log and the trace store. A refused poll (a wrong key) is still logged at INFO.
-_STATUS_POLL_HEADER: Final = "X-Router-Status-Poll"
+_STATUS_POLL_HEADER: Final = istr("X-Router-Status-Poll")
+_REQUEST_ID: Final = istr("X-Request-Id")
+_IDS: Final = random.Random()  # request ids
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -164,7 +167,13 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
             if refused is not None:
                 conn.end()
                 return refused
-        rid = new_request_id(request.headers.get("X-Request-Id"))
+        headers = request.headers
+        rid = headers.get(_REQUEST_ID)  # the client's, if it is a sane one
+        if not rid or len(rid) > 128 or not rid.isprintable():
+            # 128 bits as 32 hex digits, like uuid4().hex. An id only correlates log
+            # lines, so it needs uniqueness, not secrecy: a seeded PRNG spares a
+            # getrandom() syscall per request (uuid4 and os.urandom showed in profiles).
+            rid = f"{_IDS.getrandbits(128):032x}"
         t0 = time.perf_counter()
         ex: Exchange | None = None
         rejected: str | None = None  # why the router itself refused, if it did
@@ -176,15 +185,14 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
             ex = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
             if direct is None:  # a handler reads it there; a direct route is given it
                 request[EXCHANGE] = ex
-            quiet = route == "/admin/status" and _STATUS_POLL_HEADER in request.headers
+            quiet = route == "/admin/status" and _STATUS_POLL_HEADER in headers
             if state.tracing is not None and not quiet:
-                ex.span = state.tracing.start_request(request.headers, ex)
+                ex.span = state.tracing.start_request(headers, ex)
         resp: web.StreamResponse
         try:
             try:
                 if ex is not None:  # the caller; public paths need none
-                    ex.caller = state.keys.authenticate(extract_key(
-                        request.headers.get("Authorization"), request.headers.get("x-api-key")))
+                    ex.caller = state.keys.caller(headers)
                 if direct is not None and ex is not None:
                     ex.kind, ex.client = direct.kind, direct.client
                     resp = await direct.serve(request, state, ex)
