@@ -94,6 +94,30 @@ async def test_group_added_to_the_file_is_served_without_restart(
     assert samples[RELOAD_OK] == 1 and samples[RELOAD_FAILED] == 0
 
 
+async def test_a_key_removed_from_the_file_is_refused_after_reload(
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """A key that authenticated before (its header value is then remembered) stops working
+    as soon as a reload drops it, in either header the client may send it in."""
+    router = await start_router(_config(upstream, ["a"]))
+    assert await chat_status(http, router, "a") == 200
+    assert await chat_status(http, router, "a") == 200  # the header is known now
+    save_by_rename(router.config_path, _config(upstream, ["a"]) | {"api_key": "sk-the-new"})
+
+    async def refused() -> bool:
+        return await chat_status(http, router, "a") == 401
+
+    await eventually(refused)
+    async with http.post(router.url + "/v1/chat/completions",
+                         headers={"x-api-key": ROUTER_KEY},
+                         json={"model": "a", "messages": HELLO}) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["message"] == "Invalid API key."
+    async with http.post(router.url + "/v1/chat/completions",
+                         headers={"Authorization": "Bearer sk-the-new"},
+                         json={"model": "a", "messages": HELLO}) as resp:
+        assert resp.status == 200
+
+
 async def test_invalid_edit_keeps_old_config_serving(
         start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
         caplog: pytest.LogCaptureFixture) -> None:
