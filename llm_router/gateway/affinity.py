@@ -36,6 +36,7 @@ __all__ = [
     "BURST_GRACE",
     "RECENT_WINDOW_S",
     "RESULTS",
+    "SPILLED",
     "AffinityKey",
     "AffinityStore",
     "KeyValue",
@@ -372,7 +373,7 @@ def pick_with_affinity(cands: Sequence[Candidate], pinned: CounterKey | None,
             if room == "hit":
                 return c, "hit"
             if room == "burst":
-                return _spill(cands, ctx), _SPILLED
+                return _spill(cands, ctx), SPILLED
             break
     return inverse_weight(cands, ctx), "moved"
 
@@ -396,7 +397,7 @@ def pick_one(c: Candidate, pinned: CounterKey | None, counters: UsageCounters, s
         return c, "hit"
     mine = counters.inflight.get(key, 0) * w
     if mine > mine + BURST_GRACE * estimate * w:
-        return c, _SPILLED
+        return c, SPILLED
     load = ((seen if recent is not None else tokens) + counters.inflight.get(key, 0)) * w
     if load <= load * (1.0 + slack) + estimate * w:
         return c, "hit"
@@ -418,12 +419,12 @@ def _spill(cands: Sequence[Candidate], ctx: PickContext) -> Candidate:
 
 
 # pick_with_affinity's result for a burst's spill: counted and logged as "moved".
-_SPILLED: Final = "moved:burst"
+SPILLED: Final = "moved:burst"
 
 
 def spilled(result: str) -> bool:
     """Whether a pick's result is a burst's spill, which leaves the pin where it is."""
-    return result == _SPILLED
+    return result == SPILLED
 
 
 class AffinityStore(Protocol):

@@ -29,6 +29,7 @@ from ..ledger.accounting import estimate_cost
 from ..ledger.usage import CounterKey, completion_ceiling
 from ..observe.exchange import Exchange
 from ..observe.labels import OTHER
+from ..observe.metrics import Series
 from ..providers import (
     UPSTREAM_ERRORS,
     AttemptFailure,
@@ -41,12 +42,11 @@ from ..state.health import parse_retry_after
 from ..state.store import MemoryStore
 from . import relay as rl
 from .affinity import (
+    SPILLED,
     MemoryAffinityStore,
     affinity_key,
-    derived_cache_key,
     pick_one,
     pick_with_affinity,
-    spilled,
 )
 from .answer import answer_as_stream, relay_body, relay_stream
 from .attempt import Attempt, router_headers
@@ -204,7 +204,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         if key is None:
             # Off for this request: the group's pick stays plain inverse weight.
             ex.affinity = "off"
-            metrics.child(metrics.affinity, labels.group(target.name), "off").inc()
+            _series(plan, "off", state, target.name).inc()
     req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
                        estimate, down, turn, key, fill=fill)
     try:
@@ -279,10 +279,9 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
                 cand, result = pick_with_affinity(eligible, pinned, ctx,
                                                   group.affinity.slack, req.estimate,
                                                   state.recent_load, time.monotonic())
-            req.keep_pin = spilled(result)
-            ex.affinity = "moved" if req.keep_pin else result
-            metrics.child(metrics.affinity, state.labels.group(group.name),
-                          ex.affinity).inc()
+            req.keep_pin = spill = result == SPILLED
+            ex.affinity = result = "moved" if spill else result
+            _series(plan, result, state, group.name).inc()
         elif len(eligible) == 1 and group.strategy in _PICK_THE_ONE:
             cand = eligible[0]  # what each of these strategies picks of one
         else:
@@ -320,6 +319,17 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
                 every = collect_candidates(cfg, target, kind, state.health, state.counters,
                                            prefs)
                 raise exhausted(last, every, time.monotonic(), ex) from None
+
+
+def _series(plan: GroupPlan, result: str, state: RouterState, group: str) -> Series:
+    """``affinity_total`` of the target's group for ``result``: resolved once per plan."""
+    metrics = state.metrics
+    hit = plan.series.get(result)
+    if hit is not None and hit[0] is metrics:  # routers in one process may share a config
+        return hit[1]
+    series = metrics.child(metrics.affinity, state.labels.group(group), result)
+    plan.series[result] = (metrics, series)
+    return series
 
 
 def _past_context(req: ModelRequest, target: Target, cand: Candidate,
@@ -455,7 +465,7 @@ def _prepare(req: ModelRequest, cand: Candidate) -> tuple[Attempt, UpstreamCall]
             and "prompt_cache_key" not in up_body:
         # So the provider's own cache routing groups requests as ours does (up_body is
         # the router's copy: the client's body stays untouched).
-        up_body["prompt_cache_key"] = derived_cache_key(req.affinity)
+        up_body["prompt_cache_key"] = "llmr-" + req.affinity.digest.hex()  # derived_cache_key
     headers = ptype.passthrough_headers(ex.client, provider, req.http.headers)
     tracing = state.tracing
     if tracing is not None and ex.span is not None:  # writes traceparent into headers

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 from multidict import istr
 
@@ -24,6 +24,7 @@ from ..config.aliases import AliasTable
 from ..errors import BadRequest, Forbidden, ModelNotFound, echoed
 from ..ledger.accounting import price_for
 from ..ledger.usage import CounterKey, UsageCounters
+from ..observe.metrics import Series
 from ..providers.registry import provider_type
 from ..state.health import KeyHealth
 from .catalog import Catalog
@@ -182,6 +183,10 @@ class GroupPlan:
     # Whether prompt-cache affinity steers a request without X-Router-Provider-Order or
     # X-Router-Sort (affinity.applies): True, False (counted as off), None (no concern).
     affinity: bool | None
+    # Metric series the requests to this target update, by name: (the Metrics, the
+    # series) as the proxy resolved them (their label values are fixed with the config).
+    series: dict[str, tuple[Any, Series]] = field(default_factory=dict, compare=False,
+                                               repr=False)
 
 
 class _ConfigPlans:
