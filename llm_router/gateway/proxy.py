@@ -37,7 +37,8 @@ from ..providers import (
     UpstreamResponse,
     failure_from_exception,
 )
-from ..providers.registry import provider_type
+from ..providers.base import ProviderType
+from ..providers.registry import PROVIDER_TYPES, provider_type
 from ..state.health import parse_retry_after
 from ..state.store import MemoryStore
 from . import relay as rl
@@ -88,6 +89,8 @@ log = logging.getLogger("llm_router.access")
 
 _STREAMED_KINDS: Final = frozenset({"chat", "completions", "messages", "responses"})
 _CUT_NOTICE_S: Final = 1.0  # how long a stream cut at shutdown may take to say so
+# ProviderType's own passthrough_headers: a type that does not override it keeps none.
+_KEEPS_NONE: Final = ProviderType.passthrough_headers
 # Strategies that pick the one eligible candidate there is without reading anything
 # (round-robin's turn counts even then).
 _PICK_THE_ONE: Final = frozenset({"inverse-weight", "priority", "latency", "price"})
@@ -452,7 +455,7 @@ def _prepare(req: ModelRequest, cand: Candidate) -> tuple[Attempt, UpstreamCall]
     ex.provider, ex.model, ex.key = provider.name, model, key.label
     turn = req.turn
     stream = req.down is not None
-    ptype = provider_type(provider.type)
+    ptype = PROVIDER_TYPES[provider.type]  # provider_type(), without the call
     if turn is None:
         att = Attempt(cand, ptype.wire(provider, ex.client, model), ptype)
         path, up_body = rl.upstream_request(ex.client, ex.kind, ptype, provider, req.body,
@@ -466,7 +469,8 @@ def _prepare(req: ModelRequest, cand: Candidate) -> tuple[Attempt, UpstreamCall]
         # So the provider's own cache routing groups requests as ours does (up_body is
         # the router's copy: the client's body stays untouched).
         up_body["prompt_cache_key"] = "llmr-" + req.affinity.digest.hex()  # derived_cache_key
-    headers = ptype.passthrough_headers(ex.client, provider, req.http.headers)
+    headers = ptype.passthrough_headers(ex.client, provider, req.http.headers) \
+        if type(ptype).passthrough_headers is not _KEEPS_NONE else {}
     tracing = state.tracing
     if tracing is not None and ex.span is not None:  # writes traceparent into headers
         att.span = tracing.start_attempt(ex.span, ex, provider, key.label, model,

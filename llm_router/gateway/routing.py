@@ -277,9 +277,8 @@ class Preferences:
     sort: str | None = None  # latency | price
 
     @classmethod
-    def from_headers(cls, headers: dict[str, str] | object, cfg: Config) -> Preferences:
-        get = getattr(headers, "get", None)
-        assert get is not None
+    def from_headers(cls, headers: Mapping[str, str], cfg: Config) -> Preferences:
+        get = headers.get
         if get(_ONLY) is None and get(_IGNORE) is None and get(_ORDER) is None \
                 and get(_SORT) is None and get(_FALLBACKS) is None:
             return _NO_PREFERENCES  # the usual request: none of the headers, nothing to parse

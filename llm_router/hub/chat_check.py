@@ -47,6 +47,14 @@ _TOP_FIELDS: Final[tuple[tuple[str, _Rule], ...]] = (
     ("parallel_tool_calls", (_of(bool), "must be true or false")),
 )
 _TOP_RULES: Final[dict[str, _Rule]] = dict(_TOP_FIELDS)
+# Values of these exact types pass their field's rule without running it (a parsed
+# body's values are exactly JSON's types; anything else goes to the rule).
+_TOP_PASS: Final[dict[str, frozenset[type]]] = {
+    "max_tokens": frozenset({int}), "max_completion_tokens": frozenset({int}),
+    "temperature": frozenset({int, float}), "top_p": frozenset({int, float}),
+    "user": frozenset({str}), "stop": frozenset({str}), "tools": frozenset({list}),
+    "tool_choice": frozenset({str, dict}), "parallel_tool_calls": frozenset({bool}),
+}
 _MESSAGE_FIELDS: Final[tuple[tuple[str, _Rule], ...]] = (
     ("role", _STRING),
     ("content", (_of(str, list), "must be a string or a list of content parts")),
@@ -76,7 +84,8 @@ def check_body(body: dict[str, Any]) -> None:
     type. The caller has checked ``model``, ``messages`` (a list) and ``stream``."""
     for name in body.keys() & _TOP_RULES:  # a body sends few of them: test only those
         value = body[name]
-        if value is not None and not _TOP_RULES[name][0](value):
+        if value is not None and type(value) not in _TOP_PASS[name] \
+                and not _TOP_RULES[name][0](value):
             _check_fields(body, _TOP_FIELDS, "")  # raises for the first in table order
     for i, message in enumerate(body["messages"]):
         if type(message) is dict and type(message.get("content")) is str \

@@ -457,7 +457,8 @@ class Ledger:
                         or caller.budget is not None or caller.key_budget is not None):
             self._enforce(caller, user, key, estimate_tokens, now)
         # _Window.add and requests_today, inlined: this runs for every request.
-        day = period_ids(now)[0]
+        start, end, ids = _IDS_CACHE  # period_ids(now), inline while the day lasts
+        day = ids[0] if start <= now < end else period_ids(now)[0]
         minute = int(now // 60)
         for acc in (user, key):
             acc.concurrent += 1

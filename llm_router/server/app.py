@@ -182,9 +182,12 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
             # Only API requests are "in flight": a /metrics scrape must not count itself.
             state.inflight += 1  # the gauge is set from this at scrape time
             state.request_tasks.add(request.task)  # what a shutdown cuts after its grace
-            ex = Exchange(route=route, request_id=rid, caller=ANONYMOUS)
             if direct is None:  # a handler reads it there; a direct route is given it
-                request[EXCHANGE] = ex
+                ex = request[EXCHANGE] = Exchange(route=route, request_id=rid,
+                                                  caller=ANONYMOUS)
+            else:
+                ex = Exchange(route=route, request_id=rid, caller=ANONYMOUS,
+                              kind=direct.kind, client=direct.client)
             quiet = route == "/admin/status" and _STATUS_POLL_HEADER in headers
             if state.tracing is not None and not quiet:
                 ex.span = state.tracing.start_request(headers, ex)
@@ -194,7 +197,6 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
                 if ex is not None:  # the caller; public paths need none
                     ex.caller = state.keys.caller(headers)
                 if direct is not None and ex is not None:
-                    ex.kind, ex.client = direct.kind, direct.client
                     resp = await direct.serve(request, state, ex)
                 else:
                     resp = await handler(request)
