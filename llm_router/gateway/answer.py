@@ -124,7 +124,8 @@ async def relay_stream(req: ModelRequest, att: Attempt, resp: UpstreamResponse,
     max_event = req.cfg.upstream_limits.max_event_bytes
     feed_run = rl.run_feed(relay)
     events = UpstreamEvents(resp, att.sent + t.first_byte, t.idle, att.sent + t.total,
-                            max_event, att.ptype.events(max_event), runs=feed_run is not None)
+                            max_event, att.ptype.events(max_event), runs=feed_run is not None,
+                            deadlines=req.state.deadlines)
     try:
         return await _relay_events(req, att, relay, feed_run, events, down)
     finally:

@@ -10,6 +10,10 @@ walks the buckets every :data:`TICK` seconds while any wait is registered.
 A deadline may fire up to one tick late. Timeouts are seconds to minutes, so that is
 well inside what they promise; a wait that outlives its deadline ends exactly as with
 ``asyncio.timeout``: the task is cancelled and the ``with`` raises ``TimeoutError``.
+
+Other per-request timers ride the same wheel (:class:`Timed`): a stream's watchdog
+(``upstream_events``) and the wait before its first keepalive comment (``downstream``),
+each of which was a loop timer per stream before.
 """
 
 from __future__ import annotations
@@ -17,11 +21,21 @@ from __future__ import annotations
 import asyncio
 import math
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
-__all__ = ["TICK", "Deadlines", "Guard", "TaskBound"]
+__all__ = ["TICK", "Deadlines", "Guard", "TaskBound", "Timed"]
 
 TICK: Final = 0.05  # seconds between checks: the most a deadline fires late
+
+
+class Timed(Protocol):
+    """An entry of the wheel: :meth:`fire` runs once a tick finds ``when`` passed.
+    ``_bucket`` is the wheel's (-1 while not on it, and before ``fire`` is called)."""
+
+    _bucket: int
+    when: float
+
+    def fire(self) -> None: ...
 
 
 class TaskBound:
@@ -64,7 +78,7 @@ class Guard(TaskBound):
         self.when = when
         self._bucket = -1
 
-    # __enter__ and __exit__ do what _bind + Deadlines._add and Deadlines._discard + _end
+    # __enter__ and __exit__ do what _bind + Deadlines.add and Deadlines.discard + _end
     # do, inline: two bounded waits per request made these eight calls.
     def __enter__(self) -> Guard:
         task = asyncio.current_task()
@@ -94,21 +108,24 @@ class Guard(TaskBound):
         if self._expired:
             self._end(exc_type, exc)
 
+    def fire(self) -> None:
+        self._expire()
+
     def move(self, when: float) -> None:
         """A new deadline for this wait (the body's, once the headers came)."""
         if self._bucket < 0:
             self.when = when
             return
-        self._owner._discard(self)
+        self._owner.discard(self)
         self.when = when
-        self._owner._add(self)
+        self._owner.add(self)
 
 
 class Deadlines:
     """The wheel: buckets of waits by the tick their deadline falls in."""
 
     def __init__(self) -> None:
-        self._buckets: dict[int, set[Guard]] = {}
+        self._buckets: dict[int, set[Timed]] = {}
         self._ticker: asyncio.Task[None] | None = None
 
     def guard(self, when: float) -> Guard:
@@ -117,23 +134,28 @@ class Deadlines:
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())
 
-    def _add(self, guard: Guard) -> None:
-        slot = math.ceil(guard.when / TICK)
+    def add(self, entry: Timed) -> None:
+        """Put ``entry`` on the wheel at its ``when`` (``loop.time()`` based); it must not
+        be on it already."""
+        slot = math.ceil(entry.when / TICK)
         bucket = self._buckets.get(slot)
         if bucket is None:
             bucket = self._buckets[slot] = set()
-        bucket.add(guard)
-        guard._bucket = slot
+        bucket.add(entry)
+        entry._bucket = slot
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
-    def _discard(self, guard: Guard) -> None:
-        bucket = self._buckets.get(guard._bucket)
+    def discard(self, entry: Timed) -> None:
+        """Take ``entry`` off the wheel, if it is on it."""
+        if entry._bucket < 0:
+            return
+        bucket = self._buckets.get(entry._bucket)
         if bucket is not None:
-            bucket.discard(guard)
+            bucket.discard(entry)
             if not bucket:
-                del self._buckets[guard._bucket]
-        guard._bucket = -1
+                del self._buckets[entry._bucket]
+        entry._bucket = -1
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,8 +165,8 @@ class Deadlines:
                 now = loop.time()
                 due = [slot for slot in self._buckets if slot * TICK <= now]
                 for slot in due:
-                    for guard in self._buckets.pop(slot, ()):
-                        guard._bucket = -1
-                        guard._expire()
+                    for entry in self._buckets.pop(slot, ()):
+                        entry._bucket = -1
+                        entry.fire()
         finally:
             self._ticker = None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .compression import StreamEncoder
+from .deadlines import Deadlines
 
 if TYPE_CHECKING:
     from ..observe.exchange import Exchange
@@ -37,13 +38,18 @@ def client_connected(request: web.Request) -> bool:
 class Downstream:
     """One request's client stream, created before the first attempt and shared by all."""
 
-    __slots__ = ("_request", "coding", "encoder", "keepalive_s", "last_write", "out")
+    __slots__ = ("_request", "coding", "deadlines", "encoder", "keepalive_s", "last_write",
+                 "out")
 
-    def __init__(self, request: web.Request, coding: str | None, keepalive_s: float) -> None:
+    def __init__(self, request: web.Request, coding: str | None, keepalive_s: float,
+                 deadlines: Deadlines | None = None) -> None:
+        """``deadlines``: the wheel that times the first keepalive comment of a wait (the
+        router's shared one; a new one if None)."""
         self._request = request
         self.coding = coding
         self.encoder = StreamEncoder(coding) if coding else None
         self.keepalive_s = keepalive_s  # 0 disables keepalive comments
+        self.deadlines = deadlines if deadlines is not None or not keepalive_s else Deadlines()
         self.last_write = time.monotonic()
         self.out: web.StreamResponse | None = None
 
@@ -129,27 +135,33 @@ class _WithFirstWrite(web.StreamResponse):
 
 class _Keepalive:
     """:meth:`Downstream.keepalive`. Most waits end long before the first comment is due,
-    so entering sets only a timer; the task that writes comments (and the Event that
-    stops it) exist only once the timer fires. A class, not an ``asynccontextmanager``:
-    a stream enters two of these, and the generator behind the decorator showed in
-    profiles."""
+    so entering only puts this on the shared wheel of :mod:`.deadlines` (a loop timer per
+    wait cost more; the first comment may go out one tick late); the task that writes
+    comments (and the Event that stops it) exist only once the wheel fires it. A class,
+    not an ``asynccontextmanager``: a stream enters two of these, and the generator
+    behind the decorator showed in profiles."""
 
-    __slots__ = ("_beat", "_down", "_ex", "_headers", "_stop", "_timer")
+    __slots__ = ("_beat", "_bucket", "_down", "_ex", "_headers", "_stop", "when")
 
     def __init__(self, down: Downstream, ex: Exchange,
                  headers: Callable[[web.StreamResponse], None]) -> None:
         self._down, self._ex, self._headers = down, ex, headers
-        self._timer: asyncio.TimerHandle | None = None
+        self._bucket = -1  # the wheel's
+        self.when = 0.0
         self._stop: asyncio.Event | None = None
         self._beat: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> None:
         down = self._down
         if down.keepalive_s > 0:
-            delay = down.last_write + down.keepalive_s - time.monotonic()
-            self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._start)
+            assert down.deadlines is not None
+            # The wheel runs on the loop's clock, last_write on time.monotonic().
+            self.when = (asyncio.get_running_loop().time() + down.last_write
+                         + down.keepalive_s - time.monotonic())
+            down.deadlines.add(self)
 
-    def _start(self) -> None:
+    def fire(self) -> None:
+        """The first comment is due: start the task that writes them."""
         self._stop = asyncio.Event()
         self._beat = beat = asyncio.create_task(
             self._down._beat(self._stop, self._ex, self._headers))
@@ -159,8 +171,10 @@ class _Keepalive:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._bucket >= 0:
+            deadlines = self._down.deadlines
+            assert deadlines is not None
+            deadlines.discard(self)
         if self._beat is not None:
             assert self._stop is not None
             self._stop.set()

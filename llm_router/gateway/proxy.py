@@ -196,7 +196,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         ex.admission = store.ledger.admit(caller, estimate, cost)
     else:
         ex.admission = await store.admit(caller, estimate, cost)
-    down = Downstream(request, coding, cfg.keepalive_s) if stream else None
+    down = Downstream(request, coding, cfg.keepalive_s, state.deadlines) if stream else None
     use = plan.affinity
     if use and (prefs.order or prefs.sort is not None):
         use = False  # the client's order or sort decides (affinity.applies)

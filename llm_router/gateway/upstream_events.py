@@ -4,7 +4,8 @@ Two costs measured on the stream path (bench/README.md) shaped this module. Even
 arrive in one socket read are yielded together, so the relay sends them in one write
 (one syscall, one compress flush) instead of one per event: they were ready at the same
 instant, so no event waits for another. And the waits for upstream bytes are bounded by
-one re-armed timer per stream instead of an ``asyncio.timeout`` per read.
+one entry per stream on the shared wheel of :mod:`.deadlines`, re-armed lazily, instead
+of an ``asyncio.timeout`` per read (or a loop timer per stream).
 """
 
 from __future__ import annotations
@@ -13,34 +14,36 @@ import asyncio
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Final
 
 from ..hub.sse import EventParser, EventTooLarge, SSEParser
 from ..providers import ResponseTooLarge, UpstreamResponse
-from .deadlines import TaskBound
+from .deadlines import Deadlines, TaskBound
 
 __all__ = ["UpstreamEvents"]
 
 
 class _Watchdog(TaskBound):
-    """Bounds every wait for upstream bytes of one stream, from one timer.
+    """Bounds every wait for upstream bytes of one stream, from one entry on the shared
+    wheel of :mod:`.deadlines`.
 
     Used as ``with dog: await read()``. A wait may last until the first event is due
     (before any event came), else ``idle`` from the first wait after the last complete
     event (:attr:`progress`), and never past the stream's ``deadline``: bytes that
-    trickle in without completing an event do not hold a stream open. The timer is not
+    trickle in without completing an event do not hold a stream open. The entry is not
     moved on every read: when it fires early (the stream made progress meanwhile) it
-    re-arms itself for the current wait, so a busy stream costs one timer per ``idle``
-    period. An overdue wait ends as with
-    ``asyncio.timeout`` (:class:`deadlines.TaskBound`). The shared tick of
-    :mod:`deadlines` would cost a bucket move per read here, where reads come by the
-    tens of thousands a second.
+    re-arms itself for the current wait, so a busy stream costs one bucket move per
+    ``idle`` period, and a short one an add and a discard. An overdue wait ends as with
+    ``asyncio.timeout`` (:class:`deadlines.TaskBound`), at most one tick late.
     """
 
-    __slots__ = ("_armed_at", "_deadline", "_due", "_first_due", "_handle", "_idle",
-                 "_loop", "_waiting", "progress", "started")
+    __slots__ = ("_bucket", "_deadline", "_due", "_first_due", "_idle", "_loop", "_waiting",
+                 "_wheel", "progress", "started", "when")
 
-    def __init__(self, first_due: float, idle: float, deadline: float) -> None:
+    def __init__(self, wheel: Deadlines, first_due: float, idle: float,
+                 deadline: float) -> None:
         """``first_due`` and ``deadline`` are ``time.perf_counter()`` times."""
+        self._wheel = wheel
         self._loop = asyncio.get_running_loop()
         self._bind()
         # The loop's clock may differ from perf_counter (uvloop keeps its own).
@@ -52,8 +55,8 @@ class _Watchdog(TaskBound):
         self._waiting = False
         self.started = False  # an event came: from now on waits are bounded by idle
         self.progress = False  # an event completed since the idle clock last started
-        self._armed_at = float("inf")
-        self._handle: asyncio.TimerHandle | None = None
+        self.when = _NEVER  # where the entry is on the wheel (_NEVER: not on it)
+        self._bucket = -1
 
     def __enter__(self) -> None:
         # The idle clock starts when the router asks for more, so a slow client's
@@ -64,28 +67,30 @@ class _Watchdog(TaskBound):
             self._due = min(self._loop.time() + self._idle, self._deadline)
             self.progress = False
         self._waiting = True
-        if self._due < self._armed_at:
+        if self._due < self.when:
             self._arm(self._due)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._waiting = False
-        self._end(exc_type, exc)
+        if self._expired:
+            self._end(exc_type, exc)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._bucket >= 0:
+            self._wheel.discard(self)
+        self.when = _NEVER
 
     def _arm(self, when: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._armed_at = when
-        self._handle = self._loop.call_at(when, self._fire)
+        wheel = self._wheel
+        if self._bucket >= 0:
+            wheel.discard(self)
+        self.when = when
+        wheel.add(self)
 
-    def _fire(self) -> None:
-        self._handle = None
-        self._armed_at = float("inf")
+    def fire(self) -> None:
+        """The wheel's tick reached :attr:`when` (and took the entry off)."""
+        self.when = _NEVER
         if self._task.done():
             return
         now = self._loop.time()
@@ -94,9 +99,12 @@ class _Watchdog(TaskBound):
             # __enter__ re-arms sooner if the deadline says so).
             self._arm(now + self._idle)
         elif now < self._due:
-            self._arm(self._due)  # progress since the timer was set: wait on
+            self._arm(self._due)  # progress since the entry was set: wait on
         else:
             self._expire()
+
+
+_NEVER: Final = float("inf")
 
 
 class UpstreamEvents:
@@ -110,21 +118,23 @@ class UpstreamEvents:
     passthrough), a batch of regular events comes as one run of joined bytes and their
     number (:meth:`SSEParser.feed_run`), else as a list. An async iterator class, not an async
     generator: the event loop tracks every async generator (a weak set, a finalizer),
-    which showed in stream profiles. :meth:`aclose` stops the watchdog.
+    which showed in stream profiles. :meth:`aclose` stops the watchdog. ``deadlines``
+    is the wheel the watchdog rides (the router's shared one; a new one if None).
     """
 
     __slots__ = ("_chunks", "_dog", "_ended", "_feed", "_parser")
 
     def __init__(self, resp: UpstreamResponse, first_due: float, idle: float,
                  deadline: float, max_event: int, parser: EventParser | None = None,
-                 *, runs: bool = False) -> None:
+                 *, runs: bool = False, deadlines: Deadlines | None = None) -> None:
         if parser is None:
             parser = SSEParser(max_event)
         self._parser = parser
         self._feed: Callable[[bytes], tuple[bytes, int] | list[bytes]] = (
             parser.feed_run if runs and isinstance(parser, SSEParser) else parser.feed)
         self._chunks = resp.chunks().__aiter__()
-        self._dog = _Watchdog(first_due, idle, deadline)
+        self._dog = _Watchdog(deadlines if deadlines is not None else Deadlines(), first_due,
+                              idle, deadline)
         self._ended = False
 
     def __aiter__(self) -> UpstreamEvents:
