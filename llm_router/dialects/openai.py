@@ -109,8 +109,12 @@ class OpenAIPassthrough:
         if not marked:
             self.done = self.done or ends_done
             return run
-        out: list[bytes] = []
-        start = 0
+        # The pieces sent, once an event is changed (feed returns a new object then; the
+        # usual marked event, the usage chunk of a client that asked for it, passes as
+        # is, and so does the run: no copy of it).
+        out: list[bytes] | None = None
+        copied = 0  # run[:copied] is in out
+        start = 0  # the end of the last event read
         if len(marked) > 1:
             marked.sort()
         for at in marked:
@@ -120,15 +124,24 @@ class OpenAIPassthrough:
             if begin < start + 2:
                 begin = start  # the first event after the last one read (or the run's)
             end = run.find(b"\n\n", at) + 2
-            if begin > start:
-                out.append(run[start:begin])
-            out.append(self.feed(run[begin:end]))
+            event = run[begin:end]
+            sent = self.feed(event)
             start = end
+            if sent is not event:
+                if out is None:
+                    out = []
+                if begin > copied:
+                    out.append(run[copied:begin])
+                out.append(sent)
+                copied = end
             if self.failure is not None:
+                assert out is not None  # the error chunk went out with [DONE] added
                 return b"".join(out)  # nothing follows an error chunk
-        if start < len(run):
-            out.append(run[start:])
         self.done = self.done or ends_done
+        if out is None:
+            return run
+        if copied < len(run):
+            out.append(run[copied:])
         return b"".join(out)
 
     def fail(self, message: str) -> bytes:
