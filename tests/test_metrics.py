@@ -86,7 +86,12 @@ async def test_metrics_after_real_traffic(start_router: StartRouter, upstream: U
     expected_cost = sum(p * 1.0 + c * 2.0 for p, c in usages) / 1e6
     assert _total(s, "llm_router_cost_usd_total") == pytest.approx(expected_cost)
     assert _total(s, "llm_router_key_tokens") == sum(router.state.counters.tokens.values())
-    assert _total(s, "llm_router_upstream_ratelimit_remaining", kind="requests") > 0
+    # Each key's gauges hold its last answer's x-ratelimit-remaining-*; the fake counts
+    # down, so the lowest is what the last answer said.
+    for kind, sent in (("requests", upstream.fake._remaining_requests),
+                       ("tokens", upstream.fake._remaining_tokens)):
+        assert min(v for k, v in s.items() if k.startswith(
+            "llm_router_upstream_ratelimit_remaining{") and f"kind={kind}" in k) == sent
     assert s["llm_router_inflight_requests{}"] == 0  # a scrape does not count itself
     assert _total(s, "llm_router_config_reloads_total", result="success") == 0
     assert s["llm_router_config_last_reload_timestamp_seconds{}"] > 0

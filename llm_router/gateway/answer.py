@@ -271,28 +271,26 @@ def _account(req: ModelRequest, att: Attempt, usage: Usage, events_seen: int = 0
     reported no prompt; and it does not count as a success of the key.
     """
     state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
-    usage = state.rejected_usage.settle(cand.provider.name, usage, ex.prompt_estimate,
-                                        max(req.estimate - ex.prompt_estimate, events_seen, 1))
+    provider, key, model = cand.provider.name, cand.key.label, cand.member.model
+    if usage.rejected:
+        usage = state.rejected_usage.settle(provider, usage, ex.prompt_estimate,
+                                            max(req.estimate - ex.prompt_estimate,
+                                                events_seen, 1))
     if not complete and (usage.completion < events_seen or not usage.prompt):
         # Reported counts of a stream cut short can be provisional: Anthropic's
         # message_start says output_tokens: 1 and gives the real count only at the end,
         # so a client that read the text and left early would otherwise pay for one token.
         usage = Usage(usage.prompt or ex.prompt_estimate, max(usage.completion, events_seen),
                       usage.cached)
-    state.counters.settle(att.reservation, usage.prompt, usage.completion, cfg.request_penalty)
+    prompt, completion, cached = usage.prompt, usage.completion, usage.cached
+    state.counters.settle(att.reservation, prompt, completion, cfg.request_penalty)
     if complete:
-        state.health.record_success(cand.provider.name, cand.key.label, cfg.circuit)
-    ex.prompt_tokens, ex.completion_tokens = usage.prompt, usage.completion
-    ex.cost = cost_usd(cfg.pricing, cand.member.model, usage.prompt, usage.completion,
-                       usage.cached)
-    m = state.metrics
-    model = state.labels.model(cand.provider.name, cand.member.model)
-    for kind, n in (("prompt", usage.prompt), ("completion", usage.completion),
-                    ("cached", usage.cached)):
-        if n > 0:
-            m.child(m.tokens, cand.provider.name, model, cand.key.label, ex.caller.user,
-                    kind).inc(n)
-    m.child(m.cost, ex.caller.user, cand.provider.name, model).inc(ex.cost or 0.0)
+        state.health.record_success(provider, key, cfg.circuit)
+    ex.prompt_tokens, ex.completion_tokens = prompt, completion
+    ex.cost = cost = cost_usd(cfg.pricing, model, prompt, completion, cached)
+    user = ex.caller.user
+    state.metrics.spend(state.labels, provider, model, key, user).add(
+        prompt, completion, cached, cost or 0.0)
     if ex.admission is not None:
-        state.store.record(ex.admission, cand.provider.name, cand.counted_model, usage.prompt,
-                           usage.completion, ex.cost)
+        state.store.record(ex.admission, provider, cand.state_model or model, prompt,
+                           completion, cost)

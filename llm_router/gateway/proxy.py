@@ -504,7 +504,8 @@ def _release(req: ModelRequest, att: Attempt, resp: UpstreamResponse | None,
     state, ex, cand = req.state, req.ex, att.cand
     provider, key = cand.provider, cand.key
     # Settles at an estimate if nothing better is known (client gone, cancelled).
-    state.counters.settle(att.reservation, 0, 0)
+    if not att.reservation.settled:
+        state.counters.settle(att.reservation, 0, 0)
     if att.probe:
         state.health.release(provider.name, key.label)  # no-op once judged
     ex.key_state = state.health.label(provider.name, key.label)

@@ -161,9 +161,11 @@ def price_for(pricing: Mapping[str, Price], model: str) -> Price | None:
 def cost_usd(pricing: Mapping[str, Price], model: str, prompt_tokens: int,
              completion_tokens: int, cached_tokens: int = 0) -> float | None:
     """USD for one response by the pricing table; None when the model has no price."""
-    price = price_for(pricing, model)
+    price = pricing.get(model)  # price_for, inline: every answer comes here
     if price is None:
-        return None
+        price = pricing.get(DEFAULT_PRICE)
+        if price is None:
+            return None
     cached = min(max(cached_tokens, 0), prompt_tokens) if price.cached_input is not None else 0
     uncached = prompt_tokens - cached
     total = uncached * price.input + completion_tokens * price.output

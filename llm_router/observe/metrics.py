@@ -50,7 +50,8 @@ from .. import __version__
 from .labels import LabelNames
 
 __all__ = ["GAUGE_MODES", "LIMIT_NAMES", "MULTIPROC_DIR_ENV", "REJECTION_REASONS", "Answered",
-           "Metrics", "Series", "UserGauges", "multiprocess_dir", "status_class"]
+           "Headroom", "Metrics", "Series", "Spend", "UserGauges", "multiprocess_dir",
+           "status_class"]
 
 _P: Final = "llm_router_"
 
@@ -309,6 +310,10 @@ class Metrics:
         # of one config (a reload brings new ones).
         self._answered: dict[tuple[str, str, str, str, int, str], Answered] = {}
         self._answered_names: LabelNames | None = None
+        # spend(): per (provider, model, key, user) as answered, for the same config.
+        self._spend: dict[tuple[str, str, str, str], Spend] = {}
+        self._spend_names: LabelNames | None = None
+        self._headroom: dict[tuple[str, str], Headroom] = {}  # headroom(): per key
 
     def watch_state(self, read: Callable[[], tuple[Iterable[tuple[tuple[str, str, str], int]],
                                                    Iterable[tuple[tuple[str, str], str]]]]
@@ -358,12 +363,132 @@ class Metrics:
         return found
 
 
+    def spend(self, names: LabelNames, provider: str, model: str, key: str, user: str) -> Spend:
+        """The series one answer's usage adds to (``tokens_total`` by kind,
+        ``cost_usd_total``) for the model as the answer names it: one dict lookup per
+        answer. Kept, like :meth:`answered`'s, only for a model the config names."""
+        found = self._spend.get((provider, model, key, user))
+        if found is not None and self._spend_names is names:
+            return found
+        if self._spend_names is not names:
+            self._spend.clear()  # another config: names may now be labelled otherwise
+            self._spend_names = names
+        label = names.model(provider, model)
+        found = Spend(self, provider, label, key, user)
+        if label == model:
+            self._spend[(provider, model, key, user)] = found
+        return found
+
+    def headroom(self, provider: str, key: str) -> Headroom:
+        """The two ``upstream_ratelimit_remaining`` series of one provider key (provider
+        names and key labels come from the config: as bounded as the series)."""
+        found = self._headroom.get((provider, key))
+        if found is None:
+            found = self._headroom[(provider, key)] = Headroom(self, provider, key)
+        return found
+
+
+class Spend:
+    """The series of one (provider, model label, key, user) that an answer's usage adds
+    to (:meth:`Metrics.spend`). A ``tokens_total`` series is made on its first count
+    above 0, as before: a kind never counted has no series."""
+
+    __slots__ = ("_cached", "_completion", "_in_memory", "_labels", "_metrics", "_prompt",
+                 "cost")
+
+    def __init__(self, metrics: Metrics, provider: str, model: str, key: str,
+                 user: str) -> None:
+        self._metrics = metrics
+        self._labels = (provider, model, key, user)
+        self._prompt: Series | None = None
+        self._completion: Series | None = None
+        self._cached: Series | None = None
+        self.cost = metrics.child(metrics.cost, user, provider, model)
+        # In-process floats (every series of a process is, or none): add() updates them
+        # itself, as _InMemory.inc does.
+        self._in_memory = type(self.cost) is _InMemory
+
+    def add(self, prompt: int, completion: int, cached: int, cost: float) -> None:
+        """Count one answer: its tokens by kind (those above 0) and its cost."""
+        if not self._in_memory:
+            if prompt > 0:
+                (self._prompt or self._make("prompt")).inc(prompt)
+            if completion > 0:
+                (self._completion or self._make("completion")).inc(completion)
+            if cached > 0:
+                (self._cached or self._make("cached")).inc(cached)
+            self.cost.inc(cost)
+            return
+        if prompt > 0:
+            value = (self._prompt or self._make("prompt"))._value
+            with value._lock:
+                value._value += prompt
+        if completion > 0:
+            value = (self._completion or self._make("completion"))._value
+            with value._lock:
+                value._value += completion
+        if cached > 0:
+            value = (self._cached or self._make("cached"))._value
+            with value._lock:
+                value._value += cached
+        value = self.cost._value
+        with value._lock:
+            value._value += cost
+
+    def _make(self, kind: str) -> Series:
+        m = self._metrics
+        series = m.child(m.tokens, *self._labels, kind)
+        setattr(self, f"_{kind}", series)
+        return series
+
+
+class Headroom:
+    """``upstream_ratelimit_remaining{kind}`` of one provider key (:meth:`Metrics.headroom`),
+    each series made when its header is first seen."""
+
+    __slots__ = ("_key", "_metrics", "_provider", "_requests", "_tokens")
+
+    def __init__(self, metrics: Metrics, provider: str, key: str) -> None:
+        self._metrics = metrics
+        self._provider = provider
+        self._key = key
+        self._requests: Series | None = None
+        self._tokens: Series | None = None
+
+    def update(self, requests: str | None, tokens: str | None) -> None:
+        """Set each series from its ``x-ratelimit-remaining-*`` header value (None: the
+        answer had none; a value that is not a number is ignored)."""
+        if requests is not None:
+            try:
+                value = float(requests)
+            except ValueError:
+                pass
+            else:
+                s = self._requests
+                if s is None:
+                    m = self._metrics
+                    s = self._requests = m.child(m.ratelimit_remaining, self._provider,
+                                                 self._key, "requests")
+                s.set(value)
+        if tokens is not None:
+            try:
+                value = float(tokens)
+            except ValueError:
+                return
+            s = self._tokens
+            if s is None:
+                m = self._metrics
+                s = self._tokens = m.child(m.ratelimit_remaining, self._provider,
+                                           self._key, "tokens")
+            s.set(value)
+
+
 class Answered:
     """The series of one kind of finished request (:meth:`Metrics.answered`).
     ``overhead`` is made on first use: a route whose requests never reach an upstream
     has no ``overhead_seconds`` series, as before."""
 
-    __slots__ = ("_metrics", "_overhead", "_route", "duration", "requests")
+    __slots__ = ("_in_memory", "_metrics", "_overhead", "_route", "duration", "requests")
 
     def __init__(self, requests: Series, duration: Series, metrics: Metrics,
                  route: str) -> None:
@@ -372,12 +497,38 @@ class Answered:
         self._metrics = metrics
         self._route = route
         self._overhead: Series | None = None
+        # Both in-process floats: count() updates them itself (_InMemory's code, inline).
+        self._in_memory = type(requests) is _InMemory and type(duration) is _InMemory
 
     @property
     def overhead(self) -> Series:
         if self._overhead is None:
             self._overhead = self._metrics.child(self._metrics.overhead, self._route)
         return self._overhead
+
+    def count(self, elapsed: float, overhead: float | None) -> None:
+        """One finished request: counted, its duration observed, and the router's own
+        time (``overhead``, below 0 read as 0) when it reached an upstream (None: it did
+        not)."""
+        if self._in_memory:
+            value = self.requests._value
+            with value._lock:
+                value._value += 1.0
+            d = self.duration
+            value = d._sum
+            with value._lock:
+                value._value += elapsed
+            value = d._buckets[bisect_left(d._bounds, elapsed)]
+            with value._lock:
+                value._value += 1.0
+        else:
+            self.requests.inc()
+            self.duration.observe(elapsed)
+        if overhead is not None:
+            s = self._overhead
+            if s is None:
+                s = self.overhead
+            s.observe(overhead if overhead > 0.0 else 0.0)
 
 
 class Series:

@@ -304,13 +304,10 @@ def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
     m = state.metrics
     user = ex.caller.user
     # Labels carry only names from the config (state.labels).
-    series = m.answered(state.labels, ex.route, ex.group, ex.provider, ex.model, ex.status, user)
-    series.requests.inc()
-    series.duration.observe(elapsed)
+    m.answered(state.labels, ex.route, ex.group, ex.provider, ex.model, ex.status, user).count(
+        elapsed, elapsed - ex.upstream_s if ex.attempts else None)
     if rejected is not None:
         m.child(m.rejections, ex.route, state.labels.group(ex.group), user, rejected).inc()
-    if ex.attempts:
-        series.overhead.observe(max(0.0, elapsed - ex.upstream_s))
     state.traffic.record(ex, elapsed)
     level = logging.DEBUG if quiet and ex.status < 400 else logging.INFO
     if access_log.isEnabledFor(level):
