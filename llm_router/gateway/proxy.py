@@ -556,12 +556,5 @@ _ACCEPT_ENCODING: Final = istr("Accept-Encoding")
 
 def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamResponse) -> None:
     headers = resp.headers
-    for kind, value in (("requests", headers.get(_REMAINING_REQUESTS)),
-                        ("tokens", headers.get(_REMAINING_TOKENS))):
-        if value is not None:
-            try:
-                remaining = float(value)
-            except ValueError:
-                continue
-            state.metrics.child(state.metrics.ratelimit_remaining, cand.provider.name,
-                                cand.key.label, kind).set(remaining)
+    state.metrics.headroom(cand.provider.name, cand.key.label).update(
+        headers.get(_REMAINING_REQUESTS), headers.get(_REMAINING_TOKENS))

@@ -79,29 +79,34 @@ def passthrough_usage(dialect: str, raw: bytes) -> Usage | None:
     ``}``): anything else, or no usage object found, falls back to the full parse, so a
     200 answer that is plainly not JSON still fails the attempt as ``bad_response``.
     """
-    raw = raw.strip()  # the same object when there is nothing to strip
     if raw[:1] != b"{" or raw[-1:] != b"}":
-        return None
+        raw = raw.strip()
+        if raw[:1] != b"{" or raw[-1:] != b"}":
+            return None
     at = raw.rfind(b'"usage":')
     if at < 0:
         return None
-    start = raw.find(b"{", at + 8, at + 8 + 16)
-    if start < 0 or raw[at + 8:start].strip():
+    at += 8
+    start = raw.find(b"{", at, at + 16)
+    if start < 0 or (start > at and raw[at:start].strip()):
         return None  # "usage": null, or something other than an object
-    end = start
     limit = start + _MAX_USAGE_BYTES
-    while True:
-        end = raw.find(b"}", end + 1, limit)
-        if end < 0:
-            return None
-        # Balanced braces mark the object's end (unless a string inside holds a brace:
-        # then the parse below fails and the full parse decides).
-        if raw.count(b"{", start, end) == raw.count(b"}", start, end + 1):
-            break
+    end = raw.find(b"}", start, limit)
+    if end < 0:
+        return None
+    if raw.find(b"{", start + 1, end) >= 0:  # nested objects (token details)
+        while raw.count(b"{", start, end) != raw.count(b"}", start, end + 1):
+            # Balanced braces mark the object's end (unless a string inside holds a
+            # brace: then the parse below fails and the full parse decides).
+            end = raw.find(b"}", end + 1, limit)
+            if end < 0:
+                return None
     try:
         u = orjson.loads(raw[start:end + 1])
     except orjson.JSONDecodeError:
         return None
+    if dialect == _HUB:
+        return Usage.from_openai(u)  # what its body_usage reads, without the detour
     return DIALECTS[dialect].body_usage({"usage": u})
 
 
