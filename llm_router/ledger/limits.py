@@ -514,6 +514,12 @@ class Ledger:
         correction = prompt_tokens + completion_tokens - adm.estimate
         reserved = adm.cost_estimate
         minute = int(now // 60)
+        # Negative or non-finite costs cannot come from a price table; 0 keeps them out.
+        usd = cost if cost is not None and 0 <= cost < math.inf else 0.0
+        start, end, ids = _IDS_CACHE  # period_ids(now), its usual case inline
+        if not start <= now < end:
+            ids = period_ids(now)
+        rec = (name, prompt_tokens, completion_tokens, usd)
         for acc in adm.accounts:
             w = acc.tpm  # _Window.add, inlined
             if w.minute != minute:
@@ -525,9 +531,18 @@ class Ledger:
                 acc.reserved_usd = level if level > 0.0 else 0.0
             else:
                 acc.reserved_usd = 0.0
-        # Negative or non-finite costs cannot come from a price table; 0 keeps them out.
-        usd = cost if cost is not None and 0 <= cost < math.inf else 0.0
-        _add_usage(adm.accounts, now, name, prompt_tokens, completion_tokens, usd)
+            # _add_usage, inlined: the answer waits in the account's pending list.
+            pend = acc.pend
+            if acc.pend_ids is not ids:  # pending usage belongs to the periods of its day
+                if pend:
+                    acc.fold()
+                    pend = acc.pend
+                acc.pend_ids, acc.watch = ids, -1
+            pend.append(rec)
+            if acc.watch >= 0:
+                acc.watched += usd
+            if len(pend) >= _FOLD_AT:
+                acc.fold()
         if self.journal is not None:
             self.journal.append(("r", now, adm.user, adm.key, name, prompt_tokens,
                                  completion_tokens, usd))
