@@ -49,6 +49,9 @@ async def _hostile(aiohttp_server: AiohttpServer) -> str:
         if model == "huge-json":
             return web.Response(body=b'{"pad": "' + b"x" * (1 << 20) + b'"}',
                                 content_type="application/json")
+        if model == "2k-json":  # one write: usually all in the router's buffer at once
+            return web.Response(body=b'{"pad": "' + b"x" * 2048 + b'"}',
+                                content_type="application/json")
         if model == "echo-error":  # quotes the credentials it was sent, as some do
             return web.json_response({"error": {
                 "message": f"Invalid header: Authorization: {request.headers['Authorization']}",
@@ -97,7 +100,7 @@ async def _hostile(aiohttp_server: AiohttpServer) -> str:
 
 async def _router(start_router: StartRouter, hostile: str, upstream: Upstream,
                   **extra: Any) -> Any:
-    models = ["huge-json", "huge-error", "huge-event", "trickle", "linger", "echo-error",
+    models = ["huge-json", "2k-json", "huge-error", "huge-event", "trickle", "linger", "echo-error",
               "echo-answer", "json-to-stream", "not-a-completion"]
     return await start_router({
         "providers": [{"name": "bad", "type": "openai", "base_url": hostile,
@@ -136,6 +139,22 @@ async def test_oversized_answers_fail_over_as_bad_response(
     bad = [v for k, v in samples.items() if k.startswith("llm_router_upstream_errors_total{")
            and "provider=bad," in k and "reason=bad_response" in k]
     assert sum(bad) == 2
+
+
+async def test_an_answer_over_the_bound_fails_over_even_when_it_came_whole(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # 2 KB against a 1 KB bound: read from the buffer without waiting (answer.relay_body),
+    # it is refused as one read bit by bit would be.
+    router = await _router(start_router, await _hostile(aiohttp_server), upstream,
+                           upstream_limits={"max_response_bytes": 1024})
+    status, headers, body = await _post(http, router.url, "2k-json")
+    assert status == 200, body[:200]
+    assert headers["X-Router-Provider"] == "good" and headers["X-Router-Attempts"] == "2"
+    _, samples = await scrape_metrics(router.url)
+    assert any(
+        k.startswith("llm_router_upstream_errors_total{") and "provider=bad," in k
+        and "reason=bad_response" in k and v == 1 for k, v in samples.items())
 
 
 async def test_oversized_error_body_is_not_relayed(

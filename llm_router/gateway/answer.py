@@ -38,10 +38,13 @@ __all__ = ["answer_as_stream", "relay_body", "relay_stream"]
 async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
                       ) -> web.Response:
     state, ex, cand, up = req.state, req.ex, att.cand, att.up
+    limit = req.cfg.upstream_limits.max_response_bytes
     try:
-        # total counts from the attempt's start, the wait for headers included.
-        with Guard(state.deadlines, att.sent_loop + cand.provider.timeouts.total):
-            raw = await resp.read(req.cfg.upstream_limits.max_response_bytes)
+        raw = resp.whole(limit)  # already here: no wait to bound
+        if raw is None:
+            # total counts from the attempt's start, the wait for headers included.
+            with Guard(state.deadlines, att.sent_loop + cand.provider.timeouts.total):
+                raw = await resp.read(limit)
     except UPSTREAM_ERRORS as exc:
         raise failure_from_exception(exc, cand.provider.name) from None
     ex.upstream_s += time.perf_counter() - att.sent
@@ -74,17 +77,26 @@ async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
         req.state.tracing.record_output(att.span, payload)
     ex.status = 200
     # The headers as one list: the response's header map is built from it in one call.
-    headers = [("Content-Type", "application/json")]
     body = payload
     coding = req.coding
     if coding is not None and len(payload) >= MIN_COMPRESS_BYTES:
         body = compress_body(coding, payload)
-        headers += (("Content-Encoding", coding), ("Vary", "Accept-Encoding"))
-    headers += router_header_items(ex, cand)
+        headers = [("Content-Type", "application/json"), ("Content-Encoding", coding),
+                   ("Vary", "Accept-Encoding")]
+    else:
+        headers = [("Content-Type", "application/json")]
+    if ex.cache or ex.dropped_tools:
+        headers += router_header_items(ex, cand)
+    else:  # router_header_items' usual case, inline
+        headers += (("X-Router-Group", ex.group), ("X-Router-Provider", cand.provider.name),
+                    ("X-Router-Model", cand.member.model), ("X-Router-Key", cand.key.label),
+                    ("X-Router-Attempts", str(ex.attempts)))
     elapsed = time.perf_counter() - ex.t0
+    overhead = elapsed - ex.upstream_s
+    cost = repr(ex.cost or 0.0)
     headers += (("X-Router-Latency-Ms", f"{elapsed * 1000:.1f}"),
-                ("X-Router-Overhead-Ms", f"{max(0.0, elapsed - ex.upstream_s) * 1000:.3f}"),
-                ("X-Router-Cost-USD", _usd_text(ex.cost or 0.0)))
+                ("X-Router-Overhead-Ms", f"{overhead * 1000 if overhead > 0.0 else 0.0:.3f}"),
+                ("X-Router-Cost-USD", cost if "e" not in cost else _usd_text(ex.cost or 0.0)))
     ex.bytes_out = len(body)
     return web.Response(status=200, body=body, headers=headers)
 

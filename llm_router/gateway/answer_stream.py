@@ -29,6 +29,10 @@ class AnswerStream:
         self.headers: Mapping[str, str] = _SSE
         self._events = events
 
+    def whole(self, limit: int) -> bytes | None:
+        del limit
+        return None  # read() it
+
     async def read(self, limit: int) -> bytes:
         return self._events[:limit]
 

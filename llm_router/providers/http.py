@@ -76,6 +76,17 @@ class HTTPResponse:
                 break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def whole(self, limit: int) -> bytes | None:
+        # A small answer usually comes in the same reads as its headers: then it is all
+        # in the buffer already, and reading it needs no wait (nor a deadline).
+        content = self._resp.content
+        if not content.is_eof() or content.exception() is not None:
+            return None
+        data = content.read_nowait()
+        if len(data) > limit:
+            raise ResponseTooLarge(f"an answer larger than the limit of {limit} bytes")
+        return data
+
     def chunks(self) -> AsyncIterator[bytes]:
         return _Chunks(self._resp.content)
 

@@ -64,6 +64,10 @@ class BedrockResponse:
             headers["Retry-After"] = retry
         self.headers: Mapping[str, str] = headers
 
+    def whole(self, limit: int) -> bytes | None:
+        del limit
+        return None  # read() it
+
     async def read(self, limit: int) -> bytes:
         raw = await self._inner.read(limit)
         if self.status >= 400:
@@ -110,6 +114,10 @@ class Refusal:
         self.status = err.status
         self.headers: Mapping[str, str] = _HUB_JSON
         self._body = error_body(err)
+
+    def whole(self, limit: int) -> bytes | None:
+        del limit
+        return None  # read() it
 
     async def read(self, limit: int) -> bytes:
         return self._body

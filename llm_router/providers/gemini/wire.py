@@ -55,6 +55,10 @@ class ReadyResponse:
         self._body = body
         self.headers = headers
 
+    def whole(self, limit: int) -> bytes | None:
+        del limit
+        return None  # read() it
+
     async def read(self, limit: int) -> bytes:
         return self._body[:limit]
 
@@ -93,6 +97,10 @@ class TranslatedResponse:
         kind = resp.headers.get("Content-Type", "")
         self.headers: Mapping[str, str] = _SSE if stream and "event-stream" in kind \
             else _JSON_TYPE
+
+    def whole(self, limit: int) -> bytes | None:
+        del limit
+        return None  # read() it
 
     async def read(self, limit: int) -> bytes:
         raw = await self._resp.read(limit)

@@ -38,6 +38,10 @@ class MockResponse:
         self._delay = delay
         self._gap = gap
 
+    def whole(self, limit: int) -> bytes | None:
+        del limit
+        return None  # read() it
+
     async def read(self, limit: int) -> bytes:
         if len(self._body) > limit:
             raise ResponseTooLarge(f"an answer larger than {limit} bytes")
