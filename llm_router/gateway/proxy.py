@@ -556,5 +556,5 @@ _ACCEPT_ENCODING: Final = istr("Accept-Encoding")
 
 def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamResponse) -> None:
     headers = resp.headers
-    state.metrics.headroom(cand.provider.name, cand.key.label).update(
-        headers.get(_REMAINING_REQUESTS), headers.get(_REMAINING_TOKENS))
+    state.metrics.ratelimits(cand.provider.name, cand.key.label,
+                             headers.get(_REMAINING_REQUESTS), headers.get(_REMAINING_TOKENS))

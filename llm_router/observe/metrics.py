@@ -362,7 +362,6 @@ class Metrics:
             self._answered[key] = found
         return found
 
-
     def spend(self, names: LabelNames, provider: str, model: str, key: str, user: str) -> Spend:
         """The series one answer's usage adds to (``tokens_total`` by kind,
         ``cost_usd_total``) for the model as the answer names it: one dict lookup per
@@ -379,13 +378,32 @@ class Metrics:
             self._spend[(provider, model, key, user)] = found
         return found
 
-    def headroom(self, provider: str, key: str) -> Headroom:
-        """The two ``upstream_ratelimit_remaining`` series of one provider key (provider
-        names and key labels come from the config: as bounded as the series)."""
+    def ratelimits(self, provider: str, key: str, requests: str | None,
+                   tokens: str | None) -> None:
+        """Set one provider key's ``upstream_ratelimit_remaining{kind}`` from an answer's
+        ``x-ratelimit-remaining-*`` header values (None: the answer had none; a value
+        that is not a number is ignored). Its series are kept per key (provider names and
+        key labels come from the config: as bounded as the series), each made when its
+        header is first seen."""
         found = self._headroom.get((provider, key))
         if found is None:
             found = self._headroom[(provider, key)] = Headroom(self, provider, key)
-        return found
+        for kind, text in (("requests", requests), ("tokens", tokens)):
+            if text is None:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                continue
+            s = found.kinds.get(kind)
+            if s is None:
+                s = found.make(kind)
+            if type(s) is _InMemory:  # _InMemory.set, inline
+                target = s._value
+                with target._lock:
+                    target._value = value
+            else:
+                s.set(value)
 
 
 class Spend:
@@ -443,44 +461,21 @@ class Spend:
 
 
 class Headroom:
-    """``upstream_ratelimit_remaining{kind}`` of one provider key (:meth:`Metrics.headroom`),
-    each series made when its header is first seen."""
+    """The ``upstream_ratelimit_remaining`` series of one provider key, by kind
+    (:meth:`Metrics.ratelimits`)."""
 
-    __slots__ = ("_key", "_metrics", "_provider", "_requests", "_tokens")
+    __slots__ = ("_key", "_metrics", "_provider", "kinds")
 
     def __init__(self, metrics: Metrics, provider: str, key: str) -> None:
         self._metrics = metrics
         self._provider = provider
         self._key = key
-        self._requests: Series | None = None
-        self._tokens: Series | None = None
+        self.kinds: dict[str, Series] = {}
 
-    def update(self, requests: str | None, tokens: str | None) -> None:
-        """Set each series from its ``x-ratelimit-remaining-*`` header value (None: the
-        answer had none; a value that is not a number is ignored)."""
-        if requests is not None:
-            try:
-                value = float(requests)
-            except ValueError:
-                pass
-            else:
-                s = self._requests
-                if s is None:
-                    m = self._metrics
-                    s = self._requests = m.child(m.ratelimit_remaining, self._provider,
-                                                 self._key, "requests")
-                s.set(value)
-        if tokens is not None:
-            try:
-                value = float(tokens)
-            except ValueError:
-                return
-            s = self._tokens
-            if s is None:
-                m = self._metrics
-                s = self._tokens = m.child(m.ratelimit_remaining, self._provider,
-                                           self._key, "tokens")
-            s.set(value)
+    def make(self, kind: str) -> Series:
+        m = self._metrics
+        s = self.kinds[kind] = m.child(m.ratelimit_remaining, self._provider, self._key, kind)
+        return s
 
 
 class Answered:
