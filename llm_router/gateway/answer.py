@@ -22,6 +22,7 @@ from aiohttp import web
 from ..hub.stream import Relay, split_events, throttled
 from ..hub.usage import Usage
 from ..ledger.accounting import cost_usd
+from ..observe.metrics import Series
 from ..providers import UPSTREAM_ERRORS, AttemptFailure, UpstreamResponse, failure_from_exception
 from . import relay as rl
 from .answer_stream import AnswerStream
@@ -165,9 +166,8 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         raise failure_from_exception(exc, provider.name) from None
     ex.ttft = time.perf_counter() - ex.t0
     ex.upstream_s += time.perf_counter() - att.sent
-    names = state.labels
-    state.metrics.child(state.metrics.ttft, names.group(ex.group), provider.name,
-                        names.model(provider.name, cand.member.model)).observe(ex.ttft)
+    ttft, labels = _stream_series(req, provider.name, cand.member.model)
+    ttft.observe(ex.ttft)
     seen = 0
     answered = False  # a Responses answer was stored (and its id pinned)
     failure: str | None = None
@@ -248,7 +248,7 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         _account(req, att, relay.usage, seen, complete=False)
     else:
         _account(req, att, relay.usage, seen)
-        _observe_decoding(req, att, ex.completion_tokens)
+        _observe_decoding(req, labels, ex.completion_tokens)
         if req.fill is not None:  # ended by its terminal event, no error: kept whole
             req.fill.keep_stream(cand, Usage(ex.prompt_tokens, ex.completion_tokens,
                                              relay.usage.cached))
@@ -259,17 +259,41 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     return down.out
 
 
-def _observe_decoding(req: ModelRequest, att: Attempt, completion_tokens: int) -> None:
+def _observe_decoding(req: ModelRequest, labels: tuple[str, str, str],
+                      completion_tokens: int) -> None:
     """time_per_output_token_seconds: the stream's time after its first event, per token
     after the first (the first token's wait is TTFT's)."""
     ex = req.ex
     if completion_tokens > 1 and ex.ttft is not None:
         decoding = time.perf_counter() - ex.t0 - ex.ttft
-        m, names = req.state.metrics, req.state.labels
-        provider = att.cand.provider.name
-        m.child(m.tpot, names.group(ex.group), provider,
-                names.model(provider, att.cand.member.model)).observe(
-            decoding / (completion_tokens - 1))
+        m = req.state.metrics
+        m.child(m.tpot, *labels).observe(decoding / (completion_tokens - 1))
+
+
+# _stream_series: by the metrics and label names they were resolved with.
+_SERIES: dict[tuple[str, str, str], tuple[Series, tuple[str, str, str]]] = {}
+_SERIES_OF: list[object] = [None, None]
+
+
+def _stream_series(req: ModelRequest, provider: str, model: str
+                   ) -> tuple[Series, tuple[str, str, str]]:
+    """A stream's time_to_first_token series and the labels of its
+    time_per_output_token (made only when observed), resolved once per (group,
+    provider, model) while the metrics and the config's label names stay the same, and
+    kept only for values that are their own labels (as ``answered`` keeps)."""
+    state, group = req.state, req.ex.group
+    m, names = state.metrics, state.labels
+    if _SERIES_OF[0] is not m or _SERIES_OF[1] is not names:
+        _SERIES.clear()
+        _SERIES_OF[:] = m, names
+    key = (group, provider, model)
+    found = _SERIES.get(key)
+    if found is None:
+        g, label = names.group(group), names.model(provider, model)
+        found = (m.child(m.ttft, g, provider, label), (g, provider, label))
+        if g == group and label == model:
+            _SERIES[key] = found
+    return found
 
 
 def _account(req: ModelRequest, att: Attempt, usage: Usage, events_seen: int = 0,

@@ -36,9 +36,7 @@ class Attempt:
 
 def router_headers(resp: web.StreamResponse, ex: Exchange, cand: Candidate | None) -> None:
     """The ``X-Router-*`` headers naming who answered, and after how many attempts."""
-    h = resp.headers
-    for name, value in router_header_items(ex, cand):
-        h[name] = value
+    resp.headers.extend(router_header_items(ex, cand))  # a new response: none are there yet
 
 
 def router_header_items(ex: Exchange, cand: Candidate | None) -> list[tuple[str, str]]:

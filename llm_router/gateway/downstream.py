@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 __all__ = ["KEEPALIVE", "Downstream", "client_connected"]
 
 KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients ignore it, idle timers reset
+
+_SSE: Final = (("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+               ("X-Accel-Buffering", "no"))  # nginx: flush every event
+# A stream's own headers by its coding: the response's header map is made from them in
+# one call, not set one by one.
+_STREAM_HEADERS: Final[dict[str | None, tuple[tuple[str, str], ...]]] = {
+    None: _SSE, **{coding: (*_SSE, ("Content-Encoding", coding), ("Vary", "Accept-Encoding"))
+                   for coding in ("br", "gzip", "deflate")}}
 
 
 def client_connected(request: web.Request) -> bool:
@@ -64,13 +72,8 @@ class Downstream:
         ``data_follows``: the caller writes at once, and the status line and headers go
         out with those bytes, in one send on the socket instead of two."""
         if self.out is None:
-            out = (_WithFirstWrite if data_follows else web.StreamResponse)(status=200)
-            out.headers["Content-Type"] = "text/event-stream; charset=utf-8"
-            out.headers["Cache-Control"] = "no-cache"
-            out.headers["X-Accel-Buffering"] = "no"  # nginx: flush every event
-            if self.coding:
-                out.headers["Content-Encoding"] = self.coding
-                out.headers["Vary"] = "Accept-Encoding"
+            out = (_WithFirstWrite if data_follows else web.StreamResponse)(
+                status=200, headers=_STREAM_HEADERS[self.coding])
             headers(out)
             ex.status = 200
             self.out = out
