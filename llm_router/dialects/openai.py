@@ -91,6 +91,8 @@ class OpenAIPassthrough:
             while at >= 0:
                 marked.append(at)
                 at = run.find(b"[DONE]", at + 6)
+        if ends_done and self.include_usage and self._last_usage(run):
+            return run
         usages = run.count(b'"usage":')
         if usages:
             # "usage":null is in every chunk of a stream that asked for usage: find the
@@ -143,6 +145,30 @@ class OpenAIPassthrough:
         if copied < len(run):
             out.append(run[copied:])
         return b"".join(out)
+
+    def _last_usage(self, run: bytes) -> bool:
+        """:meth:`feed_run` of a stream's last run (no error in it, [DONE] at its end)
+        for a client that asked for usage, when its last ``"usage":`` is not null and
+        its event reports a usage: nothing in the run is changed then, and of the
+        usages :meth:`feed` would read in turn the last one is what counts, so that
+        event alone is read, found from the run's end instead of counting every
+        ``"usage":`` and ``"usage":null`` (two scans of the whole run). False, with
+        nothing changed, when the run is not of that kind."""
+        at = run.rfind(b'"usage":')
+        if at < 0:
+            self.done = True
+            return True
+        if run.startswith(b"null", at + 8) or run.startswith(b" null", at + 8):
+            return False  # another usage may be earlier: counted as for any run
+        begin = run.rfind(b"\n\n", 0, at)
+        begin = begin + 2 if begin >= 0 else 0
+        event = run[begin:run.find(b"\n\n", at) + 2]
+        before = self.usage
+        if self.feed(event) is not event or self.usage is before:
+            self.usage = before  # not a usage chunk after all: read the run as any other
+            return False
+        self.done = True
+        return True
 
     def fail(self, message: str) -> bytes:
         if self.failure is not None:
