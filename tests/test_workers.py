@@ -205,6 +205,10 @@ async def test_metrics_of_two_workers_are_one_view_whose_counters_never_go_backw
             text = await scrape()
             assert sum(_samples(text, "llm_router_request_duration_seconds_count",
                                 **chat)) == sent
+            assert sum(_samples(text, "llm_router_overhead_seconds_count", **chat)) == sent
+            # Each answer's usage, counted in the workers' files too.
+            for kind in ("prompt", "completion"):
+                assert sum(_samples(text, "llm_router_tokens_total", kind=kind)) >= sent
             assert _samples(text, "llm_router_inflight_requests") == [0]
             assert _samples(text, "llm_router_state_backend_up") == [1]
             assert _samples(text, "llm_router_build_info") == [1]  # not one per worker

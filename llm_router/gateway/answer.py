@@ -325,8 +325,8 @@ def _account(req: ModelRequest, att: Attempt, usage: Usage, events_seen: int = 0
     ex.prompt_tokens, ex.completion_tokens = prompt, completion
     ex.cost = cost = cost_usd(cfg.pricing, model, prompt, completion, cached)
     user = ex.caller.user
-    state.metrics.spend(state.labels, provider, model, key, user).add(
-        prompt, completion, cached, cost or 0.0)
+    state.metrics.spent(state.labels, provider, model, key, user, prompt, completion, cached,
+                        cost or 0.0)
     if ex.admission is not None:
         state.store.record(ex.admission, provider, cand.state_model or model, prompt,
                            completion, cost)

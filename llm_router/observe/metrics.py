@@ -362,6 +362,70 @@ class Metrics:
             self._answered[key] = found
         return found
 
+    def finished(self, names: LabelNames, route: str, group: str, provider: str, model: str,
+                 status: int, user: str, elapsed: float, overhead: float | None) -> None:
+        """Count one finished request in its :meth:`answered` series: counted, its
+        duration observed, and the router's own time (``overhead``, below 0 read as 0)
+        when it reached an upstream (None: it did not). One call per request: the
+        in-process values are updated here, as :class:`_InMemory` does."""
+        found = self._answered.get((route, group, provider, model, status, user)) \
+            if self._answered_names is names else None
+        if found is None:
+            found = self.answered(names, route, group, provider, model, status, user)
+        if not found.in_memory:
+            found.count(elapsed, overhead)
+            return
+        value = found.requests._value
+        with value._lock:
+            value._value += 1.0
+        d = found.duration
+        value = d._sum
+        with value._lock:
+            value._value += elapsed
+        value = d._buckets[bisect_left(d._bounds, elapsed)]
+        with value._lock:
+            value._value += 1.0
+        if overhead is not None:
+            if overhead < 0.0:
+                overhead = 0.0
+            o = found._overhead
+            if o is None:
+                o = found.overhead
+            value = o._sum
+            with value._lock:
+                value._value += overhead
+            value = o._buckets[bisect_left(o._bounds, overhead)]
+            with value._lock:
+                value._value += 1.0
+
+    def spent(self, names: LabelNames, provider: str, model: str, key: str, user: str,
+              prompt: int, completion: int, cached: int, cost: float) -> None:
+        """Count one answer's usage in its :meth:`spend` series: its tokens by kind
+        (those above 0) and its cost. One call per answer: the in-process values are
+        updated here, as :class:`_InMemory` does."""
+        found = self._spend.get((provider, model, key, user)) \
+            if self._spend_names is names else None
+        if found is None:
+            found = self.spend(names, provider, model, key, user)
+        if not found.in_memory:
+            found.add(prompt, completion, cached, cost)
+            return
+        if prompt > 0:
+            value = (found._prompt or found._make("prompt"))._value
+            with value._lock:
+                value._value += prompt
+        if completion > 0:
+            value = (found._completion or found._make("completion"))._value
+            with value._lock:
+                value._value += completion
+        if cached > 0:
+            value = (found._cached or found._make("cached"))._value
+            with value._lock:
+                value._value += cached
+        value = found.cost._value
+        with value._lock:
+            value._value += cost
+
     def spend(self, names: LabelNames, provider: str, model: str, key: str, user: str) -> Spend:
         """The series one answer's usage adds to (``tokens_total`` by kind,
         ``cost_usd_total``) for the model as the answer names it: one dict lookup per
@@ -411,8 +475,8 @@ class Spend:
     to (:meth:`Metrics.spend`). A ``tokens_total`` series is made on its first count
     above 0, as before: a kind never counted has no series."""
 
-    __slots__ = ("_cached", "_completion", "_in_memory", "_labels", "_metrics", "_prompt",
-                 "cost")
+    __slots__ = ("_cached", "_completion", "_labels", "_metrics", "_prompt", "cost",
+                 "in_memory")
 
     def __init__(self, metrics: Metrics, provider: str, model: str, key: str,
                  user: str) -> None:
@@ -422,36 +486,19 @@ class Spend:
         self._completion: Series | None = None
         self._cached: Series | None = None
         self.cost = metrics.child(metrics.cost, user, provider, model)
-        # In-process floats (every series of a process is, or none): add() updates them
-        # itself, as _InMemory.inc does.
-        self._in_memory = type(self.cost) is _InMemory
+        # In-process floats (every series of a process is, or none): Metrics.spent
+        # updates them itself.
+        self.in_memory = type(self.cost) is _InMemory
 
     def add(self, prompt: int, completion: int, cached: int, cost: float) -> None:
-        """Count one answer: its tokens by kind (those above 0) and its cost."""
-        if not self._in_memory:
-            if prompt > 0:
-                (self._prompt or self._make("prompt")).inc(prompt)
-            if completion > 0:
-                (self._completion or self._make("completion")).inc(completion)
-            if cached > 0:
-                (self._cached or self._make("cached")).inc(cached)
-            self.cost.inc(cost)
-            return
+        """:meth:`Metrics.spent` on these series, through their own methods."""
         if prompt > 0:
-            value = (self._prompt or self._make("prompt"))._value
-            with value._lock:
-                value._value += prompt
+            (self._prompt or self._make("prompt")).inc(prompt)
         if completion > 0:
-            value = (self._completion or self._make("completion"))._value
-            with value._lock:
-                value._value += completion
+            (self._completion or self._make("completion")).inc(completion)
         if cached > 0:
-            value = (self._cached or self._make("cached"))._value
-            with value._lock:
-                value._value += cached
-        value = self.cost._value
-        with value._lock:
-            value._value += cost
+            (self._cached or self._make("cached")).inc(cached)
+        self.cost.inc(cost)
 
     def _make(self, kind: str) -> Series:
         m = self._metrics
@@ -483,7 +530,7 @@ class Answered:
     ``overhead`` is made on first use: a route whose requests never reach an upstream
     has no ``overhead_seconds`` series, as before."""
 
-    __slots__ = ("_in_memory", "_metrics", "_overhead", "_route", "duration", "requests")
+    __slots__ = ("_metrics", "_overhead", "_route", "duration", "in_memory", "requests")
 
     def __init__(self, requests: Series, duration: Series, metrics: Metrics,
                  route: str) -> None:
@@ -492,8 +539,9 @@ class Answered:
         self._metrics = metrics
         self._route = route
         self._overhead: Series | None = None
-        # Both in-process floats: count() updates them itself (_InMemory's code, inline).
-        self._in_memory = type(requests) is _InMemory and type(duration) is _InMemory
+        # In-process floats (every series of a process is, or none): Metrics.finished
+        # updates them itself.
+        self.in_memory = type(requests) is _InMemory and type(duration) is _InMemory
 
     @property
     def overhead(self) -> Series:
@@ -502,28 +550,11 @@ class Answered:
         return self._overhead
 
     def count(self, elapsed: float, overhead: float | None) -> None:
-        """One finished request: counted, its duration observed, and the router's own
-        time (``overhead``, below 0 read as 0) when it reached an upstream (None: it did
-        not)."""
-        if self._in_memory:
-            value = self.requests._value
-            with value._lock:
-                value._value += 1.0
-            d = self.duration
-            value = d._sum
-            with value._lock:
-                value._value += elapsed
-            value = d._buckets[bisect_left(d._bounds, elapsed)]
-            with value._lock:
-                value._value += 1.0
-        else:
-            self.requests.inc()
-            self.duration.observe(elapsed)
+        """:meth:`Metrics.finished` on these series, through their own methods."""
+        self.requests.inc()
+        self.duration.observe(elapsed)
         if overhead is not None:
-            s = self._overhead
-            if s is None:
-                s = self.overhead
-            s.observe(overhead if overhead > 0.0 else 0.0)
+            self.overhead.observe(overhead if overhead > 0.0 else 0.0)
 
 
 class Series:

@@ -304,8 +304,8 @@ def _observe(state: RouterState, ex: Exchange, t0: float, log_format: str,
     m = state.metrics
     user = ex.caller.user
     # Labels carry only names from the config (state.labels).
-    m.answered(state.labels, ex.route, ex.group, ex.provider, ex.model, ex.status, user).count(
-        elapsed, elapsed - ex.upstream_s if ex.attempts else None)
+    m.finished(state.labels, ex.route, ex.group, ex.provider, ex.model, ex.status, user, elapsed,
+               elapsed - ex.upstream_s if ex.attempts else None)
     if rejected is not None:
         m.child(m.rejections, ex.route, state.labels.group(ex.group), user, rejected).inc()
     state.traffic.record(ex, elapsed)
