@@ -82,21 +82,27 @@ def test_a_budget_counts_spend_not_yet_added_to_its_period() -> None:
     assert ledger.spent("u", None, "weekly") == spent
 
 
-def test_spend_of_a_key_and_its_user_is_added_in_order_to_the_last_bit() -> None:
+@pytest.mark.parametrize("models", [1, 3])  # one model: its batches take the sums' path
+def test_spend_of_a_key_and_its_user_is_added_in_order_to_the_last_bit(models: int) -> None:
     rng = random.Random(27)
     clock = Clock("2024-06-01T12:00:00")
     ledger = Ledger(clock)
     callers = [Caller(user="u", key="a", budget=Budget(usd=1e9, period="daily")),
                Caller(user="u", key="b")]
     want: dict[tuple[str, str], list[float]] = {}  # (account, model) -> costs in order
+    tokens: dict[tuple[str, str], list[int]] = {}  # (account, model) -> [prompt, completion]
     for i in range(1000):
         c = callers[rng.randrange(2)]
-        model = f"m{rng.randrange(3)}"
+        model = f"m{rng.randrange(models)}"
         cost = rng.random() / rng.choice((1, 7, 1000))
-        answer(ledger, c, model, 1, 1, cost)
+        prompt, completion = rng.randrange(1000), rng.randrange(1000)
+        answer(ledger, c, model, prompt, completion, cost)
         for account in ("u", f"u/{c.key}"):
-            want.setdefault((account, ""), []).append(cost)
-            want.setdefault((account, f"p/{model}"), []).append(cost)
+            for name in ("", f"p/{model}"):
+                want.setdefault((account, name), []).append(cost)
+                sums = tokens.setdefault((account, name), [0, 0])
+                sums[0] += prompt
+                sums[1] += completion
         if i % 37 == 0:  # reads at odd points fold batches of every size
             ledger.usage(c)
 
@@ -112,8 +118,12 @@ def test_spend_of_a_key_and_its_user_is_added_in_order_to_the_last_bit() -> None
             for period in PERIODS:
                 usage = report[side]["usage"][period]
                 assert usage["cost_usd"] == total(want[(account, "")])
+                assert [usage["prompt_tokens"], usage["completion_tokens"]] \
+                    == tokens[(account, "")]
                 for model, row in usage["models"].items():
                     assert row["cost_usd"] == total(want[(account, model)])
+                    assert [row["prompt_tokens"], row["completion_tokens"]] \
+                        == tokens[(account, model)]
 
 
 def test_models_past_the_bound_sum_their_cost_in_order_as_other() -> None:

@@ -86,6 +86,9 @@ _OTHER: Final = "other"
 # An account's usage waits in a list of this many answers at most before it is added to
 # its four periods (_Account.fold): every read folds it first.
 _FOLD_AT: Final = 32
+_NAME: Final = itemgetter(0)  # of a pending answer (_Account.pend)
+_PROMPT: Final = itemgetter(1)
+_COMPLETION: Final = itemgetter(2)
 _COST: Final = itemgetter(3)
 _MAX_UNPRICED: Final = 1024  # models remembered as "already warned about"
 _DUMP_VERSION: Final = 1
@@ -352,18 +355,23 @@ class _Account:
                 m.cost += cost
             return
         # Per model: [answers, prompt, completion, costs in order], in order of first sight.
-        groups: dict[str, list[Any]] = {}
-        prompt = completion = 0
-        for name, pt, ct, cost in recs:
-            g = groups.get(name)
-            if g is None:
-                g = groups[name] = [0, 0, 0, []]
-            g[0] += 1
-            g[1] += pt
-            g[2] += ct
-            g[3].append(cost)
-            prompt += pt
-            completion += ct
+        prompt = sum(map(_PROMPT, recs))
+        completion = sum(map(_COMPLETION, recs))
+        first = recs[0][0]
+        groups: dict[str, list[Any]]
+        if all(map(first.__eq__, map(_NAME, recs))):
+            # The usual case, one model: its sums are the totals (no loop in Python).
+            groups = {first: [n, prompt, completion, list(map(_COST, recs))]}
+        else:
+            groups = {}
+            for name, pt, ct, cost in recs:
+                g = groups.get(name)
+                if g is None:
+                    g = groups[name] = [0, 0, 0, []]
+                g[0] += 1
+                g[1] += pt
+                g[2] += ct
+                g[3].append(cost)
         for p in cur:
             t = p.totals
             t.requests += n
