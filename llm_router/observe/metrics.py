@@ -192,6 +192,13 @@ class _WorkerFiles(MultiProcessCollector):
 _HEADER_BYTES: Final = 8
 
 
+# The per-request series (requests, durations, overhead, tokens, cost, rate-limit headroom)
+# are written only by the request path, on the event loop's thread. Their in-process
+# values (prometheus-client's MutexValue) are updated there without taking the value's
+# lock: one writer cannot race itself, and a scrape reads each float whole (a float
+# attribute is read atomically), so what it sees is exactly a value the counter held.
+
+
 class Metrics:
     """The router's metrics on one registry (a fresh one per app, so tests stay isolated)."""
 
@@ -367,7 +374,7 @@ class Metrics:
         """Count one finished request in its :meth:`answered` series: counted, its
         duration observed, and the router's own time (``overhead``, below 0 read as 0)
         when it reached an upstream (None: it did not). One call per request: the
-        in-process values are updated here, as :class:`_InMemory` does."""
+        in-process values are updated here, without their lock (see above the class)."""
         found = self._answered.get((route, group, provider, model, status, user)) \
             if self._answered_names is names else None
         if found is None:
@@ -376,15 +383,12 @@ class Metrics:
             found.count(elapsed, overhead)
             return
         value = found.requests._value
-        with value._lock:
-            value._value += 1.0
+        value._value += 1.0
         d = found.duration
         value = d._sum
-        with value._lock:
-            value._value += elapsed
+        value._value += elapsed
         value = d._buckets[bisect_left(d._bounds, elapsed)]
-        with value._lock:
-            value._value += 1.0
+        value._value += 1.0
         if overhead is not None:
             if overhead < 0.0:
                 overhead = 0.0
@@ -392,17 +396,15 @@ class Metrics:
             if o is None:
                 o = found.overhead
             value = o._sum
-            with value._lock:
-                value._value += overhead
+            value._value += overhead
             value = o._buckets[bisect_left(o._bounds, overhead)]
-            with value._lock:
-                value._value += 1.0
+            value._value += 1.0
 
     def spent(self, names: LabelNames, provider: str, model: str, key: str, user: str,
               prompt: int, completion: int, cached: int, cost: float) -> None:
         """Count one answer's usage in its :meth:`spend` series: its tokens by kind
         (those above 0) and its cost. One call per answer: the in-process values are
-        updated here, as :class:`_InMemory` does."""
+        updated here, without their lock (see above the class)."""
         found = self._spend.get((provider, model, key, user)) \
             if self._spend_names is names else None
         if found is None:
@@ -412,19 +414,15 @@ class Metrics:
             return
         if prompt > 0:
             value = (found._prompt or found._make("prompt"))._value
-            with value._lock:
-                value._value += prompt
+            value._value += prompt
         if completion > 0:
             value = (found._completion or found._make("completion"))._value
-            with value._lock:
-                value._value += completion
+            value._value += completion
         if cached > 0:
             value = (found._cached or found._make("cached"))._value
-            with value._lock:
-                value._value += cached
+            value._value += cached
         value = found.cost._value
-        with value._lock:
-            value._value += cost
+        value._value += cost
 
     def spend(self, names: LabelNames, provider: str, model: str, key: str, user: str) -> Spend:
         """The series one answer's usage adds to (``tokens_total`` by kind,
@@ -462,10 +460,9 @@ class Metrics:
             s = found.kinds.get(kind)
             if s is None:
                 s = found.make(kind)
-            if type(s) is _InMemory:  # _InMemory.set, inline
+            if type(s) is _InMemory:  # _InMemory.set, inline and without the lock
                 target = s._value
-                with target._lock:
-                    target._value = value
+                target._value = value
             else:
                 s.set(value)
 
