@@ -94,21 +94,16 @@ async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
                     ("X-Router-Attempts", str(ex.attempts)))
     elapsed = time.perf_counter() - ex.t0
     overhead = elapsed - ex.upstream_s
+    # The cost in plain decimal notation with the shortest digits that parse back to the
+    # same float, so the headers of many answers sum to exactly what /v1/usage and the
+    # access log count (8 fixed decimals lost up to 5e-9 USD an answer). repr is that
+    # already unless it uses an exponent (below 1e-4, from 1e16): then Decimal writes it.
     cost = repr(ex.cost or 0.0)
     headers += (("X-Router-Latency-Ms", f"{elapsed * 1000:.1f}"),
                 ("X-Router-Overhead-Ms", f"{overhead * 1000 if overhead > 0.0 else 0.0:.3f}"),
-                ("X-Router-Cost-USD", cost if "e" not in cost else _usd_text(ex.cost or 0.0)))
+                ("X-Router-Cost-USD", cost if "e" not in cost else f"{Decimal(cost):f}"))
     ex.bytes_out = len(body)
     return web.Response(status=200, body=body, headers=headers)
-
-
-def _usd_text(cost: float) -> str:
-    """``cost`` in plain decimal notation with the shortest digits that parse back to the
-    same float, so the headers of many answers sum to exactly what /v1/usage and the
-    access log count (8 fixed decimals lost up to 5e-9 USD an answer). ``repr`` is that
-    already unless it uses an exponent (below 1e-4, from 1e16): only then Decimal."""
-    text = repr(cost)
-    return text if "e" not in text else f"{Decimal(text):f}"
 
 
 async def answer_as_stream(req: ModelRequest, att: Attempt, resp: UpstreamResponse

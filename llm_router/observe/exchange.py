@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ..errors import echoed
+from ..errors import _ECHO_CHARS, echoed  # a name this long or shorter is logged as is
 from ..ledger.accounting import Caller
 from ..ledger.limits import Admission
 
@@ -66,13 +66,17 @@ class Exchange:
 
     def log_line(self) -> dict[str, Any]:
         now = time.perf_counter()
+        group, model = self.group, self.model
         return {
             "time": _utc_now_ms(),
             "request_id": self.request_id, "user": self.caller.user, "user_key": self.caller.key,
             # Names the client sent, cut (errors.echoed): a 30 MB model name must not
             # become a 30 MB log line.
-            "route": self.route, "group": echoed(self.group), "provider": self.provider,
-            "model": echoed(self.model), "key": self.key, "status": self.status,
+            "route": self.route,
+            "group": group if len(group) <= _ECHO_CHARS else echoed(group),
+            "provider": self.provider,
+            "model": model if len(model) <= _ECHO_CHARS else echoed(model),
+            "key": self.key, "status": self.status,
             "stream": self.stream, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "cost_usd": self.cost,
             "latency_ms": round((now - self.t0) * 1000, 2),
@@ -82,7 +86,7 @@ class Exchange:
             "error": self.error or self.refusal,
             "affinity": self.affinity or None, "cache": self.cache or None,
             "asked": echoed(self.asked) if self.asked else None, "alias": self.alias or None,
-            "dropped_tools": list(self.dropped_tools) or None,
+            "dropped_tools": list(self.dropped_tools) if self.dropped_tools else None,
             "capability": self.capability,
         }
 
