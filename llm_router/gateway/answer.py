@@ -150,15 +150,22 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         router_headers(out, ex, cand)
 
     # Wait for the first event before committing, so a failure here can still fail over;
-    # a long wait commits early to send keepalive comments through idle-timeout proxies.
+    # a long wait commits early to send keepalive comments through idle-timeout proxies
+    # (started by the events' watchdog, which bounds this wait already).
+    beat = down.keepalive(ex, headers)
+    beat_at = beat.due()
+    if beat_at is not None:
+        events.beat(beat_at, beat.fire)
     try:
-        async with down.keepalive(ex, headers):
-            batch = await events.__anext__()
+        batch = await events.__anext__()
     except StopAsyncIteration:
         raise AttemptFailure("closed", f"upstream '{provider.name}' closed the stream "
                              "before sending anything") from None
     except UPSTREAM_ERRORS as exc:
         raise failure_from_exception(exc, provider.name) from None
+    finally:
+        if beat.beating:
+            await beat.stop()
     ex.ttft = time.perf_counter() - ex.t0
     ex.upstream_s += time.perf_counter() - att.sent
     ttft, labels = _stream_series(req, provider.name, cand.member.model)

@@ -24,7 +24,7 @@ from .deadlines import Deadlines
 if TYPE_CHECKING:
     from ..observe.exchange import Exchange
 
-__all__ = ["KEEPALIVE", "Downstream", "client_connected"]
+__all__ = ["KEEPALIVE", "Downstream", "Keepalive", "client_connected"]
 
 KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients ignore it, idle timers reset
 
@@ -106,13 +106,13 @@ class Downstream:
         await self.out.write_eof(data)
 
     def keepalive(self, ex: Exchange, headers: Callable[[web.StreamResponse], None]
-                  ) -> _Keepalive:
+                  ) -> Keepalive:
         """``async with``: while the body waits, send ``: keepalive`` whenever
         ``keepalive_s`` pass without a write, committing the stream at the first one.
 
         The body must not write itself; the comments stop before it returns.
         """
-        return _Keepalive(self, ex, headers)
+        return Keepalive(self, ex, headers)
 
     async def _beat(self, stop: asyncio.Event, ex: Exchange,
                     headers: Callable[[web.StreamResponse], None]) -> None:
@@ -136,7 +136,7 @@ class _WithFirstWrite(web.StreamResponse):
     _send_headers_immediately = False
 
 
-class _Keepalive:
+class Keepalive:
     """:meth:`Downstream.keepalive`. Most waits end long before the first comment is due,
     so entering only puts this on the shared wheel of :mod:`.deadlines` (a loop timer per
     wait cost more; the first comment may go out one tick late); the task that writes
@@ -154,14 +154,22 @@ class _Keepalive:
         self._stop: asyncio.Event | None = None
         self._beat: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> None:
+    def due(self) -> float | None:
+        """When the first comment is due (``loop.time()``); None if they are off."""
         down = self._down
-        if down.keepalive_s > 0:
-            assert down.deadlines is not None
-            # The wheel runs on the loop's clock, last_write on time.monotonic().
-            self.when = (asyncio.get_running_loop().time() + down.last_write
-                         + down.keepalive_s - time.monotonic())
-            down.deadlines.add(self)
+        if down.keepalive_s <= 0:
+            return None
+        # The wheel runs on the loop's clock, last_write on time.monotonic().
+        return (asyncio.get_running_loop().time() + down.last_write + down.keepalive_s
+                - time.monotonic())
+
+    async def __aenter__(self) -> None:
+        when = self.due()
+        if when is not None:
+            deadlines = self._down.deadlines
+            assert deadlines is not None
+            self.when = when
+            deadlines.add(self)
 
     def fire(self) -> None:
         """The first comment is due: start the task that writes them."""
@@ -179,12 +187,22 @@ class _Keepalive:
             assert deadlines is not None
             deadlines.discard(self)
         if self._beat is not None:
-            assert self._stop is not None
-            self._stop.set()
-            # Let a comment being written finish rather than cut it in half. A client
-            # that went away is noticed by the next write of the request itself.
-            with suppress(ConnectionError):
-                await self._beat
+            await self.stop()
+
+    @property
+    def beating(self) -> bool:
+        """Whether comments started (:meth:`fire`): :meth:`stop` them after the wait."""
+        return self._beat is not None
+
+    async def stop(self) -> None:
+        """End the comments started by :meth:`fire` (when the wait did not use ``async
+        with``: the stream's first event, whose watchdog fires this)."""
+        assert self._stop is not None and self._beat is not None
+        self._stop.set()
+        # Let a comment being written finish rather than cut it in half. A client that
+        # went away is noticed by the next write of the request itself.
+        with suppress(ConnectionError):
+            await self._beat
 
 
 def _collect(task: asyncio.Task[None]) -> None:

@@ -35,10 +35,13 @@ class _Watchdog(TaskBound):
     re-arms itself for the current wait, so a busy stream costs one bucket move per
     ``idle`` period, and a short one an add and a discard. An overdue wait ends as with
     ``asyncio.timeout`` (:class:`deadlines.TaskBound`), at most one tick late.
+
+    The same entry starts the client's keepalive comments (:meth:`beat`) if the first
+    event is late: the wait for it needs no entry of its own.
     """
 
-    __slots__ = ("_bucket", "_deadline", "_due", "_first_due", "_idle", "_loop", "_waiting",
-                 "_wheel", "progress", "started", "when")
+    __slots__ = ("_beat", "_beat_at", "_bucket", "_deadline", "_due", "_first_due", "_idle",
+                 "_loop", "_waiting", "_wheel", "progress", "started", "when")
 
     def __init__(self, wheel: Deadlines, first_due: float, idle: float,
                  deadline: float) -> None:
@@ -57,18 +60,28 @@ class _Watchdog(TaskBound):
         self.progress = False  # an event completed since the idle clock last started
         self.when = _NEVER  # where the entry is on the wheel (_NEVER: not on it)
         self._bucket = -1
+        self._beat: Callable[[], None] | None = None
+        self._beat_at = _NEVER
+
+    def beat(self, when: float, start: Callable[[], None]) -> None:
+        """Call ``start`` at ``when`` (``loop.time()``), if no event came by then."""
+        self._beat, self._beat_at = start, when
 
     def __enter__(self) -> None:
         # The idle clock starts when the router asks for more, so a slow client's
         # backpressure is not blamed on the upstream.
         if not self.started:
-            self._due = min(self._first_due, self._deadline)
+            due = self._due = min(self._first_due, self._deadline)
+            if self._beat is not None and self._beat_at < due:
+                due = self._beat_at
         elif self.progress:
-            self._due = min(self._loop.time() + self._idle, self._deadline)
+            due = self._due = min(self._loop.time() + self._idle, self._deadline)
             self.progress = False
+        else:
+            due = self._due
         self._waiting = True
-        if self._due < self.when:
-            self._arm(self._due)
+        if due < self.when:
+            self._arm(due)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -94,12 +107,18 @@ class _Watchdog(TaskBound):
         if self._task.done():
             return
         now = self._loop.time()
+        beat = self._beat
+        if beat is not None and not self.started and now >= self._beat_at:
+            self._beat = None
+            beat()
         if not self._waiting:
             # Between reads: the next wait cannot end sooner than idle from now (and
             # __enter__ re-arms sooner if the deadline says so).
             self._arm(now + self._idle)
         elif now < self._due:
-            self._arm(self._due)  # progress since the entry was set: wait on
+            # Progress since the entry was set, or the comments' start came first.
+            self._arm(self._due if self._beat is None or self.started
+                      else min(self._due, self._beat_at))
         else:
             self._expire()
 
@@ -136,6 +155,11 @@ class UpstreamEvents:
         self._dog = _Watchdog(deadlines if deadlines is not None else Deadlines(), first_due,
                               idle, deadline)
         self._ended = False
+
+    def beat(self, when: float, start: Callable[[], None]) -> None:
+        """Call ``start`` at ``when`` (``loop.time()``) if the first event has not come by
+        then (the client's keepalive comments, :meth:`Downstream.keepalive`)."""
+        self._dog.beat(when, start)
 
     def __aiter__(self) -> UpstreamEvents:
         return self
