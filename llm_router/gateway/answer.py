@@ -153,9 +153,9 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     # a long wait commits early to send keepalive comments through idle-timeout proxies
     # (started by the events' watchdog, which bounds this wait already).
     beat = down.keepalive(ex, headers)
-    beat_at = beat.due()
-    if beat_at is not None:
-        events.beat(beat_at, beat.fire)
+    delay = beat.delay()
+    if delay is not None:
+        events.beat(delay, beat.fire)
     try:
         batch = await events.__anext__()
     except StopAsyncIteration:

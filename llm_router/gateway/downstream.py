@@ -154,21 +154,19 @@ class Keepalive:
         self._stop: asyncio.Event | None = None
         self._beat: asyncio.Task[None] | None = None
 
-    def due(self) -> float | None:
-        """When the first comment is due (``loop.time()``); None if they are off."""
+    def delay(self) -> float | None:
+        """Seconds until the first comment is due; None if they are off."""
         down = self._down
         if down.keepalive_s <= 0:
             return None
-        # The wheel runs on the loop's clock, last_write on time.monotonic().
-        return (asyncio.get_running_loop().time() + down.last_write + down.keepalive_s
-                - time.monotonic())
+        return down.last_write + down.keepalive_s - time.monotonic()
 
     async def __aenter__(self) -> None:
-        when = self.due()
-        if when is not None:
+        delay = self.delay()
+        if delay is not None:
             deadlines = self._down.deadlines
             assert deadlines is not None
-            self.when = when
+            self.when = asyncio.get_running_loop().time() + delay  # the wheel's clock
             deadlines.add(self)
 
     def fire(self) -> None:

@@ -10,7 +10,6 @@ of an ``asyncio.timeout`` per read (or a loop timer per stream).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -47,8 +46,9 @@ class _Watchdog(TaskBound):
                  deadline: float) -> None:
         """``first_due`` and ``deadline`` are ``time.perf_counter()`` times."""
         self._wheel = wheel
-        self._loop = asyncio.get_running_loop()
-        self._bind()
+        # The task's loop, not get_running_loop(): in Python 3.11 that checks getpid(), a
+        # system call, and _bind's current_task() has made one already.
+        self._loop = self._bind().get_loop()
         # The loop's clock may differ from perf_counter (uvloop keeps its own).
         shift = self._loop.time() - time.perf_counter()
         self._first_due = first_due + shift
@@ -63,9 +63,9 @@ class _Watchdog(TaskBound):
         self._beat: Callable[[], None] | None = None
         self._beat_at = _NEVER
 
-    def beat(self, when: float, start: Callable[[], None]) -> None:
-        """Call ``start`` at ``when`` (``loop.time()``), if no event came by then."""
-        self._beat, self._beat_at = start, when
+    def beat(self, delay: float, start: Callable[[], None]) -> None:
+        """Call ``start`` in ``delay`` seconds, if no event came by then."""
+        self._beat, self._beat_at = start, self._loop.time() + delay
 
     def __enter__(self) -> None:
         # The idle clock starts when the router asks for more, so a slow client's
@@ -156,10 +156,10 @@ class UpstreamEvents:
                               idle, deadline)
         self._ended = False
 
-    def beat(self, when: float, start: Callable[[], None]) -> None:
-        """Call ``start`` at ``when`` (``loop.time()``) if the first event has not come by
-        then (the client's keepalive comments, :meth:`Downstream.keepalive`)."""
-        self._dog.beat(when, start)
+    def beat(self, delay: float, start: Callable[[], None]) -> None:
+        """Call ``start`` in ``delay`` seconds if the first event has not come by then
+        (the client's keepalive comments, :meth:`Downstream.keepalive`)."""
+        self._dog.beat(delay, start)
 
     def __aiter__(self) -> UpstreamEvents:
         return self
