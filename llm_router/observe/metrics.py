@@ -382,23 +382,18 @@ class Metrics:
         if not found.in_memory:
             found.count(elapsed, overhead)
             return
-        value = found.requests._value
-        value._value += 1.0
+        found.requests._value._value += 1.0
         d = found.duration
-        value = d._sum
-        value._value += elapsed
-        value = d._buckets[bisect_left(d._bounds, elapsed)]
-        value._value += 1.0
+        d._sum._value += elapsed
+        d._buckets[bisect_left(d._bounds, elapsed)]._value += 1.0
         if overhead is not None:
             if overhead < 0.0:
                 overhead = 0.0
             o = found._overhead
             if o is None:
                 o = found.overhead
-            value = o._sum
-            value._value += overhead
-            value = o._buckets[bisect_left(o._bounds, overhead)]
-            value._value += 1.0
+            o._sum._value += overhead
+            o._buckets[bisect_left(o._bounds, overhead)]._value += 1.0
 
     def spent(self, names: LabelNames, provider: str, model: str, key: str, user: str,
               prompt: int, completion: int, cached: int, cost: float) -> None:
@@ -413,16 +408,12 @@ class Metrics:
             found.add(prompt, completion, cached, cost)
             return
         if prompt > 0:
-            value = (found._prompt or found._make("prompt"))._value
-            value._value += prompt
+            (found._prompt or found._make("prompt"))._value._value += prompt
         if completion > 0:
-            value = (found._completion or found._make("completion"))._value
-            value._value += completion
+            (found._completion or found._make("completion"))._value._value += completion
         if cached > 0:
-            value = (found._cached or found._make("cached"))._value
-            value._value += cached
-        value = found.cost._value
-        value._value += cost
+            (found._cached or found._make("cached"))._value._value += cached
+        found.cost._value._value += cost
 
     def spend(self, names: LabelNames, provider: str, model: str, key: str, user: str) -> Spend:
         """The series one answer's usage adds to (``tokens_total`` by kind,
@@ -450,19 +441,25 @@ class Metrics:
         found = self._headroom.get((provider, key))
         if found is None:
             found = self._headroom[(provider, key)] = Headroom(self, provider, key)
-        for kind, text in (("requests", requests), ("tokens", tokens)):
-            if text is None:
-                continue
+        if requests is not None:
             try:
-                value = float(text)
+                value = float(requests)
             except ValueError:
-                continue
-            s = found.kinds.get(kind)
-            if s is None:
-                s = found.make(kind)
-            if type(s) is _InMemory:  # _InMemory.set, inline and without the lock
-                target = s._value
-                target._value = value
+                pass
+            else:
+                s = found.kinds.get("requests") or found.make("requests")
+                if type(s) is _InMemory:  # _InMemory.set, inline and without the lock
+                    s._value._value = value
+                else:
+                    s.set(value)
+        if tokens is not None:
+            try:
+                value = float(tokens)
+            except ValueError:
+                return
+            s = found.kinds.get("tokens") or found.make("tokens")
+            if type(s) is _InMemory:
+                s._value._value = value
             else:
                 s.set(value)
 
