@@ -108,24 +108,33 @@ class Usage:
     def from_openai(cls, u: object) -> Usage:
         """An OpenAI (hub) ``usage`` object; None (no usage reported) reads as zeros."""
         if type(u) is dict:
-            # The usual object, read in one step: both counts plain ints in range, the
+            # The usual object, read in one pass: both counts plain ints in range, the
             # details absent or objects whose counts are absent or in range. Anything
             # else takes the field-by-field reading below, which says what it rejects.
             prompt, completion = u.get("prompt_tokens"), u.get("completion_tokens")
-            details, out_details = u.get("prompt_tokens_details"), u.get(
-                "completion_tokens_details")
-            cached = details.get("cached_tokens") if type(details) is dict else None
-            reasoning = out_details.get("reasoning_tokens") if type(out_details) is dict \
-                else None
-            if type(prompt) is int and 0 <= prompt <= TOKEN_COUNT_LIMIT \
-                    and type(completion) is int and 0 <= completion <= TOKEN_COUNT_LIMIT \
-                    and (details is None or type(details) is dict) \
-                    and (out_details is None or type(out_details) is dict) \
-                    and (cached is None or (type(cached) is int
-                                            and 0 <= cached <= TOKEN_COUNT_LIMIT)) \
-                    and (reasoning is None or (type(reasoning) is int
-                                               and 0 <= reasoning <= TOKEN_COUNT_LIMIT)):
-                return cls(prompt, completion, cached or 0, reasoning or 0)
+            if type(prompt) is int and type(completion) is int \
+                    and 0 <= prompt <= TOKEN_COUNT_LIMIT \
+                    and 0 <= completion <= TOKEN_COUNT_LIMIT:
+                details = u.get("prompt_tokens_details")
+                cached: Any = 0
+                if details is not None:
+                    cached = details.get("cached_tokens") if type(details) is dict else -1
+                    if cached is None:
+                        cached = 0
+                    elif type(cached) is not int or not 0 <= cached <= TOKEN_COUNT_LIMIT:
+                        cached = -1
+                details = u.get("completion_tokens_details")
+                reasoning: Any = 0
+                if details is not None:
+                    reasoning = details.get("reasoning_tokens") if type(details) is dict \
+                        else -1
+                    if reasoning is None:
+                        reasoning = 0
+                    elif type(reasoning) is not int \
+                            or not 0 <= reasoning <= TOKEN_COUNT_LIMIT:
+                        reasoning = -1
+                if cached >= 0 and reasoning >= 0:  # -1: not a count, read below
+                    return cls(prompt, completion, cached, reasoning)
         if not isinstance(u, dict):
             return cls() if u is None else cls(rejected=PROMPT | COMPLETION)
         return cls._of(_field(u, "prompt_tokens"), _field(u, "completion_tokens"),
