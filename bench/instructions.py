@@ -86,7 +86,11 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found (apt-get install valgrind)")
     wanted = args.cases.split(",")
-    cases = [c for c in CASES if c.name in wanted and c.server == "memory"]
+    cases = [c for c in CASES if c.name in wanted and c.server != "hop"]
+    redis_server = shutil.which("redis-server")
+    if redis_server is None and any(c.server == "redis" for c in cases):
+        print("redis-server not found: limits-redis is skipped", file=sys.stderr)
+        cases = [c for c in cases if c.server != "redis"]
     hop_cases = [c for c in CASES if c.server == "hop"
                  and c.name.removeprefix("hop-") in wanted]
     children = Children(_BENCH / "results" / f"instructions-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -100,6 +104,13 @@ def main() -> int:
             for tree in trees.values():
                 _check_import(tree, work)
             env = _env(trees[revs[-1]])
+            redis_url = None
+            if any(c.server == "redis" for c in cases):
+                rport = free_port()
+                children.start("redis", [redis_server or "redis-server", "--port", str(rport),
+                                         "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                         "no", "--dir", tmp])
+                redis_url = f"redis://127.0.0.1:{rport}/0"
             upstream = children.start_fake(env, work)
             if hop_cases:
                 port = free_port()
@@ -107,13 +118,18 @@ def main() -> int:
                     sys.executable, str(_BENCH / "forwarder.py"), "--port", str(port),
                     "--upstream", upstream], env, work, port, hop_cases, args)
             for i, (rev, tree) in enumerate(trees.items()):
-                cfg = work / f"router-{i}.yaml"
-                _config(cfg, upstream, None, f"instr{i}")
-                port = free_port()
-                results[rev] = _count(children, f"router-{i}", [
-                    sys.executable, "-m", "llm_router", "serve", "--config", str(cfg), "--host",
-                    "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
-                    _env(tree), work, port, cases, args)
+                results[rev] = {}
+                # One router per state backend: the Redis cases have one of their own.
+                for server in sorted({c.server for c in cases}):
+                    cfg = work / f"router-{server}-{i}.yaml"
+                    _config(cfg, upstream, redis_url if server == "redis" else None,
+                            f"instr{i}")
+                    port = free_port()
+                    results[rev].update(_count(children, f"router-{server}-{i}", [
+                        sys.executable, "-m", "llm_router", "serve", "--config", str(cfg),
+                        "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
+                        _env(tree), work, port, [c for c in cases if c.server == server],
+                        args))
         finally:
             children.stop_all()
     hop = results.pop("hop", {})

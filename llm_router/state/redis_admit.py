@@ -15,23 +15,23 @@ the calls.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any, Final
 
 from ..config import Limits
 from ..errors import RouterError
 from ..ledger.accounting import Caller
-from ..ledger.limits import budget_exhausted, period_end
+from ..ledger.limits import PERIODS, budget_exhausted, period_end, period_id, period_ids
 from ..ledger.limits import rate_limited as limit_error
+from .redis_keys import ADMIT, key_of
+from .redis_ops import bulk
 
-__all__ = ["BATCH", "UNSET", "Waiting", "pack", "refusal"]
+__all__ = ["BATCH", "UNSET", "Packer", "Waiting", "answers", "refusal"]
 
 BATCH: Final = 256  # admissions per script call at most: Redis runs it without interruption
 UNSET: Final = -1
+GROUP_ARGS: Final = 14  # a caller's part of an ADMIT call: 7 per account
+_PARTS_MAX: Final = 10_000  # callers' parts kept at most; then all are packed again
 _OK: Final = b"ok"
-
-# (account, now, budget period) -> the 7 keys of that account (redis_keys.ADMIT)
-KeysOf = Callable[[str, float, str], list[str]]
 
 
 class Waiting:
@@ -50,42 +50,96 @@ class Waiting:
         self.future = future
 
 
-def pack(batch: list[Waiting], now: float, lease_ms: int,
-         keys_of: KeysOf) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one ADMIT call for ``batch``, all at ``now``. The admissions of
-    one caller share a group: its keys and limits travel once."""
-    minute = int(now // 60)
-    groups: dict[int, int] = {}
-    keys: list[str] = []
-    limits: list[Any] = []
-    admissions: list[Any] = []
-    for w in batch:
-        c = w.caller
-        # The caller objects of a batch are all alive: their ids are distinct.
-        g = groups.get(id(c))
-        if g is None:
-            g = groups[id(c)] = len(groups) + 1
-            for acct, lim, budget in ((w.accounts[0], c.limits, c.budget),
-                                      (w.accounts[1], c.key_limits, c.key_budget)):
-                keys += keys_of(acct, now, budget.period if budget is not None else "total")
-                limits += [*_limit_args(lim), budget.usd if budget is not None else UNSET]
-        admissions += (g, w.estimate, w.slot)
-    head = [len(groups), now - minute * 60, int(now * 1000), lease_ms,
-            (period_end("daily", now) or now) - now]
-    return keys, [*head, *limits, *admissions]
+class Packer:
+    """Packs ADMIT calls. A caller's part of a call (its accounts' ids, limits, budgets)
+    is the same in every call: it is packed once, and kept while the caller object lives
+    (the config's callers; a reload makes new ones, and the old ones go with the next
+    clear)."""
+
+    __slots__ = ("_parts", "_prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._parts: dict[int, tuple[Caller, bytes]] = {}
+
+    def pack(self, batch: list[Waiting], now: float, lease_ms: int) -> bytes:
+        """The ADMIT call (EVALSHA, in RESP) deciding ``batch``, all at ``now``. The
+        admissions of one caller share a group: its part travels once."""
+        minute = int(now // 60)
+        groups: dict[int, int] = {}
+        parts: list[bytes] = []
+        admissions: list[Any] = []
+        for w in batch:
+            c = w.caller
+            # The caller objects of a batch are all alive: their ids are distinct.
+            g = groups.get(id(c))
+            if g is None:
+                g = groups[id(c)] = len(groups) + 1
+                parts.append(self._part(c, w.accounts))
+            admissions += (g, w.estimate, w.slot)
+        head = (self._prefix, len(groups), minute, minute - 1, now - minute * 60,
+                int(now * 1000), lease_ms, (period_end("daily", now) or now) - now,
+                *period_ids(now))
+        return b"*%d\r\n%s%s%s" % (
+            3 + len(head) + GROUP_ARGS * len(groups) + len(admissions),
+            bulk(("EVALSHA", ADMIT.sha, 0, *head)), b"".join(parts), bulk(admissions))
+
+    def _part(self, c: Caller, accounts: tuple[str, str]) -> bytes:
+        hit = self._parts.get(id(c))
+        if hit is not None and hit[0] is c:
+            return hit[1]
+        if len(self._parts) >= _PARTS_MAX:
+            self._parts.clear()
+        args: list[Any] = []
+        for acct, lim, budget in ((accounts[0], c.limits, c.budget),
+                                  (accounts[1], c.key_limits, c.key_budget)):
+            args += [acct, *_limit_args(lim)]
+            args += [repr(float(budget.usd)), PERIODS.index(budget.period) + 1] \
+                if budget is not None else [UNSET, 0]
+        part = bulk(args)
+        self._parts[id(c)] = (c, part)
+        return part
+
+    def keys(self, batch: list[Waiting], now: float) -> list[str]:
+        """The keys an ADMIT call for ``batch`` reads and writes (a data fault's
+        suspects, for the probe)."""
+        minute, daily = int(now // 60), period_id("daily", now)
+        p = self._prefix
+        out: list[str] = []
+        for w in batch:
+            for acct, budget in ((w.accounts[0], w.caller.budget),
+                                 (w.accounts[1], w.caller.key_budget)):
+                out += [key_of(p, "w", acct, name, m) for name in ("rpm", "tpm")
+                        for m in (minute, minute - 1)]
+                out += [key_of(p, "day", acct, daily), key_of(p, "slots", acct)]
+                if budget is not None:
+                    out.append(key_of(p, "spend", acct, budget.period,
+                                      period_id(budget.period, now)))
+        return list(dict.fromkeys(out))
 
 
-def refusal(caller: Caller, answer: Any, now: float) -> RouterError | None:
+def answers(reply: Any, n: int) -> list[list[bytes]] | None:
+    """The ``n`` answers of an ADMIT reply, each split in its words; None if the reply
+    is not one."""
+    if not isinstance(reply, bytes):
+        return None
+    lines = reply.split(b"\n")
+    if len(lines) != n:
+        return None
+    return [line.split(b" ") for line in lines]
+
+
+def refusal(caller: Caller, answer: list[bytes], now: float) -> RouterError | None:
     """The 402 or 429 the script answered for ``caller``; None if it was admitted."""
     verdict = answer[0]
     if verdict == _OK:
         return None
-    is_key = int(answer[1]) == 2
+    is_key = answer[1] == b"2"
     if verdict == b"budget":
         budget = caller.key_budget if is_key else caller.budget
         assert budget is not None
         return budget_exhausted(caller, is_key, budget, float(answer[2]), now)
-    return limit_error(caller, is_key, _text(answer[2]), int(answer[4]), float(answer[3]))
+    return limit_error(caller, is_key, answer[2].decode(), int(answer[4]), float(answer[3]))
 
 
 def _limit_args(limits: Limits | None) -> list[int]:
@@ -93,7 +147,3 @@ def _limit_args(limits: Limits | None) -> list[int]:
         return [UNSET] * 4
     return [UNSET if v is None else v for v in (limits.rpm, limits.tpm, limits.daily_requests,
                                                 limits.max_concurrent)]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -82,24 +82,31 @@ class Script:
 
 
 # A batch of admissions, decided in order as if each were its own call: each sees what
-# those before it counted, and a refused one counts nothing. KEYS, 14 per group (a group:
-# the admissions of one caller), 7 per account (user, then key): rpm now, rpm previous
-# minute, tpm now, tpm previous, day, in-flight slots, budget period hash. ARGV: groups,
-# seconds into the minute, now (ms), slot lease (ms), seconds to UTC midnight; then 10 per
-# group, 5 per account: rpm, tpm, daily_requests, max_concurrent, budget USD (-1 if
-# unset); then 3 per admission: its group, its token estimate, its slot member
-# ("replica:seq|USD reserved"). Returns one answer per admission: {'ok'} |
-# {'budget', account, spent} | {'limit', account, name, wait, value} (account 1 or 2).
-# The window arithmetic is limits._Window's, and a budget counts what is spent plus what
-# requests in flight reserve, as the Ledger does; so both answer alike. An account's
-# counters are read once per call and its counts written once, at the end.
+# those before it counted, and a refused one counts nothing. The script builds every key
+# itself (the layout above) from the prefix, the minute and the period ids it is given
+# and each account's id, so a caller's part of the call is the same in every call of its
+# day and the router packs it once (redis_admit.py). ARGV: prefix, groups, this minute,
+# the previous minute, seconds into the minute, now (ms), slot lease (ms), seconds to UTC
+# midnight, the ids of the daily, weekly, monthly and total periods; then 14 per group (a
+# group: the admissions of one caller), 7 per account (user, then key): its id, rpm, tpm,
+# daily_requests, max_concurrent, budget USD (-1 if unset), the budget's period (1 to 4,
+# in that order); then 3 per admission: its group, its token estimate, its slot member
+# ("replica:seq|USD reserved"). Returns one line per admission, joined by newlines (one
+# reply to read): "ok" | "budget ACCOUNT SPENT" | "limit ACCOUNT NAME WAIT VALUE", the
+# account 1 (user) or 2 (key). The window arithmetic is limits._Window's, and a budget
+# counts what is spent plus what requests in flight reserve, as the Ledger does; so both
+# answer alike. An account's counters are read once per call and its counts written
+# once, at the end.
 ADMIT: Final = Script("""
-local groups = tonumber(ARGV[1])
-local elapsed = tonumber(ARGV[2])
-local now_ms = tonumber(ARGV[3])
-local lease_ms = tonumber(ARGV[4])
-local day_left = tonumber(ARGV[5])
-local first = 6 + groups * 10
+local P = ARGV[1]
+local PERIODS = {'daily', 'weekly', 'monthly', 'total'}
+local groups = tonumber(ARGV[2])
+local minute, before = ARGV[3], ARGV[4]
+local elapsed = tonumber(ARGV[5])
+local now_ms = tonumber(ARGV[6])
+local lease_ms = tonumber(ARGV[7])
+local day_left = tonumber(ARGV[8])
+local first = 13 + groups * 14
 local function count(k)
   local v = tonumber(redis.call('GET', k) or '0')
   if v == nil then error('key ' .. k .. ' holds a value that is not a number') end
@@ -119,46 +126,56 @@ local function wait(cur, prev, need, limit)
   end
   return (60 - elapsed) + 60 * (1 - (limit - need) / cur)
 end
--- Per account (by its slots key): what Redis held before this call, read when first
+-- Per account (by its id): its keys, what Redis held before this call, read when first
 -- needed, and what this call admitted so far (n requests, tokens, USD, slot members).
 local accounts, order, spent = {}, {}, {}
-local function account(k)
-  local s = accounts[KEYS[k + 6]]
+local function account(a)
+  local id = ARGV[a]
+  local s = accounts[id]
   if s == nil then
-    s = {k = k, n = 0, tokens = 0, usd = 0, members = {}}
-    accounts[KEYS[k + 6]] = s
+    local w = P .. ':w:' .. id
+    s = {n = 0, tokens = 0, usd = 0, members = {},
+         rpm = w .. ':rpm:' .. minute, tpm = w .. ':tpm:' .. minute,
+         rpm0 = w .. ':rpm:' .. before, tpm0 = w .. ':tpm:' .. before,
+         day = P .. ':day:' .. id .. ':' .. ARGV[9], slots = P .. ':slots:' .. id}
+    accounts[id] = s
     order[#order + 1] = s
   end
   return s
 end
-local function window(s, o)
-  if s[o] == nil then s[o] = {count(KEYS[s.k + o + 1]), count(KEYS[s.k + o + 2])} end
-  return s[o]
+local function window(s, name)
+  if s[name .. 'n'] == nil then
+    s[name .. 'n'] = {count(s[name]), count(s[name .. '0'])}
+  end
+  return s[name .. 'n']
 end
 local function slots(s, reserved)
   if s.card ~= nil and (s.reserved ~= nil or not reserved) then return end
   if not s.trimmed then
-    redis.call('ZREMRANGEBYSCORE', KEYS[s.k + 6], '-inf', now_ms)
+    redis.call('ZREMRANGEBYSCORE', s.slots, '-inf', now_ms)
     s.trimmed = true
   end
   if reserved then
-    local members, r = redis.call('ZRANGE', KEYS[s.k + 6], 0, -1), 0
+    local members, r = redis.call('ZRANGE', s.slots, 0, -1), 0
     for _, m in ipairs(members) do r = r + (tonumber(string.match(m, '|(.*)$')) or 0) end
     s.card, s.reserved = #members, r
   else
-    s.card = redis.call('ZCARD', KEYS[s.k + 6])
+    s.card = redis.call('ZCARD', s.slots)
   end
 end
 local function decide(g, est)
   for j = 1, 2 do
-    local k, a = (g - 1) * 14 + (j - 1) * 7, 5 + (g - 1) * 10 + (j - 1) * 5
+    local a = 13 + (g - 1) * 14 + (j - 1) * 7
     local usd = tonumber(ARGV[a + 5])
     if usd >= 0 then
-      local s = account(k)
+      local s = account(a)
       slots(s, true)
-      local h = KEYS[k + 7]
+      local p = tonumber(ARGV[a + 6])
+      local h = P .. ':spend:' .. ARGV[a] .. ':' .. PERIODS[p] .. ':' .. ARGV[8 + p]
       if spent[h] == nil then spent[h] = tonumber(redis.call('HGET', h, 'cost') or '0') end
-      if spent[h] + s.reserved + s.usd >= usd then return {'budget', j, tostring(spent[h])} end
+      if spent[h] + s.reserved + s.usd >= usd then
+        return 'budget ' .. j .. ' ' .. tostring(spent[h])
+      end
     end
   end
   local worst = nil
@@ -166,8 +183,8 @@ local function decide(g, est)
     if worst == nil or w > worst[1] then worst = {w, j, name, value} end
   end
   for j = 1, 2 do
-    local k, a = (g - 1) * 14 + (j - 1) * 7, 5 + (g - 1) * 10 + (j - 1) * 5
-    local s = account(k)
+    local a = 13 + (g - 1) * 14 + (j - 1) * 7
+    local s = account(a)
     local rpm, tpm = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local daily, conc = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
     if conc >= 0 then
@@ -175,21 +192,24 @@ local function decide(g, est)
       if s.card + s.n >= conc then consider(1.0, j, 'max_concurrent', conc) end
     end
     if daily >= 0 then
-      if s.day == nil then s.day = count(KEYS[s.k + 5]) end
-      if pos(s.day + s.n) >= daily then consider(day_left, j, 'daily_requests', daily) end
+      if s.dayn == nil then s.dayn = count(s.day) end
+      if pos(s.dayn + s.n) >= daily then consider(day_left, j, 'daily_requests', daily) end
     end
     if rpm >= 0 then
-      local r = window(s, 0)
+      local r = window(s, 'rpm')
       local w = wait(pos(r[1] + s.n), pos(r[2]), 1, rpm)
       if w > 0 then consider(w, j, 'rpm', rpm) end
     end
     if tpm >= 0 then
-      local t = window(s, 2)
+      local t = window(s, 'tpm')
       local w = wait(pos(t[1] + s.tokens), pos(t[2]), est, tpm)
       if w > 0 then consider(w, j, 'tpm', tpm) end
     end
   end
-  if worst ~= nil then return {'limit', worst[2], worst[3], tostring(worst[1]), worst[4]} end
+  if worst ~= nil then
+    return 'limit ' .. worst[2] .. ' ' .. worst[3] .. ' ' .. tostring(worst[1]) .. ' '
+      .. string.format('%d', worst[4])
+  end
   return nil
 end
 local out = {}
@@ -200,10 +220,10 @@ for i = 1, (#ARGV - first + 1) / 3 do
   if refused ~= nil then
     out[i] = refused
   else
-    out[i] = {'ok'}
+    out[i] = 'ok'
     local usd = tonumber(string.match(slot, '|(.*)$')) or 0
     for j = 1, 2 do
-      local s = account((g - 1) * 14 + (j - 1) * 7)
+      local s = account(13 + (g - 1) * 14 + (j - 1) * 7)
       s.n, s.tokens, s.usd = s.n + 1, s.tokens + est, s.usd + usd
       s.members[#s.members + 1] = now_ms + lease_ms
       s.members[#s.members + 1] = slot
@@ -212,57 +232,68 @@ for i = 1, (#ARGV - first + 1) / 3 do
 end
 for _, s in ipairs(order) do
   if s.n > 0 then
-    local k = s.k
     -- An EXPIRE only when the key is new: the first count of its minute or day.
-    if redis.call('INCRBY', KEYS[k + 1], s.n) == s.n then redis.call('EXPIRE', KEYS[k + 1], 150) end
-    if s.tokens ~= 0 and redis.call('INCRBY', KEYS[k + 3], s.tokens) == s.tokens then
-      redis.call('EXPIRE', KEYS[k + 3], 150)
+    if redis.call('INCRBY', s.rpm, s.n) == s.n then redis.call('EXPIRE', s.rpm, 150) end
+    if s.tokens ~= 0 and redis.call('INCRBY', s.tpm, s.tokens) == s.tokens then
+      redis.call('EXPIRE', s.tpm, 150)
     end
-    if redis.call('INCRBY', KEYS[k + 5], s.n) == s.n then
-      redis.call('EXPIRE', KEYS[k + 5], 172800)
-    end
-    redis.call('ZADD', KEYS[k + 6], unpack(s.members))
-    redis.call('PEXPIRE', KEYS[k + 6], lease_ms * 2)
+    if redis.call('INCRBY', s.day, s.n) == s.n then redis.call('EXPIRE', s.day, 172800) end
+    redis.call('ZADD', s.slots, unpack(s.members))
+    redis.call('PEXPIRE', s.slots, lease_ms * 2)
   end
 end
-return out
+return table.concat(out, '\\n')
 """)
 
 # A batch of queued writes, applied at most once: KEYS[1] is the batch's id, kept 10
 # minutes. A batch whose answer was lost (Redis stalled after reading it) is sent again
-# with the same id and skipped, so nothing is counted twice. ARGV is a flat list of ops:
-#   A key amount ttl         INCRBY (+EXPIRE when ttl > 0)
-#   H hash field n ttl       HINCRBY
-#   S hash field n ttl       HSETNX (a first replica seeding the fleet's counters)
-#   Z zset member            ZREM
-#   P 4 hashes, accounts set, account, model, requests, prompt, completion, cost, 3 TTLs
-#                            spend of one account and model: the hashes of its daily,
-#                            weekly, monthly and total periods (at most 256 models each)
-#   W zset old new expiry    a slot recorded: the same slot, reserving nothing now
+# with the same id and skipped, so nothing is counted twice. ARGV[1] is the prefix, then
+# a flat list of ops. U and K are a request's two accounts (user, client key): the ops
+# that settle a request name them and the script builds their keys (the layout above).
+#   A key amount ttl           INCRBY (+EXPIRE when ttl > 0)
+#   H hash field n ttl         HINCRBY
+#   S hash field n ttl         HSETNX (a first replica seeding the fleet's counters)
+#   Z zset member              ZREM
+#   Q ids U K model requests prompt completion cost
+#                              spend of one model by both accounts, in the hashes of
+#                              their daily, weekly and monthly periods (ids: those three
+#                              ids, space-separated) and total (at most 256 models each)
+#   T minute U K amount        both accounts' tpm count of that minute, corrected
+#   V U K old new expiry       a slot recorded: the same slot, reserving nothing now
+#   Y U K member               a slot released, from both accounts' in-flight sets
 # Keys travel in ARGV: the store targets one Redis (not a cluster), where that is allowed.
 APPLY: Final = Script("""
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 600) then return 0 end
+local P = ARGV[1]
+local TTLS = {3 * 86400, 15 * 86400, 63 * 86400}
+local PERIODS = {'daily', 'weekly', 'monthly', 'total'}
 local function spend(a, i)
-  local n, p, c, cost = tonumber(a[i + 8]), tonumber(a[i + 9]), tonumber(a[i + 10]), a[i + 11]
-  for j = 1, 4 do
-    local h, m = a[i + j], a[i + 7]
-    if redis.call('HEXISTS', h, 'r|' .. m) == 0 then
-      if tonumber(redis.call('HGET', h, '#models') or '0') >= 256 then m = 'other' end
-      if redis.call('HEXISTS', h, 'r|' .. m) == 0 then redis.call('HINCRBY', h, '#models', 1) end
+  local ids = {}
+  for id in string.gmatch(a[i + 1], '%S+') do ids[#ids + 1] = id end
+  ids[4] = 'total'
+  local n, p, c, cost = tonumber(a[i + 5]), tonumber(a[i + 6]), tonumber(a[i + 7]), a[i + 8]
+  for u = 2, 3 do
+    local acct = a[i + u]
+    for j = 1, 4 do
+      local h, m = P .. ':spend:' .. acct .. ':' .. PERIODS[j] .. ':' .. ids[j], a[i + 4]
+      if redis.call('HEXISTS', h, 'r|' .. m) == 0 then
+        if tonumber(redis.call('HGET', h, '#models') or '0') >= 256 then m = 'other' end
+        if redis.call('HEXISTS', h, 'r|' .. m) == 0 then redis.call('HINCRBY', h, '#models', 1) end
+      end
+      redis.call('HINCRBY', h, 'requests', n)
+      redis.call('HINCRBY', h, 'prompt', p)
+      redis.call('HINCRBY', h, 'completion', c)
+      redis.call('HINCRBYFLOAT', h, 'cost', cost)
+      redis.call('HINCRBY', h, 'r|' .. m, n)
+      redis.call('HINCRBY', h, 'p|' .. m, p)
+      redis.call('HINCRBY', h, 'c|' .. m, c)
+      redis.call('HINCRBYFLOAT', h, '$|' .. m, cost)
+      if j < 4 then redis.call('EXPIRE', h, TTLS[j]) end
     end
-    redis.call('HINCRBY', h, 'requests', n)
-    redis.call('HINCRBY', h, 'prompt', p)
-    redis.call('HINCRBY', h, 'completion', c)
-    redis.call('HINCRBYFLOAT', h, 'cost', cost)
-    redis.call('HINCRBY', h, 'r|' .. m, n)
-    redis.call('HINCRBY', h, 'p|' .. m, p)
-    redis.call('HINCRBY', h, 'c|' .. m, c)
-    redis.call('HINCRBYFLOAT', h, '$|' .. m, cost)
-    if j < 4 then redis.call('EXPIRE', h, tonumber(a[i + 11 + j])) end
+    redis.call('SADD', P .. ':accounts', acct)
   end
-  redis.call('SADD', a[i + 5], a[i + 6])
 end
-local i = 1
+local i = 2
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'A' then
@@ -280,14 +311,27 @@ while i <= #ARGV do
   elseif op == 'Z' then
     redis.call('ZREM', ARGV[i + 1], ARGV[i + 2])
     i = i + 3
-  elseif op == 'P' then
+  elseif op == 'Q' then
     spend(ARGV, i)
-    i = i + 15
-  elseif op == 'W' then
-    if redis.call('ZREM', ARGV[i + 1], ARGV[i + 2]) == 1 then
-      redis.call('ZADD', ARGV[i + 1], tonumber(ARGV[i + 4]), ARGV[i + 3])
+    i = i + 9
+  elseif op == 'T' then
+    for u = 2, 3 do
+      local k = P .. ':w:' .. ARGV[i + u] .. ':tpm:' .. ARGV[i + 1]
+      redis.call('INCRBY', k, ARGV[i + 4])
+      redis.call('EXPIRE', k, 150)
     end
     i = i + 5
+  elseif op == 'V' then
+    for u = 1, 2 do
+      local k = P .. ':slots:' .. ARGV[i + u]
+      if redis.call('ZREM', k, ARGV[i + 3]) == 1 then
+        redis.call('ZADD', k, tonumber(ARGV[i + 5]), ARGV[i + 4])
+      end
+    end
+    i = i + 6
+  elseif op == 'Y' then
+    for u = 1, 2 do redis.call('ZREM', P .. ':slots:' .. ARGV[i + u], ARGV[i + 3]) end
+    i = i + 4
   else
     return redis.error_reply('unknown op ' .. tostring(op))
   end

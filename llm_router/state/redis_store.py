@@ -47,14 +47,14 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from ..config import Config, StateSettings
 from ..hub.usage import bounded_count
 from ..ledger.accounting import Caller
-from ..ledger.limits import PERIODS, Admission, Ledger, period_id
+from ..ledger.limits import PERIODS, Admission, Ledger, period_id, period_ids
 from ..ledger.usage import CounterKey, UsageCounters
 from ..observe.metrics import Metrics
 from .health import KeyHealth
-from .redis_admit import BATCH, Waiting, pack, refusal
+from .redis_admit import BATCH, Packer, Waiting, answers, refusal
 from .redis_faults import Fault, FaultLog, ForeignData, classify, counts, probe
 from .redis_keys import ADMIT, APPLY, COOLDOWN, SEP, account_id, key_of
-from .redis_ops import Op, merge
+from .redis_ops import Op, bulk, keys_of, merge
 from .redis_ops import pack as pack_command
 from .redis_report import report, text
 from .store import StateStore, TTLMap, claim_locally
@@ -68,8 +68,6 @@ _RENEW_S: Final = LEASE_S / 4
 MAX_PENDING: Final = 100_000  # queued writes kept while Redis is away; older ones drop
 _BACKOFF_MIN_S: Final = 0.25  # first reconnect after a failure; doubles per failed try
 _BACKOFF_MAX_S: Final = 5.0
-_PERIOD_TTL: Final = {"daily": 3 * 86400, "weekly": 15 * 86400, "monthly": 63 * 86400}
-_SPEND_TTLS: Final = tuple(_PERIOD_TTL[p] for p in ("daily", "weekly", "monthly"))
 
 _COALESCE_S: Final = 0.005
 _CARRY_S: Final = 0.05  # queued writes wait this long at most for an exchange to carry them
@@ -85,16 +83,14 @@ class _Shared:
     """What Redis holds for one admission: its accounts, its in-flight slot, and whether
     its counts are (or will be) in Redis at all."""
 
-    __slots__ = ("accounts", "counted", "slot", "zsets")
+    __slots__ = ("accounts", "counted", "slot")
 
-    def __init__(self, accounts: tuple[str, str], counted: bool, slot: str = "",
-                 zsets: tuple[str, ...] = ()) -> None:
+    def __init__(self, accounts: tuple[str, str], counted: bool, slot: str = "") -> None:
         self.accounts = accounts
         self.counted = counted  # rpm/tpm/day counted in Redis: tpm gets corrected there
         # Member of both accounts' in-flight sets: "replica:seq|reserved USD" (the budget
         # reservation travels in the name, so a dead replica's expires with its lease).
         self.slot = slot
-        self.zsets = zsets
 
 
 class RedisStore(StateStore):
@@ -131,7 +127,7 @@ class RedisStore(StateStore):
         self._dropped = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._slots: dict[str, tuple[str, ...]] = {}  # live slot -> its sets (lease renewal)
+        self._slots: dict[str, tuple[str, str]] = {}  # live slot -> accounts (lease renewal)
         # What waits for the next exchange (admissions, kv commands with their futures),
         # the task sending them (None when idle), the connection it keeps (redis-py's
         # pool costs per checkout), and when the last exchange went (monotonic).
@@ -151,11 +147,11 @@ class RedisStore(StateStore):
         self._quota_day = ""
         self._cooldowns_pushed: dict[tuple[str, str], float] = {}
         self._kv = TTLMap()
-        self._accounts_key = key_of(self.p, "accounts")
         self._closing = False
         self._synced = False
-        self._keys_minute = -1
-        self._keys_cache: dict[tuple[str, str], list[str]] = {}
+        self._packer = Packer(self.p)
+        self._prefix_arg = bulk((self.p,))  # APPLY's first argument
+        self._ids: tuple[tuple[str, ...], str] = ((), "")  # period ids -> a Q op's ids
         self._was_down = False  # "back" rather than "connected" in the log
         # Why it is down (redis_faults), since when (Unix time), how often it went up or
         # down and how many reconnects failed since: /admin/status shows them.
@@ -293,9 +289,7 @@ class RedisStore(StateStore):
 
     def _keys_of(self, batches: list[tuple[str, list[Op]]]) -> list[str]:
         """The keys queued writes touch (a failed batch's suspects)."""
-        mine = self.p + ":"
-        return [x for _, ops in batches for op in ops for x in op[1:]
-                if isinstance(x, str) and x.startswith(mine)]
+        return [k for _, ops in batches for op in ops for k in keys_of(self.p, op)]
 
     async def _exchange(self, commands: list[bytes]) -> list[Any]:
         """``commands`` (packed here, in one socket write) on the connection kept for the
@@ -357,10 +351,9 @@ class RedisStore(StateStore):
         refused = refusal(w.caller, answer, self.ledger.clock())
         if refused is not None:
             raise refused
-        zsets = tuple(key_of(self.p, "slots", acct) for acct in w.accounts)
-        self._slots[w.slot] = zsets
+        self._slots[w.slot] = w.accounts
         adm = self.ledger.admit(w.caller, w.estimate, w.cost, enforce=False)
-        adm.shared = _Shared(w.accounts, counted=True, slot=w.slot, zsets=zsets)
+        adm.shared = _Shared(w.accounts, counted=True, slot=w.slot)
         return adm
 
     # -- the exchange: one connection, everything waiting goes in one write
@@ -424,11 +417,7 @@ class RedisStore(StateStore):
         Writes queued since the last flush ride along, first in the same socket write:
         under load the flusher has nothing left to send, and a slot released or a spend
         recorded just before counts for these admissions."""
-        keys: list[str] = []
-        admit = b""
-        if batch:
-            keys, args = pack(batch, now, int(LEASE_S * 1000), self._account_keys)
-            admit = pack_command("EVALSHA", ADMIT.sha, len(keys), *keys, *args)
+        admit = self._packer.pack(batch, now, int(LEASE_S * 1000)) if batch else b""
         riders: list[tuple[str, list[Op]]] = []
         lock = self._flushing
         # With admissions, a flush in flight is waited out (a slot it releases must count
@@ -445,16 +434,14 @@ class RedisStore(StateStore):
         self._sent_at = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout_s):
-                applies = [pack_command("EVALSHA", APPLY.sha, 1, batch_id,
-                                        *(x for op in ops for x in op))
-                           for batch_id, ops in riders]
+                applies = [self._apply_call(batch_id, ops) for batch_id, ops in riders]
                 replies = await self._exchange(
                     [*applies, *(c for c, _, _ in commands), *((admit,) if batch else ())])
-                answers = replies[-1] if batch else []
-                if isinstance(answers, NoScriptError):  # Redis restarted and lost them
+                reply = replies[-1] if batch else None
+                if isinstance(reply, NoScriptError):  # Redis restarted and lost them
                     await self._redis.script_load(ADMIT.source)
                     await self._redis.script_load(APPLY.source)
-                    answers = (await self._exchange([admit]))[0]
+                    reply = (await self._exchange([admit]))[0]
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return None, None
@@ -470,59 +457,36 @@ class RedisStore(StateStore):
             if self._unconfirmed:
                 self._wake.set()
         command_replies = replies[len(riders):len(riders) + len(commands)]
-        if isinstance(answers, ResponseError):
-            if classify(answers, self.p, None).kind == "data":
+        if isinstance(reply, ResponseError):
+            if classify(reply, self.p, None).kind == "data":
                 # The key the script named first, for the probe.
-                text = str(answers)
+                text, keys = str(reply), self._packer.keys(batch, now)
                 named = [k for k in keys if k in text]
                 self._failed(ForeignData(text, tuple(dict.fromkeys([*named, *keys]))))
             else:
-                self._failed(answers)
+                self._failed(reply)
             return None, command_replies
-        if not isinstance(answers, list) or len(answers) != len(batch):
-            self._failed(ForeignData(f"ADMIT answered {answers!r:.80}", tuple(keys)))
+        decided = answers(reply, len(batch)) if batch else []
+        if decided is None:
+            self._failed(ForeignData(f"ADMIT answered {reply!r:.80}",
+                                     tuple(self._packer.keys(batch, now))))
             return None, command_replies
-        return answers, command_replies
+        return decided, command_replies
+
+    def _apply_call(self, batch_id: str, ops: list[Op]) -> bytes:
+        """The APPLY call (EVALSHA, in RESP) of one batch of queued writes."""
+        args = [x for op in ops for x in op]
+        return b"*%d\r\n%s%s%s" % (5 + len(args), bulk(("EVALSHA", APPLY.sha, 1, batch_id)),
+                                    self._prefix_arg, bulk(args))
 
     def _abandoned(self, w: Waiting, now: float) -> None:
         """``w`` was admitted in Redis but its request is gone (cancelled while it waited):
         free its slot and its token estimate, as a release would."""
-        minute = int(now // 60)
-        ops: list[Op] = [("Z", key_of(self.p, "slots", acct), w.slot) for acct in w.accounts]
+        user, key = w.accounts
+        ops: list[Op] = [("Y", user, key, w.slot)]
         if w.estimate:
-            ops += [("A", key_of(self.p, "w", acct, "tpm", minute), -w.estimate, 150)
-                    for acct in w.accounts]
+            ops.append(("T", int(now // 60), user, key, -w.estimate))
         self._queue(ops)
-
-    def _account_keys(self, acct: str, now: float, budget_period: str) -> list[str]:
-        # Every period boundary is a minute boundary: the keys hold for the minute.
-        minute = int(now // 60)
-        if minute != self._keys_minute:
-            self._keys_minute, self._keys_cache = minute, {}
-        hit = self._keys_cache.get((acct, budget_period))
-        if hit is None:
-            if len(self._keys_cache) >= 10_000:
-                self._keys_cache.clear()
-            hit = self._keys_cache[(acct, budget_period)] = self._build_keys(
-                acct, now, budget_period) if budget_period else [
-                *(self._spend_key(acct, period, now) for period in PERIODS),
-                key_of(self.p, "w", acct, "tpm", minute), key_of(self.p, "slots", acct)]
-        return hit
-
-    def _build_keys(self, acct: str, now: float, budget_period: str) -> list[str]:
-        minute = int(now // 60)
-        return [key_of(self.p, "w", acct, "rpm", minute),
-                key_of(self.p, "w", acct, "rpm", minute - 1),
-                key_of(self.p, "w", acct, "tpm", minute),
-                key_of(self.p, "w", acct, "tpm", minute - 1),
-                key_of(self.p, "day", acct, period_id("daily", now)),
-                key_of(self.p, "slots", acct),
-                self._spend_key(acct, budget_period, now)]
-
-    def _settle_keys(self, acct: str, now: float) -> list[str]:
-        """What settling ``acct`` writes this minute: its four period spend hashes (in
-        PERIODS order), its tpm window and its in-flight slots."""
-        return self._account_keys(acct, now, "")
 
     def _spend_key(self, acct: str, period: str, now: float) -> str:
         return key_of(self.p, "spend", acct, period, period_id(period, now))
@@ -551,26 +515,26 @@ class RedisStore(StateStore):
         now = self.ledger.clock()
         prompt_tokens, completion_tokens = bounded_count(prompt_tokens), bounded_count(
             completion_tokens)  # Redis counters are 64-bit: nothing out of range goes there
-        used = prompt_tokens + completion_tokens
-        delta = used - adm.estimate if shared.counted else 0
+        user, key = shared.accounts
+        ids = period_ids(now)  # one tuple per UTC day: its text is made once
+        if ids is not self._ids[0]:
+            self._ids = (ids, " ".join(ids[:3]))
+        # Spend ops of one pair of accounts and model are summed within a batch
+        # (redis_ops.merge); APPLY writes both accounts' four period hashes.
+        ops: list[Op] = [("Q", self._ids[1], user, key, f"{provider}/{model}", 1,
+                          prompt_tokens, completion_tokens, cost or 0.0)]
+        if shared.counted:
+            delta = prompt_tokens + completion_tokens - adm.estimate
+            if delta:
+                ops.append(("T", int(now // 60), user, key, delta))
         old_slot = shared.slot
         if old_slot:
             # Recorded: the spend is real now, so the slot no longer reserves any.
-            shared.slot = old_slot.rpartition("|")[0] + "|0"
-            self._slots.pop(old_slot, None)
-            self._slots[shared.slot] = shared.zsets
-        name = f"{provider}/{model}"
-        expiry = int((now + LEASE_S) * 1000)
-        ops: list[Op] = []
-        for acct in shared.accounts:
-            keys = self._settle_keys(acct, now)
-            # Spend ops of one account and model are summed within a batch (redis_ops.merge).
-            ops.append(("P", *keys[:4], self._accounts_key, acct, name, 1, prompt_tokens,
-                        completion_tokens, cost or 0.0, *_SPEND_TTLS))
-            if delta:
-                ops.append(("A", keys[4], delta, 150))
-            if old_slot:
-                ops.append(("W", keys[5], old_slot, shared.slot, expiry))
+            shared.slot = slot = old_slot.rpartition("|")[0] + "|0"
+            slots = self._slots
+            slots.pop(old_slot, None)
+            slots[slot] = shared.accounts
+            ops.append(("V", user, key, old_slot, slot, int((now + LEASE_S) * 1000)))
         self._queue(ops)
 
     def release(self, adm: Admission) -> None:
@@ -585,11 +549,10 @@ class RedisStore(StateStore):
         refund = shared.counted and not recorded and adm.estimate
         if not shared.slot and not refund:
             return
-        minute = int(self.ledger.clock() // 60)
-        ops: list[Op] = [("Z", zset, shared.slot) for zset in shared.zsets]
+        user, key = shared.accounts
+        ops: list[Op] = [("Y", user, key, shared.slot)] if shared.slot else []
         if refund:
-            ops += [("A", key_of(self.p, "w", acct, "tpm", minute), -adm.estimate, 150)
-                    for acct in shared.accounts]
+            ops.append(("T", int(self.ledger.clock() // 60), user, key, -adm.estimate))
         self._queue(ops)
 
     @property
@@ -664,7 +627,7 @@ class RedisStore(StateStore):
     async def _send_batches(self, batches: list[tuple[str, list[Op]]]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         for batch_id, ops in batches:
-            pipe.evalsha(APPLY.sha, 1, batch_id, *(x for op in ops for x in op))
+            pipe.evalsha(APPLY.sha, 1, batch_id, self.p, *(x for op in ops for x in op))
         return list(await pipe.execute(raise_on_error=False))
 
     async def _sync_loop(self) -> None:
@@ -720,9 +683,9 @@ class RedisStore(StateStore):
         renew = self._slots and mono - self._renewed >= _RENEW_S
         if renew:
             expiry = int((wall + LEASE_S) * 1000)
-            for member, zsets in self._slots.items():
-                for zset in zsets:
-                    pipe.zadd(zset, {member: expiry}, xx=True)
+            for member, accounts in self._slots.items():
+                for acct in accounts:
+                    pipe.zadd(key_of(self.p, "slots", acct), {member: expiry}, xx=True)
         pipe.hgetall(tokens_key)
         pipe.hgetall(quota_key)
         pipe.hgetall(cool_key)
