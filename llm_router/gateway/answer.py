@@ -137,7 +137,7 @@ async def relay_stream(req: ModelRequest, att: Attempt, resp: UpstreamResponse,
     try:
         return await _relay_events(req, att, relay, feed_run, events, down)
     finally:
-        await events.aclose()  # stops its watchdog now, even if the client went away
+        events.close()  # stops its watchdog now, even if the client went away
 
 
 async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,

@@ -137,8 +137,9 @@ class UpstreamEvents:
     passthrough), a batch of regular events comes as one run of joined bytes and their
     number (:meth:`SSEParser.feed_run`), else as a list. An async iterator class, not an async
     generator: the event loop tracks every async generator (a weak set, a finalizer),
-    which showed in stream profiles. :meth:`aclose` stops the watchdog. ``deadlines``
-    is the wheel the watchdog rides (the router's shared one; a new one if None).
+    which showed in stream profiles. :meth:`close` (or :meth:`aclose`) stops the
+    watchdog. ``deadlines`` is the wheel the watchdog rides (the router's shared one; a
+    new one if None).
     """
 
     __slots__ = ("_chunks", "_dog", "_ended", "_feed", "_parser")
@@ -206,6 +207,10 @@ class UpstreamEvents:
     def _end(self) -> None:
         self._ended = True
         self._dog.close()
+
+    def close(self) -> None:
+        """Stop the watchdog (a method, not a coroutine: nothing to wait for)."""
+        self._end()
 
     async def aclose(self) -> None:
         self._end()
