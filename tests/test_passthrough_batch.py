@@ -152,3 +152,32 @@ async def test_runs_equal_event_by_event_over_any_reads(include_usage: bool) -> 
         expected = await _relay(reads, False, include_usage, max_event)
         assert await _relay(reads, True, include_usage, max_event) == expected, reads
     assert len(_RUNS) > 500
+
+
+async def test_long_reads_of_json_events_equal_event_by_event() -> None:
+    """Reads of many ``data: {...}`` events (as OpenAI-compatible upstreams send an
+    unpaced answer) are counted whole by SSEParser.feed_run; the odd blank line, comment,
+    multi-line event or cut inside an event must still give the per-event result."""
+    rng = random.Random(1227)
+    odd = [b"\n", b": ping\n\n", b'event: x\ndata: {"a":1}\n\n', b"data: {}\n\n\n"]
+    taken = 0
+    for _ in range(600):
+        events = [b"data: " + orjson.dumps({"id": "c", "choices": [
+            {"index": 0, "delta": {"content": "w" * rng.randrange(1, 40)}}],
+            "usage": None}) + b"\n\n" for _ in range(rng.randrange(6, 40))]
+        if rng.random() < 0.3:
+            events.insert(rng.randrange(len(events)), rng.choice(odd))
+        if rng.random() < 0.5:
+            events.append(b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,'
+                          b'"completion_tokens":%d,"total_tokens":9}}\n\n' % len(events))
+        if rng.random() < 0.8:
+            events.append(b"data: [DONE]\n\n")
+        wire = b"".join(events)
+        cuts = sorted(rng.sample(range(1, len(wire)), rng.randrange(3)))
+        reads = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+        include_usage = rng.random() < 0.5
+        _RUNS.clear()
+        expected = await _relay(reads, False, include_usage, 1 << 20)
+        assert await _relay(reads, True, include_usage, 1 << 20) == expected, reads
+        taken += bool(_RUNS)
+    assert taken > 500

@@ -25,6 +25,7 @@ __all__ = [
 DONE: Final = b"data: [DONE]\n\n"
 _NOT_RUN: Final = (10, 58)  # an event starting with LF or ":" (a blank line, a comment)
 _DONE_AFTER: Final = b"\n\n" + DONE  # [DONE] after another event
+_COUNTS_FROM: Final = 6  # events in a read (estimated) from which _json_run is tried
 
 
 class EventTooLarge(ValueError):
@@ -135,11 +136,14 @@ class SSEParser:
         if begun == 0 and chunk[0] == 58:
             return self.feed(chunk)
         bounded = self._size + size > limit  # else no event here can be past the bound
-        if not bounded:
+        end = find(b"\n")
+        # Two counts cost about what five steps of the loop below do on chat chunks
+        # (~250 bytes), and more per byte: worth it only for a read of many such events,
+        # judged by the length of its first line.
+        if not bounded and size >= _COUNTS_FROM * (end + 2) and end >= 0:
             found = self._json_run(chunk, size)
             if found is not None:
                 return found
-        end = find(b"\n")
         while end >= 0:
             if end + 1 == size or chunk[end + 1] != 10:
                 end = find(b"\n\n", end + 1)
