@@ -87,7 +87,15 @@ def check_body(body: dict[str, Any]) -> None:
         if value is not None and type(value) not in _TOP_PASS[name] \
                 and not _TOP_RULES[name][0](value):
             _check_fields(body, _TOP_FIELDS, "")  # raises for the first in table order
-    for i, message in enumerate(body["messages"]):
+    messages = body["messages"]
+    for message in messages:  # the common turns, in one step each, without an index
+        if type(message) is not dict or type(message.get("content")) is not str \
+                or type(message.get("role")) is not str or "tool_calls" in message \
+                or "tool_call_id" in message:
+            break
+    else:
+        messages = ()  # every message is a plain turn: nothing more to check
+    for i, message in enumerate(messages):
         if type(message) is dict and type(message.get("content")) is str \
                 and type(message.get("role")) is str and "tool_calls" not in message \
                 and "tool_call_id" not in message:

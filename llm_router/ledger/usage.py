@@ -64,18 +64,27 @@ def completion_ceiling(body: Mapping[str, Any]) -> int | None:
     burst of such requests cannot spend more than one request over it (docs/teams.md).
     """
     # Positive integers only (type() is int: max_tokens: true is not a length).
+    # Unrolled over _LENGTH_FIELDS and _CHOICE_FIELDS: this runs for every request.
+    get = body.get
     longest = 0
-    for name in _LENGTH_FIELDS:
-        n = body.get(name)
-        if type(n) is int and n > longest:
-            longest = n
+    n = get("max_tokens")
+    if type(n) is int and n > longest:
+        longest = n
+    n = get("max_completion_tokens")
+    if type(n) is int and n > longest:
+        longest = n
+    n = get("max_output_tokens")
+    if type(n) is int and n > longest:
+        longest = n
     if not longest:
         return None
     choices = 1
-    for name in _CHOICE_FIELDS:
-        n = body.get(name)
-        if type(n) is int and n > choices:
-            choices = min(n, _MAX_CHOICES)
+    n = get("n")
+    if type(n) is int and n > choices:
+        choices = min(n, _MAX_CHOICES)
+    n = get("best_of")
+    if type(n) is int and n > choices:
+        choices = min(n, _MAX_CHOICES)
     return min(longest * choices, TOKEN_COUNT_LIMIT)
 
 
