@@ -11,6 +11,7 @@ from typing import Any
 
 from llm_router.config import Affinity, Member, Provider, ProviderKey
 from llm_router.gateway.affinity import (
+    AffinityKey,
     MemoryAffinityStore,
     RecentLoad,
     affinity_key,
@@ -84,6 +85,55 @@ def test_only_the_tail_of_a_long_opening_is_hashed() -> None:
     # ...while the first user message, what tells conversations apart, always does.
     assert prefix_digest(opening("x" * 50_000, "trip to Lyon"), "g", 64) != prefix_digest(
         opening("x" * 50_000, "trip to Nice"), "g", 64)
+
+
+_LONG_SYSTEM = "You are a careful assistant. Follow the house rules. " * 200  # 10,600 chars
+# Digests as releases before this one computed them. They name pins in Redis, which
+# replicas of two releases share during an upgrade, and the prompt_cache_key sent
+# upstream, so a faster digest must give the same bytes: (body, group, prefix_bytes).
+_KNOWN_DIGESTS: list[tuple[dict[str, Any], str, int, str]] = [
+    ({"messages": [{"role": "user", "content": "Say something short."}]}, "ab", 8192,
+     "48ed2bad860b988a24750efcfef48fd7"),
+    ({"tools": [{"type": "function", "function": {"name": "get_weather"}},
+                {"type": "web_search"}],
+      "messages": [{"role": "developer", "content": "Be terse."},
+                   {"role": "user", "content": "Plan a trip to Lyon."},
+                   {"role": "assistant", "content": "Sure."}]}, "g", 8192,
+     "765f09baded3457dc436fd8912d57e2e"),
+    ({"system": [{"type": "text", "text": "Be terse."}],
+      "messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                                {"type": "image"}]}]}, "g", 8192,
+     "f4baed92e9a63a5d2493bd9a3e093656"),
+    ({"instructions": "Be terse.", "input": "Say something short."}, "g", 8192,
+     "0563f9da5988c3aa94b62b06ebc224e2"),
+    ({"input": [{"type": "message", "role": "user",
+                 "content": [{"type": "input_text", "text": "hi"}]},
+                {"type": "function_call_output"}]}, "g", 8192,
+     "05b10e46f982b81aeb859a3ea4c3e20e"),
+    # Not ASCII: within the budget in characters, then over it in bytes.
+    ({"messages": [{"role": "user", "content": "Grüße aus Köln, 東京"}]}, "gruppe-ü", 8192,
+     "416c54650d584ec2afc86d976af96f18"),
+    ({"messages": [{"role": "user", "content": "é" * 40}]}, "g", 64,
+     "dc52fa202d0f54aff5171876579fefcb"),
+    # Parts and separators of exactly the budget (cut), and one character under it.
+    ({"messages": [{"role": "user", "content": "x" * 59}]}, "g", 64,
+     "c66d614a1e3bdf95aa1494852ce1edbf"),
+    ({"messages": [{"role": "user", "content": "x" * 58}]}, "g", 64,
+     "cdce32f53868fdffa088084e0aedfa05"),
+    ({"messages": [{"role": "system", "content": _LONG_SYSTEM},
+                   {"role": "user", "content": "Plan a trip to Lyon."}]}, "g", 8192,
+     "42a8ac40fc82a0f243b2d36b80e88203"),
+]
+
+
+def test_digests_stay_those_of_earlier_releases() -> None:
+    for body, group, prefix_bytes, digest in _KNOWN_DIGESTS:
+        assert prefix_digest(body, group, prefix_bytes) == bytes.fromhex(digest), body
+        key = affinity_key(body, {}, group, Affinity(prefix_bytes=prefix_bytes))
+        assert key is not None and key.digest.hex() == digest and key.source == "prefix"
+    session = affinity_key({}, {"X-Router-Session": "sess-1"}, "g", AUTO)
+    assert session is not None and session.digest.hex() == "27c5e3f9668c7b771e3a4bcfcc3a5e5d"
+    assert type(session) is AffinityKey and session.source == "session"
 
 
 def test_explicit_keys_beat_the_hash_in_their_order() -> None:

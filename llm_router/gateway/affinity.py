@@ -75,6 +75,11 @@ class AffinityKey(NamedTuple):
     source: str  # prompt_cache_key | session | previous_response_id | user_id | prefix
 
 
+# AffinityKey(digest, source) without the named tuple's __new__, a Python function that
+# does just this: one made per group request.
+_new_tuple: Final = tuple.__new__
+
+
 def applies(target: Target, kind: str, prefs: Preferences) -> bool | None:
     """Whether affinity may steer this request: True, False (counted as ``off``: the
     group's mode is off, its strategy is not inverse weight, or the client's
@@ -92,7 +97,7 @@ def _explicit(group: str, source: str, value: str) -> AffinityKey:
     # A header's bytes that are not UTF-8 arrive surrogate-escaped: hash them as sent.
     raw = value[:_MAX_EXPLICIT].encode("utf-8", "surrogateescape")
     data = b"%b\0%b\0%b" % (group.encode(), source.encode(), raw)
-    return AffinityKey(sha256(data).digest()[:16], source)
+    return _new_tuple(AffinityKey, (sha256(data).digest()[:16], source))
 
 
 def response_key(group: str, response_id: str) -> AffinityKey:
@@ -125,7 +130,7 @@ def affinity_key(body: Mapping[str, Any], headers: Mapping[str, str], group: str
     if settings.mode != "auto":
         return None
     digest = prefix_digest(body, group, settings.prefix_bytes)
-    return None if digest is None else AffinityKey(digest, "prefix")
+    return None if digest is None else _new_tuple(AffinityKey, (digest, "prefix"))
 
 
 def _text(content: Any) -> str:
@@ -153,12 +158,29 @@ def _tool_name(tool: Any) -> str:
     return name if isinstance(name, str) else str(tool.get("type", ""))
 
 
-def _opening(body: Mapping[str, Any]) -> list[str]:
-    """The conversation's opening as text parts, in prompt order: tool names, the system
-    prompt, then each message (role, text) up to and including the first user message."""
+def prefix_digest(body: Mapping[str, Any], group: str, prefix_bytes: int) -> bytes | None:
+    """Digest of the opening every turn of a conversation repeats: the tool names, the
+    system prompt, and the messages up to and including the first user message. OpenAI
+    chat (leading system/developer messages), Anthropic Messages (``system``) and
+    Responses (``instructions``, ``input``) bodies are read the same way, so a
+    conversation hashes alike whichever dialect it speaks. None when there is none.
+
+    Only the last ``prefix_bytes`` bytes of the opening are hashed, with its length: the
+    tail holds what tells conversations apart (their first user message) even behind a
+    system prompt longer than the budget, and the work per request stays bounded.
+    Openings that differ only before the tail share a pin, which suits a prompt cache:
+    they share that much of their prefix.
+
+    The digest is part of the pins' names (in Redis too) and of the ``prompt_cache_key``
+    sent upstream, so it must stay the same from one release to the next:
+    tests/test_affinity.py holds known digests.
+    """
+    # The opening as text parts, in prompt order: tool names, the system prompt, then
+    # each message (role, text) up to and including the first user message. Inline (one
+    # call per request, not three): this runs for every group request.
     parts: list[str] = []
     tools = body.get("tools")
-    if isinstance(tools, list) and tools:
+    if tools and isinstance(tools, list):
         # Names only: schemas are long, and a tool set differing in schema alone is rare.
         parts += ("tools", "\x1f".join(_tool_name(t) for t in tools))
     system = body.get("system")
@@ -172,55 +194,42 @@ def _opening(body: Mapping[str, Any]) -> list[str]:
         messages = body.get("input")
         if isinstance(messages, str):  # Responses: a bare string is the user's turn
             parts += ("user", messages)
-            return parts
     if isinstance(messages, list):
         append = parts.append
         for msg in messages:
             if not isinstance(msg, dict):
                 continue
             role = msg.get("role")
-            role = role if isinstance(role, str) else str(msg.get("type", ""))
+            if not isinstance(role, str):
+                role = str(msg.get("type", ""))
             content = msg.get("content")
             append("system" if role == "developer" else role)
             append(content if isinstance(content, str) else _text(content))
             if role == "user":
                 break
-    return parts
-
-
-def prefix_digest(body: Mapping[str, Any], group: str, prefix_bytes: int) -> bytes | None:
-    """Digest of the opening every turn of a conversation repeats: the tool names, the
-    system prompt, and the messages up to and including the first user message. OpenAI
-    chat (leading system/developer messages), Anthropic Messages (``system``) and
-    Responses (``instructions``, ``input``) bodies are read the same way, so a
-    conversation hashes alike whichever dialect it speaks. None when there is none.
-
-    Only the last ``prefix_bytes`` bytes of the opening are hashed, with its length: the
-    tail holds what tells conversations apart (their first user message) even behind a
-    system prompt longer than the budget, and the work per request stays bounded.
-    Openings that differ only before the tail share a pin, which suits a prompt cache:
-    they share that much of their prefix.
-    """
-    parts = _opening(body)
     if not parts:
         return None
-    length = sum(map(len, parts))
-    if length + len(parts) <= prefix_bytes:
-        # The usual opening: all of it (parts and separators) within the budget.
-        text = "\0".join(parts)
+    text = "\0".join(parts)
+    # The opening's length counts its parts, not the separators between them.
+    length = len(text) - len(parts) + 1
+    if len(text) < prefix_bytes and text.isascii():
+        # The usual opening: all of it within the budget, one byte a character (isascii
+        # is a flag of the string, not a scan), so nothing is cut: one encode.
+        data = f"{group}\0prefix\0{length}\0{text}".encode()
     else:
-        budget = prefix_bytes  # in characters first (cheap), in bytes after encoding
-        tail: list[str] = []
-        for part in reversed(parts):
-            if len(part) >= budget:
-                tail.append(part[len(part) - budget:])
-                break
-            tail.append(part)
-            budget -= len(part) + 1
-        text = "\0".join(reversed(tail))
-    data = text.encode()[-prefix_bytes:]
+        if len(text) >= prefix_bytes:
+            budget = prefix_bytes  # in characters first (cheap), in bytes after encoding
+            tail: list[str] = []
+            for part in reversed(parts):
+                if len(part) >= budget:
+                    tail.append(part[len(part) - budget:])
+                    break
+                tail.append(part)
+                budget -= len(part) + 1
+            text = "\0".join(reversed(tail))
+        data = b"%b\0prefix\0%d\0%b" % (group.encode(), length, text.encode()[-prefix_bytes:])
     # sha256 runs on the CPU's SHA extensions where present: about twice blake2b's speed.
-    return sha256(b"%b\0prefix\0%d\0%b" % (group.encode(), length, data)).digest()[:16]
+    return sha256(data).digest()[:16]
 
 
 def derived_cache_key(key: AffinityKey) -> str:
