@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 
 from .conftest import StartRouter
+from .test_reload import RELOAD_OK, eventually, save_by_rename, scrape
 from .test_teams import BOB, team
 
 # Prices whose per-answer costs need more than 8 decimals: 7 tokens cost 8.61e-07 USD.
@@ -38,3 +39,38 @@ async def test_cost_headers_sum_to_the_usage_total_exactly(start_router: StartRo
     for h in headers:
         spent += float(h)
     assert spent == total["cost_usd"]
+
+
+async def test_a_price_changed_by_a_reload_counts_from_the_next_answer(
+        start_router: StartRouter, make_upstream: Any) -> None:
+    # The answer path resolves a candidate's price and series once per config: a reload
+    # must not leave the old price in the header, the usage or the cost metric.
+    up = await make_upstream()
+    router = await start_router(team(up, pricing={"real-model": PRICE}))
+    auth = {"Authorization": f"Bearer {BOB}", "Content-Type": "application/json"}
+    body = orjson.dumps({"model": "g", "max_tokens": 5,
+                         "messages": [{"role": "user", "content": "word word"}]})
+    costs: list[float] = []
+    async with aiohttp.ClientSession() as s:
+        for price in (PRICE, {"input": 1000.0, "output": 2000.0}):
+            if price is not PRICE:
+                save_by_rename(router.config_path, team(up, pricing={"real-model": price}))
+
+                async def reloaded() -> bool:
+                    return (await scrape(s, router.url))[RELOAD_OK] == 1
+
+                await eventually(reloaded)
+            async with s.post(router.url + "/v1/chat/completions", data=body,
+                              headers=auth) as resp:
+                assert resp.status == 200, await resp.text()
+                usage = (await resp.json())["usage"]
+                costs.append(float(resp.headers["X-Router-Cost-USD"]))
+            expected = (usage["prompt_tokens"] * price["input"]
+                        + usage["completion_tokens"] * price["output"]) / 1_000_000
+            assert costs[-1] == expected
+        async with s.get(router.url + "/v1/usage", headers=auth) as resp:
+            total = (await resp.json())["user"]["usage"]["total"]
+        metrics = await scrape(s, router.url)
+    assert total["cost_usd"] == costs[0] + costs[1]
+    assert metrics['llm_router_cost_usd_total{model="real-model",provider="up",user="bob"}'] \
+        == costs[0] + costs[1]

@@ -19,11 +19,13 @@ from decimal import Decimal
 import orjson
 from aiohttp import web
 
+from ..config import DEFAULT_PRICE, Config
 from ..hub.stream import Relay, split_events, throttled
 from ..hub.usage import Usage
-from ..ledger.accounting import cost_usd
+from ..ledger.usage import CounterKey
 from ..observe.metrics import Series
 from ..providers import UPSTREAM_ERRORS, AttemptFailure, UpstreamResponse, failure_from_exception
+from ..state.store import MemoryStore
 from . import relay as rl
 from .answer_stream import AnswerStream
 from .attempt import Attempt, pin_response, router_header_items, router_headers
@@ -31,6 +33,8 @@ from .compression import MIN_COMPRESS_BYTES, compress_body
 from .deadlines import Guard
 from .downstream import Downstream
 from .model_request import ModelRequest
+from .router_state import RouterState
+from .routing import Candidate
 from .upstream_events import UpstreamEvents
 
 __all__ = ["answer_as_stream", "relay_body", "relay_stream"]
@@ -309,9 +313,8 @@ def _account(req: ModelRequest, att: Attempt, usage: Usage, events_seen: int = 0
     reported no prompt; and it does not count as a success of the key.
     """
     state, cfg, ex, cand = req.state, req.cfg, req.ex, att.cand
-    provider, key, model = cand.provider.name, cand.key.label, cand.member.model
     if usage.rejected:
-        usage = state.rejected_usage.settle(provider, usage, ex.prompt_estimate,
+        usage = state.rejected_usage.settle(cand.provider.name, usage, ex.prompt_estimate,
                                             max(req.estimate - ex.prompt_estimate,
                                                 events_seen, 1))
     if not complete and (usage.completion < events_seen or not usage.prompt):
@@ -322,13 +325,84 @@ def _account(req: ModelRequest, att: Attempt, usage: Usage, events_seen: int = 0
                       usage.cached)
     prompt, completion, cached = usage.prompt, usage.completion, usage.cached
     state.counters.settle(att.reservation, prompt, completion, cfg.request_penalty)
-    if complete:
-        state.health.record_success(provider, key, cfg.circuit)
-    ex.prompt_tokens, ex.completion_tokens = prompt, completion
-    ex.cost = cost = cost_usd(cfg.pricing, model, prompt, completion, cached)
     user = ex.caller.user
-    state.metrics.spent(state.labels, provider, model, key, user, prompt, completion, cached,
-                        cost or 0.0)
-    if ex.admission is not None:
-        state.store.record(ex.admission, provider, cand.state_model or model, prompt,
-                           completion, cost)
+    found = _COUNTED.get((cand.counter_key, cand.member.model, user)) \
+        if _COUNTED_OF[0] is cfg and _COUNTED_OF[1] is state.metrics \
+        and _COUNTED_OF[2] is state.labels else None
+    if found is None:
+        found = _counted(req, cand, user)
+    if complete:
+        health = state.health
+        if found.health in health.tracked:  # record_success is a no-op for the others
+            health.record_success(found.provider, found.key, cfg.circuit)
+    ex.prompt_tokens, ex.completion_tokens = prompt, completion
+    price = found.price
+    if price is None:
+        cost = None
+    else:  # cost_usd, inline: the same arithmetic in the same order
+        if price.cached_input is not None:
+            c = min(max(cached, 0), prompt)
+            total = (prompt - c) * price.input + completion * price.output
+            if c:
+                total += c * price.cached_input
+        else:
+            total = prompt * price.input + completion * price.output
+        cost = total / 1_000_000
+    ex.cost = cost
+    spend = found.spend
+    if spend.in_memory:  # Metrics.spent, inline
+        if prompt > 0:
+            (spend._prompt or spend._make("prompt"))._value._value += prompt
+        if completion > 0:
+            (spend._completion or spend._make("completion"))._value._value += completion
+        if cached > 0:
+            (spend._cached or spend._make("cached"))._value._value += cached
+        spend.cost._value._value += cost or 0.0
+    else:
+        spend.add(prompt, completion, cached, cost or 0.0)
+    adm = ex.admission
+    if adm is not None:
+        store = state.store
+        if type(store) is MemoryStore:  # its record() is the ledger's, and on_record's
+            state.ledger.record(adm, found.provider, found.counted, prompt, completion, cost)
+            if store.on_record is not None:
+                store.on_record(adm)
+        else:
+            store.record(adm, found.provider, found.counted, prompt, completion, cost)
+
+
+class _Counted:
+    """Where the answers of one candidate to one user are counted: its price, its
+    metric series of usage (:meth:`Metrics.spend`), its names for health and the
+    ledger. Resolved once per (config, metrics, label names)."""
+
+    __slots__ = ("counted", "health", "key", "price", "provider", "spend")
+
+    def __init__(self, cfg: Config, state: RouterState, cand: Candidate, user: str) -> None:
+        self.provider, self.key, model = cand.provider.name, cand.key.label, cand.member.model
+        self.health = (self.provider, self.key)
+        self.counted = cand.state_model or model
+        price = cfg.pricing.get(model)  # as cost_usd finds it
+        self.price = price if price is not None else cfg.pricing.get(DEFAULT_PRICE)
+        self.spend = state.metrics.spend(state.labels, self.provider, model, self.key, user)
+
+
+# _account's bundles, by (counter key, model, user) while the config, the metrics and the
+# label names they were resolved with stay.
+_COUNTED: dict[tuple[CounterKey, str, str], _Counted] = {}
+_COUNTED_OF: list[object] = [None, None, None]
+
+
+def _counted(req: ModelRequest, cand: Candidate, user: str) -> _Counted:
+    state, cfg = req.state, req.cfg
+    if (_COUNTED_OF[0] is not cfg or _COUNTED_OF[1] is not state.metrics
+            or _COUNTED_OF[2] is not state.labels):
+        _COUNTED.clear()
+        _COUNTED_OF[:] = cfg, state.metrics, state.labels
+    found = _Counted(cfg, state, cand, user)
+    model = cand.member.model
+    # Kept only for a model the config names (as Metrics.spend keeps its series), so
+    # that names clients invent cannot grow it; users and keys come from the config.
+    if state.labels.model(found.provider, model) == model:
+        _COUNTED[(cand.counter_key, model, user)] = found
+    return found

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Final
@@ -95,6 +95,10 @@ class KeyHealth:
 
     def __init__(self) -> None:
         self._keys: dict[tuple[str, str], KeyState] = {}
+        # (provider, key label) of the keys that have a state, read-only: a key not in it
+        # never failed, so record_success has nothing to do for it (the answer path tests
+        # this before calling).
+        self.tracked: Mapping[tuple[str, str], KeyState] = self._keys
         self.generation = 0  # bumped on every config swap: clears 'bad' marks
         self.listener: HealthListener | None = None  # webhooks; None costs one test
 
