@@ -461,13 +461,15 @@ class Ledger:
         key = self._keys.get(pair)
         if key is None:
             key = self._keys[pair] = _Account()
+        start, end, ids = _IDS_CACHE  # period_ids(now), inline while the day lasts
+        if not start <= now < end:
+            ids = period_ids(now)
+        minute = int(now // 60)
         if enforce and (caller.limits is not None or caller.key_limits is not None
                         or caller.budget is not None or caller.key_budget is not None):
-            self._enforce(caller, user, key, estimate_tokens, now)
+            self._enforce(caller, user, key, estimate_tokens, now, ids, minute)
         # _Window.add and requests_today, inlined: this runs for every request.
-        start, end, ids = _IDS_CACHE  # period_ids(now), inline while the day lasts
-        day = ids[0] if start <= now < end else period_ids(now)[0]
-        minute = int(now // 60)
+        day = ids[0]
         for acc in (user, key):
             acc.concurrent += 1
             if acc.day != day:
@@ -483,23 +485,25 @@ class Ledger:
                 w.roll(minute)
             level = w.cur + estimate_tokens
             w.cur = level if level > 0.0 else 0.0
-            acc.reserved_usd += estimate_cost
+            if estimate_cost:  # 0 for every caller without a budget
+                acc.reserved_usd += estimate_cost
         if self.journal is not None:
             self.journal.append(("a", now, name, caller.key))
         return Admission((user, key), estimate_tokens, estimate_cost, name, caller.key)
 
     def _enforce(self, caller: Caller, user: _Account, key: _Account, estimate_tokens: int,
-                 now: float) -> None:
+                 now: float, ids: tuple[str, ...], minute: int) -> None:
+        """``ids`` and ``minute``: :func:`period_ids` of ``now``, and its minute."""
         # Budgets first (402 before 429), then a quick test of every limit; only a request
         # that fails one goes through _refuse, which names the worst limit.
         budget = caller.budget
         if budget is not None:
-            _check_budget(user, caller, False, budget, now)
+            _check_budget(user, caller, False, budget, now, ids)
         budget = caller.key_budget
         if budget is not None:
-            _check_budget(key, caller, True, budget, now)
+            _check_budget(key, caller, True, budget, now, ids)
         limits, key_limits = caller.limits, caller.key_limits
-        day, minute = period_ids(now)[0], int(now // 60)
+        day = ids[0]
         if ((limits is not None and not _fits(user, limits, estimate_tokens, now, day, minute))
                 or (key_limits is not None
                     and not _fits(key, key_limits, estimate_tokens, now, day, minute))):
@@ -534,11 +538,11 @@ class Ledger:
                 w.roll(minute)
             level = w.cur + correction
             w.cur = level if level > 0.0 else 0.0
-            if acc.concurrent:  # unreserve, inlined
+            if not acc.concurrent:  # unreserve, inlined
+                acc.reserved_usd = 0.0
+            elif reserved:  # nothing to take back from an unbudgeted caller's (never < 0)
                 level = acc.reserved_usd - reserved
                 acc.reserved_usd = level if level > 0.0 else 0.0
-            else:
-                acc.reserved_usd = 0.0
             # _add_usage, inlined: the answer waits in the account's pending list.
             pend = acc.pend
             if acc.pend_ids is not ids:  # pending usage belongs to the periods of its day
@@ -719,8 +723,8 @@ def _who(caller: Caller, is_key: bool) -> str:
 
 
 def _check_budget(acc: _Account, caller: Caller, is_key: bool, budget: Budget,
-                  now: float) -> None:
-    ids = period_ids(now)
+                  now: float, ids: tuple[str, ...]) -> None:
+    """``ids``: :func:`period_ids` of ``now``."""
     if acc.cur_ids is ids and (acc.pend_ids is ids or not acc.pend):
         # Today's periods, and pending usage of today: its costs summed on in order, as
         # fold() will add them (the same float), without folding on every admission.
@@ -784,8 +788,11 @@ def _fits(acc: _Account, limits: Limits, estimate: int, now: float, day: str,
         w = acc.rpm  # _Window.wait's first test
         if w.minute != minute:
             w.roll(minute)
+        # min(1, float(value)) and, below, min(estimate, float(value)) without their two
+        # calls each: the same value (an estimate is far below 2**53, where an int and a
+        # float compare exactly).
         if not (w.prev * (1.0 - (now - w.minute * 60) / 60) + w.cur
-                + min(1, float(value)) <= value):
+                + (1 if value >= 1 else float(value)) <= value):
             return False
     value = limits.tpm
     if value is not None:
@@ -793,7 +800,7 @@ def _fits(acc: _Account, limits: Limits, estimate: int, now: float, day: str,
         if w.minute != minute:
             w.roll(minute)
         if not (w.prev * (1.0 - (now - w.minute * 60) / 60) + w.cur
-                + min(estimate, float(value)) <= value):
+                + (estimate if estimate <= value else float(value)) <= value):
             return False
     return True
 
