@@ -178,8 +178,9 @@ class UsageCounters:
             prompt_tokens = bounded_count(prompt_tokens)
         if not 0 <= completion_tokens <= TOKEN_COUNT_LIMIT:
             completion_tokens = bounded_count(completion_tokens)
-        used = prompt_tokens + completion_tokens + (
-            penalty if 0 <= penalty <= TOKEN_COUNT_LIMIT else bounded_count(penalty))
+        used = prompt_tokens + completion_tokens
+        if penalty:  # 0 unless the config sets one
+            used += penalty if 0 <= penalty <= TOKEN_COUNT_LIMIT else bounded_count(penalty)
         if used:
             self.tokens[res.key] = self.tokens.get(res.key, 0) + used
             if self.journal is not None:
