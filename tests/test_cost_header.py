@@ -4,10 +4,13 @@ decimals did not (each answer lost up to 5e-9 USD)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import orjson
+
+from llm_router.gateway import answer
 
 from .conftest import StartRouter
 from .test_reload import RELOAD_OK, eventually, save_by_rename, scrape
@@ -74,3 +77,17 @@ async def test_a_price_changed_by_a_reload_counts_from_the_next_answer(
     assert total["cost_usd"] == costs[0] + costs[1]
     assert metrics['llm_router_cost_usd_total{model="real-model",provider="up",user="bob"}'] \
         == costs[0] + costs[1]
+
+
+def test_cost_texts_are_plain_decimals_and_their_memory_is_bounded() -> None:
+    # The header's text is kept per cost: the same digits as made afresh, whatever
+    # came before, and never more than _MAX_COST_TEXTS of them.
+    answer._COST_TEXT.clear()
+    costs = [0.0, 8.61e-07, 1e-4, 0.5, 5e-324, 1.5e16, 123.456]
+    costs += [n * 1.37e-07 for n in range(1, 3 * answer._MAX_COST_TEXTS)]
+    for usd in (*costs, *costs):
+        text = answer._COST_TEXT.get(usd) or answer._cost_text(usd)
+        assert "e" not in text and float(text) == usd
+        assert text == (repr(usd) if "e" not in repr(usd) else f"{Decimal(repr(usd)):f}")
+        assert len(answer._COST_TEXT) <= answer._MAX_COST_TEXTS
+    assert answer._cost_text(5e-324) == "0." + "0" * 323 + "5"

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from decimal import Decimal
+from typing import Final
 
 import orjson
 from aiohttp import web
@@ -98,16 +99,36 @@ async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
                     ("X-Router-Attempts", str(ex.attempts)))
     elapsed = time.perf_counter() - ex.t0
     overhead = elapsed - ex.upstream_s
-    # The cost in plain decimal notation with the shortest digits that parse back to the
-    # same float, so the headers of many answers sum to exactly what /v1/usage and the
-    # access log count (8 fixed decimals lost up to 5e-9 USD an answer). repr is that
-    # already unless it uses an exponent (below 1e-4, from 1e16): then Decimal writes it.
-    cost = repr(ex.cost or 0.0)
+    usd = ex.cost or 0.0  # never -0.0 (falsy), which would share 0.0's entry
+    cost = _COST_TEXT.get(usd)
+    if cost is None:
+        cost = _cost_text(usd)
     headers += (("X-Router-Latency-Ms", f"{elapsed * 1000:.1f}"),
                 ("X-Router-Overhead-Ms", f"{overhead * 1000 if overhead > 0.0 else 0.0:.3f}"),
-                ("X-Router-Cost-USD", cost if "e" not in cost else f"{Decimal(cost):f}"))
+                ("X-Router-Cost-USD", cost))
     ex.bytes_out = len(body)
     return web.Response(status=200, body=body, headers=headers)
+
+
+# X-Router-Cost-USD's text by cost: answers of the same size cost the same, and writing
+# a float's digits (repr, and Decimal below 1e-4) was about 8k instructions an answer.
+_COST_TEXT: dict[float, str] = {}
+_MAX_COST_TEXTS: Final = 1024
+
+
+def _cost_text(usd: float) -> str:
+    """The cost in plain decimal notation with the shortest digits that parse back to the
+    same float, so the headers of many answers sum to exactly what /v1/usage and the
+    access log count (8 fixed decimals lost up to 5e-9 USD an answer). repr is that
+    already unless it uses an exponent (below 1e-4, from 1e16): then Decimal writes it.
+    Kept in :data:`_COST_TEXT`, emptied when full."""
+    text = repr(usd)
+    if "e" in text:
+        text = f"{Decimal(text):f}"
+    if len(_COST_TEXT) >= _MAX_COST_TEXTS:
+        _COST_TEXT.clear()
+    _COST_TEXT[usd] = text
+    return text
 
 
 async def answer_as_stream(req: ModelRequest, att: Attempt, resp: UpstreamResponse
