@@ -357,11 +357,12 @@ class _Account:
         # Per model: [answers, prompt, completion, costs in order], in order of first sight.
         prompt = sum(map(_PROMPT, recs))
         completion = sum(map(_COMPLETION, recs))
+        costs = list(map(_COST, recs))  # read once, added to each period's total below
         first = recs[0][0]
         groups: dict[str, list[Any]]
         if all(map(first.__eq__, map(_NAME, recs))):
             # The usual case, one model: its sums are the totals (no loop in Python).
-            groups = {first: [n, prompt, completion, list(map(_COST, recs))]}
+            groups = {first: [n, prompt, completion, costs]}
         else:
             groups = {}
             for name, pt, ct, cost in recs:
@@ -377,18 +378,18 @@ class _Account:
             t.requests += n
             t.prompt += prompt
             t.completion += completion
-            t.cost = reduce(add, map(_COST, recs), t.cost)
+            t.cost = reduce(add, costs, t.cost)
             models = p.models
             if len(models) + len(groups) <= _MAX_MODELS:
                 # Every model keeps its own totals (none is summed as "other").
-                for name, (k, pt, ct, costs) in groups.items():
+                for name, (k, pt, ct, model_costs) in groups.items():
                     m = models.get(name)
                     if m is None:
                         m = models[name] = _Totals()
                     m.requests += k
                     m.prompt += pt
                     m.completion += ct
-                    m.cost = reduce(add, costs, m.cost)
+                    m.cost = reduce(add, model_costs, m.cost)
                 continue
             for name, pt, ct, cost in recs:  # near the bound: one answer at a time
                 m = models.get(name)
