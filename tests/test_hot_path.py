@@ -12,6 +12,7 @@ that outlived it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,8 @@ import pytest
 from llm_router.config import key_label
 from llm_router.gateway.deadlines import Deadlines
 from llm_router.gateway.relay import passthrough_usage
+from llm_router.ledger.accounting import ANONYMOUS
+from llm_router.observe.exchange import Exchange
 from llm_router.testing.upstream import Fault
 
 from .conftest import (
@@ -148,3 +151,16 @@ async def test_deadlines_end_overdue_waits_and_leave_other_cancels_alone() -> No
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(deadlines) == 0
+
+
+def test_an_exchange_starts_with_every_field_set_and_empty() -> None:
+    # Exchange.__init__ is written out (it runs for every request): a field added to the
+    # class but not to it would be unset, and reading it an AttributeError mid-request.
+    ex = Exchange("/v1/chat/completions", "rid", ANONYMOUS, "chat", "openai", 1.5)
+    given = {"route": "/v1/chat/completions", "request_id": "rid", "caller": ANONYMOUS,
+             "kind": "chat", "client": "openai", "t0": 1.5}
+    for f in dataclasses.fields(Exchange):
+        value = getattr(ex, f.name)
+        assert value == given[f.name] if f.name in given else not value, f.name
+    assert Exchange("/r", "rid", ANONYMOUS).client == "openai"
+    assert ex.failures is not Exchange("/r", "rid", ANONYMOUS).failures

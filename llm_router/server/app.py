@@ -181,13 +181,12 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
         if not public:
             # Only API requests are "in flight": a /metrics scrape must not count itself.
             state.inflight += 1  # the gauge is set from this at scrape time
-            state.request_tasks.add(request.task)  # what a shutdown cuts after its grace
+            task = request.task
+            state.request_tasks.add(task)  # what a shutdown cuts after its grace
             if direct is None:  # a handler reads it there; a direct route is given it
-                ex = request[EXCHANGE] = Exchange(route=route, request_id=rid,
-                                                  caller=ANONYMOUS)
+                ex = request[EXCHANGE] = Exchange(route, rid, ANONYMOUS, "", "openai", t0)
             else:
-                ex = Exchange(route=route, request_id=rid, caller=ANONYMOUS,
-                              kind=direct.kind, client=direct.client)
+                ex = Exchange(route, rid, ANONYMOUS, direct.kind, direct.client, t0)
             quiet = route == "/admin/status" and _STATUS_POLL_HEADER in headers
             if state.tracing is not None and not quiet:
                 ex.span = state.tracing.start_request(headers, ex)
@@ -234,18 +233,19 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
                                                    "it has been logged.", code="internal_error"),
                                        request)
             if not resp.prepared:
-                resp.headers["X-Request-Id"] = rid
+                out = resp.headers
+                out["X-Request-Id"] = rid
                 if ex is not None and ex.attempts:
                     # Failed after trying upstreams: say how hard the router tried.
-                    resp.headers.setdefault("X-Router-Group", ex.group)
-                    resp.headers.setdefault("X-Router-Attempts", str(ex.attempts))
+                    out.setdefault("X-Router-Group", ex.group)
+                    out.setdefault("X-Router-Attempts", str(ex.attempts))
             if ex is not None and not ex.status:
                 ex.status = resp.status
             return resp
         finally:
             if ex is not None:
                 state.inflight -= 1
-                state.request_tasks.discard(request.task)
+                state.request_tasks.discard(task)
                 _observe(state, ex, t0, log_format, rejected, quiet)
                 if ex.span is not None and state.tracing is not None:
                     state.tracing.end_request(ex.span, ex, rejected)
@@ -264,7 +264,8 @@ class _RouterRequest(web.Request):
     _prepare_signal: Any  # the application's on_response_prepare: none of ours
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        _close_while_draining(self._router_state, response)
+        if self._router_state.draining:  # a call less for every response
+            _close_while_draining(self._router_state, response)
         if self._prepare_signal and self._match_info is not None:
             await self._prepare_signal.send(self, response)
 
@@ -440,6 +441,7 @@ async def _tracing(app: web.Application) -> AsyncIterator[None]:
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     """One shared upstream session with a sized pool, closed at shutdown."""
     state = app[STATE]
+    state.loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=2048, limit_per_host=0, ttl_dns_cache=300,
                                      keepalive_timeout=30)
     state.session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
