@@ -69,19 +69,23 @@ class TaskBound:
 
 class Guard(TaskBound):
     """One bounded wait: ``with deadlines.guard(when): await ...``; ``when`` is
-    ``loop.time()`` based. :meth:`move` changes the deadline of the wait in progress."""
+    ``loop.time()`` based. :meth:`move` changes the deadline of the wait in progress.
+    A caller that has the running ``loop`` passes it: asking asyncio for it costs a
+    getpid() system call."""
 
-    __slots__ = ("_bucket", "_owner", "when")
+    __slots__ = ("_bucket", "_loop", "_owner", "when")
 
-    def __init__(self, owner: Deadlines, when: float) -> None:
+    def __init__(self, owner: Deadlines, when: float,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._owner = owner
         self.when = when
         self._bucket = -1
+        self._loop = loop
 
     # __enter__ and __exit__ do what _bind + Deadlines.add and Deadlines.discard + _end
     # do, inline: two bounded waits per request made these eight calls.
     def __enter__(self) -> Guard:
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         assert task is not None, "a deadline bounds a task's wait"
         self._task = task
         self._cancelling = task.cancelling()

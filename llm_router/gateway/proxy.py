@@ -401,14 +401,14 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
     try:
         # Send the call; the answer's status line and headers must come within
         # first_byte (and total); a stream client gets keepalives meanwhile.
+        session, loop = state.session, state.loop
+        assert session is not None and loop is not None
         att.sent = time.perf_counter()
-        att.sent_loop = asyncio.get_running_loop().time()  # deadlines run on the loop's clock
+        att.sent_loop = loop.time()  # deadlines run on the loop's clock
         t = cand.provider.timeouts
-        session = state.session
-        assert session is not None
         try:
             # Connecting is bounded separately (sock_connect) and counts toward first_byte.
-            with Guard(state.deadlines, att.sent_loop + min(t.first_byte, t.total)):
+            with Guard(state.deadlines, att.sent_loop + min(t.first_byte, t.total), loop):
                 if down is None:
                     resp = await att.ptype.send(session, call)
                 else:
@@ -417,7 +417,9 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
         except UPSTREAM_ERRORS as exc:
             raise failure_from_exception(exc, cand.provider.name) from None
         state.observe_latency(cand.counter_key, time.perf_counter() - att.sent)
-        _ratelimit_gauges(state, cand, resp)
+        headers = resp.headers
+        state.metrics.ratelimits(cand.provider.name, cand.key.label,
+                                 headers.get(_REMAINING_REQUESTS), headers.get(_REMAINING_TOKENS))
         # The upstream's answer: an error status fails the attempt; anything else goes
         # to the client, whole or as a stream (:mod:`.answer`).
         if resp.status >= 400:
@@ -552,9 +554,3 @@ async def _status_failure(state: RouterState, att: Attempt,
 _REMAINING_REQUESTS: Final = istr("x-ratelimit-remaining-requests")
 _REMAINING_TOKENS: Final = istr("x-ratelimit-remaining-tokens")
 _ACCEPT_ENCODING: Final = istr("Accept-Encoding")
-
-
-def _ratelimit_gauges(state: RouterState, cand: Candidate, resp: UpstreamResponse) -> None:
-    headers = resp.headers
-    state.metrics.ratelimits(cand.provider.name, cand.key.label,
-                             headers.get(_REMAINING_REQUESTS), headers.get(_REMAINING_TOKENS))

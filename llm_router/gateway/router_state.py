@@ -99,6 +99,9 @@ class RouterState:
         self.cache = ResponseCache(cfg, self.metrics,
                                    None if self.store.backend == "memory" else self.store)
         self.session: aiohttp.ClientSession | None = None
+        # The loop serving requests, set with the session: the request path reads its
+        # clock from it rather than asking asyncio (a getpid() system call each time).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.tracing: Tracing | None = None  # set at start-up when otel is configured
         self.snapshot: SnapshotStore | None = None
         self.journal: Journal | None = None  # changes since the snapshot (snapshots.py)
