@@ -20,7 +20,7 @@ from .cached_answer import Fill
 from .downstream import Downstream
 from .responses_turn import ResponsesTurn
 from .router_state import RouterState
-from .routing import Preferences, Target
+from .routing import GroupPlan, Preferences, Target
 
 __all__ = ["ModelRequest"]
 
@@ -41,6 +41,7 @@ class ModelRequest:
     cfg: Config  # the config this request started with, even if a reload swaps it
     ex: Exchange
     target: Target
+    plan: GroupPlan  # group_plan(cfg, target, ex.kind), for the attempt loop
     prefs: Preferences
     body: dict[str, Any]  # parsed once; forwarded untouched but for the router's fields
     include_usage: bool  # the client asked for a usage chunk (stream_options)

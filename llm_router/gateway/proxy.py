@@ -142,6 +142,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         turn.check_target(target, cfg.providers)
     if plan is None:
         plan = group_plan(cfg, target, kind)
+    planned = target  # the target of plan
     if not plan.serves:
         # Say what each provider type of the group does serve (the registry knows).
         types = sorted({cfg.providers[m.provider].type for m in target.group.members})
@@ -208,8 +209,10 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
             # Off for this request: the group's pick stays plain inverse weight.
             ex.affinity = "off"
             _series(plan, "off", state, target.name).inc()
-    req = ModelRequest(request, state, cfg, ex, target, prefs, body, include_usage, coding,
-                       estimate, down, turn, key, fill=fill)
+    # The attempts' plan: a target narrowed to its capable members has its own.
+    req = ModelRequest(request, state, cfg, ex, target,
+                       plan if target is planned else group_plan(cfg, target, kind), prefs,
+                       body, include_usage, coding, estimate, down, turn, key, fill=fill)
     try:
         return await _attempts(req)
     except RouterError as err:
@@ -244,7 +247,7 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
     ctx: PickContext | None = None
     last: AttemptFailure | None = None
     max_attempts: int | None = group.max_attempts
-    plan = group_plan(cfg, target, kind)
+    plan = req.plan
     start = time.monotonic()
     # No attempt starts after the group's longest total timeout has passed.
     deadline = start + plan.deadline_s

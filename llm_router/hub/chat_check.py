@@ -47,6 +47,7 @@ _TOP_FIELDS: Final[tuple[tuple[str, _Rule], ...]] = (
     ("parallel_tool_calls", (_of(bool), "must be true or false")),
 )
 _TOP_RULES: Final[dict[str, _Rule]] = dict(_TOP_FIELDS)
+_TOP_NAMES: Final = _TOP_RULES.keys()
 # Values of these exact types pass their field's rule without running it (a parsed
 # body's values are exactly JSON's types; anything else goes to the rule).
 _TOP_PASS: Final[dict[str, frozenset[type]]] = {
@@ -82,7 +83,9 @@ def _check_fields(obj: dict[str, Any], rules: tuple[tuple[str, _Rule], ...], at:
 def check_body(body: dict[str, Any]) -> None:
     """Raise :class:`BadRequest` for the first field the router reads that has the wrong
     type. The caller has checked ``model``, ``messages`` (a list) and ``stream``."""
-    for name in body.keys() & _TOP_RULES:  # a body sends few of them: test only those
+    # A body sends few of the fields: test only those. Against the keys view the
+    # intersection walks the body's keys; against the dict it looked each rule up.
+    for name in body.keys() & _TOP_NAMES:
         value = body[name]
         if value is not None and type(value) not in _TOP_PASS[name] \
                 and not _TOP_RULES[name][0](value):
@@ -92,9 +95,18 @@ def check_body(body: dict[str, Any]) -> None:
         if type(message) is not dict or type(message.get("content")) is not str \
                 or type(message.get("role")) is not str or "tool_calls" in message \
                 or "tool_call_id" in message:
+            _check_messages(messages)  # from the first, as the ones before pass quickly
             break
-    else:
-        messages = ()  # every message is a plain turn: nothing more to check
+    tools = body.get("tools")
+    if tools:
+        for i, tool in enumerate(tools):
+            _check_function(tool, f"tools[{i}]", required=False)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("function") is not None:
+        _check_function(choice, "tool_choice", required=True)
+
+
+def _check_messages(messages: list[Any]) -> None:
     for i, message in enumerate(messages):
         if type(message) is dict and type(message.get("content")) is str \
                 and type(message.get("role")) is str and "tool_calls" not in message \
@@ -109,11 +121,6 @@ def check_body(body: dict[str, Any]) -> None:
             _check_part(part, f"{at}.content[{j}]")
         for j, call in enumerate(message.get("tool_calls") or ()):
             _check_function(call, f"{at}.tool_calls[{j}]", required=True)
-    for i, tool in enumerate(body.get("tools") or ()):
-        _check_function(tool, f"tools[{i}]", required=False)
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("function") is not None:
-        _check_function(choice, "tool_choice", required=True)
 
 
 def _check_part(part: Any, at: str) -> None:

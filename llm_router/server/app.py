@@ -235,10 +235,11 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
             if not resp.prepared:
                 out = resp.headers
                 out["X-Request-Id"] = rid
-                if ex is not None and ex.attempts:
-                    # Failed after trying upstreams: say how hard the router tried.
+                if ex is not None and ex.attempts and "X-Router-Attempts" not in out:
+                    # Failed after trying upstreams: say how hard the router tried. (An
+                    # answer names both already: the two are always set together.)
                     out.setdefault("X-Router-Group", ex.group)
-                    out.setdefault("X-Router-Attempts", str(ex.attempts))
+                    out["X-Router-Attempts"] = str(ex.attempts)
             if ex is not None and not ex.status:
                 ex.status = resp.status
             return resp
