@@ -140,12 +140,13 @@ def compress_whole_answer(request: web.Request, resp: web.StreamResponse) -> Non
     """Compress a whole, not yet sent answer the client accepts compressed: /metrics, the
     status page and the usage reports (model answers and streams compress themselves).
     Called by the edge middleware on what a handler returned (server/app.py)."""
-    if (type(resp) is web.Response and not resp.prepared
-            and hdrs.CONTENT_ENCODING not in resp.headers):
-        body = resp.body
-        if isinstance(body, bytes) and len(body) >= MIN_COMPRESS_BYTES:
-            coding = negotiate(request.headers.get(hdrs.ACCEPT_ENCODING))
-            if coding is not None:
-                resp.body = compress_body(coding, body)
-                resp.headers[hdrs.CONTENT_ENCODING] = coding
-                resp.headers.add(hdrs.VARY, hdrs.ACCEPT_ENCODING)
+    if type(resp) is not web.Response:
+        return
+    body = resp.body  # its size first: a small answer (the usual one) costs one read
+    if isinstance(body, bytes) and len(body) >= MIN_COMPRESS_BYTES and not resp.prepared \
+            and hdrs.CONTENT_ENCODING not in resp.headers:
+        coding = negotiate(request.headers.get(hdrs.ACCEPT_ENCODING))
+        if coding is not None:
+            resp.body = compress_body(coding, body)
+            resp.headers[hdrs.CONTENT_ENCODING] = coding
+            resp.headers.add(hdrs.VARY, hdrs.ACCEPT_ENCODING)

@@ -260,7 +260,8 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
         if req.turn is not None:
             req.turn.narrow(cands)
         if max_attempts is None:
-            max_attempts = max(1, min(3, cands.total))
+            total = cands.total  # max(1, min(3, total)), without the two calls
+            max_attempts = 3 if total >= 3 else total if total >= 1 else 1
         if not cands.total and last is None and cands.excluded:
             raise BadRequest(f"The X-Router-Provider-* headers exclude every provider of "
                              f"'{target.name}' (its providers: "
