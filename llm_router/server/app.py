@@ -173,7 +173,8 @@ def _make_edge(app: web.Application, state: RouterState, log_format: str) -> Edg
             # 128 bits as 32 hex digits, like uuid4().hex. An id only correlates log
             # lines, so it needs uniqueness, not secrecy: a seeded PRNG spares a
             # getrandom() syscall per request (uuid4 and os.urandom showed in profiles).
-            rid = f"{_IDS.getrandbits(128):032x}"
+            # Formatted printf-style: the same 32 digits for ~1k instructions less.
+            rid = "%032x" % _IDS.getrandbits(128)  # noqa: UP031
         t0 = time.perf_counter()
         ex: Exchange | None = None
         rejected: str | None = None  # why the router itself refused, if it did
