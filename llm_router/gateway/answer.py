@@ -176,20 +176,24 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
 
     # Wait for the first event before committing, so a failure here can still fail over;
     # a long wait commits early to send keepalive comments through idle-timeout proxies
-    # (started by the events' watchdog, which bounds this wait already).
-    beat = down.keepalive(ex, headers)
-    delay = beat.delay()
-    if delay is not None:
-        events.beat(delay, beat.fire)
+    # (started by the events' watchdog, which bounds this wait already). Often the first
+    # events are here already (events.ready): then there is no wait to keep alive.
+    beat = None
     try:
-        batch = await events.__anext__()
+        batch = events.ready()
+        if batch is None:
+            beat = down.keepalive(ex, headers)
+            delay = beat.delay()
+            if delay is not None:
+                events.beat(delay, beat.fire)
+            batch = await events.__anext__()
     except StopAsyncIteration:
         raise AttemptFailure("closed", f"upstream '{provider.name}' closed the stream "
                              "before sending anything") from None
     except UPSTREAM_ERRORS as exc:
         raise failure_from_exception(exc, provider.name) from None
     finally:
-        if beat.beating:
+        if beat is not None and beat.beating:
             await beat.stop()
     ex.ttft = time.perf_counter() - ex.t0
     ex.upstream_s += time.perf_counter() - att.sent

@@ -140,9 +140,15 @@ class UpstreamEvents:
     which showed in stream profiles. :meth:`close` (or :meth:`aclose`) stops the
     watchdog. ``deadlines`` is the wheel the watchdog rides (the router's shared one; a
     new one if None).
+
+    The watchdog is made at the first wait: a batch whose bytes have arrived already
+    (:meth:`ready`; often the whole answer, when the upstream sends it at once) has no
+    wait to bound, and making, arming and discarding the watchdog for it was a visible
+    part of a short stream's own cost.
     """
 
-    __slots__ = ("_chunks", "_dog", "_ended", "_feed", "_parser")
+    __slots__ = ("_bounds", "_chunks", "_dog", "_ended", "_feed", "_parser", "_ready",
+                 "_started")
 
     def __init__(self, resp: UpstreamResponse, first_due: float, idle: float,
                  deadline: float, max_event: int, parser: EventParser | None = None,
@@ -152,15 +158,60 @@ class UpstreamEvents:
         self._parser = parser
         self._feed: Callable[[bytes], tuple[bytes, int] | list[bytes]] = (
             parser.feed_run if runs and isinstance(parser, SSEParser) else parser.feed)
-        self._chunks = resp.chunks().__aiter__()
-        self._dog = _Watchdog(deadlines if deadlines is not None else Deadlines(), first_due,
-                              idle, deadline)
+        self._chunks = chunks = resp.chunks().__aiter__()
+        # The read of what arrived without a wait (HTTP answers have one).
+        self._ready: Callable[[], bytes] | None = getattr(chunks, "ready", None)
+        self._dog: _Watchdog | None = None  # made at the first wait (_watchdog)
+        self._bounds = (deadlines, first_due, idle, deadline)
+        self._started = False  # an event came before the watchdog was made
         self._ended = False
+
+    def _watchdog(self) -> _Watchdog:
+        deadlines, first_due, idle, deadline = self._bounds
+        dog = self._dog = _Watchdog(deadlines if deadlines is not None else Deadlines(),
+                                    first_due, idle, deadline)
+        # Events read before (ready) start the idle clock at this first wait, as they
+        # would have with the watchdog made at the start.
+        dog.started = dog.progress = self._started
+        return dog
 
     def beat(self, delay: float, start: Callable[[], None]) -> None:
         """Call ``start`` in ``delay`` seconds if the first event has not come by then
         (the client's keepalive comments, :meth:`Downstream.keepalive`)."""
-        self._dog.beat(delay, start)
+        (self._dog or self._watchdog()).beat(delay, start)
+
+    def ready(self) -> tuple[bytes, int] | list[bytes] | None:
+        """The next batch, if the bytes it needs arrived already: read without a wait
+        (nothing to bound, nor to keep the client's connection alive for); None when
+        it takes a wait (bytes read here that do not complete an event are kept, and
+        :meth:`__anext__` goes on from them)."""
+        ready = self._ready
+        if ready is None or self._ended:
+            return None
+        chunk = ready()
+        if not chunk:
+            return None
+        try:
+            events = self._feed(chunk)
+        except EventTooLarge as exc:
+            self._end()
+            raise ResponseTooLarge(str(exc)) from None
+        if not events:
+            return None
+        dog = self._dog
+        if dog is not None:
+            dog.progress = True
+        if isinstance(events, tuple):
+            batch: tuple[bytes, int] | list[bytes] = events
+        else:
+            batch = [event for event in events
+                     if event[:1] not in _COMMENT_START or not _is_comment(event)]
+            if not batch:
+                return None
+        self._started = True
+        if dog is not None:
+            dog.started = True
+        return batch
 
     def __aiter__(self) -> UpstreamEvents:
         return self
@@ -168,7 +219,7 @@ class UpstreamEvents:
     async def __anext__(self) -> tuple[bytes, int] | list[bytes]:
         if self._ended:
             raise StopAsyncIteration
-        dog, chunks, feed = self._dog, self._chunks, self._feed
+        dog, chunks, feed = self._dog or self._watchdog(), self._chunks, self._feed
         try:
             while True:
                 with dog:
@@ -206,7 +257,8 @@ class UpstreamEvents:
 
     def _end(self) -> None:
         self._ended = True
-        self._dog.close()
+        if self._dog is not None:
+            self._dog.close()
 
     def close(self) -> None:
         """Stop the watchdog (a method, not a coroutine: nothing to wait for)."""

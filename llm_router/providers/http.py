@@ -142,6 +142,15 @@ class _Chunks:
     def __aiter__(self) -> _Chunks:
         return self
 
+    def ready(self) -> bytes:
+        """The bytes that arrived and were not read yet, without a wait: b"" if none did,
+        or if the answer failed (the next :meth:`__anext__` then reports it as it would
+        have: aiohttp keeps the error, and the bytes that came before it)."""
+        try:
+            return self._content.read_nowait() if self._error is None else b""
+        except Exception:  # any error aiohttp set: for __anext__ to report
+            return b""
+
     async def __anext__(self) -> bytes:
         if self._error is not None:
             raise self._error
