@@ -162,7 +162,21 @@ class OpenAIPassthrough:
             return False  # another usage may be earlier: counted as for any run
         begin = run.rfind(b"\n\n", 0, at)
         begin = begin + 2 if begin >= 0 else 0
-        event = run[begin:run.find(b"\n\n", at) + 2]
+        end = run.find(b"\n\n", at) + 2
+        if run.startswith(b"data: ", begin) and run.find(b"\n", begin, end) == end - 2:
+            # One data line, with no "error" and no [DONE] (it holds "usage":): what feed
+            # reads of it is its JSON object's usage, and it passes as sent (the client
+            # asked for usage). Read here, without feed's three calls to find that out.
+            try:
+                chunk = orjson.loads(run[begin + 6:end - 2])
+            except orjson.JSONDecodeError:
+                return False
+            if not isinstance(chunk, dict) or (usage := chunk.get("usage")) is None:
+                return False
+            self.usage = Usage.from_openai(usage)
+            self.done = True
+            return True
+        event = run[begin:end]
         before = self.usage
         if self.feed(event) is not event or self.usage is before:
             self.usage = before  # not a usage chunk after all: read the run as any other
