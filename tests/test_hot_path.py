@@ -164,3 +164,43 @@ def test_an_exchange_starts_with_every_field_set_and_empty() -> None:
         assert value == given[f.name] if f.name in given else not value, f.name
     assert Exchange("/r", "rid", ANONYMOUS).client == "openai"
     assert ex.failures is not Exchange("/r", "rid", ANONYMOUS).failures
+
+
+async def test_a_guard_starts_its_beat_during_the_wait_and_still_ends_it_at_the_deadline(
+        ) -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+    started: list[float] = []
+    t0 = loop.time()
+    guard = deadlines.guard(t0 + 0.3)
+    guard.beat(t0 + 0.1, lambda: started.append(loop.time()))
+    with pytest.raises(TimeoutError), guard:
+        await asyncio.sleep(5)
+    assert len(started) == 1 and 0.1 <= started[0] - t0 < 0.3
+    assert loop.time() - t0 >= 0.3
+    assert len(deadlines) == 0
+    # A wait that ends before the beat's time starts nothing and leaves no entry.
+    guard = deadlines.guard(loop.time() + 5)
+    guard.beat(loop.time() + 0.2, lambda: started.append(loop.time()))
+    with guard:
+        await asyncio.sleep(0.05)
+    # A beat due after the deadline never starts; nor one a move put behind it.
+    guard = deadlines.guard(loop.time() + 0.1)
+    guard.beat(loop.time() + 0.2, lambda: started.append(loop.time()))
+    with pytest.raises(TimeoutError), guard:
+        await asyncio.sleep(5)
+    guard = deadlines.guard(loop.time() + 5)
+    guard.beat(loop.time() + 0.2, lambda: started.append(loop.time()))
+    with pytest.raises(TimeoutError), guard:
+        guard.move(loop.time() + 0.1)
+        await asyncio.sleep(5)
+    await asyncio.sleep(0.2)
+    assert len(started) == 1
+    # Moved later with the beat still first: it starts, and the wait goes on past it.
+    guard = deadlines.guard(loop.time() + 0.15)
+    guard.beat(loop.time() + 0.1, lambda: started.append(loop.time()))
+    with guard:
+        guard.move(loop.time() + 5)
+        await asyncio.sleep(0.3)
+    assert len(started) == 2
+    assert len(deadlines) == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Protocol
 
@@ -69,18 +70,28 @@ class TaskBound:
 
 class Guard(TaskBound):
     """One bounded wait: ``with deadlines.guard(when): await ...``; ``when`` is
-    ``loop.time()`` based. :meth:`move` changes the deadline of the wait in progress.
+    ``loop.time()`` based. :meth:`move` changes the deadline of the wait in progress;
+    :meth:`beat` has the same entry of the wheel start something earlier in the wait.
     A caller that has the running ``loop`` passes it: asking asyncio for it costs a
     getpid() system call."""
 
-    __slots__ = ("_bucket", "_loop", "_owner", "when")
+    __slots__ = ("_beat", "_bucket", "_deadline", "_loop", "_owner", "when")
 
     def __init__(self, owner: Deadlines, when: float,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._owner = owner
-        self.when = when
+        self.when = when  # where the entry goes on the wheel: the deadline, or the beat
         self._bucket = -1
         self._loop = loop
+        self._beat: Callable[[], None] | None = None
+
+    def beat(self, at: float, start: Callable[[], None]) -> None:
+        """Call ``start`` once at ``at`` (``loop.time()`` based) if the wait lasts that
+        long; set before the wait begins. A stream's wait for its upstream's headers
+        starts the client's keepalive comments so, from the entry that bounds the wait
+        rather than one of their own (a second add and discard on the wheel per stream)."""
+        if at < self.when:  # else the deadline ends the wait first: nothing to start
+            self._beat, self._deadline, self.when = start, self.when, at
 
     # __enter__ and __exit__ do what _bind + Deadlines.add and Deadlines.discard + _end
     # do, inline: two bounded waits per request made these eight calls.
@@ -113,10 +124,23 @@ class Guard(TaskBound):
             self._end(exc_type, exc)
 
     def fire(self) -> None:
+        beat = self._beat
+        if beat is not None:  # the entry was at the beat's time: on to the deadline
+            self._beat = None
+            beat()
+            if self._task.get_loop().time() < self._deadline:
+                self.when = self._deadline
+                self._owner.add(self)
+                return
         self._expire()
 
     def move(self, when: float) -> None:
         """A new deadline for this wait (the body's, once the headers came)."""
+        if self._beat is not None:
+            self._deadline = when
+            if when > self.when:
+                return  # the beat comes first still, and the deadline after it
+            self._beat = None  # the new deadline ends the wait before the beat is due
         if self._bucket < 0:
             self.when = when
             return

@@ -413,12 +413,23 @@ async def _attempt(req: ModelRequest, cand: Candidate) -> web.StreamResponse:
         t = cand.provider.timeouts
         try:
             # Connecting is bounded separately (sock_connect) and counts toward first_byte.
-            with Guard(state.deadlines, att.sent_loop + min(t.first_byte, t.total), loop):
-                if down is None:
+            guard = Guard(state.deadlines, att.sent_loop + min(t.first_byte, t.total), loop)
+            if down is None:
+                with guard:
                     resp = await att.ptype.send(session, call)
-                else:
-                    async with down.keepalive(ex, lambda out: router_headers(out, ex, cand)):
+            else:
+                # A stream client gets keepalive comments if the wait is long: started by
+                # the guard's entry on the wheel, not by one of their own.
+                beat = down.keepalive(ex, lambda out: router_headers(out, ex, cand))
+                delay = beat.delay()
+                if delay is not None:
+                    guard.beat(att.sent_loop + delay, beat.fire)
+                with guard:
+                    try:
                         resp = await att.ptype.send(session, call)
+                    finally:
+                        if beat.beating:
+                            await beat.stop()
         except UPSTREAM_ERRORS as exc:
             raise failure_from_exception(exc, cand.provider.name) from None
         state.observe_latency(cand.counter_key, time.perf_counter() - att.sent)
