@@ -195,10 +195,11 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     finally:
         if beat is not None and beat.beating:
             await beat.stop()
-    ex.ttft = time.perf_counter() - ex.t0
-    ex.upstream_s += time.perf_counter() - att.sent
-    ttft, labels = _stream_series(req, provider.name, cand.member.model)
-    ttft.observe(ex.ttft)
+    now = time.perf_counter()
+    ex.ttft = now - ex.t0
+    ex.upstream_s += now - att.sent
+    series = _stream_series(req, provider.name, cand.member.model)
+    series.ttft.observe(ex.ttft)
     seen = 0
     answered = False  # a Responses answer was stored (and its id pinned)
     failure: str | None = None
@@ -279,7 +280,7 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         _account(req, att, relay.usage, seen, complete=False)
     else:
         _account(req, att, relay.usage, seen)
-        _observe_decoding(req, labels, ex.completion_tokens)
+        _observe_decoding(req, series, ex.completion_tokens)
         if req.fill is not None:  # ended by its terminal event, no error: kept whole
             req.fill.keep_stream(cand, Usage(ex.prompt_tokens, ex.completion_tokens,
                                              relay.usage.cached))
@@ -290,28 +291,41 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     return down.out
 
 
-def _observe_decoding(req: ModelRequest, labels: tuple[str, str, str],
+def _observe_decoding(req: ModelRequest, series: _StreamSeries,
                       completion_tokens: int) -> None:
     """time_per_output_token_seconds: the stream's time after its first event, per token
     after the first (the first token's wait is TTFT's)."""
     ex = req.ex
     if completion_tokens > 1 and ex.ttft is not None:
         decoding = time.perf_counter() - ex.t0 - ex.ttft
-        m = req.state.metrics
-        m.child(m.tpot, *labels).observe(decoding / (completion_tokens - 1))
+        tpot = series.tpot
+        if tpot is None:  # made at its first value, so kept with the others from then on
+            m = req.state.metrics
+            tpot = series.tpot = m.child(m.tpot, *series.labels)
+        tpot.observe(decoding / (completion_tokens - 1))
+
+
+class _StreamSeries:
+    """A stream's time_to_first_token series, and the labels and (once observed)
+    series of its time_per_output_token."""
+
+    __slots__ = ("labels", "tpot", "ttft")
+
+    def __init__(self, ttft: Series, labels: tuple[str, str, str]) -> None:
+        self.ttft = ttft
+        self.labels = labels
+        self.tpot: Series | None = None
 
 
 # _stream_series: by the metrics and label names they were resolved with.
-_SERIES: dict[tuple[str, str, str], tuple[Series, tuple[str, str, str]]] = {}
+_SERIES: dict[tuple[str, str, str], _StreamSeries] = {}
 _SERIES_OF: list[object] = [None, None]
 
 
-def _stream_series(req: ModelRequest, provider: str, model: str
-                   ) -> tuple[Series, tuple[str, str, str]]:
-    """A stream's time_to_first_token series and the labels of its
-    time_per_output_token (made only when observed), resolved once per (group,
-    provider, model) while the metrics and the config's label names stay the same, and
-    kept only for values that are their own labels (as ``answered`` keeps)."""
+def _stream_series(req: ModelRequest, provider: str, model: str) -> _StreamSeries:
+    """A stream's series (:class:`_StreamSeries`), resolved once per (group, provider,
+    model) while the metrics and the config's label names stay the same, and kept only
+    for values that are their own labels (as ``answered`` keeps)."""
     state, group = req.state, req.ex.group
     m, names = state.metrics, state.labels
     if _SERIES_OF[0] is not m or _SERIES_OF[1] is not names:
@@ -321,7 +335,7 @@ def _stream_series(req: ModelRequest, provider: str, model: str
     found = _SERIES.get(key)
     if found is None:
         g, label = names.group(group), names.model(provider, model)
-        found = (m.child(m.ttft, g, provider, label), (g, provider, label))
+        found = _StreamSeries(m.child(m.ttft, g, provider, label), (g, provider, label))
         if g == group and label == model:
             _SERIES[key] = found
     return found
