@@ -159,7 +159,8 @@ async def test_long_reads_of_json_events_equal_event_by_event() -> None:
     unpaced answer) are counted whole by SSEParser.feed_run; the odd blank line, comment,
     multi-line event or cut inside an event must still give the per-event result."""
     rng = random.Random(1227)
-    odd = [b"\n", b": ping\n\n", b'event: x\ndata: {"a":1}\n\n', b"data: {}\n\n\n"]
+    odd = [b"\n", b": ping\n\n", b'event: x\ndata: {"a":1}\n\n', b"data: {}\n\n\n",
+           b'data: {"a":\ndata: 1}\n\n', b'data: {"a":1}\nid: 7\n\n']  # (one event each)
     taken = 0
     for _ in range(600):
         events = [b"data: " + orjson.dumps({"id": "c", "choices": [
