@@ -222,7 +222,7 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
                         parts.append(data)
                 sent = parts[0] if len(parts) == 1 else b"".join(parts)
             if down.out is None:  # committed with the first events, in the same send
-                await down.commit(ex, headers, data_follows=bool(sent))
+                await down.open(ex, router_header_items(ex, cand), data_follows=bool(sent))
             if req.turn is not None and not answered:
                 await req.turn.after_events(cand)  # stored before the client can follow up
                 answered = await pin_response(req, cand)

@@ -81,6 +81,19 @@ class Downstream:
             await out.prepare(self._request)
         return self.out
 
+    async def open(self, ex: Exchange, items: list[tuple[str, str]], *,
+                   data_follows: bool = False) -> web.StreamResponse:
+        """:meth:`commit` with the router's own headers given as (name, value) pairs: the
+        response's header map is made from all of them in one call."""
+        if self.out is None:
+            out = (_WithFirstWrite if data_follows else web.StreamResponse)(
+                status=200, headers=[*_STREAM_HEADERS[self.coding], *items])
+            ex.status = 200
+            self.out = out
+            self.last_write = time.monotonic()
+            await out.prepare(self._request)
+        return self.out
+
     @property
     def client_gone(self) -> bool:
         return not client_connected(self._request)
