@@ -10,6 +10,7 @@ with comments, blank lines and CR line ends among the events.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
@@ -182,3 +183,69 @@ async def test_long_reads_of_json_events_equal_event_by_event() -> None:
         assert await _relay(reads, True, include_usage, 1 << 20) == expected, reads
         taken += bool(_RUNS)
     assert taken > 500
+
+
+class _Arrived:
+    """An upstream answer whose ``first`` bytes have arrived when the relay starts (read
+    by ``ready``, as HTTPResponse's chunks offer) and whose later reads each take
+    ``delay`` seconds."""
+
+    def __init__(self, first: bytes, later: list[bytes], delay: float) -> None:
+        self._first, self._later, self._delay = first, later, delay
+
+    def chunks(self) -> _Arrived:
+        return self
+
+    def __aiter__(self) -> _Arrived:
+        return self
+
+    def ready(self) -> bytes:
+        data, self._first = self._first, b""
+        return data
+
+    async def __anext__(self) -> bytes:
+        if not self._later:
+            raise StopAsyncIteration
+        await asyncio.sleep(self._delay)
+        return self._later.pop(0)
+
+
+def _events(resp: _Arrived, first_due: float, idle: float, runs: bool) -> UpstreamEvents:
+    now = time.perf_counter()
+    return UpstreamEvents(resp, now + first_due, idle, now + 60, 1 << 20, runs=runs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("runs", [True, False])
+async def test_events_already_arrived_come_without_a_wait_and_the_rest_follows(
+        runs: bool) -> None:
+    one, two = b'data: {"a":1}\n\n', b'data: {"b":2}\n\n'
+    events = _events(_Arrived(one + two[:9], [two[9:]], 0.01), 60, 60, runs)
+    first = events.ready()
+    assert first == ((one, 1) if runs else [one])
+    assert events.ready() is None  # nothing more has arrived
+    assert await events.__anext__() == ((two, 1) if runs else [two])  # the kept part, ended
+    with pytest.raises(StopAsyncIteration):
+        await events.__anext__()
+    # Only part of an event (or a comment) arrived: nothing yet, and the wait goes on from it.
+    events = _events(_Arrived(b": hi\n\n" + one[:5], [one[5:]], 0.01), 60, 60, runs)
+    assert events.ready() is None
+    assert await events.__anext__() == ((one, 1) if runs else [one])
+    events.close()
+
+
+async def test_a_wait_after_events_already_arrived_is_bounded_by_idle() -> None:
+    # The first events were read without a watchdog; the first wait is still bounded, by
+    # idle from then on (as after any event), not by the first event's due time.
+    events = _events(_Arrived(b'data: {"a":1}\n\n', [b""], 30), 60, 0.2, True)
+    assert events.ready() is not None
+    t0 = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        await events.__anext__()
+    assert 0.2 <= time.perf_counter() - t0 < 2
+    # Nothing complete arrived: the first wait is bounded by the first event's due time.
+    events = _events(_Arrived(b'data: {"a"', [b""], 30), 0.2, 60, True)
+    assert events.ready() is None
+    t0 = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        await events.__anext__()
+    assert 0.2 <= time.perf_counter() - t0 < 2
