@@ -197,3 +197,20 @@ async def test_one_at_a_time_passes_max_concurrent_1_on_redis(
                                              alice={"limits": {"max_concurrent": 1}}))
     statuses = [(await post_chat(http, router))[0] for _ in range(10)]
     assert statuses == [200] * 10
+
+
+async def test_a_value_asked_before_an_admission_comes_back_with_it(
+        redis_server: RedisServer, start_router: StartRouter, upstream: Upstream) -> None:
+    # The proxy asks for a conversation's pin before it awaits the caller's admission:
+    # one exchange with Redis carries both, so the pin is there when the admission is.
+    _, store = await quiet_router(start_router, upstream, redis_server)
+    await store.put("affinity:ab", b"p\x1fk\x1fm", 60)
+    store._kv.discard("affinity:ab")  # the answer must come from Redis, not this copy
+    asked = store.get_soon("affinity:ab")
+    missing = store.get_soon("affinity:none")
+    assert asked is not None and not asked.done()
+    adm = await store.admit(caller(limits=Limits(rpm=5)), 10)
+    assert asked.done() and missing is not None and missing.done()
+    assert await store.got("affinity:ab", asked) == b"p\x1fk\x1fm"
+    assert await store.got("affinity:none", missing) is None
+    store.release(adm)

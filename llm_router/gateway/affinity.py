@@ -17,6 +17,7 @@ a store that replicas share (Redis) implements the same two coroutines.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -507,6 +508,10 @@ class KeyValue(Protocol):
 
     async def get(self, name: str) -> bytes | None: ...
 
+    def get_soon(self, name: str) -> asyncio.Future[Any] | None: ...
+
+    async def got(self, name: str, asked: asyncio.Future[Any] | None) -> bytes | None: ...
+
     async def put(self, name: str, value: bytes, ttl_s: float) -> None: ...
 
     def put_soon(self, name: str, value: bytes, ttl_s: float) -> None: ...
@@ -526,7 +531,17 @@ class SharedAffinityStore:
         self._kv = kv
 
     async def lookup(self, digest: bytes) -> CounterKey | None:
-        raw = await self._kv.get("affinity:" + digest.hex())
+        return await self.looked_up(digest, self.lookup_soon(digest))
+
+    def lookup_soon(self, digest: bytes) -> asyncio.Future[Any] | None:
+        """:meth:`lookup` asked now, read by :meth:`looked_up`: the proxy asks before it
+        awaits the admission, so the two share one exchange with the map."""
+        return self._kv.get_soon("affinity:" + digest.hex())
+
+    async def looked_up(self, digest: bytes, asked: asyncio.Future[Any] | None
+                        ) -> CounterKey | None:
+        """The pin for ``digest`` as :meth:`lookup_soon` asked for it."""
+        raw = await self._kv.got("affinity:" + digest.hex(), asked)
         if raw is None:
             return None
         parts = raw.decode(errors="replace").split("\x1f")

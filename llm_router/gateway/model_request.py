@@ -8,6 +8,7 @@ field here, not a parameter to each function of the attempt path.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,9 @@ class ModelRequest:
     # the pin where it is, so the next calm turn goes back to the cached key.
     keep_pin: bool = False
     fill: Fill | None = None  # a response-cache miss: keep the answer if it is whole
+    # The pin lookup asked with the admission (affinity.SharedAffinityStore.lookup_soon);
+    # None: the first pick looks it up itself.
+    pin_asked: asyncio.Future[Any] | None = None
 
     @property
     def stream(self) -> bool:

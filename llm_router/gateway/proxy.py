@@ -45,6 +45,7 @@ from . import relay as rl
 from .affinity import (
     SPILLED,
     MemoryAffinityStore,
+    SharedAffinityStore,
     affinity_key,
     pick_one,
     pick_with_affinity,
@@ -192,28 +193,32 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
     cost = (estimate_cost(cfg.pricing, target.group.members, prompt_estimate,
                           ceiling if ceiling is not None else estimate - prompt_estimate)
             if budgeted else 0.0)
+    use = plan.affinity
+    if use and (prefs.order or prefs.sort is not None):
+        use = False  # the client's order or sort decides (affinity.applies)
+    key = affinity_key(body, headers, target.name, target.group.affinity) if use else None
+    asked = None
+    pins = state.affinity
+    if key is not None and type(pins) is SharedAffinityStore:
+        # Asked before the admission is awaited, so that both go to Redis in one exchange
+        # (the first pick reads the answer, _attempts).
+        asked = pins.lookup_soon(key.digest)
     store = state.store
     if type(store) is MemoryStore:  # its admit() is the ledger's, and waits for nothing
         ex.admission = store.ledger.admit(caller, estimate, cost)
     else:
         ex.admission = await store.admit(caller, estimate, cost)
     down = Downstream(request, coding, cfg.keepalive_s, state.deadlines) if stream else None
-    use = plan.affinity
-    if use and (prefs.order or prefs.sort is not None):
-        use = False  # the client's order or sort decides (affinity.applies)
-    key = None
-    if use is not None:
-        if use:
-            key = affinity_key(body, headers, target.name, target.group.affinity)
-        if key is None:
-            # Off for this request: the group's pick stays plain inverse weight.
-            ex.affinity = "off"
-            _series(plan, "off", state, target.name).inc()
+    if use is not None and key is None:
+        # Off for this request: the group's pick stays plain inverse weight.
+        ex.affinity = "off"
+        _series(plan, "off", state, target.name).inc()
     # The attempts' plan: a target narrowed to its capable members has its own. All
     # positional (keep_pin False): a keyword argument cost this call a quarter more.
     req = ModelRequest(request, state, cfg, ex, target,
                        plan if target is planned else group_plan(cfg, target, kind), prefs,
-                       body, include_usage, coding, estimate, down, turn, key, False, fill)
+                       body, include_usage, coding, estimate, down, turn, key, False, fill,
+                       asked)
     try:
         return await _attempts(req)
     except RouterError as err:
@@ -274,8 +279,12 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
             # follows whichever candidate answers (_attempt).
             pins = state.affinity
             digest = req.affinity.digest
-            pinned = pins.pinned(digest) if type(pins) is MemoryAffinityStore \
-                else await pins.lookup(digest)
+            if type(pins) is MemoryAffinityStore:
+                pinned = pins.pinned(digest)
+            elif req.pin_asked is not None and type(pins) is SharedAffinityStore:
+                pinned = await pins.looked_up(digest, req.pin_asked)  # asked with admission
+            else:
+                pinned = await pins.lookup(digest)
             if len(eligible) == 1:
                 cand, result = pick_one(eligible[0], pinned, state.counters,
                                         group.affinity.slack, req.estimate,
@@ -300,6 +309,7 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
         if cand is None:
             now = time.monotonic()
             if cands.soonest_recovery is not None and cands.soonest_recovery <= wait_until:
+                req.pin_asked = None  # read before the wait: the pick after it asks again
                 await _wait(ex, req.down, cands.soonest_recovery - now + 0.001)
                 continue
             raise exhausted(last, cands, now, ex)

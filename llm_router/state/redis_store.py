@@ -832,13 +832,26 @@ class RedisStore(StateStore):
 
     # -- the generic shared map
     async def get(self, name: str) -> bytes | None:
-        if self._up:
-            key = key_of(self.p, "kv", name)
-            value = await self._command("GET", key)
+        return await self.got(name, self.get_soon(name))
+
+    def get_soon(self, name: str) -> asyncio.Future[Any] | None:
+        if not self._up:
+            return None
+        # As _command, without waiting: the GET rides with whatever the caller awaits
+        # next of this store (an admission's exchange).
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._commands.append((pack_command("GET", key_of(self.p, "kv", name)), future, ""))
+        self._send_soon()
+        return future
+
+    async def got(self, name: str, asked: asyncio.Future[Any] | None) -> bytes | None:
+        if asked is not None:
+            value = await asked
             if value is None or isinstance(value, bytes):
                 return value
             if isinstance(value, Exception):
-                self._failed(value, (key,))
+                self._failed(value, (key_of(self.p, "kv", name),))
+        # Redis away (or it could not be asked): this replica's own copy answers.
         return self._kv.get(name)
 
     async def put(self, name: str, value: bytes, ttl_s: float) -> None:

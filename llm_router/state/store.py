@@ -18,6 +18,7 @@ hook with a TTL for other shared maps (session affinity, stored responses).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -105,6 +106,18 @@ class StateStore(ABC):
     @abstractmethod
     async def get(self, name: str) -> bytes | None:
         """The value ``put`` under ``name`` if it has not expired, else None."""
+
+    def get_soon(self, name: str) -> asyncio.Future[Any] | None:
+        """:meth:`get` asked now and answered by :meth:`got`: a shared store sends it with
+        its next exchange, so a caller that will want the value after awaiting something
+        else of the store (an admission) waits for one round trip, not two. None when
+        nothing was sent: :meth:`got` then reads the value itself."""
+        return None
+
+    async def got(self, name: str, asked: asyncio.Future[Any] | None) -> bytes | None:
+        """The value of ``name`` as :meth:`get_soon` asked for it (``asked``, its
+        answer)."""
+        return await self.get(name)
 
     @abstractmethod
     async def put(self, name: str, value: bytes, ttl_s: float) -> None:
