@@ -260,8 +260,10 @@ async def test_compressed_stream_events_arrive_incrementally(
     decoded = [(t, d) for t, d in arrivals if d]
     assert b"lorem" in decoded[0][1] or b"assistant" in decoded[0][1]
     # Each event was decodable as it came, so the first arrived long before the last.
+    # A loaded box may coalesce a few reads into one, so the count only has to show
+    # more than one flushed piece; a stream compressed as one block would decode once.
     assert decoded[-1][0] - decoded[0][0] > 0.4
-    assert len(decoded) >= 10
+    assert len(decoded) >= 3
 
 
 async def test_large_json_answer_is_compressed(start_router: StartRouter, upstream: Upstream,
