@@ -388,17 +388,7 @@ def _account(req: ModelRequest, att: Attempt, usage: Usage, events_seen: int = 0
             total = prompt * price.input + completion * price.output
         cost = total / 1_000_000
     ex.cost = cost
-    spend = found.spend
-    if spend.in_memory:  # Metrics.spent, inline
-        if prompt > 0:
-            (spend._prompt or spend._make("prompt"))._value._value += prompt
-        if completion > 0:
-            (spend._completion or spend._make("completion"))._value._value += completion
-        if cached > 0:
-            (spend._cached or spend._make("cached"))._value._value += cached
-        spend.cost._value._value += cost or 0.0
-    else:
-        spend.add(prompt, completion, cached, cost or 0.0)
+    found.spend.count(prompt, completion, cached, cost or 0.0)
     adm = ex.admission
     if adm is not None:
         store = state.store

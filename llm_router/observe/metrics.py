@@ -404,16 +404,7 @@ class Metrics:
             if self._spend_names is names else None
         if found is None:
             found = self.spend(names, provider, model, key, user)
-        if not found.in_memory:
-            found.add(prompt, completion, cached, cost)
-            return
-        if prompt > 0:
-            (found._prompt or found._make("prompt"))._value._value += prompt
-        if completion > 0:
-            (found._completion or found._make("completion"))._value._value += completion
-        if cached > 0:
-            (found._cached or found._make("cached"))._value._value += cached
-        found.cost._value._value += cost
+        found.count(prompt, completion, cached, cost)
 
     def spend(self, names: LabelNames, provider: str, model: str, key: str, user: str) -> Spend:
         """The series one answer's usage adds to (``tokens_total`` by kind,
@@ -484,8 +475,23 @@ class Spend:
         # updates them itself.
         self.in_memory = type(self.cost) is _InMemory
 
+    def count(self, prompt: int, completion: int, cached: int, cost: float) -> None:
+        """One answer's tokens by kind (those above 0) and its cost. In-process values
+        are updated here without their lock (see above :class:`Metrics`); others go
+        through their own methods."""
+        if not self.in_memory:
+            self.add(prompt, completion, cached, cost)
+            return
+        if prompt > 0:
+            (self._prompt or self._make("prompt"))._value._value += prompt
+        if completion > 0:
+            (self._completion or self._make("completion"))._value._value += completion
+        if cached > 0:
+            (self._cached or self._make("cached"))._value._value += cached
+        self.cost._value._value += cost
+
     def add(self, prompt: int, completion: int, cached: int, cost: float) -> None:
-        """:meth:`Metrics.spent` on these series, through their own methods."""
+        """:meth:`count` on these series, through their own methods."""
         if prompt > 0:
             (self._prompt or self._make("prompt")).inc(prompt)
         if completion > 0:
