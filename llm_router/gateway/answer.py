@@ -20,13 +20,13 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from ..config import DEFAULT_PRICE, Config
+from ..config import Config
 from ..hub.stream import Relay, split_events, throttled
 from ..hub.usage import Usage
+from ..ledger.accounting import price_for, priced_usd
 from ..ledger.usage import CounterKey
 from ..observe.metrics import Series
 from ..providers import UPSTREAM_ERRORS, AttemptFailure, UpstreamResponse, failure_from_exception
-from ..state.store import MemoryStore
 from . import relay as rl
 from .answer_stream import AnswerStream
 from .attempt import Attempt, pin_response, router_header_items, router_headers
@@ -376,28 +376,11 @@ def _account(req: ModelRequest, att: Attempt, usage: Usage, events_seen: int = 0
             health.record_success(found.provider, found.key, cfg.circuit)
     ex.prompt_tokens, ex.completion_tokens = prompt, completion
     price = found.price
-    if price is None:
-        cost = None
-    else:  # cost_usd, inline: the same arithmetic in the same order
-        if price.cached_input is not None:
-            c = min(max(cached, 0), prompt)
-            total = (prompt - c) * price.input + completion * price.output
-            if c:
-                total += c * price.cached_input
-        else:
-            total = prompt * price.input + completion * price.output
-        cost = total / 1_000_000
-    ex.cost = cost
+    ex.cost = cost = None if price is None else priced_usd(price, prompt, completion, cached)
     found.spend.count(prompt, completion, cached, cost or 0.0)
     adm = ex.admission
     if adm is not None:
-        store = state.store
-        if type(store) is MemoryStore:  # its record() is the ledger's, and on_record's
-            state.ledger.record(adm, found.provider, found.counted, prompt, completion, cost)
-            if store.on_record is not None:
-                store.on_record(adm)
-        else:
-            store.record(adm, found.provider, found.counted, prompt, completion, cost)
+        state.store.record(adm, found.provider, found.counted, prompt, completion, cost)
 
 
 class _Counted:
@@ -411,8 +394,7 @@ class _Counted:
         self.provider, self.key, model = cand.provider.name, cand.key.label, cand.member.model
         self.health = (self.provider, self.key)
         self.counted = cand.state_model or model
-        price = cfg.pricing.get(model)  # as cost_usd finds it
-        self.price = price if price is not None else cfg.pricing.get(DEFAULT_PRICE)
+        self.price = price_for(cfg.pricing, model)
         self.spend = state.metrics.spend(state.labels, self.provider, model, self.key, user)
 
 

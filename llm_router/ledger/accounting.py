@@ -29,6 +29,7 @@ __all__ = [
     "estimate_cost",
     "extract_key",
     "price_for",
+    "priced_usd",
 ]
 
 
@@ -161,11 +162,17 @@ def price_for(pricing: Mapping[str, Price], model: str) -> Price | None:
 def cost_usd(pricing: Mapping[str, Price], model: str, prompt_tokens: int,
              completion_tokens: int, cached_tokens: int = 0) -> float | None:
     """USD for one response by the pricing table; None when the model has no price."""
-    price = pricing.get(model)  # price_for, inline: every answer comes here
+    price = pricing.get(model)  # price_for, inline
     if price is None:
         price = pricing.get(DEFAULT_PRICE)
         if price is None:
             return None
+    return priced_usd(price, prompt_tokens, completion_tokens, cached_tokens)
+
+
+def priced_usd(price: Price, prompt_tokens: int, completion_tokens: int,
+               cached_tokens: int = 0) -> float:
+    """USD for one response at ``price`` (:func:`cost_usd` once the price is found)."""
     cached = min(max(cached_tokens, 0), prompt_tokens) if price.cached_input is not None else 0
     uncached = prompt_tokens - cached
     total = uncached * price.input + completion_tokens * price.output
