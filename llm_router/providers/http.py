@@ -8,7 +8,7 @@ the final body bytes).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, TypeVar
 
 import aiohttp
@@ -219,15 +219,21 @@ async def post(session: aiohttp.ClientSession, call: UpstreamCall, url: str | UR
     """POST the call's body; returns once the upstream's status line and headers arrive.
     A ``URL`` built with ``encoded=True`` goes out exactly as given (a string is
     normalised, which decodes ``%3A`` in a path)."""
+    return HTTPResponse(await _posting(session, url, call.body, headers,
+                                       _timeout(call.provider)))
+
+
+def _posting(session: aiohttp.ClientSession, url: str | URL, body: bytes,
+             headers: Mapping[str, str], timeout: aiohttp.ClientTimeout
+             ) -> Awaitable[aiohttp.ClientResponse]:
+    """The POST to await, with no redirect followed. No auto_decompress: every session
+    here is the proxy's (server/app.py), which decompresses, and each keyword argument
+    costs a few hundred instructions."""
     if _DIRECT_POST:
-        resp = await session._request(hdrs.METH_POST, url, data=call.body, headers=headers,
-                                      timeout=_timeout(call.provider), allow_redirects=False,
-                                      auto_decompress=True)
-    else:
-        resp = await session.post(url, data=call.body, headers=headers,
-                                  timeout=_timeout(call.provider), allow_redirects=False,
-                                  auto_decompress=True)
-    return HTTPResponse(resp)
+        return session._request(hdrs.METH_POST, url, data=body, headers=headers,
+                                timeout=timeout, allow_redirects=False)
+    return session.post(url, data=body, headers=headers, timeout=timeout,
+                        allow_redirects=False)
 
 
 async def get_json(session: aiohttp.ClientSession, provider: Provider, url: str,
@@ -282,16 +288,9 @@ class HTTPProvider(ProviderType):
             headers = await self.authorize(session, call, headers)
         if self._signs:
             headers = self.sign(call, url, headers)
-        # post(), inline: one coroutine less on the request's every resumption. Without
-        # auto_decompress=True: the session the proxy passes decompresses already
-        # (server/app.py), and each keyword argument costs a few hundred instructions.
+        # post(), inline: one coroutine less on the request's every resumption.
         provider = call.provider
         hit = _TIMEOUTS.get((id(provider),))
-        timeout = hit[1] if hit is not None else _timeout(provider)
-        if _DIRECT_POST:
-            resp = await session._request(hdrs.METH_POST, url, data=call.body, headers=headers,
-                                          timeout=timeout, allow_redirects=False)
-        else:
-            resp = await session.post(url, data=call.body, headers=headers, timeout=timeout,
-                                      allow_redirects=False)
-        return HTTPResponse(resp)
+        return HTTPResponse(await _posting(
+            session, url, call.body, headers,
+            hit[1] if hit is not None else _timeout(provider)))
