@@ -192,9 +192,19 @@ class UpstreamEvents:
         if not chunk:
             return None
         try:
+            return self._take(chunk)
+        except BaseException:
+            self._end()
+            raise
+
+    def _take(self, chunk: bytes) -> tuple[bytes, int] | list[bytes] | None:
+        """The events ``chunk`` completes, comments left out; None if it completes none.
+        A complete comment shows the upstream alive (idle restarts), but it is not an
+        answer: it must not commit the stream, and the router sends its own keepalives
+        (": OPENROUTER PROCESSING"). A run holds none."""
+        try:
             events = self._feed(chunk)
         except EventTooLarge as exc:
-            self._end()
             raise ResponseTooLarge(str(exc)) from None
         if not events:
             return None
@@ -204,6 +214,7 @@ class UpstreamEvents:
         if isinstance(events, tuple):
             batch: tuple[bytes, int] | list[bytes] = events
         else:
+            # (_is_comment's first test inlined: it runs for every event.)
             batch = [event for event in events
                      if event[:1] not in _COMMENT_START or not _is_comment(event)]
             if not batch:
@@ -219,7 +230,7 @@ class UpstreamEvents:
     async def __anext__(self) -> tuple[bytes, int] | list[bytes]:
         if self._ended:
             raise StopAsyncIteration
-        dog, chunks, feed = self._dog or self._watchdog(), self._chunks, self._feed
+        dog, chunks = self._dog or self._watchdog(), self._chunks
         try:
             while True:
                 with dog:
@@ -227,24 +238,8 @@ class UpstreamEvents:
                         chunk = await chunks.__anext__()
                     except StopAsyncIteration:
                         break
-                try:
-                    events = feed(chunk)
-                except EventTooLarge as exc:
-                    raise ResponseTooLarge(str(exc)) from None
-                if not events:
-                    continue
-                # A complete comment shows the upstream alive (idle restarts), but it is
-                # not an answer: it must not commit the stream, and the router sends its
-                # own keepalives (": OPENROUTER PROCESSING"). A run holds none.
-                dog.progress = True
-                if isinstance(events, tuple):
-                    dog.started = True
-                    return events
-                # (_is_comment's first test inlined: it runs for every event.)
-                batch = [event for event in events
-                         if event[:1] not in _COMMENT_START or not _is_comment(event)]
-                if batch:
-                    dog.started = True
+                batch = self._take(chunk)
+                if batch is not None:
                     return batch
         except BaseException:
             self._end()
