@@ -14,6 +14,7 @@ requests of each case, and is dumped; the figure is the dump's total over the re
 
     python bench/instructions.py                         # hop and the working tree, chat
     python bench/instructions.py --rev main --rev WORK --cases chat,stream,responses,limits
+    python bench/instructions.py --cases chat --group-setting 'affinity: off'  # a feature's cost
 
 Needs valgrind (Debian package valgrind). Cases and builds as in ``ratios.py``.
 """
@@ -82,6 +83,9 @@ def main() -> int:
     ap.add_argument("--cases", default="chat,stream,responses,limits")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--group-setting", action="append", default=[], metavar="LINE",
+                    help="a line added to the routers' group, e.g. 'affinity: off' (what "
+                    "a feature costs); repeat for more")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found (apt-get install valgrind)")
@@ -123,7 +127,7 @@ def main() -> int:
                 for server in sorted({c.server for c in cases}):
                     cfg = work / f"router-{server}-{i}.yaml"
                     _config(cfg, upstream, redis_url if server == "redis" else None,
-                            f"instr{i}")
+                            f"instr{i}", args.group_setting)
                     port = free_port()
                     results[rev].update(_count(children, f"router-{server}-{i}", [
                         sys.executable, "-m", "llm_router", "serve", "--config", str(cfg),

@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,10 @@ class Build:
     rounds: dict[str, list[float]] = field(default_factory=dict)  # case -> cpu µs per round
 
 
-def _config(path: Path, upstream: str, redis_url: str | None, prefix: str) -> None:
+def _config(path: Path, upstream: str, redis_url: str | None, prefix: str,
+            group_settings: Sequence[str] = ()) -> None:
+    """The config of every router case; ``group_settings`` are added to the group as
+    written (``affinity: off``): what a setting costs, with the rest unchanged."""
     lines = ["host: 127.0.0.1", "port: 8080", "shutdown_grace_s: 1", f"api_key: {_KEY}",
              "users:", "  - name: bench", "    role: user", f"    keys: [{{key: {_USER_KEY}}}]",
              "    limits: {rpm: 100000000, tpm: 1000000000, daily_requests: 100000000}",
@@ -92,7 +96,8 @@ def _config(path: Path, upstream: str, redis_url: str | None, prefix: str) -> No
              "pricing:", "  fake-gpt: {input: 0.15, output: 0.6}",
              "providers:", "  - name: fake", "    type: openai", f"    base_url: {upstream}/v1",
              "    api_keys: [sk-upstream-ab]",
-             "groups:", "  - name: ab", "    models: [{provider: fake, name: fake-gpt}]"]
+             "groups:", "  - name: ab", "    models: [{provider: fake, name: fake-gpt}]",
+             *(f"    {line}" for line in group_settings)]
     if redis_url:
         lines += ["state:", f"  redis_url: {redis_url}", f"  prefix: {prefix}"]
     path.write_text("\n".join(lines) + "\n")
@@ -119,6 +124,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6, help="counted rounds")
     ap.add_argument("--requests", type=int, default=2000, help="requests per case and round")
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--group-setting", action="append", default=[], metavar="LINE",
+                    help="a line added to the routers' group, e.g. 'affinity: off'")
     args = ap.parse_args()
     wanted = args.cases.split(",")
     cases = [c for c in CASES if c.name in wanted]
@@ -157,7 +164,7 @@ def main() -> int:
                 for server in sorted({c.server for c in cases} - {"hop"}):
                     cfg = work / f"{server}-{i}.yaml"
                     _config(cfg, upstream, redis_url if server == "redis" else None,
-                            f"ratios{i}")
+                            f"ratios{i}", args.group_setting)
                     port = free_port()
                     proc = children.start(f"{server}-{i}", [
                         sys.executable, "-m", "llm_router", "serve", "--config", str(cfg),
