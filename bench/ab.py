@@ -34,6 +34,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,11 +174,12 @@ def _check_import(tree: Path, cwd: Path) -> None:
 
 
 async def _load(url: str, key: str, body: dict[str, object], n: int, concurrency: int,
-                stream: bool) -> tuple[int, float]:
-    """Send ``n`` requests, ``concurrency`` at a time: (failures, wall seconds)."""
+                stream: bool, extra: Mapping[str, str] | None = None) -> tuple[int, float]:
+    """Send ``n`` requests, ``concurrency`` at a time, with the ``extra`` headers beside
+    aiohttp's own (which accept br, gzip and deflate): (failures, wall seconds)."""
     failures = 0
     todo = iter(range(n))
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = {"Authorization": f"Bearer {key}", **(extra or {})}
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=conn) as session:
         async def worker() -> None:

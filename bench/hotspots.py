@@ -23,7 +23,6 @@ profile records beside its stats.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import json
 import pstats
@@ -34,9 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ab import _env, _load
+from ab import _env
 from procs import Children, free_port
-from ratios import CASES, _config
+from ratios import CASES, _config, load_case
 
 _BENCH = Path(__file__).resolve().parent
 _OURS = ("llm_router", "forwarder.py")  # the code each side runs beyond aiohttp's
@@ -91,11 +90,10 @@ def _record(case_name: str, out: Path, requests: int, warmup: int) -> None:
                                              *target], env=env, cwd=work)
             children.wait_ready("target", proc, ready)
             url = f"http://127.0.0.1:{port}/v1/{case.route}"
-            asyncio.run(_load(url, case.key, case.body, warmup, 16, case.stream))
+            load_case(url, case, warmup, 16)
             proc.send_signal(signal.SIGUSR1)
             time.sleep(0.3)
-            failures, _ = asyncio.run(_load(url, case.key, case.body, requests, 16,
-                                            case.stream))
+            failures, _ = load_case(url, case, requests, 16)
             proc.send_signal(signal.SIGUSR2)
             for _ in range(50):  # the child writes the file from its signal handler
                 time.sleep(0.1)

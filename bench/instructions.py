@@ -22,7 +22,6 @@ Needs valgrind (Debian package valgrind). Cases and builds as in ``ratios.py``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import subprocess
 import sys
@@ -30,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ab import _check_import, _env, _export, _load
+from ab import _check_import, _env, _export
 from procs import Children, free_port
-from ratios import _WORK, CASES, RATIOS, Case, _config
+from ratios import _WORK, CASES, RATIOS, Case, _config, load_case
 
 _BENCH = Path(__file__).resolve().parent
 _REPO = _BENCH.parent
@@ -54,10 +53,9 @@ def _count(children: Children, name: str, argv: list[str], env: dict[str, str], 
     try:
         for i, case in enumerate(cases):
             url = f"http://127.0.0.1:{port}/v1/{case.route}"
-            asyncio.run(_load(url, case.key, case.body, args.warmup, 4, case.stream))
+            load_case(url, case, args.warmup, 4)
             _control("-z", str(proc.pid))
-            failures, _ = asyncio.run(_load(url, case.key, case.body, args.requests, 4,
-                                            case.stream))
+            failures, _ = load_case(url, case, args.requests, 4)
             _control("-d", str(proc.pid))
             if failures:
                 raise SystemExit(f"{name} {case.name}: {failures} requests failed")
