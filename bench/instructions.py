@@ -81,6 +81,9 @@ def main() -> int:
     ap.add_argument("--cases", default="chat,stream,responses,limits")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--log-level", default="WARNING",
+                    help="the routers' log level; INFO (serve's default) adds the access "
+                    "log line of every request")
     ap.add_argument("--group-setting", action="append", default=[], metavar="LINE",
                     help="a line added to the routers' group, e.g. 'affinity: off' (what "
                     "a feature costs); repeat for more")
@@ -129,7 +132,8 @@ def main() -> int:
                     port = free_port()
                     results[rev].update(_count(children, f"router-{server}-{i}", [
                         sys.executable, "-m", "llm_router", "serve", "--config", str(cfg),
-                        "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
+                        "--host", "127.0.0.1", "--port", str(port), "--log-level",
+                        args.log_level],
                         _env(tree), work, port, [c for c in cases if c.server == server],
                         args))
         finally:

@@ -140,6 +140,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6, help="counted rounds")
     ap.add_argument("--requests", type=int, default=2000, help="requests per case and round")
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--log-level", default="WARNING",
+                    help="the routers' log level; INFO (serve's default) adds the access "
+                    "log line of every request")
     ap.add_argument("--group-setting", action="append", default=[], metavar="LINE",
                     help="a line added to the routers' group, e.g. 'affinity: off'")
     args = ap.parse_args()
@@ -184,7 +187,8 @@ def main() -> int:
                     port = free_port()
                     proc = children.start(f"{server}-{i}", [
                         sys.executable, "-m", "llm_router", "serve", "--config", str(cfg),
-                        "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
+                        "--host", "127.0.0.1", "--port", str(port), "--log-level",
+                        args.log_level],
                         env=_env(b.tree), cwd=work)
                     children.wait_ready(f"{server}-{i}", proc, f"http://127.0.0.1:{port}/health")
                     b.ports[server], b.pids[server] = port, proc.pid
