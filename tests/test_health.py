@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import time
 from typing import Any
 
 import aiohttp
@@ -65,94 +64,113 @@ def test_retry_hint_prefers_retry_after_ms(headers: dict[str, str],
 # ---------------------------------------------------------------- cooldowns
 
 
-def test_429_cooldown_uses_retry_after_then_recovers() -> None:
-    h = KeyHealth()
+class Clock:
+    """A monotonic clock the test moves: :class:`KeyHealth` reads it instead of the
+    system's, so nothing here sleeps and nothing depends on the machine's speed."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_429_cooldown_uses_retry_after_then_recovers(clock: Clock) -> None:
+    h = KeyHealth(clock)
     h.record_failure("p", "k", FAST, retry_after=0.05, rate_limited=True)
-    now = time.monotonic()
-    assert h.available_at("p", "k", now) > now
+    assert h.available_at("p", "k", clock()) == clock() + 0.05
     assert h.label("p", "k") == "cooldown"
-    time.sleep(0.06)
-    now = time.monotonic()
-    assert h.available_at("p", "k", now) <= now
+    clock.advance(0.049)
+    assert h.label("p", "k") == "cooldown"  # not a moment early
+    clock.advance(0.001)
+    assert h.available_at("p", "k", clock()) == 0.0
     assert h.label("p", "k") == "ok"
 
 
-def test_429_without_timing_escalates_and_is_capped() -> None:
-    h = KeyHealth()
+def test_429_without_timing_escalates_and_is_capped(clock: Clock) -> None:
+    h = KeyHealth(clock)
     settings = CircuitSettings(min_requests=100, cooldown_base_s=0.1, cooldown_max_s=0.5)
     waits = []
     for _ in range(4):
         h.record_failure("p", "k", settings, rate_limited=True)
-        waits.append(h.state("p", "k").cooldown_until - time.monotonic())
-        h.state("p", "k").cooldown_until = 0.0  # as if it had elapsed
-    assert [round(w, 2) for w in waits] == [0.1, 0.3, 0.5, 0.5]
+        waits.append(h.state("p", "k").cooldown_until - clock())
+        clock.advance(waits[-1])  # the cooldown elapses
+    assert [round(w, 9) for w in waits] == [0.1, 0.3, 0.5, 0.5]
     h.record_success("p", "k", settings)
     h.record_failure("p", "k", settings, rate_limited=True)
-    assert h.state("p", "k").cooldown_until - time.monotonic() <= 0.1  # reset by success
+    assert round(h.state("p", "k").cooldown_until - clock(), 9) == 0.1  # reset by success
 
 
-def test_a_5xx_is_counted_but_starts_no_cooldown() -> None:
-    h = KeyHealth()
+def test_a_5xx_is_counted_but_starts_no_cooldown(clock: Clock) -> None:
+    h = KeyHealth(clock)
     h.record_failure("p", "k", CircuitSettings(min_requests=5))
-    now = time.monotonic()
-    assert h.available_at("p", "k", now) == 0.0
+    assert h.available_at("p", "k", clock()) == 0.0
     assert h.state("p", "k").outcomes[-1][1] is False
 
 
 # ---------------------------------------------------------------- circuit breaker
 
 
-def test_circuit_opens_at_the_failure_share_then_admits_exactly_one_probe() -> None:
-    h = KeyHealth()
+def test_circuit_opens_at_the_failure_share_then_admits_exactly_one_probe(
+        clock: Clock) -> None:
+    h = KeyHealth(clock)
     h.record_success("p", "k", FAST)  # never failed: nothing tracked yet
     h.record_failure("p", "k", FAST)
     h.record_success("p", "k", FAST)
     assert h.label("p", "k") == "ok"  # 1 of 2 failed... and min_requests is 2:
     h.record_failure("p", "k", FAST)  # 2 of 3 ≥ 50 %
     assert h.label("p", "k") == "open"
-    now = time.monotonic()
-    assert h.available_at("p", "k", now) > now
-    time.sleep(0.21)
-    now = time.monotonic()
-    assert h.available_at("p", "k", now) <= now
+    assert h.available_at("p", "k", clock()) == clock() + FAST.open_s
+    clock.advance(FAST.open_s)
+    assert h.available_at("p", "k", clock()) == 0.0
     assert h.label("p", "k") == "half_open"
     assert h.begin("p", "k") is True  # the probe
-    assert h.available_at("p", "k", now) > now  # nobody else meanwhile
+    assert h.available_at("p", "k", clock()) > clock()  # nobody else meanwhile
     assert h.begin("p", "k") is False
     h.record_success("p", "k", FAST)
     assert h.label("p", "k") == "ok"
     assert not h.state("p", "k").outcomes  # window cleared on close
 
 
-def test_failed_probe_reopens_the_circuit() -> None:
-    h = KeyHealth()
+def _opened_then_half_open(h: KeyHealth, clock: Clock) -> None:
     for _ in range(2):
         h.record_failure("p", "k", FAST)
-    time.sleep(0.21)
-    h.available_at("p", "k", time.monotonic())
+    assert h.label("p", "k") == "open"
+    clock.advance(FAST.open_s)
+    h.available_at("p", "k", clock())  # a pick's read moves it to half-open
+
+
+def test_failed_probe_reopens_the_circuit(clock: Clock) -> None:
+    h = KeyHealth(clock)
+    _opened_then_half_open(h, clock)
     assert h.begin("p", "k")
     h.record_failure("p", "k", FAST)
     assert h.label("p", "k") == "open"
+    assert h.available_at("p", "k", clock()) == clock() + FAST.open_s  # a full open_s again
 
 
-def test_probe_without_verdict_is_released() -> None:
-    h = KeyHealth()
-    for _ in range(2):
-        h.record_failure("p", "k", FAST)
-    time.sleep(0.21)
-    h.available_at("p", "k", time.monotonic())
+def test_probe_without_verdict_is_released(clock: Clock) -> None:
+    h = KeyHealth(clock)
+    _opened_then_half_open(h, clock)
     assert h.begin("p", "k")
     h.release("p", "k")  # e.g. the client went away mid-probe
-    now = time.monotonic()
-    assert h.available_at("p", "k", now) <= now
+    assert h.available_at("p", "k", clock()) == 0.0
     assert h.begin("p", "k")
 
 
-def test_failures_outside_the_window_are_forgotten() -> None:
-    h = KeyHealth()
+def test_failures_outside_the_window_are_forgotten(clock: Clock) -> None:
+    h = KeyHealth(clock)
     settings = CircuitSettings(window=4, window_s=0.05, min_requests=2, failure_rate=0.5)
     h.record_failure("p", "k", settings)
-    time.sleep(0.06)
+    clock.advance(0.06)
     h.record_failure("p", "k", settings)
     assert h.label("p", "k") == "ok"  # the first one aged out: 1 < min_requests
     for _ in range(4):
@@ -161,14 +179,15 @@ def test_failures_outside_the_window_are_forgotten() -> None:
     assert h.label("p", "k") == "ok"  # last 4: 1 failure, 25 %
 
 
-def test_bad_key_stays_out_until_the_config_changes() -> None:
-    h = KeyHealth()
+def test_bad_key_stays_out_until_the_config_changes(clock: Clock) -> None:
+    h = KeyHealth(clock)
     h.mark_bad("p", "k", 401)
-    now = time.monotonic()
-    assert h.available_at("p", "k", now) == float("inf")
+    assert h.available_at("p", "k", clock()) == float("inf")
     assert h.label("p", "k") == "bad"
+    clock.advance(3600)
+    assert h.label("p", "k") == "bad"  # time alone does not bring it back
     h.generation += 1  # what RouterState.swap_config does
-    assert h.available_at("p", "k", now) == 0.0
+    assert h.available_at("p", "k", clock()) == 0.0
 
 
 # ---------------------------------------------------------------- end to end

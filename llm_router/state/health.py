@@ -93,7 +93,9 @@ class KeyState:
 class KeyHealth:
     """Per-key cooldown and circuit state, read by candidate selection."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        # Monotonic seconds; the tests pass a clock they move, rather than sleeping.
+        self.clock = clock
         self._keys: dict[tuple[str, str], KeyState] = {}
         # (provider, key label) of the keys that have a state, read-only: a key not in it
         # never failed, so record_success has nothing to do for it (the answer path tests
@@ -109,7 +111,7 @@ class KeyHealth:
         return st
 
     def snapshot(self) -> dict[tuple[str, str], str]:
-        now = time.monotonic()
+        now = self.clock()
         return {k: st.label(now, self.generation) for k, st in self._keys.items()}
 
     def cooldowns(self) -> dict[tuple[str, str], float]:
@@ -148,7 +150,7 @@ class KeyHealth:
         """The key's state as ops see it (metrics, access log): ok | cooldown | open |
         half_open | bad."""
         st = self._keys.get((provider, key))
-        return "ok" if st is None else st.label(time.monotonic(), self.generation)
+        return "ok" if st is None else st.label(self.clock(), self.generation)
 
     def begin(self, provider: str, key: str) -> bool:
         """An attempt is about to use this key; True if it is the half-open probe.
@@ -174,7 +176,7 @@ class KeyHealth:
         st = self._keys.get((provider, key))
         if st is None:
             return  # never failed: nothing to track
-        now = time.monotonic()
+        now = self.clock()
         st.cooldown_streak = 0
         if st.circuit != _CLOSED:
             st.circuit = _CLOSED
@@ -190,7 +192,7 @@ class KeyHealth:
     def record_failure(self, provider: str, key: str, settings: CircuitSettings, *,
                        retry_after: float | None = None, rate_limited: bool = False) -> None:
         """Count an upstream fault; a 429 also starts a cooldown."""
-        now = time.monotonic()
+        now = self.clock()
         st = self.state(provider, key)
         if rate_limited or retry_after is not None:
             if retry_after is None:
