@@ -150,6 +150,29 @@ async def test_upstream_client_errors_are_passed_on_not_retried(
     assert router.state.health.label("a", key_label("sk-a")) == "ok"
 
 
+@pytest.mark.parametrize("status", [408, 409], ids=["408-timeout", "409-conflict"])
+async def test_upstream_408_409_fail_over_without_cooling_the_key(
+        start_router: StartRouter, make_upstream: MakeUpstream, status: int) -> None:
+    a, b = await make_upstream(), await make_upstream()
+    router = await start_router({
+        **_group(openai_provider("a", a), openai_provider("b", b)),
+        # Strict enough that one counted failure would open a's circuit.
+        "circuit": {"min_requests": 1, "failure_rate": 0.5, "open_s": 30},
+    })
+    # A Retry-After too, so that treating the status as a rate limit would show.
+    a.fake.add_fault(Fault(status=status, retry_after="30"))
+    raw = await _chat(router)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["X-Router-Provider"] == "b"
+    assert raw.headers["X-Router-Attempts"] == "2"
+    assert len(a.fake.requests) == 1 and len(b.fake.requests) == 1
+    # Not the key's fault: no cooldown, no circuit verdict; the next request lands on it.
+    assert router.state.health.label("a", key_label("sk-a")) == "ok"
+    later = await _chat(router)
+    assert later.headers["X-Router-Provider"] == "a"
+    assert later.headers["X-Router-Attempts"] == "1"
+
+
 async def test_upstream_401_marks_the_key_bad_once_and_fails_over(
         start_router: StartRouter, make_upstream: MakeUpstream, http: aiohttp.ClientSession,
         caplog: pytest.LogCaptureFixture) -> None:
