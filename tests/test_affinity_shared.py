@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .conftest import MakeUpstream, Router, StartRouter, scrape_metrics
+from llm_router.gateway.affinity import SharedAffinityStore
+from llm_router.state.redis_store import _COMMANDS_MAX
+
+from .conftest import MakeUpstream, Router, StartRouter, Upstream, scrape_metrics
 from .redis_server import RedisServer, redis_server
 from .test_affinity_e2e import _Conversation, _group_config, _keys_per_turn, _warm
 
@@ -20,12 +23,34 @@ async def _until(check: Any, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def _shared_config(up: Upstream, redis_server: RedisServer, **state: Any) -> dict[str, Any]:
+    """test_affinity_e2e's group (keys a1, a2, b1), its state in Redis under ``aff``."""
+    return {**_group_config(up, {"slack": 100}),
+            "state": {"redis_url": redis_server.url, "prefix": "aff", "sync_interval_ms": 50,
+                      **state}}
+
+
+async def _pins_in_redis(redis_server: RedisServer) -> set[bytes]:
+    """The affinity pins Redis holds (their keys)."""
+    redis = redis_server.client()
+    try:
+        return {k async for k in redis.scan_iter(match="aff:kv:affinity:*", count=1000)}
+    finally:
+        await redis.aclose()
+
+
+async def _store_up(router: Router) -> None:
+    async def up() -> bool:
+        return router.state.store.up
+
+    await _until(up)
+
+
 async def test_replicas_sharing_redis_agree_on_a_conversations_key(
         redis_server: RedisServer, start_router: StartRouter,
         make_upstream: MakeUpstream) -> None:
     up = await make_upstream(prompt_cache_ttl_s=600)
-    config = {**_group_config(up, {"slack": 100}),
-              "state": {"redis_url": redis_server.url, "prefix": "aff", "sync_interval_ms": 50}}
+    config = _shared_config(up, redis_server)
     a = await start_router(config, name="a.yaml")
     b = await start_router(config, name="b.yaml")
     await _warm(a)
@@ -36,14 +61,11 @@ async def test_replicas_sharing_redis_agree_on_a_conversations_key(
     await _until(b_sees_every_key)
     conv = _Conversation(0)
     await conv.turn(a)
-    redis = redis_server.client()
-    try:
-        async def pinned_in_redis() -> bool:
-            return bool([k async for k in redis.scan_iter(match="*affinity:*")])
 
-        await _until(pinned_in_redis)
-    finally:
-        await redis.aclose()
+    async def pinned_in_redis() -> bool:
+        return bool(await _pins_in_redis(redis_server))
+
+    await _until(pinned_in_redis)
     replicas: list[Router] = [b, a, b]
     for router in replicas:
         raw = await conv.turn(router)
@@ -51,3 +73,66 @@ async def test_replicas_sharing_redis_agree_on_a_conversations_key(
     assert len(set(_keys_per_turn(up, "Plan trip 0."))) == 1
     _, on_b = await scrape_metrics(b.url)
     assert on_b["llm_router_affinity_total{group=g,result=hit}"] == 2
+
+
+# ---------------------------------------------------------------- pins are best effort
+
+
+async def test_pin_writes_past_the_pending_bound_are_dropped_and_serving_goes_on(
+        redis_server: RedisServer, start_router: StartRouter,
+        make_upstream: MakeUpstream) -> None:
+    up = await make_upstream(prompt_cache_ttl_s=600)
+    # A generous timeout: a loaded box must not take Redis for away (a drop of its own).
+    router = await start_router(_shared_config(up, redis_server, timeout_ms=5000))
+    await _store_up(router)
+    affinity = router.state.affinity
+    assert isinstance(affinity, SharedAffinityStore)
+    # More pins in one tick than may wait for an exchange (many answers finishing while
+    # one exchange is out): the writes past the bound are skipped, not queued.
+    burst = [n.to_bytes(8, "big") for n in range(_COMMANDS_MAX + 300)]
+    for digest in burst:
+        affinity.pin(digest, ("a", "m", "k"), 60)
+    # A conversation after the burst is answered, and its pin still reaches Redis.
+    raw = await _Conversation(0).turn(router)
+    assert raw.http_response.status_code == 200 and raw.parse().choices
+    burst_keys = {f"aff:kv:affinity:{d.hex()}".encode(): d for d in burst}
+
+    async def conversation_pinned() -> bool:  # sent after the burst, on one connection
+        return bool(await _pins_in_redis(redis_server) - burst_keys.keys())
+
+    await _until(conversation_pinned)
+    kept = {burst_keys[k] for k in await _pins_in_redis(redis_server) if k in burst_keys}
+    assert kept == set(burst[:_COMMANDS_MAX])  # the first ones, up to the bound
+    # A lost pin costs its conversation the cache, nothing else: no pin, so a new pick.
+    assert await affinity.lookup(burst[0]) == ("a", "m", "k")
+    assert await affinity.lookup(burst[-1]) is None
+
+
+async def test_pins_made_while_redis_is_away_stay_local_and_are_not_replayed(
+        redis_server: RedisServer, start_router: StartRouter,
+        make_upstream: MakeUpstream) -> None:
+    up = await make_upstream(prompt_cache_ttl_s=600)
+    router = await start_router(_shared_config(up, redis_server, timeout_ms=100))
+    store = router.state.store
+    await _store_up(router)
+    conv = _Conversation(0)
+    redis_server.pause()
+    try:
+        # Answered alone (the first request waits out one short timeout) ...
+        first = await conv.turn(router)
+        assert first.http_response.status_code == 200 and not store.up
+        # ... and the pin it made answers here: the next turn keeps its key and cache.
+        second = await conv.turn(router)
+        assert second.http_response.status_code == 200
+        assert second.parse().usage.prompt_tokens_details.cached_tokens > 0
+        assert second.headers["X-Router-Key"] == first.headers["X-Router-Key"]
+        _, samples = await scrape_metrics(router.url)
+        assert samples["llm_router_affinity_total{group=g,result=hit}"] == 1
+    finally:
+        redis_server.resume()
+
+    async def back_and_flushed() -> bool:  # the counts queued meanwhile are replayed
+        return store.up and store.status()["pending_writes"] == 0
+
+    await _until(back_and_flushed)
+    assert await _pins_in_redis(redis_server) == set()  # the pins were not queued
