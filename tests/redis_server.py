@@ -36,7 +36,9 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL the router is given: with the password, when the server requires one."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
         self.proc = subprocess.Popen(

@@ -10,6 +10,7 @@ killed with SIGKILL); nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,10 +33,10 @@ from .conftest import (
     scrape_metrics,
     write_config,
 )
-from .redis_server import RedisServer, redis_server
+from .redis_server import REDIS_PASSWORD, RedisServer, redis_server, redis_server_with_password
 from .test_reload import eventually
 
-__all__ = ["redis_server"]  # the fixture, re-exported for pytest
+__all__ = ["redis_server", "redis_server_with_password"]  # the fixtures, for pytest
 
 ALICE = "sk-alice"
 ADMIN = "sk-admin"
@@ -185,8 +186,13 @@ async def test_redis_stall_falls_back_to_this_replica_and_flushes_on_recovery(
 
 
 async def test_redis_restarted_empty_is_noticed_and_serving_goes_on(
-        redis_server: RedisServer, start_router: StartRouter, upstream: Upstream,
-        http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+        redis_server_with_password: RedisServer, start_router: StartRouter,
+        upstream: Upstream, http: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A password in the URL, so the log lines that name the backend could leak it.
+    caplog.set_level(logging.INFO, logger="llm_router.state")
+    redis_server = redis_server_with_password
+    assert REDIS_PASSWORD in redis_server.url
     cfg = fleet_config(upstream, redis_server, alice={"limits": {"rpm": 100}})
     (a,) = await replicas(start_router, cfg, 1)
     assert (await post_chat(http, a))[0] == 200
@@ -204,7 +210,9 @@ async def test_redis_restarted_empty_is_noticed_and_serving_goes_on(
         return bool(usage["user"]["usage"]["daily"]["requests"] >= 1)
 
     await eventually(counted_again, timeout=10)
-    assert "hunter2" not in caplog.text
+    lost = [r.getMessage() for r in caplog.records if "lost its data" in r.getMessage()]
+    assert lost and all(":***@127.0.0.1" in line for line in lost)  # named, masked
+    assert REDIS_PASSWORD not in caplog.text
 
 
 async def test_selection_counters_balance_across_replicas(
