@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -128,25 +129,28 @@ async def test_a_killed_replica_frees_its_concurrency_slot(
         async def slot_taken() -> bool:
             return (await post_chat(http, survivor))[0] == 429
 
+        slots = "t:slots:u\x1falice"
         client = redis_server.client()
         try:
             async def in_flight_on_doomed() -> bool:
-                return bool(await client.zcard("t:slots:u\x1falice") == 1)
+                return bool(await client.zcard(slots) == 1)
 
             await eventually(in_flight_on_doomed, timeout=10)
+            assert await slot_taken()
+            await doomed.kill()  # SIGKILL: no drain, no release, no more renewals
+            hanging.cancel()
+            # The end of the dead replica's lease (Unix ms), as it last renewed it.
+            [(_, lease_end_ms)] = await client.zrange(slots, 0, -1, withscores=True)
         finally:
             await client.aclose()
-        assert await slot_taken()
-        await doomed.kill()  # SIGKILL: no drain, no release
-        hanging.cancel()
-        t0 = asyncio.get_running_loop().time()
 
         async def slot_free() -> bool:
             return (await post_chat(http, survivor))[0] == 200
 
+        # Not much after the lease ran out (the timeout) ...
         await eventually(slot_free, timeout=LEASE_S + 10)
-        # Not before the lease could have run out, and not much after.
-        assert asyncio.get_running_loop().time() - t0 <= LEASE_S + 10
+        # ... and not before: the survivor's admission came past the lease's end.
+        assert time.time() * 1000 >= lease_end_ms
     finally:
         await doomed.kill()
 
