@@ -22,6 +22,7 @@ import pytest
 
 from llm_router.cli import main
 from llm_router.config import sha256_hex
+from llm_router.state import redis_store
 from llm_router.testing.upstream import Fault
 
 from .conftest import (
@@ -183,6 +184,53 @@ async def test_redis_stall_falls_back_to_this_replica_and_flushes_on_recovery(
     await eventually(flushed, timeout=10)
     # The fleet saw all four admissions: replica B, which served none, refuses now.
     assert (await post_chat(http, b))[0] == 429
+
+
+async def test_writes_queued_past_the_bound_drop_the_oldest_and_serving_goes_on(
+        redis_server: RedisServer, start_router: StartRouter, upstream: Upstream,
+        http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real bound (100 000 queued writes) would take thousands of requests to reach.
+    bound = 20
+    monkeypatch.setattr(redis_store, "MAX_PENDING", bound)
+    caplog.set_level(logging.ERROR, logger="llm_router.state")
+    cfg = fleet_config(upstream, redis_server, alice={"limits": {"rpm": 1000}},
+                       timeout_ms=200)
+    a, b = await replicas(start_router, cfg, 2)
+
+    async def fleet_requests() -> dict[str, int]:  # as Redis has them, through b
+        _, doc = await get_json(http, b, "/admin/usage", key=ADMIN)
+        return {u["name"]: u["usage"]["daily"]["requests"] for u in doc["users"]}
+
+    async def ready() -> dict[str, Any]:
+        async with http.get(a.url + "/health/ready") as resp:
+            state: dict[str, Any] = (await resp.json())["state"]
+            return state
+
+    redis_server.pause()
+    try:
+        sent = 8  # each queues several writes (counts, spend, tokens): well past the bound
+        assert [(await post_chat(http, a))[0] for _ in range(sent)] == [200] * sent
+        assert (await post_chat(http, a, key=ADMIN))[0] == 200  # the newest writes
+        state = await ready()
+        assert state["degraded"] is True
+        assert state["pending_writes"] == bound  # memory stays bounded
+    finally:
+        redis_server.resume()
+    dropped = [int(m.split(": ")[1].split()[0]) for m in (
+        r.getMessage() for r in caplog.records) if "away too long" in m]
+    assert dropped and dropped == sorted(set(dropped))  # said, with a growing count
+
+    async def flushed() -> bool:
+        return (await ready())["pending_writes"] == 0 and bool(
+            (await fleet_requests()).get("admin"))
+
+    await eventually(flushed, timeout=10)
+    # The newest writes reached Redis (admin's request); the oldest were lost: the fleet
+    # misses some of alice's requests, as the log line warned.
+    counted = await fleet_requests()
+    assert counted["admin"] == 1
+    assert counted.get("alice", 0) < sent
 
 
 async def test_redis_restarted_empty_is_noticed_and_serving_goes_on(
