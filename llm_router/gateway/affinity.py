@@ -318,7 +318,7 @@ def affinity_room(pinned: Candidate, cands: Sequence[Candidate], ctx: PickContex
       this one request. That grace keeps a conversation together while the load is
       small, where any relative bound alone would move it on every turn.
 
-    A weight-0 candidate is always preferred (CONTRACT §3): a pinned one is always
+    A weight-0 candidate is always preferred (README, "How selection works"): a pinned one is always
     within, and any eligible one puts a weighted pin beyond."""
     w = pinned.member.weight
     if w <= 0:

@@ -3,7 +3,7 @@
 For a request naming group G the candidates are every eligible (member, provider key)
 pair of G. The default strategy, ``inverse-weight``, picks the candidate with the lowest
 ``tokens x weight`` over the per-(provider, key, model) counters, in-flight estimates
-included, ties broken at random (CONTRACT §3). Every strategy is a small function
+included, ties broken at random (README, "How selection works"). Every strategy is a small function
 ``(candidates, ctx) -> Candidate`` registered by name in :data:`STRATEGIES`; strategies
 read only a candidate's fields and ``ctx``, never health internals.
 """

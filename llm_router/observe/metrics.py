@@ -1,4 +1,4 @@
-"""Every Prometheus metric, defined once (CONTRACT §5), on a registry passed in.
+"""Every Prometheus metric, defined once (README, "Observability"), on a registry passed in.
 
 Label children are cached per label tuple, so the hot path does one dict lookup per
 metric instead of prometheus-client's locked ``labels()`` resolution. The selection
