@@ -18,7 +18,7 @@ from ..errors import (
     UpstreamTimeout,
     error_body,
 )
-from ..ledger.limits import period_end
+from ..ledger.limits import seconds_to_day_end
 from ..observe.exchange import Exchange
 from ..observe.redact import Redactor
 from ..providers import AttemptFailure
@@ -31,13 +31,6 @@ from .routing import Candidate, CandidateSet
 __all__ = ["exhausted", "upstream_client_error"]
 
 _AUTH_RETRY_AFTER_S: Final = 30.0  # every key rejected: until an admin reloads fixed keys
-
-
-def _seconds_to_utc_midnight() -> float:
-    now = time.time()
-    end = period_end("daily", now)
-    assert end is not None
-    return end - now
 
 
 def exhausted(last: AttemptFailure | None, cands: CandidateSet, now: float,
@@ -61,7 +54,7 @@ def exhausted(last: AttemptFailure | None, cands: CandidateSet, now: float,
                            retry_after=wait)
     if cands.over_quota:
         return RateLimited("Every upstream key for this model has used its daily request quota.",
-                           code="quota_exceeded", retry_after=_seconds_to_utc_midnight())
+                           code="quota_exceeded", retry_after=seconds_to_day_end(time.time()))
     if cands.bad:
         return _auth_failed(ex)
     return Unavailable("No upstream can serve this model right now.", retry_after=1.0)

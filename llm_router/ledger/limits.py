@@ -74,6 +74,7 @@ __all__ = [
     "period_id",
     "period_ids",
     "rate_limited",
+    "seconds_to_day_end",
 ]
 
 log = logging.getLogger("llm_router.limits")
@@ -179,6 +180,13 @@ def period_end(period: str, now: float) -> float | None:
         return (first.replace(year=first.year + 1, month=1) if first.month == 12
                 else first.replace(month=first.month + 1)).timestamp()
     return None
+
+
+def seconds_to_day_end(now: float) -> float:
+    """Seconds from ``now`` (Unix time) to the UTC midnight that ends its daily period."""
+    end = period_end("daily", now)
+    assert end is not None
+    return end - now
 
 
 class _Window:
@@ -827,9 +835,7 @@ def _violations(acc: _Account, limits: Limits, estimate: int,
     if limits.max_concurrent is not None and acc.concurrent >= limits.max_concurrent:
         yield "max_concurrent", 1.0, limits.max_concurrent
     if limits.daily_requests is not None and acc.requests_today(now) >= limits.daily_requests:
-        end = period_end("daily", now)
-        assert end is not None
-        yield "daily_requests", end - now, limits.daily_requests
+        yield "daily_requests", seconds_to_day_end(now), limits.daily_requests
     if limits.rpm is not None:
         wait = acc.rpm.wait(now, 1, limits.rpm)
         if wait > 0:

@@ -20,7 +20,13 @@ from typing import Any, Final
 from ..config import Limits
 from ..errors import RouterError
 from ..ledger.accounting import Caller
-from ..ledger.limits import PERIODS, budget_exhausted, period_end, period_id, period_ids
+from ..ledger.limits import (
+    PERIODS,
+    budget_exhausted,
+    period_id,
+    period_ids,
+    seconds_to_day_end,
+)
 from ..ledger.limits import rate_limited as limit_error
 from .redis_keys import ADMIT, key_of
 from .redis_ops import bulk
@@ -78,7 +84,7 @@ class Packer:
                 parts.append(self._part(c, w.accounts))
             admissions += (g, w.estimate, w.slot)
         head = (self._prefix, len(groups), minute, minute - 1, now - minute * 60,
-                int(now * 1000), lease_ms, (period_end("daily", now) or now) - now,
+                int(now * 1000), lease_ms, seconds_to_day_end(now),
                 *period_ids(now))
         return b"*%d\r\n%s%s%s" % (
             3 + len(head) + GROUP_ARGS * len(groups) + len(admissions),
