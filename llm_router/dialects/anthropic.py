@@ -50,7 +50,7 @@ import orjson
 
 from ..hub.chat import chunk_error, first_choice, tool_input_from_arguments
 from ..hub.sse import frame
-from ..hub.usage import Usage
+from ..hub.usage import BYTES_PER_TOKEN, Usage
 
 __all__ = [
     "ChatStreamToMessages",
@@ -87,7 +87,6 @@ _TOOL_ERROR_PREFIX: Final = "[tool error] "
 # of role/separator framing.
 _IMAGE_TOKENS: Final = 1600
 _MESSAGE_OVERHEAD_TOKENS: Final = 4
-_CHARS_PER_TOKEN: Final = 4
 
 # OpenAI error type of an in-band error chunk → Anthropic's error type.
 _STREAM_ERROR_TYPES: Final[dict[str, str]] = {
@@ -461,6 +460,6 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
         chars, images = chars + c, images + i
     if body.get("tools"):
         chars += len(orjson.dumps(body["tools"]))
-    tokens = -(-chars // _CHARS_PER_TOKEN)  # ceiling division
+    tokens = -(-chars // BYTES_PER_TOKEN)  # ceiling division
     tokens += _MESSAGE_OVERHEAD_TOKENS * len(messages) + _IMAGE_TOKENS * images
     return max(1, tokens)

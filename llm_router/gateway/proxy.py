@@ -25,6 +25,7 @@ from ..errors import (
     BadRequest,
     RouterError,
 )
+from ..hub.usage import BYTES_PER_TOKEN
 from ..ledger.accounting import estimate_cost
 from ..ledger.usage import CounterKey, completion_ceiling
 from ..observe.exchange import Exchange
@@ -165,11 +166,12 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         if hit is not None:
             return await serve_hit(request, state, ex, hit, stream, include_usage, coding)
     ceiling = completion_ceiling(body)
-    # About a token per 4 bytes. From the bytes really read: a client sending its body
-    # chunked (no Content-Length) must not get its prompt reserved at zero.
-    prompt_estimate = size // 4
+    # About a token per BYTES_PER_TOKEN bytes. From the bytes really read: a client sending
+    # its body chunked (no Content-Length) must not get its prompt reserved at zero.
+    prompt_estimate = size // BYTES_PER_TOKEN
     if turn is not None:
-        prompt_estimate += turn.history_bytes // 4  # previous_response_id's conversation
+        # previous_response_id's conversation
+        prompt_estimate += turn.history_bytes // BYTES_PER_TOKEN
     ex.prompt_estimate = prompt_estimate
     if filters(target.group, state.context_bounds, state.catalog):
         # Only the members that can take this request; none: the client's 400, before

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 __all__ = [
+    "BYTES_PER_TOKEN",
     "CACHED",
     "COMPLETION",
     "PROMPT",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 TOKEN_COUNT_LIMIT: Final = 1_000_000_000
+# The router's own token estimates (a prompt's reservation, count_tokens without an
+# upstream) before an upstream counts: about one token per 4 bytes (characters) of text.
+BYTES_PER_TOKEN: Final = 4
 
 # Usage.rejected bits: which counts the upstream sent out of range.
 PROMPT: Final = 1
