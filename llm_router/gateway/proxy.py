@@ -91,6 +91,9 @@ log = logging.getLogger("llm_router.access")
 
 _STREAMED_KINDS: Final = frozenset({"chat", "completions", "messages", "responses"})
 _CUT_NOTICE_S: Final = 1.0  # how long a stream cut at shutdown may take to say so
+# A wait for a cooling candidate ends this much after its cooldown, so the next pick
+# finds it ready (available_at <= now) rather than an instant early and still cooling.
+_PAST_COOLDOWN_S: Final = 0.001
 # ProviderType's own passthrough_headers: a type that does not override it keeps none.
 _KEEPS_NONE: Final = ProviderType.passthrough_headers
 # Strategies that pick the one eligible candidate there is without reading anything
@@ -312,7 +315,7 @@ async def _attempts(req: ModelRequest) -> web.StreamResponse:
             now = time.monotonic()
             if cands.soonest_recovery is not None and cands.soonest_recovery <= wait_until:
                 req.pin_asked = None  # read before the wait: the pick after it asks again
-                await _wait(ex, req.down, cands.soonest_recovery - now + 0.001)
+                await _wait(ex, req.down, cands.soonest_recovery - now + _PAST_COOLDOWN_S)
                 continue
             raise exhausted(last, cands, now, ex)
         ex.attempts += 1

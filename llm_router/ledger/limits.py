@@ -29,7 +29,7 @@ Windows (documented in docs/teams.md):
 * ``max_concurrent``: requests admitted and not yet released.
 * Spend, tokens and requests per model are kept per calendar period in UTC: ``daily``,
   ``weekly`` (ISO week, from Monday), ``monthly`` and ``total``; a budget reads the
-  period it names. Each period keeps at most :data:`_MAX_MODELS` models, the rest is
+  period it names. Each period keeps at most :data:`MAX_MODELS` models, the rest is
   summed under ``"other"``: memory stays bounded whatever the clients send.
 
 An answer's usage is not added to the 2 accounts x 4 periods x (totals + its model) at
@@ -66,6 +66,7 @@ from .journal import Event, Journal
 from .shapes import ShapeError, count, mapping, money, rows, text
 
 __all__ = [
+    "MAX_MODELS",
     "PERIODS",
     "Admission",
     "Ledger",
@@ -82,7 +83,7 @@ log = logging.getLogger("llm_router.limits")
 Clock = Callable[[], float]
 PERIODS: Final = ("daily", "weekly", "monthly", "total")
 _PERIOD_INDEX: Final = {name: i for i, name in enumerate(PERIODS)}
-_MAX_MODELS: Final = 256  # per account and period; beyond it usage is summed as "other"
+MAX_MODELS: Final = 256  # per account and period; beyond it usage is summed as "other"
 _OTHER: Final = "other"
 # An account's usage waits in a list of this many answers at most before it is added to
 # its four periods (_Account.fold): every read folds it first.
@@ -259,8 +260,8 @@ class _Period:
 
     def new_model(self, model: str) -> _Totals:
         """The totals a model not counted yet in this period adds to: its own, or those
-        of ``"other"`` once the period holds :data:`_MAX_MODELS` models."""
-        if len(self.models) >= _MAX_MODELS:
+        of ``"other"`` once the period holds :data:`MAX_MODELS` models."""
+        if len(self.models) >= MAX_MODELS:
             model = _OTHER
             m = self.models.get(model)
             if m is not None:
@@ -388,7 +389,7 @@ class _Account:
             t.completion += completion
             t.cost = reduce(add, costs, t.cost)
             models = p.models
-            if len(models) + len(groups) <= _MAX_MODELS:
+            if len(models) + len(groups) <= MAX_MODELS:
                 # Every model keeps its own totals (none is summed as "other").
                 for name, (k, pt, ct, model_costs) in groups.items():
                     m = models.get(name)

@@ -68,6 +68,12 @@ log = logging.getLogger("llm_router")
 access_log = logging.getLogger("llm_router.access")
 
 _BACKLOG: Final = 1024
+# The shared upstream pool: connections open at once over every provider (no per-host
+# cap: one provider may take them all), DNS answers kept 5 minutes, and an idle
+# connection kept 30 s for the next request to the same upstream.
+_POOL_LIMIT: Final = 2048
+_DNS_CACHE_S: Final = 300
+_KEEPALIVE_S: Final = 30
 # No key needed, not counted in flight. /ui is only the page: it asks for an admin key
 # and sends it with each call to /admin/status.
 _PUBLIC: Final = frozenset({"/health", "/health/live", "/health/ready", "/metrics", "/ui",
@@ -444,8 +450,8 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     """One shared upstream session with a sized pool, closed at shutdown."""
     state = app[STATE]
     state.loop = asyncio.get_running_loop()
-    connector = aiohttp.TCPConnector(limit=2048, limit_per_host=0, ttl_dns_cache=300,
-                                     keepalive_timeout=30)
+    connector = aiohttp.TCPConnector(limit=_POOL_LIMIT, limit_per_host=0,
+                                     ttl_dns_cache=_DNS_CACHE_S, keepalive_timeout=_KEEPALIVE_S)
     state.session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                           trust_env=False)
     yield

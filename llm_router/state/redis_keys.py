@@ -5,12 +5,12 @@ state, others do not see each other. An *account* is a user (``u`` + name) or a 
 key (``k`` + user + key name), joined with the unit separator, which config names do not
 contain. Keys::
 
-    {P}:w:{acct}:rpm:{minute}      int    requests in that wall-clock minute (TTL 150 s)
+    {P}:w:{acct}:rpm:{minute}      int    requests in that wall-clock minute (TTL WINDOW_TTL_S)
     {P}:w:{acct}:tpm:{minute}      int    tokens in that minute (estimates, corrected)
-    {P}:day:{acct}:{YYYY-MM-DD}    int    requests admitted that UTC day (TTL 2 days)
+    {P}:day:{acct}:{YYYY-MM-DD}    int    requests admitted that UTC day (TTL DAY_TTL_S)
     {P}:slots:{acct}               zset   in-flight requests, scored by lease expiry (ms)
     {P}:spend:{acct}:{period}:{id} hash   requests, prompt, completion, cost, and per model
-                                          r|m, p|m, c|m, $|m (at most 256 models, then other)
+                                          r|m, p|m, c|m, $|m (at most MAX_MODELS, then other)
     {P}:accounts                   set    every account that ever recorded usage
     {P}:tokens                     hash   provider<US>key<US>model -> selection tokens
     {P}:keyreq:{YYYY-MM-DD}        hash   provider<US>key -> requests that day (key quotas)
@@ -27,12 +27,16 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
+from ..ledger.limits import MAX_MODELS
+
 __all__ = [
     "ADMIT",
     "APPLY",
     "COOLDOWN",
     "COUNTER_KINDS",
+    "DAY_TTL_S",
     "SEP",
+    "WINDOW_TTL_S",
     "Script",
     "account_id",
     "expected_type",
@@ -40,6 +44,12 @@ __all__ = [
 ]
 
 SEP: Final = "\x1f"
+# A minute's rpm/tpm count is read during that minute and the next (the sliding window's
+# previous bucket); half a minute more covers replicas' clock skew.
+WINDOW_TTL_S: Final = 150
+# A UTC day's request count (per account, per provider key) outlives its day by a whole
+# day, so a write queued across midnight or a skewed clock still lands on a live key.
+DAY_TTL_S: Final = 2 * 86_400
 
 
 def account_id(user: str, key: str | None = None) -> str:
@@ -97,7 +107,7 @@ class Script:
 # counts what is spent plus what requests in flight reserve, as the Ledger does; so both
 # answer alike. An account's counters are read once per call and its counts written
 # once, at the end.
-ADMIT: Final = Script("""
+ADMIT: Final = Script(f"local WINDOW_TTL, DAY_TTL = {WINDOW_TTL_S}, {DAY_TTL_S}" + """
 local P = ARGV[1]
 local PERIODS = {'daily', 'weekly', 'monthly', 'total'}
 local groups = tonumber(ARGV[2])
@@ -233,11 +243,11 @@ end
 for _, s in ipairs(order) do
   if s.n > 0 then
     -- An EXPIRE only when the key is new: the first count of its minute or day.
-    if redis.call('INCRBY', s.rpm, s.n) == s.n then redis.call('EXPIRE', s.rpm, 150) end
+    if redis.call('INCRBY', s.rpm, s.n) == s.n then redis.call('EXPIRE', s.rpm, WINDOW_TTL) end
     if s.tokens ~= 0 and redis.call('INCRBY', s.tpm, s.tokens) == s.tokens then
-      redis.call('EXPIRE', s.tpm, 150)
+      redis.call('EXPIRE', s.tpm, WINDOW_TTL)
     end
-    if redis.call('INCRBY', s.day, s.n) == s.n then redis.call('EXPIRE', s.day, 172800) end
+    if redis.call('INCRBY', s.day, s.n) == s.n then redis.call('EXPIRE', s.day, DAY_TTL) end
     redis.call('ZADD', s.slots, unpack(s.members))
     redis.call('PEXPIRE', s.slots, lease_ms * 2)
   end
@@ -257,12 +267,12 @@ return table.concat(out, '\\n')
 #   Q ids U K model requests prompt completion cost
 #                              spend of one model by both accounts, in the hashes of
 #                              their daily, weekly and monthly periods (ids: those three
-#                              ids, space-separated) and total (at most 256 models each)
+#                              ids, space-separated) and total (at most MAX_MODELS models each)
 #   T minute U K amount        both accounts' tpm count of that minute, corrected
 #   V U K old new expiry       a slot recorded: the same slot, reserving nothing now
 #   Y U K member               a slot released, from both accounts' in-flight sets
 # Keys travel in ARGV: the store targets one Redis (not a cluster), where that is allowed.
-APPLY: Final = Script("""
+APPLY: Final = Script(f"local WINDOW_TTL, MAX_MODELS = {WINDOW_TTL_S}, {MAX_MODELS}" + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 600) then return 0 end
 local P = ARGV[1]
 local TTLS = {3 * 86400, 15 * 86400, 63 * 86400}
@@ -277,7 +287,7 @@ local function spend(a, i)
     for j = 1, 4 do
       local h, m = P .. ':spend:' .. acct .. ':' .. PERIODS[j] .. ':' .. ids[j], a[i + 4]
       if redis.call('HEXISTS', h, 'r|' .. m) == 0 then
-        if tonumber(redis.call('HGET', h, '#models') or '0') >= 256 then m = 'other' end
+        if tonumber(redis.call('HGET', h, '#models') or '0') >= MAX_MODELS then m = 'other' end
         if redis.call('HEXISTS', h, 'r|' .. m) == 0 then redis.call('HINCRBY', h, '#models', 1) end
       end
       redis.call('HINCRBY', h, 'requests', n)
@@ -318,7 +328,7 @@ while i <= #ARGV do
     for u = 2, 3 do
       local k = P .. ':w:' .. ARGV[i + u] .. ':tpm:' .. ARGV[i + 1]
       redis.call('INCRBY', k, ARGV[i + 4])
-      redis.call('EXPIRE', k, 150)
+      redis.call('EXPIRE', k, WINDOW_TTL)
     end
     i = i + 5
   elseif op == 'V' then

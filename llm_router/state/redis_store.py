@@ -53,7 +53,16 @@ from ..observe.metrics import Metrics
 from .health import KeyHealth
 from .redis_admit import BATCH, Packer, Waiting, answers, refusal
 from .redis_faults import Fault, FaultLog, ForeignData, classify, counts, probe
-from .redis_keys import ADMIT, APPLY, COOLDOWN, SEP, account_id, key_of
+from .redis_keys import (
+    ADMIT,
+    APPLY,
+    COOLDOWN,
+    DAY_TTL_S,
+    SEP,
+    WINDOW_TTL_S,
+    account_id,
+    key_of,
+)
 from .redis_ops import Op, bulk, keys_of, merge
 from .redis_ops import pack as pack_command
 from .redis_report import report, text
@@ -497,9 +506,9 @@ class RedisStore(StateStore):
         minute = int(now // 60)
         out: list[Op] = []
         for acct in accounts:
-            out += [("A", key_of(self.p, "w", acct, "rpm", minute), 1, 150),
-                    ("A", key_of(self.p, "w", acct, "tpm", minute), estimate, 150),
-                    ("A", key_of(self.p, "day", acct, period_id("daily", now)), 1, 172800)]
+            out += [("A", key_of(self.p, "w", acct, "rpm", minute), 1, WINDOW_TTL_S),
+                    ("A", key_of(self.p, "w", acct, "tpm", minute), estimate, WINDOW_TTL_S),
+                    ("A", key_of(self.p, "day", acct, period_id("daily", now)), 1, DAY_TTL_S)]
         return out
 
     def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
@@ -666,7 +675,7 @@ class RedisStore(StateStore):
         for pk, n in quotas.items():
             delta = n - self._quota_base.get(pk, 0)
             if delta:
-                ops.append((seed, quota_key, SEP.join(pk), delta if seed == "H" else n, 172800))
+                ops.append((seed, quota_key, SEP.join(pk), delta if seed == "H" else n, DAY_TTL_S))
                 self._quota_base[pk] = n
         if ops:
             self._queue(ops)
