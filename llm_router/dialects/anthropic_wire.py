@@ -75,10 +75,10 @@ class AnthropicPassthrough:
 class ChatToMessages:
     """A hub (chat chunk) stream → an Anthropic client's Messages events."""
 
-    __slots__ = ("_ended", "_t", "done", "failure", "usage")
+    __slots__ = ("_ended", "_translator", "done", "failure", "usage")
 
     def __init__(self, requested_model: str) -> None:
-        self._t = ChatStreamToMessages(requested_model)
+        self._translator = ChatStreamToMessages(requested_model)
         self.usage = Usage()
         self.done = False
         self.failure: str | None = None
@@ -90,13 +90,13 @@ class ChatToMessages:
         _, data = event_fields(raw)
         if data == b"[DONE]":
             self._ended = self.done = True
-            self.usage = self._t.usage
-            return self._t.finish()
+            self.usage = self._translator.usage
+            return self._translator.finish()
         chunk = json_object(data)
         if chunk is None:
             return b""
-        out = self._t.feed(chunk)
-        self.usage = self._t.usage
+        out = self._translator.feed(chunk)
+        self.usage = self._translator.usage
         if chunk.get("error"):  # the translator turned it into an error event
             self._ended = True
             self.failure = STREAM_ERROR
@@ -106,7 +106,7 @@ class ChatToMessages:
         if self._ended:
             return b""
         self._ended = True
-        return self._t.error(message)
+        return self._translator.error(message)
 
 
 class AnthropicDialect:

@@ -27,13 +27,20 @@ from ..ledger.accounting import price_for, priced_usd
 from ..ledger.usage import CounterKey
 from ..observe.metrics import Series
 from ..providers import UPSTREAM_ERRORS, AttemptFailure, UpstreamResponse, failure_from_exception
-from . import relay as rl
 from .answer_stream import AnswerStream
 from .attempt import Attempt, pin_response, router_header_items, router_headers
 from .compression import MIN_COMPRESS_BYTES, compress_body
 from .deadlines import Guard
 from .downstream import Downstream
 from .model_request import ModelRequest
+from .relay import (
+    answer_events,
+    answer_usage,
+    make_relay,
+    passthrough_usage,
+    run_feed,
+    translate_answer,
+)
 from .router_state import RouterState
 from .routing import Candidate
 from .upstream_events import UpstreamEvents
@@ -54,8 +61,8 @@ async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
     except UPSTREAM_ERRORS as exc:
         raise failure_from_exception(exc, cand.provider.name) from None
     ex.upstream_s += time.perf_counter() - att.sent
-    # Passed on untouched: read only its usage if that is cheap (rl.passthrough_usage).
-    usage = rl.passthrough_usage(up, raw) if ex.client == up and req.turn is None else None
+    # Passed on untouched: read only its usage if that is cheap (passthrough_usage).
+    usage = passthrough_usage(up, raw) if ex.client == up and req.turn is None else None
     out: bytes | None = None
     if req.turn is not None:
         try:
@@ -69,11 +76,11 @@ async def relay_body(req: ModelRequest, att: Attempt, resp: UpstreamResponse
             doc = orjson.loads(raw)
             if not isinstance(doc, dict):
                 raise ValueError
-            out = rl.translate_answer(ex.client, up, att.ptype, doc, ex.answer_model)
+            out = translate_answer(ex.client, up, att.ptype, doc, ex.answer_model)
         except (ValueError, KeyError, TypeError):
             raise AttemptFailure("bad_response", f"upstream '{cand.provider.name}' sent an "
                                  "answer that is not a valid JSON response") from None
-        usage = rl.answer_usage(ex.client, up, att.ptype, doc)
+        usage = answer_usage(ex.client, up, att.ptype, doc)
     _account(req, att, usage)
     payload = state.redactor.bytes(raw if out is None else out)
     if req.fill is not None:  # a cache miss: this whole, successful answer is kept
@@ -141,7 +148,7 @@ async def answer_as_stream(req: ModelRequest, att: Attempt, resp: UpstreamRespon
             raw = await resp.read(req.cfg.upstream_limits.max_response_bytes)
     except UPSTREAM_ERRORS as exc:
         raise failure_from_exception(exc, name) from None
-    events = rl.answer_events(att.up, req.ex.kind, raw) if req.turn is None else None
+    events = answer_events(att.up, req.ex.kind, raw) if req.turn is None else None
     if events is None:
         raise AttemptFailure("bad_response", f"upstream '{name}' answered a stream request "
                              "without a stream, and not with a valid completion either")
@@ -151,11 +158,11 @@ async def answer_as_stream(req: ModelRequest, att: Attempt, resp: UpstreamRespon
 async def relay_stream(req: ModelRequest, att: Attempt, resp: UpstreamResponse,
                         down: Downstream) -> web.StreamResponse:
     t = att.cand.provider.timeouts
-    relay = rl.make_relay(req.ex.client, att.up, att.ptype, req.ex.answer_model,
+    relay = make_relay(req.ex.client, att.up, att.ptype, req.ex.answer_model,
                           req.include_usage) \
         if req.turn is None else req.turn.relay(att.up, att.ptype)
     max_event = req.cfg.upstream_limits.max_event_bytes
-    feed_run = rl.run_feed(relay)
+    feed_run = run_feed(relay)
     events = UpstreamEvents(resp, att.sent + t.first_byte, t.idle, att.sent + t.total,
                             max_event, att.ptype.events(max_event), runs=feed_run is not None,
                             deadlines=req.state.deadlines)

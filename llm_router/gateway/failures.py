@@ -24,8 +24,8 @@ from ..observe.redact import Redactor
 from ..providers import AttemptFailure
 from ..providers.registry import provider_type
 from ..state.health import parse_retry_after
-from . import relay as rl
 from .attempt import router_headers
+from .relay import translate_error
 from .routing import Candidate, CandidateSet
 
 __all__ = ["exhausted", "upstream_client_error"]
@@ -83,7 +83,7 @@ def upstream_client_error(ex: Exchange, cand: Candidate, failure: AttemptFailure
     body = failure.body
     try:
         orjson.loads(body)
-        translated = rl.translate_error(client, up, ptype, failure.status, body)
+        translated = translate_error(client, up, ptype, failure.status, body)
         body = translated if translated is not None else body
     except orjson.JSONDecodeError:
         err = BadRequest(failure.message)

@@ -42,7 +42,6 @@ from ..providers.base import ProviderType
 from ..providers.registry import PROVIDER_TYPES, provider_type
 from ..state.health import parse_retry_after
 from ..state.store import MemoryStore
-from . import relay as rl
 from .affinity import (
     SPILLED,
     MemoryAffinityStore,
@@ -67,6 +66,7 @@ from .deadlines import Guard
 from .downstream import Downstream
 from .failures import exhausted, upstream_client_error
 from .model_request import ModelRequest
+from .relay import end_event, upstream_request
 from .request_body import BODY_SIZE, buffered_body, parse_json, read_json
 from .request_check import validate_body
 from .responses_turn import ResponsesTurn
@@ -400,10 +400,7 @@ async def _end_in_band(req: ModelRequest, down: Downstream, message: str
     """End a committed stream with an error event in the client's dialect."""
     assert down.out is not None
     ex = req.ex
-    if req.turn is not None:
-        event = req.turn.fail_event(message)
-    else:
-        event = rl.end_event(ex.client, message)
+    event = req.turn.fail_event(message) if req.turn is not None else end_event(ex.client, message)
     with suppress(ConnectionError):
         await down.write(ex, event)
         await down.finish(ex)
@@ -491,7 +488,7 @@ def _prepare(req: ModelRequest, cand: Candidate) -> tuple[Attempt, UpstreamCall]
     ptype = PROVIDER_TYPES[provider.type]  # provider_type(), without the call
     if turn is None:
         att = Attempt(cand, ptype.wire(provider, ex.client, model), ptype)
-        path, up_body = rl.upstream_request(ex.client, ex.kind, ptype, provider, req.body,
+        path, up_body = upstream_request(ex.client, ex.kind, ptype, provider, req.body,
                                             model, att.up, stream)
     else:
         att = Attempt(cand, turn.dialect(ptype, provider, model), ptype)

@@ -112,7 +112,7 @@ class RedisStore(StateStore):
         super().__init__(ledger, counters, health, metrics)
         assert settings.redis_url
         self.settings = settings
-        self.p = settings.prefix
+        self.prefix = settings.prefix
         # Any one Redis call (a batch: twice this); past it this replica enforces alone.
         self.timeout_s = timeout = settings.timeout_ms / 1000
         self._redis = Redis.from_url(
@@ -158,8 +158,8 @@ class RedisStore(StateStore):
         self._kv = TTLMap()
         self._closing = False
         self._synced = False
-        self._packer = Packer(self.p)
-        self._prefix_arg = bulk((self.p,))  # APPLY's first argument
+        self._packer = Packer(self.prefix)
+        self._prefix_arg = bulk((self.prefix,))  # APPLY's first argument
         self._ids: tuple[tuple[str, ...], str] = ((), "")  # period ids -> a Q op's ids
         self._was_down = False  # "back" rather than "connected" in the log
         # Why it is down (redis_faults), since when (Unix time), how often it went up or
@@ -185,7 +185,7 @@ class RedisStore(StateStore):
         if fault is not None:
             doc["fault"] = fault.kind
         if detail:
-            doc.update(redis=self.settings.redis_display, prefix=self.p, changes=self._changes,
+            doc.update(redis=self.settings.redis_display, prefix=self.prefix, changes=self._changes,
                        reason=fault.reason if fault else None,
                        down_since=self._fault_since if fault else None,
                        failed_retries=self._retries)
@@ -235,11 +235,11 @@ class RedisStore(StateStore):
                 await self._redis.ping()
                 for script in (ADMIT, APPLY, COOLDOWN):
                     await self._redis.script_load(script.source)
-                problem = await probe(self._redis, self.p, (*suspects, *self._synced_keys()))
+                problem = await probe(self._redis, self.prefix, (*suspects, *self._synced_keys()))
                 if problem is None:
-                    await self._redis.set(key_of(self.p, "epoch"), secrets.token_hex(8),
+                    await self._redis.set(key_of(self.prefix, "epoch"), secrets.token_hex(8),
                                           nx=True)
-                    epoch = await self._redis.get(key_of(self.p, "epoch"))
+                    epoch = await self._redis.get(key_of(self.prefix, "epoch"))
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return False
@@ -279,7 +279,7 @@ class RedisStore(StateStore):
             self._wake.set()
         elif up:
             log.info("state backend %s: limits, spend and counters are shared by every router "
-                     "with prefix '%s'", self.settings.redis_display, self.p)
+                     "with prefix '%s'", self.settings.redis_display, self.prefix)
         else:
             self._was_down = True
             log.error("state backend %s failed (%s): limits fall back to this replica alone; "
@@ -288,17 +288,18 @@ class RedisStore(StateStore):
 
     def _failed(self, exc: BaseException, keys: Iterable[str] = ()) -> None:
         """A call failed: note why (its keys, for a data fault's probe), and go down."""
-        self._fault = classify(exc, self.p, self._password, tuple(keys))
+        self._fault = classify(exc, self.prefix, self._password, tuple(keys))
         self._set_up(False, self._fault.reason)
 
     def _synced_keys(self) -> tuple[str, ...]:
         """The keys every sync reads back."""
-        return (key_of(self.p, "tokens"), key_of(self.p, "keyreq", self.counters.key_requests()[0]),
-                key_of(self.p, "cooldowns"))
+        return (key_of(self.prefix, "tokens"),
+                key_of(self.prefix, "keyreq", self.counters.key_requests()[0]),
+                key_of(self.prefix, "cooldowns"))
 
     def _keys_of(self, batches: list[tuple[str, list[Op]]]) -> list[str]:
         """The keys queued writes touch (a failed batch's suspects)."""
-        return [k for _, ops in batches for op in ops for k in keys_of(self.p, op)]
+        return [k for _, ops in batches for op in ops for k in keys_of(self.prefix, op)]
 
     async def _exchange(self, commands: list[bytes]) -> list[Any]:
         """``commands`` (packed here, in one socket write) on the connection kept for the
@@ -467,7 +468,7 @@ class RedisStore(StateStore):
                 self._wake.set()
         command_replies = replies[len(riders):len(riders) + len(commands)]
         if isinstance(reply, ResponseError):
-            if classify(reply, self.p, None).kind == "data":
+            if classify(reply, self.prefix, None).kind == "data":
                 # The key the script named first, for the probe.
                 text, keys = str(reply), self._packer.keys(batch, now)
                 named = [k for k in keys if k in text]
@@ -498,7 +499,7 @@ class RedisStore(StateStore):
         self._queue(ops)
 
     def _spend_key(self, acct: str, period: str, now: float) -> str:
-        return key_of(self.p, "spend", acct, period, period_id(period, now))
+        return key_of(self.prefix, "spend", acct, period, period_id(period, now))
 
     def _count_offline(self, accounts: tuple[str, str], estimate: int,
                        now: float) -> list[Op]:
@@ -506,9 +507,9 @@ class RedisStore(StateStore):
         minute = int(now // 60)
         out: list[Op] = []
         for acct in accounts:
-            out += [("A", key_of(self.p, "w", acct, "rpm", minute), 1, WINDOW_TTL_S),
-                    ("A", key_of(self.p, "w", acct, "tpm", minute), estimate, WINDOW_TTL_S),
-                    ("A", key_of(self.p, "day", acct, period_id("daily", now)), 1, DAY_TTL_S)]
+            out += [("A", key_of(self.prefix, "w", acct, "rpm", minute), 1, WINDOW_TTL_S),
+                    ("A", key_of(self.prefix, "w", acct, "tpm", minute), estimate, WINDOW_TTL_S),
+                    ("A", key_of(self.prefix, "day", acct, period_id("daily", now)), 1, DAY_TTL_S)]
         return out
 
     def record(self, adm: Admission, provider: str, model: str, prompt_tokens: int,
@@ -631,12 +632,12 @@ class RedisStore(StateStore):
             ops = merge([self._pending.popleft()
                           for _ in range(min(_BATCH_OPS, len(self._pending)))])
             self._unconfirmed.append(
-                (key_of(self.p, "applied", self._replica, next(self._batch_seq)), ops))
+                (key_of(self.prefix, "applied", self._replica, next(self._batch_seq)), ops))
 
     async def _send_batches(self, batches: list[tuple[str, list[Op]]]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         for batch_id, ops in batches:
-            pipe.evalsha(APPLY.sha, 1, batch_id, self.p, *(x for op in ops for x in op))
+            pipe.evalsha(APPLY.sha, 1, batch_id, self.prefix, *(x for op in ops for x in op))
         return list(await pipe.execute(raise_on_error=False))
 
     async def _sync_loop(self) -> None:
@@ -661,7 +662,7 @@ class RedisStore(StateStore):
         totals back."""
         tokens = self.counters.tokens
         seed = "S" if not self._synced else "H"  # from a snapshot: offered once, not added
-        tokens_key, cool_key = key_of(self.p, "tokens"), key_of(self.p, "cooldowns")
+        tokens_key, cool_key = key_of(self.prefix, "tokens"), key_of(self.prefix, "cooldowns")
         ops: list[Op] = []
         for ck, n in tokens.items():
             delta = n - self._tokens_base.get(ck, 0)
@@ -671,7 +672,7 @@ class RedisStore(StateStore):
         day, quotas = self.counters.key_requests()
         if day != self._quota_day:
             self._quota_day, self._quota_base = day, {}
-        quota_key = key_of(self.p, "keyreq", day)
+        quota_key = key_of(self.prefix, "keyreq", day)
         for pk, n in quotas.items():
             delta = n - self._quota_base.get(pk, 0)
             if delta:
@@ -694,11 +695,11 @@ class RedisStore(StateStore):
             expiry = int((wall + LEASE_S) * 1000)
             for member, accounts in self._slots.items():
                 for acct in accounts:
-                    pipe.zadd(key_of(self.p, "slots", acct), {member: expiry}, xx=True)
+                    pipe.zadd(key_of(self.prefix, "slots", acct), {member: expiry}, xx=True)
         pipe.hgetall(tokens_key)
         pipe.hgetall(quota_key)
         pipe.hgetall(cool_key)
-        pipe.get(key_of(self.p, "epoch"))
+        pipe.get(key_of(self.prefix, "epoch"))
         try:
             async with asyncio.timeout(self.timeout_s * 2):
                 results = await pipe.execute(raise_on_error=False)
@@ -773,10 +774,10 @@ class RedisStore(StateStore):
             wanted += [(u.name, k.name) for k in u.keys]
         try:
             async with asyncio.timeout(self.timeout_s):
-                known = await self._redis.smembers(key_of(self.p, "accounts")) \
+                known = await self._redis.smembers(key_of(self.prefix, "accounts")) \
                     if self._up else set()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc, (key_of(self.p, "accounts"),))
+            self._failed(exc, (key_of(self.prefix, "accounts"),))
             known = set()
         for raw in known:
             parts = text(raw).split(SEP)
@@ -816,14 +817,14 @@ class RedisStore(StateStore):
         for user, key in accounts:
             acct = account_id(user, key)
             keys += [*(self._spend_key(acct, period, now) for period in PERIODS),
-                     *(key_of(self.p, "w", acct, name, m) for name in ("rpm", "tpm")
+                     *(key_of(self.prefix, "w", acct, name, m) for name in ("rpm", "tpm")
                        for m in (minute, minute - 1)),
-                     key_of(self.p, "day", acct, period_id("daily", now))]
+                     key_of(self.prefix, "day", acct, period_id("daily", now))]
             for k in keys[-9:-5]:
                 pipe.hgetall(k)
             for k in keys[-5:]:
                 pipe.get(k)
-            keys.append(key_of(self.p, "slots", acct))
+            keys.append(key_of(self.prefix, "slots", acct))
             pipe.zrangebyscore(keys[-1], int(now * 1000), "+inf")
         try:
             async with asyncio.timeout(self.timeout_s * 2):
@@ -849,7 +850,7 @@ class RedisStore(StateStore):
         # As _command, without waiting: the GET rides with whatever the caller awaits
         # next of this store (an admission's exchange).
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._commands.append((pack_command("GET", key_of(self.p, "kv", name)), future, ""))
+        self._commands.append((pack_command("GET", key_of(self.prefix, "kv", name)), future, ""))
         self._send_soon()
         return future
 
@@ -859,7 +860,7 @@ class RedisStore(StateStore):
             if value is None or isinstance(value, bytes):
                 return value
             if isinstance(value, Exception):
-                self._failed(value, (key_of(self.p, "kv", name),))
+                self._failed(value, (key_of(self.prefix, "kv", name),))
         # Redis away (or it could not be asked): this replica's own copy answers.
         return self._kv.get(name)
 
@@ -870,7 +871,7 @@ class RedisStore(StateStore):
             self._kv.discard(name)  # an older, smaller value must not answer for it
         if not self._up:
             return
-        key = key_of(self.p, "kv", name)
+        key = key_of(self.prefix, "kv", name)
         if len(value) <= _LOCAL_COPY_MAX:
             # Small (affinity pins): with the next exchange, not a call of its own.
             reply = await self._command("SET", key, value, "PX", max(1, int(ttl_s * 1000)))
@@ -885,7 +886,7 @@ class RedisStore(StateStore):
 
     async def claim(self, name: str, ttl_s: float) -> bool:
         if self._up:
-            key = key_of(self.p, "kv", name)
+            key = key_of(self.prefix, "kv", name)
             try:
                 async with asyncio.timeout(self.timeout_s):
                     won = await self._redis.set(key, b"1", nx=True, px=max(1, int(ttl_s * 1000)))
@@ -907,7 +908,7 @@ class RedisStore(StateStore):
             return  # large values go through put, which a caller waits for
         self._kv.put(name, value, ttl_s)
         if self._up and len(self._commands) < _COMMANDS_MAX:
-            key = key_of(self.p, "kv", name)
+            key = key_of(self.prefix, "kv", name)
             self._commands.append(
                 (pack_command("SET", key, value, "PX", max(1, int(ttl_s * 1000))), None, key))
             self._send_soon()

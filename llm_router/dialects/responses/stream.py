@@ -49,11 +49,11 @@ class ChatStreamToResponses:
     """
 
     __slots__ = ("_finish_reason", "_frame", "_open", "_output", "_started", "_text",
-                 "_tools", "_usage", "_w", "final")
+                 "_tools", "_usage", "_writer", "final")
 
     def __init__(self, frame: ResponseFrame) -> None:
         self._frame = frame
-        self._w = EventWriter()
+        self._writer = EventWriter()
         self._started = False
         self._output: list[dict[str, Any]] = []  # closed items, in output order
         self._open: dict[str, Any] | None = None  # the item being streamed
@@ -107,7 +107,7 @@ class ChatStreamToResponses:
         status, incomplete = status_of(self._finish_reason)
         self.final = self._frame.response(status, self._output,
                                           usage_to_responses(self._usage), incomplete)
-        out.append(self._w.event(f"response.{status}", {"response": self.final}))
+        out.append(self._writer.event(f"response.{status}", {"response": self.final}))
         return b"".join(out)
 
     def error(self, message: str) -> bytes:
@@ -119,19 +119,19 @@ class ChatStreamToResponses:
         self.final = self._frame.response(
             "failed", self._output, usage_to_responses(self._usage),
             error={"code": "server_error", "message": message})
-        out.append(self._w.event("response.failed", {"response": self.final}))
+        out.append(self._writer.event("response.failed", {"response": self.final}))
         return b"".join(out)
 
     def _start(self) -> bytes:
         self._started = True
         shell = self._frame.response("in_progress", [])
-        return (self._w.event("response.created", {"response": shell})
-                + self._w.event("response.in_progress", {"response": shell}))
+        return (self._writer.event("response.created", {"response": shell})
+                + self._writer.event("response.in_progress", {"response": shell}))
 
     def _open_item(self, item: dict[str, Any]) -> bytes:
         closing = self._close()
         self._open = item
-        return closing + self._w.event("response.output_item.added", {
+        return closing + self._writer.event("response.output_item.added", {
             "output_index": len(self._output), "item": item})
 
     def _text_delta(self, text: str) -> bytes:
@@ -140,14 +140,14 @@ class ChatStreamToResponses:
         if self._open is None or self._open["type"] != "message":
             item = {"type": "message", "id": new_item_id("msg"), "status": "in_progress",
                     "role": "assistant", "content": []}
-            head = self._open_item(item) + self._w.event("response.content_part.added", {
+            head = self._open_item(item) + self._writer.event("response.content_part.added", {
                 "item_id": item["id"], "output_index": index, "content_index": 0,
                 "part": {"type": "output_text", "text": "", "annotations": [],
                          "logprobs": []}})
             self._text = []
         assert self._open is not None
         self._text.append(text)
-        return head + self._w.event("response.output_text.delta", {
+        return head + self._writer.event("response.output_text.delta", {
             "item_id": self._open["id"], "output_index": index, "content_index": 0,
             "delta": text, "logprobs": []})
 
@@ -174,7 +174,7 @@ class ChatStreamToResponses:
                 item["arguments"] += arguments
             return head
         item["arguments"] += arguments
-        return head + self._w.event("response.function_call_arguments.delta", {
+        return head + self._writer.event("response.function_call_arguments.delta", {
             "item_id": item["id"], "output_index": len(self._output), "delta": arguments})
 
     def _close(self) -> bytes:
@@ -186,19 +186,19 @@ class ChatStreamToResponses:
         if item["type"] == "message":
             text = "".join(self._text)
             part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-            out.append(self._w.event("response.output_text.done", {
+            out.append(self._writer.event("response.output_text.done", {
                 "item_id": item["id"], "output_index": index, "content_index": 0,
                 "text": text, "logprobs": []}))
-            out.append(self._w.event("response.content_part.done", {
+            out.append(self._writer.event("response.content_part.done", {
                 "item_id": item["id"], "output_index": index, "content_index": 0,
                 "part": part}))
             item["content"] = [part]
         else:
-            out.append(self._w.event("response.function_call_arguments.done", {
+            out.append(self._writer.event("response.function_call_arguments.done", {
                 "item_id": item["id"], "output_index": index, "name": item["name"],
                 "arguments": item["arguments"]}))
         item["status"] = "completed"
-        out.append(self._w.event("response.output_item.done", {"output_index": index,
+        out.append(self._writer.event("response.output_item.done", {"output_index": index,
                                                                 "item": item}))
         self._output.append(item)
         return b"".join(out)
