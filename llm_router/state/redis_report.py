@@ -3,32 +3,70 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
+
+from redis.asyncio.client import Pipeline
 
 from ..ledger.limits import PERIODS, period_id
+from .redis_keys import key_of
 
-__all__ = ["REPORT_READS", "report", "text"]
+__all__ = ["queue_reads", "report", "text"]
 
-REPORT_READS: Final = 10  # results of the fleet-view pipeline per account
+
+class AccountReads(NamedTuple):
+    """One account's results of a fleet-view pipeline, in the order :func:`queue_reads`
+    asks for them."""
+
+    daily: dict[bytes, bytes]  # the spend hashes of the four PERIODS
+    weekly: dict[bytes, bytes]
+    monthly: dict[bytes, bytes]
+    total: dict[bytes, bytes]
+    rpm: bytes | None  # this minute's count
+    rpm_before: bytes | None  # the last minute's
+    tpm: bytes | None
+    tpm_before: bytes | None
+    day_requests: bytes | None
+    slots: list[bytes]  # live in-flight slot members
+
+
+_READS: Final = len(AccountReads._fields)
+
+
+def queue_reads(pipe: Pipeline, prefix: str, acct: str, now: float) -> list[str]:
+    """Queue one account's reads (:class:`AccountReads`, in its order) on a fleet-view
+    pipeline; the keys they read, in the same order."""
+    minute = int(now // 60)
+    hashes = [key_of(prefix, "spend", acct, p, period_id(p, now)) for p in PERIODS]
+    counts = [*(key_of(prefix, "w", acct, name, m) for name in ("rpm", "tpm")
+                for m in (minute, minute - 1)),
+              key_of(prefix, "day", acct, period_id("daily", now))]
+    slots = key_of(prefix, "slots", acct)
+    for k in hashes:
+        pipe.hgetall(k)
+    for k in counts:
+        pipe.get(k)
+    pipe.zrangebyscore(slots, int(now * 1000), "+inf")
+    return [*hashes, *counts, slots]
 
 
 def report(accounts: list[tuple[str, str | None]], res: list[Any],
            now: float) -> dict[str, Any]:
-    """What a fleet-view pipeline read (:data:`REPORT_READS` results per account: four
-    period hashes, rpm and tpm of this minute and the last, the day count, the live
-    slots), as a ledger dump."""
+    """What a fleet-view pipeline read (:func:`queue_reads` for each account, in order),
+    as a ledger dump."""
     minute = int(now // 60)
     doc: dict[str, Any] = {"version": 1, "users": [], "keys": []}
     for i, (user, key) in enumerate(accounts):
-        r = res[i * REPORT_READS:(i + 1) * REPORT_READS]
+        r = AccountReads(*res[i * _READS:(i + 1) * _READS])
+        hashes = (r.daily, r.weekly, r.monthly, r.total)
         row: dict[str, Any] = {
-            "user": user, "day": period_id("daily", now), "day_requests": int(r[8] or 0),
-            "periods": {p: _period_row(period_id(p, now), h) for p, h in zip(PERIODS, r[:4],
-                                                                             strict=True)},
-            "rpm": (minute, _float(r[4]), _float(r[5])),
-            "tpm": (minute, _float(r[6]), _float(r[7])),
-            "concurrent": len(r[9]),
-            "reserved_usd": sum(float(text(m).rpartition("|")[2] or 0) for m in r[9])}
+            "user": user, "day": period_id("daily", now),
+            "day_requests": int(r.day_requests or 0),
+            "periods": {p: _period_row(period_id(p, now), h)
+                        for p, h in zip(PERIODS, hashes, strict=True)},
+            "rpm": (minute, _float(r.rpm), _float(r.rpm_before)),
+            "tpm": (minute, _float(r.tpm), _float(r.tpm_before)),
+            "concurrent": len(r.slots),
+            "reserved_usd": sum(float(text(m).rpartition("|")[2] or 0) for m in r.slots)}
         if key is None:
             doc["users"].append(row)
         else:

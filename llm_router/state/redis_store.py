@@ -47,7 +47,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from ..config import Config, StateSettings
 from ..hub.usage import bounded_count
 from ..ledger.accounting import Caller
-from ..ledger.limits import PERIODS, Admission, Ledger, period_id, period_ids
+from ..ledger.limits import Admission, Ledger, period_id, period_ids
 from ..ledger.usage import CounterKey, UsageCounters
 from ..observe.metrics import Metrics
 from .health import KeyHealth
@@ -65,7 +65,7 @@ from .redis_keys import (
 )
 from .redis_ops import Op, bulk, keys_of, merge
 from .redis_ops import pack as pack_command
-from .redis_report import report, text
+from .redis_report import queue_reads, report, text
 from .store import StateStore, TTLMap, claim_locally
 
 __all__ = ["LEASE_S", "MAX_PENDING", "RedisStore"]
@@ -811,21 +811,10 @@ class RedisStore(StateStore):
         if not self._up:
             return None
         now = self.ledger.clock()
-        minute = int(now // 60)
         pipe = self._redis.pipeline(transaction=False)
         keys: list[str] = []  # a data fault's suspects
         for user, key in accounts:
-            acct = account_id(user, key)
-            keys += [*(self._spend_key(acct, period, now) for period in PERIODS),
-                     *(key_of(self.prefix, "w", acct, name, m) for name in ("rpm", "tpm")
-                       for m in (minute, minute - 1)),
-                     key_of(self.prefix, "day", acct, period_id("daily", now))]
-            for k in keys[-9:-5]:
-                pipe.hgetall(k)
-            for k in keys[-5:]:
-                pipe.get(k)
-            keys.append(key_of(self.prefix, "slots", acct))
-            pipe.zrangebyscore(keys[-1], int(now * 1000), "+inf")
+            keys += queue_reads(pipe, self.prefix, account_id(user, key), now)
         try:
             async with asyncio.timeout(self.timeout_s * 2):
                 res = await pipe.execute()
