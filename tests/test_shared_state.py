@@ -193,7 +193,7 @@ async def test_writes_queued_past_the_bound_drop_the_oldest_and_serving_goes_on(
     # The real bound (100 000 queued writes) would take thousands of requests to reach.
     bound = 20
     monkeypatch.setattr(redis_store, "MAX_PENDING", bound)
-    caplog.set_level(logging.ERROR, logger="llm_router.state")
+    caplog.set_level(logging.WARNING, logger="llm_router.state")
     cfg = fleet_config(upstream, redis_server, alice={"limits": {"rpm": 1000}},
                        timeout_ms=200)
     a, b = await replicas(start_router, cfg, 2)
@@ -219,13 +219,19 @@ async def test_writes_queued_past_the_bound_drop_the_oldest_and_serving_goes_on(
         redis_server.resume()
     dropped = [int(m.split(": ")[1].split()[0]) for m in (
         r.getMessage() for r in caplog.records) if "away too long" in m]
-    assert dropped and dropped == sorted(set(dropped))  # said, with a growing count
+    # Said once, not once per request: an outage under load must not flood the log
+    # (at most one line per _DROP_LOG_EVERY_S, and this pause lasts a second or two).
+    assert len(dropped) == 1 and dropped[0] > 0
 
     async def flushed() -> bool:
         return (await ready())["pending_writes"] == 0 and bool(
             (await fleet_requests()).get("admin"))
 
     await eventually(flushed, timeout=10)
+    # Replica a's recovery line gives the whole count (b queued nothing, so it says 0).
+    totals = [int(m.rsplit("; ", 1)[1].split()[0]) for m in (
+        r.getMessage() for r in caplog.records) if "is back" in m]
+    assert max(totals) >= dropped[0]
     # The newest writes reached Redis (admin's request); the oldest were lost: the fleet
     # misses some of alice's requests, as the log line warned.
     counted = await fleet_requests()

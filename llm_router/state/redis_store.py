@@ -75,6 +75,9 @@ log = logging.getLogger("llm_router.state")
 LEASE_S: Final = 10.0  # a dead replica's concurrency slots free within this
 _RENEW_S: Final = LEASE_S / 4
 MAX_PENDING: Final = 100_000  # queued writes kept while Redis is away; older ones drop
+# Dropping goes on for every request of an outage under load: said at most this often
+# (with the running count), not once per request.
+_DROP_LOG_EVERY_S: Final = 10.0
 _BACKOFF_MIN_S: Final = 0.25  # first reconnect after a failure; doubles per failed try
 _BACKOFF_MAX_S: Final = 5.0
 
@@ -134,6 +137,7 @@ class RedisStore(StateStore):
         self._batch_seq = itertools.count()
         self._flushing = asyncio.Lock()
         self._dropped = 0
+        self._drop_said = -_DROP_LOG_EVERY_S  # monotonic time of the last line about it
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._slots: dict[str, tuple[str, str]] = {}  # live slot -> accounts (lease renewal)
@@ -275,7 +279,8 @@ class RedisStore(StateStore):
             self._wake.set()  # flush what was queued meanwhile
         if up and self._was_down:
             log.warning("state backend %s is back: limits are fleet-wide again; flushing %d "
-                        "queued write(s)", self.settings.redis_display, self._pending_count)
+                        "queued write(s); %d dropped since start", self.settings.redis_display,
+                        self._pending_count, self._dropped)
             self._wake.set()
         elif up:
             log.info("state backend %s: limits, spend and counters are shared by every router "
@@ -575,8 +580,11 @@ class RedisStore(StateStore):
             for _ in range(min(over, len(self._pending))):
                 self._pending.popleft()
             self._dropped += over
-            log.error("state backend away too long: %d queued write(s) dropped so far; "
-                      "fleet usage will miss them", self._dropped)
+            now = time.monotonic()
+            if now - self._drop_said >= _DROP_LOG_EVERY_S:
+                self._drop_said = now
+                log.error("state backend away too long: %d queued write(s) dropped so far; "
+                          "fleet usage will miss them", self._dropped)
         self._pending.extend(ops)
         if self._up:
             self._wake.set()
