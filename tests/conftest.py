@@ -14,9 +14,7 @@ from typing import Any
 import aiohttp
 import anthropic
 import openai
-import orjson
 import pytest
-import yaml
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
@@ -26,7 +24,7 @@ from llm_router.server.app import start_server
 from llm_router.server.reload import RELOADER
 from llm_router.testing.upstream import FakeUpstream
 
-ROUTER_KEY = "sk-test-router"
+from .helpers import ROUTER_KEY, write_config
 
 
 @dataclass
@@ -94,15 +92,6 @@ async def upstream(make_upstream: MakeUpstream) -> Upstream:
     return await make_upstream()
 
 
-def write_config(path: Path, config: dict[str, Any] | str) -> None:
-    if isinstance(config, str):
-        path.write_text(config)
-    elif path.suffix == ".json":
-        path.write_bytes(orjson.dumps(config))
-    else:
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
 @pytest.fixture
 async def start_router(tmp_path: Path) -> AsyncIterator[StartRouter]:
     routers: list[Router] = []
@@ -132,44 +121,3 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(auto_decompress=False,
                                      headers={"Accept-Encoding": "identity"}) as s:
         yield s
-
-
-def openai_provider(name: str, up: Upstream, keys: list[Any] | None = None,
-                    **extra: Any) -> dict[str, Any]:
-    return {"name": name, "type": "openai", "base_url": up.base_url,
-            "api_keys": keys if keys is not None else [f"sk-{name}"], **extra}
-
-
-AUTH = {"Authorization": f"Bearer {ROUTER_KEY}"}
-
-
-async def chat_served_by(http: aiohttp.ClientSession, router: Router, provider: str,
-                         attempts: int, model: str = "g") -> dict[str, Any]:
-    """POST a small chat to ``model``; assert ``provider`` answered it 200 on attempt
-    ``attempts`` (the failover tests' question). Returns the answer."""
-    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
-                         json={"model": model,
-                               "messages": [{"role": "user", "content": "hello there"}]}
-                         ) as resp:
-        assert resp.status == 200
-        assert resp.headers["X-Router-Provider"] == provider
-        assert resp.headers["X-Router-Attempts"] == str(attempts)
-        answer: dict[str, Any] = await resp.json()
-    assert answer["choices"]
-    return answer
-
-
-async def scrape_metrics(url: str) -> tuple[str, dict[str, float]]:
-    """GET ``url``/metrics: the exposition text and every sample as ``name{k=v,...}``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain")
-        text = await resp.text()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return text, samples

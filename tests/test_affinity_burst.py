@@ -14,7 +14,8 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from .conftest import MakeUpstream, Router, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import openai_provider, scrape_metrics
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest

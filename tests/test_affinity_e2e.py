@@ -18,7 +18,8 @@ import yaml
 
 from llm_router.testing.upstream import Fault
 
-from .conftest import MakeUpstream, Router, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import openai_provider, scrape_metrics
 
 SYSTEM = "You plan trips. Answer in one short paragraph. " * 8
 PRICE = {"input": 1.0, "output": 2.0, "cached_input": 0.1}

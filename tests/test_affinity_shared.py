@@ -8,7 +8,8 @@ from typing import Any
 from llm_router.gateway.affinity import SharedAffinityStore
 from llm_router.state.redis_store import _COMMANDS_MAX
 
-from .conftest import MakeUpstream, Router, StartRouter, Upstream, scrape_metrics
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import scrape_metrics
 from .redis_server import RedisServer, redis_server
 from .test_affinity_e2e import _Conversation, _group_config, _keys_per_turn, _warm
 

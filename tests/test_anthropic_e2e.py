@@ -23,14 +23,8 @@ from llm_router.config import ConfigError, parse_config
 from llm_router.dialects import anthropic as anthropic_in
 from llm_router.testing.upstream import Fault, count_prompt_tokens
 
-from .conftest import (
-    ROUTER_KEY,
-    MakeUpstream,
-    StartRouter,
-    Upstream,
-    openai_provider,
-    scrape_metrics,
-)
+from .conftest import MakeUpstream, StartRouter, Upstream
+from .helpers import ROUTER_KEY, openai_provider, scrape_metrics
 
 PRICE = {"input": 3.0, "output": 15.0}  # USD per 1M tokens
 WEATHER_TOOL = {

@@ -24,8 +24,8 @@ from llm_router.providers.azure import EntraTokens, tokens_for, upstream_url
 from llm_router.testing.azure import FILTERED_OUTPUT, FILTERED_PROMPT, SCOPE, FakeAzure
 from llm_router.testing.upstream import FakeUpstream
 
-from .conftest import AUTH, StartRouter
-from .test_reload import RELOAD_FAILED, RELOAD_OK, eventually, scrape
+from .conftest import StartRouter
+from .helpers import AUTH, RELOAD_FAILED, RELOAD_OK, eventually, scrape
 
 DEPLOYMENT = "my-gpt4o-deployment"
 HELLO = [{"role": "user", "content": "hello there"}]

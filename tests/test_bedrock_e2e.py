@@ -29,8 +29,8 @@ from llm_router.testing.bedrock import (
     BedrockFault,
 )
 
-from .conftest import AUTH, Router, StartRouter, Upstream, scrape_metrics
-from .test_reload import eventually
+from .conftest import Router, StartRouter, Upstream
+from .helpers import AUTH, eventually, scrape_metrics
 
 PROFILE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 ARN = ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/"

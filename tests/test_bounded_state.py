@@ -20,7 +20,8 @@ import pytest
 
 from llm_router.config import sha256_hex
 
-from .conftest import StartRouter, Upstream, openai_provider
+from .conftest import StartRouter, Upstream
+from .helpers import openai_provider
 
 ADMIN = "sk-admin-bounded"
 HELLO = [{"role": "user", "content": "hello there"}]

@@ -17,7 +17,8 @@ import pytest
 from llm_router.config import ConfigError, parse_config
 from llm_router.testing.upstream import Fault
 
-from .conftest import AUTH, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH, openai_provider, scrape_metrics
 
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
 TEXT_IMAGE_CHAT = [{"role": "user", "content": [

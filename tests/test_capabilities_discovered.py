@@ -19,9 +19,17 @@ import pytest
 from llm_router.testing.model_lists import FakeModel
 from llm_router.testing.upstream import Fault
 
-from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider
+from .conftest import StartRouter, Upstream
+from .helpers import (
+    AUTH,
+    RELOAD_OK,
+    ROUTER_KEY,
+    eventually,
+    openai_provider,
+    save_by_rename,
+    scrape,
+)
 from .test_capabilities import CONTEXT_ERROR, IMAGE, TEXT_IMAGE_CHAT
-from .test_reload import RELOAD_OK, eventually, save_by_rename, scrape
 
 LONG = [{"role": "user", "content": "word " * 2000}]  # ~2,500 tokens by the estimate
 HI = [{"role": "user", "content": "hi"}]

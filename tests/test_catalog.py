@@ -20,8 +20,8 @@ from llm_router.config import ConfigError, parse_config
 from llm_router.config.aliases import AliasTable, ambiguous_pairs, common_name
 from llm_router.testing.upstream import Fault
 
-from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
-from .test_reload import eventually
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH, ROUTER_KEY, eventually, openai_provider, scrape_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CODEX = json.loads((FIXTURES / "codex_0.171_responses_request.json").read_text())

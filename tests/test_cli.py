@@ -22,7 +22,7 @@ from llm_router.config import load_config
 from llm_router.gateway.router_state import RouterState
 from llm_router.server.app import start_server
 
-from .conftest import AUTH, ROUTER_KEY, write_config
+from .helpers import AUTH, ROUTER_KEY, write_config
 
 
 async def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:

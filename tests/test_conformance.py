@@ -47,8 +47,9 @@ from llm_router.errors import BadRequest
 from .conformance import VENDORS, document, problems
 from .conformance.extract import refs
 from .conformance.quirks import completion_chunk, responses_refused
-from .conftest import AUTH, StartRouter, Upstream, openai_provider
+from .conftest import StartRouter, Upstream
 from .fuzz import WRONG_VALUES, mutated
+from .helpers import AUTH, openai_provider
 
 EXAMPLES: Final = int(os.environ.get("CONFORMANCE_EXAMPLES", "40"))
 _SETTINGS: Final = settings(max_examples=EXAMPLES, derandomize=True, database=None,

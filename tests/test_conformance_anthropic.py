@@ -33,8 +33,9 @@ from hypothesis_jsonschema import from_schema
 
 from .conformance import document, problems
 from .conformance.quirks import ANTHROPIC_EXTRA_EVENTS
-from .conftest import ROUTER_KEY, StartRouter, Upstream, openai_provider
+from .conftest import StartRouter, Upstream
 from .fuzz import messages_body, mutated
+from .helpers import ROUTER_KEY, openai_provider
 
 EXAMPLES: Final = int(os.environ.get("CONFORMANCE_EXAMPLES", "40"))
 HEADERS: Final = {"x-api-key": ROUTER_KEY, "anthropic-version": "2023-06-01",

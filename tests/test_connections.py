@@ -14,7 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
-from .conftest import AUTH, Router, StartRouter
+from .conftest import Router, StartRouter
+from .helpers import AUTH
 
 _MOCK = {"providers": [{"name": "local", "type": "mock"}],
          "groups": [{"name": "g", "models": [{"provider": "local", "name": "m"}]}]}

@@ -13,7 +13,7 @@ import orjson
 from llm_router.gateway import answer
 
 from .conftest import StartRouter
-from .test_reload import RELOAD_OK, eventually, save_by_rename, scrape
+from .helpers import RELOAD_OK, eventually, save_by_rename, scrape
 from .test_teams import BOB, team
 
 # Prices whose per-answer costs need more than 8 decimals: 7 tokens cost 8.61e-07 USD.

@@ -21,7 +21,8 @@ import brotli
 import orjson
 import pytest
 
-from .conftest import ROUTER_KEY, MakeUpstream, StartRouter
+from .conftest import MakeUpstream, StartRouter
+from .helpers import ROUTER_KEY
 
 USER_KEY = "sk-qa-user"
 

@@ -25,7 +25,8 @@ import yaml
 
 from llm_router.testing.upstream import Fault
 
-from .conftest import Router, StartRouter, Upstream, openai_provider
+from .conftest import Router, StartRouter, Upstream
+from .helpers import openai_provider
 from .ports import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

@@ -22,8 +22,8 @@ import aiohttp
 import orjson
 import pytest
 
-from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, write_config
-from .test_reload import scrape
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH, ROUTER_KEY, openai_provider, scrape, write_config
 from .test_shutdown import RouterProcess
 
 HELLO = [{"role": "user", "content": "hello there"}]

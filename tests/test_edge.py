@@ -19,7 +19,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, write_config
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH, ROUTER_KEY, openai_provider, write_config
 
 HELLO = [{"role": "user", "content": "hello"}]
 

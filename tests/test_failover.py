@@ -27,16 +27,8 @@ from pytest_aiohttp import AiohttpServer
 from llm_router.config import key_label
 from llm_router.testing.upstream import FakeUpstream, Fault
 
-from .conftest import (
-    AUTH,
-    MakeUpstream,
-    Router,
-    StartRouter,
-    Upstream,
-    chat_served_by,
-    openai_provider,
-    scrape_metrics,
-)
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import AUTH, chat_served_by, openai_provider, scrape_metrics
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

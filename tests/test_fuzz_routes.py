@@ -19,8 +19,9 @@ from typing import Any, Final
 import aiohttp
 import pytest
 
-from .conftest import AUTH, StartRouter, Upstream, openai_provider
+from .conftest import StartRouter, Upstream
 from .fuzz import messages_body, mutated
+from .helpers import AUTH, openai_provider
 
 EXAMPLES: Final = 300  # per route: well under a second each on loopback
 SEED: Final = 23

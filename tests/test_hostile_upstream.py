@@ -18,14 +18,8 @@ from pytest_aiohttp import AiohttpServer
 from llm_router.config import load_config
 from llm_router.observe.redact import RedactingFilter, Redactor
 
-from .conftest import (
-    AUTH,
-    StartRouter,
-    Upstream,
-    openai_provider,
-    scrape_metrics,
-    write_config,
-)
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH, openai_provider, scrape_metrics, write_config
 
 HELLO = [{"role": "user", "content": "hello"}]
 _CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",

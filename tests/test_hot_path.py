@@ -27,15 +27,8 @@ from llm_router.ledger.accounting import ANONYMOUS
 from llm_router.observe.exchange import Exchange
 from llm_router.testing.upstream import Fault
 
-from .conftest import (
-    AUTH,
-    MakeUpstream,
-    StartRouter,
-    Upstream,
-    chat_served_by,
-    openai_provider,
-    scrape_metrics,
-)
+from .conftest import MakeUpstream, StartRouter, Upstream
+from .helpers import AUTH, chat_served_by, openai_provider, scrape_metrics
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

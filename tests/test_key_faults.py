@@ -13,8 +13,16 @@ import pytest
 
 from llm_router.testing.upstream import Fault
 
-from .conftest import AUTH, ROUTER_KEY, Router, StartRouter, Upstream, openai_provider
-from .test_reload import RELOAD_OK, eventually, save_by_rename, scrape
+from .conftest import Router, StartRouter, Upstream
+from .helpers import (
+    AUTH,
+    RELOAD_OK,
+    ROUTER_KEY,
+    eventually,
+    openai_provider,
+    save_by_rename,
+    scrape,
+)
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

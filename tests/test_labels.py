@@ -7,7 +7,8 @@ from typing import Any
 
 import aiohttp
 
-from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH, ROUTER_KEY, openai_provider, scrape_metrics
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -52,7 +53,7 @@ async def test_unique_model_names_do_not_grow_the_series(
 
 async def test_a_name_the_reloaded_config_drops_is_labelled_other_from_then_on(
         start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
-    from .test_reload import eventually, save_by_rename
+    from .helpers import eventually, save_by_rename
 
     config = {**_config(upstream), "pricing": {"priced": {"input": 1.0, "output": 2.0}}}
     router = await start_router(config)

@@ -13,7 +13,7 @@ import orjson
 
 from llm_router.observe.logs import JsonFormatter, setup_stderr_logging
 
-from .conftest import ROUTER_KEY, write_config
+from .helpers import ROUTER_KEY, write_config
 
 
 async def test_serve_with_json_logs_writes_json_lines_to_stderr(tmp_path: Path) -> None:

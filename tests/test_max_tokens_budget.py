@@ -21,9 +21,9 @@ import pytest
 from llm_router.config import sha256_hex
 from llm_router.ledger.usage import completion_ceiling
 
-from .conftest import MakeUpstream, Router, StartRouter, Upstream, openai_provider
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import eventually, openai_provider
 from .redis_server import RedisServer, redis_server
-from .test_reload import eventually
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
 

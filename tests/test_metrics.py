@@ -18,16 +18,8 @@ import pytest
 from llm_router import __version__
 from llm_router.testing.upstream import Fault
 
-from .conftest import (
-    AUTH,
-    ROUTER_KEY,
-    MakeUpstream,
-    Router,
-    StartRouter,
-    Upstream,
-    openai_provider,
-    scrape_metrics,
-)
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import AUTH, ROUTER_KEY, openai_provider, scrape_metrics
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

@@ -29,7 +29,8 @@ from llm_router.providers import (
 from llm_router.providers.bedrock.eventstream import FrameError
 from llm_router.providers.registry import PROVIDER_TYPES, provider_type
 
-from .conftest import Upstream, write_config
+from .conftest import Upstream
+from .helpers import write_config
 
 
 def test_every_config_type_is_registered_and_nothing_else() -> None:

@@ -15,7 +15,8 @@ import openai
 import orjson
 import pytest
 
-from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH, ROUTER_KEY, openai_provider
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

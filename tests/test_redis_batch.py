@@ -20,8 +20,8 @@ from llm_router.state.redis_keys import SEP
 from llm_router.state.redis_store import RedisStore
 
 from .conftest import Router, StartRouter, Upstream
+from .helpers import eventually
 from .redis_server import RedisServer, redis_server
-from .test_reload import eventually
 from .test_shared_state import ALICE, fleet_config, get_json, post_chat
 
 __all__ = ["redis_server"]  # the fixture, for pytest

@@ -20,9 +20,9 @@ from redis.asyncio import Redis
 
 from llm_router.state.redis_keys import SEP
 
-from .conftest import Router, StartRouter, Upstream, scrape_metrics
+from .conftest import Router, StartRouter, Upstream
+from .helpers import eventually, scrape_metrics
 from .redis_server import REDIS_PASSWORD, RedisServer, redis_server, redis_server_with_password
-from .test_reload import eventually
 from .test_shared_state import ADMIN, fleet_config, get_json, post_chat
 
 __all__ = ["redis_server", "redis_server_with_password"]  # the fixtures, for pytest

@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,19 @@ import orjson
 import pytest
 import yaml
 
-from .conftest import AUTH, ROUTER_KEY, Router, StartRouter, Upstream, openai_provider
-
-HELLO = [{"role": "user", "content": "hello there"}]
+from .conftest import Router, StartRouter, Upstream
+from .helpers import (
+    AUTH,
+    HELLO,
+    RELOAD_FAILED,
+    RELOAD_OK,
+    ROUTER_KEY,
+    eventually,
+    key_tokens,
+    openai_provider,
+    save_by_rename,
+    scrape,
+)
 
 
 def _config(up: Upstream, groups: list[str], keys: list[Any] | None = None,
@@ -34,48 +44,11 @@ def _config(up: Upstream, groups: list[str], keys: list[Any] | None = None,
     }
 
 
-def save_by_rename(path: Path, config: dict[str, Any] | str) -> None:
-    """How vim, VS Code and most tools save: write a temp file, rename it over the old."""
-    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
-    tmp = path.with_name(f".{path.name}.swp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)
-
-
 async def chat_status(http: aiohttp.ClientSession, router: Router, model: str) -> int:
     async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
                          json={"model": model, "messages": HELLO}) as resp:
         await resp.read()
         return resp.status
-
-
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """``/metrics`` samples of the router at ``url``, by full name with labels."""
-    async with http.get(url + "/metrics") as resp:
-        text = await resp.text()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def key_tokens(samples: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in samples.items() if k.startswith("llm_router_key_tokens{")}
-
-
-RELOAD_OK = 'llm_router_config_reloads_total{result="success"}'
-RELOAD_FAILED = 'llm_router_config_reloads_total{result="failure"}'
 
 
 async def test_group_added_to_the_file_is_served_without_restart(

@@ -14,15 +14,8 @@ import pytest
 from llm_router.config import ConfigError, parse_config, sha256_hex
 from llm_router.testing.upstream import Fault
 
-from .conftest import (
-    MakeUpstream,
-    Router,
-    StartRouter,
-    Upstream,
-    openai_provider,
-    scrape_metrics,
-    write_config,
-)
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import openai_provider, scrape_metrics, write_config
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest

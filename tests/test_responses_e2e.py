@@ -19,7 +19,8 @@ from aiohttp import web
 from llm_router.config import ConfigError, parse_config
 from llm_router.testing.upstream import Fault
 
-from .conftest import AUTH, ROUTER_KEY, StartRouter, Upstream, openai_provider, scrape_metrics
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH, ROUTER_KEY, openai_provider, scrape_metrics
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"location": {"type": "string"}},

@@ -20,7 +20,8 @@ import pytest
 
 from llm_router.dialects.responses.check import FIELDS
 
-from .conftest import AUTH, StartRouter, Upstream
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH
 from .test_responses_e2e import chat_member
 
 # One invalid value per declared field (a dotted name nests the value).

@@ -10,7 +10,8 @@ import pytest
 
 from llm_router.dialects.responses.store import SharedResponseStore
 
-from .conftest import ROUTER_KEY, StartRouter, Upstream, openai_provider
+from .conftest import StartRouter, Upstream
+from .helpers import ROUTER_KEY, openai_provider
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest

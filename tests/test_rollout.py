@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import AUTH, ROUTER_KEY, MakeUpstream, Upstream, openai_provider, write_config
-from .test_reload import HELLO, eventually
+from .conftest import MakeUpstream, Upstream
+from .helpers import AUTH, HELLO, ROUTER_KEY, eventually, openai_provider, write_config
 from .test_shutdown import RouterProcess
 
 _PROBE_PERIOD_S = 0.05  # the kubelet's periodSeconds, shrunk to fit a test

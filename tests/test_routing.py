@@ -6,7 +6,8 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from .conftest import MakeUpstream, StartRouter, openai_provider
+from .conftest import MakeUpstream, StartRouter
+from .helpers import openai_provider
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

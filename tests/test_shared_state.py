@@ -25,17 +25,9 @@ from llm_router.config import sha256_hex
 from llm_router.state import redis_store
 from llm_router.testing.upstream import Fault
 
-from .conftest import (
-    MakeUpstream,
-    Router,
-    StartRouter,
-    Upstream,
-    openai_provider,
-    scrape_metrics,
-    write_config,
-)
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import eventually, openai_provider, scrape_metrics, write_config
 from .redis_server import REDIS_PASSWORD, RedisServer, redis_server, redis_server_with_password
-from .test_reload import eventually
 
 __all__ = ["redis_server", "redis_server_with_password"]  # the fixtures, for pytest
 

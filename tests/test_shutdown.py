@@ -19,16 +19,17 @@ import pytest
 from llm_router.config import key_label
 from llm_router.testing.upstream import Fault
 
-from .conftest import (
+from .conftest import MakeUpstream, StartRouter, Upstream
+from .helpers import (
     AUTH,
+    HELLO,
     ROUTER_KEY,
-    MakeUpstream,
-    StartRouter,
-    Upstream,
+    eventually,
+    key_tokens,
     openai_provider,
+    scrape,
     write_config,
 )
-from .test_reload import HELLO, eventually, key_tokens, scrape
 
 _LISTENING = re.compile(rb"listening on http://[^:]+:(\d+)")
 

@@ -16,9 +16,9 @@ from llm_router.config import sha256_hex
 from llm_router.observe.traffic import Traffic, merge_activity
 from llm_router.testing.upstream import Fault
 
-from .conftest import Router, StartRouter, Upstream, openai_provider, write_config
+from .conftest import Router, StartRouter, Upstream
+from .helpers import eventually, openai_provider, write_config
 from .redis_server import RedisServer, redis_server
-from .test_reload import eventually
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
 

@@ -14,7 +14,8 @@ import pytest
 
 from llm_router.testing.upstream import Fault
 
-from .conftest import AUTH, MakeUpstream, Router, StartRouter, Upstream, openai_provider
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import AUTH, openai_provider
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

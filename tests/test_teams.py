@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from llm_router.config import sha256_hex
 from llm_router.testing.upstream import Fault
 
-from .conftest import Router, StartRouter, Upstream, openai_provider
+from .conftest import Router, StartRouter, Upstream
+from .helpers import openai_provider
 
 HELLO = [{"role": "user", "content": "hello there"}]
 ALICE, BOB, BOB_CI = "sk-alice-laptop", "sk-bob-laptop", "sk-bob-ci"

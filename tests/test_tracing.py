@@ -25,7 +25,8 @@ from pytest_aiohttp import AiohttpServer
 
 from llm_router.testing.upstream import Fault
 
-from .conftest import AUTH, StartRouter, Upstream, openai_provider
+from .conftest import StartRouter, Upstream
+from .helpers import AUTH, openai_provider
 
 SECRET_PROMPT = "the password is swordfish"
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"

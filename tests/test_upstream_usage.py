@@ -32,7 +32,8 @@ from llm_router.hub.usage import (
     token_count,
 )
 
-from .conftest import Router, StartRouter, scrape_metrics
+from .conftest import Router, StartRouter
+from .helpers import scrape_metrics
 
 USER, ADMIN = "sk-usage-user", "sk-usage-admin"
 PRICE_PER_TOKEN = 0.001  # $1,000 per 1M tokens

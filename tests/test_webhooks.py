@@ -24,20 +24,10 @@ from aiohttp import web
 from llm_router.config import ConfigError, parse_config, sha256_hex
 from llm_router.testing.upstream import Fault
 
-from .conftest import (
-    AUTH,
-    ROUTER_KEY,
-    MakeUpstream,
-    Router,
-    StartRouter,
-    Upstream,
-    openai_provider,
-    scrape_metrics,
-    write_config,
-)
+from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .helpers import AUTH, ROUTER_KEY, eventually, openai_provider, scrape_metrics, write_config
 from .ports import free_port
 from .redis_server import RedisServer, redis_server
-from .test_reload import eventually
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
 

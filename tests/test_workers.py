@@ -23,10 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from llm_router.config import sha256_hex
 from llm_router.state.redis_store import LEASE_S
 
-from .conftest import StartRouter, Upstream, write_config
+from .conftest import StartRouter, Upstream
+from .helpers import eventually, write_config
 from .ports import free_port
 from .redis_server import RedisServer, redis_server
-from .test_reload import eventually
 from .test_shared_state import ALICE, fleet_config, post_chat
 from .test_shutdown import RouterProcess
 
