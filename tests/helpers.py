@@ -24,8 +24,8 @@ ROUTER_KEY = "sk-test-router"
 AUTH = {"Authorization": f"Bearer {ROUTER_KEY}"}
 HELLO = [{"role": "user", "content": "hello there"}]
 
-RELOAD_OK = 'llm_router_config_reloads_total{result="success"}'
-RELOAD_FAILED = 'llm_router_config_reloads_total{result="failure"}'
+RELOAD_OK = "llm_router_config_reloads_total{result=success}"
+RELOAD_FAILED = "llm_router_config_reloads_total{result=failure}"
 
 
 def openai_provider(name: str, up: Upstream, keys: list[Any] | None = None,
@@ -75,8 +75,9 @@ async def chat_served_by(http: aiohttp.ClientSession, router: Router, provider: 
     return answer
 
 
-async def scrape_metrics(url: str) -> tuple[str, dict[str, float]]:
-    """GET ``url``/metrics: the exposition text and every sample as ``name{k=v,...}``."""
+async def metrics_page(url: str) -> tuple[str, dict[str, float]]:
+    """GET ``url``/metrics: the exposition text, and every sample keyed ``name{k=v,...}``
+    (labels sorted, values unquoted; ``name{}`` when it has none)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as resp:
@@ -91,16 +92,17 @@ async def scrape_metrics(url: str) -> tuple[str, dict[str, float]]:
     return text, samples
 
 
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """``/metrics`` samples of the router at ``url``, by full name with labels."""
-    async with http.get(url + "/metrics") as resp:
-        text = await resp.text()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+async def metric_samples(url: str) -> dict[str, float]:
+    """The samples of :func:`metrics_page`, for a test that does not read the text."""
+    return (await metrics_page(url))[1]
+
+
+def total(samples: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include every ``labels`` pair
+    exactly (``model="m"`` does not match ``model=m2``)."""
+    want = [f",{k}={v}," for k, v in labels.items()]
+    return sum(v for k, v in samples.items()
+               if k.startswith(name + "{") and all(w in f",{k[len(name) + 1:-1]}," for w in want))
 
 
 def key_tokens(samples: dict[str, float]) -> dict[str, float]:

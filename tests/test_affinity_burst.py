@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import openai_provider, scrape_metrics
+from .helpers import metric_samples, openai_provider
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
@@ -67,7 +67,7 @@ async def test_a_pinned_conversations_burst_spreads_by_weight_and_turns_stay(
     up.fake.latency_ms = 0
     # The spill left the pin: the next calm turn goes back to the cached key.
     assert await _chat(router, "Where next?", "conv") == pinned
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_affinity_total{group=g,result=moved}"] >= 14
     assert samples["llm_router_affinity_total{group=g,result=hit}"] >= 4
 

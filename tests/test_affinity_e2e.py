@@ -19,7 +19,7 @@ import yaml
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import openai_provider, scrape_metrics
+from .helpers import metric_samples, openai_provider
 
 SYSTEM = "You plan trips. Answer in one short paragraph. " * 8
 PRICE = {"input": 1.0, "output": 2.0, "cached_input": 0.1}
@@ -90,7 +90,7 @@ async def test_turns_of_a_conversation_stay_on_one_key_and_hit_its_cache(
     # The upstream is told the same prompt_cache_key for a conversation, another for each.
     assert all(len(k) == 1 for k in cache_keys_of.values())
     assert len(set().union(*cache_keys_of.values())) == 5
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_affinity_total{group=g,result=new}"] == 5
     assert samples["llm_router_affinity_total{group=g,result=hit}"] == 15
     assert "llm_router_affinity_total{group=g,result=moved}" not in samples
@@ -115,7 +115,7 @@ async def test_a_streamed_turn_counts_its_cached_tokens(
     assert usage.prompt_tokens_details is not None
     cached = usage.prompt_tokens_details.cached_tokens
     assert cached and cached > 0
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert sum(v for k, v in samples.items() if "kind=cached" in k) == cached
 
 
@@ -154,7 +154,7 @@ async def test_a_pinned_key_that_cools_down_moves_the_conversation_once(
     keys = _keys_per_turn(up, "Plan trip 0.")
     assert keys[:2] == [pinned, pinned] and len(set(keys[2:])) == 1 and keys[2] != pinned
     assert _moves(keys) == 1
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_affinity_total{group=g,result=hit}"] == 4
 
 
@@ -183,7 +183,7 @@ async def test_a_pinned_key_that_leaves_the_config_moves_once_and_re_pins(
     assert _moves(keys) == 1
     # The move loses the cache once; the turns after it hit the new key's cache.
     assert moved.parse().usage.prompt_tokens_details.cached_tokens == 0
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_affinity_total{group=g,result=moved}"] == 1
     assert samples["llm_router_affinity_total{group=g,result=hit}"] == 4
 
@@ -212,7 +212,7 @@ async def test_explicit_keys_beat_the_prefix_hash(
         await anthropic.messages.create(model="g", max_tokens=4, metadata={"user_id": "u-9"},
                                         messages=[{"role": "user", "content": text}])
     assert len({r.api_key for r in up.fake.requests[-3:]}) == 1
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     # warm-up (3 new), s-1 (new, 3 hits), tenant-7 (new), u-9 (new, 2 hits).
     assert samples["llm_router_affinity_total{group=g,result=new}"] == 6
     assert samples["llm_router_affinity_total{group=g,result=hit}"] == 5
@@ -237,7 +237,7 @@ async def test_session_mode_ignores_the_prefix_and_off_restores_inverse_weight(
     assert all(r.body is not None and "prompt_cache_key" not in r.body
                for r in up.fake.requests)
     await client.chat.completions.create(model="s", messages=hello)  # type: ignore[arg-type]
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_affinity_total{group=g,result=off}"] == 40
     assert samples["llm_router_affinity_total{group=s,result=off}"] == 1
 
@@ -272,7 +272,7 @@ async def test_anthropic_upstream_keeps_cache_control_and_counts_cache_reads(
     cost = ((prompt - cached) * PRICE["input"] + cached * PRICE["cached_input"]
             + second.usage.output_tokens * PRICE["output"]) / 1e6
     assert float(raw.headers["X-Router-Cost-USD"]) == pytest.approx(cost, rel=1e-12)
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert sum(v for k, v in samples.items() if "kind=cached" in k) == cached
 
 
@@ -308,7 +308,7 @@ async def test_a_responses_chain_stays_on_one_key_by_previous_response_id(
     # Each turn finds the whole previous prompt cached: the router renders the kept
     # history the same way every time, so the prefix matches to the token.
     assert cached == prompts[:-1]
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_affinity_total{group=g,result=hit}"] == 3
 
 
@@ -329,6 +329,6 @@ async def test_a_session_header_that_is_not_utf8_is_a_key_like_any_other(
         writer.close()
         await writer.wait_closed()
     assert statuses == [b"200", b"200"]
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_affinity_total{group=g,result=new}"] == 1
     assert samples["llm_router_affinity_total{group=g,result=hit}"] == 1

@@ -9,7 +9,7 @@ from llm_router.gateway.affinity import SharedAffinityStore
 from llm_router.state.redis_store import _COMMANDS_MAX
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import scrape_metrics
+from .helpers import metric_samples
 from .redis_server import RedisServer, redis_server
 from .test_affinity_e2e import _Conversation, _group_config, _keys_per_turn, _warm
 
@@ -72,7 +72,7 @@ async def test_replicas_sharing_redis_agree_on_a_conversations_key(
         raw = await conv.turn(router)
         assert raw.parse().usage.prompt_tokens_details.cached_tokens > 0
     assert len(set(_keys_per_turn(up, "Plan trip 0."))) == 1
-    _, on_b = await scrape_metrics(b.url)
+    on_b = await metric_samples(b.url)
     assert on_b["llm_router_affinity_total{group=g,result=hit}"] == 2
 
 
@@ -127,7 +127,7 @@ async def test_pins_made_while_redis_is_away_stay_local_and_are_not_replayed(
         assert second.http_response.status_code == 200
         assert second.parse().usage.prompt_tokens_details.cached_tokens > 0
         assert second.headers["X-Router-Key"] == first.headers["X-Router-Key"]
-        _, samples = await scrape_metrics(router.url)
+        samples = await metric_samples(router.url)
         assert samples["llm_router_affinity_total{group=g,result=hit}"] == 1
     finally:
         redis_server.resume()

@@ -24,7 +24,7 @@ from llm_router.dialects import anthropic as anthropic_in
 from llm_router.testing.upstream import Fault, count_prompt_tokens
 
 from .conftest import MakeUpstream, StartRouter, Upstream
-from .helpers import ROUTER_KEY, openai_provider, scrape_metrics
+from .helpers import ROUTER_KEY, metric_samples, openai_provider, total
 
 PRICE = {"input": 3.0, "output": 15.0}  # USD per 1M tokens
 WEATHER_TOOL = {
@@ -58,16 +58,6 @@ def via_anthropic(up: Upstream, **extra: Any) -> dict[str, Any]:
         "groups": [{"name": "g", "models": [{"provider": "an", "name": "claude-up"}]}],
         "pricing": {"claude-up": PRICE},
     }
-
-
-async def scrape(url: str) -> dict[str, float]:
-    return (await scrape_metrics(url))[1]
-
-
-def total(samples: dict[str, float], name: str, **labels: str) -> float:
-    want = [f"{k}={v}" for k, v in labels.items()]
-    return sum(v for k, v in samples.items()
-               if k.startswith(name + "{") and all(w in k for w in want))
 
 
 def sdk_version(client: anthropic.AsyncAnthropic) -> str:
@@ -106,7 +96,7 @@ async def test_anthropic_sdk_message_from_openai_upstream(start_router: StartRou
     assert raw.headers["X-Router-Provider"] == "oa"
     assert float(raw.headers["X-Router-Cost-USD"]) == pytest.approx(cost(prompt, 5))
     assert sum(router.state.counters.tokens.values()) == prompt + 5
-    s = await scrape(router.url)
+    s = await metric_samples(router.url)
     assert total(s, "llm_router_tokens_total", provider="oa", kind="prompt") == prompt
     assert total(s, "llm_router_tokens_total", provider="oa", kind="completion") == 5
     assert total(s, "llm_router_cost_usd_total", provider="oa") == pytest.approx(cost(prompt, 5))
@@ -133,7 +123,7 @@ async def test_anthropic_sdk_stream_from_openai_upstream(start_router: StartRout
     prompt = count_prompt_tokens(seen.body)
     assert (final.usage.input_tokens, final.usage.output_tokens) == (prompt, 4)
     assert sum(router.state.counters.tokens.values()) == prompt + 4
-    s = await scrape(router.url)
+    s = await metric_samples(router.url)
     assert total(s, "llm_router_tokens_total", kind="prompt") == prompt
     assert total(s, "llm_router_tokens_total", kind="completion") == 4
     assert total(s, "llm_router_cost_usd_total") == pytest.approx(cost(prompt, 4))
@@ -261,7 +251,7 @@ async def test_anthropic_sdk_passthrough_to_anthropic_provider(start_router: Sta
     assert streamed.path == "/v1/messages" and streamed.stream
     assert streamed.body is not None and "stream_options" not in streamed.body
     assert streamed.headers["anthropic-version"] == sdk_version(client)
-    s = await scrape(router.url)
+    s = await metric_samples(router.url)
     prompt2 = count_prompt_tokens(streamed.body)
     assert total(s, "llm_router_tokens_total", provider="an", kind="prompt") == prompt + prompt2
     assert total(s, "llm_router_tokens_total", provider="an", kind="completion") == 3 + 8
@@ -296,7 +286,7 @@ async def test_openai_sdk_chat_from_anthropic_provider(start_router: StartRouter
     assert resp.usage is not None
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (prompt, 7)
     assert float(raw.headers["X-Router-Cost-USD"]) == pytest.approx(cost(prompt, 7))
-    s = await scrape(router.url)
+    s = await metric_samples(router.url)
     assert total(s, "llm_router_tokens_total", provider="an", kind="prompt") == prompt
     assert total(s, "llm_router_tokens_total", provider="an", kind="completion") == 7
     assert total(s, "llm_router_cost_usd_total", provider="an") == pytest.approx(cost(prompt, 7))
@@ -323,7 +313,7 @@ async def test_openai_sdk_stream_from_anthropic_provider(start_router: StartRout
         stream_options={"include_usage": True})]
     usage = asked[-1].usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (prompt, 2)
-    s = await scrape(router.url)
+    s = await metric_samples(router.url)
     assert total(s, "llm_router_tokens_total", kind="prompt") == 2 * prompt
     assert total(s, "llm_router_tokens_total", kind="completion") == 6
     assert total(s, "llm_router_cost_usd_total") == pytest.approx(cost(2 * prompt, 6))
@@ -422,7 +412,7 @@ async def test_count_tokens_estimates_when_the_anthropic_upstream_fails(
     assert (await raw.parse()).input_tokens == anthropic_in.estimate_input_tokens(body)
     assert raw.headers["X-Router-Count"] == "estimate"
     assert len(upstream.fake.requests) >= 1  # it did ask first
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert sum(v for k, v in samples.items()
                if k.startswith("llm_router_upstream_errors_total{")) >= 1
     # A caller's own mistake is still an error, not an estimate.
@@ -762,7 +752,7 @@ async def test_upstream_in_band_errors_reach_the_client_once_and_count_as_failur
     chat = [b for b in got["/v1/chat/completions an"].split("\n\n") if b.strip()]
     assert chat[-1] == "data: [DONE]" and sum('"error"' in b for b in chat) == 1
     assert orjson.loads(chat[-2][6:])["error"]["code"] == "overloaded_error"
-    s = await scrape(router.url)
+    s = await metric_samples(router.url)
     assert total(s, "llm_router_upstream_errors_total", reason="stream_error") == 3
     # Usage reported before the error is still counted.
     assert total(s, "llm_router_tokens_total", provider="an", kind="prompt") == 22

@@ -25,7 +25,7 @@ from llm_router.testing.azure import FILTERED_OUTPUT, FILTERED_PROMPT, SCOPE, Fa
 from llm_router.testing.upstream import FakeUpstream
 
 from .conftest import StartRouter
-from .helpers import AUTH, RELOAD_FAILED, RELOAD_OK, eventually, scrape
+from .helpers import AUTH, RELOAD_FAILED, RELOAD_OK, eventually, metric_samples
 
 DEPLOYMENT = "my-gpt4o-deployment"
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -489,14 +489,14 @@ async def test_entra_client_secret_from_a_file_rotates_without_restart(
     os.rename(tmp, secret)  # the Secret volume updated
 
     async def reloaded() -> bool:
-        return (await scrape(http, router.url)).get(RELOAD_OK, 0) == 1
+        return (await metric_samples(router.url)).get(RELOAD_OK, 0) == 1
 
     await eventually(reloaded)
     az.fake.clients = {"cid": "second-entra-secret"}  # the old secret removed in Entra
     az.fake.revoke_tokens()  # with the tokens it got
     await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
     assert az.fake.token_requests == 2
-    assert (await scrape(http, router.url))[RELOAD_FAILED] == 0
+    assert (await metric_samples(router.url))[RELOAD_FAILED] == 0
 
 
 async def test_entra_failure_cools_the_key_and_fails_over_without_leaking_the_secret(

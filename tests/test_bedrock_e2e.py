@@ -30,7 +30,7 @@ from llm_router.testing.bedrock import (
 )
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import AUTH, eventually, scrape_metrics
+from .helpers import AUTH, eventually, metric_samples
 
 PROFILE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 ARN = ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/"
@@ -192,7 +192,7 @@ async def test_usage_counts_cache_reads_and_writes_in_the_prompt(
     usage = [c.usage async for c in stream if c.usage is not None][-1]
     assert usage.prompt_tokens == 23 and usage.prompt_tokens_details is not None
     assert usage.prompt_tokens_details.cached_tokens == 6
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     cached = [v for k, v in samples.items()
               if k.startswith("llm_router_tokens_total{") and "kind=cached" in k]
     assert cached == [12.0]
@@ -289,7 +289,7 @@ async def test_a_mid_stream_exception_ends_the_stream_with_that_error(
     assert errors == [{"message": "Too many tokens, please wait before trying again.",
                        "type": "rate_limit_error", "param": None,
                        "code": "ThrottlingException"}]
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_upstream_errors_total{key=main,provider=aws,"
                    "reason=stream_error}"] == 1
 

@@ -18,7 +18,7 @@ from llm_router.config import ConfigError, parse_config
 from llm_router.testing.upstream import Fault
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, openai_provider, scrape_metrics
+from .helpers import AUTH, metric_samples, openai_provider
 
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
 TEXT_IMAGE_CHAT = [{"role": "user", "content": [
@@ -127,7 +127,7 @@ async def test_no_capable_member_is_a_400_naming_it_with_no_upstream_call(
     assert err.value.code == "context_length_exceeded"
     assert "largest window is 2,000" in err.value.message
     assert _called(upstream) == []
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     rejected = sum(v for k, v in samples.items()
                    if k.startswith("llm_router_rejections_total{")
                    and "reason=no_capable_member" in k)

@@ -25,9 +25,9 @@ from .helpers import (
     RELOAD_OK,
     ROUTER_KEY,
     eventually,
+    metric_samples,
     openai_provider,
     save_by_rename,
-    scrape,
 )
 from .test_capabilities import CONTEXT_ERROR, IMAGE, TEXT_IMAGE_CHAT
 
@@ -140,7 +140,7 @@ async def test_openrouters_modalities_and_parameters_keep_images_and_tools_off_a
 
 
 async def _reloaded(http: aiohttp.ClientSession, url: str) -> bool:
-    return (await scrape(http, url)).get(RELOAD_OK) == 1
+    return (await metric_samples(url)).get(RELOAD_OK) == 1
 
 
 async def test_anthropics_and_geminis_lists_give_windows_and_capabilities(

@@ -21,7 +21,7 @@ from llm_router.config.aliases import AliasTable, ambiguous_pairs, common_name
 from llm_router.testing.upstream import Fault
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, eventually, openai_provider, scrape_metrics
+from .helpers import AUTH, ROUTER_KEY, eventually, metric_samples, openai_provider
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CODEX = json.loads((FIXTURES / "codex_0.171_responses_request.json").read_text())
@@ -193,7 +193,7 @@ async def test_access_log_and_metrics_carry_both_names(
     else:
         assert "group=fast" in line and "asked=claude-opus-4-8" in line
         assert 'alias="claude-*"' in line
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_alias_requests_total{alias=claude-*,target=fast}"] == 1
 
 

@@ -13,7 +13,7 @@ import orjson
 from llm_router.gateway import answer
 
 from .conftest import StartRouter
-from .helpers import RELOAD_OK, eventually, save_by_rename, scrape
+from .helpers import RELOAD_OK, eventually, metric_samples, save_by_rename
 from .test_teams import BOB, team
 
 # Prices whose per-answer costs need more than 8 decimals: 7 tokens cost 8.61e-07 USD.
@@ -60,7 +60,7 @@ async def test_a_price_changed_by_a_reload_counts_from_the_next_answer(
                 save_by_rename(router.config_path, team(up, pricing={"real-model": price}))
 
                 async def reloaded() -> bool:
-                    return (await scrape(s, router.url))[RELOAD_OK] == 1
+                    return (await metric_samples(router.url))[RELOAD_OK] == 1
 
                 await eventually(reloaded)
             async with s.post(router.url + "/v1/chat/completions", data=body,
@@ -73,9 +73,9 @@ async def test_a_price_changed_by_a_reload_counts_from_the_next_answer(
             assert costs[-1] == expected
         async with s.get(router.url + "/v1/usage", headers=auth) as resp:
             total = (await resp.json())["user"]["usage"]["total"]
-        metrics = await scrape(s, router.url)
+        metrics = await metric_samples(router.url)
     assert total["cost_usd"] == costs[0] + costs[1]
-    assert metrics['llm_router_cost_usd_total{model="real-model",provider="up",user="bob"}'] \
+    assert metrics["llm_router_cost_usd_total{model=real-model,provider=up,user=bob}"] \
         == costs[0] + costs[1]
 
 

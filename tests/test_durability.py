@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, openai_provider, scrape, write_config
+from .helpers import AUTH, ROUTER_KEY, key_tokens, metric_samples, openai_provider, write_config
 from .test_shutdown import RouterProcess
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -91,8 +91,7 @@ async def test_sigkill_after_a_second_of_quiet_loses_nothing(
             told.append(await _chat(http, rp.url))
 
     await asyncio.gather(*(client() for _ in range(8)))
-    before = {k: v for k, v in (await scrape(http, rp.url)).items()
-              if k.startswith("llm_router_key_tokens{")}
+    before = key_tokens(await metric_samples(rp.url))
     await asyncio.sleep(1.0)  # five journal flushes; no snapshot (the interval is an hour)
     assert rp.proc is not None
     rp.proc.send_signal(signal.SIGKILL)
@@ -105,8 +104,7 @@ async def test_sigkill_after_a_second_of_quiet_loses_nothing(
     assert total["completion_tokens"] == sum(t[2] for t in told)
     # The header round-trips each cost; the sum's order differs (concurrent requests).
     assert total["cost_usd"] == pytest.approx(sum(t[0] for t in told), rel=1e-12)
-    after = {k: v for k, v in (await scrape(http, rp.url)).items()
-             if k.startswith("llm_router_key_tokens{")}
+    after = key_tokens(await metric_samples(rp.url))
     assert after == before
     assert "journal events after it" in rp.log
 
@@ -213,9 +211,9 @@ async def test_failing_writes_turn_readiness_off_and_a_failed_final_write_exits_
                          usage={"snapshot_path": str(state_dir / "usage.json"),
                                 "snapshot_interval_s": 0.5}))
     await rp.start()
-    samples = await scrape(http, rp.url)
-    assert samples["llm_router_snapshot_last_success_timestamp_seconds"] > 0
-    assert samples["llm_router_snapshot_errors_total"] == 0
+    samples = await metric_samples(rp.url)
+    assert samples["llm_router_snapshot_last_success_timestamp_seconds{}"] > 0
+    assert samples["llm_router_snapshot_errors_total{}"] == 0
 
     def break_disk() -> None:  # root ignores permissions: a file in place of the directory
         state_dir.rename(tmp_path / "state.away")
@@ -237,7 +235,7 @@ async def test_failing_writes_turn_readiness_off_and_a_failed_final_write_exits_
             break
         await asyncio.sleep(0.1)
     assert (status, body.get("usage_snapshot")) == (503, "failing")
-    assert (await scrape(http, rp.url))["llm_router_snapshot_errors_total"] >= 3
+    assert (await metric_samples(rp.url))["llm_router_snapshot_errors_total{}"] >= 3
 
     mend_disk()
     for _ in range(100):

@@ -28,7 +28,7 @@ from llm_router.config import key_label
 from llm_router.testing.upstream import FakeUpstream, Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import AUTH, chat_served_by, openai_provider, scrape_metrics
+from .helpers import AUTH, chat_served_by, metric_samples, openai_provider
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -48,11 +48,6 @@ async def _chat(router: Router, **kw: Any) -> Any:
     """A chat completion through the SDK; returns the raw response (headers + parse())."""
     return await router.openai().chat.completions.with_raw_response.create(
         model="g", messages=HELLO, **kw)  # type: ignore[arg-type]
-
-
-async def _samples(http: aiohttp.ClientSession, router: Router) -> dict[str, float]:
-    del http
-    return (await scrape_metrics(router.url))[1]
 
 
 def _events(raw: bytes) -> list[Any]:
@@ -98,7 +93,7 @@ async def test_5xx_fails_over_to_the_next_member(
     assert raw.headers["X-Router-Attempts"] == "2"
     assert raw.headers["X-Router-Provider"] == "b"
     assert len(a.fake.requests) == 1 and len(b.fake.requests) == 1
-    samples = await _samples(http, router)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_fallbacks_total{group=g}"] == 1
     label = key_label("sk-a")
     assert samples[f"llm_router_upstream_errors_total{{key={label},provider=a,"
@@ -182,7 +177,7 @@ async def test_upstream_401_marks_the_key_bad_once_and_fails_over(
     rejected = [r for r in caplog.records if "rejected" in r.getMessage()]
     assert len(rejected) == 1 and "sk-a" not in rejected[0].getMessage()
     label = key_label("sk-a")
-    samples = await _samples(http, router)
+    samples = await metric_samples(router.url)
     assert samples[f"llm_router_key_state{{key={label},provider=a,state=bad}}"] == 1
     # A config change (the secret was probably rotated) gives the key another chance.
     a.fake.clear_faults()
@@ -313,7 +308,7 @@ async def test_all_candidates_cooling_is_503_with_the_soonest_retry_after(
         doc = await resp.json()
     assert doc["error"]["code"] == "no_candidate_available"
     assert len(a.fake.requests) == 1 and len(b.fake.requests) == 1  # nothing hammered
-    samples = await _samples(http, router)
+    samples = await metric_samples(router.url)
     assert samples[f"llm_router_key_state{{key={key_label('sk-a')},provider=a,"
                    "state=cooldown}"] == 1
     met_429s, cooling = _access_lines(caplog)
@@ -429,7 +424,7 @@ async def test_total_timeout_bounds_a_body_that_stalls_and_fails_over(
     started = time.monotonic()
     await chat_served_by(http, router, "b", attempts=2)
     assert time.monotonic() - started < 10  # total ended it, not the 30 s stall
-    samples = await _samples(http, router)
+    samples = await metric_samples(router.url)
     assert samples[f"llm_router_upstream_errors_total{{key={key_label('sk-a')},provider=a,"
                    "reason=timeout}"] == 1
     assert len(router.state.deadlines) == 0  # no wait left registered
@@ -610,7 +605,7 @@ async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(
         resp = await client.post(router.url + "/v1/chat/completions", headers=AUTH,
                                  json={"model": "g", "messages": HELLO, "stream": True})
         assert (await resp.content.readline()).startswith(b"data: ")
-        samples = await _samples(http, router)
+        samples = await metric_samples(router.url)
         assert samples["llm_router_inflight_requests{}"] == 1
         assert router.state.counters.inflight
         resp.close()
@@ -618,7 +613,7 @@ async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(
         await seen["closed"].wait()  # the router dropped its upstream connection
         while router.state.inflight:
             await asyncio.sleep(0.02)
-    samples = await _samples(http, router)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_inflight_requests{}"] == 0
     assert router.state.counters.inflight == {}
     assert sum(router.state.counters.tokens.values()) > 0  # counted for what it used

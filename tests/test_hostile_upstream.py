@@ -19,7 +19,7 @@ from llm_router.config import load_config
 from llm_router.observe.redact import RedactingFilter, Redactor
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, openai_provider, scrape_metrics, write_config
+from .helpers import AUTH, metric_samples, openai_provider, write_config
 
 HELLO = [{"role": "user", "content": "hello"}]
 _CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
@@ -129,7 +129,7 @@ async def test_oversized_answers_fail_over_as_bad_response(
         assert status == 200, body[:200]
         assert headers["X-Router-Provider"] == "good" and headers["X-Router-Attempts"] == "2"
         assert time.perf_counter() - t0 < 5
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     bad = [v for k, v in samples.items() if k.startswith("llm_router_upstream_errors_total{")
            and "provider=bad," in k and "reason=bad_response" in k]
     assert sum(bad) == 2
@@ -145,7 +145,7 @@ async def test_an_answer_over_the_bound_fails_over_even_when_it_came_whole(
     status, headers, body = await _post(http, router.url, "2k-json")
     assert status == 200, body[:200]
     assert headers["X-Router-Provider"] == "good" and headers["X-Router-Attempts"] == "2"
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert any(
         k.startswith("llm_router_upstream_errors_total{") and "provider=bad," in k
         and "reason=bad_response" in k and v == 1 for k, v in samples.items())
@@ -190,7 +190,7 @@ async def test_stream_ends_at_done_while_the_upstream_lingers(
     took = await asyncio.gather(*(one() for _ in range(10)))
     assert max(took) < 3  # not the upstream's 5 s linger
     await asyncio.sleep(0.2)
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     statuses = {k: v for k, v in samples.items() if k.startswith("llm_router_requests_total{")
                 and "group=linger," in k}
     assert sum(v for k, v in statuses.items() if "status=200" in k) == 10

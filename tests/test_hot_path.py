@@ -28,7 +28,7 @@ from llm_router.observe.exchange import Exchange
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, StartRouter, Upstream
-from .helpers import AUTH, chat_served_by, openai_provider, scrape_metrics
+from .helpers import AUTH, chat_served_by, metric_samples, openai_provider
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -50,7 +50,7 @@ async def test_a_200_answer_that_is_not_a_json_object_fails_over(
     router = await start_router(_group(openai_provider("a", a), openai_provider("b", b)))
     a.fake.add_fault(Fault(status=200, body=body))
     await chat_served_by(http, router, "b", attempts=2)
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples[f"llm_router_upstream_errors_total{{key={key_label('sk-a')},provider=a,"
                    "reason=bad_response}"] == 1
 
@@ -70,7 +70,7 @@ async def test_usage_of_an_untouched_answer_is_counted_wherever_it_sits(
                          json={"model": "g", "messages": HELLO}) as resp:
         assert resp.status == 200
         assert await resp.read() == orjson.dumps(answer)  # passed on byte for byte
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     tokens = {k: v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")}
     assert sum(v for k, v in tokens.items() if "kind=prompt" in k) == 11
     assert sum(v for k, v in tokens.items() if "kind=completion" in k) == 7

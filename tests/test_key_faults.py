@@ -19,9 +19,9 @@ from .helpers import (
     RELOAD_OK,
     ROUTER_KEY,
     eventually,
+    metric_samples,
     openai_provider,
     save_by_rename,
-    scrape,
 )
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -43,7 +43,7 @@ async def _reload(http: aiohttp.ClientSession, router: Router, config: dict[str,
     save_by_rename(router.config_path, config)
 
     async def done() -> bool:
-        return (await scrape(http, router.url)).get(RELOAD_OK) == count
+        return (await metric_samples(router.url)).get(RELOAD_OK) == count
 
     await eventually(done)
 
@@ -92,8 +92,8 @@ async def test_rejected_key_is_marked_bad_and_skipped_then_502_when_all_are(
     rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert len(rejected) == 1 and "key 'a' of provider 'up'" in rejected[0]
     assert "sk-a" not in rejected[0]
-    samples = await scrape(http, router.url)
-    assert samples['llm_router_key_state{key="a",provider="up",state="bad"}'] == 1
+    samples = await metric_samples(router.url)
+    assert samples["llm_router_key_state{key=a,provider=up,state=bad}"] == 1
 
     upstream.fake.add_fault(Fault(status=403, key="sk-b", times=None))
     for _ in range(2):  # the attempt that finds b rejected, then one with no key left
@@ -107,6 +107,6 @@ async def test_rejected_key_is_marked_bad_and_skipped_then_502_when_all_are(
     await _reload(http, router, _config(upstream, [{"key": "sk-a3", "name": "a"}, keys[1]]), 1)
     assert (await _chat(http, router))[0] == 200
     assert upstream.keys_seen()[-1] == "sk-a3"
-    samples = await scrape(http, router.url)
+    samples = await metric_samples(router.url)
     for key in ("a", "b"):  # both back after the reload
-        assert samples[f'llm_router_key_state{{key="{key}",provider="up",state="ok"}}'] == 1
+        assert samples[f"llm_router_key_state{{key={key},provider=up,state=ok}}"] == 1

@@ -8,7 +8,16 @@ from typing import Any
 import aiohttp
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, openai_provider, scrape_metrics
+from .helpers import (
+    AUTH,
+    RELOAD_OK,
+    ROUTER_KEY,
+    eventually,
+    metric_samples,
+    metrics_page,
+    openai_provider,
+    save_by_rename,
+)
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -37,10 +46,10 @@ async def test_unique_model_names_do_not_grow_the_series(
     router = await start_router(_config(upstream))
     await _send(http, router.url, ["g", "p1/m", "p1/first-unknown"])
     await _send(http, router.url, ["p1/first-unknown-stream"], stream=True)
-    text, before = await scrape_metrics(router.url)
+    text, before = await metrics_page(router.url)
     await _send(http, router.url, [f"p1/unique-{i}" for i in range(1000)])
     await _send(http, router.url, [f"p1/unique-stream-{i}" for i in range(20)], stream=True)
-    text, after = await scrape_metrics(router.url)
+    text, after = await metrics_page(router.url)
     assert sorted(after) == sorted(before)  # the very same series, only their values grew
     assert "unique-" not in text and "first-unknown" not in text
     other = [v for k, v in after.items() if k.startswith("llm_router_requests_total{")
@@ -53,12 +62,10 @@ async def test_unique_model_names_do_not_grow_the_series(
 
 async def test_a_name_the_reloaded_config_drops_is_labelled_other_from_then_on(
         start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
-    from .helpers import eventually, save_by_rename
-
     config = {**_config(upstream), "pricing": {"priced": {"input": 1.0, "output": 2.0}}}
     router = await start_router(config)
     await _send(http, router.url, ["p1/priced"] * 3)
-    _, before = await scrape_metrics(router.url)
+    before = await metric_samples(router.url)
     own = 'llm_router_requests_total{group=p1/priced,model=priced,provider=p1,' \
           'route=/v1/chat/completions,status=200,user=default}'
     assert before.get(own) == 3, sorted(before)
@@ -66,12 +73,11 @@ async def test_a_name_the_reloaded_config_drops_is_labelled_other_from_then_on(
     save_by_rename(router.config_path, {"api_key": ROUTER_KEY, **_config(upstream)})
 
     async def reloaded() -> bool:
-        return (await scrape_metrics(router.url))[1].get(
-            "llm_router_config_reloads_total{result=success}") == 1
+        return (await metric_samples(router.url)).get(RELOAD_OK) == 1
 
     await eventually(reloaded)
     await _send(http, router.url, ["p1/priced"] * 2)
-    _, after = await scrape_metrics(router.url)
+    after = await metric_samples(router.url)
     assert after[own] == 3  # the old series no longer grows
     other = own.replace("group=p1/priced", "group=p1/other").replace("model=priced",
                                                                      "model=other")

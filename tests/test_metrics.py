@@ -19,7 +19,7 @@ from llm_router import __version__
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, openai_provider, scrape_metrics
+from .helpers import AUTH, ROUTER_KEY, metric_samples, metrics_page, openai_provider, total
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -31,17 +31,6 @@ def _config(up: Upstream) -> dict[str, Any]:
         "groups": [{"name": "g", "models": [{"provider": "up", "name": "m"}]}],
         "pricing": {"m": {"input": 1.0, "output": 2.0}},
     }
-
-
-async def _scrape(http: aiohttp.ClientSession, url: str) -> tuple[str, dict[str, float]]:
-    del http
-    return await scrape_metrics(url)
-
-
-def _total(samples: dict[str, float], name: str, **labels: str) -> float:
-    want = [f"{k}={v}" for k, v in labels.items()]
-    return sum(v for k, v in samples.items()
-               if k.startswith(name + "{") and all(w in k for w in want))
 
 
 async def test_metrics_after_real_traffic(start_router: StartRouter, upstream: Upstream,
@@ -64,20 +53,20 @@ async def test_metrics_after_real_traffic(start_router: StartRouter, upstream: U
     with pytest.raises(openai.APIStatusError):
         await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
 
-    text, s = await _scrape(http, router.url)
+    text, s = await metrics_page(router.url)
     route = "/v1/chat/completions"
-    assert _total(s, "llm_router_requests_total", route=route, status="200") == 5
-    assert _total(s, "llm_router_requests_total", route=route, status="502") == 1
-    assert _total(s, "llm_router_tokens_total", kind="prompt") == sum(p for p, _ in usages)
-    assert _total(s, "llm_router_tokens_total", kind="completion") == sum(c for _, c in usages)
-    assert _total(s, "llm_router_time_to_first_token_seconds_count", group="g") == 2
-    assert _total(s, "llm_router_request_duration_seconds_count", route=route) == 6
-    assert _total(s, "llm_router_overhead_seconds_count", route=route) == 6
-    assert _total(s, "llm_router_upstream_errors_total", reason="status_5xx") == 2
-    assert _total(s, "llm_router_fallbacks_total", group="g") == 1
+    assert total(s, "llm_router_requests_total", route=route, status="200") == 5
+    assert total(s, "llm_router_requests_total", route=route, status="502") == 1
+    assert total(s, "llm_router_tokens_total", kind="prompt") == sum(p for p, _ in usages)
+    assert total(s, "llm_router_tokens_total", kind="completion") == sum(c for _, c in usages)
+    assert total(s, "llm_router_time_to_first_token_seconds_count", group="g") == 2
+    assert total(s, "llm_router_request_duration_seconds_count", route=route) == 6
+    assert total(s, "llm_router_overhead_seconds_count", route=route) == 6
+    assert total(s, "llm_router_upstream_errors_total", reason="status_5xx") == 2
+    assert total(s, "llm_router_fallbacks_total", group="g") == 1
     expected_cost = sum(p * 1.0 + c * 2.0 for p, c in usages) / 1e6
-    assert _total(s, "llm_router_cost_usd_total") == pytest.approx(expected_cost)
-    assert _total(s, "llm_router_key_tokens") == sum(router.state.counters.tokens.values())
+    assert total(s, "llm_router_cost_usd_total") == pytest.approx(expected_cost)
+    assert total(s, "llm_router_key_tokens") == sum(router.state.counters.tokens.values())
     # Each key's gauges hold its last answer's x-ratelimit-remaining-*; the fake counts
     # down, so the lowest is what the last answer said.
     for kind, sent in (("requests", upstream.fake._remaining_requests),
@@ -85,7 +74,7 @@ async def test_metrics_after_real_traffic(start_router: StartRouter, upstream: U
         assert min(v for k, v in s.items() if k.startswith(
             "llm_router_upstream_ratelimit_remaining{") and f"kind={kind}" in k) == sent
     assert s["llm_router_inflight_requests{}"] == 0  # a scrape does not count itself
-    assert _total(s, "llm_router_config_reloads_total", result="success") == 0
+    assert total(s, "llm_router_config_reloads_total", result="success") == 0
     assert s["llm_router_config_last_reload_timestamp_seconds{}"] > 0
     assert "sk-secret" not in text and ROUTER_KEY not in text
     assert 'key="two"' in text
@@ -96,7 +85,7 @@ async def test_promtool_accepts_the_exposition(start_router: StartRouter, upstre
                                                http: aiohttp.ClientSession) -> None:
     router = await start_router(_config(upstream))
     await router.openai().chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
-    text, _ = await _scrape(http, router.url)
+    text, _ = await metrics_page(router.url)
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -182,24 +171,24 @@ async def test_refusals_are_counted_by_reason_and_user(
     assert await _status(http, router, "sk-dave", "c") == 429  # upstream 429: not a refusal
     assert await _status(http, router, "sk-dave", "c") == 503  # the only key cools down
 
-    _, s = await scrape_metrics(router.url)
+    s = await metric_samples(router.url)
     rej = "llm_router_rejections_total"
-    assert _total(s, rej, user="bob", reason="rpm", group="g") == 1
-    assert _total(s, rej, user="carol", reason="budget") == 1
-    assert _total(s, rej, user="carol", reason="model_not_allowed", group="h") == 1
-    assert _total(s, rej, user="anonymous", reason="auth") == 1
-    assert _total(s, rej, user="dave", reason="cooling_down", group="c") == 1
-    assert _total(s, rej) == 5  # nothing else, and never the upstream's own 429
+    assert total(s, rej, user="bob", reason="rpm", group="g") == 1
+    assert total(s, rej, user="carol", reason="budget") == 1
+    assert total(s, rej, user="carol", reason="model_not_allowed", group="h") == 1
+    assert total(s, rej, user="anonymous", reason="auth") == 1
+    assert total(s, rej, user="dave", reason="cooling_down", group="c") == 1
+    assert total(s, rej) == 5  # nothing else, and never the upstream's own 429
     req = "llm_router_requests_total"
-    assert _total(s, req, user="bob", status="200") == 1
-    assert _total(s, req, user="bob", status="429") == 1
-    assert _total(s, req, user="carol", status="402") == 1
+    assert total(s, req, user="bob", status="200") == 1
+    assert total(s, req, user="bob", status="429") == 1
+    assert total(s, req, user="carol", status="402") == 1
     # Served and refused requests land in different duration series.
     dur = "llm_router_request_duration_seconds_count"
-    assert _total(s, dur, group="g", model="m", status="2xx") == 2
-    assert _total(s, dur, group="g", status="4xx") == 2  # bob's 429, carol's 402
-    assert _total(s, dur, status="4xx") == 5  # the 403, the 401 (no group yet), the 429
-    assert _total(s, dur, group="c", status="5xx") == 1
+    assert total(s, dur, group="g", model="m", status="2xx") == 2
+    assert total(s, dur, group="g", status="4xx") == 2  # bob's 429, carol's 402
+    assert total(s, dur, status="4xx") == 5  # the 403, the 401 (no group yet), the 429
+    assert total(s, dur, group="c", status="5xx") == 1
 
 
 async def test_budgets_and_limits_left_are_gauges_per_user(
@@ -207,7 +196,7 @@ async def test_budgets_and_limits_left_are_gauges_per_user(
     router = await start_router(_team_config(upstream))
     assert await _status(http, router, "sk-bob", "g") == 200
     assert await _status(http, router, "sk-carol", "g") == 200
-    _, s = await scrape_metrics(router.url)
+    s = await metric_samples(router.url)
     report = router.state.ledger.admin_usage(router.state.config)
     carol = next(u for u in report["users"] if u["name"] == "carol")
     assert s["llm_router_budget_usd{user=carol}"] == 0.00001
@@ -226,7 +215,7 @@ async def test_budgets_and_limits_left_are_gauges_per_user(
 async def test_build_info_and_process_collectors(start_router: StartRouter, upstream: Upstream
                                                  ) -> None:
     router = await start_router(_config(upstream))
-    _, s = await scrape_metrics(router.url)
+    s = await metric_samples(router.url)
     build = [k for k in s if k.startswith("llm_router_build_info{")]
     assert build == [f"llm_router_build_info{{python={platform.python_version()},"
                      f"version={__version__}}}"]
@@ -246,7 +235,7 @@ async def test_time_per_output_token_of_streams(start_router: StartRouter,
             model="g", messages=HELLO, stream=True, max_tokens=4)]  # type: ignore[arg-type]
         assert chunks
     await client.chat.completions.create(model="g", messages=HELLO)  # type: ignore[arg-type]
-    _, s = await scrape_metrics(router.url)
+    s = await metric_samples(router.url)
     labels = "group=g,model=m,provider=up"
     count = s[f"llm_router_time_per_output_token_seconds_count{{{labels}}}"]
     assert count == 2  # streams only

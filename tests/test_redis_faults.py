@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from llm_router.state.redis_keys import SEP
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import eventually, scrape_metrics
+from .helpers import eventually, metric_samples
 from .redis_server import REDIS_PASSWORD, RedisServer, redis_server, redis_server_with_password
 from .test_shared_state import ADMIN, fleet_config, get_json, post_chat
 
@@ -115,7 +115,7 @@ async def test_a_foreign_key_keeps_the_backend_down_once_until_it_is_deleted(
         assert reason in state["reason"] and f"redis-cli DEL '{key}'" in state["reason"]
         # Down once, and stays down through every retry: no flapping.
         assert state["changes"] == before + 1
-        _, samples = await scrape_metrics(router.url)
+        samples = await metric_samples(router.url)
         assert samples["llm_router_state_backend_up{}"] == 0.0
         status, _, _ = await post_chat(http, router)
         assert status == 200

@@ -26,9 +26,9 @@ from .helpers import (
     ROUTER_KEY,
     eventually,
     key_tokens,
+    metric_samples,
     openai_provider,
     save_by_rename,
-    scrape,
 )
 
 
@@ -63,7 +63,7 @@ async def test_group_added_to_the_file_is_served_without_restart(
     await eventually(b_served)
     assert upstream.fake.requests[-1].model == "m-b"
     assert await chat_status(http, router, "a") == 200
-    samples = await scrape(http, router.url)
+    samples = await metric_samples(router.url)
     assert samples[RELOAD_OK] == 1 and samples[RELOAD_FAILED] == 0
 
 
@@ -101,14 +101,14 @@ async def test_invalid_edit_keeps_old_config_serving(
         save_by_rename(router.config_path, bad)
 
         async def refused() -> bool:
-            return (await scrape(http, router.url))[RELOAD_FAILED] == 1
+            return (await metric_samples(router.url))[RELOAD_FAILED] == 1
 
         await eventually(refused)
     problems = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("groups[1].models[0].provider: unknown provider 'upp'" in p for p in problems)
     assert await chat_status(http, router, "a") == 200
     assert await chat_status(http, router, "b") == 404
-    assert (await scrape(http, router.url))[RELOAD_OK] == 0
+    assert (await metric_samples(router.url))[RELOAD_OK] == 0
 
 
 async def test_fixing_a_refused_edit_is_picked_up(
@@ -117,7 +117,7 @@ async def test_fixing_a_refused_edit_is_picked_up(
     save_by_rename(router.config_path, "groups: [unclosed\n")
 
     async def refused() -> bool:
-        return (await scrape(http, router.url))[RELOAD_FAILED] == 1
+        return (await metric_samples(router.url))[RELOAD_FAILED] == 1
 
     await eventually(refused)
     save_by_rename(router.config_path, _config(upstream, ["a", "b"]))
@@ -126,7 +126,7 @@ async def test_fixing_a_refused_edit_is_picked_up(
         return await chat_status(http, router, "b") == 200
 
     await eventually(b_served)
-    samples = await scrape(http, router.url)
+    samples = await metric_samples(router.url)
     assert samples[RELOAD_OK] == 1 and samples[RELOAD_FAILED] == 1
 
 
@@ -141,7 +141,7 @@ async def test_half_written_file_is_refused_until_complete(
         fh.flush()
 
         async def refused() -> bool:
-            return (await scrape(http, router.url))[RELOAD_FAILED] >= 1
+            return (await metric_samples(router.url))[RELOAD_FAILED] >= 1
 
         await eventually(refused)
         assert await chat_status(http, router, "a") == 200  # never a half config
@@ -176,7 +176,7 @@ async def test_slow_in_place_write_never_serves_a_cut_off_config(
 
     await eventually(c_served)
     assert set(statuses) == {200}
-    samples = await scrape(http, router.url)
+    samples = await metric_samples(router.url)
     assert samples[RELOAD_OK] == 1 and samples[RELOAD_FAILED] == 0
 
 
@@ -187,7 +187,7 @@ async def test_counters_survive_a_reload_exactly(
     client = router.openai()
     for _ in range(6):
         await client.chat.completions.create(model="a", messages=HELLO)  # type: ignore[arg-type]
-    before = key_tokens(await scrape(http, router.url))
+    before = key_tokens(await metric_samples(router.url))
     assert len(before) == 2 and all(v > 0 for v in before.values())
     # Keys reordered and a new one put first: counters follow the key, not its position.
     save_by_rename(router.config_path,
@@ -195,11 +195,11 @@ async def test_counters_survive_a_reload_exactly(
                                                   "sk-two", {"key": "sk-one", "name": "one"}]))
 
     async def reloaded() -> bool:
-        return (await scrape(http, router.url))[RELOAD_OK] == 1
+        return (await metric_samples(router.url))[RELOAD_OK] == 1
 
     await eventually(reloaded)
-    after = key_tokens(await scrape(http, router.url))
-    (new,) = [k for k in after if 'key="new"' in k]
+    after = key_tokens(await metric_samples(router.url))
+    (new,) = [k for k in after if "{key=new," in k]
     assert {k: v for k, v in after.items() if k != new} == before
     # The new key joins level with the least-loaded established key, not at zero.
     assert after[new] == min(before.values())
@@ -215,7 +215,7 @@ async def test_key_added_to_a_busy_group_shares_its_traffic_at_once(
         upstream, ["a"], [{"key": "sk-one", "name": "one"}, {"key": "sk-two", "name": "two"}]))
 
     async def reloaded() -> bool:
-        return (await scrape(http, router.url))[RELOAD_OK] == 1
+        return (await metric_samples(router.url))[RELOAD_OK] == 1
 
     await eventually(reloaded)
     sent = len(upstream.fake.requests)
@@ -233,7 +233,7 @@ async def test_content_unchanged_is_no_reload(
 
     async def reloads(n: int) -> None:
         async def done() -> bool:
-            return (await scrape(http, router.url))[RELOAD_OK] >= n
+            return (await metric_samples(router.url))[RELOAD_OK] >= n
 
         await eventually(done)
 
@@ -248,7 +248,7 @@ async def test_content_unchanged_is_no_reload(
         return await chat_status(http, router, "b") == 404
 
     await eventually(b_gone)
-    assert (await scrape(http, router.url))[RELOAD_OK] == 2
+    assert (await metric_samples(router.url))[RELOAD_OK] == 2
 
 
 async def test_listen_address_change_is_logged_as_needing_restart(
@@ -259,7 +259,7 @@ async def test_listen_address_change_is_logged_as_needing_restart(
         save_by_rename(router.config_path, _config(upstream, ["a"], port=9999))
 
         async def reloaded() -> bool:
-            return (await scrape(http, router.url))[RELOAD_OK] == 1
+            return (await metric_samples(router.url))[RELOAD_OK] == 1
 
         await eventually(reloaded)
     assert any("8080" in r.getMessage() and "9999" in r.getMessage()
@@ -298,7 +298,7 @@ async def test_unservable_group_is_refused_and_warnings_are_logged_on_reload(
         save_by_rename(router.config_path, restricted)
 
         async def refused() -> bool:
-            return (await scrape(http, router.url))[RELOAD_FAILED] == 1
+            return (await metric_samples(router.url))[RELOAD_FAILED] == 1
 
         await eventually(refused)
         assert await chat_status(http, router, "b") == 404
@@ -307,7 +307,7 @@ async def test_unservable_group_is_refused_and_warnings_are_logged_on_reload(
         save_by_rename(router.config_path, unused_price)
 
         async def reloaded() -> bool:
-            return (await scrape(http, router.url))[RELOAD_OK] == 1
+            return (await metric_samples(router.url))[RELOAD_OK] == 1
 
         await eventually(reloaded)
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -330,7 +330,7 @@ async def test_a_standing_warning_is_not_logged_again_on_every_reload(
             save_by_rename(router.config_path, _config(upstream, groups, pricing=pricing))
 
             async def reloaded(count: int = n + 1) -> bool:
-                return (await scrape(http, router.url))[RELOAD_OK] == count
+                return (await metric_samples(router.url))[RELOAD_OK] == count
 
             await eventually(reloaded)
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -387,7 +387,7 @@ async def test_configmap_update_by_the_kubelets_symlink_swap_reloads(
             return await chat_status(http, router, group) == 200
 
         await eventually(served)
-    samples = await scrape(http, router.url)
+    samples = await metric_samples(router.url)
     assert samples[RELOAD_OK] == 2 and samples[RELOAD_FAILED] == 0
 
 
@@ -411,7 +411,7 @@ async def test_key_rotated_in_a_secret_volume_serves_at_once_without_restart(
                     and upstream.fake.requests[-1].api_key == key)
 
         await eventually(rotated)
-        samples = await scrape(http, router.url)
+        samples = await metric_samples(router.url)
         assert samples[RELOAD_OK] == n and samples[RELOAD_FAILED] == 0
     # Another key of the Secret changing leaves this config as it was: no reload.
     secrets.write({"openai-a": "sk-rotation-third-0003\n", "other": "unrelated-2"})
@@ -422,7 +422,7 @@ async def test_key_rotated_in_a_secret_volume_serves_at_once_without_restart(
         return await chat_status(http, router, "b") == 200
 
     await eventually(b_served)
-    assert (await scrape(http, router.url))[RELOAD_OK] == 3
+    assert (await metric_samples(router.url))[RELOAD_OK] == 3
     assert any("config reloaded" in r.getMessage() for r in caplog.records)
     assert not any("sk-rotation" in r.getMessage() for r in caplog.records)
 
@@ -441,7 +441,7 @@ async def test_config_naming_a_key_file_not_yet_there_is_served_once_it_appears(
         {"key_file": str(secrets.root / "openai-b"), "name": "b"}]))
 
     async def refused() -> bool:
-        return (await scrape(http, router.url))[RELOAD_FAILED] >= 1
+        return (await metric_samples(router.url))[RELOAD_FAILED] >= 1
 
     await eventually(refused)
     secrets.write({"openai-a": "sk-present-key-0001", "openai-b": "sk-arrived-key-0002"})
@@ -466,7 +466,7 @@ async def _each_edit_reloads(http: aiohttp.ClientSession, router: Router, up: Up
                     and up.fake.requests[-1].model == model)
 
         await eventually(reloaded)
-        assert (await scrape(http, router.url))[RELOAD_OK] == n
+        assert (await metric_samples(router.url))[RELOAD_OK] == n
 
 
 async def test_sed_in_place_reloads(

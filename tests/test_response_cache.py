@@ -15,7 +15,7 @@ from llm_router.config import ConfigError, parse_config, sha256_hex
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import openai_provider, scrape_metrics, write_config
+from .helpers import metric_samples, openai_provider, write_config
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
@@ -219,7 +219,7 @@ async def test_the_lru_is_bounded_by_entries_and_by_bytes(
         await _chat(small, content=prompt, max_tokens=60)
         assert small.state.cache.store.held_bytes <= 2048
     assert small.state.cache.store.entries == 2
-    _, metrics = await scrape_metrics(small.url)
+    metrics = await metric_samples(small.url)
     assert 1024 < metrics["llm_router_cache_bytes{}"] <= 2048
     assert (await _chat(small, content="d", max_tokens=60))[1]["x-router-cache"] == "hit"
     assert (await _chat(small, content="a", max_tokens=60))[1]["x-router-cache"] == "miss"
@@ -283,7 +283,7 @@ async def test_a_hit_costs_no_budget_but_counts_against_rpm(
     with pytest.raises(openai.RateLimitError):
         await _chat(router, BOB)  # the fourth passes rpm 3, hits or not
     assert _calls(upstream) == 1
-    _, metrics = await scrape_metrics(router.url)
+    metrics = await metric_samples(router.url)
     assert metrics["llm_router_cache_requests_total{group=g,result=hit}"] == 2
     assert metrics["llm_router_cache_savings_usd_total{group=g}"] == pytest.approx(
         2 * after_miss[0])

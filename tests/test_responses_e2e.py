@@ -20,7 +20,7 @@ from llm_router.config import ConfigError, parse_config
 from llm_router.testing.upstream import Fault
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, openai_provider, scrape_metrics
+from .helpers import AUTH, ROUTER_KEY, metric_samples, openai_provider
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
@@ -67,7 +67,7 @@ async def test_create_through_a_chat_member_translates_both_ways(
     assert sent.body["model"] == "gpt-up" and sent.body["max_tokens"] == 5
     cost = float(raw.headers["X-Router-Cost-USD"])
     assert cost == pytest.approx((r.usage.input_tokens * 1.0 + 5 * 2.0) / 1e6)
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert any(k.startswith("llm_router_requests_total{") and "route=/v1/responses" in k
                and "status=200" in k for k in samples)
 
@@ -174,7 +174,7 @@ async def test_native_member_gets_the_body_untouched_and_follow_ups_return_to_it
     assert usage is not None
     assert float(raw.headers["X-Router-Cost-USD"]) == pytest.approx(
         (usage.input_tokens * 1.0 + usage.output_tokens * 2.0) / 1e6)
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     completion = sum(v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")
                      and "provider=nat" in k and "kind=completion" in k)
     assert completion == 16 * 7  # six answers and one stream of 16 tokens each
@@ -419,7 +419,7 @@ async def test_in_band_upstream_errors_end_the_stream_with_one_response_failed(
         assert kinds.count("response.failed") == 1 and kinds[-1] == "response.failed", kinds
         assert "response.completed" not in kinds
         assert why in events[-1]["response"]["error"]["message"]
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     errors = sum(v for k, v in samples.items()
                  if k.startswith("llm_router_upstream_errors_total{")
                  and "reason=stream_error" in k)
@@ -436,7 +436,7 @@ async def test_a_cut_follow_up_counts_its_conversation_in_the_prompt_estimate(
     first = await router.openai().responses.create(model="g", input="x" * 8000)
 
     async def prompt_tokens() -> float:
-        _, samples = await scrape_metrics(router.url)
+        samples = await metric_samples(router.url)
         return sum(v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")
                    and "kind=prompt" in k)
 

@@ -26,7 +26,7 @@ from llm_router.state import redis_store
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import eventually, openai_provider, scrape_metrics, write_config
+from .helpers import eventually, metric_samples, openai_provider, write_config
 from .redis_server import REDIS_PASSWORD, RedisServer, redis_server, redis_server_with_password
 
 __all__ = ["redis_server", "redis_server_with_password"]  # the fixtures, for pytest
@@ -158,13 +158,13 @@ async def test_redis_stall_falls_back_to_this_replica_and_flushes_on_recovery(
             ready = await resp.json()
         assert ready["state"]["backend"] == "redis"
         assert ready["state"]["degraded"] is True
-        _, samples = await scrape_metrics(a.url)
+        samples = await metric_samples(a.url)
         assert samples["llm_router_state_backend_up{}"] == 0.0
     finally:
         redis_server.resume()
 
     async def back_up() -> bool:
-        _, samples = await scrape_metrics(a.url)
+        samples = await metric_samples(a.url)
         return samples["llm_router_state_backend_up{}"] == 1.0
 
     await eventually(back_up, timeout=10)
@@ -344,12 +344,12 @@ async def test_budget_gauges_on_metrics_are_fleet_wide(
     async def b_sees_it() -> bool:  # a scrape of the replica that served nothing
         # The request was counted at admission, its spend only once it settled; both reach
         # Redis, in two writes: wait for the second as well as the first.
-        _, s = await scrape_metrics(b.url)
+        s = await metric_samples(b.url)
         return s.get("llm_router_limit_remaining{limit=daily_requests,user=alice}") == 9 \
             and s.get("llm_router_budget_remaining_usd{user=alice}") == pytest.approx(1.0 - spent)
 
     await eventually(b_sees_it, timeout=5)
-    _, s = await scrape_metrics(b.url)
+    s = await metric_samples(b.url)
     assert s["llm_router_budget_usd{user=alice}"] == 1.0
     assert s["llm_router_budget_remaining_usd{user=alice}"] == pytest.approx(1.0 - spent)
 

@@ -23,11 +23,12 @@ from .conftest import MakeUpstream, StartRouter, Upstream
 from .helpers import (
     AUTH,
     HELLO,
+    RELOAD_OK,
     ROUTER_KEY,
     eventually,
     key_tokens,
+    metric_samples,
     openai_provider,
-    scrape,
     write_config,
 )
 
@@ -116,13 +117,13 @@ async def test_counters_survive_sigterm_and_restart_exactly(
         async with http.post(rp.url + "/v1/chat/completions", headers=AUTH,
                              json={"model": "g", "messages": HELLO, "max_tokens": 3 + n}) as r:
             assert r.status == 200
-    before = key_tokens(await scrape(http, rp.url))
+    before = key_tokens(await metric_samples(rp.url))
     assert len(before) == 2 and all(v > 0 for v in before.values())
     rp.signal(signal.SIGTERM)
     assert await rp.wait() == 0
     assert "usage snapshot written" in rp.log
     await rp.start()
-    assert key_tokens(await scrape(http, rp.url)) == before
+    assert key_tokens(await metric_samples(rp.url)) == before
 
 
 async def test_sighup_reloads_the_config(
@@ -133,8 +134,8 @@ async def test_sighup_reloads_the_config(
     rp.signal(signal.SIGHUP)  # the file is unchanged: only the signal can cause this reload
 
     async def reloaded() -> bool:
-        samples = await scrape(http, rp.url)
-        return samples['llm_router_config_reloads_total{result="success"}'] == 1
+        samples = await metric_samples(rp.url)
+        return samples[RELOAD_OK] == 1
 
     await eventually(reloaded)
     assert "config reloaded (SIGHUP)" in rp.log

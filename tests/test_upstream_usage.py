@@ -33,7 +33,7 @@ from llm_router.hub.usage import (
 )
 
 from .conftest import Router, StartRouter
-from .helpers import scrape_metrics
+from .helpers import metric_samples
 
 USER, ADMIN = "sk-usage-user", "sk-usage-admin"
 PRICE_PER_TOKEN = 0.001  # $1,000 per 1M tokens
@@ -180,7 +180,7 @@ async def test_absurd_upstream_usage_is_counted_at_the_estimate(
             assert failed not in answer.replace(b" ", b"")
 
     # Every endpoint that reads the counts still answers.
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_upstream_usage_rejected_total{provider=wild}"] == len(ABSURD)
     tokens = [v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")]
     assert tokens and all(0 <= v < 1e6 for v in tokens)
@@ -223,7 +223,7 @@ async def test_counts_in_range_are_taken_as_reported(
             "Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}) as r:
         assert r.status == 200
         assert float(r.headers["X-Router-Cost-USD"]) == pytest.approx(2e9 * PRICE_PER_TOKEN)
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples.get("llm_router_upstream_usage_rejected_total{provider=wild}", 0) == 0
 
 

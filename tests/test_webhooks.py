@@ -25,7 +25,15 @@ from llm_router.config import ConfigError, parse_config, sha256_hex
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, eventually, openai_provider, scrape_metrics, write_config
+from .helpers import (
+    AUTH,
+    RELOAD_OK,
+    ROUTER_KEY,
+    eventually,
+    metric_samples,
+    openai_provider,
+    write_config,
+)
 from .ports import free_port
 from .redis_server import RedisServer, redis_server
 
@@ -159,7 +167,7 @@ async def test_budget_crossings_fire_exactly_once_each_under_concurrent_traffic(
     await eventually(lambda: _has(receiver, "budget_threshold", 2))
     await asyncio.sleep(0.5)  # room for a duplicate to show up, were there one
     assert_one_event_per_crossing(receiver)
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     assert samples["llm_router_webhook_deliveries_total{event=budget_threshold,"
                    "result=delivered,webhook=127.0.0.1}"] == 2
 
@@ -397,14 +405,14 @@ async def _has(receiver: Receiver, kind: str, n: int) -> bool:
 
 async def _metric(router: Router, event: str, result: str, *, at_least: int = 1,
                   webhook: str = "127.0.0.1") -> bool:
-    _, samples = await scrape_metrics(router.url)
+    samples = await metric_samples(router.url)
     key = f"llm_router_webhook_deliveries_total{{event={event},result={result},webhook={webhook}}}"
     return samples.get(key, 0) >= at_least
 
 
 async def _reloaded(router: Router) -> bool:
-    _, samples = await scrape_metrics(router.url)
-    return samples.get("llm_router_config_reloads_total{result=success}", 0) >= 1
+    samples = await metric_samples(router.url)
+    return samples.get(RELOAD_OK, 0) >= 1
 
 
 async def _status(router: Router) -> Any:
