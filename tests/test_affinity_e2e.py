@@ -19,7 +19,7 @@ import yaml
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import metric_samples, openai_provider
+from .helpers import metric_samples, openai_provider, total
 
 SYSTEM = "You plan trips. Answer in one short paragraph. " * 8
 PRICE = {"input": 1.0, "output": 2.0, "cached_input": 0.1}
@@ -94,8 +94,7 @@ async def test_turns_of_a_conversation_stay_on_one_key_and_hit_its_cache(
     assert samples["llm_router_affinity_total{group=g,result=new}"] == 5
     assert samples["llm_router_affinity_total{group=g,result=hit}"] == 15
     assert "llm_router_affinity_total{group=g,result=moved}" not in samples
-    cached_metric = sum(v for k, v in samples.items()
-                        if k.startswith("llm_router_tokens_total{") and "kind=cached" in k)
+    cached_metric = total(samples, "llm_router_tokens_total", kind="cached")
     assert cached_metric == cached_seen
     lines = [orjson.loads(r.getMessage()) for r in caplog.records
              if r.name == "llm_router.access"]
@@ -116,7 +115,7 @@ async def test_a_streamed_turn_counts_its_cached_tokens(
     cached = usage.prompt_tokens_details.cached_tokens
     assert cached and cached > 0
     samples = await metric_samples(router.url)
-    assert sum(v for k, v in samples.items() if "kind=cached" in k) == cached
+    assert total(samples, "llm_router_tokens_total", kind="cached") == cached
 
 
 async def _warm(router: Router) -> None:
@@ -273,7 +272,7 @@ async def test_anthropic_upstream_keeps_cache_control_and_counts_cache_reads(
             + second.usage.output_tokens * PRICE["output"]) / 1e6
     assert float(raw.headers["X-Router-Cost-USD"]) == pytest.approx(cost, rel=1e-12)
     samples = await metric_samples(router.url)
-    assert sum(v for k, v in samples.items() if "kind=cached" in k) == cached
+    assert total(samples, "llm_router_tokens_total", kind="cached") == cached
 
 
 async def _warm_anthropic(router: Router) -> None:

@@ -18,7 +18,7 @@ from llm_router.config import ConfigError, parse_config
 from llm_router.testing.upstream import Fault
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, metric_samples, openai_provider
+from .helpers import AUTH, metric_samples, openai_provider, total
 
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
 TEXT_IMAGE_CHAT = [{"role": "user", "content": [
@@ -128,9 +128,7 @@ async def test_no_capable_member_is_a_400_naming_it_with_no_upstream_call(
     assert "largest window is 2,000" in err.value.message
     assert _called(upstream) == []
     samples = await metric_samples(router.url)
-    rejected = sum(v for k, v in samples.items()
-                   if k.startswith("llm_router_rejections_total{")
-                   and "reason=no_capable_member" in k)
+    rejected = total(samples, "llm_router_rejections_total", reason="no_capable_member")
     assert rejected == 3
 
 

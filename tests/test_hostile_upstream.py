@@ -19,7 +19,7 @@ from llm_router.config import load_config
 from llm_router.observe.redact import RedactingFilter, Redactor
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, metric_samples, openai_provider, write_config
+from .helpers import AUTH, metric_samples, openai_provider, total, write_config
 
 HELLO = [{"role": "user", "content": "hello"}]
 _CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
@@ -130,9 +130,9 @@ async def test_oversized_answers_fail_over_as_bad_response(
         assert headers["X-Router-Provider"] == "good" and headers["X-Router-Attempts"] == "2"
         assert time.perf_counter() - t0 < 5
     samples = await metric_samples(router.url)
-    bad = [v for k, v in samples.items() if k.startswith("llm_router_upstream_errors_total{")
-           and "provider=bad," in k and "reason=bad_response" in k]
-    assert sum(bad) == 2
+    bad = total(samples, "llm_router_upstream_errors_total", provider="bad",
+                reason="bad_response")
+    assert bad == 2
 
 
 async def test_an_answer_over_the_bound_fails_over_even_when_it_came_whole(

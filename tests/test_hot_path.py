@@ -28,7 +28,7 @@ from llm_router.observe.exchange import Exchange
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, StartRouter, Upstream
-from .helpers import AUTH, chat_served_by, metric_samples, openai_provider
+from .helpers import AUTH, chat_served_by, metric_samples, openai_provider, total
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -71,9 +71,8 @@ async def test_usage_of_an_untouched_answer_is_counted_wherever_it_sits(
         assert resp.status == 200
         assert await resp.read() == orjson.dumps(answer)  # passed on byte for byte
     samples = await metric_samples(router.url)
-    tokens = {k: v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")}
-    assert sum(v for k, v in tokens.items() if "kind=prompt" in k) == 11
-    assert sum(v for k, v in tokens.items() if "kind=completion" in k) == 7
+    assert total(samples, "llm_router_tokens_total", kind="prompt") == 11
+    assert total(samples, "llm_router_tokens_total", kind="completion") == 7
 
 
 def test_passthrough_usage_declines_what_it_cannot_read_cheaply() -> None:

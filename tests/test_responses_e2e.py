@@ -20,7 +20,7 @@ from llm_router.config import ConfigError, parse_config
 from llm_router.testing.upstream import Fault
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, metric_samples, openai_provider
+from .helpers import AUTH, ROUTER_KEY, metric_samples, openai_provider, total
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
@@ -175,8 +175,7 @@ async def test_native_member_gets_the_body_untouched_and_follow_ups_return_to_it
     assert float(raw.headers["X-Router-Cost-USD"]) == pytest.approx(
         (usage.input_tokens * 1.0 + usage.output_tokens * 2.0) / 1e6)
     samples = await metric_samples(router.url)
-    completion = sum(v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")
-                     and "provider=nat" in k and "kind=completion" in k)
+    completion = total(samples, "llm_router_tokens_total", provider="nat", kind="completion")
     assert completion == 16 * 7  # six answers and one stream of 16 tokens each
 
 
@@ -420,13 +419,10 @@ async def test_in_band_upstream_errors_end_the_stream_with_one_response_failed(
         assert "response.completed" not in kinds
         assert why in events[-1]["response"]["error"]["message"]
     samples = await metric_samples(router.url)
-    errors = sum(v for k, v in samples.items()
-                 if k.startswith("llm_router_upstream_errors_total{")
-                 and "reason=stream_error" in k)
+    errors = total(samples, "llm_router_upstream_errors_total", reason="stream_error")
     assert errors == 2
     # What the Anthropic stream reported before failing (5 input tokens) is counted.
-    prompt = sum(v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")
-                 and "provider=an" in k and "kind=prompt" in k)
+    prompt = total(samples, "llm_router_tokens_total", provider="an", kind="prompt")
     assert prompt == 5
 
 
@@ -437,8 +433,7 @@ async def test_a_cut_follow_up_counts_its_conversation_in_the_prompt_estimate(
 
     async def prompt_tokens() -> float:
         samples = await metric_samples(router.url)
-        return sum(v for k, v in samples.items() if k.startswith("llm_router_tokens_total{")
-                   and "kind=prompt" in k)
+        return total(samples, "llm_router_tokens_total", kind="prompt")
 
     before = await prompt_tokens()
     upstream.fake.add_fault(Fault(status=0, cut_after_chunks=2))  # cut before any usage
