@@ -24,7 +24,7 @@ from llm_router.dialects import anthropic as anthropic_in
 from llm_router.testing.upstream import Fault, count_prompt_tokens
 
 from .conftest import MakeUpstream, StartRouter, Upstream
-from .helpers import ROUTER_KEY, metric_samples, openai_provider, total
+from .helpers import HELLO, ROUTER_KEY, metric_samples, openai_provider, total
 
 PRICE = {"input": 3.0, "output": 15.0}  # USD per 1M tokens
 WEATHER_TOOL = {
@@ -38,9 +38,6 @@ OPENAI_WEATHER_TOOL = {
     "function": {"name": "get_weather", "description": "Weather for a city",
                  "parameters": WEATHER_TOOL["input_schema"]},
 }
-HELLO = [{"role": "user", "content": "hello there"}]
-
-
 def via_openai(up: Upstream) -> dict[str, Any]:
     """Group ``g`` served by an OpenAI-compatible upstream (type openai)."""
     return {

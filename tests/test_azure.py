@@ -25,10 +25,9 @@ from llm_router.testing.azure import FILTERED_OUTPUT, FILTERED_PROMPT, SCOPE, Fa
 from llm_router.testing.upstream import FakeUpstream
 
 from .conftest import StartRouter
-from .helpers import AUTH, RELOAD_FAILED, RELOAD_OK, eventually, metric_samples
+from .helpers import AUTH, HELLO, RELOAD_FAILED, RELOAD_OK, eventually, metric_samples
 
 DEPLOYMENT = "my-gpt4o-deployment"
-HELLO = [{"role": "user", "content": "hello there"}]
 STYLES = [pytest.param("2024-10-21", id="dated"), pytest.param("v1", id="v1")]
 SECRET = "entra-client-secret-value"
 

@@ -21,10 +21,9 @@ import pytest
 from llm_router.config import sha256_hex
 
 from .conftest import StartRouter, Upstream
-from .helpers import openai_provider
+from .helpers import HELLO, openai_provider
 
 ADMIN = "sk-admin-bounded"
-HELLO = [{"role": "user", "content": "hello there"}]
 UNIQUE_NAMES = 5000
 ONE_MB = 1 << 20
 

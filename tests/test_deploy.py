@@ -26,15 +26,12 @@ import yaml
 from llm_router.testing.upstream import Fault
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import openai_provider
+from .helpers import HELLO, openai_provider
 from .ports import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "llm-router.json"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
-HELLO = [{"role": "user", "content": "hello there"}]
-
-
 def _need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:

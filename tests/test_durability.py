@@ -23,10 +23,17 @@ import orjson
 import pytest
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, key_tokens, metric_samples, openai_provider, write_config
+from .helpers import (
+    AUTH,
+    HELLO,
+    ROUTER_KEY,
+    key_tokens,
+    metric_samples,
+    openai_provider,
+    write_config,
+)
 from .test_shutdown import RouterProcess
 
-HELLO = [{"role": "user", "content": "hello there"}]
 PRICES = {"m": {"input": 1.5, "output": 4.0}}
 
 

@@ -28,9 +28,7 @@ from llm_router.config import key_label
 from llm_router.testing.upstream import FakeUpstream, Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import AUTH, chat_served_by, metric_samples, openai_provider
-
-HELLO = [{"role": "user", "content": "hello there"}]
+from .helpers import AUTH, HELLO, chat_served_by, metric_samples, openai_provider
 
 
 def _group(*providers: dict[str, Any], strategy: str = "priority",

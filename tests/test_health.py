@@ -21,9 +21,8 @@ from llm_router.state.health import KeyHealth, parse_retry_after
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter
-from .helpers import openai_provider
+from .helpers import HELLO, openai_provider
 
-HELLO = [{"role": "user", "content": "hello there"}]
 FAST = CircuitSettings(window=4, window_s=60, min_requests=2, failure_rate=0.5, open_s=0.2,
                        cooldown_base_s=0.1, cooldown_max_s=0.5)
 

@@ -28,9 +28,7 @@ from llm_router.observe.exchange import Exchange
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, StartRouter, Upstream
-from .helpers import AUTH, chat_served_by, metric_samples, openai_provider, total
-
-HELLO = [{"role": "user", "content": "hello there"}]
+from .helpers import AUTH, HELLO, chat_served_by, metric_samples, openai_provider, total
 
 
 def _group(*providers: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from llm_router.testing.upstream import Fault
 from .conftest import Router, StartRouter, Upstream
 from .helpers import (
     AUTH,
+    HELLO,
     RELOAD_OK,
     ROUTER_KEY,
     eventually,
@@ -23,8 +24,6 @@ from .helpers import (
     openai_provider,
     save_by_rename,
 )
-
-HELLO = [{"role": "user", "content": "hello there"}]
 
 
 def _config(up: Upstream, keys: list[dict[str, str]], **extra: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import aiohttp
 from .conftest import StartRouter, Upstream
 from .helpers import (
     AUTH,
+    HELLO,
     RELOAD_OK,
     ROUTER_KEY,
     eventually,
@@ -19,8 +20,6 @@ from .helpers import (
     save_by_rename,
     total,
 )
-
-HELLO = [{"role": "user", "content": "hello there"}]
 
 
 def _config(up: Upstream) -> dict[str, Any]:

@@ -19,9 +19,7 @@ from llm_router import __version__
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, metric_samples, metrics_page, openai_provider, total
-
-HELLO = [{"role": "user", "content": "hello there"}]
+from .helpers import AUTH, HELLO, ROUTER_KEY, metric_samples, metrics_page, openai_provider, total
 
 
 def _config(up: Upstream) -> dict[str, Any]:

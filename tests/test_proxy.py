@@ -16,9 +16,7 @@ import orjson
 import pytest
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, ROUTER_KEY, openai_provider
-
-HELLO = [{"role": "user", "content": "hello there"}]
+from .helpers import AUTH, HELLO, ROUTER_KEY, openai_provider
 
 
 def one_group(up: Upstream, **provider: Any) -> dict[str, Any]:

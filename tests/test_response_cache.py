@@ -15,13 +15,12 @@ from llm_router.config import ConfigError, parse_config, sha256_hex
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import metric_samples, openai_provider, write_config
+from .helpers import HELLO, metric_samples, openai_provider, write_config
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
 
 ALICE, BOB, ADMIN = "sk-alice", "sk-bob", "sk-admin"
-HELLO = [{"role": "user", "content": "hello there"}]
 T0 = {"temperature": 0}  # the anthropic SDK no longer declares temperature
 
 

@@ -7,9 +7,7 @@ from collections import Counter
 from typing import Any
 
 from .conftest import MakeUpstream, StartRouter
-from .helpers import openai_provider
-
-HELLO = [{"role": "user", "content": "hello there"}]
+from .helpers import HELLO, openai_provider
 
 
 async def _two_providers(start_router: StartRouter, make_upstream: MakeUpstream,

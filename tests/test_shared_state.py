@@ -26,16 +26,13 @@ from llm_router.state import redis_store
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import eventually, metric_samples, openai_provider, write_config
+from .helpers import HELLO, eventually, metric_samples, openai_provider, write_config
 from .redis_server import REDIS_PASSWORD, RedisServer, redis_server, redis_server_with_password
 
 __all__ = ["redis_server", "redis_server_with_password"]  # the fixtures, for pytest
 
 ALICE = "sk-alice"
 ADMIN = "sk-admin"
-HELLO = [{"role": "user", "content": "hello there"}]
-
-
 def fleet_config(up: Upstream, redis: RedisServer, *, alice: dict[str, Any] | None = None,
                  keys: list[Any] | None = None, timeout_ms: int = 500,
                  **top: Any) -> dict[str, Any]:

@@ -17,12 +17,11 @@ from llm_router.observe.traffic import Traffic, merge_activity
 from llm_router.testing.upstream import Fault
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import eventually, openai_provider, write_config
+from .helpers import HELLO, eventually, openai_provider, write_config
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
 
-HELLO = [{"role": "user", "content": "hello there"}]
 ADMIN, BOB = "sk-status-admin", "sk-status-bob"
 UP_A, UP_B = "sk-upstream-alpha", "sk-upstream-beta"
 

@@ -30,6 +30,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from llm_router.config import sha256_hex
 
+from .helpers import HELLO
+
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 
 
@@ -57,9 +59,6 @@ _ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage
 ADMIN, BOB = "sk-page-admin", "sk-page-bob"
 UP_A, UP_B = "sk-page-upstream-alpha", "sk-page-upstream-beta"
 SEEN_WITHIN_MS = 10_000  # the page polls every 2 s; generous for a loaded 2-core machine
-HELLO = [{"role": "user", "content": "hello there"}]
-
-
 @dataclass
 class Stack:
     router: str  # http://127.0.0.1:PORT

@@ -15,9 +15,7 @@ import pytest
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import AUTH, openai_provider
-
-HELLO = [{"role": "user", "content": "hello there"}]
+from .helpers import AUTH, HELLO, openai_provider
 
 
 def _config(*providers: dict[str, Any], strategy: str, **extra: Any) -> dict[str, Any]:

@@ -24,9 +24,8 @@ from llm_router.config import sha256_hex
 from llm_router.testing.upstream import Fault
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import openai_provider
+from .helpers import HELLO, openai_provider
 
-HELLO = [{"role": "user", "content": "hello there"}]
 ALICE, BOB, BOB_CI = "sk-alice-laptop", "sk-bob-laptop", "sk-bob-ci"
 T0 = 1_717_243_210.0  # 2024-06-01T12:00:10Z: ten seconds into a minute
 

@@ -27,6 +27,7 @@ from llm_router.testing.upstream import Fault
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
 from .helpers import (
     AUTH,
+    HELLO,
     RELOAD_OK,
     ROUTER_KEY,
     eventually,
@@ -42,9 +43,6 @@ __all__ = ["redis_server"]  # the fixture, re-exported for pytest
 SECRET = "whsec-test-0123456789"
 ALICE = "sk-alice"
 DESK = "sk-alice-desk"
-HELLO = [{"role": "user", "content": "hello there"}]
-
-
 def verify(secret: bytes, header: str, body: bytes, tolerance_s: int = 300) -> bool:
     """docs/webhooks.md's verifier, verbatim."""
     fields = dict(part.split("=", 1) for part in header.split(","))
