@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import time
 from typing import Any
 
 import aiohttp
@@ -213,8 +214,18 @@ def _circuit_config(a: Any, b: Any) -> dict[str, Any]:
         "providers": [openai_provider("a", a), openai_provider("b", b)],
         "groups": [{"name": "g", "strategy": "priority",
                     "models": [{"provider": "a", "name": "m"}, {"provider": "b", "name": "m"}]}],
-        "circuit": {"window": 4, "min_requests": 2, "failure_rate": 0.5, "open_s": 0.3},
+        # Open far longer than any test step can take on a loaded machine: the tests end
+        # the open period themselves (_open_period_over), so slowness cannot end it early.
+        "circuit": {"window": 4, "min_requests": 2, "failure_rate": 0.5, "open_s": 600},
     }
+
+
+def _open_period_over(router: Router, provider: str) -> None:
+    """As if the circuit's ``open_s`` had passed for ``provider``'s key (the unit tests
+    above move a clock; here the router's own clock runs, so its deadline moves)."""
+    st = router.state.health.state(provider, key_label(f"sk-{provider}"))
+    assert st.opened_until > time.monotonic()  # it was open, and would have stayed so
+    st.opened_until = time.monotonic()
 
 
 async def test_circuit_opens_probes_once_and_closes(
@@ -228,7 +239,7 @@ async def test_circuit_opens_probes_once_and_closes(
     assert (await _key_states(http, router))["a"] == "open"
     assert await _served_by(router, 3) == ["b"] * 3  # a is not even tried while open
     assert len(a.fake.requests) == 2
-    await asyncio.sleep(0.35)
+    _open_period_over(router, "a")
     assert (await _key_states(http, router))["a"] == "half_open"
     a.fake.latency_ms = 200  # the probe takes a while: concurrent requests must not join it
     served = await _served_by(router, 4)
@@ -247,7 +258,7 @@ async def test_failed_probe_keeps_the_circuit_open(
     a.fake.add_fault(Fault(status=502, times=3))
     await _served_by(router)
     await _served_by(router)
-    await asyncio.sleep(0.35)
+    _open_period_over(router, "a")
     assert await _served_by(router) == ["b"]  # the probe went to a and failed over
     assert len(a.fake.requests) == 3
     assert (await _key_states(http, router))["a"] == "open"
