@@ -1,5 +1,5 @@
-"""Hot reload (CONTRACT §2): edits to the watched file take effect without a restart,
-refused edits leave the previous config serving, counters carry over."""
+"""Hot reload (docs/operations.md, "Hot reload"): edits to the watched file take effect
+without a restart, refused edits leave the previous config serving, counters carry over."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Selection: inverse weight over per-(provider, key, model) token counters (CONTRACT §3)."""
+"""Selection: inverse weight over per-(provider, key, model) token counters (README, "How
+selection works")."""
 
 from __future__ import annotations
 

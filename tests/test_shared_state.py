@@ -269,7 +269,7 @@ async def test_selection_counters_balance_across_replicas(
     seen = Counter(upstream.keys_seen())
     assert set(seen) == {"sk-k1", "sk-k2", "sk-k3"}
     # Every answer has the same usage, so requests stand for tokens: each key within
-    # 10 % of the mean of 30 (CONTRACT §3, issue 14).
+    # 10 % of the mean of 30 (README "How selection works", issue 14).
     assert max(seen.values()) - min(seen.values()) <= 3, seen
 
     async def fleet_totals() -> bool:

@@ -1,4 +1,4 @@
-"""Snapshots and graceful shutdown (CONTRACT §1): SIGTERM drains in-flight streams,
+"""Snapshots and graceful shutdown (docs/operations.md): SIGTERM drains in-flight streams,
 writes the usage snapshot and exits 0; counters survive a restart; a corrupt snapshot
 never stops start-up. The router runs as a real ``python -m llm_router serve`` process."""
 

@@ -15,6 +15,7 @@ import base64
 import struct
 from typing import Any
 
+from ...hub.usage import BYTES_PER_TOKEN
 from .request import Refused
 
 __all__ = ["embeddings_answer", "embeddings_request"]
@@ -37,7 +38,7 @@ def embeddings_request(body: dict[str, Any], model: str) -> tuple[dict[str, Any]
     if isinstance(dimensions, int) and not isinstance(dimensions, bool):
         one["outputDimensionality"] = dimensions
     requests = [{**one, "content": {"parts": [{"text": text}]}} for text in texts]
-    return {"requests": requests}, sum((len(t) + 3) // 4 for t in texts)
+    return {"requests": requests}, sum(-(-len(t) // BYTES_PER_TOKEN) for t in texts)
 
 
 def embeddings_answer(doc: dict[str, Any], model: str, encoding: Any,
