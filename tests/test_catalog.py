@@ -25,7 +25,9 @@ from .helpers import AUTH, ROUTER_KEY, eventually, metric_samples, openai_provid
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CODEX = json.loads((FIXTURES / "codex_0.171_responses_request.json").read_text())
-CLAUDE_CODE = json.loads((FIXTURES / "claude_code_2.1.197_messages_request.json").read_text())
+# Claude Code's first request, as two releases sent it (docs/coding-agents.md).
+CLAUDE_CODE = {version: json.loads((FIXTURES / f"claude_code_{version}_messages_request.json")
+                                   .read_text()) for version in ("2.1.197", "2.1.332")}
 
 
 def two_groups(up: Upstream, **extra: Any) -> dict[str, Any]:
@@ -264,18 +266,27 @@ async def test_refuse_keeps_the_400_for_hosted_tools(
     assert err.value.code == "unsupported_parameter" and err.value.param == "tools[0]"
 
 
+@pytest.mark.parametrize("version", sorted(CLAUDE_CODE))
 async def test_claude_code_request_is_served_with_no_model_flag(
-        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession) -> None:
-    """Claude Code 2.1.197's real first request: claude-opus-4-8, thinking, betas."""
+        start_router: StartRouter, upstream: Upstream, http: aiohttp.ClientSession,
+        version: str) -> None:
+    """Claude Code's real first request (2.1.197: claude-opus-4-8, thinking, betas;
+    2.1.332: claude-opus-5-5, a ``defer_loading`` tool, ``thinking.display``), sent by
+    its alias to a chat member: the answer names the model asked for, the member gets
+    every tool."""
+    recorded = CLAUDE_CODE[version]
+    body = recorded["body"]
     router = await start_router(two_groups(upstream, aliases={"claude-*": "fast"}))
-    assert CLAUDE_CODE["body"]["model"] == "claude-opus-4-8"
-    async with http.post(router.url + CLAUDE_CODE["path"], json=CLAUDE_CODE["body"],
-                         headers={"x-api-key": ROUTER_KEY, **CLAUDE_CODE["headers"]}) as resp:
+    async with http.post(router.url + recorded["path"], json=body,
+                         headers={"x-api-key": ROUTER_KEY, **recorded["headers"]}) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["X-Router-Group"] == "fast"
         text = await resp.text()
     assert "event: message_stop" in text
-    assert '"model":"claude-opus-4-8"' in text
+    assert f'"model":"{body["model"]}"' in text
+    sent = upstream.fake.requests[-1].body
+    assert isinstance(sent, dict) and sent["model"] == "small"
+    assert [t["function"]["name"] for t in sent["tools"]] == [t["name"] for t in body["tools"]]
 
 
 # ------------------------------------------------------------------ discovery
