@@ -3,9 +3,10 @@
 Every bound answers with an error the client can read, never a 500: 413 past
 ``max_body_bytes``; 408 when the body arrives slower than ``server.body_timeout_s``
 plus its size at ``server.body_min_bytes_per_s`` (a ``Content-Length`` larger than what
-is sent held connections for minutes); 400 ``invalid_json`` for anything orjson will not
-parse, or nested deeper than it can write back (255 levels: such a body used to pass the
-parse and fail later as a 500).
+is sent held connections for minutes); 400 ``invalid_body`` for a body whose
+``Content-Encoding`` (gzip, deflate, br) does not decode (it was a 500 with a traceback in
+the log); 400 ``invalid_json`` for anything orjson will not parse, or nested deeper than it
+can write back (255 levels: such a body used to pass the parse and fail later as a 500).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from ..config import Config
-from ..errors import BadRequest, PayloadTooLarge, RequestTimeout
+from ..errors import BadRequest, PayloadTooLarge, RequestTimeout, echoed
 
 __all__ = ["BODY_SIZE", "MAX_JSON_DEPTH", "buffered_body", "parse_json", "read_json"]
 
@@ -93,6 +94,16 @@ async def _read_slow(request: web.Request, cfg: Config) -> bytes:
                                           "bytes.")
                 chunks.append(chunk)
                 bound.reschedule(start + grace + size / rate)
+    except web.RequestPayloadError:
+        # aiohttp decodes a Content-Encoding as the body arrives; a body that does not
+        # decode (not gzip at all, cut short, a zip bomb's garbage) fails the read.
+        # The connection's parser stopped at the error: end the body here, or aiohttp's
+        # wait for the rest of it after the answer meets the error again and logs it.
+        request.content.feed_eof()
+        encoding = request.headers.get("Content-Encoding", "")
+        raise BadRequest(f"The request body could not be decoded as its Content-Encoding "
+                         f"says ({echoed(encoding)}); send it uncompressed, or compressed "
+                         "whole.", code="invalid_body") from None
     except TimeoutError:
         raise RequestTimeout(f"The request body came too slowly: {size} bytes in "
                              f"{asyncio.get_running_loop().time() - start:.0f} s (at least "

@@ -103,8 +103,10 @@ def _error_response(err: RouterError, request: web.Request) -> web.Response:
     anthropic = request.path.startswith("/v1/messages")
     resp = web.Response(status=err.status, body=error_body(err, anthropic=anthropic),
                         content_type="application/json", headers=err.headers())
-    if err.status == 408:
-        resp.force_close()  # the rest of a body that came too slowly is not waited for
+    if err.status == 408 or err.code == "invalid_body":
+        # The rest of a body that came too slowly is not waited for; after one that did
+        # not decode, the connection's parser is stopped and cannot read another request.
+        resp.force_close()
     return resp
 
 
