@@ -64,3 +64,20 @@ async def test_a_request_body_that_does_not_decompress_is_a_400_not_a_500(
     status, doc = await _raw(router, _post("/v1/chat/completions", zlib.compress(chat),
                                            "deflate", "close"))
     assert status == 200, doc
+
+
+async def test_max_body_bytes_bounds_a_compressed_body_by_its_decompressed_size(
+        start_router: StartRouter) -> None:
+    router = await start_router({**_MOCK, "max_body_bytes": 4096})
+    big = orjson.dumps({"model": "g", "messages": [{"role": "user", "content": "a" * 100_000}]})
+    small = orjson.dumps({"model": "g", "messages": HELLO})
+    for encoding, pack in (("gzip", gzip.compress), ("deflate", zlib.compress)):
+        body = pack(big)  # a few hundred bytes on the wire, 100 KB once decoded
+        assert len(body) < 4096
+        status, doc = await _raw(router, _post("/v1/chat/completions", body, encoding,
+                                               "close"))
+        assert status == 413, doc
+        assert doc["error"]["code"] == "request_too_large"
+        status, doc = await _raw(router, _post("/v1/chat/completions", pack(small), encoding,
+                                               "close"))
+        assert status == 200, doc

@@ -39,7 +39,8 @@ def buffered_body(request: web.Request, cfg: Config) -> bytes | None:
     """The whole body when it came with the headers (the usual case), taken from the
     buffer as is: nothing to wait for (read() would await two more reads for it), so no
     coroutine either; None when it is still arriving (then :func:`read_json`).
-    413 past ``max_body_bytes`` by its ``Content-Length``."""
+    413 past ``max_body_bytes`` by its ``Content-Length``, or by its size decoded (a
+    gzip body of a few hundred bytes on the wire may be 100 KB in the buffer)."""
     length = request.content_length
     if length is None:
         return None
@@ -47,7 +48,13 @@ def buffered_body(request: web.Request, cfg: Config) -> bytes | None:
         raise PayloadTooLarge(f"Request body is {length} bytes; the limit is "
                               f"{cfg.max_body_bytes}.")
     content = request.content
-    return content.read_nowait() if content.is_eof() else None
+    if not content.is_eof():
+        return None
+    raw = content.read_nowait()
+    if len(raw) > cfg.max_body_bytes:  # a Content-Encoding'd body, decoded
+        raise PayloadTooLarge(f"Request body is {len(raw)} bytes decompressed; the limit is "
+                              f"{cfg.max_body_bytes}.")
+    return raw
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
