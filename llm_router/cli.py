@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, config_json_schema, load_config, sha256_hex
+from .config import (
+    Config,
+    ConfigError,
+    config_json_schema,
+    load_config,
+    sha256_hex,
+    without_source_line,
+)
 from .config.yaml_file import key_positions, position_of
 
 __all__ = ["main"]
@@ -225,8 +232,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llm-router: cannot start: {path} has {len(exc.problems)} problem(s):",
               file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
+        for line in exc.problems:  # the daemon's log: no line of the file (a key?)
+            print(f"  {without_source_line(line)}", file=sys.stderr)
         return 1
     refused = _start_problems(cfg, insecure_no_auth=args.insecure_no_auth,
                               workers=args.workers)

@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import os
+import sys
 import zlib
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from llm_router.server.reload import RELOADER
+
 from .conftest import Router, StartRouter
-from .helpers import AUTH, HELLO
+from .helpers import AUTH, HELLO, ROUTER_KEY
 
 _MOCK = {"providers": [{"name": "local", "type": "mock"}],
          "groups": [{"name": "g", "models": [{"provider": "local", "name": "m"}]}]}
@@ -81,3 +86,67 @@ async def test_max_body_bytes_bounds_a_compressed_body_by_its_decompressed_size(
         status, doc = await _raw(router, _post("/v1/chat/completions", pack(small), encoding,
                                                "close"))
         assert status == 200, doc
+
+
+async def test_a_refused_edit_never_logs_the_line_a_new_key_is_on(
+        start_router: StartRouter, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator rotating a key makes a typo on its line: the line check shows must
+    not reach the log, the status page or a webhook, since the key is not in the running
+    config, so the log's redaction does not know it."""
+    admin = "sk-hostile-admin-0001"
+    config = ("providers:\n"
+              "  - name: up\n"
+              "    type: openai\n"
+              "    base_url: http://127.0.0.1:9/v1\n"
+              "    api_keys:\n"
+              "      - {key: sk-old-upstream-key-0001, name: main}\n"
+              "groups:\n"
+              "  - name: g\n"
+              "    models: [{provider: up, name: m}]\n"
+              "users:\n"
+              f"  - {{name: ops, role: admin, keys: [{{key: {ROUTER_KEY}}}, {{key: {admin}}}]}}\n")
+    router = await start_router(config)
+    caplog.set_level(logging.DEBUG)
+    rotated = "sk-new-upstream-key-9999"
+    for broken in (f"      - {{key: {rotated}, name: main\n",  # the '{' never closed
+                   f"      - key: '{rotated}\n"):  # the quote never closed
+        router.config_path.write_text(config.replace(
+            "      - {key: sk-old-upstream-key-0001, name: main}\n", broken))
+        assert await router.runner.app[RELOADER].reload("test", force=True) is False
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "invalid YAML" in logged and f"{router.config_path.name}:6:" in logged
+        assert rotated not in logged
+        status, report = await _get(router, "/admin/status", admin)
+        assert status == 200
+        errors = report["config"]["last_reload"]["errors"]
+        assert errors and ":6:" in errors[0] and rotated not in str(errors)
+
+
+async def _get(router: Router, path: str, key: str) -> tuple[int, dict[str, Any]]:
+    request = (f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+               "Connection: close\r\n\r\n").encode()
+    return await _raw(router, request)
+
+
+async def test_serve_refusing_a_broken_file_at_start_does_not_print_its_key_line(
+        tmp_path: Path) -> None:
+    """What serve prints on stderr is the daemon's log (journald, kubectl logs); check,
+    run by the operator, shows the line."""
+    path = tmp_path / "config.yaml"
+    path.write_text(f"api_key: {ROUTER_KEY}\nproviders:\n  - name: up\n    type: openai\n"
+                    "    api_keys: ['sk-live-upstream-key-4242]\n")
+    out = {}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # this checkout's package
+    for command in ("serve", "check"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llm_router", command, *(
+                ("--config", str(path), "--port", "0") if command == "serve" else (str(path),)),
+            cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 1
+        out[command] = (stdout + stderr).decode()
+    assert "config.yaml:5:16: invalid YAML" in out["serve"], out["serve"]
+    assert "llm-router check shows the line" in out["serve"]
+    assert "sk-live-upstream-key-4242" not in out["serve"]
+    assert "sk-live-upstream-key-4242" in out["check"]  # the operator's own terminal

@@ -51,6 +51,7 @@ from .model import (
     key_label,
     sha256_hex,
 )
+from .yaml_file import without_source_line
 
 __all__ = [
     "AFFINITY_MODES",
@@ -89,4 +90,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "sha256_hex",
+    "without_source_line",
 ]

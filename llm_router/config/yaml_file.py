@@ -137,6 +137,15 @@ def in_file_order(problems: list[str], text: str) -> list[str]:
     return sorted(problems, key=order)
 
 
+def without_source_line(problem: str) -> str:
+    """A problem as the daemon tells it (its log, status page, webhooks): without the
+    file's line that a syntax error shows under it (``check`` shows it). That line may
+    hold a key the router does not know yet, a rotated one with a typo beside it, which
+    the log's redaction cannot know to mask."""
+    head, cut, _ = problem.partition("\n")
+    return f"{head} (llm-router check shows the line)" if cut else head
+
+
 def describe_json_error(msg: str, lineno: int, colno: int, text: str, source: str) -> str:
     """A JSON syntax error located the same way as a YAML one."""
     return (f"{source}:{lineno}:{colno}: invalid JSON: {msg}"

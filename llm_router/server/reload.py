@@ -39,7 +39,7 @@ from typing import Final
 from aiohttp import web
 from watchfiles import Change, awatch
 
-from ..config import Config, ConfigError, parse_config
+from ..config import Config, ConfigError, parse_config, without_source_line
 from ..gateway.router_state import RouterState
 
 __all__ = ["RELOADER", "ConfigReloader", "ReloadOutcome", "config_watcher"]
@@ -259,7 +259,7 @@ def _parse(path: Path, source: str, data: bytes, files: tuple[str, ...]
     try:
         cfg = parse_config(text, fmt=fmt, source=source, secret_files=read)
     except ConfigError as exc:
-        return None, exc.problems, _absolute(read)
+        return None, [without_source_line(problem) for problem in exc.problems], _absolute(read)
     if not cfg.providers:
         return None, ["providers: none left; a reload does not swap in a config that "
                       "cannot serve anything (restart to do that on purpose)"], _absolute(read)
