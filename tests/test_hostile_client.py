@@ -18,8 +18,8 @@ import pytest
 
 from llm_router.server.reload import RELOADER
 
-from .conftest import Router, StartRouter
-from .helpers import AUTH, HELLO, ROUTER_KEY
+from .conftest import Router, StartRouter, Upstream
+from .helpers import AUTH, HELLO, ROUTER_KEY, openai_provider
 
 _MOCK = {"providers": [{"name": "local", "type": "mock"}],
          "groups": [{"name": "g", "models": [{"provider": "local", "name": "m"}]}]}
@@ -150,3 +150,37 @@ async def test_serve_refusing_a_broken_file_at_start_does_not_print_its_key_line
     assert "llm-router check shows the line" in out["serve"]
     assert "sk-live-upstream-key-4242" not in out["serve"]
     assert "sk-live-upstream-key-4242" in out["check"]  # the operator's own terminal
+
+
+@pytest.mark.parametrize("model", ["up/m\r\nX-Evil: 1", "up/m\nX-Evil: 1", "up/m\x00",
+                                   "up/m\x7f", "up/\x1b[31mred"])
+async def test_a_model_name_with_a_control_character_is_a_400_never_a_dropped_connection(
+        start_router: StartRouter, upstream: Upstream, caplog: pytest.LogCaptureFixture,
+        model: str) -> None:
+    """A direct provider/model name goes into X-Router-Group and X-Router-Model: with a
+    line break in it, the answer could not be written (aiohttp refuses the header), the
+    connection was dropped after the upstream had been paid, and tracebacks logged."""
+    router = await start_router({"providers": [openai_provider("up", upstream)],
+                                 "groups": [{"name": "g", "models": [{"provider": "up",
+                                                                      "name": "m"}]}]})
+    caplog.set_level(logging.DEBUG)
+    for path, body in (("/v1/chat/completions", {"messages": HELLO}),
+                       ("/v1/messages", {"messages": HELLO, "max_tokens": 5}),
+                       ("/v1/messages/count_tokens", {"messages": HELLO}),
+                       ("/v1/responses", {"input": "hi"}),
+                       ("/v1/embeddings", {"input": "hi"}),
+                       ("/v1/completions", {"prompt": "hi"})):
+        for stream in (False, True):
+            data = orjson.dumps({"model": model, **body, "stream": stream})
+            status, doc = await _raw(router, (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}"
+                f"\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+            ).encode() + data)
+            assert status == 400, (path, doc)
+            error = doc["error"]
+            assert "non-printable character (U+00" in error["message"]
+            if not path.startswith("/v1/messages"):
+                assert error["param"] == "model"
+    assert upstream.fake.requests == []
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]

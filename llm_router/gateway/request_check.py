@@ -41,6 +41,13 @@ def validate_body(kind: str, body: dict[str, Any]) -> str:
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required: a group name or provider/model.", param="model",
                          code="missing_required_parameter")
+    if not model.isprintable():
+        # No model is named so, and a direct provider/model name goes into the answer's
+        # X-Router-Group and X-Router-Model: a line break there made it unwritable.
+        bad = next(c for c in model if not c.isprintable())
+        raise BadRequest(f"'model' has a control or other non-printable character "
+                         f"(U+{ord(bad):04X}); model names are printable text.", param="model",
+                         code="invalid_model")
     field_name, types, must = _REQUIRED[kind]
     value = body.get(field_name)
     if value is None:
