@@ -370,3 +370,34 @@ def test_vertex_keys_take_no_key_file(tmp_path: Path) -> None:
         "api_keys": [{"key_file": str(file)}]}]}), fmt="json")
     assert "providers[0].api_keys[0].key_file: a vertex key is already a file: give the " \
            "service-account key file's path as key" in found
+
+
+def test_names_and_keys_with_control_characters_are_errors(tmp_path: Path) -> None:
+    """Names and keys go into HTTP headers (X-Router-*, the upstream's auth) and log lines:
+    a line break there (a YAML block scalar, a stray escape) made every answer through
+    them fail. A key is never quoted in the problem."""
+    two_lines = tmp_path / "two-keys"
+    two_lines.write_text("sk-file-first-key\nsk-file-second-key\n")
+    found = problems(f"""
+providers:
+  - name: "o\\tp"
+    base_url: https://x.example/v1
+    headers: {{X-Team: "a\\r\\nX-Evil: 1"}}
+    api_keys:
+      - {{key: "sk-line\\nbreak-secret", name: "main\\n"}}
+      - {{key_file: {two_lines}, name: filed}}
+groups:
+  - name: "g\\u0000"
+    models: [{{provider: "o\\tp", name: "gpt\\n4"}}]
+users:
+  - name: "ali\\x1bce"
+    keys: [{{key: sk-user-key-000001, name: "lap\\x7ftop"}}]
+""")
+    for where in ("providers[0].name", "providers[0].headers.X-Team",
+                  "providers[0].api_keys[0].key", "providers[0].api_keys[0].name",
+                  "providers[0].api_keys[1].key_file", "groups[0].name",
+                  "groups[0].models[0].name", "users[0].name", "users[0].keys[0].name"):
+        assert any(p.startswith(f"{where}: ") and "control character" in p for p in found), \
+            (where, found)
+    text = "\n".join(found)
+    assert "secret" not in text and "sk-file" not in text and "X-Evil" not in text

@@ -184,3 +184,30 @@ async def test_a_model_name_with_a_control_character_is_a_400_never_a_dropped_co
     assert upstream.fake.requests == []
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_a_reload_with_a_line_break_in_a_name_is_refused_and_the_old_config_serves(
+        start_router: StartRouter, upstream: Upstream) -> None:
+    """A YAML block scalar (``name: |``) ends its value with a line break: accepted, the
+    member's name broke X-Router-Model and every answer was a dropped connection."""
+    def config(member: str) -> str:
+        return (f"api_key: {ROUTER_KEY}\n"
+                "providers:\n"
+                f"  - {{name: up, type: openai, base_url: '{upstream.base_url}', "
+                "api_keys: [sk-up-key-0001]}\n"
+                "groups:\n"
+                "  - name: g\n"
+                "    models:\n"
+                "      - provider: up\n"
+                f"        name: {member}\n")
+
+    router = await start_router(config("m"))
+    router.config_path.write_text(config("|\n          m"))
+    assert await router.runner.app[RELOADER].reload("test", force=True) is False
+    chat = orjson.dumps({"model": "g", "messages": HELLO})
+    status, doc = await _raw(router, (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: "
+        f"{AUTH['Authorization']}\r\nContent-Length: {len(chat)}\r\nConnection: close\r\n\r\n"
+    ).encode() + chat)
+    assert status == 200, doc
+    assert doc["model"] == "m"

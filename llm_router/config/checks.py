@@ -19,7 +19,7 @@ from typing import Final
 
 from .aliases import ambiguous_pairs
 from .model import DEFAULT_PRICE, MEMBER_CAPABILITIES, Config, Group, Member, User, UserKey
-from .reader import Reader, at, did_you_mean, unknown_choice
+from .reader import CONTROL_CHARACTERS, Reader, at, did_you_mean, unknown_choice
 
 __all__ = ["KILL_TIMEOUT_S", "check_config"]
 
@@ -36,6 +36,7 @@ def check_config(cfg: Config, r: Reader) -> list[str]:
         _check_group(cfg, group, r, warnings)
     _check_users(cfg, r)
     _check_provider_keys(cfg, r)
+    _check_control_characters(cfg, r)
     _check_aliases(cfg, cfg.aliases, "aliases", r, warnings)
     for user in cfg.users:
         _check_aliases(cfg, user.aliases, r.where(user, "aliases"), r, warnings)
@@ -178,6 +179,40 @@ def _check_provider_keys(cfg: Config, r: Reader) -> None:
                 r.fail(r.where(key), f"duplicate key (label '{key.label}'); give each key a "
                                      "distinct name")
             labels.add(key.label)
+
+
+def _check_control_characters(cfg: Config, r: Reader) -> None:
+    """Names go into X-Router-* headers, metric labels and log lines, keys and extra
+    headers into the upstream's request: a line break there (a YAML block scalar, an
+    escape in a quoted string) failed every request through them, as a dropped
+    connection or a 500. Names are quoted in the problem; keys and headers are not."""
+    def check(obj: object, attr: str, value: str, quoted: bool = True) -> None:
+        if CONTROL_CHARACTERS.search(value):
+            r.fail(r.where(obj, attr), "has a control character (a line break, tab or NUL)"
+                   + (f": {value!r}" if quoted else "") + "; names and keys go into HTTP "
+                   "headers and log lines")
+
+    for provider in cfg.providers.values():
+        check(provider, "name", provider.name)
+        for name, value in provider.headers.items():
+            if CONTROL_CHARACTERS.search(name) or CONTROL_CHARACTERS.search(value):
+                r.fail(at(r.where(provider, "headers"), name), "has a control character (a "
+                       "line break, tab or NUL) in its name or value; it is sent as an HTTP "
+                       "header")
+        for key in provider.keys:
+            check(key, "label", key.label)
+            if not key.key_file:  # a file's content was checked as it was read
+                check(key, "secret", key.secret, quoted=False)
+            check(key, "access_key_id", key.access_key_id, quoted=False)
+            check(key, "session_token", key.session_token, quoted=False)
+    for group in cfg.groups.values():
+        check(group, "name", group.name)
+        for member in group.members:
+            check(member, "model", member.model)
+    for user in cfg.users:
+        check(user, "name", user.name)
+        for user_key in user.keys:
+            check(user_key, "name", user_key.name)
 
 
 def _unpriced_reach(cfg: Config) -> list[str]:

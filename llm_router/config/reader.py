@@ -22,6 +22,7 @@ from .schema import Spec, declared_keys, file_only_keys, is_mapping, unoptional
 
 __all__ = [
     "BAD",
+    "CONTROL_CHARACTERS",
     "FromEnv",
     "Reader",
     "at",
@@ -66,6 +67,9 @@ class _Bad:
 
 BAD: Final = _Bad()  # a value that failed and was reported
 _MAX_SECRET_FILE: Final = 64 * 1024  # an API key is short; a bigger file is a mistake
+# What no name or key may hold: they go into HTTP headers, which refuse these (TAB aside,
+# which a name has no use for either), and into log lines.
+CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _belongs_below(cls: type, name: str) -> str:
@@ -179,6 +183,10 @@ class Reader:
             return None
         if not secret:
             self.fail(path, f"the key file {file!r} is empty")
+            return None
+        if CONTROL_CHARACTERS.search(secret):
+            self.fail(path, f"the key file {file!r} has a control character (a line break, "
+                            "tab or NUL) inside its content; it must hold one key")
             return None
         self.file_secrets[secret] = file
         return secret
