@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from ..config import Config
-from ..hub.stream import Relay, split_events, throttled
+from ..hub.stream import STREAM_ERROR, Relay, client_fault, split_events, throttled
 from ..hub.usage import Usage
 from ..ledger.accounting import price_for, priced_usd
 from ..ledger.usage import CounterKey
@@ -229,6 +229,11 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
                         parts.append(data)
                 sent = parts[0] if len(parts) == 1 else b"".join(parts)
             if down.out is None:  # committed with the first events, in the same send
+                if relay.failure is not None:
+                    # The upstream's error came before anything reached the client.
+                    failed = _failed_first(provider.name, batch)
+                    if failed is not None:
+                        raise failed
                 await down.open(ex, router_header_items(ex, cand), data_follows=bool(sent))
             if req.turn is not None and not answered:
                 await req.turn.after_events(cand)  # stored before the client can follow up
@@ -296,6 +301,21 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
             await down.finish(ex)
     assert down.out is not None
     return down.out
+
+
+def _failed_first(provider: str, batch: tuple[bytes, int] | list[bytes]
+                  ) -> AttemptFailure | None:
+    """The attempt's failure when the upstream's stream began with its own error event:
+    nothing was sent, so it fails over as the same error in a status would (a throttle
+    as a 429). None when the error came after other events (the stream is under way:
+    it ends in-band, however the reads were split) or blames the request (no reason to
+    try another upstream: the client gets it in-band, as the upstream sent it)."""
+    first = batch[0][:batch[0].find(b"\n\n") + 2] if isinstance(batch, tuple) else batch[0]
+    if not (b'"error"' in first or first.startswith(b"event: error")) \
+            or client_fault([first]):
+        return None
+    return AttemptFailure(STREAM_ERROR, f"upstream '{provider}' answered with an error event",
+                          status=429 if throttled([first]) else None)
 
 
 def _observe_decoding(req: ModelRequest, series: _StreamSeries,

@@ -18,8 +18,8 @@ import orjson
 from .sse import DONE, frame
 from .usage import Usage  # the validated counts; re-exported for the transforms
 
-__all__ = ["STREAM_ERROR", "Dialect", "Relay", "Usage", "openai_error_event", "split_events",
-           "throttled"]
+__all__ = ["STREAM_ERROR", "Dialect", "Relay", "Usage", "client_fault", "openai_error_event",
+           "split_events", "throttled"]
 
 
 class Dialect(StrEnum):
@@ -53,6 +53,21 @@ def throttled(events: list[bytes]) -> bool:
     for raw in reversed(events):
         if b'"error"' in raw or raw.startswith(b"event: error"):
             return any(marker in raw for marker in _THROTTLED)
+    return False
+
+
+# What an in-band error says when the request itself is at fault, in the same dialects:
+# OpenAI's and Anthropic's invalid_request_error (a Bedrock validationException is
+# translated to it), Gemini's INVALID_ARGUMENT and FAILED_PRECONDITION.
+_CLIENT_FAULT: Final = (b"invalid_request_error", b"INVALID_ARGUMENT", b"FAILED_PRECONDITION")
+
+
+def client_fault(events: list[bytes]) -> bool:
+    """Whether the in-band error among ``events`` blames the request (another upstream
+    would refuse it too), read as :func:`throttled` reads it."""
+    for raw in reversed(events):
+        if b'"error"' in raw or raw.startswith(b"event: error"):
+            return any(marker in raw for marker in _CLIENT_FAULT)
     return False
 
 

@@ -1,0 +1,173 @@
+"""Native upstreams that answer oddly but possibly, as real ones do: an error as a
+stream's first event, a stream cut mid-event or mid-frame, usage reported and then lost.
+Each upstream here is a small aiohttp server speaking the provider's wire; the real
+``openai`` and ``anthropic`` SDKs are the clients, and /metrics is read after."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anthropic
+import openai
+import orjson
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from llm_router.testing.bedrock import encode_event_message
+
+from .conftest import Router, StartRouter, Upstream
+from .helpers import metric_samples, openai_provider, total
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EVENT_STREAM = "application/vnd.amazon.eventstream"
+ASK = [{"role": "user", "content": "Say hello"}]
+
+
+def sse(doc: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+def frame(event_type: str, payload: dict[str, Any]) -> bytes:
+    """One Bedrock event-stream message of ``event_type``."""
+    return encode_event_message({":event-type": event_type, ":content-type": "application/json",
+                                 ":message-type": "event"}, orjson.dumps(payload))
+
+
+def exception_frame(exception_type: str, message: str) -> bytes:
+    return encode_event_message({":exception-type": exception_type,
+                                 ":content-type": "application/json",
+                                 ":message-type": "exception"},
+                                orjson.dumps({"message": message}))
+
+
+async def stream_of(request: web.Request, pieces: list[bytes],
+                    content_type: str = "text/event-stream", cut: bool = False
+                    ) -> web.StreamResponse:
+    """A 200 streaming ``pieces`` one write each; ``cut``: the connection is dropped at
+    the end instead of ending the body."""
+    resp = web.StreamResponse(headers={"Content-Type": content_type})
+    await resp.prepare(request)
+    for piece in pieces:
+        await resp.write(piece)
+        await asyncio.sleep(0.01)  # separate reads, as a model's pace gives them
+    if cut:
+        assert request.transport is not None
+        request.transport.close()
+    else:
+        await resp.write_eof()
+    return resp
+
+
+async def serve(aiohttp_server: AiohttpServer, handler: Handler) -> str:
+    """A server answering every POST with ``handler``; its root URL."""
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handler)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
+
+
+def native(kind: str, root: str) -> dict[str, Any]:
+    """A provider named ``odd`` of type ``kind`` at ``root``."""
+    extra: dict[str, Any] = {"gemini": {"api_keys": ["gk-odd"]},
+                             "bedrock": {"region": "us-east-1", "api_keys": ["bedrock-api-key"]},
+                             "anthropic": {"api_keys": ["sk-ant-odd"]}}[kind]
+    return {"name": "odd", "type": kind, "base_url": root,
+            "timeouts": {"idle": 5, "total": 20}, **extra}
+
+
+async def router_for(start_router: StartRouter, provider: dict[str, Any],
+                     fallback: Upstream | None = None) -> Router:
+    """Group ``g``: the odd provider first, then (if given) an OpenAI fake."""
+    members = [{"provider": "odd", "name": "m"}]
+    providers = [provider]
+    if fallback is not None:
+        providers.append(openai_provider("good", fallback))
+        members.append({"provider": "good", "name": "m"})
+    return await start_router({"providers": providers, "groups": [
+        {"name": "g", "strategy": "priority", "models": members}]})
+
+
+# ------------------------------------------------------ an error as the first event
+
+
+async def _gemini_unavailable_first(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [sse({"error": {
+        "code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}})])
+
+
+async def _bedrock_throttled_first(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [exception_frame("throttlingException",
+                                                     "Too many requests")], EVENT_STREAM)
+
+
+async def _anthropic_overloaded_first(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [sse({"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}}, "error")])
+
+
+FIRST_EVENT_ERRORS = [
+    pytest.param("gemini", _gemini_unavailable_first, id="gemini-unavailable"),
+    pytest.param("bedrock", _bedrock_throttled_first, id="bedrock-throttling"),
+    pytest.param("anthropic", _anthropic_overloaded_first, id="anthropic-overloaded"),
+]
+
+
+@pytest.mark.parametrize(("kind", "handler"), FIRST_EVENT_ERRORS)
+async def test_an_error_as_the_first_event_fails_over_before_any_byte(
+        kind: str, handler: Handler, start_router: StartRouter, upstream: Upstream,
+        aiohttp_server: AiohttpServer) -> None:
+    # Nothing reached the client when the upstream's stream opened with its error: the
+    # next member answers, as after a 5xx or a 429 (docs/resilience.md, Failover).
+    router = await router_for(start_router, native(kind, await serve(aiohttp_server, handler)),
+                              upstream)
+    raw = await router.openai().chat.completions.with_raw_response.create(
+        model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
+    assert raw.headers["X-Router-Provider"] == "good"
+    assert raw.headers["X-Router-Attempts"] == "2"
+    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    assert text
+    async with router.anthropic().messages.stream(model="g", max_tokens=50,
+                                                  messages=ASK) as stream:  # type: ignore[arg-type]
+        message = await stream.get_final_message()
+    assert message.stop_reason is not None and message.content
+    # A throttle cools the key as a 429 would: the second request goes straight on.
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_upstream_errors_total", provider="odd",
+                 reason="stream_error") == (2 if kind == "gemini" else 1)
+
+
+@pytest.mark.parametrize(("kind", "handler"), FIRST_EVENT_ERRORS)
+async def test_an_error_as_the_first_event_of_the_only_member_is_an_error_status(
+        kind: str, handler: Handler, start_router: StartRouter,
+        aiohttp_server: AiohttpServer) -> None:
+    router = await router_for(start_router, native(kind, await serve(aiohttp_server, handler)))
+    throttled = kind != "gemini"  # Anthropic's overloaded_error cools the key as a 429 does
+    with pytest.raises(openai.APIStatusError) as caught:
+        stream = await router.openai().chat.completions.create(
+            model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
+        async for _ in stream:
+            pass
+    assert caught.value.status_code == (429 if throttled else 502)
+    assert caught.value.response.headers["Content-Type"].startswith("application/json")
+
+
+async def test_a_first_event_blaming_the_request_is_not_retried_elsewhere(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer) -> None:
+    async def invalid(request: web.Request) -> web.StreamResponse:
+        return await stream_of(request, [sse({"error": {
+            "code": 400, "message": "Request contains an invalid argument.",
+            "status": "INVALID_ARGUMENT"}})])
+
+    router = await router_for(start_router, native("gemini", await serve(aiohttp_server, invalid)),
+                              upstream)
+    raw = await router.openai().chat.completions.with_raw_response.create(
+        model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
+    assert raw.headers["X-Router-Provider"] == "odd"
+    with pytest.raises(openai.APIError, match="invalid argument"):
+        async for _ in raw.parse():
+            pass
+    assert upstream.fake.requests == []
