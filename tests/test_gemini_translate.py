@@ -279,8 +279,10 @@ def test_stream_function_calls_are_indexed_and_finish_as_tool_calls() -> None:
 def test_an_error_event_becomes_an_in_band_error_and_ends_the_stream() -> None:
     chat = StreamToChat("m")
     chat.feed(_event("Hel", 1))
-    (chunk,) = chat.feed({"error": {"code": 503, "message": "The model is overloaded.",
-                                    "status": "UNAVAILABLE"}})
+    usage, chunk = chat.feed({"error": {"code": 503, "message": "The model is overloaded.",
+                                        "status": "UNAVAILABLE"}})
+    # The running total reported before the error, for the router to count.
+    assert usage["choices"] == [] and usage["usage"]["prompt_tokens"] == 10
     assert chunk == {"error": {"message": "The model is overloaded.", "type": "upstream_error",
                                "param": None, "code": "UNAVAILABLE"}}
     assert chat.finish() == []

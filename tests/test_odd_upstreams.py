@@ -171,3 +171,59 @@ async def test_a_first_event_blaming_the_request_is_not_retried_elsewhere(
         async for _ in raw.parse():
             pass
     assert upstream.fake.requests == []
+
+
+# ------------------------------------------------------ a stream broken after its start
+
+GEMINI_USAGE = {"promptTokenCount": 1234, "candidatesTokenCount": 2, "totalTokenCount": 1236}
+
+
+def gemini_text(text: str, finish: str | None = None) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]},
+                                 "index": 0}
+    if finish is not None:
+        candidate["finishReason"] = finish
+    return {"candidates": [candidate], "usageMetadata": GEMINI_USAGE,
+            "modelVersion": "gemini-2.5-flash", "responseId": "r1"}
+
+
+async def _gemini_cut_mid_event(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [sse(gemini_text("Hel")), sse(gemini_text("lo"))[:25]],
+                           cut=True)
+
+
+async def _gemini_error_after_text(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [sse(gemini_text("Hel")), sse({"error": {
+        "code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}})])
+
+
+async def _gemini_ends_without_finish(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [sse(gemini_text("Hel")), sse(gemini_text("lo"))])
+
+
+@pytest.mark.parametrize("handler", [
+    pytest.param(_gemini_cut_mid_event, id="cut-mid-event"),
+    pytest.param(_gemini_error_after_text, id="error-event"),
+    pytest.param(_gemini_ends_without_finish, id="no-finish-reason")])
+async def test_a_broken_gemini_stream_counts_the_usage_it_reported(
+        handler: Handler, start_router: StartRouter, aiohttp_server: AiohttpServer) -> None:
+    # Gemini repeats its running usage on every event: what it said before the break is
+    # what the router counts ("Streams cut short" in docs/anthropic.md), not its estimate.
+    router = await router_for(start_router, native("gemini", await serve(aiohttp_server, handler)))
+    stream = await router.openai().chat.completions.create(
+        model="g", messages=ASK, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True})
+    text = ""
+    with pytest.raises(openai.APIError):
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    assert text.startswith("Hel")
+    async with router.anthropic().messages.stream(model="g", max_tokens=50,
+                                                  messages=ASK) as events:  # type: ignore[arg-type]
+        with pytest.raises(anthropic.APIStatusError):
+            await events.get_final_message()
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") == 2 * 1234
+    # Two completion tokens reported, but never fewer than one per event relayed.
+    completion = total(samples, "llm_router_tokens_total", provider="odd", kind="completion")
+    assert 4 <= completion <= 6

@@ -18,8 +18,12 @@
 - A stream's events are each a whole response whose ``usageMetadata`` is a running
   total: the last one counts, never the sum. The stream has no ``[DONE]``: it ends
   with the body; :meth:`StreamToChat.finish` then gives the usage chunk and ``[DONE]``
-  if a finishReason came, else nothing (the stream was cut). An event
-  ``{"error": {...}}`` inside the 200 stream becomes an in-band error chunk.
+  if a finishReason came. A stream that breaks first (cut, or ended without a
+  finishReason) gets only the usage chunk of its last running total
+  (:meth:`StreamToChat.unfinished`, no ``[DONE]``): the router counts what Gemini
+  reported and ends the client's stream with its error. An event
+  ``{"error": {...}}`` inside the 200 stream becomes that usage chunk and an in-band
+  error chunk.
 """
 
 from __future__ import annotations
@@ -163,7 +167,7 @@ class StreamToChat:
         error = doc.get("error")
         if error is not None:
             self.error = error if isinstance(error, dict) else {"message": str(error)}
-            return [{"error": _stream_error(self.error)}]
+            return [*self.unfinished(), {"error": _stream_error(self.error)}]
         if not self._id:
             self._id = _completion_id(doc)
         if isinstance(doc.get("usageMetadata"), dict):
@@ -205,6 +209,16 @@ class StreamToChat:
         if not self.finished or self.error is not None:
             return []
         return [{**self._chunk([]), "usage": self.usage or chat_usage(None)}]
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        """For a stream that breaks before it finished (an error event, a cut, an end
+        without a finishReason): the usage chunk of the running total so far, without
+        ``[DONE]``, so that what Gemini reported is what the router counts; nothing if
+        it reported none (or the chunk went out already)."""
+        if self.usage is None or self.finished:
+            return []
+        usage, self.usage = self.usage, None
+        return [{**self._chunk([]), "usage": usage}]
 
 
 def _stream_error(error: dict[str, Any]) -> dict[str, Any]:

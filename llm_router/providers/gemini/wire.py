@@ -129,9 +129,17 @@ class TranslatedResponse:
             out = _translate(chat, [tail] if tail.strip() else [])
         except EventTooLarge as exc:
             raise ResponseTooLarge(str(exc)) from None
+        except aiohttp.ClientError:
+            # Cut mid-stream: the usage reported so far goes out before the error does.
+            cut = chat.unfinished()
+            if cut:
+                yield _frames(cut)
+            raise
         end = chat.finish()
         if end:
-            out += b"".join(frame(orjson.dumps(chunk)) for chunk in end) + DONE
+            out += _frames(end) + DONE
+        elif chat.error is None:
+            out += _frames(chat.unfinished())  # ended without a finishReason: cut short
         if out:
             yield out
 
@@ -140,6 +148,10 @@ class TranslatedResponse:
 
     def release(self) -> None:
         self._resp.release()
+
+
+def _frames(chunks: list[dict[str, Any]]) -> bytes:
+    return b"".join(frame(orjson.dumps(chunk)) for chunk in chunks)
 
 
 def _translate(chat: StreamToChat, events: list[bytes]) -> bytes:
