@@ -227,3 +227,34 @@ async def test_a_broken_gemini_stream_counts_the_usage_it_reported(
     # Two completion tokens reported, but never fewer than one per event relayed.
     completion = total(samples, "llm_router_tokens_total", provider="odd", kind="completion")
     assert 4 <= completion <= 6
+
+
+BEDROCK_TEXT = [frame("messageStart", {"role": "assistant"}),
+                frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello"}}),
+                frame("contentBlockStop", {"contentBlockIndex": 0}),
+                frame("messageStop", {"stopReason": "end_turn"})]
+BEDROCK_METADATA = frame("metadata", {"usage": {"inputTokens": 1234, "outputTokens": 2,
+                                                "totalTokens": 1236},
+                                      "metrics": {"latencyMs": 90}})
+
+
+async def test_a_bedrock_stream_ending_inside_a_frame_is_cut_not_complete(
+        start_router: StartRouter, aiohttp_server: AiohttpServer) -> None:
+    # The body ends cleanly, but in the middle of the metadata frame (its usage): the
+    # stream broke, so the client's stream ends with an error and the router counts its
+    # estimate, not the zero usage of a complete answer that reported none.
+    async def truncated(request: web.Request) -> web.StreamResponse:
+        return await stream_of(request, [*BEDROCK_TEXT, BEDROCK_METADATA[:30]], EVENT_STREAM)
+
+    router = await router_for(start_router,
+                              native("bedrock", await serve(aiohttp_server, truncated)))
+    stream = await router.openai().chat.completions.create(
+        model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
+    with pytest.raises(openai.APIError, match="interrupted"):
+        async for _ in stream:
+            pass
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_upstream_errors_total", provider="odd",
+                 reason="closed") == 1
+    assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") > 0
+    assert total(samples, "llm_router_tokens_total", provider="odd", kind="completion") >= 3

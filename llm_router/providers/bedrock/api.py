@@ -94,6 +94,8 @@ class BedrockResponse:
                 yield out
             if rewrite.done:
                 return
+        if decoder.pending:
+            return  # the body ended inside a message: cut, however complete it looked
         tail = rewrite.finish()
         if tail:
             yield tail

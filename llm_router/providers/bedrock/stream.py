@@ -17,7 +17,9 @@ the SSE bytes to pass on:
   its router status (429 for throttling).
 
 :meth:`finish` ends a stream the upstream closed without ``metadata``: normally when the
-finish reason was already sent, else not at all (the caller reports the cut).
+finish reason was already sent, else not at all (the caller reports the cut). A body
+that ends inside a message is cut whatever came before it (the caller does not call
+:meth:`finish`).
 """
 
 from __future__ import annotations
