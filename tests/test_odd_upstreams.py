@@ -258,3 +258,18 @@ async def test_a_bedrock_stream_ending_inside_a_frame_is_cut_not_complete(
                  reason="closed") == 1
     assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") > 0
     assert total(samples, "llm_router_tokens_total", provider="odd", kind="completion") >= 3
+
+
+async def test_a_gemini_stream_of_usage_alone_fails_over(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer) -> None:
+    # No candidate, no finishReason, no blockReason: nothing to answer with, so nothing
+    # was sent, and the next member answers.
+    async def usage_only(request: web.Request) -> web.StreamResponse:
+        return await stream_of(request, [sse({"candidates": [], "usageMetadata": GEMINI_USAGE})])
+
+    router = await router_for(start_router,
+                              native("gemini", await serve(aiohttp_server, usage_only)), upstream)
+    raw = await router.openai().chat.completions.with_raw_response.create(
+        model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
+    assert raw.headers["X-Router-Provider"] == "good"
+    assert "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])

@@ -214,8 +214,9 @@ class StreamToChat:
         """For a stream that breaks before it finished (an error event, a cut, an end
         without a finishReason): the usage chunk of the running total so far, without
         ``[DONE]``, so that what Gemini reported is what the router counts; nothing if
-        it reported none (or the chunk went out already)."""
-        if self.usage is None or self.finished:
+        it reported none, or no choice went out yet (the attempt can still fail over,
+        and is not counted), or the chunk went out already."""
+        if self.usage is None or self.finished or not self._roles:
             return []
         usage, self.usage = self.usage, None
         return [{**self._chunk([]), "usage": usage}]
