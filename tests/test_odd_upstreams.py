@@ -273,3 +273,75 @@ async def test_a_gemini_stream_of_usage_alone_fails_over(
         model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
     assert raw.headers["X-Router-Provider"] == "good"
     assert "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+
+
+# ------------------------------------------------------ bounded by the configured limits
+
+
+async def _one_endless_gemini_event(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(b'data: {"candidates": [{"content": {"parts": [{"text": "')
+    sent = 0
+    try:  # until the router hangs up (the handler is then cancelled, or its write fails)
+        while sent < 80 * 1024 * 1024:  # past any bound a router could have
+            await resp.write(b"x" * 65536)
+            sent += 65536
+    except ConnectionError:
+        pass
+    finally:
+        request.app[WRITTEN].append(sent)
+    return resp
+
+
+async def _one_huge_bedrock_frame(request: web.Request) -> web.StreamResponse:
+    huge = frame("contentBlockDelta", {"contentBlockIndex": 0,
+                                       "delta": {"text": "x" * (6 * 1024 * 1024)}})
+    resp = web.StreamResponse(headers={"Content-Type": EVENT_STREAM})
+    await resp.prepare(request)
+    sent = 0
+    try:
+        for at in range(0, len(huge), 65536):
+            await resp.write(huge[at:at + 65536])
+            sent += 65536
+    except ConnectionError:
+        pass
+    finally:
+        request.app[WRITTEN].append(sent)
+    return resp
+
+
+WRITTEN: web.AppKey[list[int]] = web.AppKey("written", list)
+
+
+@pytest.mark.parametrize(("kind", "handler"), [
+    pytest.param("gemini", _one_endless_gemini_event, id="gemini"),
+    pytest.param("bedrock", _one_huge_bedrock_frame, id="bedrock")])
+async def test_one_huge_upstream_event_is_refused_at_max_event_bytes(
+        kind: str, handler: Handler, start_router: StartRouter,
+        aiohttp_server: AiohttpServer) -> None:
+    # The bound is the configured one, applied to the upstream's own event (a Gemini
+    # SSE event, a Bedrock frame) as it arrives: not a fixed one of many megabytes
+    # buffered first and refused only once translated. A Bedrock frame says its length
+    # in its first bytes, so none of it needs reading.
+    app = web.Application()
+    app[WRITTEN] = []
+    app.router.add_route("POST", "/{tail:.*}", handler)
+    server = await aiohttp_server(app)
+    router = await start_router({
+        "providers": [native(kind, str(server.make_url("")).rstrip("/"))],
+        "groups": [{"name": "g", "models": [{"provider": "odd", "name": "m"}]}],
+        "upstream_limits": {"max_event_bytes": 65536}})
+    with pytest.raises(openai.APIStatusError) as caught:
+        stream = await router.openai().chat.completions.create(
+            model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
+        async for _ in stream:
+            pass
+    assert caught.value.status_code == 502
+    assert "65536" in caught.value.message
+    for _ in range(100):
+        if app[WRITTEN]:
+            break
+        await asyncio.sleep(0.05)
+    # Whatever the socket buffers held, far less than the event (80 MiB, 6 MiB).
+    assert app[WRITTEN][0] < 4 * 1024 * 1024, app[WRITTEN]

@@ -506,7 +506,7 @@ def _prepare(req: ModelRequest, cand: Candidate) -> tuple[Attempt, UpstreamCall]
         att.span = tracing.start_attempt(ex.span, ex, provider, key.label, model,
                                          req.body, headers)
     call = UpstreamCall(provider, key, path, orjson.dumps(up_body), up_body, stream,
-                        headers, model)
+                        headers, model, req.cfg.upstream_limits.max_event_bytes)
     att.reservation = state.counters.reserve(cand.counter_key, req.estimate,
                                              req.target.state_name)
     att.probe = state.health.begin(provider.name, key.label)

@@ -64,6 +64,9 @@ class UpstreamCall:
     # override the provider's configured headers of the same name.
     headers: Mapping[str, str] = field(default_factory=dict)
     model: str = ""  # the upstream model (a URL may name it: Gemini, Bedrock)
+    # upstream_limits.max_event_bytes: a provider that splits its stream into events
+    # itself before translating (Gemini, Bedrock) bounds the upstream's events by it.
+    max_event: int = 64 * 1024 * 1024
 
 
 class UpstreamResponse(Protocol):

@@ -40,7 +40,8 @@ __all__ = ["BedrockResponse", "Refusal", "send"]
 
 SERVICE: Final = "bedrock"  # SigV4's service name, though the host says bedrock-runtime
 # The largest event-stream message accepted: Converse streams deltas of a few hundred
-# bytes, so this only stops a broken or hostile stream from buffering without end.
+# bytes, so this only stops a broken or hostile stream from buffering without end
+# (upstream_limits.max_event_bytes, when smaller, bounds it as for an SSE event).
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
 _JSON: Final = "application/json"
 _HUB_STREAM: Final = {"Content-Type": "text/event-stream"}
@@ -50,12 +51,14 @@ _HUB_JSON: Final = {"Content-Type": _JSON}
 class BedrockResponse:
     """A Bedrock answer read as the hub's: JSON, an SSE chunk stream, or an error."""
 
-    __slots__ = ("_inner", "_plan", "headers", "status", "stream")
+    __slots__ = ("_inner", "_max_message", "_plan", "headers", "status", "stream")
 
-    def __init__(self, inner: HTTPResponse, plan: Plan, stream: bool) -> None:
+    def __init__(self, inner: HTTPResponse, plan: Plan, stream: bool,
+                 max_event: int = MAX_MESSAGE_BYTES) -> None:
         self._inner = inner
         self._plan = plan
         self.stream = stream
+        self._max_message = min(max_event, MAX_MESSAGE_BYTES)
         name = error_name(inner.headers.get(ERROR_TYPE_HEADER))
         self.status = error_status(inner.status, name) if inner.status >= 400 else inner.status
         retry = inner.headers.get("Retry-After")
@@ -82,7 +85,7 @@ class BedrockResponse:
         return orjson.dumps(converse_answer(answer, self._plan))
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        decoder = FrameDecoder(MAX_MESSAGE_BYTES)
+        decoder = FrameDecoder(self._max_message)
         rewrite = ConverseStreamToChat(self._plan)
         async for data in self._inner.chunks():
             try:
@@ -177,4 +180,4 @@ async def send(session: aiohttp.ClientSession, call: UpstreamCall) -> UpstreamRe
     sent = UpstreamCall(provider, key, path, body, converse, call.stream, call.headers)
     # encoded=True: the path goes out as signed (yarl would decode %3A to ':').
     inner = await post(session, sent, URL(base + path, encoded=True), headers)
-    return BedrockResponse(inner, plan, call.stream)
+    return BedrockResponse(inner, plan, call.stream, call.max_event)

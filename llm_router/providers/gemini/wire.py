@@ -37,9 +37,6 @@ __all__ = ["ReadyResponse", "TranslatedResponse", "exchange", "model_path", "ref
 # An error answer is read before the router sees it (a bad key's 400 must read as 401);
 # Google's are a few hundred bytes, and the rest of a larger one is not needed.
 _MAX_ERROR_BYTES: Final = 64 * 1024
-# The router bounds the translated events (upstream_limits.max_event_bytes); this only
-# keeps one runaway upstream event from growing without end before that.
-_MAX_EVENT_BYTES: Final = 64 * 1024 * 1024
 _JSON: Final = "application/json"
 _SSE: Final = MappingProxyType({"Content-Type": "text/event-stream"})
 _JSON_TYPE: Final = MappingProxyType({"Content-Type": _JSON})
@@ -83,13 +80,17 @@ def refusal(message: str, param: str | None) -> ReadyResponse:
 class TranslatedResponse:
     """A 2xx Gemini answer, read as the hub's: see the module docstring."""
 
-    __slots__ = ("_embed", "_resp", "_stream", "headers", "model", "status")
+    __slots__ = ("_embed", "_max_event", "_resp", "_stream", "headers", "model", "status")
 
     def __init__(self, resp: HTTPResponse, model: str, stream: bool,
-                 embed: tuple[Any, int] | None = None) -> None:
+                 embed: tuple[Any, int] | None = None, max_event: int = 64 * 1024 * 1024
+                 ) -> None:
         self._resp = resp
         self.model = model
         self._stream = stream
+        # upstream_limits.max_event_bytes, for Gemini's own events: one is refused as
+        # it grows past it, not buffered whole first.
+        self._max_event = max_event
         self._embed = embed  # (encoding_format, estimated tokens) for embeddings
         self.status = resp.status
         # Only the type: the body the router reads is not Google's (its length and
@@ -116,7 +117,7 @@ class TranslatedResponse:
         return orjson.dumps(chat_completion(doc, self.model))
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        parser = SSEParser(_MAX_EVENT_BYTES)
+        parser = SSEParser(self._max_event)
         chat = StreamToChat(self.model)
         try:
             async for data in self._resp.chunks():
@@ -200,7 +201,7 @@ async def exchange(session: aiohttp.ClientSession, call: UpstreamCall, model_url
         elif "Retry-After" in resp.headers:
             out["Retry-After"] = resp.headers["Retry-After"]
         return ReadyResponse(err.status, orjson.dumps(err.body), out)
-    return TranslatedResponse(resp, model, call.stream, embed)
+    return TranslatedResponse(resp, model, call.stream, embed, call.max_event)
 
 
 def model_path(model: str) -> str:
