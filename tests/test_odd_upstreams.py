@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import orjson
@@ -19,7 +20,7 @@ from pytest_aiohttp import AiohttpServer
 from llm_router.testing.bedrock import encode_event_message
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import metric_samples, openai_provider, total
+from .helpers import AUTH, metric_samples, openai_provider, total
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -206,7 +207,8 @@ async def _gemini_ends_without_finish(request: web.Request) -> web.StreamRespons
     pytest.param(_gemini_error_after_text, id="error-event"),
     pytest.param(_gemini_ends_without_finish, id="no-finish-reason")])
 async def test_a_broken_gemini_stream_counts_the_usage_it_reported(
-        handler: Handler, start_router: StartRouter, aiohttp_server: AiohttpServer) -> None:
+        handler: Handler, start_router: StartRouter, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
     # Gemini repeats its running usage on every event: what it said before the break is
     # what the router counts ("Streams cut short" in docs/anthropic.md), not its estimate.
     router = await router_for(start_router, native("gemini", await serve(aiohttp_server, handler)))
@@ -227,6 +229,11 @@ async def test_a_broken_gemini_stream_counts_the_usage_it_reported(
     # Two completion tokens reported, but never fewer than one per event relayed.
     completion = total(samples, "llm_router_tokens_total", provider="odd", kind="completion")
     assert 4 <= completion <= 6
+    async with http.get(router.url + "/admin/usage", headers=AUTH) as resp:
+        report = await resp.json()
+    (user,) = [u for u in report["users"] if u["name"] == "default"]
+    assert user["usage"]["total"]["prompt_tokens"] == 2 * 1234
+    assert user["usage"]["total"]["completion_tokens"] == completion
 
 
 BEDROCK_TEXT = [frame("messageStart", {"role": "assistant"}),
