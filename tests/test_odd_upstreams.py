@@ -352,3 +352,82 @@ async def test_one_huge_upstream_event_is_refused_at_max_event_bytes(
         await asyncio.sleep(0.05)
     # Whatever the socket buffers held, far less than the event (80 MiB, 6 MiB).
     assert app[WRITTEN][0] < 4 * 1024 * 1024, app[WRITTEN]
+
+
+# ------------------------------------------------------ tool calls
+
+
+def _anthropic_no_argument_call(stream: bool) -> list[bytes] | dict[str, Any]:
+    usage = {"input_tokens": 30, "output_tokens": 9}
+    if not stream:
+        return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}],
+                "stop_reason": "tool_use", "stop_sequence": None, "usage": usage}
+    start = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+             "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": {"input_tokens": 30, "output_tokens": 1}}
+    return [sse({"type": "message_start", "message": start}, "message_start"),
+            sse({"type": "content_block_start", "index": 0, "content_block": {
+                "type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}},
+                "content_block_start"),
+            sse({"type": "content_block_delta", "index": 0, "delta": {
+                "type": "input_json_delta", "partial_json": ""}}, "content_block_delta"),
+            sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            sse({"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                 "usage": {"output_tokens": 9}}, "message_delta"),
+            sse({"type": "message_stop"}, "message_stop")]
+
+
+async def _anthropic_tool(request: web.Request) -> web.StreamResponse:
+    if (await request.json()).get("stream"):
+        pieces = _anthropic_no_argument_call(True)
+        assert isinstance(pieces, list)
+        return await stream_of(request, pieces)
+    return web.json_response(_anthropic_no_argument_call(False))
+
+
+async def _bedrock_tool(request: web.Request) -> web.StreamResponse:
+    if request.path.endswith("/converse-stream"):
+        return await stream_of(request, [
+            frame("messageStart", {"role": "assistant"}),
+            frame("contentBlockStart", {"contentBlockIndex": 0, "start": {
+                "toolUse": {"toolUseId": "tooluse_1", "name": "now"}}}),
+            frame("contentBlockStop", {"contentBlockIndex": 0}),
+            frame("messageStop", {"stopReason": "tool_use"}), BEDROCK_METADATA], EVENT_STREAM)
+    return web.json_response({
+        "output": {"message": {"role": "assistant", "content": [
+            {"toolUse": {"toolUseId": "tooluse_1", "name": "now", "input": {}}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 30, "outputTokens": 9}})
+
+
+NOW = {"type": "function", "function": {"name": "now", "description": "The time",
+                                         "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize(("kind", "handler"), [
+    pytest.param("anthropic", _anthropic_tool, id="anthropic"),
+    pytest.param("bedrock", _bedrock_tool, id="bedrock")])
+async def test_a_streamed_call_without_arguments_has_the_arguments_of_the_whole_answer(
+        kind: str, handler: Handler, start_router: StartRouter,
+        aiohttp_server: AiohttpServer) -> None:
+    # A tool that takes no arguments: the upstream streams no argument fragment at all
+    # (or an empty one). OpenAI's arguments are JSON text, "{}" then, as the same call
+    # reads when not streamed; "" would fail a client's json.loads.
+    router = await router_for(start_router, native(kind, await serve(aiohttp_server, handler)))
+    client = router.openai()
+    whole = await client.chat.completions.create(model="g", messages=ASK,  # type: ignore[arg-type]
+                                                 tools=[NOW])  # type: ignore[list-item]
+    calls = whole.choices[0].message.tool_calls
+    assert calls is not None and calls[0].function.arguments == "{}"  # type: ignore[union-attr]
+    stream = await client.chat.completions.create(
+        model="g", messages=ASK, tools=[NOW], stream=True)  # type: ignore[arg-type, list-item]
+    arguments = ""
+    async for chunk in stream:
+        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            arguments += call.function.arguments or "" if call.function else ""
+    assert arguments == "{}"
+    async with router.anthropic().messages.stream(
+            model="g", max_tokens=50, messages=ASK,  # type: ignore[arg-type]
+            tools=[{"name": "now", "input_schema": {"type": "object"}}]) as events:
+        message = await events.get_final_message()
+    assert [(b.type, getattr(b, "input", None)) for b in message.content] == [("tool_use", {})]

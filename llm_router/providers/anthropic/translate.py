@@ -262,7 +262,7 @@ class MessagesStreamToChat:
     """
 
     __slots__ = ("_counts", "_created", "_finished", "_id", "_include_usage", "_model",
-                 "_tool_index", "done")
+                 "_no_arguments", "_tool_index", "done")
 
     def __init__(self, requested_model: str, include_usage: bool) -> None:
         self._model = requested_model
@@ -272,6 +272,7 @@ class MessagesStreamToChat:
         self._counts = AnthropicUsage()
         self._finished = False  # the chunk with finish_reason went out
         self._tool_index: dict[int, int] = {}  # Anthropic block index → OpenAI tool index
+        self._no_arguments: set[int] = set()  # tool blocks no argument fragment came for
         self.done = False
 
     @property
@@ -295,6 +296,15 @@ class MessagesStreamToChat:
                 return self._block_start(data.get("index"), data.get("content_block") or {})
             case "content_block_delta":
                 return self._block_delta(data.get("index"), data.get("delta") or {})
+            case "content_block_stop":
+                index = data.get("index")
+                if isinstance(index, int) and index in self._no_arguments:
+                    # A tool without arguments streams none (or ""): "{}" is its JSON,
+                    # as the same call reads when not streamed.
+                    self._no_arguments.discard(index)
+                    return self._chunk({"tool_calls": [{
+                        "index": self._tool_index[index], "function": {"arguments": "{}"}}]})
+                return b""
             case "message_delta":
                 self._counts.add(data.get("usage"))
                 reason = (data.get("delta") or {}).get("stop_reason") or ""
@@ -306,7 +316,7 @@ class MessagesStreamToChat:
                 error = data.get("error") or {}
                 return self._fail(str(error.get("message") or "upstream error"),
                                   str(error.get("type") or "api_error"))
-            case _:  # ping, content_block_stop, and events newer than this code
+            case _:  # ping, and events newer than this code
                 return b""
 
     def finish(self) -> bytes:
@@ -320,6 +330,7 @@ class MessagesStreamToChat:
     def _block_start(self, index: Any, block: dict[str, Any]) -> bytes:
         if block.get("type") == "tool_use" and isinstance(index, int):
             tool = self._tool_index[index] = len(self._tool_index)
+            self._no_arguments.add(index)
             return self._chunk({"tool_calls": [{
                 "index": tool, "id": block.get("id"), "type": "function",
                 "function": {"name": block.get("name"), "arguments": ""},
@@ -333,6 +344,7 @@ class MessagesStreamToChat:
         if kind == "text_delta" and delta.get("text"):
             return self._chunk({"content": delta["text"]})
         if kind == "input_json_delta" and delta.get("partial_json") and index in self._tool_index:
+            self._no_arguments.discard(index)
             return self._chunk({"tool_calls": [{
                 "index": self._tool_index[index],
                 "function": {"arguments": delta["partial_json"]},

@@ -8,7 +8,7 @@ the SSE bytes to pass on:
   name; ``contentBlockDelta`` ``text`` → content, ``toolUse.input`` fragments → the
   call's ``arguments`` fragments (or content, for response_format's forced tool);
   ``reasoningContent`` has no chat equivalent and is dropped; ``contentBlockStop`` adds
-  nothing;
+  nothing, unless it ends a tool call no input came for: then its arguments ``{}``;
 - ``messageStop`` → the chunk with the mapped ``finish_reason``;
 - ``metadata`` (usage, which comes last) → a usage chunk with ``choices: []`` and
   ``data: [DONE]``: ``done`` is then True;
@@ -52,8 +52,8 @@ class StreamFailure:
 class ConverseStreamToChat:
     """One ConverseStream rewritten as chat-completion chunks."""
 
-    __slots__ = ("_blocks", "_created", "_finished", "_head", "_plan", "done", "error",
-                 "usage")
+    __slots__ = ("_blocks", "_created", "_finished", "_head", "_no_input", "_plan", "done",
+                 "error", "usage")
 
     def __init__(self, plan: Plan) -> None:
         self._plan = plan
@@ -64,6 +64,7 @@ class ConverseStreamToChat:
                       + orjson.dumps(plan.model) + b',"choices":')
         # Converse block index → OpenAI tool-call index; -1 marks response_format's tool.
         self._blocks: dict[int, int] = {}
+        self._no_input: set[int] = set()  # tool blocks no input fragment came for
         self._finished = False  # the finish_reason chunk went out
         self.done = False
         self.error: StreamFailure | None = None
@@ -92,6 +93,8 @@ class ConverseStreamToChat:
                 return self._start(data.get("contentBlockIndex"), data.get("start"))
             case "contentBlockDelta":
                 return self._delta(data.get("contentBlockIndex"), data.get("delta"))
+            case "contentBlockStop":
+                return self._stop(data.get("contentBlockIndex"))
             case "messageStop":
                 self._finished = True
                 return self._chunk({}, finish_reason(data.get("stopReason"), self._plan))
@@ -99,7 +102,7 @@ class ConverseStreamToChat:
                 self.usage = chat_usage(data.get("usage"))
                 self.done = True
                 return self._usage_chunk()
-            case _:  # contentBlockStop, and events newer than this code
+            case _:  # events newer than this code
                 return b""
 
     def finish(self) -> bytes:
@@ -118,6 +121,7 @@ class ConverseStreamToChat:
             self._blocks[index] = -1
             return b""
         tool = self._blocks[index] = sum(1 for v in self._blocks.values() if v >= 0)
+        self._no_input.add(index)
         return self._chunk({"tool_calls": [{
             "index": tool, "id": use.get("toolUseId"), "type": "function",
             "function": {"name": use.get("name"), "arguments": ""}}]})
@@ -141,8 +145,18 @@ class ConverseStreamToChat:
             return b""
         if tool < 0:
             return self._chunk({"content": fragment})
+        self._no_input.discard(index)
         return self._chunk({"tool_calls": [{"index": tool,
                                             "function": {"arguments": fragment}}]})
+
+    def _stop(self, index: Any) -> bytes:
+        """A tool block ends: a tool without arguments streams no input, and "{}" is
+        its JSON (as the same call reads when not streamed); else nothing."""
+        if not isinstance(index, int) or index not in self._no_input:
+            return b""
+        self._no_input.discard(index)
+        return self._chunk({"tool_calls": [{"index": self._blocks[index],
+                                            "function": {"arguments": "{}"}}]})
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = orjson.dumps([{"index": 0, "delta": delta, "logprobs": None,
