@@ -32,7 +32,7 @@ from .helpers import (
     openai_provider,
     write_config,
 )
-from .test_shutdown import RouterProcess
+from .processes import RouterProcess
 
 PRICES = {"m": {"input": 1.5, "output": 4.0}}
 

@@ -23,7 +23,7 @@ import pytest
 
 from .conftest import MakeUpstream, Upstream
 from .helpers import AUTH, HELLO, ROUTER_KEY, eventually, openai_provider, write_config
-from .test_shutdown import RouterProcess
+from .processes import RouterProcess
 
 _PROBE_PERIOD_S = 0.05  # the kubelet's periodSeconds, shrunk to fit a test
 

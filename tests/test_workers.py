@@ -26,9 +26,9 @@ from llm_router.state.redis_store import LEASE_S
 from .conftest import StartRouter, Upstream
 from .helpers import eventually, write_config
 from .ports import free_port
+from .processes import RouterProcess
 from .redis_server import RedisServer, redis_server
 from .test_shared_state import ALICE, fleet_config, post_chat
-from .test_shutdown import RouterProcess
 
 __all__ = ["redis_server"]
 
