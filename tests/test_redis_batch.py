@@ -20,9 +20,9 @@ from llm_router.state.redis_keys import SEP
 from llm_router.state.redis_store import RedisStore
 
 from .conftest import Router, StartRouter, Upstream
+from .fleet import ALICE, fleet_config, get_json, post_chat
 from .helpers import eventually
 from .redis_server import RedisServer, redis_server
-from .test_shared_state import ALICE, fleet_config, get_json, post_chat
 
 __all__ = ["redis_server"]  # the fixture, for pytest
 

@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 from llm_router.state.redis_keys import SEP
 
 from .conftest import Router, StartRouter, Upstream
+from .fleet import ADMIN, fleet_config, get_json, post_chat
 from .helpers import eventually, metric_samples
 from .redis_server import REDIS_PASSWORD, RedisServer, redis_server, redis_server_with_password
-from .test_shared_state import ADMIN, fleet_config, get_json, post_chat
 
 __all__ = ["redis_server", "redis_server_with_password"]  # the fixtures, for pytest
 

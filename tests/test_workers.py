@@ -24,11 +24,11 @@ from llm_router.config import sha256_hex
 from llm_router.state.redis_store import LEASE_S
 
 from .conftest import StartRouter, Upstream
+from .fleet import ALICE, fleet_config, post_chat
 from .helpers import eventually, write_config
 from .ports import free_port
 from .processes import RouterProcess
 from .redis_server import RedisServer, redis_server
-from .test_shared_state import ALICE, fleet_config, post_chat
 
 __all__ = ["redis_server"]
 
