@@ -14,7 +14,7 @@ from llm_router.gateway import answer
 
 from .conftest import StartRouter
 from .helpers import RELOAD_OK, eventually, metric_samples, save_by_rename
-from .test_teams import BOB, team
+from .teams_config import BOB, team
 
 # Prices whose per-answer costs need more than 8 decimals: 7 tokens cost 8.61e-07 USD.
 PRICE = {"input": 0.123, "output": 0.4567}

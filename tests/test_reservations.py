@@ -17,7 +17,7 @@ from llm_router.cli import main as cli_main
 
 from .conftest import StartRouter, Upstream
 from .helpers import HELLO, write_config
-from .test_teams import ALICE, BOB, BOB_CI, chat, team
+from .teams_config import ALICE, BOB, BOB_CI, chat, team
 
 PRICE = {"input": 1000.0, "output": 1000.0}  # $0.001 a token: a few tokens are visible
 BURST = 50

@@ -20,13 +20,12 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_router.config import sha256_hex
 from llm_router.testing.upstream import Fault
 
 from .conftest import Router, StartRouter, Upstream
 from .helpers import HELLO, openai_provider
+from .teams_config import ALICE, BOB, BOB_CI, chat, team
 
-ALICE, BOB, BOB_CI = "sk-alice-laptop", "sk-bob-laptop", "sk-bob-ci"
 T0 = 1_717_243_210.0  # 2024-06-01T12:00:10Z: ten seconds into a minute
 
 
@@ -38,29 +37,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def team(up: Upstream, *, bob: dict[str, Any] | None = None, ci: dict[str, Any] | None = None,
-         **top: Any) -> dict[str, Any]:
-    """Groups g (real-model) and h (other-model); alice is an admin, bob a user."""
-    return {
-        "providers": [openai_provider("up", up)],
-        "groups": [{"name": "g", "models": [{"provider": "up", "name": "real-model"}]},
-                   {"name": "h", "models": [{"provider": "up", "name": "other-model"}]}],
-        "users": [
-            {"name": "alice", "role": "admin",
-             "keys": [{"sha256": sha256_hex(ALICE), "name": "laptop"}]},
-            {"name": "bob", "keys": [{"sha256": sha256_hex(BOB), "name": "laptop"},
-                                     {"key": BOB_CI, "name": "ci", **(ci or {})}],
-             **(bob or {})},
-        ],
-        **top,
-    }
-
-
-async def chat(router: Router, key: str, model: str = "g", **kw: Any) -> Any:
-    return await router.openai(key).chat.completions.create(
-        model=model, messages=HELLO, **kw)  # type: ignore[arg-type]
 
 
 async def rate_limited(router: Router, key: str, **kw: Any) -> openai.RateLimitError:
