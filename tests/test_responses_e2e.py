@@ -21,29 +21,11 @@ from llm_router.testing.upstream import Fault
 
 from .conftest import StartRouter, Upstream
 from .helpers import AUTH, ROUTER_KEY, metric_samples, openai_provider, total
+from .responses_members import anthropic_member, chat_member, native_member
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
                           "required": ["location"]}}
-PRICE = {"input": 1.0, "output": 2.0}
-
-
-def chat_member(up: Upstream) -> dict[str, Any]:
-    return {"providers": [openai_provider("oa", up)],
-            "groups": [{"name": "g", "models": [{"provider": "oa", "name": "gpt-up"}]}],
-            "pricing": {"gpt-up": PRICE}}
-
-
-def anthropic_member(up: Upstream) -> dict[str, Any]:
-    return {"providers": [{"name": "an", "type": "anthropic", "base_url": up.root,
-                           "api_keys": ["sk-ant"]}],
-            "groups": [{"name": "g", "models": [{"provider": "an", "name": "claude-up"}]}]}
-
-
-def native_member(up: Upstream, keys: list[str] | None = None) -> dict[str, Any]:
-    return {"providers": [openai_provider("nat", up, keys, responses="native")],
-            "groups": [{"name": "g", "models": [{"provider": "nat", "name": "gpt-native"}]}],
-            "pricing": {"gpt-native": PRICE}}
 
 
 async def test_create_through_a_chat_member_translates_both_ways(

@@ -22,7 +22,7 @@ from llm_router.dialects.responses.check import FIELDS
 
 from .conftest import StartRouter, Upstream
 from .helpers import AUTH
-from .test_responses_e2e import chat_member
+from .responses_members import chat_member
 
 # One invalid value per declared field (a dotted name nests the value).
 INVALID: dict[str, Any] = {
