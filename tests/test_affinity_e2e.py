@@ -19,53 +19,23 @@ import yaml
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import metric_samples, openai_provider, total
-
-SYSTEM = "You plan trips. Answer in one short paragraph. " * 8
-PRICE = {"input": 1.0, "output": 2.0, "cached_input": 0.1}
+from .conversations import PRICE, SYSTEM, Conversation, group_config, keys_per_turn, warm
+from .helpers import metric_samples, total
 
 
 async def _cached_upstream(make_upstream: MakeUpstream) -> Upstream:
     return await make_upstream(prompt_cache_ttl_s=600)
 
 
-def _group_config(up: Upstream, affinity: Any = None) -> dict[str, Any]:
-    """Keys a1 and a2 at weight 1 and b1 at weight 2, all on one fake."""
-    group: dict[str, Any] = {"name": "g", "models": [{"provider": "a", "name": "m", "weight": 1},
-                                                     {"provider": "b", "name": "m", "weight": 2}]}
-    if affinity is not None:
-        group["affinity"] = affinity
-    return {"providers": [openai_provider("a", up, ["sk-a1", "sk-a2"]),
-                          openai_provider("b", up, ["sk-b1"])],
-            "groups": [group], "pricing": {"m": PRICE}}
-
-
-class _Conversation:
-    """One chat, its history growing turn by turn as a client keeps it."""
-
-    def __init__(self, n: int) -> None:
-        self.messages: list[dict[str, Any]] = [
-            {"role": "system", "content": f"Trip {n}. {SYSTEM}"},  # shares no prefix
-            {"role": "user", "content": f"Plan trip {n}."}]
-
-    async def turn(self, router: Router, **extra: Any) -> Any:
-        raw = await router.openai().chat.completions.with_raw_response.create(
-            model="g", messages=self.messages, max_tokens=8, **extra)  # type: ignore[arg-type]
-        answer = raw.parse()
-        self.messages += [{"role": "assistant", "content": answer.choices[0].message.content},
-                          {"role": "user", "content": "And then?"}]
-        return raw
-
-
 async def test_turns_of_a_conversation_stay_on_one_key_and_hit_its_cache(
         start_router: StartRouter, make_upstream: MakeUpstream,
         caplog: pytest.LogCaptureFixture) -> None:
     up = await _cached_upstream(make_upstream)
-    router = await start_router(_group_config(up))
+    router = await start_router(group_config(up))
     caplog.set_level(logging.INFO, logger="llm_router.access")
     # Five alike conversations fit weights 1, 1, 2 exactly (2 + 2 + 1 of them), so
     # every turn after the first stays within the default slack.
-    convs = [_Conversation(n) for n in range(5)]
+    convs = [Conversation(n) for n in range(5)]
     cached_seen = 0
     for turn in range(4):
         for conv in convs:
@@ -104,8 +74,8 @@ async def test_turns_of_a_conversation_stay_on_one_key_and_hit_its_cache(
 async def test_a_streamed_turn_counts_its_cached_tokens(
         start_router: StartRouter, make_upstream: MakeUpstream) -> None:
     up = await _cached_upstream(make_upstream)
-    router = await start_router(_group_config(up))
-    conv = _Conversation(0)
+    router = await start_router(group_config(up))
+    conv = Conversation(0)
     await conv.turn(router)
     stream = await router.openai().chat.completions.create(
         model="g", messages=conv.messages, max_tokens=4, stream=True,  # type: ignore[arg-type]
@@ -118,19 +88,6 @@ async def test_a_streamed_turn_counts_its_cached_tokens(
     assert total(samples, "llm_router_tokens_total", kind="cached") == cached
 
 
-async def _warm(router: Router) -> None:
-    """One request on each of the three keys (zero-load keys are the lowest, so three new
-    conversations take one each): a lowest of zero would leave no slack to stay within."""
-    for n in range(3):
-        await router.openai().chat.completions.create(  # type: ignore[call-overload]
-            model="g", messages=[{"role": "user", "content": f"warm-up {n} " + SYSTEM}])
-
-
-def _keys_per_turn(up: Upstream, opening: str) -> list[str | None]:
-    return [r.api_key for r in up.fake.requests if r.body is not None
-            and r.body["messages"][1:2] == [{"role": "user", "content": opening}]]
-
-
 def _moves(keys: list[str | None]) -> int:
     return sum(1 for a, b in pairwise(keys) if a != b)
 
@@ -139,18 +96,18 @@ async def test_a_pinned_key_that_cools_down_moves_the_conversation_once(
         start_router: StartRouter, make_upstream: MakeUpstream) -> None:
     up = await _cached_upstream(make_upstream)
     # A wide slack: this test is about the pin following a failure, not about weights.
-    router = await start_router(_group_config(up, {"slack": 100}))
-    await _warm(router)
-    conv = _Conversation(0)
+    router = await start_router(group_config(up, {"slack": 100}))
+    await warm(router)
+    conv = Conversation(0)
     await conv.turn(router)
-    (pinned,) = set(_keys_per_turn(up, "Plan trip 0."))
+    (pinned,) = set(keys_per_turn(up, "Plan trip 0."))
     assert pinned is not None
     up.fake.add_fault(Fault(status=429, key=pinned, retry_after="60"))
     raw = await conv.turn(router)
     assert raw.headers["X-Router-Attempts"] == "2"  # the pin first, then another key
     for _ in range(3):
         await conv.turn(router)
-    keys = _keys_per_turn(up, "Plan trip 0.")
+    keys = keys_per_turn(up, "Plan trip 0.")
     assert keys[:2] == [pinned, pinned] and len(set(keys[2:])) == 1 and keys[2] != pinned
     assert _moves(keys) == 1
     samples = await metric_samples(router.url)
@@ -160,13 +117,13 @@ async def test_a_pinned_key_that_cools_down_moves_the_conversation_once(
 async def test_a_pinned_key_that_leaves_the_config_moves_once_and_re_pins(
         start_router: StartRouter, make_upstream: MakeUpstream) -> None:
     up = await _cached_upstream(make_upstream)
-    router = await start_router(_group_config(up, {"slack": 100}))
-    await _warm(router)
-    conv = _Conversation(0)
+    router = await start_router(group_config(up, {"slack": 100}))
+    await warm(router)
+    conv = Conversation(0)
     await conv.turn(router)
     await conv.turn(router)
-    (pinned,) = set(_keys_per_turn(up, "Plan trip 0."))
-    config = _group_config(up, {"slack": 100})
+    (pinned,) = set(keys_per_turn(up, "Plan trip 0."))
+    config = group_config(up, {"slack": 100})
     for provider in config["providers"]:
         provider["api_keys"] = [k for k in provider["api_keys"] if k != pinned]
     config["providers"] = [p for p in config["providers"] if p["api_keys"]]
@@ -177,7 +134,7 @@ async def test_a_pinned_key_that_leaves_the_config_moves_once_and_re_pins(
     moved = await conv.turn(router)
     for _ in range(3):
         await conv.turn(router)
-    keys = _keys_per_turn(up, "Plan trip 0.")
+    keys = keys_per_turn(up, "Plan trip 0.")
     assert keys[:2] == [pinned, pinned] and pinned not in keys[2:]
     assert _moves(keys) == 1
     # The move loses the cache once; the turns after it hit the new key's cache.
@@ -190,8 +147,8 @@ async def test_a_pinned_key_that_leaves_the_config_moves_once_and_re_pins(
 async def test_explicit_keys_beat_the_prefix_hash(
         start_router: StartRouter, make_upstream: MakeUpstream) -> None:
     up = await _cached_upstream(make_upstream)
-    router = await start_router(_group_config(up, {"slack": 100}))
-    await _warm(router)
+    router = await start_router(group_config(up, {"slack": 100}))
+    await warm(router)
     client = router.openai()
     one = [{"role": "user", "content": "first topic"}]
     other = [{"role": "user", "content": "something else entirely"}]
@@ -220,7 +177,7 @@ async def test_explicit_keys_beat_the_prefix_hash(
 async def test_session_mode_ignores_the_prefix_and_off_restores_inverse_weight(
         start_router: StartRouter, make_upstream: MakeUpstream) -> None:
     up = await _cached_upstream(make_upstream)
-    config = _group_config(up, {"mode": "off"})
+    config = group_config(up, {"mode": "off"})
     config["groups"].append({**config["groups"][0], "name": "s",
                              "affinity": {"mode": "session"}})
     router = await start_router(config)
@@ -285,8 +242,8 @@ async def _warm_anthropic(router: Router) -> None:
 async def test_a_responses_chain_stays_on_one_key_by_previous_response_id(
         start_router: StartRouter, make_upstream: MakeUpstream) -> None:
     up = await _cached_upstream(make_upstream)
-    router = await start_router(_group_config(up, {"slack": 100}))
-    await _warm(router)
+    router = await start_router(group_config(up, {"slack": 100}))
+    await warm(router)
     client = router.openai()
     first = await client.responses.create(model="g", instructions=SYSTEM,
                                           input="Plan trip 0.", max_output_tokens=8)
@@ -314,7 +271,7 @@ async def test_a_responses_chain_stays_on_one_key_by_previous_response_id(
 async def test_a_session_header_that_is_not_utf8_is_a_key_like_any_other(
         start_router: StartRouter, make_upstream: MakeUpstream) -> None:
     up = await _cached_upstream(make_upstream)
-    router = await start_router(_group_config(up))
+    router = await start_router(group_config(up))
     body = orjson.dumps({"model": "g", "messages": [{"role": "user", "content": "hi"}]})
     statuses = []
     for _ in range(2):

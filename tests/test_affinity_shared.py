@@ -9,9 +9,9 @@ from llm_router.gateway.affinity import SharedAffinityStore
 from llm_router.state.redis_store import _COMMANDS_MAX
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
+from .conversations import Conversation, group_config, keys_per_turn, warm
 from .helpers import metric_samples
 from .redis_server import RedisServer, redis_server
-from .test_affinity_e2e import _Conversation, _group_config, _keys_per_turn, _warm
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
 
@@ -25,8 +25,8 @@ async def _until(check: Any, timeout_s: float = 10.0) -> None:
 
 
 def _shared_config(up: Upstream, redis_server: RedisServer, **state: Any) -> dict[str, Any]:
-    """test_affinity_e2e's group (keys a1, a2, b1), its state in Redis under ``aff``."""
-    return {**_group_config(up, {"slack": 100}),
+    """The conversations' group (keys a1, a2, b1), its state in Redis under ``aff``."""
+    return {**group_config(up, {"slack": 100}),
             "state": {"redis_url": redis_server.url, "prefix": "aff", "sync_interval_ms": 50,
                       **state}}
 
@@ -54,13 +54,13 @@ async def test_replicas_sharing_redis_agree_on_a_conversations_key(
     config = _shared_config(up, redis_server)
     a = await start_router(config, name="a.yaml")
     b = await start_router(config, name="b.yaml")
-    await _warm(a)
+    await warm(a)
 
     async def b_sees_every_key() -> bool:  # counters reach b through Redis
         return len([n for n in b.state.counters.tokens.values() if n > 0]) == 3
 
     await _until(b_sees_every_key)
-    conv = _Conversation(0)
+    conv = Conversation(0)
     await conv.turn(a)
 
     async def pinned_in_redis() -> bool:
@@ -71,7 +71,7 @@ async def test_replicas_sharing_redis_agree_on_a_conversations_key(
     for router in replicas:
         raw = await conv.turn(router)
         assert raw.parse().usage.prompt_tokens_details.cached_tokens > 0
-    assert len(set(_keys_per_turn(up, "Plan trip 0."))) == 1
+    assert len(set(keys_per_turn(up, "Plan trip 0."))) == 1
     on_b = await metric_samples(b.url)
     assert on_b["llm_router_affinity_total{group=g,result=hit}"] == 2
 
@@ -94,7 +94,7 @@ async def test_pin_writes_past_the_pending_bound_are_dropped_and_serving_goes_on
     for digest in burst:
         affinity.pin(digest, ("a", "m", "k"), 60)
     # A conversation after the burst is answered, and its pin still reaches Redis.
-    raw = await _Conversation(0).turn(router)
+    raw = await Conversation(0).turn(router)
     assert raw.http_response.status_code == 200 and raw.parse().choices
     burst_keys = {f"aff:kv:affinity:{d.hex()}".encode(): d for d in burst}
 
@@ -116,7 +116,7 @@ async def test_pins_made_while_redis_is_away_stay_local_and_are_not_replayed(
     router = await start_router(_shared_config(up, redis_server, timeout_ms=100))
     store = router.state.store
     await _store_up(router)
-    conv = _Conversation(0)
+    conv = Conversation(0)
     redis_server.pause()
     try:
         # Answered alone (the first request waits out one short timeout) ...
