@@ -17,13 +17,9 @@ import pytest
 from llm_router.config import ConfigError, parse_config
 from llm_router.testing.upstream import Fault
 
+from .capability_inputs import CONTEXT_ERROR, IMAGE, TEXT_IMAGE_CHAT
 from .conftest import StartRouter, Upstream
 from .helpers import AUTH, metric_samples, openai_provider, total
-
-IMAGE = "data:image/png;base64,iVBORw0KGgo="
-TEXT_IMAGE_CHAT = [{"role": "user", "content": [
-    {"type": "text", "text": "what is this?"},
-    {"type": "image_url", "image_url": {"url": IMAGE}}]}]
 
 
 def _config(up: Upstream, members: list[dict[str, Any]], name: str = "g",
@@ -130,12 +126,6 @@ async def test_no_capable_member_is_a_400_naming_it_with_no_upstream_call(
     samples = await metric_samples(router.url)
     rejected = total(samples, "llm_router_rejections_total", reason="no_capable_member")
     assert rejected == 3
-
-
-CONTEXT_ERROR = orjson.dumps({"error": {
-    "message": "This model's maximum context length is 1000 tokens. However, your messages "
-               "resulted in 2500 tokens.", "type": "invalid_request_error",
-    "param": "messages", "code": "context_length_exceeded"}})
 
 
 async def test_a_context_length_error_fails_over_and_is_learnt(

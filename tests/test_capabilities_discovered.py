@@ -19,6 +19,7 @@ import pytest
 from llm_router.testing.model_lists import FakeModel
 from llm_router.testing.upstream import Fault
 
+from .capability_inputs import CONTEXT_ERROR, IMAGE, TEXT_IMAGE_CHAT
 from .conftest import StartRouter, Upstream
 from .helpers import (
     AUTH,
@@ -29,7 +30,6 @@ from .helpers import (
     openai_provider,
     save_by_rename,
 )
-from .test_capabilities import CONTEXT_ERROR, IMAGE, TEXT_IMAGE_CHAT
 
 LONG = [{"role": "user", "content": "word " * 2000}]  # ~2,500 tokens by the estimate
 HI = [{"role": "user", "content": "hi"}]
