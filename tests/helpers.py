@@ -7,6 +7,7 @@ from it by name.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -52,13 +53,19 @@ def save_by_rename(path: Path, config: dict[str, Any] | str) -> None:
     os.replace(tmp, path)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0) -> None:
+    """Poll ``check`` (a coroutine function, or a plain one for state in this process)
+    until it holds; fail after ``timeout`` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
+    while not await _holds(check):
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         await asyncio.sleep(0.05)
+
+
+async def _holds(check: Callable[[], Awaitable[bool] | bool]) -> bool:
+    result = check()
+    return await result if inspect.isawaitable(result) else result
 
 
 async def chat_served_by(http: aiohttp.ClientSession, router: Router, provider: str,

@@ -27,6 +27,8 @@ from llm_router.testing.upstream import (
     serve_fake_upstream,
 )
 
+from .helpers import eventually
+
 Client = TestClient[Any, Any]
 CHAT = "/v1/chat/completions"
 HELLO: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
@@ -326,8 +328,7 @@ async def test_shutdown_does_not_wait_for_a_hung_request(aiohttp_server: Aiohttp
     server = await aiohttp_server(fake.app())
     async with aiohttp.ClientSession() as session:
         pending = asyncio.create_task(session.post(server.make_url(CHAT), json=HELLO))
-        while not fake.requests:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: bool(fake.requests))
         started = time.monotonic()
         await server.close()
         assert time.monotonic() - started < 1
@@ -500,12 +501,15 @@ async def test_serve_fake_upstream_announces_its_address(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     task = asyncio.create_task(serve_fake_upstream("127.0.0.1", 0, 0.0, 0.0))
+    out = ""
+
+    def announced() -> bool:
+        nonlocal out
+        out += capsys.readouterr().out
+        return bool(out)
+
     try:
-        for _ in range(100):
-            out = capsys.readouterr().out
-            if out:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(announced)
         assert out.startswith("fake-upstream listening on http://127.0.0.1:")
         url = out.strip().rsplit(" ", 1)[1]
         async with aiohttp.ClientSession() as session, session.get(url + "/v1/models") as resp:

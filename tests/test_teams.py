@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llm_router.testing.upstream import Fault
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import HELLO, openai_provider
+from .helpers import HELLO, eventually, openai_provider
 from .teams_config import ALICE, BOB, BOB_CI, chat, team
 
 T0 = 1_717_243_210.0  # 2024-06-01T12:00:10Z: ten seconds into a minute
@@ -150,8 +150,7 @@ async def test_max_concurrent_limit_frees_its_slot_when_a_request_ends(
     router = await start_router(team(upstream, bob={"limits": {"max_concurrent": 1}}))
     upstream.fake.add_fault(Fault(status=0, hang_s=0.5))
     slow = asyncio.create_task(chat(router, BOB))
-    while not upstream.fake.requests:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: bool(upstream.fake.requests))
     err = await rate_limited(router, BOB_CI)
     assert "(max_concurrent)" in err.message and retry_after(err) == 1
     assert (await slow).choices
