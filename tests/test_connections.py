@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from .conftest import Router, StartRouter
-from .helpers import AUTH
+from .helpers import AUTH, eventually
 
 _MOCK = {"providers": [{"name": "local", "type": "mock"}],
          "groups": [{"name": "g", "models": [{"provider": "local", "name": "m"}]}]}
@@ -121,7 +121,7 @@ async def _busy(router: Router, n: int) -> list[tuple[asyncio.StreamReader,
     for _, w in conns:
         w.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: "
                 + AUTH["Authorization"].encode() + b"\r\nContent-Length: 1000\r\n\r\n{")
-    await asyncio.sleep(0.3)
+    await eventually(lambda: router.state.inflight == n)  # each one's request has begun
     return conns
 
 
@@ -153,7 +153,7 @@ async def test_past_the_cap_and_reserve_new_connections_are_refused_at_once(
     writer.close()
     await _close_all(busy)
     # Once the busy ones are gone, clients are served again.
-    await asyncio.sleep(0.1)
+    await eventually(lambda: router.runner.guard.count == 0)  # type: ignore[attr-defined]
     assert await _chat(router) == 200
 
 
