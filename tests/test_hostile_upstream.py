@@ -19,7 +19,7 @@ from llm_router.config import load_config
 from llm_router.observe.redact import RedactingFilter, Redactor
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, metric_samples, openai_provider, total, write_config
+from .helpers import AUTH, eventually, metric_samples, openai_provider, total, write_config
 
 HELLO = [{"role": "user", "content": "hello"}]
 _CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
@@ -189,12 +189,15 @@ async def test_stream_ends_at_done_while_the_upstream_lingers(
 
     took = await asyncio.gather(*(one() for _ in range(10)))
     assert max(took) < 3  # not the upstream's 5 s linger
-    await asyncio.sleep(0.2)
+
+    async def all_counted() -> bool:  # a request is counted once its response has ended
+        samples = await metric_samples(router.url)
+        return total(samples, "llm_router_requests_total", group="linger") >= 10
+
+    await eventually(all_counted)
     samples = await metric_samples(router.url)
-    statuses = {k: v for k, v in samples.items() if k.startswith("llm_router_requests_total{")
-                and "group=linger," in k}
-    assert sum(v for k, v in statuses.items() if "status=200" in k) == 10
-    assert not any("status=499" in k for k in statuses)
+    assert total(samples, "llm_router_requests_total", group="linger", status="200") == 10
+    assert total(samples, "llm_router_requests_total", group="linger", status="499") == 0
 
 
 async def test_json_nested_too_deep_is_400_invalid_json(

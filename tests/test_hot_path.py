@@ -28,7 +28,15 @@ from llm_router.observe.exchange import Exchange
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, StartRouter, Upstream
-from .helpers import AUTH, HELLO, chat_served_by, metric_samples, openai_provider, total
+from .helpers import (
+    AUTH,
+    HELLO,
+    chat_served_by,
+    eventually,
+    metric_samples,
+    openai_provider,
+    total,
+)
 
 
 def _group(*providers: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +144,7 @@ async def test_deadlines_end_overdue_waits_and_leave_other_cancels_alone() -> No
             await asyncio.sleep(5)
 
     task = loop.create_task(waits())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(deadlines) == 1)  # the task is in its guard
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
