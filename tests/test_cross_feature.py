@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from .conftest import MakeUpstream, StartRouter
-from .helpers import ROUTER_KEY
+from .helpers import ROUTER_KEY, eventually
 
 USER_KEY = "sk-qa-user"
 
@@ -62,11 +62,7 @@ async def test_abandoned_anthropic_stream_is_charged_for_what_the_client_receive
                     seen += 1
             deltas += seen
             resp.close()
-        for _ in range(200):
-            if router.state.inflight == 0:
-                break
-            await asyncio.sleep(0.02)
-    assert router.state.inflight == 0
+        await eventually(lambda: router.state.inflight == 0)
     async with aiohttp.ClientSession() as s, s.get(router.url + "/v1/usage",
                                                    headers=auth) as r:
         total = orjson.loads(await r.read())["user"]["usage"]["total"]

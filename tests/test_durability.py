@@ -27,6 +27,7 @@ from .helpers import (
     AUTH,
     HELLO,
     ROUTER_KEY,
+    eventually,
     key_tokens,
     metric_samples,
     openai_provider,
@@ -234,22 +235,20 @@ async def test_failing_writes_turn_readiness_off_and_a_failed_final_write_exits_
         async with http.get(rp.url + "/health/ready") as resp:
             return resp.status, await resp.json()
 
+    async def snapshot_failing() -> bool:
+        status, body = await ready()
+        return (status, body.get("usage_snapshot")) == (503, "failing")
+
+    async def ready_again() -> bool:
+        return (await ready())[0] == 200
+
     break_disk()
     await _chat(http, rp.url)  # a journal event that cannot be written
-    for _ in range(100):
-        status, body = await ready()
-        if status == 503:
-            break
-        await asyncio.sleep(0.1)
-    assert (status, body.get("usage_snapshot")) == (503, "failing")
+    await eventually(snapshot_failing, timeout=10)
     assert (await metric_samples(rp.url))["llm_router_snapshot_errors_total{}"] >= 3
 
     mend_disk()
-    for _ in range(100):
-        if (await ready())[0] == 200:
-            break
-        await asyncio.sleep(0.1)
-    assert (await ready())[0] == 200
+    await eventually(ready_again, timeout=10)
 
     break_disk()
     rp.signal(signal.SIGTERM)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import logging
 import time
@@ -16,7 +15,7 @@ import orjson
 import pytest
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, HELLO, ROUTER_KEY, openai_provider
+from .helpers import AUTH, HELLO, ROUTER_KEY, eventually, openai_provider
 
 
 def one_group(up: Upstream, **provider: Any) -> dict[str, Any]:
@@ -287,10 +286,6 @@ async def test_client_disconnect_mid_stream_frees_inflight(
         assert router.state.inflight == 1
         assert router.state.counters.inflight
         resp.close()
-    for _ in range(100):
-        if router.state.inflight == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert router.state.inflight == 0
+    await eventually(lambda: router.state.inflight == 0)
     assert router.state.counters.inflight == {}
     assert sum(router.state.counters.tokens.values()) > 0  # counted for what it used

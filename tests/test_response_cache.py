@@ -3,7 +3,6 @@ router → the fake upstream on loopback, counting the calls that reach the upst
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -15,7 +14,7 @@ from llm_router.config import ConfigError, parse_config, sha256_hex
 from llm_router.testing.upstream import Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import HELLO, metric_samples, openai_provider, write_config
+from .helpers import HELLO, eventually, metric_samples, openai_provider, write_config
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
@@ -322,10 +321,10 @@ async def test_replicas_sharing_redis_serve_each_others_answers(
     first, _ = await _chat(a)
     redis = redis_server.client()
     try:
-        for _ in range(200):  # the write goes in the background
-            if [k async for k in redis.scan_iter(match="rc*cache:*")]:
-                break
-            await asyncio.sleep(0.02)
+        async def written() -> bool:  # the write goes in the background
+            return bool([k async for k in redis.scan_iter(match="rc*cache:*")])
+
+        await eventually(written)
         keys = [k async for k in redis.scan_iter(match="rc*cache:*")]
         assert len(keys) == 1
         assert 0 < await redis.pttl(keys[0]) <= 3_600_000  # every entry expires
