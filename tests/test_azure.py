@@ -420,10 +420,7 @@ async def test_entra_token_expiring_mid_run_is_fetched_once_for_many_requests(
     async def all_waiting() -> bool:
         return router.state.inflight == 8 and az.fake.token_requests >= 2
 
-    deadline = asyncio.get_running_loop().time() + 5
-    while not await all_waiting():
-        assert asyncio.get_running_loop().time() < deadline, "requests never all arrived"
-        await asyncio.sleep(0.02)
+    await eventually(all_waiting)
     az.fake.release_tokens()
     answers = await asyncio.gather(*many)
     assert all(a.choices[0].message.content for a in answers)

@@ -28,7 +28,7 @@ from llm_router.config import key_label
 from llm_router.testing.upstream import FakeUpstream, Fault
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
-from .helpers import AUTH, HELLO, chat_served_by, metric_samples, openai_provider
+from .helpers import AUTH, HELLO, chat_served_by, eventually, metric_samples, openai_provider
 
 
 def _group(*providers: dict[str, Any], strategy: str = "priority",
@@ -267,9 +267,11 @@ async def test_429_without_timing_gets_an_escalating_default_cooldown(
     health = router.state.health.state("a", label)
     a.fake.add_fault(Fault(status=429, times=3))
     cooldowns = []
+    def a_usable() -> bool:
+        return router.state.health.label("a", label) != "cooldown"
+
     for i in range(3):
-        while router.state.health.label("a", label) == "cooldown":
-            await asyncio.sleep(0.02)
+        await eventually(a_usable)
         raw = await _chat(router)  # meets a's 429, fails over to b
         assert raw.headers["X-Router-Attempts"] == "2"
         cooldowns.append(health.cooldown_until - time.monotonic())
@@ -283,8 +285,7 @@ async def test_429_without_timing_gets_an_escalating_default_cooldown(
     assert 0.4 < cooldowns[1] <= 1.2
     assert 1.2 < cooldowns[2] <= 2.0
     # A success resets the escalation.
-    while router.state.health.label("a", label) == "cooldown":
-        await asyncio.sleep(0.02)
+    await eventually(a_usable)
     assert (await _chat(router)).headers["X-Router-Provider"] == "a"
     assert health.cooldown_streak == 0
 
@@ -609,8 +610,7 @@ async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(
         resp.close()
     async with asyncio.timeout(5):
         await seen["closed"].wait()  # the router dropped its upstream connection
-        while router.state.inflight:
-            await asyncio.sleep(0.02)
+    await eventually(lambda: router.state.inflight == 0)
     samples = await metric_samples(router.url)
     assert samples["llm_router_inflight_requests{}"] == 0
     assert router.state.counters.inflight == {}
