@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from llm_router.gateway.affinity import SharedAffinityStore
@@ -10,18 +9,10 @@ from llm_router.state.redis_store import _COMMANDS_MAX
 
 from .conftest import MakeUpstream, Router, StartRouter, Upstream
 from .conversations import Conversation, group_config, keys_per_turn, warm
-from .helpers import metric_samples
+from .helpers import eventually, metric_samples
 from .redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
-
-
-async def _until(check: Any, timeout_s: float = 10.0) -> None:
-    """Poll ``check()`` (a coroutine function) until true: background syncs take a tick."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
 
 
 def _shared_config(up: Upstream, redis_server: RedisServer, **state: Any) -> dict[str, Any]:
@@ -44,7 +35,7 @@ async def _store_up(router: Router) -> None:
     async def up() -> bool:
         return router.state.store.up
 
-    await _until(up)
+    await eventually(up, timeout=10)
 
 
 async def test_replicas_sharing_redis_agree_on_a_conversations_key(
@@ -59,14 +50,14 @@ async def test_replicas_sharing_redis_agree_on_a_conversations_key(
     async def b_sees_every_key() -> bool:  # counters reach b through Redis
         return len([n for n in b.state.counters.tokens.values() if n > 0]) == 3
 
-    await _until(b_sees_every_key)
+    await eventually(b_sees_every_key, timeout=10)
     conv = Conversation(0)
     await conv.turn(a)
 
     async def pinned_in_redis() -> bool:
         return bool(await _pins_in_redis(redis_server))
 
-    await _until(pinned_in_redis)
+    await eventually(pinned_in_redis, timeout=10)
     replicas: list[Router] = [b, a, b]
     for router in replicas:
         raw = await conv.turn(router)
@@ -101,7 +92,7 @@ async def test_pin_writes_past_the_pending_bound_are_dropped_and_serving_goes_on
     async def conversation_pinned() -> bool:  # sent after the burst, on one connection
         return bool(await _pins_in_redis(redis_server) - burst_keys.keys())
 
-    await _until(conversation_pinned)
+    await eventually(conversation_pinned, timeout=10)
     kept = {burst_keys[k] for k in await _pins_in_redis(redis_server) if k in burst_keys}
     assert kept == set(burst[:_COMMANDS_MAX])  # the first ones, up to the bound
     # A lost pin costs its conversation the cache, nothing else: no pin, so a new pick.
@@ -135,5 +126,5 @@ async def test_pins_made_while_redis_is_away_stay_local_and_are_not_replayed(
     async def back_and_flushed() -> bool:  # the counts queued meanwhile are replayed
         return store.up and store.status()["pending_writes"] == 0
 
-    await _until(back_and_flushed)
+    await eventually(back_and_flushed, timeout=10)
     assert await _pins_in_redis(redis_server) == set()  # the pins were not queued
