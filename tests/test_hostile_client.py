@@ -16,10 +16,12 @@ from typing import Any
 import orjson
 import pytest
 
+from llm_router.cli import main as cli_main
 from llm_router.server.reload import RELOADER
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import AUTH, HELLO, ROUTER_KEY, openai_provider
+from .helpers import AUTH, HELLO, ROUTER_KEY, eventually, openai_provider
+from .ports import free_port
 
 _MOCK = {"providers": [{"name": "local", "type": "mock"}],
          "groups": [{"name": "g", "models": [{"provider": "local", "name": "m"}]}]}
@@ -211,3 +213,36 @@ async def test_a_reload_with_a_line_break_in_a_name_is_refused_and_the_old_confi
     ).encode() + chat)
     assert status == 200, doc
     assert doc["model"] == "m"
+
+
+async def test_a_redis_password_given_as_a_url_parameter_is_never_shown(
+        start_router: StartRouter, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """redis-py takes the password from ``?password=`` as well as from ``user:pass@``;
+    only the second was masked in the log lines naming the backend, /admin/status and
+    check's problems."""
+    pytest.importorskip("redis")
+    password = "qs-redis-pw-7f3a9c"
+    admin = "sk-hostile-admin-0002"
+    url = f"redis://127.0.0.1:{free_port()}/0?username=bob&password={password}"  # down
+    caplog.set_level(logging.DEBUG)
+    router = await start_router({
+        **_MOCK, "state": {"redis_url": url},
+        "users": [{"name": "ops", "role": "admin", "keys": [{"key": admin}]}]})
+
+    async def named_in_the_log() -> bool:
+        return "still down" in caplog.text or "not usable" in caplog.text
+
+    await eventually(named_in_the_log)
+    status, report = await _get(router, "/admin/status", admin)
+    assert status == 200
+    assert "username=bob" in orjson.dumps(report).decode()  # named, masked
+    assert password not in orjson.dumps(report).decode()
+    assert password not in caplog.text
+    # check, on a URL it refuses for another reason.
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"api_key: {ROUTER_KEY}\nstate:\n  redis_url: "
+                    f"'redis://127.0.0.1:{free_port()}/zero?password={password}'\n")
+    assert cli_main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "state.redis_url" in err and password not in err

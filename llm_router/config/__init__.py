@@ -51,6 +51,7 @@ from .model import (
     key_label,
     sha256_hex,
 )
+from .redis_url import url_passwords
 from .yaml_file import without_source_line
 
 __all__ = [
@@ -90,5 +91,6 @@ __all__ = [
     "load_config",
     "parse_config",
     "sha256_hex",
+    "url_passwords",
     "without_source_line",
 ]

@@ -1,19 +1,30 @@
 """Redis URLs as the config gives them: shape checks, and a form safe to show.
 
-``state.redis_url`` may carry a password (``redis://user:pass@host:6379/0``); it must
-never reach a log line, an error, a metric label or ``check`` output, so everything that
-shows the URL shows :func:`redact_url` of it.
+``state.redis_url`` may carry a password (``redis://user:pass@host:6379/0``, or
+``?password=`` as redis-py also reads it); it must never reach a log line, an error, a
+metric label or ``check`` output, so everything that shows the URL shows
+:func:`redact_url` of it, and the log redaction masks :func:`url_passwords`.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import contextlib
+import re
+from typing import Final
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["redact_url", "redis_url_problem"]
+__all__ = ["redact_url", "redis_url_problem", "url_passwords"]
+
+
+# redis-py also takes the password as a query parameter: redis://host:6379/0?password=...
+_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the password of its user-info part (``user:pass@``) masked."""
+    """``url`` with its password masked: the user-info part's (``user:pass@``) and a
+    ``password`` query parameter's."""
+    if "=" in url:
+        url = _QUERY_PASSWORD.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
@@ -24,6 +35,22 @@ def redact_url(url: str) -> str:
     if not user and not colon:
         return f"{scheme}://***@{host}"
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
+def url_passwords(url: str) -> set[str]:
+    """The passwords ``url`` carries (user-info and ``password`` query parameters), as
+    written and decoded: what the log redaction must know."""
+    found: set[str] = set()
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        if parts.password:
+            found.update((parts.password, unquote(parts.password)))
+        for name, value in parse_qsl(parts.query):
+            if name.lower() == "password" and value:
+                found.add(value)
+        # and as written, percent-encoded or not
+        found.update(m.group(0).partition("=")[2] for m in _QUERY_PASSWORD.finditer(url))
+    return {p for p in found if p}
 
 
 def redis_url_problem(url: str) -> str | None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
-from ..config import Config
+from ..config import Config, url_passwords
 
 __all__ = ["REDACTED", "RedactingFilter", "Redactor"]
 
@@ -47,12 +47,8 @@ def _config_secrets(cfg: Config) -> set[str]:
             password = urlsplit(hook.url).password
             if password:
                 found.update((password, unquote(password)))
-    if cfg.state.redis_url:  # state.redis_url's password (redis://user:PASSWORD@host)
-        with contextlib.suppress(ValueError):
-            password = urlsplit(cfg.state.redis_url).password
-            if password:
-                found.add(unquote(password))
-                found.add(password)
+    if cfg.state.redis_url:  # its password: redis://user:PASSWORD@host or ?password=
+        found.update(url_passwords(cfg.state.redis_url))
     return {s for s in found if len(s) >= _MIN_SECRET}
 
 
