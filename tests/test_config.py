@@ -401,3 +401,24 @@ users:
             (where, found)
     text = "\n".join(found)
     assert "secret" not in text and "sk-file" not in text and "X-Evil" not in text
+
+
+def test_a_base_url_with_credentials_or_a_query_is_an_error() -> None:
+    """user:pass@ in base_url made aiohttp refuse every upstream call (a 500 each, with a
+    traceback: it will not combine them with the key's Authorization header); a query
+    ended up before the API path the router appends (…/v1?key=x/chat/completions)."""
+    def base_url_problems(url: str) -> list[str]:
+        text = f"providers: [{{name: p, base_url: '{url}', api_keys: [sk-a-key-0001]}}]\n"
+        try:
+            parse_config(text, env={})
+        except ConfigError as exc:
+            return [p for p in exc.problems if p.startswith("providers[0].base_url: ")]
+        return []
+
+    found = base_url_problems("http://proxy-user:proxy-pw-secret@proxy.example/v1")
+    assert found and "credentials" in found[0] and "proxy-pw-secret" not in found[0]
+    for url in ("https://gw.example/v1?key=abc", "https://gw.example/v1#x",
+                "https://gw.example/v1?"):
+        found = base_url_problems(url)
+        assert found and "query" in found[0], (url, found)
+    assert base_url_problems("https://gw.example:8443/openai/v1") == []

@@ -83,6 +83,20 @@ _DEFAULT_BASE_URLS: Final = {"openai": "https://api.openai.com/v1",
 AZURE_DEFAULT_TOKEN_URL: Final = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
 # A dated Azure OpenAI API version (2024-10-21, 2025-04-01-preview), or the v1 API.
 _AZURE_API_VERSION: Final = re.compile(r"v1|\d{4}-\d{2}-\d{2}(-preview)?")
+def _base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a base_url the router appends API paths to (never quoting
+    it: a password may be in it), or None."""
+    authority = url.partition("://")[2].partition("/")[0]
+    if "@" in authority:
+        return ("must not hold credentials (user:pass@): the router sends each key of "
+                "api_keys the way the upstream expects; a proxy's own credentials go in "
+                "headers (e.g. Proxy-Authorization)")
+    if "?" in url or "#" in url:
+        return ("must not hold a query or fragment ('?...', '#...'): the router appends the "
+                "API path to base_url")
+    return None
+
+
 # What an Azure base_url must not hold: the router builds /openai/...?api-version= itself.
 _AZURE_NOT_ROOT: Final = re.compile(r"/openai(/|$)|\?")
 # What a vertex provider needs that the base install lacks (RS256 signing).
@@ -369,6 +383,8 @@ class Provider:
             r.fail(f"{path}.base_url", "an anthropic base_url is the API root without /v1 "
                    f"(e.g. {_DEFAULT_BASE_URLS['anthropic']}); the router posts to "
                    "{base_url}/v1/messages")
+        if url and (problem := _base_url_problem(url)) is not None:
+            r.fail(f"{path}.base_url", problem)
         values["base_url"] = url.rstrip("/")
         if ptype == "anthropic" and values.get("responses") == "native":
             r.fail(f"{path}.responses", "anthropic providers have no Responses API; use "
