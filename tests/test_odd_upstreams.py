@@ -25,6 +25,7 @@ from .helpers import AUTH, metric_samples, openai_provider, total
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 ASK = [{"role": "user", "content": "Say hello"}]
+TTFT_COUNT = "llm_router_time_to_first_token_seconds_count"
 
 
 def sse(doc: Any, event: str | None = None) -> bytes:
@@ -139,6 +140,9 @@ async def test_an_error_as_the_first_event_fails_over_before_any_byte(
     samples = await metric_samples(router.url)
     assert total(samples, "llm_router_upstream_errors_total", provider="odd",
                  reason="stream_error") == (2 if kind == "gemini" else 1)
+    # Time to first token is the answering attempt's: the failed one delivered none.
+    assert total(samples, TTFT_COUNT, provider="odd") == 0
+    assert total(samples, TTFT_COUNT, provider="good") == 2
 
 
 @pytest.mark.parametrize(("kind", "handler"), FIRST_EVENT_ERRORS)
@@ -154,6 +158,7 @@ async def test_an_error_as_the_first_event_of_the_only_member_is_an_error_status
             pass
     assert caught.value.status_code == (429 if throttled else 502)
     assert caught.value.response.headers["Content-Type"].startswith("application/json")
+    assert total(await metric_samples(router.url), TTFT_COUNT) == 0
 
 
 async def test_a_first_event_blaming_the_request_is_not_retried_elsewhere(
@@ -172,6 +177,8 @@ async def test_a_first_event_blaming_the_request_is_not_retried_elsewhere(
         async for _ in raw.parse():
             pass
     assert upstream.fake.requests == []
+    # An error event is no first token, even when it is the answer.
+    assert total(await metric_samples(router.url), TTFT_COUNT) == 0
 
 
 # ------------------------------------------------------ a stream broken after its start

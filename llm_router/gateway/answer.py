@@ -203,10 +203,9 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         if beat is not None and beat.beating:
             await beat.stop()
     now = time.perf_counter()
-    ex.ttft = now - ex.t0
     ex.upstream_s += now - att.sent
     series = _stream_series(req, provider.name, cand.member.model)
-    series.ttft.observe(ex.ttft)
+    first = True  # the first batch is being read: the commit and TTFT are decided on it
     seen = 0
     answered = False  # a Responses answer was stored (and its id pinned)
     failure: str | None = None
@@ -228,13 +227,22 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
                     if data:
                         parts.append(data)
                 sent = parts[0] if len(parts) == 1 else b"".join(parts)
-            if down.out is None:  # committed with the first events, in the same send
-                if relay.failure is not None:
-                    # The upstream's error came before anything reached the client.
-                    failed = _failed_first(provider.name, batch)
-                    if failed is not None:
-                        raise failed
-                await down.open(ex, router_header_items(ex, cand), data_follows=bool(sent))
+            if first:
+                first = False
+                opens_with_error = relay.failure is not None and _opens_with_error(batch)
+                if down.out is None:  # committed with the first events, in the same send
+                    if opens_with_error:
+                        # The upstream's error came before anything reached the client.
+                        failed = _failed_first(provider.name, batch)
+                        if failed is not None:
+                            raise failed
+                    await down.open(ex, router_header_items(ex, cand),
+                                    data_follows=bool(sent))
+                if not opens_with_error:
+                    # An answer's first event (an error event is none: a failed-over
+                    # attempt, or an error passed on, records no time to first token).
+                    ex.ttft = now - ex.t0
+                    series.ttft.observe(ex.ttft)
             if req.turn is not None and not answered:
                 await req.turn.after_events(cand)  # stored before the client can follow up
                 answered = await pin_response(req, cand)
@@ -303,16 +311,26 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     return down.out
 
 
+def _first_event(batch: tuple[bytes, int] | list[bytes]) -> bytes:
+    return batch[0][:batch[0].find(b"\n\n") + 2] if isinstance(batch, tuple) else batch[0]
+
+
+def _opens_with_error(batch: tuple[bytes, int] | list[bytes]) -> bool:
+    """Whether the stream's first event (of its first batch) is the upstream's error
+    (asked only once the relay saw an error in the batch)."""
+    first = _first_event(batch)
+    return b'"error"' in first or first.startswith(b"event: error")
+
+
 def _failed_first(provider: str, batch: tuple[bytes, int] | list[bytes]
                   ) -> AttemptFailure | None:
-    """The attempt's failure when the upstream's stream began with its own error event:
-    nothing was sent, so it fails over as the same error in a status would (a throttle
-    as a 429). None when the error came after other events (the stream is under way:
-    it ends in-band, however the reads were split) or blames the request (no reason to
-    try another upstream: the client gets it in-band, as the upstream sent it)."""
-    first = batch[0][:batch[0].find(b"\n\n") + 2] if isinstance(batch, tuple) else batch[0]
-    if not (b'"error"' in first or first.startswith(b"event: error")) \
-            or client_fault([first]):
+    """The attempt's failure when the upstream's stream began with its own error event
+    (:func:`_opens_with_error`): nothing was sent, so it fails over as the same error in
+    a status would (a throttle as a 429). None when it blames the request (no reason to
+    try another upstream: the client gets it in-band, as the upstream sent it). An error
+    after other events ends the stream in-band, however the reads were split."""
+    first = _first_event(batch)
+    if client_fault([first]):
         return None
     return AttemptFailure(STREAM_ERROR, f"upstream '{provider}' answered with an error event",
                           status=429 if throttled([first]) else None)
