@@ -20,7 +20,7 @@ from pytest_aiohttp import AiohttpServer
 from llm_router.testing.bedrock import encode_event_message
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import AUTH, metric_samples, openai_provider, total
+from .helpers import AUTH, eventually, metric_samples, openai_provider, total
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -241,6 +241,80 @@ async def test_a_broken_gemini_stream_counts_the_usage_it_reported(
     (user,) = [u for u in report["users"] if u["name"] == "default"]
     assert user["usage"]["total"]["prompt_tokens"] == 2 * 1234
     assert user["usage"]["total"]["completion_tokens"] == completion
+
+
+async def test_a_gemini_stream_that_stalls_counts_the_usage_it_reported(
+        start_router: StartRouter, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # Two events, each with Gemini's running usage, then silence past the idle timeout:
+    # the stream ends in-band as timed out, and what Gemini reported is what the router
+    # counts, as for a stream cut or ended by an error event (above), not its estimate.
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for text in ("Hel", "lo"):
+            await resp.write(sse(gemini_text(text)))
+            await asyncio.sleep(0.01)
+        await asyncio.Event().wait()  # until the router hangs up (the handler is cancelled)
+        return resp
+
+    provider = {**native("gemini", await serve(aiohttp_server, stalls)),
+                "timeouts": {"idle": 0.3, "total": 20}}
+    router = await router_for(start_router, provider)
+    stream = await router.openai().chat.completions.create(
+        model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
+    text = ""
+    with pytest.raises(openai.APIError, match=r"interrupted \(timeout\)"):
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    assert text == "Hello"
+    async with router.anthropic().messages.stream(model="g", max_tokens=50,
+                                                  messages=ASK) as events:  # type: ignore[arg-type]
+        with pytest.raises(anthropic.APIStatusError):
+            await events.get_final_message()
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_upstream_errors_total", provider="odd",
+                 reason="timeout") == 2
+    assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") == 2 * 1234
+    # Two completion tokens reported, but never fewer than one per event relayed.
+    completion = total(samples, "llm_router_tokens_total", provider="odd", kind="completion")
+    assert 4 <= completion <= 6
+    async with http.get(router.url + "/admin/usage", headers=AUTH) as resp:
+        report = await resp.json()
+    (user,) = [u for u in report["users"] if u["name"] == "default"]
+    assert user["usage"]["total"]["prompt_tokens"] == 2 * 1234
+    assert user["usage"]["total"]["completion_tokens"] == completion
+
+
+async def test_a_gemini_stream_the_client_leaves_counts_the_usage_it_reported(
+        start_router: StartRouter, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # The client reads the first text and hangs up while Gemini is still answering: the
+    # tokens counted are Gemini's running usage, not the router's estimate.
+    async def answering(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(sse(gemini_text("Hel")))
+        await asyncio.Event().wait()  # until the router hangs up (the handler is cancelled)
+        return resp
+
+    router = await router_for(start_router,
+                              native("gemini", await serve(aiohttp_server, answering)))
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": "g", "messages": ASK, "stream": True}) as resp:
+        assert resp.status == 200
+        await resp.content.readuntil(b"Hel")
+    # Leaving the block closed the connection: the router stops and counts.
+
+    async def counted() -> bool:
+        samples = await metric_samples(router.url)
+        return total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") > 0
+
+    await eventually(counted)
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") == 1234
+    assert 2 <= total(samples, "llm_router_tokens_total", provider="odd",
+                      kind="completion") <= 3
 
 
 BEDROCK_TEXT = [frame("messageStart", {"role": "assistant"}),

@@ -278,10 +278,22 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
         # at once and count what was used so far.
         ex.status = 499
         ex.error = "client_disconnected"
-        _account(req, att, relay.usage, seen, complete=False)
+        owed = events.unfinished()  # the usage a translating upstream reported (Gemini)
+        for raw in owed:
+            relay.feed(raw)
+        _account(req, att, relay.usage, seen + len(owed), complete=False)
         raise
     except UPSTREAM_ERRORS as exc:
         failure = failure_from_exception(exc, provider.name).reason
+        # Cut, timed out or too large: what a translating upstream still owes (Gemini's
+        # running usage) is counted, and goes out before the error as a cut's would.
+        owed = events.unfinished()
+        if owed:
+            seen += len(owed)
+            data = b"".join(relay.feed(raw) for raw in owed)
+            if data:
+                with suppress(ConnectionError):
+                    await down.write(ex, state.redactor.bytes(data))
     if failure is not None:
         ex.error = failure
         state.metrics.child(state.metrics.upstream_errors, provider.name, cand.key.label,

@@ -148,7 +148,7 @@ class UpstreamEvents:
     """
 
     __slots__ = ("_bounds", "_chunks", "_dog", "_ended", "_feed", "_parser", "_ready",
-                 "_started")
+                 "_resp", "_started")
 
     def __init__(self, resp: UpstreamResponse, first_due: float, idle: float,
                  deadline: float, max_event: int, parser: EventParser | None = None,
@@ -158,6 +158,7 @@ class UpstreamEvents:
         self._parser = parser
         self._feed: Callable[[bytes], tuple[bytes, int] | list[bytes]] = (
             parser.feed_run if runs and isinstance(parser, SSEParser) else parser.feed)
+        self._resp = resp
         self._chunks = chunks = resp.chunks().__aiter__()
         # The read of what arrived without a wait (HTTP answers have one).
         self._ready: Callable[[], bytes] | None = getattr(chunks, "ready", None)
@@ -254,6 +255,19 @@ class UpstreamEvents:
         self._ended = True
         if self._dog is not None:
             self._dog.close()
+
+    def unfinished(self) -> list[bytes]:
+        """After the stream broke (cut, timed out, too large) or its reader stopped: the
+        events a translating response still owes its relay, as SSE events; [] for most.
+        Gemini's (:class:`~llm_router.providers.gemini.wire.TranslatedResponse`) owes
+        the usage chunk of the running usage reported so far, which its translator
+        holds: its generator, cancelled by a timeout or left by the reader, cannot give
+        it."""
+        owed = getattr(self._resp, "unfinished", None)
+        if owed is None:
+            return []
+        raw: bytes = owed()
+        return [e + b"\n\n" for e in raw.split(b"\n\n") if e]
 
     def close(self) -> None:
         """Stop the watchdog (a method, not a coroutine: nothing to wait for)."""

@@ -91,6 +91,11 @@ class UpstreamResponse(Protocol):
         connection if the upstream's EOF follows soon, else close it."""
         ...
 
+    # Optional: ``unfinished() -> bytes``, for a response that translates its stream
+    # itself (Gemini's): after the stream broke or its reader stopped, the hub events it
+    # still owes (the usage reported so far), since its cancelled chunks() cannot yield
+    # them. The relay asks for it only then (UpstreamEvents.unfinished).
+
 
 class ResponseTooLarge(ValueError):
     """An upstream answer, or one event of its stream, past its configured bound."""

@@ -18,8 +18,8 @@
 - A stream's events are each a whole response whose ``usageMetadata`` is a running
   total: the last one counts, never the sum. The stream has no ``[DONE]``: it ends
   with the body; :meth:`StreamToChat.finish` then gives the usage chunk and ``[DONE]``
-  if a finishReason came. A stream that breaks first (cut, or ended without a
-  finishReason) gets only the usage chunk of its last running total
+  if a finishReason came. A stream that breaks first (cut, timed out, or ended without
+  a finishReason) gets only the usage chunk of its last running total
   (:meth:`StreamToChat.unfinished`, no ``[DONE]``): the router counts what Gemini
   reported and ends the client's stream with its error. An event
   ``{"error": {...}}`` inside the 200 stream becomes that usage chunk and an in-band

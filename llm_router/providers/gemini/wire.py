@@ -80,7 +80,8 @@ def refusal(message: str, param: str | None) -> ReadyResponse:
 class TranslatedResponse:
     """A 2xx Gemini answer, read as the hub's: see the module docstring."""
 
-    __slots__ = ("_embed", "_max_event", "_resp", "_stream", "headers", "model", "status")
+    __slots__ = ("_chat", "_embed", "_max_event", "_resp", "_stream", "headers", "model",
+                 "status")
 
     def __init__(self, resp: HTTPResponse, model: str, stream: bool,
                  embed: tuple[Any, int] | None = None, max_event: int = 64 * 1024 * 1024
@@ -92,6 +93,7 @@ class TranslatedResponse:
         # it grows past it, not buffered whole first.
         self._max_event = max_event
         self._embed = embed  # (encoding_format, estimated tokens) for embeddings
+        self._chat: StreamToChat | None = None  # the stream's translation, once read
         self.status = resp.status
         # Only the type: the body the router reads is not Google's (its length and
         # encoding are not this one's), and Google sends no rate-limit headers to keep.
@@ -118,7 +120,7 @@ class TranslatedResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         parser = SSEParser(self._max_event)
-        chat = StreamToChat(self.model)
+        chat = self._chat = StreamToChat(self.model)
         try:
             async for data in self._resp.chunks():
                 out = _translate(chat, parser.feed(data))
@@ -130,12 +132,6 @@ class TranslatedResponse:
             out = _translate(chat, [tail] if tail.strip() else [])
         except EventTooLarge as exc:
             raise ResponseTooLarge(str(exc)) from None
-        except aiohttp.ClientError:
-            # Cut mid-stream: the usage reported so far goes out before the error does.
-            cut = chat.unfinished()
-            if cut:
-                yield _frames(cut)
-            raise
         end = chat.finish()
         if end:
             out += _frames(end) + DONE
@@ -143,6 +139,14 @@ class TranslatedResponse:
             out += _frames(chat.unfinished())  # ended without a finishReason: cut short
         if out:
             yield out
+
+    def unfinished(self) -> bytes:
+        """After the stream broke (cut, timed out, an event too large) or its reader left:
+        the usage chunk of the running usage Gemini reported so far
+        (:meth:`StreamToChat.unfinished`), for the relay to count it rather than an
+        estimate; b"" if there is none to give, or it was given already."""
+        chat = self._chat
+        return _frames(chat.unfinished()) if chat is not None else b""
 
     def close(self) -> None:
         self._resp.close()
