@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,15 @@ from llm_router.config import load_config
 from llm_router.observe.redact import RedactingFilter, Redactor
 
 from .conftest import StartRouter, Upstream
-from .helpers import AUTH, eventually, metric_samples, openai_provider, total, write_config
+from .helpers import (
+    AUTH,
+    eventually,
+    metric_samples,
+    metrics_page,
+    openai_provider,
+    total,
+    write_config,
+)
 
 HELLO = [{"role": "user", "content": "hello"}]
 _CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
@@ -326,3 +336,39 @@ async def test_a_stream_request_answered_with_something_else_fails_over(
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
     assert headers["X-Router-Provider"] == "good" and headers["X-Router-Attempts"] == "2"
     assert body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_rate_limit_header_that_is_not_a_finite_number_leaves_the_gauge_finite(
+        start_router: StartRouter, aiohttp_server: AiohttpServer) -> None:
+    """``float()`` reads ``-inf``, ``1e999`` and ``nan``: an upstream sending one as its
+    ``x-ratelimit-remaining-*`` put -Inf in /metrics, and a ``min()`` alert on the gauge
+    fired for good. Such a value is ignored like one that is not a number."""
+    said = ["42", "-inf", "1e999", "nan", "-1e400", "Infinity"]
+
+    async def chat(request: web.Request) -> web.Response:
+        value = said.pop(0) if said else "7"
+        return web.json_response(_ANSWER, headers={"x-ratelimit-remaining-requests": value,
+                                                   "x-ratelimit-remaining-tokens": value})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    router = await start_router({
+        "providers": [{"name": "up", "type": "openai", "base_url": str(server.make_url("/v1")),
+                       "api_keys": ["sk-up-key-0001"]}],
+        "groups": [{"name": "g", "models": [{"provider": "up", "name": "m"}]}]})
+    async with aiohttp.ClientSession() as http:
+        for _ in range(6):
+            status, _, _ = await _post(http, router.url, "g")
+            assert status == 200
+            text, samples = await metrics_page(router.url)
+            gauges = {k: v for k, v in samples.items()
+                      if k.startswith("llm_router_upstream_ratelimit_remaining{")}
+            assert sorted(gauges.values()) == [42.0, 42.0], gauges  # the last finite value
+            lines = [line for line in text.splitlines()
+                     if line.startswith("llm_router_upstream_ratelimit_remaining{")]
+            assert len(lines) == 2 and all(line.endswith(" 42.0") for line in lines), lines
+        if shutil.which("promtool") is not None:
+            check = subprocess.run(["promtool", "check", "metrics"], input=text,
+                                   capture_output=True, text=True, check=False)
+            assert check.returncode == 0, check.stdout + check.stderr

@@ -29,6 +29,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from math import isfinite, nan
 from typing import Any, Final, Literal
 
 from prometheus_client import (
@@ -426,9 +427,10 @@ class Metrics:
                    tokens: str | None) -> None:
         """Set one provider key's ``upstream_ratelimit_remaining{kind}`` from an answer's
         ``x-ratelimit-remaining-*`` header values (None: the answer had none; a value
-        that is not a number is ignored). Its series are kept per key (provider names and
-        key labels come from the config: as bounded as the series), each made when its
-        header is first seen."""
+        that is not a finite number is ignored: ``-inf``, ``1e999`` and ``nan`` parse as
+        floats, and the gauge showed -Inf). Its series are kept per key (provider names
+        and key labels come from the config: as bounded as the series), each made when
+        its header is first seen."""
         found = self._headroom.get((provider, key))
         if found is None:
             found = self._headroom[(provider, key)] = Headroom(self, provider, key)
@@ -436,8 +438,8 @@ class Metrics:
             try:
                 value = float(requests)
             except ValueError:
-                pass
-            else:
+                value = nan
+            if isfinite(value):
                 s = found.kinds.get("requests") or found.make("requests")
                 if type(s) is _InMemory:  # _InMemory.set, inline and without the lock
                     s._value._value = value
@@ -447,6 +449,8 @@ class Metrics:
             try:
                 value = float(tokens)
             except ValueError:
+                return
+            if not isfinite(value):
                 return
             s = found.kinds.get("tokens") or found.make("tokens")
             if type(s) is _InMemory:
