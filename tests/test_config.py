@@ -403,6 +403,21 @@ users:
     assert "secret" not in text and "sk-file" not in text and "X-Evil" not in text
 
 
+def test_a_group_name_longer_than_a_request_may_name_is_an_error() -> None:
+    """A request's model is at most 256 bytes (a longer one is a 400): a longer group name
+    could never be asked for."""
+    found = problems(f"""
+providers: [{{name: local, type: mock}}]
+groups:
+  - name: {"g" * 257}
+    models: [{{provider: local, name: m}}]
+  - name: {"h" * 256}
+    models: [{{provider: local, name: m}}]
+""")
+    assert found == ["groups[0].name: is 257 bytes long; clients name a group as their "
+                     "'model', which is at most 256 bytes"], found
+
+
 def test_a_base_url_with_credentials_or_a_query_is_an_error() -> None:
     """user:pass@ in base_url made aiohttp refuse every upstream call (a 500 each, with a
     traceback: it will not combine them with the key's Authorization header); a query

@@ -246,3 +246,42 @@ async def test_a_redis_password_given_as_a_url_parameter_is_never_shown(
     assert cli_main(["check", str(path)]) == 1
     err = capsys.readouterr().err
     assert "state.redis_url" in err and password not in err
+
+
+async def test_a_model_name_longer_than_256_bytes_is_a_400_and_never_echoed_in_a_header(
+        start_router: StartRouter, upstream: Upstream, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """A direct provider/model name goes into X-Router-Group and X-Router-Model, the
+    access line and the trace: a 1 MB name came back as a 1 MB response header (and was
+    sent upstream, and cached among the direct targets)."""
+    router = await start_router({"providers": [openai_provider("up", upstream)],
+                                 "groups": [{"name": "g", "models": [{"provider": "up",
+                                                                      "name": "m"}]}]})
+    caplog.set_level(logging.DEBUG)
+    longest = "up/" + "m" * 253  # 256 bytes: served, and named in the headers
+    data = orjson.dumps({"model": longest, "messages": HELLO})
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    writer.write(_post("/v1/chat/completions", data, "identity", "close"))
+    head = (await asyncio.wait_for(reader.read(), 10)).partition(b"\r\n\r\n")[0]
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    assert f"X-Router-Model: {'m' * 253}\r\n".encode() in head
+    served = len(upstream.fake.requests)
+    for model in ("up/" + "m" * 254, "up/" + "é" * 127, "up/" + "x" * 1_000_000,
+                  "g" * 257):
+        for path, body in (("/v1/chat/completions", {"messages": HELLO}),
+                           ("/v1/messages", {"messages": HELLO, "max_tokens": 5}),
+                           ("/v1/messages/count_tokens", {"messages": HELLO}),
+                           ("/v1/responses", {"input": "hi"}),
+                           ("/v1/embeddings", {"input": "hi"}),
+                           ("/v1/completions", {"prompt": "hi"})):
+            data = orjson.dumps({"model": model, **body})
+            status, doc = await _raw(router, _post(path, data, "identity", "close"))
+            assert status == 400, (path, doc)
+            error = doc["error"]
+            assert "at most 256 bytes" in error["message"], error
+            assert model[3:40] not in error["message"]
+            if not path.startswith("/v1/messages"):
+                assert error["code"] == "invalid_model" and error["param"] == "model"
+    assert len(upstream.fake.requests) == served
+    assert "x" * 300 not in caplog.text

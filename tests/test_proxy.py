@@ -155,18 +155,20 @@ async def test_an_unknown_model_access_line_keeps_the_name_sent_cut_short(
         caplog: pytest.LogCaptureFixture) -> None:
     router = await start_router(one_group(upstream))
     caplog.set_level(logging.INFO, logger="llm_router.access")
-    for model, status in (("gpt-typo", 404), ("nope/" + "x" * 5000, 404),
-                          ("up/" + "y" * 5000, 200)):  # a direct model, served
+    for model, status in (("gpt-typo", 404), ("nope/" + "x" * 250, 404),
+                          ("up/" + "y" * 253, 200),  # a direct model, served
+                          ("up/" + "z" * 5000, 400)):  # longer than a model name may be
         async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
                              json={"model": model, "messages": HELLO}) as resp:
             assert resp.status == status
-    short, long, served = [orjson.loads(r.getMessage()) for r in caplog.records
-                           if r.name == "llm_router.access"]
+    short, long, served, refused = [orjson.loads(r.getMessage()) for r in caplog.records
+                                    if r.name == "llm_router.access"]
     assert short["group"] == "gpt-typo"
     assert long["group"].startswith("nope/xxx")
-    assert long["group"].endswith("... (5,005 characters)") and len(long["group"]) < 300
-    assert served["group"].endswith("... (5,003 characters)")
-    assert served["model"].endswith("... (5,000 characters)")
+    assert long["group"].endswith("... (255 characters)") and len(long["group"]) < 300
+    assert served["group"].endswith("... (256 characters)")
+    assert served["model"].endswith("... (253 characters)")
+    assert refused["group"] == "" and refused["error"] == "invalid_model"
 
 
 async def test_x_api_key_header_authenticates(start_router: StartRouter, upstream: Upstream,

@@ -283,7 +283,7 @@ async def test_errors_echo_a_bounded_part_of_what_was_sent(
     async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
                          json={"model": huge, "messages": [{"role": "user", "content": "x"}]}
                          ) as resp:
-        assert resp.status == 404
+        assert resp.status == 400  # longer than a model name may be
         assert len(await resp.read()) < 1000
 
 

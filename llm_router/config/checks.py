@@ -18,7 +18,16 @@ from collections.abc import Mapping
 from typing import Final
 
 from .aliases import ambiguous_pairs
-from .model import DEFAULT_PRICE, MEMBER_CAPABILITIES, Config, Group, Member, User, UserKey
+from .model import (
+    DEFAULT_PRICE,
+    MAX_MODEL_BYTES,
+    MEMBER_CAPABILITIES,
+    Config,
+    Group,
+    Member,
+    User,
+    UserKey,
+)
 from .reader import CONTROL_CHARACTERS, Reader, at, did_you_mean, unknown_choice
 
 __all__ = ["KILL_TIMEOUT_S", "check_config"]
@@ -207,6 +216,10 @@ def _check_control_characters(cfg: Config, r: Reader) -> None:
             check(key, "session_token", key.session_token, quoted=False)
     for group in cfg.groups.values():
         check(group, "name", group.name)
+        if len(group.name.encode()) > MAX_MODEL_BYTES:
+            r.fail(r.where(group, "name"), f"is {len(group.name.encode())} bytes long; "
+                   f"clients name a group as their 'model', which is at most "
+                   f"{MAX_MODEL_BYTES} bytes")
         for member in group.members:
             check(member, "model", member.model)
     for user in cfg.users:

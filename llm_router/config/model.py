@@ -34,6 +34,7 @@ __all__ = [
     "CACHE_MODES",
     "CACHE_SCOPES",
     "DEFAULT_PRICE",
+    "MAX_MODEL_BYTES",
     "MEMBER_CAPABILITIES",
     "PROVIDER_TYPES",
     "ROLES",
@@ -76,6 +77,10 @@ CACHE_MODES: Final = ("off", "exact")
 CACHE_SCOPES: Final = ("user", "global")
 ROLES: Final = ("admin", "user")
 DEFAULT_PRICE: Final = "default"  # the pricing entry for models the table does not name
+# The longest `model` a request may send (UTF-8 bytes): more than any provider's model id
+# (Bedrock ARNs, Vertex resource names, Hugging Face ids: about 150 bytes with the
+# provider/ prefix). So a group name is at most this long too.
+MAX_MODEL_BYTES: Final = 256
 _DEFAULT_BASE_URLS: Final = {"openai": "https://api.openai.com/v1",
                              "anthropic": "https://api.anthropic.com",
                              "gemini": "https://generativelanguage.googleapis.com"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from ..config import MAX_MODEL_BYTES
 from ..dialects import anthropic_check
 from ..errors import BadRequest
 from ..hub import chat_check
@@ -41,6 +42,13 @@ def validate_body(kind: str, body: dict[str, Any]) -> str:
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required: a group name or provider/model.", param="model",
                          code="missing_required_parameter")
+    if len(model) > MAX_MODEL_BYTES or (not model.isascii()
+                                       and len(model.encode()) > MAX_MODEL_BYTES):
+        # It goes into X-Router-Group and X-Router-Model, the access line and the trace:
+        # a 30 MB name was a 30 MB response header. Not quoted back, for the same reason.
+        raise BadRequest(f"'model' is {len(model.encode()):,} bytes long; a model name is "
+                         f"at most {MAX_MODEL_BYTES} bytes (UTF-8).", param="model",
+                         code="invalid_model")
     if not model.isprintable():
         # No model is named so, and a direct provider/model name goes into the answer's
         # X-Router-Group and X-Router-Model: a line break there made it unwritable.
