@@ -200,6 +200,15 @@ def test_example_configs_are_valid_and_the_same() -> None:
     assert y.providers[y.groups["fast"].members[0].provider].type == "mock"
 
 
+@pytest.mark.parametrize("name", ["config.example.yaml", "deploy/config.shared.yaml"])
+def test_example_configs_price_every_member(name: str) -> None:
+    # An unpriced member is counted at cost 0 and logs a warning on its first call: the
+    # quick start did both (qwen-2.5-7b in 'fast' had no price).
+    cfg = load_config(EXAMPLES / name, env={"ROUTER_API_KEY": "x", "OPENAI_API_KEY": "sk-x"})
+    members = {m.model for g in cfg.groups.values() for m in g.members}
+    assert members and members <= set(cfg.pricing)
+
+
 def test_check_command_exit_codes(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(GO_CONFIG)
