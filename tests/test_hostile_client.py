@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import logging
 import os
 import sys
@@ -20,7 +21,7 @@ from llm_router.cli import main as cli_main
 from llm_router.server.reload import RELOADER
 
 from .conftest import Router, StartRouter, Upstream
-from .helpers import AUTH, HELLO, ROUTER_KEY, eventually, openai_provider
+from .helpers import AUTH, HELLO, ROUTER_KEY, eventually, metrics_page, openai_provider
 from .ports import free_port
 
 _MOCK = {"providers": [{"name": "local", "type": "mock"}],
@@ -285,3 +286,47 @@ async def test_a_model_name_longer_than_256_bytes_is_a_400_and_never_echoed_in_a
                 assert error["code"] == "invalid_model" and error["param"] == "model"
     assert len(upstream.fake.requests) == served
     assert "x" * 300 not in caplog.text
+
+
+async def test_a_key_sent_as_the_model_is_a_400_and_never_logged_or_sent_upstream(
+        start_router: StartRouter, upstream: Upstream, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """Users' keys are kept as hashes, so the log redaction cannot find one in a line: a
+    user who pasted their key into ``model`` had it written whole into the access line
+    (a 404 keeps the name sent), and as ``provider/KEY`` it was sent to the upstream as
+    a model name and named in the trace and headers."""
+    own = "sk-user-own-key-51f0c2a9d3"
+    admin = "sk-hostile-admin-0003"
+    router = await start_router({
+        "providers": [openai_provider("up", upstream)],
+        "groups": [{"name": "g", "models": [{"provider": "up", "name": "m"}]}],
+        "users": [{"name": "alice", "keys": [{"sha256": hashlib.sha256(own.encode()).hexdigest()}]},
+                  {"name": "ops", "role": "admin", "keys": [{"key": admin}]}]})
+    caplog.set_level(logging.DEBUG)
+    for model in (own, "up/" + own, admin):
+        for path, body in (("/v1/chat/completions", {"messages": HELLO}),
+                           ("/v1/messages", {"messages": HELLO, "max_tokens": 5}),
+                           ("/v1/messages/count_tokens", {"messages": HELLO}),
+                           ("/v1/responses", {"input": "hi"}),
+                           ("/v1/embeddings", {"input": "hi"})):
+            data = orjson.dumps({"model": model, **body})
+            status, doc = await _raw(router, (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {own}\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
+            assert status == 400, (path, model, doc)
+            assert "is an API key of this router" in doc["error"]["message"]
+            assert own not in doc["error"]["message"]
+            if not path.startswith("/v1/messages"):
+                assert doc["error"]["code"] == "invalid_model"
+    assert upstream.fake.requests == []
+    status, report = await _get(router, "/admin/status", admin)
+    assert status == 200
+    text, _ = await metrics_page(router.url)
+    for seen in (caplog.text, orjson.dumps(report).decode(), text):
+        assert own not in seen and admin not in seen
+    # A name that only looks like a key is a name: an unknown one is a 404 as before.
+    data = orjson.dumps({"model": "sk-not-a-key-of-this-router", "messages": HELLO})
+    status, doc = await _raw(router, (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {own}\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
+    assert status == 404 and doc["error"]["code"] == "model_not_found"

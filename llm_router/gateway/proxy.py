@@ -68,7 +68,7 @@ from .failures import exhausted, upstream_client_error
 from .model_request import ModelRequest
 from .relay import end_event, upstream_request
 from .request_body import BODY_SIZE, buffered_body, parse_json, read_json
-from .request_check import validate_body
+from .request_check import refuse_a_key, validate_body
 from .responses_turn import ResponsesTurn
 from .router_state import RouterState
 from .routing import (
@@ -116,6 +116,7 @@ async def forward(request: web.Request, state: RouterState, ex: Exchange) -> web
         size = request.get(BODY_SIZE, 0)
     kind = ex.kind
     model = validate_body(kind, body)
+    refuse_a_key(model, cfg, state.keys)
     ex.group = model  # until resolved: a 404's access line keeps the name sent (cut)
     caller = ex.caller
     target = resolve_target(cfg, model, caller.aliases, state.catalog)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from ..config import MAX_MODEL_BYTES
+from ..config import MAX_MODEL_BYTES, Config
 from ..dialects import anthropic_check
 from ..errors import BadRequest
 from ..hub import chat_check
+from ..ledger.accounting import KeyIndex
 
-__all__ = ["validate_body"]
+__all__ = ["refuse_a_key", "validate_body"]
 
 # Per route: the field every request needs, its types, and what it must be.
 _REQUIRED: Final[dict[str, tuple[str, type | tuple[type, ...], str]]] = {
@@ -72,3 +73,14 @@ def validate_body(kind: str, body: dict[str, Any]) -> str:
     if check is not None:
         check(body)
     return model
+
+
+def refuse_a_key(model: str, cfg: Config, keys: KeyIndex) -> None:
+    """:class:`BadRequest` when the request's ``model`` (not a group) is one of this
+    router's client keys, or ``provider/`` and one: it is not logged, traced, labelled
+    or sent upstream, which all see the model name."""
+    if model not in cfg.groups and keys.names_a_key(model):
+        raise BadRequest("'model' is an API key of this router, not a model name: send the "
+                         "key in the Authorization (or x-api-key) header, and a group or "
+                         "provider/model as 'model'. The name was not logged or sent "
+                         "upstream.", param="model", code="invalid_model")

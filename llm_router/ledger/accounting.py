@@ -121,6 +121,20 @@ class KeyIndex:
         # a new index, so a key removed from the config is no longer found.
         self._seen: dict[str, Caller] = {}
 
+    def names_a_key(self, model: str) -> bool:
+        """Whether ``model``, or its part after ``provider/``, is a client key of this
+        config: a user who put their key in the model field. Keys are kept as hashes, so
+        the log redaction cannot find one in a line; the name must be refused before it
+        is logged or sent upstream."""
+        if not self._by_hash and self._legacy is None:
+            return False
+        _, sep, tail = model.partition("/")
+        for text in (model, tail) if sep else (model,):
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            if digest in self._by_hash or digest == self._legacy:
+                return True
+        return False
+
     def caller(self, headers: Mapping[str, str]) -> Caller:
         """:meth:`authenticate` of :func:`extract_key` of a request's headers."""
         authorization = headers.get(_AUTHORIZATION)

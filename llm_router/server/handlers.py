@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..gateway.proxy import forward
 from ..gateway.request_body import read_json
-from ..gateway.request_check import validate_body
+from ..gateway.request_check import refuse_a_key, validate_body
 from ..gateway.router_state import RouterState
 from ..gateway.routing import Target, resolve_target
 from ..hub.stream import Dialect
@@ -100,6 +100,7 @@ async def _count_tokens_locally(request: web.Request, state: RouterState,
     body = await read_json(request, cfg)
     ex.body = body
     model = validate_body(ex.kind, body)
+    refuse_a_key(model, cfg, state.keys)
     ex.group = model  # until resolved: a 404's access line keeps the name sent (cut)
     target = resolve_target(cfg, model, ex.caller.aliases, state.catalog)
     ex.caller.check(target)
