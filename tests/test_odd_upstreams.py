@@ -76,7 +76,8 @@ def native(kind: str, root: str) -> dict[str, Any]:
     """A provider named ``odd`` of type ``kind`` at ``root``."""
     extra: dict[str, Any] = {"gemini": {"api_keys": ["gk-odd"]},
                              "bedrock": {"region": "us-east-1", "api_keys": ["bedrock-api-key"]},
-                             "anthropic": {"api_keys": ["sk-ant-odd"]}}[kind]
+                             "anthropic": {"api_keys": ["sk-ant-odd"]},
+                             "azure": {"api_keys": ["az-odd"], "api_version": "2024-10-21"}}[kind]
     return {"name": "odd", "type": kind, "base_url": root,
             "timeouts": {"idle": 5, "total": 20}, **extra}
 
@@ -111,17 +112,44 @@ async def _anthropic_overloaded_first(request: web.Request) -> web.StreamRespons
         "type": "overloaded_error", "message": "Overloaded"}}, "error")])
 
 
+# How Azure opens a stream: a chunk with no choice, only the prompt's filter results.
+AZURE_PROMPT_FILTER = sse({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                           "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {
+                               "hate": {"filtered": False, "severity": "safe"}}}]})
+AZURE_SERVER_ERROR = sse({"error": {"message": "The server had an error while processing "
+                                    "your request.", "type": "server_error", "param": None,
+                                    "code": None}})
+AZURE_RATE_LIMITED = sse({"error": {"message": "Rate limit is exceeded.",
+                                    "type": "rate_limit_exceeded", "param": None,
+                                    "code": "429"}})
+
+
+async def _azure_error_after_prompt_filter(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [AZURE_PROMPT_FILTER, AZURE_SERVER_ERROR])
+
+
+async def _azure_throttled_after_prompt_filter_in_one_read(
+        request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [AZURE_PROMPT_FILTER + AZURE_RATE_LIMITED])
+
+
 FIRST_EVENT_ERRORS = [
-    pytest.param("gemini", _gemini_unavailable_first, id="gemini-unavailable"),
-    pytest.param("bedrock", _bedrock_throttled_first, id="bedrock-throttling"),
-    pytest.param("anthropic", _anthropic_overloaded_first, id="anthropic-overloaded"),
+    # (provider type, upstream, whether the error says it is throttled or overloaded)
+    pytest.param("gemini", _gemini_unavailable_first, False, id="gemini-unavailable"),
+    pytest.param("bedrock", _bedrock_throttled_first, True, id="bedrock-throttling"),
+    pytest.param("anthropic", _anthropic_overloaded_first, True, id="anthropic-overloaded"),
+    # The prompt-filter chunk is no answer: the error after it is the stream's first event.
+    pytest.param("azure", _azure_error_after_prompt_filter, False,
+                 id="azure-filter-then-error"),
+    pytest.param("azure", _azure_throttled_after_prompt_filter_in_one_read, True,
+                 id="azure-filter-then-throttled"),
 ]
 
 
-@pytest.mark.parametrize(("kind", "handler"), FIRST_EVENT_ERRORS)
+@pytest.mark.parametrize(("kind", "handler", "throttled"), FIRST_EVENT_ERRORS)
 async def test_an_error_as_the_first_event_fails_over_before_any_byte(
-        kind: str, handler: Handler, start_router: StartRouter, upstream: Upstream,
-        aiohttp_server: AiohttpServer) -> None:
+        kind: str, handler: Handler, throttled: bool, start_router: StartRouter,
+        upstream: Upstream, aiohttp_server: AiohttpServer) -> None:
     # Nothing reached the client when the upstream's stream opened with its error: the
     # next member answers, as after a 5xx or a 429 (docs/resilience.md, Failover).
     router = await router_for(start_router, native(kind, await serve(aiohttp_server, handler)),
@@ -139,18 +167,18 @@ async def test_an_error_as_the_first_event_fails_over_before_any_byte(
     # A throttle cools the key as a 429 would: the second request goes straight on.
     samples = await metric_samples(router.url)
     assert total(samples, "llm_router_upstream_errors_total", provider="odd",
-                 reason="stream_error") == (2 if kind == "gemini" else 1)
+                 reason="stream_error") == (1 if throttled else 2)
     # Time to first token is the answering attempt's: the failed one delivered none.
     assert total(samples, TTFT_COUNT, provider="odd") == 0
     assert total(samples, TTFT_COUNT, provider="good") == 2
 
 
-@pytest.mark.parametrize(("kind", "handler"), FIRST_EVENT_ERRORS)
+@pytest.mark.parametrize(("kind", "handler", "throttled"), FIRST_EVENT_ERRORS)
 async def test_an_error_as_the_first_event_of_the_only_member_is_an_error_status(
-        kind: str, handler: Handler, start_router: StartRouter,
+        kind: str, handler: Handler, throttled: bool, start_router: StartRouter,
         aiohttp_server: AiohttpServer) -> None:
+    # A throttle (Anthropic's overloaded_error too) is a 429, as the same error in a status.
     router = await router_for(start_router, native(kind, await serve(aiohttp_server, handler)))
-    throttled = kind != "gemini"  # Anthropic's overloaded_error cools the key as a 429 does
     with pytest.raises(openai.APIStatusError) as caught:
         stream = await router.openai().chat.completions.create(
             model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
@@ -179,6 +207,63 @@ async def test_a_first_event_blaming_the_request_is_not_retried_elsewhere(
     assert upstream.fake.requests == []
     # An error event is no first token, even when it is the answer.
     assert total(await metric_samples(router.url), TTFT_COUNT) == 0
+
+
+async def test_an_azure_stream_of_filter_results_alone_fails_over(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # The prompt-filter chunk and then the end of the body: no answer was given, and the
+    # held chunk was never sent, so the next member answers the whole request.
+    async def filter_then_end(request: web.Request) -> web.StreamResponse:
+        return await stream_of(request, [AZURE_PROMPT_FILTER])
+
+    router = await router_for(start_router,
+                              native("azure", await serve(aiohttp_server, filter_then_end)),
+                              upstream)
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": "g", "messages": ASK, "stream": True}) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Router-Provider"] == "good"
+        body = await resp.read()
+    assert b"prompt_filter_results" not in body and body.endswith(b"data: [DONE]\n\n")
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_upstream_errors_total", provider="odd",
+                 reason="closed") == 1
+
+
+async def test_an_azure_stream_held_at_its_filter_results_gets_keepalives(
+        start_router: StartRouter, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # A reasoning model: the prompt-filter chunk at once, the answer much later. While the
+    # held chunk waits for it, the client gets keepalive comments as while waiting for a
+    # first event, then the filter results and the answer.
+    answer = asyncio.Event()
+
+    async def thinks(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(AZURE_PROMPT_FILTER)
+        await answer.wait()
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                              "finish_reason": "stop"}]}
+        await resp.write(sse(chunk) + b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    router = await start_router({
+        "keepalive_s": 0.1, "providers": [native("azure", await serve(aiohttp_server, thinks))],
+        "groups": [{"name": "g", "models": [{"provider": "odd", "name": "m"}]}]})
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": "g", "messages": ASK, "stream": True}) as resp:
+        assert resp.status == 200
+        first = await resp.content.readuntil(b"\n\n")
+        answer.set()
+        rest = await resp.read()
+    assert first == b": keepalive\n\n"
+    events = [e for e in rest.split(b"\n\n") if e and e != b": keepalive"]
+    assert b"prompt_filter_results" in events[0]
+    assert b'"content":"Hi"' in events[1] and events[-1] == b"data: [DONE]"
 
 
 # ------------------------------------------------------ a stream broken after its start

@@ -16,11 +16,31 @@ from ..hub.chat import chunk_error
 from ..hub.sse import DONE, event_fields, frame, json_object, openai_chunk_usage
 from ..hub.stream import STREAM_ERROR, Dialect, Usage, openai_error_event
 
-__all__ = ["DIALECT", "OpenAIDialect", "OpenAIPassthrough"]
+__all__ = ["DIALECT", "OpenAIDialect", "OpenAIPassthrough", "filter_only"]
 
 # Route kind → path below an OpenAI-compatible API root.
 _PATHS: Final = {"chat": "chat/completions", "completions": "completions",
                  "embeddings": "embeddings"}
+
+
+def filter_only(raw: bytes) -> bool:
+    """Whether a stream event is one of Azure's content-filter chunks, which carry no part
+    of the answer: ``choices: []`` with only ``prompt_filter_results`` (how Azure opens a
+    stream), or choices holding only ``content_filter_results`` (no delta, text, finish
+    reason). Not one: an error, a usage chunk, anything without filter results."""
+    _, data = event_fields(raw)
+    if b"filter_results" not in data:
+        return False
+    doc = json_object(data)
+    if doc is None or doc.get("error") is not None or doc.get("usage") is not None:
+        return False
+    choices = doc.get("choices")
+    if choices is None:
+        return True
+    if not isinstance(choices, list):
+        return False
+    return all(isinstance(c, dict) and not c.get("delta") and not c.get("text")
+               and c.get("finish_reason") is None for c in choices)
 
 
 class OpenAIPassthrough:

@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from ..config import Config
+from ..dialects.openai import filter_only
 from ..hub.stream import STREAM_ERROR, Relay, client_fault, split_events, throttled
 from ..hub.usage import Usage
 from ..ledger.accounting import price_for, priced_usd
@@ -202,6 +203,10 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     finally:
         if beat is not None and beat.beating:
             await beat.stop()
+    lead = None  # the first event after Azure's filter-only chunks, when it opened with some
+    if att.ptype.opens_with_filter_chunks and down.out is None and att.up == "openai" \
+            and _filter_first(batch):
+        batch, lead = await _past_filters(req, att, events, batch, down, headers)
     now = time.perf_counter()
     ex.upstream_s += now - att.sent
     series = _stream_series(req, provider.name, cand.member.model)
@@ -229,11 +234,17 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
                 sent = parts[0] if len(parts) == 1 else b"".join(parts)
             if first:
                 first = False
-                opens_with_error = relay.failure is not None and _opens_with_error(batch)
+                if relay.failure is None:
+                    opens_with_error = False
+                else:
+                    if lead is None:
+                        lead = _first_event(batch)
+                    opens_with_error = b'"error"' in lead or lead.startswith(b"event: error")
                 if down.out is None:  # committed with the first events, in the same send
                     if opens_with_error:
                         # The upstream's error came before anything reached the client.
-                        failed = _failed_first(provider.name, batch)
+                        assert lead is not None
+                        failed = _failed_first(provider.name, lead)
                         if failed is not None:
                             raise failed
                     await down.open(ex, router_header_items(ex, cand),
@@ -323,25 +334,62 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     return down.out
 
 
-def _first_event(batch: tuple[bytes, int] | list[bytes]) -> bytes:
+Batch = tuple[bytes, int] | list[bytes]  # UpstreamEvents': a run of joined events, or a list
+
+
+def _first_event(batch: Batch) -> bytes:
     return batch[0][:batch[0].find(b"\n\n") + 2] if isinstance(batch, tuple) else batch[0]
 
 
-def _opens_with_error(batch: tuple[bytes, int] | list[bytes]) -> bool:
-    """Whether the stream's first event (of its first batch) is the upstream's error
-    (asked only once the relay saw an error in the batch)."""
-    first = _first_event(batch)
-    return b'"error"' in first or first.startswith(b"event: error")
+def _batch_events(batch: Batch) -> list[bytes]:
+    return split_events(batch[0]) if isinstance(batch, tuple) else batch
 
 
-def _failed_first(provider: str, batch: tuple[bytes, int] | list[bytes]
-                  ) -> AttemptFailure | None:
+def _filter_first(batch: Batch) -> bool:
+    """Whether the batch's first event may be one of Azure's filter-only chunks (a byte
+    test: :func:`filter_only` decides)."""
+    if isinstance(batch, tuple):
+        run = batch[0]
+        return run.find(b"filter_results", 0, run.find(b"\n\n")) >= 0
+    return b"filter_results" in batch[0]
+
+
+async def _past_filters(req: ModelRequest, att: Attempt, events: UpstreamEvents, batch: Batch,
+                        down: Downstream, headers: Callable[[web.StreamResponse], None]
+                        ) -> tuple[Batch, bytes]:
+    """Azure opens a stream with content-filter chunks (:func:`filter_only`) that carry no
+    part of the answer. They are held, unsent, until the first event that is not one,
+    which is returned with them all (the batch) and alone: the stream is judged on it as
+    on a first event. So an error there fails over (or is an error status) before any
+    byte, as an error as the very first event is, and time to first token is that
+    event's. The wait is bounded by ``idle`` (the watchdog's, as before), with keepalive
+    comments meanwhile (the first commits the stream: an error is then in-band)."""
+    name = att.cand.provider.name
+    while True:
+        for event in _batch_events(batch):
+            if not filter_only(event):
+                return batch, event
+        try:
+            async with down.keepalive(req.ex, headers):
+                more = await events.__anext__()
+        except StopAsyncIteration:
+            raise AttemptFailure("closed", f"upstream '{name}' closed the stream after "
+                                 "content-filter results, before any answer") from None
+        except UPSTREAM_ERRORS as exc:
+            raise failure_from_exception(exc, name) from None
+        if isinstance(batch, tuple) and isinstance(more, tuple):
+            batch = batch[0] + more[0], batch[1] + more[1]
+        else:
+            batch = _batch_events(batch) + _batch_events(more)
+
+
+def _failed_first(provider: str, first: bytes) -> AttemptFailure | None:
     """The attempt's failure when the upstream's stream began with its own error event
-    (:func:`_opens_with_error`): nothing was sent, so it fails over as the same error in
-    a status would (a throttle as a 429). None when it blames the request (no reason to
-    try another upstream: the client gets it in-band, as the upstream sent it). An error
-    after other events ends the stream in-band, however the reads were split."""
-    first = _first_event(batch)
+    ``first`` (after content-filter chunks, :func:`_past_filters`): nothing was sent, so
+    it fails over as the same error in a status would (a throttle as a 429). None when
+    it blames the request (no reason to try another upstream: the client gets it
+    in-band, as the upstream sent it). An error after other events ends the stream
+    in-band, however the reads were split."""
     if client_fault([first]):
         return None
     return AttemptFailure(STREAM_ERROR, f"upstream '{provider}' answered with an error event",

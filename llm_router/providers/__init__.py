@@ -55,6 +55,10 @@ upstream speaking the hub over SSE):
 ``list_models(session, provider, key) -> list[ModelInfo] | None`` (async)
     The models the upstream offers (the catalog), each with the context window and
     capabilities its list reports (None where it does not say); None if it cannot say.
+``opens_with_filter_chunks``
+    Whether its streams in the hub's dialect may open with content-filter chunks that
+    hold no part of the answer (Azure's ``prompt_filter_results``): the relay then holds
+    them unsent and judges the stream on the first event after them (docs/providers.md).
 ``sets_prompt_cache_key``
     Whether cache affinity adds OpenAI's ``prompt_cache_key`` to the body.
 

@@ -195,6 +195,9 @@ class ProviderType:
     type: ClassVar[str]  # the config's provider ``type``
     serves: ClassVar[frozenset[str]]  # route kinds: chat completions embeddings messages ...
     sets_prompt_cache_key: ClassVar[bool] = False  # add OpenAI's prompt_cache_key (affinity)
+    # Its OpenAI-wire streams may open with content-filter chunks that hold no answer
+    # (Azure's): the relay holds them and judges the stream on the first event after.
+    opens_with_filter_chunks: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ which wire
 

@@ -48,6 +48,7 @@ class AzureProvider(HTTPProvider):
 
     type = "azure"
     serves = frozenset({"chat", "completions", "embeddings", "messages", "responses"})
+    opens_with_filter_chunks = True  # choices: [] with only prompt_filter_results
     # Not sets_prompt_cache_key: Azure refuses body fields its API version does not know
     # ("Unrecognized request argument"), and caches prompts by prefix on its own.
 
