@@ -133,10 +133,19 @@ async def _azure_throttled_after_prompt_filter_in_one_read(
     return await stream_of(request, [AZURE_PROMPT_FILTER + AZURE_RATE_LIMITED])
 
 
+async def _bedrock_started_then_throttled(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [frame("messageStart", {"role": "assistant"}),
+                                     exception_frame("throttlingException", "Slow down")],
+                           EVENT_STREAM)
+
+
 FIRST_EVENT_ERRORS = [
     # (provider type, upstream, whether the error says it is throttled or overloaded)
     pytest.param("gemini", _gemini_unavailable_first, False, id="gemini-unavailable"),
     pytest.param("bedrock", _bedrock_throttled_first, True, id="bedrock-throttling"),
+    # messageStart says who speaks, not what: the exception after it is the first answer.
+    pytest.param("bedrock", _bedrock_started_then_throttled, True,
+                 id="bedrock-start-then-throttling"),
     pytest.param("anthropic", _anthropic_overloaded_first, True, id="anthropic-overloaded"),
     # The prompt-filter chunk is no answer: the error after it is the stream's first event.
     pytest.param("azure", _azure_error_after_prompt_filter, False,
@@ -446,6 +455,100 @@ async def test_a_gemini_stream_of_usage_alone_fails_over(
         model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
     assert raw.headers["X-Router-Provider"] == "good"
     assert "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+
+
+# ------------------------------------------------------ a 200 without an answer
+
+BEDROCK_USAGE = {"inputTokens": 1234, "outputTokens": 0, "totalTokens": 1234}
+BEDROCK_START = frame("messageStart", {"role": "assistant"})
+BEDROCK_USAGE_FRAME = frame("metadata", {"usage": BEDROCK_USAGE, "metrics": {"latencyMs": 9}})
+
+
+def bedrock_answers(answer: dict[str, Any], frames: list[bytes]) -> Handler:
+    """Converse answers ``answer``, ConverseStream ``frames``."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/converse-stream"):
+            return await stream_of(request, frames, EVENT_STREAM)
+        return web.json_response(answer)
+    return handler
+
+
+NO_OUTPUT = [
+    pytest.param({"usage": BEDROCK_USAGE, "metrics": {"latencyMs": 9}},
+                 [BEDROCK_START, BEDROCK_USAGE_FRAME], id="no-message"),
+    pytest.param({"output": {"message": {"role": "assistant", "content": []}},
+                  "usage": BEDROCK_USAGE}, [BEDROCK_USAGE_FRAME], id="no-content-no-stop"),
+    pytest.param({"output": {}, "stopReason": "end_turn", "usage": BEDROCK_USAGE},
+                 [BEDROCK_START], id="no-message-then-end"),
+]
+
+
+@pytest.mark.parametrize(("answer", "frames"), NO_OUTPUT)
+async def test_a_bedrock_200_without_output_fails_over(
+        answer: dict[str, Any], frames: list[bytes], start_router: StartRouter,
+        upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # No message, or no content block and no stop reason: Bedrock gave no answer, so the
+    # next member gives one (streamed too: nothing was sent before the answer began), and
+    # only that answer is counted.
+    router = await router_for(start_router, native("bedrock", await serve(
+        aiohttp_server, bedrock_answers(answer, frames))), upstream)
+    for stream in (False, True):
+        async with http.post(router.url + "/v1/chat/completions", headers=AUTH, json={
+                "model": "g", "messages": ASK, "stream": stream}) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Router-Provider"] == "good"
+            assert resp.headers["X-Router-Attempts"] == "2"
+            body = await resp.read()
+        assert b"lorem" in body and b'"error"' not in body
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_upstream_errors_total", provider="odd") == 2
+    assert total(samples, "llm_router_tokens_total", provider="odd") == 0
+    assert total(samples, "llm_router_tokens_total", provider="good", kind="prompt") > 0
+
+
+@pytest.mark.parametrize(("answer", "frames"), NO_OUTPUT)
+async def test_a_bedrock_200_without_output_from_the_only_member_is_a_502(
+        answer: dict[str, Any], frames: list[bytes], start_router: StartRouter,
+        aiohttp_server: AiohttpServer) -> None:
+    router = await router_for(start_router, native("bedrock", await serve(
+        aiohttp_server, bedrock_answers(answer, frames))))
+    client = router.openai()
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(model="g", messages=ASK)  # type: ignore[arg-type]
+    assert caught.value.status_code == 502
+    assert caught.value.body["type"] == "upstream_error"  # type: ignore[index]
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(model="g", messages=ASK,  # type: ignore[arg-type]
+                                             stream=True)
+    assert caught.value.status_code == 502
+    assert caught.value.response.headers["Content-Type"].startswith("application/json")
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_tokens_total", provider="odd") == 0
+
+
+async def test_a_bedrock_answer_that_ends_with_nothing_to_say_is_an_answer(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer) -> None:
+    # No content block, but a stop reason: the model did answer, with nothing (as Claude
+    # may after a tool result). That is passed on, and counted, not retried elsewhere.
+    answer = {"output": {"message": {"role": "assistant", "content": []}},
+              "stopReason": "end_turn", "usage": BEDROCK_USAGE}
+    frames = [BEDROCK_START, frame("messageStop", {"stopReason": "end_turn"}),
+              BEDROCK_USAGE_FRAME]
+    router = await router_for(start_router, native("bedrock", await serve(
+        aiohttp_server, bedrock_answers(answer, frames))), upstream)
+    client = router.openai()
+    whole = await client.chat.completions.with_raw_response.create(
+        model="g", messages=ASK)  # type: ignore[arg-type]
+    assert whole.headers["X-Router-Provider"] == "odd"
+    choice = whole.parse().choices[0]
+    assert choice.finish_reason == "stop" and not choice.message.content
+    chunks = [c async for c in await client.chat.completions.create(
+        model="g", messages=ASK, stream=True)]  # type: ignore[arg-type]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") == 2 * 1234
+    assert upstream.fake.requests == []
 
 
 # ------------------------------------------------------ bounded by the configured limits

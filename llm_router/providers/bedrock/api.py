@@ -27,12 +27,12 @@ import orjson
 from yarl import URL
 
 from ...errors import BadRequest, error_body
-from .. import ResponseTooLarge, UpstreamCall, UpstreamResponse
+from .. import ResponseTooLarge, UpstreamCall, UpstreamProtocolError, UpstreamResponse
 from ..http import HTTPResponse, post
-from .converse import Plan, converse_answer, converse_request
+from .converse import Plan, converse_answer, converse_request, missing_output
 from .errors import ERROR_TYPE_HEADER, error_name, error_status
 from .errors import error_body as aws_error_body
-from .eventstream import FrameDecoder, FrameTooLarge
+from .eventstream import FrameDecoder, FrameTooLarge, Message
 from .sigv4 import Credentials, sign_headers
 from .stream import ConverseStreamToChat
 
@@ -82,23 +82,34 @@ class BedrockResponse:
             return raw  # not JSON: the caller fails the attempt as a bad response
         if not isinstance(answer, dict):
             return raw
+        missing = missing_output(answer)
+        if missing is not None:
+            raise NoOutput(f"Bedrock answered 200 with {missing}")
         return orjson.dumps(converse_answer(answer, self._plan))
 
     async def chunks(self) -> AsyncIterator[bytes]:
         decoder = FrameDecoder(self._max_message)
         rewrite = ConverseStreamToChat(self._plan)
+        held = b""  # messageStart's role chunk, until the answer begins (rewrite.answered)
         async for data in self._inner.chunks():
             try:
                 messages = decoder.feed(data)
             except FrameTooLarge as exc:  # reported like an oversized SSE event
                 raise ResponseTooLarge(str(exc)) from None
-            out = b"".join(rewrite.feed(m) for m in messages)
+            if rewrite.answered:
+                out = b"".join(rewrite.feed(m) for m in messages)
+            else:
+                out, held = _opening(rewrite, messages, held)
+                if not rewrite.answered:
+                    continue
             if out:
                 yield out
             if rewrite.done:
                 return
-        if decoder.pending:
-            return  # the body ended inside a message: cut, however complete it looked
+        if decoder.pending or not rewrite.answered:
+            # The body ended inside a message (cut, however complete it looked: in-band),
+            # or before any answer (nothing was sent: the attempt fails as closed).
+            return
         tail = rewrite.finish()
         if tail:
             yield tail
@@ -108,6 +119,32 @@ class BedrockResponse:
 
     def release(self) -> None:
         self._inner.release()
+
+
+def _opening(rewrite: ConverseStreamToChat, messages: list[Message], held: bytes
+             ) -> tuple[bytes, bytes]:
+    """(bytes to send, bytes held) for ``messages`` read before the answer began.
+
+    Until content, a stop or an exception comes, nothing goes out (messageStart's role
+    chunk is held): so an exception frame then is the stream's first event, which fails
+    over, and a stream that ends with no content and no stop fails (failover, or a 502)
+    instead of a 200 with an empty answer. The held role chunk goes out before the
+    answer, but not before an exception (it carries nothing: the error is the first)."""
+    for i, message in enumerate(messages):
+        piece = rewrite.feed(message)
+        if rewrite.answered:
+            if rewrite.error is not None:  # this message was the exception (done now)
+                return piece, b""
+            return held + piece + b"".join(rewrite.feed(m) for m in messages[i + 1:]), b""
+        if rewrite.done:
+            raise NoOutput("Bedrock streamed no content block and no stop reason")
+        held += piece
+    return b"", held
+
+
+class NoOutput(UpstreamProtocolError):
+    """A 200 from Bedrock without an answer in it (:func:`.converse.missing_output`): the
+    attempt fails as ``bad_response`` and fails over, else the client gets a 502."""
 
 
 class Refusal:

@@ -35,7 +35,8 @@ the four above, content parts other than text and images (audio, files), and
 ``logprobs``, ``logit_bias``, penalties, ``seed``, ``parallel_tool_calls``, ``user``,
 ``metadata``, ``service_tier`` and the like.
 
-Answers: ``stopReason`` end_turn and stop_sequence → ``stop``, tool_use →
+An answer with nothing in it (:func:`missing_output`) is the upstream's failure, not an
+empty completion. Answers: ``stopReason`` end_turn and stop_sequence → ``stop``, tool_use →
 ``tool_calls``, max_tokens and model_context_window_exceeded → ``length``,
 guardrail_intervened and content_filtered → ``content_filter``, anything else →
 ``stop``. ``inputTokens`` excludes the prompt cache, so ``prompt_tokens`` = input +
@@ -62,6 +63,7 @@ __all__ = [
     "converse_answer",
     "converse_request",
     "finish_reason",
+    "missing_output",
     "new_id",
 ]
 
@@ -300,6 +302,21 @@ def chat_usage(usage: Any) -> dict[str, Any]:
     if cache_read:
         out["prompt_tokens_details"] = {"cached_tokens": cache_read}
     return out
+
+
+def missing_output(answer: dict[str, Any]) -> str | None:
+    """What a Converse answer lacks to be an answer at all, or None: no
+    ``output.message``, or no content block and no ``stopReason`` either. A message
+    with no content but a stop reason is an answer (the model had nothing to say, as
+    Claude may after a tool result, or was stopped): passed on, not retried."""
+    output = answer.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    if not isinstance(message, dict):
+        return "no output message"
+    content = message.get("content")
+    if (not isinstance(content, list) or not content) and not answer.get("stopReason"):
+        return "no content and no stop reason"
+    return None
 
 
 def converse_answer(answer: dict[str, Any], plan: Plan) -> dict[str, Any]:

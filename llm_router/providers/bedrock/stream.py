@@ -11,7 +11,8 @@ the SSE bytes to pass on:
   nothing, unless it ends a tool call no input came for: then its arguments ``{}``;
 - ``messageStop`` → the chunk with the mapped ``finish_reason``;
 - ``metadata`` (usage, which comes last) → a usage chunk with ``choices: []`` and
-  ``data: [DONE]``: ``done`` is then True;
+  ``data: [DONE]``: ``done`` is then True (``answered`` says whether content, a
+  ``messageStop`` or an exception came before it: a stream without is no answer);
 - an exception frame (``throttlingException``, ``modelStreamErrorException`` ...) →
   an ``{"error": ...}`` chunk and ``[DONE]``; ``error`` then holds the error's name and
   its router status (429 for throttling).
@@ -52,8 +53,8 @@ class StreamFailure:
 class ConverseStreamToChat:
     """One ConverseStream rewritten as chat-completion chunks."""
 
-    __slots__ = ("_blocks", "_created", "_finished", "_head", "_no_input", "_plan", "done",
-                 "error", "usage")
+    __slots__ = ("_blocks", "_created", "_finished", "_head", "_no_input", "_plan", "answered",
+                 "done", "error", "usage")
 
     def __init__(self, plan: Plan) -> None:
         self._plan = plan
@@ -66,6 +67,9 @@ class ConverseStreamToChat:
         self._blocks: dict[int, int] = {}
         self._no_input: set[int] = set()  # tool blocks no input fragment came for
         self._finished = False  # the finish_reason chunk went out
+        # Content, a stop or an exception came: the answer has begun (messageStart only
+        # says who speaks, metadata only what it cost).
+        self.answered = False
         self.done = False
         self.error: StreamFailure | None = None
         self.usage: dict[str, Any] | None = None  # OpenAI-shaped, once metadata came
@@ -81,7 +85,7 @@ class ConverseStreamToChat:
                        or "internalServerException")
             status, error = stream_error(name, message.payload)
             self.error = StreamFailure(str(error["error"]["code"]), status)
-            self.done = True
+            self.done = self.answered = True
             return b"data: " + orjson.dumps(error) + b"\n\n" + _DONE
         data = json_object(message.payload) if message.payload else {}
         if data is None:
@@ -96,7 +100,7 @@ class ConverseStreamToChat:
             case "contentBlockStop":
                 return self._stop(data.get("contentBlockIndex"))
             case "messageStop":
-                self._finished = True
+                self._finished = self.answered = True
                 return self._chunk({}, finish_reason(data.get("stopReason"), self._plan))
             case "metadata":
                 self.usage = chat_usage(data.get("usage"))
@@ -122,6 +126,7 @@ class ConverseStreamToChat:
             return b""
         tool = self._blocks[index] = sum(1 for v in self._blocks.values() if v >= 0)
         self._no_input.add(index)
+        self.answered = True
         return self._chunk({"tool_calls": [{
             "index": tool, "id": use.get("toolUseId"), "type": "function",
             "function": {"name": use.get("name"), "arguments": ""}}]})
@@ -133,6 +138,7 @@ class ConverseStreamToChat:
         if isinstance(text, str):
             if not text:
                 return b""
+            self.answered = True
             # The hot path, one chunk per token: the JSON written around the text alone.
             return (b"data: " + self._head + b'[{"index":0,"delta":{"content":'
                     + orjson.dumps(text) + b'},"logprobs":null,"finish_reason":null}]}\n\n')
@@ -143,6 +149,7 @@ class ConverseStreamToChat:
         tool = self._blocks.get(index)
         if tool is None:
             return b""
+        self.answered = True
         if tool < 0:
             return self._chunk({"content": fragment})
         self._no_input.discard(index)
