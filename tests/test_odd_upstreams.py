@@ -551,6 +551,25 @@ async def test_a_bedrock_answer_that_ends_with_nothing_to_say_is_an_answer(
     assert upstream.fake.requests == []
 
 
+async def test_a_gemini_answer_without_candidates_fails_over(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer) -> None:
+    # Usage and no candidate, not blocked: no answer (as the stream of usage alone above),
+    # not a completion with no choices, which clients index and fail on.
+    async def usage_only(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"usageMetadata": GEMINI_USAGE, "responseId": "r1"})
+
+    router = await router_for(start_router,
+                              native("gemini", await serve(aiohttp_server, usage_only)), upstream)
+    raw = await router.openai().chat.completions.with_raw_response.create(
+        model="g", messages=ASK)  # type: ignore[arg-type]
+    assert raw.headers["X-Router-Provider"] == "good"
+    assert raw.parse().choices[0].message.content
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_upstream_errors_total", provider="odd",
+                 reason="bad_response") == 1
+    assert total(samples, "llm_router_tokens_total", provider="odd") == 0
+
+
 # ------------------------------------------------------ bounded by the configured limits
 
 

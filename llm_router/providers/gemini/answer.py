@@ -36,7 +36,7 @@ import orjson
 from ...hub.usage import summed
 from .request import call_id
 
-__all__ = ["FINISH_REASONS", "StreamToChat", "chat_completion", "chat_usage"]
+__all__ = ["FINISH_REASONS", "StreamToChat", "chat_completion", "chat_usage", "has_answer"]
 
 FINISH_REASONS: Final[dict[str, str]] = {
     "STOP": "stop",
@@ -120,6 +120,13 @@ def _blocked(doc: dict[str, Any]) -> bool:
 def _completion_id(doc: dict[str, Any]) -> str:
     rid = doc.get("responseId")
     return f"chatcmpl-{rid}" if isinstance(rid, str) and rid else f"chatcmpl-{time.time_ns():x}"
+
+
+def has_answer(doc: dict[str, Any]) -> bool:
+    """Whether a whole ``GenerateContentResponse`` answers at all: a candidate, or a
+    prompt blocked outright. Usage alone is none (a 200 the router fails over from, as
+    it does from a stream of usage alone), not a completion without choices."""
+    return bool(_candidates(doc)) or _blocked(doc)
 
 
 def chat_completion(doc: dict[str, Any], model: str) -> dict[str, Any]:

@@ -25,9 +25,9 @@ import aiohttp
 import orjson
 
 from ...hub.sse import DONE, EventTooLarge, SSEParser, event_fields, frame, json_object
-from .. import ResponseTooLarge, UpstreamCall, UpstreamResponse
+from .. import ResponseTooLarge, UpstreamCall, UpstreamProtocolError, UpstreamResponse
 from ..http import HTTPResponse, post
-from .answer import StreamToChat, chat_completion
+from .answer import StreamToChat, chat_completion, has_answer
 from .embed import embeddings_answer, embeddings_request
 from .errors import google_error
 from .request import Refused, generate_request
@@ -116,6 +116,9 @@ class TranslatedResponse:
             except ValueError:
                 return b""
             return orjson.dumps(answer)
+        if not has_answer(doc):
+            raise UpstreamProtocolError("Gemini answered 200 with no candidate and no "
+                                        "blockReason")
         return orjson.dumps(chat_completion(doc, self.model))
 
     async def chunks(self) -> AsyncIterator[bytes]:
