@@ -334,18 +334,18 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     return down.out
 
 
-Batch = tuple[bytes, int] | list[bytes]  # UpstreamEvents': a run of joined events, or a list
+_Batch = tuple[bytes, int] | list[bytes]  # UpstreamEvents': a run of joined events, or a list
 
 
-def _first_event(batch: Batch) -> bytes:
+def _first_event(batch: _Batch) -> bytes:
     return batch[0][:batch[0].find(b"\n\n") + 2] if isinstance(batch, tuple) else batch[0]
 
 
-def _batch_events(batch: Batch) -> list[bytes]:
+def _batch_events(batch: _Batch) -> list[bytes]:
     return split_events(batch[0]) if isinstance(batch, tuple) else batch
 
 
-def _filter_first(batch: Batch) -> bool:
+def _filter_first(batch: _Batch) -> bool:
     """Whether the batch's first event may be one of Azure's filter-only chunks (a byte
     test: :func:`filter_only` decides)."""
     if isinstance(batch, tuple):
@@ -354,9 +354,9 @@ def _filter_first(batch: Batch) -> bool:
     return b"filter_results" in batch[0]
 
 
-async def _past_filters(req: ModelRequest, att: Attempt, events: UpstreamEvents, batch: Batch,
+async def _past_filters(req: ModelRequest, att: Attempt, events: UpstreamEvents, batch: _Batch,
                         down: Downstream, headers: Callable[[web.StreamResponse], None]
-                        ) -> tuple[Batch, bytes]:
+                        ) -> tuple[_Batch, bytes]:
     """Azure opens a stream with content-filter chunks (:func:`filter_only`) that carry no
     part of the answer. They are held, unsent, until the first event that is not one,
     which is returned with them all (the batch) and alone: the stream is judged on it as
