@@ -469,6 +469,12 @@ WRONGLY_TYPED = [
     pytest.param("/v1/messages", {"messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "data": 5}}]}]},
                  "messages[0].content[0].source.media_type", id="image-source-fields"),
+    # After turns and blocks that pass in one step each: the index is still the right one.
+    pytest.param("/v1/messages", {"messages": [*HELLO, {"role": "user", "content": [
+        {"type": "text", "text": "a"}, {"type": "text", "text": 1}]}]},
+                 "messages[1].content[1].text", id="second-block-after-a-good-one"),
+    pytest.param("/v1/messages", {"messages": [*HELLO, {"role": "robot", "content": "x"}]},
+                 "messages[1].role", id="unknown-role-with-text"),
 ]
 
 
@@ -500,6 +506,13 @@ CHAT_WRONGLY_TYPED = [
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}],
                  "messages[0].tool_calls[0].function.arguments", id="arguments-object"),
     pytest.param([{"role": "user", "content": 7}], "messages[0].content", id="content-number"),
+    pytest.param([{"role": "user", "content": [{"type": "text", "text": "a"}] * 2 + [
+        {"type": "text", "text": None}, {"type": "text", "text": 5}]}],
+                 "messages[0].content[3].text", id="fourth-part-after-good-ones"),
+    pytest.param([{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"id": 2, "type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
+                 "messages[0].tool_calls[1].id", id="second-call-id-number"),
 ]
 
 
@@ -514,6 +527,24 @@ async def test_wrongly_typed_chat_fields_for_an_anthropic_member_are_a_400(
     assert info.value.body["message"].startswith(f"'{field}' ")  # type: ignore[index]
     assert upstream.fake.requests == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(("tools", "field"), [
+    pytest.param([{"type": "function", "function": {"name": "f"}}, {"type": "function",
+                  "function": {"name": "g", "parameters": "{}"}}],
+                 "tools[1].function.parameters", id="second-tool-parameters-string"),
+    pytest.param([{"type": "function", "function": {"name": "f"}}, ["not", "a tool"]],
+                 "tools[1]", id="second-tool-list"),
+    pytest.param([{"type": "function", "function": {"name": 3}}],
+                 "tools[0].function.name", id="tool-name-number"),
+])
+async def test_wrongly_typed_chat_tools_are_a_400_naming_the_tool(
+        tools: Any, field: str, start_router: StartRouter, upstream: Upstream) -> None:
+    router = await start_router(via_anthropic(upstream))
+    with pytest.raises(openai.BadRequestError) as info:
+        await router.openai().chat.completions.create(model="g", messages=HELLO, tools=tools)
+    assert info.value.body["param"] == field  # type: ignore[index]
+    assert upstream.fake.requests == []
 
 
 async def test_the_anthropic_sdk_gets_the_field_named(start_router: StartRouter,

@@ -177,6 +177,9 @@ def _chat_messages(msg: dict[str, Any]) -> list[dict[str, Any]]:
     blocks = [b for b in content or [] if isinstance(b, dict)]
     if role == "assistant":
         return [_assistant_message(blocks)]
+    if blocks and all(b.get("type") == "text" for b in blocks):
+        # The common turn, as the loop below would make it, without a part per block.
+        return [{"role": role, "content": "\n".join(b.get("text") or "" for b in blocks)}]
     # Chat completions wants each tool result as its own message right after the
     # assistant's tool_calls, so they go first and the rest of the turn follows.
     out: list[dict[str, Any]] = []

@@ -102,6 +102,9 @@ def check_body(body: dict[str, Any]) -> None:
         raise _fail("metadata.user_id", "must be a string")
     _check_content(body.get("system"), "system")
     for i, message in enumerate(body["messages"]):
+        if type(message) is dict and type(message.get("content")) is str \
+                and type(message.get("role")) is str and message["role"] in _ROLES:
+            continue  # the common turn, in one step: its path is formatted for errors only
         at = f"messages[{i}]"
         if not isinstance(message, dict):
             raise _fail(at, "must be an object with a 'role' and 'content'")
@@ -122,6 +125,9 @@ def _check_content(content: Any, at: str, *, nested: bool = False) -> None:
     if not isinstance(content, list):
         raise _fail(at, "must be a string or a list of content blocks")
     for j, block in enumerate(content):
+        if type(block) is dict and block.get("type") == "text" \
+                and type(block.get("text")) is str:
+            continue  # a text block in one step (as above)
         where = f"{at}[{j}]"
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             raise _fail(where, "must be an object with a string 'type'")

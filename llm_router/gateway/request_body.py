@@ -12,6 +12,7 @@ can write back (255 levels: such a body used to pass the parse and fail later as
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any, Final
 
 import orjson
@@ -23,6 +24,8 @@ from ..errors import BadRequest, PayloadTooLarge, RequestTimeout, echoed
 __all__ = ["BODY_SIZE", "MAX_JSON_DEPTH", "buffered_body", "parse_json", "read_json"]
 
 BODY_SIZE: Final = web.RequestKey("body_size", int)  # bytes read_json read
+# Bodies from this size are parsed with the garbage collector paused (_loads_frozen).
+_GC_PAUSE_BYTES: Final = 64 << 10
 MAX_JSON_DEPTH: Final = 254  # orjson.dumps refuses deeper; the body is re-encoded upstream
 
 
@@ -62,7 +65,10 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise BadRequest("Request body is empty; expected a JSON object.")
     try:
-        body = orjson.loads(raw)
+        if len(raw) < _GC_PAUSE_BYTES or not gc.isenabled():
+            body = orjson.loads(raw)
+        else:
+            body = _loads_frozen(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc.msg} at position {exc.pos}.",
                          code="invalid_json") from None
@@ -74,6 +80,36 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"Request body is nested deeper than {MAX_JSON_DEPTH} levels.",
                          code="invalid_json")
     return body
+
+
+def _loads_frozen(raw: bytes) -> Any:
+    """``orjson.loads(raw)`` with the garbage collector paused until the event loop next
+    turns: through this request's parse, checks and translation, which run without a
+    pause in between.
+
+    Each container orjson makes (and each one a translator makes from them) counts toward
+    a collection, and CPython's full collections walk every object in the process: a body
+    of many small objects (32 MiB of tool schemas) set off a dozen as it was parsed,
+    checked and translated, more than the work itself, with the loop stalled all along.
+    The collector finds nothing there to free (a parsed body holds no cycle), so it
+    waits; gc.freeze() then moves the body (with all else alive) straight to where
+    gc.unfreeze() puts it back, the oldest generation, sparing the two young
+    collections a walk of it. Cycles made meanwhile are collected once the loop turns.
+    """
+    gc.disable()
+    try:
+        return orjson.loads(raw)
+    finally:
+        gc.freeze()
+        try:
+            asyncio.get_running_loop().call_soon(_resume_collector)
+        except RuntimeError:  # not on a loop: no stretch to wait for
+            _resume_collector()
+
+
+def _resume_collector() -> None:
+    gc.unfreeze()
+    gc.enable()
 
 
 def _too_deep(body: dict[str, Any]) -> bool:
