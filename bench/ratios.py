@@ -10,6 +10,9 @@ interleaved case by case and round by round so machine noise falls on every side
     stream-identity / hop-stream   the same for a client that accepts no
                                    compression (the hop compresses nothing) <= 1.3
     responses     / chat           POST /v1/responses translated to chat    goal <= 1.5
+    messages-stream                an Anthropic client's stream through an
+                                   anthropic-type member (no ratio: the hop
+                                   has no Anthropic case)
     limits        / chat           a user with rpm, tpm, daily requests and
                                    a budget, state in memory                goal <= 1.1
     limits-redis  / limits         the same user with state.redis_url       goal <= 1.3
@@ -51,6 +54,10 @@ _USER_KEY = "sk-bench-ratios-user"
 _WORK = "WORK"  # --rev WORK: the working tree itself
 _STREAM = {**_BODY, "stream": True, "stream_options": {"include_usage": True}}
 _RESPONSES = {"model": "ab", "input": "Say something short.", "max_output_tokens": 16}
+# An Anthropic SDK's streamed Messages request, passed through to an anthropic-type
+# member (the fake's /v1/messages): the Anthropic stream path, message_start first.
+_MESSAGES_STREAM = {"model": "ab-messages", "max_tokens": 16, "stream": True,
+                    "messages": [{"role": "user", "content": "Say something short."}]}
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ CASES = (
     Case("stream-identity", "memory", "chat/completions", _STREAM, _KEY, stream=True,
          headers=(("Accept-Encoding", "identity"),)),
     Case("responses", "memory", "responses", _RESPONSES, _KEY),
+    Case("messages-stream", "memory", "messages", _MESSAGES_STREAM, _KEY, stream=True),
     Case("limits", "memory", "chat/completions", _BODY, _USER_KEY),
     Case("limits-redis", "redis", "chat/completions", _BODY, _USER_KEY),
 )
@@ -111,10 +119,16 @@ def _config(path: Path, upstream: str, redis_url: str | None, prefix: str,
              "    limits: {rpm: 100000000, tpm: 1000000000, daily_requests: 100000000}",
              "    budget: {usd: 1000000.0, period: monthly}",
              "pricing:", "  fake-gpt: {input: 0.15, output: 0.6}",
+             "  fake-claude: {input: 3.0, output: 15.0}",
              "providers:", "  - name: fake", "    type: openai", f"    base_url: {upstream}/v1",
              "    api_keys: [sk-upstream-ab]",
+             "  - name: fake-anthropic", "    type: anthropic", f"    base_url: {upstream}",
+             "    api_keys: [sk-ant-upstream-ab]",
              "groups:", "  - name: ab", "    models: [{provider: fake, name: fake-gpt}]",
-             *(f"    {line}" for line in group_settings)]
+             *(f"    {line}" for line in group_settings),
+             # messages-stream's: after ab, so that ab's settings stay ab's alone.
+             "  - name: ab-messages",
+             "    models: [{provider: fake-anthropic, name: fake-claude}]"]
     if redis_url:
         lines += ["state:", f"  redis_url: {redis_url}", f"  prefix: {prefix}"]
     path.write_text("\n".join(lines) + "\n")
