@@ -139,6 +139,35 @@ async def _bedrock_started_then_throttled(request: web.Request) -> web.StreamRes
                            EVENT_STREAM)
 
 
+# How Anthropic opens every stream: message_start (the input usage) and maybe a ping,
+# neither of them any part of the answer. An overload often comes right after them.
+ANTHROPIC_START = sse({"type": "message_start", "message": {
+    "id": "msg_odd", "type": "message", "role": "assistant", "model": "m", "content": [],
+    "stop_reason": None, "stop_sequence": None,
+    "usage": {"input_tokens": 1234, "output_tokens": 1}}}, "message_start")
+ANTHROPIC_PING = sse({"type": "ping"}, "ping")
+
+
+def anthropic_error(kind: str, message: str) -> bytes:
+    return sse({"type": "error", "error": {"type": kind, "message": message}}, "error")
+
+
+async def _anthropic_started_then_overloaded(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [ANTHROPIC_START, ANTHROPIC_PING,
+                                     anthropic_error("overloaded_error", "Overloaded")])
+
+
+async def _anthropic_started_then_rate_limited_in_one_read(
+        request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [ANTHROPIC_START + ANTHROPIC_PING + anthropic_error(
+        "rate_limit_error", "Number of request tokens has exceeded your rate limit")])
+
+
+async def _anthropic_started_then_api_error(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, [ANTHROPIC_START,
+                                     anthropic_error("api_error", "Internal server error")])
+
+
 FIRST_EVENT_ERRORS = [
     # (provider type, upstream, whether the error says it is throttled or overloaded)
     pytest.param("gemini", _gemini_unavailable_first, False, id="gemini-unavailable"),
@@ -147,6 +176,14 @@ FIRST_EVENT_ERRORS = [
     pytest.param("bedrock", _bedrock_started_then_throttled, True,
                  id="bedrock-start-then-throttling"),
     pytest.param("anthropic", _anthropic_overloaded_first, True, id="anthropic-overloaded"),
+    # message_start and ping say who answers and what the prompt cost, not what: the
+    # error after them is the stream's first event.
+    pytest.param("anthropic", _anthropic_started_then_overloaded, True,
+                 id="anthropic-start-ping-then-overloaded"),
+    pytest.param("anthropic", _anthropic_started_then_rate_limited_in_one_read, True,
+                 id="anthropic-start-ping-then-rate-limited"),
+    pytest.param("anthropic", _anthropic_started_then_api_error, False,
+                 id="anthropic-start-then-api-error"),
     # The prompt-filter chunk is no answer: the error after it is the stream's first event.
     pytest.param("azure", _azure_error_after_prompt_filter, False,
                  id="azure-filter-then-error"),
@@ -180,6 +217,9 @@ async def test_an_error_as_the_first_event_fails_over_before_any_byte(
     # Time to first token is the answering attempt's: the failed one delivered none.
     assert total(samples, TTFT_COUNT, provider="odd") == 0
     assert total(samples, TTFT_COUNT, provider="good") == 2
+    # Nor is it charged: what it reported (message_start's input tokens) is no answer.
+    assert total(samples, "llm_router_tokens_total", provider="odd") == 0
+    assert total(samples, "llm_router_tokens_total", provider="good", kind="prompt") > 0
 
 
 @pytest.mark.parametrize(("kind", "handler", "throttled"), FIRST_EVENT_ERRORS)
@@ -187,7 +227,8 @@ async def test_an_error_as_the_first_event_of_the_only_member_is_an_error_status
         kind: str, handler: Handler, throttled: bool, start_router: StartRouter,
         aiohttp_server: AiohttpServer) -> None:
     # A throttle (Anthropic's overloaded_error too) is a 429, as the same error in a status.
-    router = await router_for(start_router, native(kind, await serve(aiohttp_server, handler)))
+    root = await serve(aiohttp_server, handler)
+    router = await router_for(start_router, native(kind, root))
     with pytest.raises(openai.APIStatusError) as caught:
         stream = await router.openai().chat.completions.create(
             model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
@@ -196,6 +237,20 @@ async def test_an_error_as_the_first_event_of_the_only_member_is_an_error_status
     assert caught.value.status_code == (429 if throttled else 502)
     assert caught.value.response.headers["Content-Type"].startswith("application/json")
     assert total(await metric_samples(router.url), TTFT_COUNT) == 0
+    # An Anthropic client (passed through to an Anthropic upstream) gets the same status,
+    # in Anthropic's error shape, not a 200 stream that only ends in the error. (A router
+    # of its own: the first one's key may be cooling now.)
+    router = await router_for(start_router, native(kind, root))
+    client = router.anthropic()
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        async with client.messages.stream(model="g", max_tokens=50,
+                                          messages=ASK) as stream:  # type: ignore[arg-type]
+            await stream.get_final_message()
+    assert refused.value.status_code == (429 if throttled else 502)
+    assert refused.value.body["type"] == "error"  # type: ignore[index]
+    samples = await metric_samples(router.url)
+    assert total(samples, TTFT_COUNT) == 0
+    assert total(samples, "llm_router_tokens_total") == 0
 
 
 async def test_a_first_event_blaming_the_request_is_not_retried_elsewhere(
@@ -216,6 +271,29 @@ async def test_a_first_event_blaming_the_request_is_not_retried_elsewhere(
     assert upstream.fake.requests == []
     # An error event is no first token, even when it is the answer.
     assert total(await metric_samples(router.url), TTFT_COUNT) == 0
+
+
+async def test_an_error_blaming_the_request_after_message_start_is_passed_on(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # Held message_start or not, an error that blames the request goes to the client as
+    # the upstream sent it (in-band, after the held events): another member would refuse
+    # the request too.
+    async def invalid(request: web.Request) -> web.StreamResponse:
+        return await stream_of(request, [ANTHROPIC_START, anthropic_error(
+            "invalid_request_error", "prompt is too long: 250000 tokens > 200000 maximum")])
+
+    router = await router_for(start_router, native("anthropic", await serve(aiohttp_server,
+                                                                             invalid)), upstream)
+    async with http.post(router.url + "/v1/messages", headers=AUTH,
+                         json={"model": "g", "max_tokens": 50, "messages": ASK,
+                               "stream": True}) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Router-Provider"] == "odd"
+        body = await resp.read()
+    assert body == ANTHROPIC_START + anthropic_error(
+        "invalid_request_error", "prompt is too long: 250000 tokens > 200000 maximum")
+    assert upstream.fake.requests == []
 
 
 async def test_an_azure_stream_of_filter_results_alone_fails_over(
@@ -273,6 +351,82 @@ async def test_an_azure_stream_held_at_its_filter_results_gets_keepalives(
     events = [e for e in rest.split(b"\n\n") if e and e != b": keepalive"]
     assert b"prompt_filter_results" in events[0]
     assert b'"content":"Hi"' in events[1] and events[-1] == b"data: [DONE]"
+
+
+async def test_an_anthropic_stream_of_message_start_alone_fails_over(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # message_start, a ping and the end of the body: no answer was given, and the held
+    # events were never sent, so the next member answers the whole request, uncharged.
+    async def start_then_end(request: web.Request) -> web.StreamResponse:
+        return await stream_of(request, [ANTHROPIC_START, ANTHROPIC_PING])
+
+    router = await router_for(start_router,
+                              native("anthropic", await serve(aiohttp_server, start_then_end)),
+                              upstream)
+    async with http.post(router.url + "/v1/messages", headers=AUTH,
+                         json={"model": "g", "max_tokens": 50, "messages": ASK,
+                               "stream": True}) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Router-Provider"] == "good"
+        body = await resp.read()
+    assert b"msg_odd" not in body and body.count(b"event: message_start") == 1
+    assert body.rstrip().endswith(b'{"type":"message_stop"}')
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_upstream_errors_total", provider="odd",
+                 reason="closed") == 1
+    assert total(samples, "llm_router_tokens_total", provider="odd") == 0
+
+
+@pytest.mark.parametrize("route", ["/v1/messages", "/v1/chat/completions"])
+async def test_an_anthropic_stream_held_at_its_message_start_gets_keepalives(
+        route: str, start_router: StartRouter, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # message_start at once, the answer much later (a long prompt to read). While the
+    # held message_start waits for it, the client gets keepalive comments as while
+    # waiting for a first event, then the whole answer, its input usage counted.
+    answer = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(ANTHROPIC_START + ANTHROPIC_PING)
+        await answer.wait()
+        for name, data in [
+                ("content_block_start", {"type": "content_block_start", "index": 0,
+                                         "content_block": {"type": "text", "text": ""}}),
+                ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                         "delta": {"type": "text_delta", "text": "Hi"}}),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                ("message_delta", {"type": "message_delta", "delta": {
+                    "stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 2}}),
+                ("message_stop", {"type": "message_stop"})]:
+            await resp.write(sse(data, name))
+        await resp.write_eof()
+        return resp
+
+    router = await start_router({
+        "keepalive_s": 0.1,
+        "providers": [native("anthropic", await serve(aiohttp_server, slow))],
+        "groups": [{"name": "g", "models": [{"provider": "odd", "name": "m"}]}]})
+    body = {"model": "g", "max_tokens": 50, "messages": ASK, "stream": True}
+    async with http.post(router.url + route, headers=AUTH, json=body) as resp:
+        assert resp.status == 200
+        first = await resp.content.readuntil(b"\n\n")
+        answer.set()
+        rest = await resp.read()
+    assert first == b": keepalive\n\n"
+    events = [e for e in rest.split(b"\n\n") if e and e != b": keepalive"]
+    if route == "/v1/messages":
+        assert events[0].startswith(b"event: message_start") and b"msg_odd" in events[0]
+        assert events[-1].startswith(b"event: message_stop")
+    else:
+        assert b'"role":"assistant"' in events[0] and events[-1] == b"data: [DONE]"
+    assert b'"Hi"' in rest
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") == 1234
+    assert total(samples, "llm_router_tokens_total", provider="odd", kind="completion") == 2
 
 
 # ------------------------------------------------------ a stream broken after its start

@@ -2,7 +2,9 @@
 translated (:mod:`.relay`), redacted, and accounted.
 
 A whole answer is read within ``total`` and sent as one body. A stream is committed
-with its first event (:mod:`.downstream`), written one upstream read at a time, and
+with its first event (:mod:`.downstream`; events that open it with no part of the
+answer, Anthropic's ``message_start`` and Azure's filter chunks, are held for the next:
+:func:`_past_lead`), written one upstream read at a time, and
 ended at its terminal event; a stream cut short still counts what it used
 (:func:`_account`). An upstream failure before the first event is an
 :class:`AttemptFailure` (the attempt loop may fail over); after it, only in-band.
@@ -22,6 +24,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..dialects.openai import filter_only
+from ..hub.sse import event_fields
 from ..hub.stream import STREAM_ERROR, Relay, client_fault, split_events, throttled
 from ..hub.usage import Usage
 from ..ledger.accounting import price_for, priced_usd
@@ -203,10 +206,22 @@ async def _relay_events(req: ModelRequest, att: Attempt, relay: Relay,
     finally:
         if beat is not None and beat.beating:
             await beat.stop()
-    lead = None  # the first event after Azure's filter-only chunks, when it opened with some
-    if att.ptype.opens_with_filter_chunks and down.out is None and att.up == "openai" \
-            and _filter_first(batch):
-        batch, lead = await _past_filters(req, att, events, batch, down, headers)
+    # The first event after those that open a stream with no part of the answer in them
+    # (held unsent: _past_lead), when it opened with some: the stream is judged on it.
+    lead = None
+    if down.out is None:
+        if att.up == "anthropic":
+            # (A run's first bytes are its first event's.) Usually the event after
+            # message_start came in the same read: then there is nothing to wait for.
+            if _anthropic_lead(batch[0]):
+                lead = _lead(batch, _anthropic_lead)
+                if lead is None:
+                    batch, lead = await _past_lead(req, att, events, batch, down, headers,
+                                                   _anthropic_lead, "message_start")
+        elif att.ptype.opens_with_filter_chunks and att.up == "openai" \
+                and _filter_first(batch):
+            batch, lead = await _past_lead(req, att, events, batch, down, headers,
+                                           filter_only, "content-filter results")
     now = time.perf_counter()
     ex.upstream_s += now - att.sent
     series = _stream_series(req, provider.name, cand.member.model)
@@ -354,27 +369,52 @@ def _filter_first(batch: _Batch) -> bool:
     return b"filter_results" in batch[0]
 
 
-async def _past_filters(req: ModelRequest, att: Attempt, events: UpstreamEvents, batch: _Batch,
-                        down: Downstream, headers: Callable[[web.StreamResponse], None]
-                        ) -> tuple[_Batch, bytes]:
-    """Azure opens a stream with content-filter chunks (:func:`filter_only`) that carry no
-    part of the answer. They are held, unsent, until the first event that is not one,
-    which is returned with them all (the batch) and alone: the stream is judged on it as
-    on a first event. So an error there fails over (or is an error status) before any
-    byte, as an error as the very first event is, and time to first token is that
-    event's. The wait is bounded by ``idle`` (the watchdog's, as before), with keepalive
-    comments meanwhile (the first commits the stream: an error is then in-band)."""
+# How an Anthropic stream opens (message_start, maybe a ping), as the upstream writes it.
+_ANTHROPIC_LEAD: Final = (b"event: message_start\n", b"event: ping\n")
+
+
+def _anthropic_lead(raw: bytes) -> bool:
+    """Whether an Anthropic stream event is one that opens a stream without any part of
+    the answer: ``message_start`` (who answers, the prompt's usage) or ``ping``."""
+    if raw.startswith(_ANTHROPIC_LEAD):
+        return True
+    if raw.startswith(b"event: "):
+        return False  # any other type, as Anthropic writes it: the usual case
+    event, _ = event_fields(raw)  # fields in another order or spelling
+    return event == "message_start" or event == "ping"
+
+
+def _lead(batch: _Batch, held: Callable[[bytes], bool]) -> bytes | None:
+    """The batch's first event that ``held`` does not hold (:func:`_past_lead`), if any."""
+    for event in _batch_events(batch):
+        if not held(event):
+            return event
+    return None
+
+
+async def _past_lead(req: ModelRequest, att: Attempt, events: UpstreamEvents, batch: _Batch,
+                     down: Downstream, headers: Callable[[web.StreamResponse], None],
+                     held: Callable[[bytes], bool], what: str) -> tuple[_Batch, bytes]:
+    """Events that open a stream without any part of the answer (``held``: Anthropic's
+    ``message_start`` and ``ping``, Azure's content-filter chunks, :func:`filter_only`)
+    are held, unsent, until the first event that is not one, which is returned with them
+    all (the batch) and alone: the stream is judged on it as on a first event. So an
+    error there fails over (or is an error status) before any byte, as an error as the
+    very first event is, and time to first token is that event's. Usually that event
+    came in the same read (no wait). Else the wait is bounded by ``idle`` (the
+    watchdog's, as between any events), with keepalive comments meanwhile (the first
+    commits the stream: an error is then in-band). ``what`` names the held events."""
     name = att.cand.provider.name
     while True:
-        for event in _batch_events(batch):
-            if not filter_only(event):
-                return batch, event
+        lead = _lead(batch, held)
+        if lead is not None:
+            return batch, lead
         try:
             async with down.keepalive(req.ex, headers):
                 more = await events.__anext__()
         except StopAsyncIteration:
             raise AttemptFailure("closed", f"upstream '{name}' closed the stream after "
-                                 "content-filter results, before any answer") from None
+                                 f"{what}, before any answer") from None
         except UPSTREAM_ERRORS as exc:
             raise failure_from_exception(exc, name) from None
         if isinstance(batch, tuple) and isinstance(more, tuple):
@@ -385,10 +425,10 @@ async def _past_filters(req: ModelRequest, att: Attempt, events: UpstreamEvents,
 
 def _failed_first(provider: str, first: bytes) -> AttemptFailure | None:
     """The attempt's failure when the upstream's stream began with its own error event
-    ``first`` (after content-filter chunks, :func:`_past_filters`): nothing was sent, so
-    it fails over as the same error in a status would (a throttle as a 429). None when
-    it blames the request (no reason to try another upstream: the client gets it
-    in-band, as the upstream sent it). An error after other events ends the stream
+    ``first`` (after events with no answer in them, :func:`_past_lead`): nothing was
+    sent, so it fails over as the same error in a status would (a throttle as a 429).
+    None when it blames the request (no reason to try another upstream: the client gets
+    it in-band, as the upstream sent it). An error after other events ends the stream
     in-band, however the reads were split."""
     if client_fault([first]):
         return None
