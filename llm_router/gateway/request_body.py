@@ -24,7 +24,7 @@ from ..errors import BadRequest, PayloadTooLarge, RequestTimeout, echoed
 __all__ = ["BODY_SIZE", "MAX_JSON_DEPTH", "buffered_body", "parse_json", "read_json"]
 
 BODY_SIZE: Final = web.RequestKey("body_size", int)  # bytes read_json read
-# Bodies from this size are parsed with the garbage collector paused (_loads_frozen).
+# Bodies from this size are parsed with the garbage collector paused (_loads_paused).
 _GC_PAUSE_BYTES: Final = 64 << 10
 MAX_JSON_DEPTH: Final = 254  # orjson.dumps refuses deeper; the body is re-encoded upstream
 
@@ -68,7 +68,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         if len(raw) < _GC_PAUSE_BYTES or not gc.isenabled():
             body = orjson.loads(raw)
         else:
-            body = _loads_frozen(raw)
+            body = _loads_paused(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc.msg} at position {exc.pos}.",
                          code="invalid_json") from None
@@ -82,7 +82,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _loads_frozen(raw: bytes) -> Any:
+def _loads_paused(raw: bytes) -> Any:
     """``orjson.loads(raw)`` with the garbage collector paused until the event loop next
     turns: through this request's parse, checks and translation, which run without a
     pause in between.
@@ -92,24 +92,23 @@ def _loads_frozen(raw: bytes) -> Any:
     of many small objects (32 MiB of tool schemas) set off a dozen as it was parsed,
     checked and translated, more than the work itself, with the loop stalled all along.
     The collector finds nothing there to free (a parsed body holds no cycle), so it
-    waits; gc.freeze() then moves the body (with all else alive) straight to where
-    gc.unfreeze() puts it back, the oldest generation, sparing the two young
-    collections a walk of it. Cycles made meanwhile are collected once the loop turns.
+    waits. The allocations still count: once the loop turns, the next one starts a young
+    collection, as it would have, which walks the body once, and the generations take
+    it on as any other objects.
+
+    Not gc.freeze(): it moved every object alive (young cyclic garbage too) straight to
+    the oldest generation, where only a full collection looks, without counting it
+    toward one, and reset the count that starts collections. With a large body in every
+    turn the collector never ran again, and garbage grew without bound.
     """
     gc.disable()
     try:
         return orjson.loads(raw)
     finally:
-        gc.freeze()
         try:
-            asyncio.get_running_loop().call_soon(_resume_collector)
+            asyncio.get_running_loop().call_soon(gc.enable)
         except RuntimeError:  # not on a loop: no stretch to wait for
-            _resume_collector()
-
-
-def _resume_collector() -> None:
-    gc.unfreeze()
-    gc.enable()
+            gc.enable()
 
 
 def _too_deep(body: dict[str, Any]) -> bool:
