@@ -428,6 +428,69 @@ async def test_an_anthropic_stream_held_at_its_message_start_gets_keepalives(
     assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") == 1234
     assert total(samples, "llm_router_tokens_total", provider="odd", kind="completion") == 2
 
+async def test_an_azure_stream_of_endless_filter_results_is_held_only_so_far(
+        start_router: StartRouter, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # An upstream that sends filter-only chunks without end had them all held (and all
+    # read again at each read: 20 MB of them stalled every client of the router for 3 s).
+    # Past 64 KiB of them they go out, as any stream's events, without waiting for more.
+    release = asyncio.Event()
+
+    async def filters_without_end(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(100):  # 20-30 KB a write, about 2.5 MB in all
+            await resp.write(AZURE_PROMPT_FILTER * 100)
+        await release.wait()
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                              "finish_reason": "stop"}]}
+        await resp.write(sse(chunk) + b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    router = await router_for(start_router,
+                              native("azure", await serve(aiohttp_server, filters_without_end)))
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
+                         json={"model": "g", "messages": ASK, "stream": True}) as resp:
+        assert resp.status == 200
+        first = await resp.content.readuntil(b"\n\n")
+        release.set()
+        rest = await resp.read()
+    assert b"prompt_filter_results" in first
+    assert b'"content":"Hi"' in rest and rest.endswith(b"data: [DONE]\n\n")
+
+
+async def test_an_anthropic_stream_of_endless_pings_is_held_only_so_far(
+        start_router: StartRouter, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # message_start and pings are held as Azure's filter chunks are, with the same bound.
+    release = asyncio.Event()
+
+    async def pings_without_end(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(ANTHROPIC_START)
+        for _ in range(100):  # about 4 KB a write, 400 KB in all
+            await resp.write(ANTHROPIC_PING * 100)
+        await release.wait()
+        await resp.write(sse({"type": "error", "error": {"type": "overloaded_error",
+                                                         "message": "Overloaded"}}, "error"))
+        await resp.write_eof()
+        return resp
+
+    router = await router_for(start_router,
+                              native("anthropic", await serve(aiohttp_server, pings_without_end)))
+    async with http.post(router.url + "/v1/messages", headers=AUTH,
+                         json={"model": "g", "max_tokens": 50, "messages": ASK,
+                               "stream": True}) as resp:
+        assert resp.status == 200
+        first = await resp.content.readuntil(b"\n\n")
+        release.set()
+        rest = await resp.read()
+    assert first.startswith(b"event: message_start")
+    assert b"event: ping" in rest and b"overloaded_error" in rest  # in-band, as once begun
+
 
 # ------------------------------------------------------ a stream broken after its start
 

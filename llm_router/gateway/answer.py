@@ -392,6 +392,11 @@ def _lead(batch: _Batch, held: Callable[[bytes], bool]) -> bytes | None:
     return None
 
 
+# The most bytes of such events held unsent (a stream opens with one or two, of a few
+# hundred bytes): past it the stream is passed on as any other, judged on its first event.
+_MAX_HELD_LEAD: Final = 64 << 10
+
+
 async def _past_lead(req: ModelRequest, att: Attempt, events: UpstreamEvents, batch: _Batch,
                      down: Downstream, headers: Callable[[web.StreamResponse], None],
                      held: Callable[[bytes], bool], what: str) -> tuple[_Batch, bytes]:
@@ -403,24 +408,43 @@ async def _past_lead(req: ModelRequest, att: Attempt, events: UpstreamEvents, ba
     very first event is, and time to first token is that event's. Usually that event
     came in the same read (no wait). Else the wait is bounded by ``idle`` (the
     watchdog's, as between any events), with keepalive comments meanwhile (the first
-    commits the stream: an error is then in-band). ``what`` names the held events."""
+    commits the stream: an error is then in-band). ``what`` names the held events.
+
+    At most :data:`_MAX_HELD_LEAD` bytes of them: an upstream that sent them without end
+    (within ``idle`` of each other, up to ``total``) had them all held, and all of them
+    read again at each read, a loop stall growing with their square (3 s for 20 MB of
+    Azure's filter chunks). Past it they go out, the first of them the stream's first
+    event."""
     name = att.cand.provider.name
+    reads = [batch]
+    size = 0
     while True:
-        lead = _lead(batch, held)
-        if lead is not None:
-            return batch, lead
+        for event in _batch_events(batch):  # only this read's: the others were held
+            if not held(event):
+                return _joined(reads), event
+            size += len(event)
+        if size > _MAX_HELD_LEAD:
+            joined = _joined(reads)
+            return joined, _first_event(joined)
         try:
             async with down.keepalive(req.ex, headers):
-                more = await events.__anext__()
+                batch = await events.__anext__()
         except StopAsyncIteration:
             raise AttemptFailure("closed", f"upstream '{name}' closed the stream after "
                                  f"{what}, before any answer") from None
         except UPSTREAM_ERRORS as exc:
             raise failure_from_exception(exc, name) from None
-        if isinstance(batch, tuple) and isinstance(more, tuple):
-            batch = batch[0] + more[0], batch[1] + more[1]
-        else:
-            batch = _batch_events(batch) + _batch_events(more)
+        reads.append(batch)
+
+
+def _joined(reads: list[_Batch]) -> _Batch:
+    """The reads as one batch: a run of joined events if each was one, else a list."""
+    if len(reads) == 1:
+        return reads[0]
+    if all(isinstance(r, tuple) for r in reads):
+        return (b"".join(r[0] for r in reads if isinstance(r, tuple)),
+                sum(r[1] for r in reads if isinstance(r, tuple)))
+    return [event for r in reads for event in _batch_events(r)]
 
 
 def _failed_first(provider: str, first: bytes) -> AttemptFailure | None:
