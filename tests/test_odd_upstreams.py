@@ -724,6 +724,29 @@ async def test_a_bedrock_200_without_output_fails_over(
     assert total(samples, "llm_router_tokens_total", provider="good", kind="prompt") > 0
 
 
+async def test_a_bedrock_stream_repeating_message_start_has_one_role_chunk_held(
+        start_router: StartRouter, aiohttp_server: AiohttpServer,
+        http: aiohttp.ClientSession) -> None:
+    # messageStart's role chunk is held until the answer begins. An upstream repeating
+    # messageStart had each copy held (joined one at a time: 100,000 kept the router's
+    # loop busy for 110 s) and sent: only one is held, and the client gets one.
+    async def starts_again_and_again(request: web.Request) -> web.StreamResponse:
+        return await stream_of(request, [frame("messageStart", {"role": "assistant"}) * 500] * 4 + [
+            frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
+            frame("messageStop", {"stopReason": "end_turn"}),
+            frame("metadata", {"usage": {"inputTokens": 3, "outputTokens": 1,
+                                         "totalTokens": 4}})], EVENT_STREAM)
+
+    router = await router_for(start_router, native("bedrock", await serve(
+        aiohttp_server, starts_again_and_again)))
+    async with http.post(router.url + "/v1/chat/completions", headers=AUTH, json={
+            "model": "g", "messages": ASK, "stream": True}) as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    assert body.count(b'"role":"assistant"') == 1
+    assert b'"content":"Hi"' in body and body.endswith(b"data: [DONE]\n\n")
+
+
 @pytest.mark.parametrize(("answer", "frames"), NO_OUTPUT)
 async def test_a_bedrock_200_without_output_from_the_only_member_is_a_502(
         answer: dict[str, Any], frames: list[bytes], start_router: StartRouter,

@@ -129,7 +129,11 @@ def _opening(rewrite: ConverseStreamToChat, messages: list[Message], held: bytes
     chunk is held): so an exception frame then is the stream's first event, which fails
     over, and a stream that ends with no content and no stop fails (failover, or a 502)
     instead of a 200 with an empty answer. The held role chunk goes out before the
-    answer, but not before an exception (it carries nothing: the error is the first)."""
+    answer, but not before an exception (it carries nothing: the error is the first).
+
+    One role chunk is held, the first: before the answer only messageStart makes bytes,
+    and an upstream repeating it had every copy held, joined one by one (100,000 of
+    them, 10 MB, kept the loop busy for 110 s), then sent."""
     for i, message in enumerate(messages):
         piece = rewrite.feed(message)
         if rewrite.answered:
@@ -138,7 +142,7 @@ def _opening(rewrite: ConverseStreamToChat, messages: list[Message], held: bytes
             return held + piece + b"".join(rewrite.feed(m) for m in messages[i + 1:]), b""
         if rewrite.done:
             raise NoOutput("Bedrock streamed no content block and no stop reason")
-        held += piece
+        held = held or piece
     return b"", held
 
 
