@@ -334,6 +334,36 @@ async def test_a_key_sent_as_the_model_is_a_400_and_never_logged_or_sent_upstrea
     assert status == 404 and doc["error"]["code"] == "model_not_found"
 
 
+
+@pytest.mark.parametrize("pasted", ["{key}\n", " {key} ", "Bearer {key}", "bearer  {key}\r\n",
+                                    "up/ {key}", "up/Bearer {key}"])
+async def test_a_key_pasted_as_the_model_with_its_whitespace_or_scheme_is_refused_too(
+        pasted: str, start_router: StartRouter, upstream: Upstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A key copied with its line's newline, spaces, or as the header's whole value
+    (``Bearer KEY``) was not recognised: it went whole into the 404's access line, or,
+    with a wildcard alias, was served and logged as the name asked."""
+    own = "sk-user-own-key-7be4a01c55"
+    router = await start_router({
+        "providers": [openai_provider("up", upstream)],
+        "groups": [{"name": "g", "models": [{"provider": "up", "name": "m"}]}],
+        "users": [{"name": "alice", "keys": [{"key": own}]}]})
+    caplog.set_level(logging.DEBUG)
+    for aliases in (None, {"*": "g"}):
+        if aliases is not None:
+            router = await start_router({
+                "providers": [openai_provider("up", upstream)], "aliases": aliases,
+                "groups": [{"name": "g", "models": [{"provider": "up", "name": "m"}]}],
+                "users": [{"name": "alice", "keys": [{"key": own}]}]})
+        data = orjson.dumps({"model": pasted.format(key=own), "messages": HELLO})
+        status, doc = await _raw(router, (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {own}\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
+        assert status == 400 and doc["error"]["code"] == "invalid_model", doc
+    assert upstream.fake.requests == []
+    assert own not in caplog.text
+
+
 async def test_a_large_body_is_parsed_without_full_garbage_collections(
         start_router: StartRouter, upstream: Upstream) -> None:
     """A body of many nested objects (8 MiB of tool schemas here) made CPython's collector run

@@ -98,6 +98,14 @@ def extract_key(authorization: str | None, x_api_key: str | None) -> str | None:
     return None
 
 
+def _unpasted(text: str) -> str:
+    """``text`` without the whitespace around it and a leading ``Bearer`` scheme: a key
+    as it may have been copied into the model field."""
+    bare = text.strip()
+    scheme, space, rest = bare.partition(" ")
+    return rest.strip() if space and scheme.lower() == "bearer" else bare
+
+
 class KeyIndex:
     """Client keys of one config, indexed by sha256; built once per config load."""
 
@@ -125,7 +133,8 @@ class KeyIndex:
         """Whether ``model``, or its part after ``provider/``, is a client key of this
         config: a user who put their key in the model field. Keys are kept as hashes, so
         the log redaction cannot find one in a line; the name must be refused before it
-        is logged or sent upstream."""
+        is logged or sent upstream. As pasted too: with whitespace around it (a copied
+        line's newline) or as the header's value, ``Bearer KEY``."""
         if not self._by_hash and self._legacy is None:
             return False
         _, sep, tail = model.partition("/")
@@ -133,6 +142,11 @@ class KeyIndex:
             digest = hashlib.sha256(text.encode()).hexdigest()
             if digest in self._by_hash or digest == self._legacy:
                 return True
+            bare = _unpasted(text)
+            if bare != text:
+                digest = hashlib.sha256(bare.encode()).hexdigest()
+                if digest in self._by_hash or digest == self._legacy:
+                    return True
         return False
 
     def caller(self, headers: Mapping[str, str]) -> Caller:
