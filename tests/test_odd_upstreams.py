@@ -520,6 +520,36 @@ async def _gemini_ends_without_finish(request: web.Request) -> web.StreamRespons
     return await stream_of(request, [sse(gemini_text("Hel")), sse(gemini_text("lo"))])
 
 
+async def _broken_twice(router: Router, stream: Any, match: str | None) -> str:
+    """Read ``stream`` (an openai SDK stream) to its in-band error (matching ``match``, if
+    given), then ask the same through the anthropic SDK, whose stream breaks too: the text
+    the openai client got."""
+    text = ""
+    with pytest.raises(openai.APIError, match=match):
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    async with router.anthropic().messages.stream(model="g", max_tokens=50,
+                                                  messages=ASK) as events:  # type: ignore[arg-type]
+        with pytest.raises(anthropic.APIStatusError):
+            await events.get_final_message()
+    return text
+
+
+async def _counts_what_gemini_reported(router: Router, http: aiohttp.ClientSession) -> None:
+    """Two broken streams, each with 1,234 prompt tokens in Gemini's running usage: the
+    metrics and the user's usage report count what Gemini said, not an estimate."""
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") == 2 * 1234
+    # Two completion tokens reported, but never fewer than one per event relayed.
+    completion = total(samples, "llm_router_tokens_total", provider="odd", kind="completion")
+    assert 4 <= completion <= 6
+    async with http.get(router.url + "/admin/usage", headers=AUTH) as resp:
+        report = await resp.json()
+    (user,) = [u for u in report["users"] if u["name"] == "default"]
+    assert user["usage"]["total"]["prompt_tokens"] == 2 * 1234
+    assert user["usage"]["total"]["completion_tokens"] == completion
+
+
 @pytest.mark.parametrize("handler", [
     pytest.param(_gemini_cut_mid_event, id="cut-mid-event"),
     pytest.param(_gemini_error_after_text, id="error-event"),
@@ -533,25 +563,8 @@ async def test_a_broken_gemini_stream_counts_the_usage_it_reported(
     stream = await router.openai().chat.completions.create(
         model="g", messages=ASK, stream=True,  # type: ignore[arg-type]
         stream_options={"include_usage": True})
-    text = ""
-    with pytest.raises(openai.APIError):
-        async for chunk in stream:
-            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
-    assert text.startswith("Hel")
-    async with router.anthropic().messages.stream(model="g", max_tokens=50,
-                                                  messages=ASK) as events:  # type: ignore[arg-type]
-        with pytest.raises(anthropic.APIStatusError):
-            await events.get_final_message()
-    samples = await metric_samples(router.url)
-    assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") == 2 * 1234
-    # Two completion tokens reported, but never fewer than one per event relayed.
-    completion = total(samples, "llm_router_tokens_total", provider="odd", kind="completion")
-    assert 4 <= completion <= 6
-    async with http.get(router.url + "/admin/usage", headers=AUTH) as resp:
-        report = await resp.json()
-    (user,) = [u for u in report["users"] if u["name"] == "default"]
-    assert user["usage"]["total"]["prompt_tokens"] == 2 * 1234
-    assert user["usage"]["total"]["completion_tokens"] == completion
+    assert (await _broken_twice(router, stream, None)).startswith("Hel")
+    await _counts_what_gemini_reported(router, http)
 
 
 async def test_a_gemini_stream_that_stalls_counts_the_usage_it_reported(
@@ -574,27 +587,11 @@ async def test_a_gemini_stream_that_stalls_counts_the_usage_it_reported(
     router = await router_for(start_router, provider)
     stream = await router.openai().chat.completions.create(
         model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
-    text = ""
-    with pytest.raises(openai.APIError, match=r"interrupted \(timeout\)"):
-        async for chunk in stream:
-            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
-    assert text == "Hello"
-    async with router.anthropic().messages.stream(model="g", max_tokens=50,
-                                                  messages=ASK) as events:  # type: ignore[arg-type]
-        with pytest.raises(anthropic.APIStatusError):
-            await events.get_final_message()
+    assert await _broken_twice(router, stream, r"interrupted \(timeout\)") == "Hello"
     samples = await metric_samples(router.url)
     assert total(samples, "llm_router_upstream_errors_total", provider="odd",
                  reason="timeout") == 2
-    assert total(samples, "llm_router_tokens_total", provider="odd", kind="prompt") == 2 * 1234
-    # Two completion tokens reported, but never fewer than one per event relayed.
-    completion = total(samples, "llm_router_tokens_total", provider="odd", kind="completion")
-    assert 4 <= completion <= 6
-    async with http.get(router.url + "/admin/usage", headers=AUTH) as resp:
-        report = await resp.json()
-    (user,) = [u for u in report["users"] if u["name"] == "default"]
-    assert user["usage"]["total"]["prompt_tokens"] == 2 * 1234
-    assert user["usage"]["total"]["completion_tokens"] == completion
+    await _counts_what_gemini_reported(router, http)
 
 
 async def test_a_gemini_stream_the_client_leaves_counts_the_usage_it_reported(
