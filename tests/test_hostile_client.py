@@ -14,7 +14,7 @@ import sys
 import weakref
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import pytest
@@ -28,6 +28,15 @@ from .ports import free_port
 
 _MOCK = {"providers": [{"name": "local", "type": "mock"}],
          "groups": [{"name": "g", "models": [{"provider": "local", "name": "m"}]}]}
+
+
+# Every route that takes a model, with the least body it accepts besides the model.
+_MODEL_ROUTES: Final = (("/v1/chat/completions", {"messages": HELLO}),
+                        ("/v1/messages", {"messages": HELLO, "max_tokens": 5}),
+                        ("/v1/messages/count_tokens", {"messages": HELLO}),
+                        ("/v1/responses", {"input": "hi"}),
+                        ("/v1/embeddings", {"input": "hi"}),
+                        ("/v1/completions", {"prompt": "hi"}))
 
 
 async def _raw(router: Router, request: bytes) -> tuple[int, dict[str, Any]]:
@@ -169,12 +178,7 @@ async def test_a_model_name_with_a_control_character_is_a_400_never_a_dropped_co
                                  "groups": [{"name": "g", "models": [{"provider": "up",
                                                                       "name": "m"}]}]})
     caplog.set_level(logging.DEBUG)
-    for path, body in (("/v1/chat/completions", {"messages": HELLO}),
-                       ("/v1/messages", {"messages": HELLO, "max_tokens": 5}),
-                       ("/v1/messages/count_tokens", {"messages": HELLO}),
-                       ("/v1/responses", {"input": "hi"}),
-                       ("/v1/embeddings", {"input": "hi"}),
-                       ("/v1/completions", {"prompt": "hi"})):
+    for path, body in _MODEL_ROUTES:
         for stream in (False, True):
             data = orjson.dumps({"model": model, **body, "stream": stream})
             status, doc = await _raw(router, (
@@ -272,12 +276,7 @@ async def test_a_model_name_longer_than_256_bytes_is_a_400_and_never_echoed_in_a
     served = len(upstream.fake.requests)
     for model in ("up/" + "m" * 254, "up/" + "é" * 127, "up/" + "x" * 1_000_000,
                   "g" * 257):
-        for path, body in (("/v1/chat/completions", {"messages": HELLO}),
-                           ("/v1/messages", {"messages": HELLO, "max_tokens": 5}),
-                           ("/v1/messages/count_tokens", {"messages": HELLO}),
-                           ("/v1/responses", {"input": "hi"}),
-                           ("/v1/embeddings", {"input": "hi"}),
-                           ("/v1/completions", {"prompt": "hi"})):
+        for path, body in _MODEL_ROUTES:
             data = orjson.dumps({"model": model, **body})
             status, doc = await _raw(router, _post(path, data, "identity", "close"))
             assert status == 400, (path, doc)
