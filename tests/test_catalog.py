@@ -92,6 +92,12 @@ def test_check_refuses_an_alias_to_nothing_and_warns_of_ambiguity_and_dead_patte
                for w in cfg.warnings)
     assert any(w.startswith("users[0].aliases") and "'x*' and '*x'" in w for w in cfg.warnings)
     assert any("aliases.fast: never used" in w for w in cfg.warnings)
+    long = "m" * 257  # a client's model name is at most 256 bytes: never asked for
+    cfg = parse_config(json.dumps({**base, "aliases": {long: "fast", long + "*": "fast"}}),
+                       fmt="json", env={})
+    assert [w for w in cfg.warnings if "never used" in w] == [
+        f"aliases.{long}: never used: it is 257 bytes long, and a client's model name is at "
+        "most 256 bytes"]
 
 
 # ------------------------------------------------------------------ over sockets

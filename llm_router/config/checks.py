@@ -85,6 +85,9 @@ def _check_aliases(cfg: Config, table: Mapping[str, str], path: str, r: Reader,
         if pattern in cfg.groups:
             warnings.append(f"{where}: never used: a group named '{pattern}' exists, and a "
                             "group name is never aliased")
+        elif not _is_glob(pattern) and len(pattern.encode()) > MAX_MODEL_BYTES:
+            warnings.append(f"{where}: never used: it is {len(pattern.encode())} bytes long, "
+                            f"and a client's model name is at most {MAX_MODEL_BYTES} bytes")
     for first, second, both in ambiguous_pairs(table):
         warnings.append(f"{path}: '{first}' and '{second}' are equally specific and both match "
                         f"'{both}'; '{first}' wins because it is written first. Make one more "
