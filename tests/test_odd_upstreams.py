@@ -6,7 +6,9 @@ Each upstream here is a small aiohttp server speaking the provider's wire; the r
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,11 +17,14 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from pytest_aiohttp import AiohttpServer
 
 from llm_router.testing.bedrock import encode_event_message
 
 from .conftest import Router, StartRouter, Upstream
+from .google_keys import service_account
 from .helpers import AUTH, eventually, metric_samples, openai_provider, total
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -490,6 +495,128 @@ async def test_an_anthropic_stream_of_endless_pings_is_held_only_so_far(
         rest = await resp.read()
     assert first.startswith(b"event: message_start")
     assert b"event: ping" in rest and b"overloaded_error" in rest  # in-band, as once begun
+
+
+# ------------------------------------------------------ Claude on Vertex AI
+
+VERTEX_CLAUDE = "claude-sonnet-4-5@20250929"
+VERTEX_STREAM_PATH = ("/v1/projects/test-project/locations/europe-west4/publishers/anthropic/"
+                      f"models/{VERTEX_CLAUDE}:streamRawPredict")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+async def vertex_claude(aiohttp_server: AiohttpServer, tmp_path: Path, upstream: Upstream,
+                        events: list[bytes]) -> dict[str, Any]:
+    """A provider ``odd`` of type vertex serving one Claude model, whose upstream speaks
+    Vertex's wire: ``POST /token`` takes the service account's signed JWT (the RS256
+    signature checked with the test key, as Google does) for an access token, and
+    ``:streamRawPredict`` takes only that token, a Messages body without ``model`` and
+    with Vertex's ``anthropic_version``, and answers 200 with ``events`` (Anthropic's SSE
+    wire), one write each."""
+    issued: set[str] = set()
+    account: dict[str, Any] = {}  # the key and token URL, once the server has its port
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        head, claims, signature = str(form["assertion"]).split(".")
+        account["key"].public_key().verify(_unb64(signature), f"{head}.{claims}".encode(),
+                                           padding.PKCS1v15(), hashes.SHA256())
+        assert orjson.loads(_unb64(claims))["aud"] == account["uri"]
+        issued.add(f"ya29.odd-{len(issued)}")
+        return web.json_response({"access_token": f"ya29.odd-{len(issued) - 1}",
+                                  "expires_in": 3600, "token_type": "Bearer"})
+
+    async def stream_raw_predict(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization", "").removeprefix("Bearer ") not in issued:
+            return web.json_response({"error": {"code": 401, "status": "UNAUTHENTICATED",
+                                                "message": "Request had invalid credentials."}},
+                                     status=401)
+        body = orjson.loads(await request.read())
+        assert request.path == VERTEX_STREAM_PATH
+        assert "model" not in body and body["stream"] is True
+        assert body["anthropic_version"] == "vertex-2023-10-16"
+        return await stream_of(request, events)
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    app.router.add_post("/{tail:.*}", stream_raw_predict)
+    root = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    account["uri"] = root + "/token"
+    path, account["key"] = service_account(tmp_path, upstream.fake, account["uri"], "odd")
+    return {"name": "odd", "type": "vertex", "project": "test-project",
+            "location": "europe-west4", "base_url": root, "credentials": str(path),
+            "timeouts": {"idle": 5, "total": 20}}
+
+
+async def vertex_router(start_router: StartRouter, provider: dict[str, Any],
+                        fallback: Upstream | None = None) -> Router:
+    """Group ``g``: the Vertex Claude member first, then (if given) an OpenAI fake."""
+    members = [{"provider": "odd", "name": VERTEX_CLAUDE}]
+    providers = [provider]
+    if fallback is not None:
+        providers.append(openai_provider("good", fallback))
+        members.append({"provider": "good", "name": "m"})
+    return await start_router({"providers": providers, "groups": [
+        {"name": "g", "strategy": "priority", "models": members}]})
+
+
+# Claude on Vertex speaks Anthropic's stream as it is, so it opens as Anthropic's does
+# and reports an overload the same way: inside the 200, after message_start and a ping.
+VERTEX_OVERLOADED = [ANTHROPIC_START, ANTHROPIC_PING,
+                     anthropic_error("overloaded_error", "Overloaded")]
+
+
+async def test_a_vertex_claude_stream_overloaded_after_message_start_fails_over(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        tmp_path: Path) -> None:
+    provider = await vertex_claude(aiohttp_server, tmp_path, upstream, VERTEX_OVERLOADED)
+    router = await vertex_router(start_router, provider, upstream)
+    raw = await router.openai().chat.completions.with_raw_response.create(
+        model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
+    assert raw.headers["X-Router-Provider"] == "good"
+    assert raw.headers["X-Router-Attempts"] == "2"
+    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    assert text
+    async with router.anthropic().messages.stream(model="g", max_tokens=50,
+                                                  messages=ASK) as stream:  # type: ignore[arg-type]
+        message = await stream.get_final_message()
+    assert message.stop_reason is not None and message.content
+    assert b"msg_odd" not in orjson.dumps(message.model_dump())
+    assert len(upstream.fake.requests) == 2  # the good member answered both
+    # The overload cooled the key as a 429 would: the second request went straight on.
+    samples = await metric_samples(router.url)
+    assert total(samples, "llm_router_upstream_errors_total", provider="odd",
+                 reason="stream_error") == 1
+    assert total(samples, TTFT_COUNT, provider="odd") == 0
+    assert total(samples, "llm_router_tokens_total", provider="odd") == 0
+
+
+async def test_a_vertex_claude_stream_overloaded_after_message_start_alone_is_a_429(
+        start_router: StartRouter, upstream: Upstream, aiohttp_server: AiohttpServer,
+        tmp_path: Path) -> None:
+    provider = await vertex_claude(aiohttp_server, tmp_path, upstream, VERTEX_OVERLOADED)
+    router = await vertex_router(start_router, provider)
+    with pytest.raises(openai.RateLimitError) as caught:
+        chunks = await router.openai().chat.completions.create(
+            model="g", messages=ASK, stream=True)  # type: ignore[arg-type]
+        async for _ in chunks:
+            pass
+    assert caught.value.response.headers["Content-Type"].startswith("application/json")
+    # An Anthropic client, passed through to Vertex: the same status in Anthropic's shape.
+    # (A router of its own: the first one's key is cooling now.)
+    router = await vertex_router(start_router, provider)
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        async with router.anthropic().messages.stream(
+                model="g", max_tokens=50, messages=ASK) as stream:  # type: ignore[arg-type]
+            await stream.get_final_message()
+    assert refused.value.body["type"] == "error"  # type: ignore[index]
+    samples = await metric_samples(router.url)
+    assert total(samples, TTFT_COUNT) == 0
+    assert total(samples, "llm_router_tokens_total") == 0
 
 
 # ------------------------------------------------------ a stream broken after its start
