@@ -323,6 +323,18 @@ async def test_an_azure_stream_of_filter_results_alone_fails_over(
                  reason="closed") == 1
 
 
+async def _first_event_then_rest(http: aiohttp.ClientSession, url: str,
+                                 body: dict[str, Any], go_on: asyncio.Event
+                                 ) -> tuple[bytes, bytes]:
+    """A 200 stream's first event, read while the upstream waits on ``go_on``; then (set)
+    the rest of it."""
+    async with http.post(url, headers=AUTH, json=body) as resp:
+        assert resp.status == 200
+        first = await resp.content.readuntil(b"\n\n")
+        go_on.set()
+        return first, await resp.read()
+
+
 async def test_an_azure_stream_held_at_its_filter_results_gets_keepalives(
         start_router: StartRouter, aiohttp_server: AiohttpServer,
         http: aiohttp.ClientSession) -> None:
@@ -346,12 +358,9 @@ async def test_an_azure_stream_held_at_its_filter_results_gets_keepalives(
     router = await start_router({
         "keepalive_s": 0.1, "providers": [native("azure", await serve(aiohttp_server, thinks))],
         "groups": [{"name": "g", "models": [{"provider": "odd", "name": "m"}]}]})
-    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
-                         json={"model": "g", "messages": ASK, "stream": True}) as resp:
-        assert resp.status == 200
-        first = await resp.content.readuntil(b"\n\n")
-        answer.set()
-        rest = await resp.read()
+    first, rest = await _first_event_then_rest(
+        http, router.url + "/v1/chat/completions",
+        {"model": "g", "messages": ASK, "stream": True}, answer)
     assert first == b": keepalive\n\n"
     events = [e for e in rest.split(b"\n\n") if e and e != b": keepalive"]
     assert b"prompt_filter_results" in events[0]
@@ -416,11 +425,7 @@ async def test_an_anthropic_stream_held_at_its_message_start_gets_keepalives(
         "providers": [native("anthropic", await serve(aiohttp_server, slow))],
         "groups": [{"name": "g", "models": [{"provider": "odd", "name": "m"}]}]})
     body = {"model": "g", "max_tokens": 50, "messages": ASK, "stream": True}
-    async with http.post(router.url + route, headers=AUTH, json=body) as resp:
-        assert resp.status == 200
-        first = await resp.content.readuntil(b"\n\n")
-        answer.set()
-        rest = await resp.read()
+    first, rest = await _first_event_then_rest(http, router.url + route, body, answer)
     assert first == b": keepalive\n\n"
     events = [e for e in rest.split(b"\n\n") if e and e != b": keepalive"]
     if route == "/v1/messages":
@@ -456,12 +461,9 @@ async def test_an_azure_stream_of_endless_filter_results_is_held_only_so_far(
 
     router = await router_for(start_router,
                               native("azure", await serve(aiohttp_server, filters_without_end)))
-    async with http.post(router.url + "/v1/chat/completions", headers=AUTH,
-                         json={"model": "g", "messages": ASK, "stream": True}) as resp:
-        assert resp.status == 200
-        first = await resp.content.readuntil(b"\n\n")
-        release.set()
-        rest = await resp.read()
+    first, rest = await _first_event_then_rest(
+        http, router.url + "/v1/chat/completions",
+        {"model": "g", "messages": ASK, "stream": True}, release)
     assert b"prompt_filter_results" in first
     assert b'"content":"Hi"' in rest and rest.endswith(b"data: [DONE]\n\n")
 
@@ -486,13 +488,9 @@ async def test_an_anthropic_stream_of_endless_pings_is_held_only_so_far(
 
     router = await router_for(start_router,
                               native("anthropic", await serve(aiohttp_server, pings_without_end)))
-    async with http.post(router.url + "/v1/messages", headers=AUTH,
-                         json={"model": "g", "max_tokens": 50, "messages": ASK,
-                               "stream": True}) as resp:
-        assert resp.status == 200
-        first = await resp.content.readuntil(b"\n\n")
-        release.set()
-        rest = await resp.read()
+    first, rest = await _first_event_then_rest(
+        http, router.url + "/v1/messages",
+        {"model": "g", "max_tokens": 50, "messages": ASK, "stream": True}, release)
     assert first.startswith(b"event: message_start")
     assert b"event: ping" in rest and b"overloaded_error" in rest  # in-band, as once begun
 
