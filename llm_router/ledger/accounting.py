@@ -98,14 +98,6 @@ def extract_key(authorization: str | None, x_api_key: str | None) -> str | None:
     return None
 
 
-def _unpasted(text: str) -> str:
-    """``text`` without the whitespace around it and a leading ``Bearer`` scheme: a key
-    as it may have been copied into the model field."""
-    bare = text.strip()
-    scheme, space, rest = bare.partition(" ")
-    return rest.strip() if space and scheme.lower() == "bearer" else bare
-
-
 class KeyIndex:
     """Client keys of one config, indexed by sha256; built once per config load."""
 
@@ -138,16 +130,12 @@ class KeyIndex:
         if not self._by_hash and self._legacy is None:
             return False
         _, sep, tail = model.partition("/")
-        for text in (model, tail) if sep else (model,):
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            if digest in self._by_hash or digest == self._legacy:
-                return True
-            bare = _unpasted(text)
-            if bare != text:
-                digest = hashlib.sha256(bare.encode()).hexdigest()
-                if digest in self._by_hash or digest == self._legacy:
-                    return True
-        return False
+        names = [model, tail] if sep else [model]
+        # As a header's value: extract_key drops the scheme and the whitespace.
+        names += [key for text in names
+                  if (key := extract_key(text.strip(), text)) is not None and key != text]
+        return any((digest := sha256_hex(name)) in self._by_hash or digest == self._legacy
+                   for name in names)
 
     def caller(self, headers: Mapping[str, str]) -> Caller:
         """:meth:`authenticate` of :func:`extract_key` of a request's headers."""
