@@ -139,8 +139,10 @@ def _check_part(part: Any, at: str) -> None:
         raise _fail(f"{at}.image_url.url", "must be a string")
 
 
-_FUNCTION_TYPES: Final = (("name", str), ("arguments", str), ("parameters", dict),
-                          ("description", str))
+# A function's fields and their rules: _check_function's, and _function_passes'.
+_FUNCTION_FIELDS: Final[tuple[tuple[str, _Rule], ...]] = (
+    ("name", _STRING), ("arguments", _STRING), ("parameters", _OBJECT),
+    ("description", _STRING))
 
 
 def _function_passes(holder: Any, *, required: bool) -> bool:
@@ -153,9 +155,9 @@ def _function_passes(holder: Any, *, required: bool) -> bool:
         return not required
     if type(function) is not dict:
         return False
-    for name, kind in _FUNCTION_TYPES:
+    for name, (test, _) in _FUNCTION_FIELDS:
         value = function.get(name)
-        if value is not None and type(value) is not kind:
+        if value is not None and not test(value):
             return False
     call_id = holder.get("id")
     return call_id is None or type(call_id) is str
@@ -171,8 +173,6 @@ def _check_function(holder: Any, at: str, *, required: bool) -> None:
         return
     if not isinstance(function, dict):
         raise _fail(f"{at}.function", "must be an object")
-    _check_fields(function, (("name", _STRING), ("arguments", _STRING),
-                             ("parameters", _OBJECT), ("description", _STRING)),
-                  f"{at}.function.")
+    _check_fields(function, _FUNCTION_FIELDS, f"{at}.function.")
     if holder.get("id") is not None and not isinstance(holder["id"], str):
         raise _fail(f"{at}.id", "must be a string")
